@@ -1,0 +1,57 @@
+# One-line targets; the work is in scripts/ and the test suite. Everything a target needs is
+# installed by `install` (Debian packages, the venv, HAProxy 3.x unpacked under .cache/).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMPS := .cache/stamps
+HAPROXY_NEXT := .cache/haproxy
+CONFIG ?= config.example.yml
+
+.PHONY: install run demo test test-fast lint fmt crs bench docs clean
+
+install: $(STAMPS)/system $(STAMPS)/venv $(HAPROXY_NEXT)/trixie/haproxy $(HAPROXY_NEXT)/sid/haproxy
+
+$(STAMPS)/system: scripts/install-system-deps.sh
+	scripts/install-system-deps.sh && mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/system
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(HAPROXY_NEXT)/%/haproxy: scripts/fetch-haproxy-next.sh $(STAMPS)/system
+	scripts/fetch-haproxy-next.sh $* $(HAPROXY_NEXT)/$*
+
+run: install
+	$(VENV)/bin/coraza-spoa-py -config $(CONFIG)
+
+demo: install
+	scripts/demo.sh
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not e2e and not crs"
+
+lint: install
+	$(VENV)/bin/ruff format --check coraza_spoa_py tests
+	$(VENV)/bin/ruff check coraza_spoa_py tests
+	$(VENV)/bin/mypy
+
+fmt: install
+	$(VENV)/bin/ruff format coraza_spoa_py tests
+	$(VENV)/bin/ruff check --fix coraza_spoa_py tests
+
+crs: install
+	$(PY) -m tests.crs.run
+
+bench: install
+	$(PY) -m bench
+
+docs: install
+	$(PY) -m coraza_spoa_py.schema_doc > docs/configuration.md
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,95 @@
+"""The WAF seam: what a request and a response look like to the engine, what the engine answers,
+and the ``WafEngine`` protocol that ``application`` codes against.
+
+Pure: standard library only. ``waf`` implements the protocol over libmodsecurity; unit tests
+pass fakes. Every field that came from the client is ``bytes`` and is never decoded
+(engine.md "Gotchas": decoding and re-encoding changes what rules see).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol, TypeVar
+
+Header = tuple[bytes, bytes]
+IPAddress = IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    transaction_id: str
+    method: bytes = b"GET"
+    path: bytes = b"/"
+    # None: HAProxy sent NULL (no '?' in the URI); b"": the URI ended with '?'
+    query: bytes | None = None
+    # as HAProxy's req.ver: b"1.1", b"2.0" (no "HTTP/" prefix)
+    version: bytes = b"1.1"
+    headers: tuple[Header, ...] = ()
+    body: bytes = b""
+    src_ip: IPAddress | None = None
+    src_port: int = 0
+    dst_ip: IPAddress | None = None
+    dst_port: int = 0
+
+    @property
+    def uri(self) -> bytes:
+        return self.path if self.query is None else self.path + b"?" + self.query
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseInfo:
+    transaction_id: str
+    status: int = 200
+    version: bytes = b"1.1"
+    headers: tuple[Header, ...] = ()
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the rules decided for one phase group (request, or response).
+
+    ``matched_rule_ids`` are the ids of every rule that matched and logged in the whole
+    transaction so far, in match order. ``rules_hit`` counts those in coraza-spoa's ranges
+    (compat.md Part 2 §3.1). ``anomaly_score`` is CRS's inbound blocking score, exact.
+    """
+
+    interrupted: bool = False
+    status: int = 0
+    action: str = ""  # "deny" | "drop" | "redirect" when interrupted
+    redirect_url: str = ""
+    rule_id: int = 0  # the disruptive rule
+    matched_rule_ids: tuple[int, ...] = ()
+    rules_hit: int = 0
+    anomaly_score: int = 0
+    log_lines: tuple[str, ...] = field(default=(), repr=False)
+
+
+class WafTransaction(Protocol):
+    """One ModSecurity transaction. Not thread-safe: one call at a time, any thread."""
+
+    @property
+    def transaction_id(self) -> str: ...
+
+    def process_request(self, request: RequestInfo) -> Verdict:
+        """Connection, URI, request headers and body phases (1 and 2)."""
+
+    def process_response(self, response: ResponseInfo) -> Verdict:
+        """Response headers and body phases (3 and 4)."""
+
+    def close(self) -> None:
+        """Run the logging phase (5, audit log) and free the native transaction. Idempotent."""
+
+
+class WafEngine(Protocol):
+    """A loaded rule set. Thread-safe: many transactions on many threads at once."""
+
+    def new_transaction(self, transaction_id: str) -> WafTransaction: ...
+
+
+T = TypeVar("T")
+# Runs a blocking engine call somewhere that does not block the gevent hub (cli injects
+# the gevent thread pool's ``apply``); tests inject ``lambda fn: fn()``.
+Executor = Callable[[Callable[[], T]], T]

@@ -1,0 +1,89 @@
+"""The validated configuration as frozen dataclasses: what every module downstream of
+``config`` receives. Nothing downstream touches raw YAML dicts (style.md rule 5).
+
+Pure: standard library only, so ``server``, ``application`` and tests can import these types
+without pulling in yaml or jsonschema.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Debian 12's modsecurity-crs package (harness.md §4); configurable for CRS 4 or other distros.
+DEFAULT_CRS_RULES_DIR = "/usr/share/modsecurity-crs/rules"
+DEFAULT_CRS_SETUP_FILE = "/etc/modsecurity/crs/crs-setup.conf"
+
+
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    """Where the agent listens: TCP (IPv4, IPv6, host name) or a unix socket."""
+
+    kind: Literal["tcp", "unix"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"  # trace debug info warn error fatal panic disabled (loguru names too)
+    file: str = "/dev/stdout"  # "", /dev/stdout, /dev/stderr, /dev/null or a path
+    format: Literal["console", "json"] = "console"
+    # Gen1 only: log.dir -> server.log (below error) + error.log (error and up)
+    dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RulePaths:
+    """Where ``Include @...`` resolves (compat.md Part 1, "Config and CLI")."""
+
+    crs_rules_dir: str = DEFAULT_CRS_RULES_DIR
+    crs_setup_file: str = DEFAULT_CRS_SETUP_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    name: str
+    directives: str = ""
+    response_check: bool = False
+    transaction_ttl_ms: int = 60_000
+    # max open transactions kept for the response phase; oldest evicted first
+    transaction_active_limit: int = 100_000
+    # turn on txn.coraza.rule_ids for every message of this app (the exportRuleIDs arg does it
+    # per message)
+    export_rule_ids: bool = False
+    log: LogConfig | None = None  # None: the top-level log settings
+    # folder that relative Include paths in ``directives`` resolve against (the config file's)
+    base_dir: str = "."
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    bind: BindAddress
+    applications: tuple[AppConfig, ...] = ()
+    default_application: str | None = None
+    log: LogConfig = field(default_factory=LogConfig)
+    rule_paths: RulePaths = field(default_factory=RulePaths)
+    # engine worker threads; libmodsecurity releases the GIL, so one per core (engine.md)
+    engine_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # our cap on the negotiated max-frame-size; HAProxy's offer (tune.bufsize - 4) is usually
+    # lower. No 64 KiB cap (coraza-spoa#194).
+    max_frame_size: int = 4 * 1024 * 1024
+    max_connections: int = 1024
+    # HAProxy <= 3.0 closes idle connections after `timeout idle` (2m in coraza-spoa's sample),
+    # 3.1+ after the backend's `timeout server`; ours must be longer than either.
+    idle_timeout_s: float = 600.0
+    # load shedding: a message that waited longer than this before an engine thread took it is
+    # answered with error 1005 (compat.md Part 1). 80 % of the 500 ms `timeout processing` that
+    # every coraza-spoa sample ships.
+    processing_budget_ms: int = 400
+    graceful_timeout_s: float = 10.0
+    source_file: str = ""
