@@ -48,6 +48,7 @@ crs: install
 	$(PY) -m tests.crs.run
 
 bench: install
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
 
 docs: install
