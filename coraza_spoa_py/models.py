@@ -48,6 +48,60 @@ class ResponseInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """One rule that matched and logged, as the engine reported it.
+
+    Field names follow coraza-spoa's JSON rule-match object (compat.md Part 2 §5); ``raw`` is
+    the engine's own text line.
+    """
+
+    rule_id: int
+    msg: str = ""
+    data: str = ""
+    severity: str = ""  # emergency alert critical error warning notice info debug, or ""
+    severity_id: int = -1  # 0..7, -1 when the rule has no severity
+    file: str = ""
+    line: int = 0
+    revision: str = ""
+    version: str = ""
+    maturity: str = ""
+    accuracy: str = ""
+    tags: tuple[str, ...] = ()
+    server: str = ""
+    uri: str = ""
+    unique_id: str = ""
+    client: str = ""
+    disruptive: bool = False
+    phase_id: int = 0
+    phase: str = ""  # request-headers request-body response-headers response-body logging
+    raw: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "client": self.client,
+            "file": self.file,
+            "line": self.line,
+            "rule_id": self.rule_id,
+            "revision": self.revision,
+            "msg": self.msg,
+            "data": self.data,
+            "severity": self.severity,
+            "severity_id": self.severity_id,
+            "version": self.version,
+            "maturity": self.maturity,
+            "accuracy": self.accuracy,
+            "tags": list(self.tags),
+            "server": self.server,
+            "uri": self.uri,
+            "unique_id": self.unique_id,
+            "disruptive": self.disruptive,
+            "phase_id": self.phase_id,
+            "phase": self.phase,
+            "raw": self.raw,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What the rules decided for one phase group (request, or response).
 
@@ -65,6 +119,8 @@ class Verdict:
     rules_hit: int = 0
     anomaly_score: int = 0
     log_lines: tuple[str, ...] = field(default=(), repr=False)
+    # the same matches as ``log_lines``, parsed (this phase group only)
+    matches: tuple[RuleMatch, ...] = field(default=(), repr=False)
 
 
 class WafTransaction(Protocol):
