@@ -1,0 +1,404 @@
+"""The SPOP agent server: gevent listeners, one reader per connection, one greenlet per NOTIFY.
+
+Its job is I/O only: accept HAProxy's connections (TCP over IPv4/IPv6, or a unix socket), feed
+the bytes to the sans-IO codec (``spop.Connection``), run the injected handler for every
+NOTIFY concurrently (pipelining, spop.md §3.3), write each ACK as one whole frame, and stop
+gracefully. It must not decode frames itself, know about applications or the WAF, or configure
+logging sinks (``logs`` does that); ``cli`` wires it to ``agent.handle``.
+
+Per connection (spop.md §11.3):
+- one reader greenlet: ``recv`` → ``receive_data`` → every complete frame of that read;
+- each NOTIFY runs in its own greenlet from a per-connection pool of
+  ``max_inflight_per_connection``; when the pool is full the reader waits for a slot and stops
+  reading, so TCP back-pressure reaches HAProxy (spop.md §10 pitfall 25);
+- every frame is built whole by the codec and written with ONE ``sendall`` under the
+  connection's lock, so concurrent ACKs never interleave (spop.md §10 pitfall 1,
+  coraza-spoa#217, haproxy#3478). ACKs go out in completion order (spop.md §6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.pool
+import greenlet
+from gevent import socket
+from gevent.server import StreamServer
+from loguru import logger
+
+from coraza_spoa_py import spop
+from coraza_spoa_py.settings import BindAddress
+
+Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
+
+# The agent's own error code for "the rule engine failed on this transaction" (compat.md
+# Part 1, "Variables we set"): a handler exception is answered with it at once, never silence.
+ENGINE_FAILURE_ERROR = 1003
+ERROR_VARIABLE = "error"
+
+# 64 KiB reads: several small NOTIFYs per read; a big frame (tune.bufsize 131072) takes a few.
+RECV_SIZE = 64 * 1024
+LISTEN_BACKLOG = 1024
+# HAPROXY-DISCONNECT statuses that are routine: normal, I/O, idle timeout (spop.md §5.3).
+ROUTINE_DISCONNECT_STATUSES = frozenset({0, 1, 2})
+# errnos of a peer that went away: a normal close, not an error (spop.md §10 pitfall 17).
+PEER_GONE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN})
+
+
+class _StopReadingError(Exception):
+    """Thrown into a reader parked in ``recv`` when the server stops (graceful drain)."""
+
+
+class AgentServer:
+    """Serves SPOP on ``bind`` and answers every NOTIFY with ``handler(messages, received_at)``.
+
+    ``start()`` binds and starts accepting (port 0 picks a free port, see ``address``);
+    ``serve_forever()`` blocks until ``stop()``. ``stop(graceful_timeout_s)`` stops accepting,
+    lets every connection finish its in-flight NOTIFYs, sends AGENT-DISCONNECT 0 and closes;
+    whatever is still running at the deadline is killed.
+    """
+
+    def __init__(
+        self,
+        bind: BindAddress,
+        handler: Handler,
+        *,
+        max_frame_size: int = 4 * 1024 * 1024,
+        max_connections: int = 1024,
+        idle_timeout_s: float = 600.0,
+        max_inflight_per_connection: int = 64,
+    ) -> None:
+        self.bind = bind
+        self.handler = handler
+        self.max_frame_size = max_frame_size
+        self.idle_timeout_s = idle_timeout_s
+        self.max_inflight_per_connection = max_inflight_per_connection
+        # Bounded: when every slot is taken StreamServer stops accepting until one frees up, and
+        # further connections wait in the listen backlog (style.md rule 4).
+        self._connection_pool = gevent.pool.Pool(max_connections)
+        self._connections: set[_AgentConnection] = set()
+        self._stream_server: StreamServer | None = None
+        self._address: BindAddress | None = None
+        self._stopping = False
+        self._stopped = gevent.event.Event()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        listener = _listen(self.bind)
+        self._address = _bound_address(self.bind, listener)
+        self._stream_server = StreamServer(
+            listener, self._serve_connection, spawn=self._connection_pool
+        )
+        self._stream_server.start()
+        logger.info("listening on {}", self._address)
+
+    @property
+    def address(self) -> BindAddress:
+        """The bound address: for TCP port 0, the port the kernel picked."""
+        if self._address is None:
+            raise RuntimeError("AgentServer.start() has not been called")
+        return self._address
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def serve_forever(self) -> None:
+        if self._stream_server is None:
+            self.start()
+        self._stopped.wait()
+
+    def stop(self, graceful_timeout_s: float = 10.0) -> None:
+        if self._stopping:
+            self._stopped.wait()
+            return
+        self._stopping = True
+        if self._stream_server is not None:
+            self._stream_server.close()  # stop accepting; close the listening socket
+        for connection in list(self._connections):
+            connection.request_stop()
+        if not self._connection_pool.join(timeout=graceful_timeout_s):
+            logger.warning(
+                "graceful stop timed out after {}s, closing {} connection(s)",
+                graceful_timeout_s,
+                len(self._connections),
+            )
+            self._connection_pool.kill(block=True, timeout=1)
+        if self.bind.kind == "unix":
+            _remove_stale_unix_socket(self.bind.path)
+        logger.info("stopped listening on {}", self._address or self.bind)
+        self._stopped.set()
+
+    # ---- per connection ---------------------------------------------------------------------
+
+    def _serve_connection(self, sock: socket.socket, peer: Any) -> None:
+        connection = _AgentConnection(self, sock, _peer_name(peer, self.bind))
+        self._connections.add(connection)
+        try:
+            connection.run()
+        finally:
+            self._connections.discard(connection)
+
+
+class _AgentConnection:
+    """One HAProxy connection: the reader loop, the NOTIFY greenlets and the write lock."""
+
+    def __init__(self, server: AgentServer, sock: socket.socket, peer: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.log = logger.bind(peer=peer)
+        self.codec = spop.Connection(max_frame_size=server.max_frame_size)
+        self.write_lock = gevent.lock.Semaphore()
+        self.inflight = gevent.pool.Pool(server.max_inflight_per_connection)
+        self.closed = False  # no more frames may be written
+        self.stop_requested = False
+        self.reader: greenlet.greenlet | None = None
+        self.parked_in_recv = False
+
+    def request_stop(self) -> None:
+        # Only a reader parked in recv is interrupted: anywhere else it may be writing a frame,
+        # and it checks ``stop_requested`` before its next read anyway.
+        self.stop_requested = True
+        if self.parked_in_recv and self.reader is not None:
+            gevent.kill(self.reader, _StopReadingError)
+
+    def run(self) -> None:
+        self.reader = gevent.getcurrent()
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            # ACKs are small and latency-bound; never wait for Nagle.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(self.server.idle_timeout_s)
+        self.log.debug("connection open")
+        reason = "closed"
+        try:
+            reason = self._read_loop()
+            if reason == "stopping":
+                self._drain_and_disconnect()
+        except gevent.GreenletExit:
+            reason = "killed"
+            self.inflight.kill(block=False)
+            raise
+        finally:
+            self._close()
+            self.log.debug("connection closed ({})", reason)
+
+    def _read_loop(self) -> str:
+        """Read until the connection ends; returns why (for the debug log)."""
+        while not self.stop_requested:
+            try:
+                self.parked_in_recv = True
+                try:
+                    chunk = self.sock.recv(RECV_SIZE)
+                finally:
+                    self.parked_in_recv = False
+            except _StopReadingError:
+                return "stopping"
+            except TimeoutError:
+                if len(self.inflight) > 0:
+                    continue  # waiting on our own work is not idleness
+                self.log.debug("idle for {}s", self.server.idle_timeout_s)
+                self._send_disconnect(spop.StatusCode.TIMEOUT, "idle timeout")
+                return "idle timeout"
+            except OSError as exc:
+                if exc.errno in PEER_GONE_ERRNOS:
+                    return f"peer gone ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+                raise
+            received_at = time.monotonic()
+            self.codec.receive_data(chunk)
+            try:
+                outcome = self._handle_events(received_at)
+            except spop.SpopError as exc:
+                self.log.warning("protocol error: {}", exc)
+                self._send_disconnect(exc.status, exc.detail)
+                return f"protocol error {int(exc.status)}"
+            if outcome is not None:
+                return outcome
+        return "stopping"
+
+    def _handle_events(self, received_at: float) -> str | None:
+        """Dispatch every complete frame of this read; a string means the connection ends."""
+        while True:
+            event = self.codec.next_event()
+            if event is spop.NEED_DATA:
+                return None
+            if isinstance(event, spop.Notify):
+                # Blocks while the per-connection pool is full: back-pressure (module docstring).
+                self.inflight.spawn(self._answer, event, received_at)
+            elif isinstance(event, spop.HaproxyHello):
+                self.log.debug(
+                    "hello: offered versions={} max-frame-size={} capabilities={} "
+                    "engine-id={} healthcheck={}; chosen max-frame-size={} pipelining={}",
+                    event.supported_versions,
+                    event.offered_max_frame_size,
+                    ",".join(event.capabilities),
+                    event.engine_id,
+                    event.healthcheck,
+                    event.max_frame_size,
+                    event.pipelining,
+                )
+                self._flush_codec()
+                if self.codec.state is spop.ConnectionState.CLOSING:
+                    return "health check"  # spop.md §3.4: reply AGENT-HELLO, then close
+            elif isinstance(event, spop.HaproxyDisconnect):
+                text = event.message.decode("latin-1")
+                if event.status in ROUTINE_DISCONNECT_STATUSES:
+                    self.log.debug("haproxy disconnect {} ({})", event.status, text)
+                else:
+                    self.log.warning("haproxy disconnect {} ({})", event.status, text)
+                # spop.md §10 pitfall 19: the NOTIFYs still running will not be ACKed; ≤3.0
+                # ignores ACKs from now on. They finish (their transactions must be closed)
+                # but write nothing.
+                self._flush_codec()
+                self.closed = True
+                return f"haproxy disconnect {event.status}"
+            elif isinstance(event, spop.ConnectionClosed):
+                return "peer closed"
+
+    def _answer(self, notify: spop.Notify, received_at: float) -> None:
+        actions: Sequence[spop.Action]
+        try:
+            actions = self.server.handler(notify.messages, received_at)
+        except Exception:
+            # Never silence (compat.md Part 1): HAProxy's `error > 0` rule fires at once.
+            self.log.bind(stream_id=notify.stream_id, frame_id=notify.frame_id).exception(
+                "handler failed"
+            )
+            actions = _engine_failure_actions()
+        if self.closed:
+            return
+        try:
+            frame = self.codec.send_ack(notify.stream_id, notify.frame_id, actions)
+        except spop.SpopError as exc:
+            # e.g. an action the codec refuses to encode: still answer, with the error code.
+            self.log.error("cannot encode ACK: {}", exc)
+            frame = self.codec.send_ack(
+                notify.stream_id, notify.frame_id, _engine_failure_actions()
+            )
+        self._write(frame)
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def _write(self, frame: bytes) -> None:
+        """Write one whole frame with one sendall under the lock (spop.md §10 pitfall 1)."""
+        if not frame:
+            return
+        with self.write_lock:
+            if self.closed:
+                return
+            try:
+                self.sock.sendall(frame)
+            except OSError as exc:
+                # The peer went away while we answered; the reader sees it too.
+                self.closed = True
+                self.log.debug("write failed: {}", exc)
+
+    def _flush_codec(self) -> None:
+        self._write(self.codec.data_to_send())
+
+    def _send_disconnect(self, status: spop.StatusCode, message: str) -> None:
+        if self.closed:
+            return
+        try:
+            frame = self.codec.send_disconnect(status, message)
+        except spop.SpopError:
+            return
+        self._flush_codec()
+        self._write(frame)
+        self.closed = True
+
+    def _drain_and_disconnect(self) -> None:
+        """Graceful stop: finish in-flight NOTIFYs, then AGENT-DISCONNECT 0 (spop.md §5.3)."""
+        self.inflight.join()
+        if self.codec.state is spop.ConnectionState.READY:
+            self._send_disconnect(spop.StatusCode.NORMAL, "normal")
+
+    def _close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        # The NOTIFY greenlets finish on their own (their transactions must be closed by the
+        # application); their ACKs are dropped because ``closed`` is set.
+
+
+def _engine_failure_actions() -> list[spop.Action]:
+    return [spop.SetVar(spop.VarScope.TRANSACTION, ERROR_VARIABLE, ENGINE_FAILURE_ERROR)]
+
+
+# ---- listeners --------------------------------------------------------------------------------
+
+
+def _listen(bind: BindAddress) -> socket.socket:
+    if bind.kind == "unix":
+        return _listen_unix(bind.path)
+    return _listen_tcp(bind.host, bind.port)
+
+
+def _listen_tcp(host: str, port: int) -> socket.socket:
+    if host in ("", "*"):
+        # ":9000" (coraza-spoa's Go form) means every interface: dual-stack when possible.
+        candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        candidates = [(family, str(info[0])) for family, _, _, _, info in infos]
+    last_error: OSError | None = None
+    for family, address in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and address == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((address, port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        return sock
+    raise last_error or OSError(f"cannot listen on {host}:{port}")
+
+
+def _listen_unix(path: str) -> socket.socket:
+    _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    # Only ever remove a socket file: a typo in `bind` must not delete a regular file.
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+
+
+def _bound_address(bind: BindAddress, sock: socket.socket) -> BindAddress:
+    if bind.kind == "unix":
+        return bind
+    host, port = sock.getsockname()[:2]
+    return BindAddress(kind="tcp", host=str(host), port=int(port))
+
+
+def _peer_name(peer: Any, bind: BindAddress) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return f"unix:{bind.path}"
+
+
+__all__ = ["ENGINE_FAILURE_ERROR", "AgentServer", "Handler"]
