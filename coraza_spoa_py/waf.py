@@ -1,0 +1,520 @@
+"""The rule engine: our own cffi (ABI mode) binding over the system ``libmodsecurity.so.3``.
+
+This is the only module that knows libmodsecurity exists. It loads rule sets
+(``load_engine``), runs transactions (``WafEngine`` / ``WafTransaction`` of ``models``) and turns
+what the engine says into a ``Verdict``. It must not log, read configuration files, or touch
+gevent: engine calls block the calling thread (they release the GIL, engine.md "Decision"),
+so callers run them on native threads.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from typing import Any
+
+from cffi import FFI
+
+from coraza_spoa_py import __version__, rules
+from coraza_spoa_py.models import IPAddress, RequestInfo, ResponseInfo, RuleMatch, Verdict
+from coraza_spoa_py.settings import AppConfig, RulePaths
+
+LIBRARY_NAME = "libmodsecurity.so.3"
+CONNECTOR_INFO = f"coraza-spoa-py v{__version__}"
+
+# The subset of /usr/include/modsecurity/{modsecurity,rules_set,transaction,intervention}.h we
+# call (engine.md "The C API we need"). Opaque handles are void*.
+_CDEF = """
+typedef struct ModSecurityIntervention_t {
+    int status;
+    int pause;
+    char *url;
+    char *log;
+    int disruptive;
+} ModSecurityIntervention;
+typedef void (*ModSecLogCb)(void *, const void *);
+
+void *msc_init(void);
+const char *msc_who_am_i(void *msc);
+void msc_set_connector_info(void *msc, const char *connector);
+void msc_set_log_cb(void *msc, ModSecLogCb cb);
+
+void *msc_create_rules_set(void);
+int msc_rules_add(void *rules, const char *plain_rules, const char **error);
+int msc_rules_cleanup(void *rules);
+
+void *msc_new_transaction_with_id(void *ms, void *rules, char *id, void *logCbData);
+int msc_process_connection(void *t, const char *client, int cPort, const char *server, int sPort);
+int msc_process_uri(void *t, const char *uri, const char *protocol, const char *http_version);
+int msc_add_n_request_header(void *t, const unsigned char *key, size_t len_key,
+                             const unsigned char *value, size_t len_value);
+int msc_process_request_headers(void *t);
+int msc_append_request_body(void *t, const unsigned char *body, size_t size);
+int msc_process_request_body(void *t);
+int msc_add_n_response_header(void *t, const unsigned char *key, size_t len_key,
+                              const unsigned char *value, size_t len_value);
+int msc_process_response_headers(void *t, int code, const char *protocol);
+int msc_append_response_body(void *t, const unsigned char *body, size_t size);
+int msc_process_response_body(void *t);
+int msc_process_logging(void *t);
+int msc_intervention(void *t, ModSecurityIntervention *it);
+void msc_transaction_cleanup(void *t);
+
+void free(void *ptr);
+"""
+
+_ffi = FFI()
+_ffi.cdef(_CDEF)
+
+# Our score-reporting rule (engine.md "the anomaly score is a TX variable that the C API cannot
+# read"): appended after every rule set, it logs the inbound blocking score of CRS 4
+# (tx.blocking_inbound_anomaly_score) and of CRS 3 (tx.anomaly_score, summed per paranoia level
+# by 949060-949063) at the end of phase 2. A macro over an unset variable expands to "".
+SCORE_RULE_ID = 8_999_101
+_SCORE_RULE = (
+    f'SecAction "id:{SCORE_RULE_ID},phase:2,pass,log,noauditlog,t:none,'
+    "msg:'coraza-spoa-py anomaly score',"
+    "logdata:'crs4=%{tx.blocking_inbound_anomaly_score} crs3=%{tx.anomaly_score}'\""
+)
+_SCORE_DATA = re.compile(r"crs4=(\d*) crs3=(\d*)")
+# When 949110 (or CRS 4's early-blocking twin) denies in phase 2, our rule never runs; the
+# blocking rule's own message carries the same total (compat.md Part 2 §3.1).
+_TOTAL_SCORE = re.compile(r"Inbound Anomaly Score Exceeded.*\(Total Score: (\d+)\)")
+
+# rules_hit / rule_ids count matches with a msg and an id in these ranges (compat.md Part 2
+# §3.1): the CRS attack and blocking-evaluation rules, and the "custom attack" range.
+RULES_HIT_RANGES = ((910_000, 960_000), (190_000, 200_000))
+
+# One "[name "value"]" field of the engine's text log line; values end at '"]' followed by
+# another field or the end of the line.
+_FIELD = re.compile(r'\[(\w+) "(.*?)"\](?= \[|\s*$)')
+# the intervention's line starts "[client ...] ModSecurity: Access denied with code N (phase P)"
+_DISRUPTIVE = re.compile(r"^(?:\[client [^\]]*\] )?ModSecurity: Access denied")
+_RULES_ERROR = re.compile(r"File: (?P<file>.*?)\. Line: (?P<line>\d+)\. Column: \d+\. (?P<msg>.*)")
+# severity numbers of the SecLang severity action, in order (ModSecurity reference manual)
+_SEVERITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
+_PHASE_NAMES = {
+    1: "request-headers",
+    2: "request-body",
+    3: "response-headers",
+    4: "response-body",
+    5: "logging",
+}
+
+
+class RulesError(Exception):
+    """The rules did not load. ``problems`` holds one "file:line: message" string each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class EngineError(Exception):
+    """The native library could not be loaded or refused an operation."""
+
+
+class _Native:
+    """The loaded library and the process-wide ``ModSecurity`` instance (created once)."""
+
+    def __init__(self) -> None:
+        lib: Any
+        try:
+            lib = _ffi.dlopen(LIBRARY_NAME)
+        except OSError as exc:
+            raise EngineError(f"cannot load {LIBRARY_NAME}: {exc}") from exc
+        self.lib = lib
+        self.msc: Any = lib.msc_init()
+        lib.msc_set_connector_info(self.msc, CONNECTOR_INFO.encode())
+        # Without a log callback the library prints every match to stderr (engine.md).
+        self.log_callback = _ffi.callback("void(void *, const void *)", _on_engine_log)
+        lib.msc_set_log_cb(self.msc, self.log_callback)
+
+
+_native_lock = threading.Lock()
+_native_instance: _Native | None = None
+
+
+def _native() -> _Native:
+    global _native_instance
+    with _native_lock:
+        if _native_instance is None:
+            _native_instance = _Native()
+        return _native_instance
+
+
+def _on_engine_log(log_cb_data: Any, message: Any) -> None:
+    # Runs on the engine thread with the GIL held (engine.md): only copy the line; parsing
+    # happens after the engine call returns.
+    if log_cb_data == _ffi.NULL or message == _ffi.NULL:
+        return
+    transaction = _ffi.from_handle(log_cb_data)
+    transaction._pending_lines.append(_ffi.string(_ffi.cast("char *", message)))
+
+
+def _c_string(pointer: Any) -> str:
+    value = _ffi.string(pointer)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def engine_version() -> str:
+    """The engine's own name and version, e.g. "ModSecurity v3.0.9 (Linux)"."""
+    native = _native()
+    return _c_string(native.lib.msc_who_am_i(native.msc))
+
+
+def load_engine(app: AppConfig, rule_paths: RulePaths) -> ModSecEngine:
+    """Resolve ``app.directives`` (``rules.resolve``) and load them into a fresh rule set.
+
+    Raises ``RulesError`` listing every problem as "file:line: message".
+    """
+    resolved = rules.resolve(app, rule_paths)
+    return ModSecEngine(resolved)
+
+
+class ModSecEngine:
+    """One loaded ``RulesSet``; thread-safe, shared by every transaction of an application."""
+
+    def __init__(self, resolved: rules.ResolvedRules) -> None:
+        self._native = _native()
+        lib = self._native.lib
+        self._rules = lib.msc_create_rules_set()
+        # Freed when the last transaction (which holds a reference to us) is gone. Not at
+        # interpreter exit: transactions still alive then would touch freed rules.
+        self._finalizer = weakref.finalize(self, lib.msc_rules_cleanup, self._rules)
+        self._finalizer.atexit = False
+        self.warnings: tuple[str, ...] = resolved.warnings
+        self._directive_lines = resolved.text.splitlines()
+        self._drop_cache: dict[tuple[str, int], bool] = {}
+        self._drop_lock = threading.Lock()
+        count = self._add(resolved.text, resolved)
+        self._add(_SCORE_RULE, None)
+        self.rule_count: int = count
+
+    def _add(self, text: str, resolved: rules.ResolvedRules | None) -> int:
+        lib = self._native.lib
+        error = _ffi.new("char **")
+        count = int(lib.msc_rules_add(self._rules, text.encode(), error))
+        message = ""
+        if error[0] != _ffi.NULL:
+            message = _c_string(error[0]).strip()
+            lib.free(error[0])
+        if count < 0 or message:
+            self._finalizer()
+            raise RulesError(_rules_problems(message, resolved))
+        return count
+
+    def new_transaction(self, transaction_id: str) -> ModSecTransaction:
+        return ModSecTransaction(self, transaction_id)
+
+    def is_drop_rule(self, file: str, line: int) -> bool:
+        """Whether the rule that starts at ``file``:``line`` has the ``drop`` action.
+
+        libmodsecurity reports ``drop`` and ``deny`` alike (status 403, "Access denied"), so
+        we read the disruptive rule's own text once (engine.md "Gotchas").
+        """
+        key = (file, line)
+        with self._drop_lock:
+            cached = self._drop_cache.get(key)
+        if cached is None:
+            cached = _has_drop_action(self._rule_source(file, line))
+            with self._drop_lock:
+                self._drop_cache[key] = cached
+        return cached
+
+    def _rule_source(self, file: str, line: int) -> list[str]:
+        if file.startswith("/"):
+            try:
+                with open(file, encoding="utf-8", errors="replace") as source:
+                    lines = source.read().splitlines()
+            except OSError:
+                return []
+        else:  # rules added as text (the app's directives) name no file
+            lines = self._directive_lines
+        return _directive_at(lines, line)
+
+    def close(self) -> None:
+        """Free the rule set now; only once no transaction uses it any more."""
+        self._finalizer()
+
+
+def _rules_problems(message: str, resolved: rules.ResolvedRules | None) -> list[str]:
+    # libmodsecurity reports "Rules error. File: F. Line: N. Column: C. text" for parse errors
+    # (engine.md "Rule loading facts"); errors in the directives text itself name no file.
+    problems = []
+    for raw_line in message.splitlines() or ["rules failed to load"]:
+        line = raw_line.strip()
+        if not line:
+            continue
+        found = _RULES_ERROR.search(line)
+        if found is None:
+            label = resolved.label if resolved else "<engine>"
+            problems.append(f"{label}:0: {line}")
+            continue
+        file, line_no = found["file"], int(found["line"])
+        if resolved is not None and not file.startswith("/"):
+            file, line_no = resolved.label, resolved.source_line(line_no)
+        problems.append(f"{file}:{line_no}: {found['msg'].strip()}")
+    return problems
+
+
+def _ip_text(address: IPAddress | None) -> bytes:
+    if address is None:
+        return b""
+    # HAProxy maps IPv4 clients into IPv6 on v6 binds; rules (and IP lists) expect dotted quads
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address).encode()
+
+
+def _c_text(value: bytes) -> bytes:
+    # The URI, method and protocol go through char*: a NUL would cut them short, so it is
+    # percent-encoded as the client would have had to send it (rules decode ARGS as usual).
+    return value.replace(b"\x00", b"%00")
+
+
+def parse_match(raw: bytes, phase: int, client: str) -> RuleMatch:
+    """One engine log line → ``RuleMatch`` (fields as named in compat.md Part 2 §5)."""
+    text = raw.decode("utf-8", errors="replace")
+    fields: dict[str, list[str]] = {}
+    for name, value in _FIELD.findall(text):
+        fields.setdefault(name, []).append(value)
+
+    def first(name: str) -> str:
+        return fields.get(name, [""])[0]
+
+    severity_text = first("severity")
+    severity_id = int(severity_text) if severity_text.isdigit() else -1
+    rule_id = first("id")
+    return RuleMatch(
+        rule_id=int(rule_id) if rule_id.isdigit() else 0,
+        msg=first("msg"),
+        data=first("data"),
+        severity=_SEVERITIES[severity_id] if 0 <= severity_id < len(_SEVERITIES) else "",
+        severity_id=severity_id,
+        file=first("file"),
+        line=int(first("line")) if first("line").isdigit() else 0,
+        revision=first("rev"),
+        version=first("ver"),
+        maturity=first("maturity"),
+        accuracy=first("accuracy"),
+        tags=tuple(fields.get("tag", ())),
+        server=first("hostname"),
+        uri=first("uri"),
+        unique_id=first("unique_id"),
+        client=client,
+        disruptive=bool(_DISRUPTIVE.match(text)),
+        phase_id=phase,
+        phase=_PHASE_NAMES.get(phase, ""),
+        raw=text,
+    )
+
+
+def in_rules_hit_ranges(rule_id: int) -> bool:
+    return any(low <= rule_id < high for low, high in RULES_HIT_RANGES)
+
+
+class ModSecTransaction:
+    """One native transaction (``models.WafTransaction``). One call at a time, any thread."""
+
+    def __init__(self, engine: ModSecEngine, transaction_id: str) -> None:
+        self._engine = engine  # keeps the RulesSet alive while we run
+        self._lib = engine._native.lib
+        self._id = transaction_id
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pending_lines: list[bytes] = []
+        self._matches: list[RuleMatch] = []
+        self._anomaly_score = 0
+        self._client = ""
+        self._handle = _ffi.new_handle(self)
+        self._id_buffer = _ffi.new("char[]", transaction_id.encode())
+        self._tx = self._lib.msc_new_transaction_with_id(
+            engine._native.msc, engine._rules, self._id_buffer, self._handle
+        )
+        if self._tx == _ffi.NULL:
+            raise EngineError("msc_new_transaction_with_id failed")
+
+    @property
+    def transaction_id(self) -> str:
+        return self._id
+
+    # -- request: phases 1 and 2 ------------------------------------------------------------
+    def process_request(self, request: RequestInfo) -> Verdict:
+        with self._lock:
+            self._check_open()
+            lib, tx = self._lib, self._tx
+            start = len(self._matches)
+            self._client = _ip_text(request.src_ip).decode()
+            lib.msc_process_connection(
+                tx,
+                self._client.encode(),
+                request.src_port,
+                _ip_text(request.dst_ip),
+                request.dst_port,
+            )
+            intervention = self._step(1)
+            if intervention is None:
+                lib.msc_process_uri(
+                    tx, _c_text(request.uri), _c_text(request.method), _c_text(request.version)
+                )
+                intervention = self._step(1)
+            if intervention is None:
+                for name, value in request.headers:
+                    lib.msc_add_n_request_header(tx, name, len(name), value, len(value))
+                lib.msc_process_request_headers(tx)
+                intervention = self._step(1)
+            if intervention is None:
+                if request.body:
+                    lib.msc_append_request_body(tx, request.body, len(request.body))
+                # phase 2 runs even without a body: CRS scores and blocks there (949110)
+                lib.msc_process_request_body(tx)
+                intervention = self._step(2)
+            return self._verdict(intervention, start)
+
+    # -- response: phases 3 and 4 -----------------------------------------------------------
+    def process_response(self, response: ResponseInfo) -> Verdict:
+        with self._lock:
+            self._check_open()
+            lib, tx = self._lib, self._tx
+            start = len(self._matches)
+            for name, value in response.headers:
+                lib.msc_add_n_response_header(tx, name, len(name), value, len(value))
+            protocol = b"HTTP/" + _c_text(response.version)
+            lib.msc_process_response_headers(tx, response.status, protocol)
+            intervention = self._step(3)
+            if intervention is None:
+                if response.body:
+                    lib.msc_append_response_body(tx, response.body, len(response.body))
+                lib.msc_process_response_body(tx)
+                intervention = self._step(4)
+            return self._verdict(intervention, start)
+
+    def close(self) -> None:
+        """Run the logging phase (audit log) and free the native transaction. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._lib.msc_process_logging(self._tx)
+            finally:
+                self._lib.msc_transaction_cleanup(self._tx)
+                self._tx = _ffi.NULL
+                self._pending_lines.clear()
+
+    def __del__(self) -> None:
+        # A transaction the caller forgot: free the native side rather than leak it.
+        if not getattr(self, "_closed", True):
+            self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"transaction {self._id} is closed")
+
+    def _step(self, phase: int) -> _Intervention | None:
+        # After each engine step: collect what the rules logged, then ask for an intervention
+        # (engine.md: reset status to 200 before, free url/log after).
+        self._collect(phase)
+        it: Any = _ffi.new("ModSecurityIntervention *")
+        it.status = 200
+        it.url = _ffi.NULL
+        it.log = _ffi.NULL
+        it.disruptive = 0
+        self._lib.msc_intervention(self._tx, it)
+        url = log = ""
+        if it.url != _ffi.NULL:
+            url = _c_string(it.url)
+            self._lib.free(it.url)
+        if it.log != _ffi.NULL:
+            log = _c_string(it.log)
+            self._lib.free(it.log)
+        if not it.disruptive:
+            return None
+        # The disruptive rule's line never reaches the log callback (libmodsecurity 3.0.9
+        # hands it over only here), so it joins the matches from the intervention.
+        match = None
+        if log:
+            match = self._record(log.encode(), phase)
+        return _Intervention(status=int(it.status), url=url, match=match)
+
+    def _collect(self, phase: int) -> None:
+        lines, self._pending_lines = self._pending_lines, []
+        for raw in lines:
+            self._record(raw, phase)
+
+    def _record(self, raw: bytes, phase: int) -> RuleMatch | None:
+        match = parse_match(raw, phase, self._client)
+        if match.rule_id == SCORE_RULE_ID:
+            self._anomaly_score = _reported_score(match.data, self._anomaly_score)
+            return None
+        total = _TOTAL_SCORE.search(match.msg)
+        if total is not None:
+            self._anomaly_score = int(total[1])
+        self._matches.append(match)
+        return match
+
+    def _verdict(self, intervention: _Intervention | None, start: int) -> Verdict:
+        new_matches = tuple(self._matches[start:])
+        matched_ids = tuple(m.rule_id for m in self._matches)
+        rules_hit = sum(1 for m in self._matches if m.msg and in_rules_hit_ranges(m.rule_id))
+        common: dict[str, Any] = {
+            "matched_rule_ids": matched_ids,
+            "rules_hit": rules_hit,
+            "anomaly_score": self._anomaly_score,
+            "log_lines": tuple(m.raw for m in new_matches),
+            "matches": new_matches,
+        }
+        if intervention is None:
+            return Verdict(**common)
+        return Verdict(
+            interrupted=True,
+            status=intervention.status,
+            action=_action_of(intervention.match, intervention.url, self._engine),
+            redirect_url=intervention.url,
+            rule_id=intervention.match.rule_id if intervention.match else 0,
+            **common,
+        )
+
+
+class _Intervention:
+    __slots__ = ("status", "url", "match")
+
+    def __init__(self, status: int, url: str, match: RuleMatch | None) -> None:
+        self.status = status
+        self.url = url
+        self.match = match
+
+
+def _reported_score(data: str, current: int) -> int:
+    found = _SCORE_DATA.search(data)
+    if found is None:
+        return current
+    crs4, crs3 = found[1], found[2]
+    return int(crs4 or crs3 or current)
+
+
+def _action_of(disruptive: RuleMatch | None, url: str, engine: ModSecEngine) -> str:
+    if url:
+        return "redirect"
+    if disruptive is not None and engine.is_drop_rule(disruptive.file, disruptive.line):
+        return "drop"
+    return "deny"
+
+
+def _directive_at(lines: list[str], line: int) -> list[str]:
+    # The directive that starts at 1-based ``line``, with its backslash continuations.
+    result: list[str] = []
+    for text in lines[max(line - 1, 0) :]:
+        result.append(text)
+        if not text.rstrip().endswith("\\"):
+            break
+    return result
+
+
+def _has_drop_action(directive: list[str]) -> bool:
+    # The actions are the last quoted argument; "drop" as a whole word among them.
+    text = " ".join(part.rstrip("\\") for part in directive)
+    actions = text.rsplit('"', 2)[-2] if text.count('"') >= 2 else ""
+    return any(part.strip().strip("'") == "drop" for part in actions.split(","))
