@@ -99,7 +99,10 @@ class HaproxyDisconnect:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
-    """The peer closed the TCP stream (``receive_data(b"")``) at a frame boundary."""
+    """The peer closed the TCP stream (``receive_data(b"")``). ``unparsed_bytes`` > 0 means it
+    closed in the middle of a frame: those bytes were dropped (a quiet close, spop.md §5.3)."""
+
+    unparsed_bytes: int = 0
 
 
 # ---- actions, for ACK frames ---------------------------------------------------------------

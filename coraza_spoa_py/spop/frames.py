@@ -1,0 +1,484 @@
+"""SPOP frames: the header, and the payload of all seven frame kinds in both directions.
+
+The agent side decodes HAPROXY-HELLO, HAPROXY-DISCONNECT and NOTIFY and encodes AGENT-HELLO,
+AGENT-DISCONNECT and ACK. The HAProxy side (encode HAPROXY-HELLO, NOTIFY, HAPROXY-DISCONNECT;
+decode AGENT-HELLO, ACK, AGENT-DISCONNECT) exists so that tests can play HAProxy.
+
+This module checks the shape of each frame (field types, counts, bounds) and raises
+``SpopError(INVALID)`` when it is wrong. It does not negotiate, keep state or decide which
+frame is allowed when: that is ``connection``'s job.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from functools import lru_cache
+
+from coraza_spoa_py.spop.errors import SpopError, StatusCode
+from coraza_spoa_py.spop.events import (
+    Action,
+    Arg,
+    DataType,
+    Message,
+    SetVar,
+    TypedValue,
+    UnsetVar,
+    VarScope,
+)
+from coraza_spoa_py.spop.wire import (
+    Reader,
+    encode_kv_list,
+    encode_name,
+    encode_typed,
+    encode_value,
+    encode_varint,
+    infer_type,
+)
+
+
+class FrameType(IntEnum):
+    """Frame type ids, spop.md §1."""
+
+    UNSET = 0
+    HAPROXY_HELLO = 1
+    HAPROXY_DISCONNECT = 2
+    NOTIFY = 3
+    AGENT_HELLO = 101
+    AGENT_DISCONNECT = 102
+    ACK = 103
+
+
+class FrameFlags(IntFlag):
+    """spop.md §1 "Flags": bit 0 FIN, bit 1 ABORT; bits 2-31 reserved."""
+
+    FIN = 1
+    ABORT = 2
+
+
+class ActionType(IntEnum):
+    """ACK action ids, spop.md §2.3."""
+
+    SET_VAR = 1
+    UNSET_VAR = 2
+
+
+# KV keys of HELLO and DISCONNECT frames (spop.md §3.1, §3.2, §5.1)
+KEY_SUPPORTED_VERSIONS = "supported-versions"
+KEY_VERSION = "version"
+KEY_MAX_FRAME_SIZE = "max-frame-size"
+KEY_CAPABILITIES = "capabilities"
+KEY_ENGINE_ID = "engine-id"
+KEY_HEALTHCHECK = "healthcheck"
+KEY_STATUS_CODE = "status-code"
+KEY_MESSAGE = "message"
+CAPABILITY_PIPELINING = "pipelining"
+SPOP_VERSION = "2.0"
+
+LENGTH = struct.Struct(">I")
+TYPE_AND_FLAGS = struct.Struct(">BI")
+LENGTH_PREFIX_SIZE = LENGTH.size
+# type (1) + flags (4) + stream-id (>= 1) + frame-id (>= 1): HAProxy rejects less (spop.md §1)
+MIN_FRAME_LENGTH = 7
+MAX_FRAME_LENGTH = (1 << 32) - 1
+# SPOE.txt / spop.md §3.1: both peers must accept frames of at least 256 bytes
+MIN_MAX_FRAME_SIZE = 256
+MAX_ARGS_PER_MESSAGE = 255  # NB-ARGS is one raw byte (spop.md §2.3)
+# spop.md §5.1: HAProxy <= 3.0 rejects an agent DISCONNECT message longer than 255 bytes
+MAX_DISCONNECT_MESSAGE = 255
+# spop.md §9: HAProxy silently ignores an action whose name has any other character
+_VAR_NAME = re.compile(r"[A-Za-z0-9_.]{1,63}")
+
+_INTEGER_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
+_FIN_HEADERS: dict[FrameType, bytes] = {
+    frame_type: TYPE_AND_FLAGS.pack(frame_type, FrameFlags.FIN) for frame_type in FrameType
+}
+
+
+def _invalid(detail: str) -> SpopError:
+    return SpopError(StatusCode.INVALID, f"invalid frame received: {detail}")
+
+
+# ---- header ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """One frame as read: ``type`` is the raw byte (it may be an id we do not know) and
+    ``payload`` a view over the bytes after the frame-id."""
+
+    type: int
+    flags: int
+    stream_id: int
+    frame_id: int
+    payload: memoryview
+
+
+def parse_frame(body: bytes | memoryview) -> RawFrame:
+    """Parse the LENGTH bytes that follow the 4-byte prefix (spop.md §1)."""
+    view = body if isinstance(body, memoryview) else memoryview(body)
+    if len(view) < MIN_FRAME_LENGTH:
+        raise _invalid(f"frame of {len(view)} bytes is shorter than {MIN_FRAME_LENGTH}")
+    frame_type, flags = TYPE_AND_FLAGS.unpack_from(view)
+    reader = Reader(view, TYPE_AND_FLAGS.size)
+    stream_id = reader.varint()
+    frame_id = reader.varint()
+    return RawFrame(frame_type, flags, stream_id, frame_id, view[reader.pos :])
+
+
+def encode_frame(
+    frame_type: int,
+    payload: bytes = b"",
+    stream_id: int = 0,
+    frame_id: int = 0,
+    flags: int = FrameFlags.FIN,
+) -> bytes:
+    """Length prefix + header + payload, ready for one ``sendall`` (spop.md §10 pitfall 1)."""
+    body = TYPE_AND_FLAGS.pack(frame_type, flags) + encode_varint(stream_id)
+    body += encode_varint(frame_id) + payload
+    return LENGTH.pack(len(body)) + body
+
+
+def split_frame(data: bytes | memoryview, pos: int = 0) -> tuple[RawFrame, int] | None:
+    """The frame that starts at ``pos`` and the offset after it, or None when incomplete.
+    For test peers reading a byte stream; the agent's own reader is ``Connection``."""
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    if len(view) - pos < LENGTH_PREFIX_SIZE:
+        return None
+    (length,) = LENGTH.unpack_from(view, pos)
+    end = pos + LENGTH_PREFIX_SIZE + length
+    if len(view) < end:
+        return None
+    return parse_frame(view[pos + LENGTH_PREFIX_SIZE : end]), end
+
+
+def decode_frame(wire: bytes | memoryview) -> RawFrame:
+    """Exactly one whole frame, length prefix included."""
+    result = split_frame(wire)
+    if result is None or result[1] != len(wire):
+        raise _invalid("the length prefix does not match the data")
+    return result[0]
+
+
+# ---- KV-list frames: HELLO and DISCONNECT ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HaproxyHelloFrame:
+    """What a HAPROXY-HELLO carried; None means the key was absent (spop.md §3.1)."""
+
+    supported_versions: str | None
+    max_frame_size: int | None
+    capabilities: tuple[str, ...]
+    engine_id: str | None
+    healthcheck: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHelloFrame:
+    """What an AGENT-HELLO carried; None means the key was absent (spop.md §3.2)."""
+
+    version: str | None
+    max_frame_size: int | None
+    capabilities: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectFrame:
+    status: int
+    message: bytes
+
+
+def split_capabilities(value: bytes) -> tuple[str, ...]:
+    """A comma list; spaces around tokens are ignored (spop.md §3.2)."""
+    return tuple(t for t in (p.strip() for p in value.decode("latin-1").split(",")) if t)
+
+
+def _kv(payload: memoryview) -> dict[str, TypedValue]:
+    # duplicate keys are tolerated, the last one wins; unknown keys are skipped (spop.md §3.1)
+    return dict(Reader(payload).kv_list())
+
+
+def _string(items: dict[str, TypedValue], key: str) -> bytes | None:
+    typed = items.get(key)
+    if typed is None:
+        return None
+    if typed.type is not DataType.STRING or not isinstance(typed.value, bytes):
+        raise _invalid(f"{key} must be a STRING")
+    return typed.value
+
+
+def _integer(items: dict[str, TypedValue], key: str) -> int | None:
+    typed = items.get(key)
+    if typed is None:
+        return None
+    if typed.type not in _INTEGER_TYPES or not isinstance(typed.value, int):
+        raise _invalid(f"{key} must be an integer")
+    return typed.value
+
+
+def decode_haproxy_hello(payload: memoryview) -> HaproxyHelloFrame:
+    items = _kv(payload)
+    versions = _string(items, KEY_SUPPORTED_VERSIONS)
+    capabilities = _string(items, KEY_CAPABILITIES)
+    engine_id = _string(items, KEY_ENGINE_ID)
+    healthcheck = items.get(KEY_HEALTHCHECK)
+    if healthcheck is not None and healthcheck.type is not DataType.BOOL:
+        raise _invalid(f"{KEY_HEALTHCHECK} must be a BOOL")
+    return HaproxyHelloFrame(
+        supported_versions=None if versions is None else versions.decode("latin-1"),
+        max_frame_size=_integer(items, KEY_MAX_FRAME_SIZE),
+        capabilities=() if capabilities is None else split_capabilities(capabilities),
+        engine_id=None if engine_id is None else engine_id.decode("latin-1"),
+        healthcheck=healthcheck is not None and healthcheck.value is True,
+    )
+
+
+def decode_agent_hello(payload: memoryview) -> AgentHelloFrame:
+    items = _kv(payload)
+    version = _string(items, KEY_VERSION)
+    capabilities = _string(items, KEY_CAPABILITIES)
+    return AgentHelloFrame(
+        version=None if version is None else version.decode("latin-1"),
+        max_frame_size=_integer(items, KEY_MAX_FRAME_SIZE),
+        capabilities=None if capabilities is None else split_capabilities(capabilities),
+    )
+
+
+def decode_disconnect(payload: memoryview) -> DisconnectFrame:
+    """Either DISCONNECT (spop.md §5.1). A missing status reads as 99, a missing message as
+    empty: the peer is leaving anyway and we only report what it said."""
+    items = _kv(payload)
+    status = _integer(items, KEY_STATUS_CODE)
+    message = _string(items, KEY_MESSAGE)
+    return DisconnectFrame(
+        status=StatusCode.UNKNOWN if status is None else status,
+        message=b"" if message is None else message,
+    )
+
+
+def _kv_frame(frame_type: FrameType, items: Iterable[tuple[str, TypedValue]]) -> bytes:
+    return encode_frame(frame_type, encode_kv_list(items))
+
+
+@lru_cache(maxsize=64)
+def encode_agent_hello(max_frame_size: int, pipelining: bool) -> bytes:
+    """AGENT-HELLO (spop.md §3.2). ``capabilities`` is always present, even empty: the 3.1+
+    health check requires it. Never ``async`` or ``fragmentation``. Cached: the bytes only
+    depend on the two arguments (spop.md §11.3)."""
+    return _kv_frame(
+        FrameType.AGENT_HELLO,
+        [
+            (KEY_VERSION, TypedValue(DataType.STRING, SPOP_VERSION.encode())),
+            (KEY_MAX_FRAME_SIZE, TypedValue(DataType.UINT32, max_frame_size)),
+            (
+                KEY_CAPABILITIES,
+                TypedValue(DataType.STRING, CAPABILITY_PIPELINING.encode() if pipelining else b""),
+            ),
+        ],
+    )
+
+
+def encode_haproxy_hello(
+    *,
+    supported_versions: str = SPOP_VERSION,
+    max_frame_size: int = 16380,
+    capabilities: str = CAPABILITY_PIPELINING,
+    engine_id: str | None = None,
+    healthcheck: bool = False,
+) -> bytes:
+    """HAPROXY-HELLO with HAProxy's key order (spop.md §3.1); for test peers."""
+    items = [
+        (KEY_SUPPORTED_VERSIONS, TypedValue(DataType.STRING, supported_versions.encode())),
+        (KEY_MAX_FRAME_SIZE, TypedValue(DataType.UINT32, max_frame_size)),
+        (KEY_CAPABILITIES, TypedValue(DataType.STRING, capabilities.encode())),
+    ]
+    if engine_id is not None:
+        items.append((KEY_ENGINE_ID, TypedValue(DataType.STRING, engine_id.encode())))
+    if healthcheck:
+        items.append((KEY_HEALTHCHECK, TypedValue(DataType.BOOL, True)))
+    return _kv_frame(FrameType.HAPROXY_HELLO, items)
+
+
+def _disconnect(frame_type: FrameType, status: int, message: str | bytes) -> bytes:
+    text = message.encode("utf-8") if isinstance(message, str) else message
+    return _kv_frame(
+        frame_type,
+        [
+            (KEY_STATUS_CODE, TypedValue(DataType.UINT32, int(status))),
+            (KEY_MESSAGE, TypedValue(DataType.STRING, text[:MAX_DISCONNECT_MESSAGE])),
+        ],
+    )
+
+
+def encode_agent_disconnect(status: int, message: str | bytes) -> bytes:
+    """AGENT-DISCONNECT; the message is cut to 255 bytes (spop.md §5.1)."""
+    return _disconnect(FrameType.AGENT_DISCONNECT, status, message)
+
+
+def encode_haproxy_disconnect(status: int, message: str | bytes) -> bytes:
+    return _disconnect(FrameType.HAPROXY_DISCONNECT, status, message)
+
+
+# ---- NOTIFY --------------------------------------------------------------------------------
+
+
+def decode_messages(payload: memoryview) -> tuple[Message, ...]:
+    """LIST-OF-MESSAGES (spop.md §2.3). NB-ARGS is honoured, so the next message starts right
+    after the last arg (spop.md §10 pitfall 5). An empty payload is legal (spop.md §4.1)."""
+    reader = Reader(payload)
+    messages: list[Message] = []
+    while not reader.at_end():
+        name = reader.name()
+        args: list[Arg] = []
+        for _ in range(reader.byte()):
+            arg_name = reader.name()
+            data_type, value = reader.typed()
+            args.append(Arg(arg_name, data_type, value))
+        messages.append(Message(name, tuple(args)))
+    return tuple(messages)
+
+
+def encode_messages(messages: Iterable[Message]) -> bytes:
+    out = bytearray()
+    for message in messages:
+        if len(message.args) > MAX_ARGS_PER_MESSAGE:
+            raise ValueError(f"message {message.name!r} has more than 255 args")
+        out += encode_name(message.name)
+        out.append(len(message.args))
+        for arg in message.args:
+            out += encode_name(arg.name)
+            out += encode_typed(arg.type, arg.value)
+    return bytes(out)
+
+
+def encode_notify(stream_id: int, frame_id: int, messages: Iterable[Message]) -> bytes:
+    """NOTIFY; for test peers."""
+    return encode_frame(FrameType.NOTIFY, encode_messages(messages), stream_id, frame_id)
+
+
+# ---- ACK -----------------------------------------------------------------------------------
+
+# spop.md §4.2: some 3.1.x builds never wake the stream on an empty ACK, so an ACK always
+# carries at least this harmless action (txn.<prefix>.noop is never set by anyone).
+NOOP_ACTION = UnsetVar(VarScope.TRANSACTION, "noop")
+
+
+def _check_var_name(name: str) -> None:
+    if _VAR_NAME.fullmatch(name) is None:
+        raise ValueError(f"variable name {name!r} must be 1-63 characters of [A-Za-z0-9_.]")
+
+
+@lru_cache(maxsize=512)
+def _set_var_head(scope: VarScope, name: str) -> bytes:
+    # ACTION-TYPE, NB-ARGS = 3, scope byte, untyped name (spop.md §2.3): constant per variable
+    _check_var_name(name)
+    return bytes((ActionType.SET_VAR, 3, VarScope(scope))) + encode_name(name)
+
+
+@lru_cache(maxsize=512)
+def _unset_var(scope: VarScope, name: str) -> bytes:
+    _check_var_name(name)
+    return bytes((ActionType.UNSET_VAR, 2, VarScope(scope))) + encode_name(name)
+
+
+def encode_actions(actions: Sequence[Action]) -> bytes:
+    """LIST-OF-ACTIONS; never empty (adds NOOP_ACTION when ``actions`` is)."""
+    if not actions:
+        return _unset_var(NOOP_ACTION.scope, NOOP_ACTION.name)
+    out = bytearray()
+    for action in actions:
+        if isinstance(action, SetVar):
+            out += _set_var_head(action.scope, action.name)
+            out += encode_value(action.value, action.type)
+        else:
+            out += _unset_var(action.scope, action.name)
+    return bytes(out)
+
+
+def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:
+    """A whole ACK frame echoing the NOTIFY's ids (spop.md §4.2)."""
+    body = bytearray(LENGTH_PREFIX_SIZE)
+    body += _FIN_HEADERS[FrameType.ACK]
+    body += encode_varint(stream_id)
+    body += encode_varint(frame_id)
+    body += encode_actions(actions)
+    LENGTH.pack_into(body, 0, len(body) - LENGTH_PREFIX_SIZE)
+    return bytes(body)
+
+
+def _scope(reader: Reader) -> VarScope:
+    scope = reader.byte()
+    if scope > VarScope.RESPONSE:
+        raise _invalid(f"unknown variable scope {scope}")
+    return VarScope(scope)
+
+
+def decode_actions(payload: memoryview) -> tuple[Action, ...]:
+    """LIST-OF-ACTIONS as HAProxy would read it; for test peers. Stricter than HAProxy,
+    which stops silently at the first malformed action (spop.md §4.2): here it is an error."""
+    reader = Reader(payload)
+    actions: list[Action] = []
+    while not reader.at_end():
+        action_type = reader.byte()
+        nb_args = reader.byte()
+        if action_type == ActionType.SET_VAR and nb_args == 3:
+            scope = _scope(reader)
+            name = reader.name()
+            data_type, value = reader.typed()
+            actions.append(SetVar(scope, name, value, data_type))
+        elif action_type == ActionType.UNSET_VAR and nb_args == 2:
+            scope = _scope(reader)
+            actions.append(UnsetVar(scope, reader.name()))
+        else:
+            raise _invalid(f"action {action_type} with {nb_args} args")
+    return tuple(actions)
+
+
+def typed_set_var(action: SetVar) -> SetVar:
+    """The same SET-VAR with its type made explicit, as it reads back from the wire."""
+    value = action.value
+    data_type = infer_type(value) if action.type is None else action.type
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return SetVar(action.scope, action.name, value, data_type)
+
+
+__all__ = [
+    "CAPABILITY_PIPELINING",
+    "LENGTH",
+    "MAX_ARGS_PER_MESSAGE",
+    "MIN_FRAME_LENGTH",
+    "MIN_MAX_FRAME_SIZE",
+    "NOOP_ACTION",
+    "SPOP_VERSION",
+    "ActionType",
+    "AgentHelloFrame",
+    "DisconnectFrame",
+    "FrameFlags",
+    "FrameType",
+    "HaproxyHelloFrame",
+    "RawFrame",
+    "decode_actions",
+    "decode_agent_hello",
+    "decode_disconnect",
+    "decode_frame",
+    "decode_haproxy_hello",
+    "decode_messages",
+    "encode_ack",
+    "encode_actions",
+    "encode_agent_disconnect",
+    "encode_agent_hello",
+    "encode_frame",
+    "encode_haproxy_disconnect",
+    "encode_haproxy_hello",
+    "encode_messages",
+    "encode_notify",
+    "parse_frame",
+    "split_capabilities",
+    "split_frame",
+    "typed_set_var",
+]
