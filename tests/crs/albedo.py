@@ -1,0 +1,125 @@
+"""A backend that behaves like albedo, the CRS project's test backend (harness.md §3).
+
+- ``POST /reflect`` with a JSON body ``{"status", "headers", "body" | "encodedBody"}`` answers
+  with that status, those headers and that body (``encodedBody`` is base64): this is how the
+  RESPONSE-95x tests make the backend "leak" an error page the response rules must catch.
+- Anything else (any method, any path, any body) answers 200 with an empty body.
+
+``albedo_response`` is the pure part, also used by the direct mode so both modes see the same
+response. ``AlbedoServer`` serves it over HTTP/1.1 keep-alive on a thread per connection
+(HAProxy reuses backend connections). It must not judge or log test results.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+REFLECT_PATH = "/reflect"
+
+# (status, headers, body)
+Reply = tuple[int, tuple[tuple[str, str], ...], bytes]
+
+
+def albedo_response(method: str, path: str, body: bytes) -> Reply:
+    """What albedo answers to one request."""
+    if method == "POST" and path.split("?", 1)[0] == REFLECT_PATH:
+        reflected = _reflect(body)
+        if reflected is not None:
+            return reflected
+        return 400, (("Content-Type", "text/plain"),), b"invalid reflect spec\n"
+    return 200, (), b""
+
+
+def _reflect(body: bytes) -> Reply | None:
+    try:
+        spec: Any = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(spec, dict):
+        return None
+    status = int(spec.get("status") or 200)
+    headers = tuple((str(k), str(v)) for k, v in (spec.get("headers") or {}).items())
+    if spec.get("encodedBody"):
+        try:
+            payload = base64.b64decode(spec["encodedBody"])
+        except (binascii.Error, ValueError):
+            return None
+    else:
+        payload = str(spec.get("body") or "").encode("utf-8")
+    return status, headers, payload
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, HAProxy reuses the connection
+    server_version = "albedo-py"
+
+    def __getattr__(self, name: str) -> Any:
+        # BaseHTTPRequestHandler dispatches to do_<METHOD>; CRS sends any method at all
+        if name.startswith("do_"):
+            return self._answer
+        raise AttributeError(name)
+
+    def _answer(self) -> None:
+        body = self._read_body()
+        status, headers, payload = albedo_response(self.command, self.path, body)
+        self.send_response(status)
+        names = {name.lower() for name, _ in headers}
+        for name, value in headers:
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        if "content-type" not in names and payload:
+            self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass  # thousands of requests: the runner reports, the backend stays quiet
+
+
+class AlbedoServer:
+    """``with AlbedoServer() as backend: backend.port`` — bound to 127.0.0.1:0."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._httpd = ThreadingHTTPServer((host, 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> AlbedoServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> AlbedoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,97 @@
+"""Direct mode: the same stages fed to libmodsecurity in-process, without HAProxy or the agent.
+
+Each stage's built request is split by ``rawparse`` (lenient, nothing normalised) into method,
+URI, version, headers and body; the response phases get what ``albedo`` would answer. The
+result is the baseline: every stage that passes here and fails through HAProxy points at
+HAProxy or at the agent, and the difference table in docs/crs.md explains each one.
+
+Engine calls release the GIL, so a small thread pool uses both cores. This module drives the
+engine through ``coraza_spoa_py.waf`` only (the ``WafEngine`` contract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address
+
+from coraza_spoa_py import waf
+from coraza_spoa_py.models import RequestInfo, ResponseInfo, WafEngine
+from coraza_spoa_py.settings import AppConfig, RulePaths
+from tests.crs import builder, rawparse
+from tests.crs.albedo import albedo_response
+from tests.crs.crs_setup import APP_NAME, CRS_TEST_DIRECTIVES
+from tests.crs.judge import Observation
+from tests.crs.loader import Stage
+
+LOOPBACK = IPv4Address("127.0.0.1")
+
+
+def load_crs_engine(rule_paths: RulePaths | None = None) -> WafEngine:
+    app = AppConfig(name=APP_NAME, directives=CRS_TEST_DIRECTIVES + "\n", response_check=True)
+    return waf.load_engine(app, rule_paths or RulePaths())
+
+
+def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation:
+    """Run one stage through the engine; ``status`` is what albedo would have answered."""
+    try:
+        raw = builder.build_request(stage)
+    except builder.BuildError as exc:
+        return Observation(error=f"build: {exc}")
+    try:
+        parsed = rawparse.parse_request(raw)
+    except rawparse.UnparseableError:
+        # a server answers 400 before any WAF hook runs: no rule can have matched
+        return Observation(status=400)
+    request = RequestInfo(
+        transaction_id=transaction_id,
+        method=parsed.method,
+        path=parsed.path,
+        query=parsed.query,
+        version=parsed.version,
+        headers=parsed.headers,
+        body=parsed.body,
+        src_ip=LOOPBACK,
+        src_port=40000,
+        dst_ip=LOOPBACK,
+        dst_port=80,
+    )
+    status, headers, body = albedo_response(
+        parsed.method.decode("latin-1"), parsed.target.decode("latin-1"), parsed.body
+    )
+    response_headers = tuple((n.encode(), v.encode()) for n, v in headers) + (
+        (b"content-length", str(len(body)).encode()),
+    )
+    response = ResponseInfo(
+        transaction_id=transaction_id, status=status, headers=response_headers, body=body
+    )
+    transaction = engine.new_transaction(transaction_id)
+    try:
+        transaction.process_request(request)
+        verdict = transaction.process_response(response)
+    finally:
+        transaction.close()
+    return Observation(status=status, rule_ids=verdict.matched_rule_ids, response=body)
+
+
+def run_direct(
+    stages: Sequence[Stage],
+    *,
+    jobs: int = 2,
+    engine: WafEngine | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Observation]:
+    """Observe every stage; keyed by stage id."""
+    engine = engine or load_crs_engine()
+    results: dict[str, Observation] = {}
+
+    def one(item: tuple[int, Stage]) -> tuple[str, Observation]:
+        index, stage = item
+        return stage.stage_id, observe(engine, stage, f"direct-{index}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for count, (stage_id, seen) in enumerate(pool.map(one, enumerate(stages)), start=1):
+            results[stage_id] = seen
+            if progress:
+                progress(count)
+    return results

@@ -1,0 +1,79 @@
+"""Decide whether one stage passed, from what was observed for THAT transaction.
+
+The observation carries the rule ids the agent (or the engine, in direct mode) reported for
+the stage's transaction — request and response phases — instead of a scraped log. ftw and
+go-ftw search log lines with regexes such as ``id "920100"``; we give them one synthetic line
+per matched rule in ModSecurity's own form, ``[id "920100"]``, so the files' regexes work
+unchanged (and a regex that never matched a real ModSecurity line, like ``id:921140``, still
+never matches). A log regex that names no rule id cannot be judged from ids: such a stage is
+*skipped*, never passed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tests.crs.loader import StageOutput
+
+Outcome = Literal["passed", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    status: int | None = None  # None: no HTTP response (error)
+    rule_ids: tuple[int, ...] = ()
+    response: bytes = b""
+    error: str | None = None  # sender error (timeout, garbage) — ftw's TestError
+
+
+@dataclass(frozen=True)
+class Judgement:
+    outcome: Outcome
+    reasons: tuple[str, ...] = field(default=())
+
+
+_RULE_ID = re.compile(r"\d{6}")
+
+
+def log_lines(rule_ids: tuple[int, ...]) -> list[str]:
+    return [f'[id "{rule_id}"]' for rule_id in rule_ids]
+
+
+def judge(expected: StageOutput, seen: Observation) -> Judgement:
+    if expected.expect_error:
+        # ftw 1.x run_stage: with expect_error only the error itself is checked
+        if seen.error is not None:
+            return Judgement("passed")
+        return Judgement("failed", (f"expected an error, got status {seen.status}",))
+    if seen.error is not None:
+        return Judgement("failed", (f"request failed: {seen.error}",))
+    for regex in (*expected.log_regexes, *expected.no_log_regexes):
+        if not _RULE_ID.search(regex):
+            return Judgement("skipped", (f"log regex {regex!r} names no rule id",))
+
+    reasons: list[str] = []
+    lines = log_lines(seen.rule_ids)
+    for regex in expected.log_regexes:
+        if not any(re.search(regex, line) for line in lines):
+            reasons.append(f"log_contains {regex!r} not found")
+    for regex in expected.no_log_regexes:
+        if any(re.search(regex, line) for line in lines):
+            reasons.append(f"no_log_contains {regex!r} found")
+    found = set(seen.rule_ids)
+    missing = [i for i in expected.expect_ids if i not in found]
+    if missing:
+        reasons.append(f"expected ids not found: {missing}")
+    unwanted = [i for i in expected.no_expect_ids if i in found]
+    if unwanted:
+        reasons.append(f"unexpected ids found: {unwanted}")
+    if expected.status and seen.status not in expected.status:
+        reasons.append(f"status {seen.status}, expected {list(expected.status)}")
+    if expected.response_contains is not None and not re.search(
+        expected.response_contains, seen.response.decode("utf-8", "replace")
+    ):
+        reasons.append(f"response_contains {expected.response_contains!r} not found")
+    if reasons:
+        return Judgement("failed", tuple(reasons))
+    return Judgement("passed")
