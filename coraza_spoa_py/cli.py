@@ -1,0 +1,133 @@
+"""The entry point: flags, gevent monkey-patching, wiring, signals, reload and shutdown.
+
+gevent must patch socket, threading, ssl … before anything imports them, so the patching is the
+first statement of this module (style.md rule 6; ``coraza_spoa_py/__init__.py`` imports nothing
+to make that possible, and a subprocess test checks the order).
+
+Wiring (docs/architecture.md "cli wiring"): config → logging → one engine per application
+(compiled on the engine thread pool) → ``Application`` → ``Agent`` → ``AgentServer``; a sweeper
+greenlet expires transactions each second. Signals (compat.md Part 2 §1.7, style.md §2.4, §2.6):
+SIGHUP reopens log files and reloads; SIGTERM/SIGINT stop accepting, drain within
+``graceful_timeout_s``, run the logging phase of every open transaction and exit 0; a second
+one exits at once.
+
+Must not parse flags (``options``), read YAML (``config``) or speak SPOP (``server``).
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from loguru import logger  # noqa: E402
+
+from coraza_spoa_py import __version__, config, logs  # noqa: E402
+from coraza_spoa_py.options import Options, parse_args  # noqa: E402
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+def _warn_go_only_flags(options: Options) -> None:
+    if options.cpuprofile or options.memprofile:
+        logger.warning(
+            "-cpuprofile and -memprofile are Go profiler flags; ignored by coraza-spoa-py"
+        )
+    if options.metrics_addr:
+        logger.warning(
+            "-metrics-addr {}: Prometheus metrics are not implemented yet; ignored",
+            options.metrics_addr,
+        )
+    if options.legacy_config_flag:
+        logger.warning("-config-file is deprecated; use -config")
+
+
+def version_text() -> str:
+    """What ``-version`` prints: ours, the engine binding's view, and the library's."""
+    lines = [f"coraza-spoa-py\t{__version__}"]
+    try:
+        from coraza_spoa_py import waf
+
+        lines.append(f"engine\t{waf.engine_version()}")
+        library = getattr(waf, "library_path", None)
+        if callable(library):
+            lines.append(f"libmodsecurity\t{library()}")
+    except Exception as exc:  # the binding cannot load: say so, -version must still work
+        lines.append(f"engine\tunavailable ({exc})")
+    import gevent
+
+    lines.append(f"python\t{sys.version.split()[0]}")
+    lines.append(f"gevent\t{gevent.__version__}")
+    return "\n".join(lines) + "\n"
+
+
+def _log_config_error(error: config.ConfigError) -> None:
+    for problem in error.problems:
+        logger.error("config: {}", problem.render(error.source))
+
+
+def validate(options: Options) -> int:
+    """-validate: load the config and compile every application's rules; never bind."""
+    from coraza_spoa_py import reload
+
+    assert options.config is not None
+    try:
+        loaded = config.load_with_notices(options.config)
+    except config.ConfigError as exc:
+        _log_config_error(exc)
+        logger.error("configuration file {} is invalid", options.config)
+        return EXIT_FAILURE
+    for notice in loaded.notices:
+        logger.warning(notice)
+    try:
+        engines = reload.load_engines(loaded.config, lambda fn: fn())
+    except reload.RuleLoadError as exc:
+        for problem in exc.problems:
+            logger.error("rules: {}", problem)
+        logger.error("configuration file {} is invalid", options.config)
+        return EXIT_FAILURE
+    out = sys.stdout
+    cfg = loaded.config
+    out.write(f"config {options.config}: generation {loaded.generation}, bind {cfg.bind}\n")
+    for item in engines:
+        out.write(f"application {item.name}: {item.rule_count} rules")
+        out.write(f", {len(item.warnings)} directive(s) dropped\n" if item.warnings else "\n")
+        for warning in item.warnings:
+            out.write(f"  dropped: {warning}\n")
+    out.write(f"default application: {cfg.default_application or '(none)'}\n")
+    out.write("Configuration file is valid\n")
+    out.flush()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``coraza-spoa-py``: returns the process exit code (2 for usage errors via argparse)."""
+    _, options = parse_args(argv)
+    logs.configure_bootstrap()
+    if options.version:
+        sys.stdout.write(version_text())
+        return EXIT_OK
+    _warn_go_only_flags(options)
+    if options.validate:
+        return validate(options)
+    from coraza_spoa_py.runtime import Runtime, StartupError
+
+    assert options.config is not None
+    try:
+        runtime = Runtime.start(options.config, autoreload=options.autoreload)
+    except config.ConfigError as exc:
+        _log_config_error(exc)
+        logger.error("failed loading config {}", options.config)
+        return EXIT_FAILURE
+    except StartupError as exc:
+        for line in exc.problems:
+            logger.error(line)
+        logger.error("failed starting: {}", exc.reason)
+        return EXIT_FAILURE
+    code = runtime.run()
+    logs.shutdown_logging()
+    return code

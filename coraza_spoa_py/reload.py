@@ -1,0 +1,176 @@
+"""Building applications from a config, reloading them, and watching files for -autoreload.
+
+Engine loading is slow (the CRS takes about a second) and blocking C work, so it runs on the
+engine thread pool, never on the gevent hub: HAProxy keeps being answered while a reload
+compiles (compat.md Part 2 §11.5). A reload either swaps every application at once through
+``agent.replace`` or changes nothing.
+
+The watcher polls once a second: the config file and every rule file it includes, by
+(realpath, inode, size, mtime). A Kubernetes ConfigMap update swaps a ``..data`` symlink, which
+changes the realpath; an in-place edit changes mtime and size (coraza-spoa's fsnotify watcher
+only saw the former, compat.md Part 2 §1.6).
+
+Must not touch sockets or signals: ``cli`` owns the process lifecycle.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from loguru import logger
+
+from coraza_spoa_py import waf
+from coraza_spoa_py.application import Application
+from coraza_spoa_py.models import Executor
+from coraza_spoa_py.settings import Config
+
+Fingerprint = tuple[str, int, int, int]  # realpath, inode, size, mtime_ns
+_INCLUDE = re.compile(r"^\s*Include\s+(\"[^\"]+\"|'[^']+'|\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+class RuleLoadError(Exception):
+    """One or more applications' rules did not compile; ``problems`` name file and line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedEngine:
+    name: str
+    engine: Any  # waf engine: WafEngine plus rule_count / warnings
+    rule_count: int
+    warnings: tuple[str, ...]
+
+
+def load_engines(config: Config, run: Callable[[Callable[[], Any]], Any]) -> list[LoadedEngine]:
+    """Compile every application's rules, each through ``run`` (the thread pool in production).
+
+    Collects the problems of every application before raising, so one run shows them all.
+    """
+    loaded: list[LoadedEngine] = []
+    problems: list[str] = []
+    for app_config in config.applications:
+
+        def compile_one(app_config: Any = app_config) -> Any:
+            return waf.load_engine(app_config, config.rule_paths)
+
+        try:
+            engine = run(compile_one)
+        except waf.RulesError as exc:
+            problems.extend(f"application {app_config.name!r}: {p}" for p in exc.problems)
+            continue
+        loaded.append(
+            LoadedEngine(
+                app_config.name,
+                engine,
+                int(getattr(engine, "rule_count", 0)),
+                tuple(getattr(engine, "warnings", ())),
+            )
+        )
+    if problems:
+        raise RuleLoadError(problems)
+    return loaded
+
+
+def build_applications(
+    config: Config, engines: Iterable[LoadedEngine], executor: Executor[Any]
+) -> dict[str, Application]:
+    by_name = {loaded.name: loaded.engine for loaded in engines}
+    budget_s = config.processing_budget_ms / 1000
+    return {
+        app.name: Application(app, by_name[app.name], executor, processing_budget_s=budget_s)
+        for app in config.applications
+    }
+
+
+def rule_files(config: Config) -> list[str]:
+    """Files the config's ``Include`` lines name (one level, globs expanded, @-aliases too)."""
+    found: list[str] = []
+    for app in config.applications:
+        for match in _INCLUDE.finditer(app.directives):
+            target = match.group(1).strip("\"'")
+            if target.startswith("@owasp_crs/"):
+                target = os.path.join(config.rule_paths.crs_rules_dir, target[len("@owasp_crs/") :])
+            elif target == "@crs-setup.conf.example":
+                target = config.rule_paths.crs_setup_file
+            elif target.startswith("@"):
+                continue  # shipped inside the package: changes only with an upgrade
+            if not os.path.isabs(target):
+                target = os.path.join(app.base_dir, target)
+            found.extend(sorted(glob.glob(target)) or [target])
+    return found
+
+
+def fingerprint(path: str) -> Fingerprint | None:
+    try:
+        real = os.path.realpath(path)
+        stat = os.stat(real)
+    except OSError:
+        return None
+    return real, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class _Sleeper(Protocol):
+    def __call__(self, seconds: float) -> Any: ...
+
+
+class FileWatcher:
+    """Remembers the fingerprints of a set of files; ``changed()`` says which moved since."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self._state: dict[str, Fingerprint | None] = {}
+        self.watch(paths)
+
+    def watch(self, paths: Iterable[str]) -> None:
+        self._state = {path: fingerprint(path) for path in paths}
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(self._state)
+
+    def changed(self) -> list[str]:
+        moved = []
+        for path, before in self._state.items():
+            now = fingerprint(path)
+            if now != before:
+                moved.append(path)
+                self._state[path] = now
+        return moved
+
+
+def watch_forever(
+    watcher: FileWatcher,
+    on_change: Callable[[list[str]], None],
+    sleep: _Sleeper,
+    interval_s: float = 1.0,
+) -> None:
+    """Poll ``watcher`` every ``interval_s`` and call ``on_change`` (run it in a greenlet)."""
+    while True:
+        sleep(interval_s)
+        moved = watcher.changed()
+        if moved:
+            # an editor writing in several steps: let it finish before reading the file
+            sleep(min(interval_s, 0.2))
+            watcher.changed()
+            on_change(moved)
+
+
+def swap_report(old: Mapping[str, Application], new: Mapping[str, Application]) -> str:
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    kept = sorted(set(new) & set(old))
+    return f"applications: reloaded={kept} added={added} removed={removed}"
+
+
+def log_loaded(engines: Iterable[LoadedEngine]) -> None:
+    for loaded in engines:
+        for warning in loaded.warnings:
+            logger.bind(app=loaded.name).warning("rule directive dropped: {}", warning)
+        logger.info("application {} loaded: {} rules", loaded.name, loaded.rule_count)

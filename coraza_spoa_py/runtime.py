@@ -1,0 +1,308 @@
+"""The running agent: wiring, the sweeper, signals, reload and graceful shutdown.
+
+Wiring (docs/architecture.md "cli wiring"): ``Config`` → logging → one engine per application,
+compiled on the engine thread pool → ``Application`` → ``Agent`` → ``AgentServer``.
+
+Signals (compat.md Part 2 §1.7 and §11.5, style.md §2.4/§2.6): handlers only spawn a greenlet
+or set an event. SIGHUP reopens the log files (logrotate) and reloads; SIGTERM/SIGINT stop
+accepting, finish the messages in flight within ``graceful_timeout_s``, run the logging phase of
+every open transaction, log "transactions opened=N closed=N" and exit 0; a second SIGTERM/SIGINT
+exits at once with status 1.
+
+Must not parse flags or YAML, nor speak SPOP: it only composes the modules that do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+from gevent.threadpool import ThreadPool
+from loguru import logger
+
+from coraza_spoa_py import config, logs, reload
+from coraza_spoa_py.agent import Agent
+from coraza_spoa_py.application import Application
+from coraza_spoa_py.server import AgentServer
+from coraza_spoa_py.settings import Config
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+SWEEP_INTERVAL_S = 1.0
+WATCH_INTERVAL_S = 1.0
+
+
+class StartupError(Exception):
+    """The agent cannot start: rules do not compile, a log file or the socket cannot open."""
+
+    def __init__(self, reason: str, problems: list[str] | None = None) -> None:
+        self.reason = reason
+        self.problems = problems or []
+        super().__init__(reason)
+
+
+@dataclass(slots=True)
+class _Retired:
+    """Applications replaced by a reload; swept until their transactions' TTL has passed."""
+
+    app: Application
+    until: float
+
+
+class Runtime:
+    """One running agent. ``start()`` builds and binds it, ``run()`` serves until a signal."""
+
+    def __init__(
+        self,
+        config_path: str,
+        cfg: Config,
+        pool: ThreadPool,
+        agent: Agent,
+        applications: dict[str, Application],
+        server: AgentServer,
+    ) -> None:
+        self.config_path = config_path
+        self.config = cfg
+        self.pool = pool
+        self.agent = agent
+        self.applications = applications
+        self.server = server
+        self.retired: list[_Retired] = []
+        self.reloads_done = 0
+        self.reloads_failed = 0
+        self._stop = gevent.event.Event()
+        self._stop_reason = ""
+        self._reloading = False
+        self._reload_again = False
+        self._greenlets: list[gevent.Greenlet[Any, Any]] = []
+        self._watcher: reload.FileWatcher | None = None
+
+    # ---- startup ----------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, config_path: str, *, autoreload: bool = False) -> Runtime:
+        """Load, compile, bind. Raises ``config.ConfigError`` or ``StartupError``."""
+        loaded = config.load_with_notices(config_path)
+        cfg = loaded.config
+        try:
+            logs.configure_logging(cfg)
+        except logs.LoggingSetupError as exc:
+            raise StartupError("cannot set up logging", [str(exc)]) from exc
+        for notice in loaded.notices:
+            logger.warning(notice)
+        logger.info(
+            "starting coraza-spoa-py: config {} ({} application(s), {} engine thread(s))",
+            config_path,
+            len(cfg.applications),
+            cfg.engine_threads,
+        )
+        if not cfg.applications:
+            logger.warning("no applications defined: every message will be answered with error")
+        pool = ThreadPool(cfg.engine_threads)
+        executor = _executor(pool)
+        try:
+            engines = reload.load_engines(cfg, executor)
+        except reload.RuleLoadError as exc:
+            pool.kill()
+            raise StartupError("rules did not load", exc.problems) from exc
+        reload.log_loaded(engines)
+        applications = reload.build_applications(cfg, engines, executor)
+        agent = Agent(applications, cfg.default_application)
+        server = AgentServer(
+            cfg.bind,
+            agent.handle,
+            max_frame_size=cfg.max_frame_size,
+            max_connections=cfg.max_connections,
+            idle_timeout_s=cfg.idle_timeout_s,
+        )
+        try:
+            server.start()
+        except OSError as exc:
+            pool.kill()
+            raise StartupError(f"cannot listen on {cfg.bind}: {exc.strerror or exc}") from exc
+        runtime = cls(config_path, cfg, pool, agent, applications, server)
+        runtime._install_signal_handlers()
+        runtime._greenlets.append(gevent.spawn(runtime._sweep_forever))
+        if autoreload:
+            runtime._start_watcher()
+        return runtime
+
+    # ---- serving ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or ``request_stop``), then shut down; the exit code."""
+        self._stop.wait()
+        return self.shutdown()
+
+    def request_stop(self, reason: str) -> None:
+        if self._stop.is_set():
+            # second SIGTERM/SIGINT: the operator does not want to wait (uvicorn force_exit)
+            logger.warning("{} again: exiting at once", reason)
+            logs.shutdown_logging()
+            os._exit(EXIT_FORCED)
+        self._stop_reason = reason
+        logger.info("received {}, shutting down", reason)
+        self._stop.set()
+
+    def _install_signal_handlers(self) -> None:
+        # gevent runs these in the hub's loop: only set flags or spawn (style.md rule 6)
+        gevent.signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        gevent.signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        gevent.signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        gevent.spawn(self.reload, "SIGHUP", reopen_logs=True)
+
+    def all_applications(self) -> list[Application]:
+        return list(self.applications.values()) + [r.app for r in self.retired]
+
+    def _sweep_forever(self) -> None:
+        while True:
+            gevent.sleep(SWEEP_INTERVAL_S)
+            self.sweep_once()
+
+    def sweep_once(self) -> None:
+        for app in self.all_applications():
+            try:
+                app.sweep()
+            except Exception:
+                logger.bind(app=app.name).exception("sweeping expired transactions failed")
+        now = time.monotonic()
+        for retired in [r for r in self.retired if r.until <= now]:
+            # every pre-reload transaction is past its TTL: close what is left and let it go
+            retired.app.close_all()
+            self.retired.remove(retired)
+
+    # ---- reload -----------------------------------------------------------------------------
+
+    def reload(self, reason: str, *, reopen_logs: bool = False) -> bool:
+        """Re-read the config, compile off the hub, swap atomically; False keeps the old one."""
+        if reopen_logs:
+            logs.reopen_log_files()
+        if self._reloading:
+            self._reload_again = True
+            return False
+        self._reloading = True
+        try:
+            ok = self._reload_once(reason)
+            while self._reload_again:
+                self._reload_again = False
+                ok = self._reload_once(reason)
+            return ok
+        finally:
+            self._reloading = False
+
+    def _reload_once(self, reason: str) -> bool:
+        logger.info("reloading configuration {} ({})", self.config_path, reason)
+        problems = self._try_reload()
+        if problems:
+            self.reloads_failed += 1
+            for problem in problems:
+                logger.error("reload: {}", problem)
+            logger.error("failed to reload configuration, using old configuration")
+            return False
+        self.reloads_done += 1
+        logger.info("configuration successfully reloaded")
+        return True
+
+    def _try_reload(self) -> list[str]:
+        try:
+            loaded = config.load_with_notices(self.config_path)
+        except config.ConfigError as exc:
+            return [p.render(exc.source) for p in exc.problems]
+        cfg = loaded.config
+        if cfg.bind != self.config.bind:
+            return [
+                f"bind changed from {self.config.bind} to {cfg.bind}: the listening address "
+                "cannot change on reload, restart the agent to change it"
+            ]
+        executor = _executor(self.pool)
+        try:
+            engines = reload.load_engines(cfg, executor)
+        except reload.RuleLoadError as exc:
+            return exc.problems
+        try:
+            logs.configure_logging(cfg)
+        except logs.LoggingSetupError as exc:
+            return [str(exc)]
+        for notice in loaded.notices:
+            logger.warning(notice)
+        reload.log_loaded(engines)
+        _warn_restart_only(self.config, cfg)
+        if cfg.engine_threads != self.config.engine_threads:
+            self.pool.maxsize = cfg.engine_threads
+        applications = reload.build_applications(cfg, engines, executor)
+        old = self.agent.replace(applications, cfg.default_application)
+        logger.info(reload.swap_report(self.applications, applications))
+        self._retire(old.values() if isinstance(old, dict) else old)
+        self.applications = applications
+        self.config = cfg
+        if self._watcher is not None:
+            self._watcher.watch([self.config_path, *reload.rule_files(cfg)])
+        return []
+
+    def _retire(self, old: Any) -> None:
+        now = time.monotonic()
+        for app in old:
+            ttl_s = app.config.transaction_ttl_ms / 1000.0
+            self.retired.append(_Retired(app, now + ttl_s))
+
+    def _start_watcher(self) -> None:
+        self._watcher = reload.FileWatcher([self.config_path, *reload.rule_files(self.config)])
+        logger.info("autoreload: watching {} file(s)", len(self._watcher.paths))
+        watcher = self._watcher
+
+        def on_change(paths: list[str]) -> None:
+            logger.info("autoreload: changed {}", ", ".join(paths))
+            self.reload("autoreload")
+
+        self._greenlets.append(
+            gevent.spawn(reload.watch_forever, watcher, on_change, gevent.sleep, WATCH_INTERVAL_S)
+        )
+
+    # ---- shutdown ---------------------------------------------------------------------------
+
+    def shutdown(self) -> int:
+        """Stop accepting, drain, log every open transaction, report the counters."""
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+        self.server.stop(self.config.graceful_timeout_s)
+        applications = self.all_applications()
+        for app in applications:
+            try:
+                app.close_all()
+            except Exception:
+                logger.bind(app=app.name).exception("closing open transactions failed")
+        opened = sum(app.stats.opened for app in applications)
+        closed = sum(app.stats.closed for app in applications)
+        expired = sum(app.stats.expired for app in applications)
+        evicted = sum(app.stats.evicted for app in applications)
+        logger.info(
+            "transactions opened={} closed={} (expired={} evicted={})",
+            opened,
+            closed,
+            expired,
+            evicted,
+        )
+        self.pool.kill()
+        logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
+        return EXIT_OK
+
+
+def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:
+    def run(work: Callable[[], Any]) -> Any:
+        return pool.apply(work)
+
+    return run
+
+
+def _warn_restart_only(old: Config, new: Config) -> None:
+    for name in ("max_frame_size", "max_connections", "idle_timeout_s"):
+        if getattr(old, name) != getattr(new, name):
+            logger.warning("{} changed: it takes effect when the agent restarts", name)
