@@ -149,3 +149,102 @@ T = TypeVar("T")
 # Runs a blocking engine call somewhere that does not block the gevent hub (cli injects
 # the gevent thread pool's ``apply``); tests inject ``lambda fn: fn()``.
 Executor = Callable[[Callable[[], T]], T]
+
+
+# ---- HAProxy header blocks ----------------------------------------------------------------
+# Both formats are parsed here, not in ``application``, so the parsing stays pure and is tested
+# on its own. Names and values stay bytes (HAProxy has already lower-cased the names, HTX).
+
+_HEADER_LINE_END = b"\r\n"
+_OPTIONAL_WHITESPACE = b" \t"
+# spop.md §2.1: a varint never needs more than 10 bytes for a 64-bit value
+_VARINT_MAX_BYTES = 10
+
+
+class HeaderBlockError(ValueError):
+    """A ``req.hdrs``/``res.hdrs`` or ``req.hdrs_bin``/``res.hdrs_bin`` block is malformed.
+
+    ``application`` answers such a message with error 1001 (compat.md Part 1).
+    """
+
+
+def parse_text_header_block(block: bytes) -> tuple[Header, ...]:
+    """Parse HAProxy's text header block: ``name: value\\r\\n`` per header, then ``\\r\\n``.
+
+    Lines are split at the first ``:``; the optional whitespace around name and value is
+    removed, nothing else is touched. Duplicates and their order are kept. An empty block means
+    no headers. A block without its final empty line is truncated (spop.md §8) and, like a line
+    without ``:`` or with an empty name, raises ``HeaderBlockError``: a partial header set must
+    not be evaluated as if it were complete.
+    """
+    if not block:
+        return ()
+    if not block.endswith(_HEADER_LINE_END):
+        raise HeaderBlockError("header block is truncated (no final CRLF)")
+    lines = block[: -len(_HEADER_LINE_END)].split(_HEADER_LINE_END)
+    if lines[-1] != b"":
+        # spop.md §8: the block ends with an extra CRLF; without it the block is incomplete.
+        raise HeaderBlockError("header block is truncated (no final empty line)")
+    headers: list[Header] = []
+    for number, line in enumerate(lines[:-1], start=1):
+        name, colon, value = line.partition(b":")
+        name = name.strip(_OPTIONAL_WHITESPACE)
+        if not colon:
+            raise HeaderBlockError(f"header line {number} has no ':'")
+        if not name:
+            raise HeaderBlockError(f"header line {number} has an empty name")
+        headers.append((name, value.strip(_OPTIONAL_WHITESPACE)))
+    return tuple(headers)
+
+
+def _read_varint(block: bytes, offset: int) -> tuple[int, int]:
+    # spop.md §2.1 ("peers" encoding): values < 240 fit in one byte; otherwise the first byte
+    # carries the low 4 bits above 240 and each next byte 7 more bits, high bit = continue.
+    if offset >= len(block):
+        raise HeaderBlockError("binary header block ends inside a length")
+    first = block[offset]
+    offset += 1
+    if first < 240:
+        return first, offset
+    value = first
+    shift = 4
+    for _ in range(_VARINT_MAX_BYTES - 1):
+        if offset >= len(block):
+            raise HeaderBlockError("binary header block ends inside a length")
+        byte = block[offset]
+        offset += 1
+        value += byte << shift
+        shift += 7
+        if byte < 128:
+            return value, offset
+    raise HeaderBlockError("binary header block has an over-long length")
+
+
+def _read_string(block: bytes, offset: int) -> tuple[bytes, int]:
+    length, offset = _read_varint(block, offset)
+    end = offset + length
+    if end > len(block):
+        raise HeaderBlockError("binary header block ends inside a string")
+    return block[offset:end], end
+
+
+def parse_binary_header_block(block: bytes) -> tuple[Header, ...]:
+    """Parse HAProxy's binary header block (``req.hdrs_bin``, spop.md §8).
+
+    Pairs of varint-length-prefixed name and value, terminated by two empty strings (bytes
+    ``00 00``). A missing terminator, a length running past the end, an empty name before the
+    terminator or bytes after it raise ``HeaderBlockError``.
+    """
+    headers: list[Header] = []
+    offset = 0
+    while True:
+        name, offset = _read_string(block, offset)
+        value, offset = _read_string(block, offset)
+        if not name:
+            if value:
+                raise HeaderBlockError("binary header block has a value without a name")
+            break
+        headers.append((name, value))
+    if offset != len(block):
+        raise HeaderBlockError("binary header block has bytes after its terminator")
+    return tuple(headers)

@@ -1,0 +1,435 @@
+"""One configured application: its rule engine, its open-transaction cache, its counters.
+
+``handle_request`` / ``handle_response`` turn one ``coraza-req`` / ``coraza-res`` message into
+the SET-VAR actions of compat.md Part 1. All engine work of a message runs as ONE call through
+the injected executor (a native thread in production), never on the gevent hub; the cache and
+the counters are only touched on the hub, between those calls, so they need no lock.
+
+Failures are raised as ``MessageError`` subclasses carrying our error code (1001-1005);
+``agent`` turns them into ``error``. This module must not route messages, know other
+applications, import gevent or the engine binding (the engine is injected).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import partial
+from typing import Any, ClassVar
+
+from loguru import logger
+
+from coraza_spoa_py.cache import Entry, TransactionCache
+from coraza_spoa_py.messages import (
+    REQUEST_ARGS,
+    RESPONSE_ARGS,
+    MalformedArgumentError,
+    RequestMessage,
+    ResponseMessage,
+    parse_request_message,
+    parse_response_message,
+    unknown_arg_names,
+)
+from coraza_spoa_py.models import (
+    Executor,
+    RequestInfo,
+    ResponseInfo,
+    RuleMatch,
+    Verdict,
+    WafEngine,
+    WafTransaction,
+)
+from coraza_spoa_py.settings import AppConfig
+from coraza_spoa_py.spop.events import Action, Message, SetVar, VarScope
+
+
+class ErrorCode(IntEnum):
+    """What we put in ``txn.coraza.error`` (compat.md Part 1; docs/haproxy.md)."""
+
+    MALFORMED_MESSAGE = 1001
+    NO_APPLICATION = 1002
+    ENGINE_FAILURE = 1003
+    TRANSACTION_NOT_FOUND = 1004
+    OVERLOADED = 1005
+
+
+class MessageError(Exception):
+    """Our processing of one message failed; ``code`` goes to HAProxy at once."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.ENGINE_FAILURE
+
+
+class MalformedMessageError(MessageError):
+    code = ErrorCode.MALFORMED_MESSAGE
+
+
+class NoApplicationError(MessageError):
+    code = ErrorCode.NO_APPLICATION
+
+
+class EngineFailureError(MessageError):
+    code = ErrorCode.ENGINE_FAILURE
+
+
+class TransactionNotFoundError(MessageError):
+    code = ErrorCode.TRANSACTION_NOT_FOUND
+
+
+class OverloadedError(MessageError):
+    code = ErrorCode.OVERLOADED
+
+
+# ---- variables we set (names without the `txn.coraza.` prefix HAProxy adds, spop.md §9) ----
+VAR_ID = "id"
+VAR_FAIL = "fail"
+VAR_RULES_HIT = "rules_hit"
+VAR_ANOMALY_SCORE = "anomaly_score"
+VAR_RULE_IDS = "rule_ids"
+VAR_STATUS = "status"
+VAR_ACTION = "action"
+VAR_DATA = "data"
+VAR_RULE_ID = "ruleid"
+VAR_ERROR = "error"
+
+ACTION_DENY = "deny"
+ACTION_REDIRECT = "redirect"
+# Coraza's defaults, which coraza-spoa users see (compat.md Part 2 §3.1)
+DEFAULT_DENY_STATUS = 403
+DEFAULT_REDIRECT_STATUS = 302
+# compat.md Part 2 §3.1: rules_hit / rule_ids count only the CRS attack and blocking-evaluation
+# ranges and the "custom attack" range; 100000-189999 is deliberately left out.
+COUNTED_RULE_ID_RANGES = ((910_000, 960_000), (190_000, 200_000))
+
+# coraza-spoa generates 16 random uppercase letters when HAProxy sends no id (Part 2 §2.2)
+GENERATED_ID_LENGTH = 16
+RESPONSE_CHECK_OFF_WARNING_INTERVAL_S = 60.0
+# how many transactions one executor call closes at most (sweep, eviction, shutdown), so that a
+# large expiry does not hold one engine thread for long
+CLOSE_BATCH_SIZE = 64
+
+
+# coraza-spoa's severity -> log level mapping (compat.md Part 2 §5): warning -> warn,
+# notice/info -> info, debug -> debug, everything else (and no severity) -> error
+_LEVEL_BY_SEVERITY = {"warning": "WARNING", "notice": "INFO", "info": "INFO", "debug": "DEBUG"}
+_LEVEL_ORDER = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def rule_match_level(matches: Sequence[RuleMatch]) -> str:
+    """The loguru level of a rule-match record: its most severe match, so that an app logging
+    at ``error`` still sees a record containing a critical match."""
+    levels = (_LEVEL_BY_SEVERITY.get(match.severity, "ERROR") for match in matches)
+    return max(levels, key=_LEVEL_ORDER.index, default="ERROR")
+
+
+def generate_transaction_id() -> str:
+    return "".join(random.choices(string.ascii_uppercase, k=GENERATED_ID_LENGTH))
+
+
+def is_counted_rule_id(rule_id: int) -> bool:
+    return any(low <= rule_id < high for low, high in COUNTED_RULE_ID_RANGES)
+
+
+def _set(name: str, value: int | str | bytes) -> SetVar:
+    return SetVar(VarScope.TRANSACTION, name, value)
+
+
+def error_actions(code: ErrorCode) -> list[Action]:
+    return [_set(VAR_ERROR, int(code))]
+
+
+def verdict_actions(
+    verdict: Verdict,
+    *,
+    transaction_id: str | None,
+    export_rule_ids: bool,
+    detect_only: bool,
+) -> list[Action]:
+    """SET-VAR actions for a verdict, in coraza-spoa's order (compat.md Part 2 §3.1) plus
+    ``fail`` (Part 1). ``transaction_id`` is given on the request only; ``detect_only`` reports
+    the metrics but never a blocking verdict."""
+    actions: list[Action] = []
+    if transaction_id is not None:
+        # the id may come from HAProxy as any bytes: send back exactly what it sent (latin-1
+        # round-trips every byte)
+        actions.append(_set(VAR_ID, transaction_id.encode("latin-1")))
+    blocking = verdict.interrupted and not detect_only
+    actions.append(_set(VAR_FAIL, 1 if blocking else 0))
+    actions.append(_set(VAR_RULES_HIT, verdict.rules_hit))
+    actions.append(_set(VAR_ANOMALY_SCORE, verdict.anomaly_score))
+    if export_rule_ids:
+        counted = [
+            str(rule_id) for rule_id in verdict.matched_rule_ids if is_counted_rule_id(rule_id)
+        ]
+        actions.append(_set(VAR_RULE_IDS, ",".join(counted)))
+    if blocking:
+        action = verdict.action or ACTION_DENY
+        status = verdict.status
+        if not status and action == ACTION_DENY:
+            status = DEFAULT_DENY_STATUS
+        elif not status and action == ACTION_REDIRECT:
+            status = DEFAULT_REDIRECT_STATUS
+        actions.append(_set(VAR_STATUS, status))
+        actions.append(_set(VAR_ACTION, action))
+        actions.append(_set(VAR_DATA, verdict.redirect_url if action == ACTION_REDIRECT else ""))
+        actions.append(_set(VAR_RULE_ID, verdict.rule_id))
+    return actions
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionStats:
+    """Counters of one application. Invariant: ``opened == closed + open + in_flight``."""
+
+    opened: int = 0
+    closed: int = 0
+    expired: int = 0
+    evicted: int = 0
+    shed: int = 0
+    open: int = 0
+    in_flight: int = 0
+
+
+@dataclass(slots=True)
+class _Outcome:
+    # What one executor call did; built on the engine thread, read on the hub.
+    verdict: Verdict | None = None
+    opened: bool = False
+    closed: bool = False
+    shed: bool = False
+    error: BaseException | None = None
+    kept: WafTransaction | None = None
+
+
+class Application:
+    """One configured application (``applications[]`` entry of the config)."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        engine: WafEngine,
+        executor: Executor[Any],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        processing_budget_s: float = 0.4,
+    ) -> None:
+        self.config = config
+        self._engine = engine
+        self._executor = executor
+        self._clock = clock
+        self._processing_budget_s = processing_budget_s
+        self._cache: TransactionCache[WafTransaction] = TransactionCache(
+            config.transaction_ttl_ms / 1000.0, config.transaction_active_limit, clock=clock
+        )
+        self._log = logger.bind(app=config.name)
+        self._opened = 0
+        self._closed = 0
+        self._expired = 0
+        self._evicted = 0
+        self._shed = 0
+        self._in_flight = 0
+        self._response_check_off_warned_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def stats(self) -> TransactionStats:
+        return TransactionStats(
+            opened=self._opened,
+            closed=self._closed,
+            expired=self._expired,
+            evicted=self._evicted,
+            shed=self._shed,
+            open=len(self._cache),
+            in_flight=self._in_flight,
+        )
+
+    def has_open_transaction(self, transaction_id: str) -> bool:
+        return transaction_id in self._cache
+
+    # ---- request ------------------------------------------------------------------------
+
+    def handle_request(self, message: Message, received_at: float) -> list[Action]:
+        """Evaluate a ``coraza-req`` message (phases 1 and 2); keep the transaction for the
+        response when this app checks responses and the request was not interrupted."""
+        self._debug_unknown_args(message, REQUEST_ARGS)
+        try:
+            parsed = parse_request_message(message, generate_transaction_id)
+        except MalformedArgumentError as exc:
+            raise MalformedMessageError(str(exc)) from exc
+        outcome = self._run(lambda: self._evaluate_request(parsed, received_at))
+        verdict = self._settle(outcome, parsed.request.transaction_id)
+        if outcome.kept is not None:
+            pushed_out = self._cache.put(parsed.request.transaction_id, outcome.kept)
+            if pushed_out:
+                self._evicted += len(pushed_out)
+                self._log.warning(
+                    "transaction_active_limit reached: closing {} open transaction(s)",
+                    len(pushed_out),
+                )
+                self._close_entries(pushed_out)
+        self._log_matches(parsed.request.transaction_id, verdict)
+        return verdict_actions(
+            verdict,
+            transaction_id=parsed.request.transaction_id,
+            export_rule_ids=parsed.export_rule_ids or self.config.export_rule_ids,
+            detect_only=parsed.detect_only,
+        )
+
+    def _evaluate_request(self, parsed: RequestMessage, received_at: float) -> _Outcome:
+        # Runs on an engine thread. Never raises: the hub needs to know what was opened.
+        if self._clock() - received_at > self._processing_budget_s:
+            return _Outcome(shed=True)
+        request: RequestInfo = parsed.request
+        try:
+            transaction = self._engine.new_transaction(request.transaction_id)
+        except Exception as exc:
+            return _Outcome(error=exc)
+        try:
+            verdict = transaction.process_request(request)
+        except Exception as exc:
+            self._close_quietly(request.transaction_id, transaction)
+            return _Outcome(opened=True, closed=True, error=exc)
+        # compat.md Part 1: an interrupted request is closed at once, unless detect-only asks
+        # to keep it so that its response can still be correlated (coraza-spoa PR #374)
+        if self.config.response_check and (parsed.detect_only or not verdict.interrupted):
+            return _Outcome(verdict=verdict, opened=True, kept=transaction)
+        self._close_quietly(request.transaction_id, transaction)
+        return _Outcome(verdict=verdict, opened=True, closed=True)
+
+    # ---- response -----------------------------------------------------------------------
+
+    def handle_response(self, message: Message, received_at: float) -> list[Action]:
+        """Evaluate a ``coraza-res`` message (phases 3 and 4) in its request's transaction,
+        then close it."""
+        if not self.config.response_check:
+            self._warn_response_check_off()
+            return []
+        self._debug_unknown_args(message, RESPONSE_ARGS)
+        try:
+            parsed = parse_response_message(message)
+        except MalformedArgumentError as exc:
+            raise MalformedMessageError(str(exc)) from exc
+        transaction_id = parsed.response.transaction_id
+        if not transaction_id:
+            raise TransactionNotFoundError("response message without id")
+        # popping takes the transaction away from the sweeper: from here on this message owns
+        # it and must close it
+        transaction = self._cache.pop(transaction_id)
+        if transaction is None:
+            raise TransactionNotFoundError(f"no open transaction {transaction_id!r}")
+        self._in_flight += 1
+        outcome = self._run(lambda: self._evaluate_response(parsed, transaction, received_at))
+        self._in_flight -= 1
+        verdict = self._settle(outcome, transaction_id)
+        self._log_matches(transaction_id, verdict)
+        return verdict_actions(
+            verdict,
+            transaction_id=None,
+            export_rule_ids=parsed.export_rule_ids or self.config.export_rule_ids,
+            detect_only=parsed.detect_only,
+        )
+
+    def _evaluate_response(
+        self, parsed: ResponseMessage, transaction: WafTransaction, received_at: float
+    ) -> _Outcome:
+        response: ResponseInfo = parsed.response
+        try:
+            if self._clock() - received_at > self._processing_budget_s:
+                return _Outcome(shed=True, closed=True)
+            try:
+                verdict = transaction.process_response(response)
+            except Exception as exc:
+                return _Outcome(closed=True, error=exc)
+            return _Outcome(verdict=verdict, closed=True)
+        finally:
+            self._close_quietly(response.transaction_id, transaction)
+
+    # ---- lifetime -----------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Close every transaction past its TTL (called every second). Returns the count."""
+        expired = self._cache.expire()
+        if expired:
+            self._expired += len(expired)
+            self._log.debug("closing {} expired transaction(s)", len(expired))
+            self._close_entries(expired)
+        return len(expired)
+
+    def close_all(self) -> int:
+        """Shutdown: run the logging phase of every open transaction and free it."""
+        entries = self._cache.drain()
+        self._close_entries(entries)
+        return len(entries)
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _run(self, work: Callable[[], _Outcome]) -> _Outcome:
+        try:
+            outcome: _Outcome = self._executor(work)
+        except Exception as exc:
+            # the executor itself failed (e.g. the pool is gone): nothing ran
+            return _Outcome(error=exc)
+        return outcome
+
+    def _settle(self, outcome: _Outcome, transaction_id: str) -> Verdict:
+        # Counters move here, on the hub, never on engine threads.
+        self._opened += outcome.opened
+        self._closed += outcome.closed
+        if outcome.shed:
+            self._shed += 1
+            raise OverloadedError(f"waited longer than {self._processing_budget_s:.3f}s")
+        if outcome.error is not None or outcome.verdict is None:
+            self._log.bind(tx=transaction_id).opt(exception=outcome.error).error(
+                "rule engine failed: {}", outcome.error
+            )
+            raise EngineFailureError(str(outcome.error))
+        return outcome.verdict
+
+    def _close_entries(self, entries: Sequence[Entry[WafTransaction]]) -> None:
+        for start in range(0, len(entries), CLOSE_BATCH_SIZE):
+            batch = entries[start : start + CLOSE_BATCH_SIZE]
+            self._in_flight += len(batch)
+            try:
+                self._executor(partial(self._close_batch, batch))
+            except Exception:
+                self._log.exception("closing transactions failed")
+            finally:
+                self._in_flight -= len(batch)
+                self._closed += len(batch)
+
+    def _close_batch(self, batch: Sequence[Entry[WafTransaction]]) -> None:
+        for transaction_id, transaction in batch:
+            self._close_quietly(transaction_id, transaction)
+
+    def _close_quietly(self, transaction_id: str, transaction: WafTransaction) -> None:
+        try:
+            transaction.close()
+        except Exception:
+            self._log.bind(tx=transaction_id).exception("closing the transaction failed")
+
+    def _debug_unknown_args(self, message: Message, known: frozenset[str]) -> None:
+        unknown = unknown_arg_names(message, known)
+        if unknown:
+            self._log.debug("unknown argument(s) ignored: {}", ", ".join(unknown))
+
+    def _warn_response_check_off(self) -> None:
+        now = self._clock()
+        last = self._response_check_off_warned_at
+        if last is None or now - last >= RESPONSE_CHECK_OFF_WARNING_INTERVAL_S:
+            self._response_check_off_warned_at = now
+            self._log.warning(
+                "coraza-res received but response_check is false: answering without a verdict"
+            )
+
+    def _log_matches(self, transaction_id: str, verdict: Verdict) -> None:
+        # docs/architecture.md "Rule-match log records": at most one record per message
+        if verdict.matches:
+            matches = [match.to_dict() for match in verdict.matches]
+            self._log.bind(tx=transaction_id, kind="rule_match", matches=matches).log(
+                rule_match_level(verdict.matches), "rules matched"
+            )

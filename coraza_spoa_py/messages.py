@@ -1,0 +1,224 @@
+"""The arguments of ``coraza-req`` / ``coraza-res`` messages, read into ``RequestInfo`` /
+``ResponseInfo`` (compat.md Part 1 "Messages and arguments").
+
+Arguments are looked up by NAME, in any order; unknown names are ignored. Types are accepted as
+HAProxy really sends them (harness.md §2, spop.md §8): any integer type for ports and status,
+STRING or BINARY for text, IPV4/IPV6 for addresses (IPv4-mapped IPv6 is unmapped), NULL for an
+absent sample. Anything else raises ``MalformedArgumentError`` (error 1001).
+
+Pure: no logging, no engine, no I/O; the id generator is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from coraza_spoa_py.models import (
+    Header,
+    HeaderBlockError,
+    IPAddress,
+    RequestInfo,
+    ResponseInfo,
+    parse_binary_header_block,
+    parse_text_header_block,
+)
+from coraza_spoa_py.spop.events import Arg, DataType, Message
+
+# argument names of coraza-spoa's shipped coraza.cfg (compat.md Part 2 §2.2, §2.3)
+ARG_APP = "app"
+ARG_ID = "id"
+ARG_SRC_IP = "src-ip"
+ARG_SRC_PORT = "src-port"
+ARG_DST_IP = "dst-ip"
+ARG_DST_PORT = "dst-port"
+ARG_METHOD = "method"
+ARG_PATH = "path"
+ARG_QUERY = "query"
+ARG_VERSION = "version"
+ARG_HEADERS = "headers"
+ARG_BODY = "body"
+ARG_STATUS = "status"
+ARG_EXPORT_RULE_IDS = "exportRuleIDs"
+ARG_DETECT_ONLY = "detect-only"
+
+REQUEST_ARGS = frozenset(
+    {
+        ARG_APP, ARG_ID, ARG_SRC_IP, ARG_SRC_PORT, ARG_DST_IP, ARG_DST_PORT, ARG_METHOD,
+        ARG_PATH, ARG_QUERY, ARG_VERSION, ARG_HEADERS, ARG_BODY, ARG_EXPORT_RULE_IDS,
+        ARG_DETECT_ONLY,
+    }
+)  # fmt: skip
+RESPONSE_ARGS = frozenset(
+    {
+        ARG_APP, ARG_ID, ARG_VERSION, ARG_STATUS, ARG_HEADERS, ARG_BODY, ARG_EXPORT_RULE_IDS,
+        ARG_DETECT_ONLY,
+    }
+)  # fmt: skip
+
+_TEXT_TYPES = frozenset({DataType.STRING, DataType.BINARY})
+_INTEGER_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
+_HTTP_VERSION_PREFIX = b"HTTP/"
+_MAX_PORT = 65_535
+
+
+class MalformedArgumentError(ValueError):
+    """An argument has a type or value we cannot use (error 1001)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMessage:
+    request: RequestInfo
+    export_rule_ids: bool = False
+    detect_only: bool = False
+    id_generated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMessage:
+    response: ResponseInfo
+    export_rule_ids: bool = False
+    detect_only: bool = False
+
+
+def _wrong_type(arg: Arg, expected: str) -> MalformedArgumentError:
+    return MalformedArgumentError(
+        f"argument {arg.name!r}: expected {expected}, got {arg.type.name}"
+    )
+
+
+def args_by_name(message: Message) -> dict[str, Arg]:
+    # The first argument of a name wins; HAProxy sends each configured name once.
+    found: dict[str, Arg] = {}
+    for arg in message.args:
+        found.setdefault(arg.name, arg)
+    return found
+
+
+def unknown_arg_names(message: Message, known: frozenset[str]) -> list[str]:
+    return [arg.name for arg in message.args if arg.name not in known]
+
+
+def text_arg(arg: Arg | None) -> bytes | None:
+    """STRING/BINARY -> bytes; absent or NULL -> None."""
+    if arg is None or arg.type is DataType.NULL:
+        return None
+    if arg.type in _TEXT_TYPES and isinstance(arg.value, bytes):
+        return arg.value
+    raise _wrong_type(arg, "a string")
+
+
+def app_name_arg(arg: Arg | None) -> str | None:
+    """The ``app`` argument; like coraza-spoa, a non-string value counts as absent."""
+    if arg is None or arg.type not in _TEXT_TYPES or not isinstance(arg.value, bytes):
+        return None
+    return arg.value.decode("latin-1") or None
+
+
+def _int_arg(arg: Arg | None, *, low: int, high: int) -> int | None:
+    if arg is None or arg.type is DataType.NULL:
+        return None
+    # BOOL is an int in Python: check the SPOP type, not the Python type
+    if arg.type not in _INTEGER_TYPES or not isinstance(arg.value, int):
+        raise _wrong_type(arg, "an integer")
+    if not low <= arg.value <= high:
+        raise MalformedArgumentError(f"argument {arg.name!r}: {arg.value} is out of range")
+    return arg.value
+
+
+def _bool_arg(arg: Arg | None) -> bool:
+    if arg is None or arg.type is DataType.NULL:
+        return False
+    if arg.type is DataType.BOOL or arg.type in _INTEGER_TYPES:
+        return bool(arg.value)
+    raise _wrong_type(arg, "a boolean")
+
+
+def _address_arg(arg: Arg | None) -> IPAddress | None:
+    if arg is None or arg.type is DataType.NULL:
+        return None  # unix-socket clients have no address (spop.md §8)
+    address: IPAddress
+    if arg.type in (DataType.IPV4, DataType.IPV6) and isinstance(
+        arg.value, IPv4Address | IPv6Address
+    ):
+        address = arg.value
+    elif arg.type in _TEXT_TYPES and isinstance(arg.value, bytes):
+        try:
+            address = ip_address(arg.value.decode("ascii").strip())
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+            raise MalformedArgumentError(f"argument {arg.name!r}: not an IP address") from exc
+    else:
+        raise _wrong_type(arg, "an address")
+    # spop.md §8: a v4 client on a dual-stack listener arrives as ::ffff:a.b.c.d
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _headers_arg(arg: Arg | None) -> tuple[Header, ...]:
+    # compat.md Part 1: the text block (req.hdrs) or the binary one (req.hdrs_bin), chosen by
+    # the SPOP type. NULL (an unset variable, or a binary block that did not fit HAProxy's
+    # buffer, spop.md §8) is treated like an absent argument.
+    if arg is None or arg.type is DataType.NULL:
+        return ()
+    try:
+        if arg.type is DataType.STRING and isinstance(arg.value, bytes):
+            return parse_text_header_block(arg.value)
+        if arg.type is DataType.BINARY and isinstance(arg.value, bytes):
+            return parse_binary_header_block(arg.value)
+    except HeaderBlockError as exc:
+        raise MalformedArgumentError(f"argument {arg.name!r}: {exc}") from exc
+    raise _wrong_type(arg, "a header block")
+
+
+def _version_arg(arg: Arg | None) -> bytes | None:
+    version = text_arg(arg)
+    if version is not None and version.startswith(_HTTP_VERSION_PREFIX):
+        version = version[len(_HTTP_VERSION_PREFIX) :]
+    return version or None
+
+
+def parse_request_message(message: Message, new_id: Callable[[], str]) -> RequestMessage:
+    """Read a ``coraza-req`` message; an absent or empty ``id`` gets ``new_id()``."""
+    args = args_by_name(message)
+    given_id = text_arg(args.get(ARG_ID))
+    transaction_id = given_id.decode("latin-1") if given_id else new_id()
+    request = RequestInfo(
+        transaction_id=transaction_id,
+        method=text_arg(args.get(ARG_METHOD)) or b"GET",
+        # NULL path: HAProxy had none (`*`, CONNECT); the engine still needs a URI
+        path=text_arg(args.get(ARG_PATH)) or b"/",
+        query=text_arg(args.get(ARG_QUERY)),
+        version=_version_arg(args.get(ARG_VERSION)) or b"1.1",
+        headers=_headers_arg(args.get(ARG_HEADERS)),
+        body=text_arg(args.get(ARG_BODY)) or b"",
+        src_ip=_address_arg(args.get(ARG_SRC_IP)),
+        src_port=_int_arg(args.get(ARG_SRC_PORT), low=0, high=_MAX_PORT) or 0,
+        dst_ip=_address_arg(args.get(ARG_DST_IP)),
+        dst_port=_int_arg(args.get(ARG_DST_PORT), low=0, high=_MAX_PORT) or 0,
+    )
+    return RequestMessage(
+        request=request,
+        export_rule_ids=_bool_arg(args.get(ARG_EXPORT_RULE_IDS)),
+        detect_only=_bool_arg(args.get(ARG_DETECT_ONLY)),
+        id_generated=not given_id,
+    )
+
+
+def parse_response_message(message: Message) -> ResponseMessage:
+    """Read a ``coraza-res`` message. An empty ``transaction_id`` means no ``id`` was sent."""
+    args = args_by_name(message)
+    given_id = text_arg(args.get(ARG_ID))
+    response = ResponseInfo(
+        transaction_id=given_id.decode("latin-1") if given_id else "",
+        status=_int_arg(args.get(ARG_STATUS), low=0, high=999) or 0,
+        version=_version_arg(args.get(ARG_VERSION)) or b"1.1",
+        headers=_headers_arg(args.get(ARG_HEADERS)),
+        body=text_arg(args.get(ARG_BODY)) or b"",
+    )
+    return ResponseMessage(
+        response=response,
+        export_rule_ids=_bool_arg(args.get(ARG_EXPORT_RULE_IDS)),
+        detect_only=_bool_arg(args.get(ARG_DETECT_ONLY)),
+    )
