@@ -26,6 +26,9 @@ class Observation:
     rule_ids: tuple[int, ...] = ()
     response: bytes = b""
     error: str | None = None  # sender error (timeout, garbage) — ftw's TestError
+    # txn.coraza.error seen on the response: the agent (>= 1000) or HAProxy's SPOE (< 256,
+    # 256 + N) could not process the stage, so its rule ids are not the rules' answer
+    agent_error: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ def judge(expected: StageOutput, seen: Observation) -> Judgement:
         return Judgement("failed", (f"expected an error, got status {seen.status}",))
     if seen.error is not None:
         return Judgement("failed", (f"request failed: {seen.error}",))
+    if seen.agent_error is not None:
+        return Judgement("failed", (f"txn.coraza.error = {seen.agent_error}",))
     for regex in (*expected.log_regexes, *expected.no_log_regexes):
         if not _RULE_ID.search(regex):
             return Judgement("skipped", (f"log regex {regex!r} names no rule id",))

@@ -1,0 +1,168 @@
+"""Through-HAProxy mode: every stage sent over a raw socket to a real HAProxy running the SHIPPED
+``etc/haproxy/haproxy.cfg`` + ``coraza.cfg``, in front of our albedo backend, with the agent
+(``python -m coraza_spoa_py -config``) running CRS in the setup the suite expects.
+
+The test overlay (``overlay.cfg`` beside this file, plus ``FRONTEND_OVERLAY`` lines added to the
+shipped frontend because HAProxy cannot reopen a proxy from a second ``-f`` file):
+- ``tune.bufsize 131072``: CRS stages send ~64 KB bodies; HAProxy truncates silently to the
+  buffer (harness.md §2 "bodies");
+- the rule ids the agent exported (``export_rule_ids: true`` → ``txn.coraza.rule_ids``, set on
+  the request and the response ACK) copied into ``X-Coraza-Rule-Ids`` on every response, and
+  ``txn.coraza.error`` into ``X-Coraza-Error``. Each stage is judged by those ids — no log
+  scraping, so stages can run concurrently.
+
+It owns the processes it starts and stops them on every exit path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.crs import builder
+from tests.crs.albedo import AlbedoServer
+from tests.crs.crs_setup import PROJECT_ROOT, write_agent_config
+from tests.crs.judge import Observation
+from tests.crs.loader import Stage
+from tests.crs.sender import SendError, send_raw
+from tests.support.agent import AgentProcess, cli_agent
+from tests.support.haproxy import HAProxy, render_template, start_haproxy
+from tests.support.ports import free_port
+
+SHIPPED_HAPROXY_DIR = PROJECT_ROOT / "etc" / "haproxy"
+OVERLAY_FILE = Path(__file__).with_name("overlay.cfg")
+RULE_IDS_HEADER = "X-Coraza-Rule-Ids"
+ERROR_HEADER = "X-Coraza-Error"
+FRONTEND_OVERLAY = (
+    f"    http-after-response set-header {RULE_IDS_HEADER} %[var(txn.coraza.rule_ids)]"
+    " if { var(txn.coraza.rule_ids) -m found }",
+    f"    http-after-response set-header {ERROR_HEADER} %[var(txn.coraza.error)]"
+    " if { var(txn.coraza.error) -m found }",
+)
+# HAProxy's own SPOE errors (< 256: 1 = timeout) are load, not rule fidelity: one retry
+RETRYABLE_AGENT_ERRORS = frozenset(range(1, 256))
+_FRONTEND = re.compile(r"^frontend\s+\S+", re.MULTILINE)
+
+
+@dataclass
+class Stack:
+    haproxy: HAProxy
+    agent: AgentProcess
+    frontend_port: int
+
+
+def add_frontend_overlay(config_text: str) -> str:
+    """Insert ``FRONTEND_OVERLAY`` right after each ``frontend`` line of the shipped config."""
+    if not _FRONTEND.search(config_text):
+        raise ValueError("the shipped haproxy.cfg has no frontend section")
+    return _FRONTEND.sub(lambda m: m.group(0) + "\n" + "\n".join(FRONTEND_OVERLAY), config_text)
+
+
+@contextmanager
+def crs_stack(workdir: Path, *, version: str = "2.6") -> Iterator[Stack]:
+    """albedo + agent (CRS test config) + HAProxy ``version`` with the shipped config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    agent_port, frontend_port = free_port(), free_port()
+    with ExitStack() as stack:
+        backend = stack.enter_context(AlbedoServer())
+        config = write_agent_config(
+            workdir / "config.yml", bind=f"127.0.0.1:{agent_port}", log_file=workdir / "agent.log"
+        )
+        agent = cli_agent(config, port=agent_port, log_path=workdir / "agent-output.log")
+        stack.enter_context(agent)
+        agent.wait_ready(timeout=60)
+
+        haproxy_template = workdir / "shipped-haproxy.cfg"
+        haproxy_template.write_text(
+            add_frontend_overlay((SHIPPED_HAPROXY_DIR / "haproxy.cfg").read_text())
+        )
+        substitutions = _substitutions(frontend_port, backend.port, agent_port)
+        haproxy = stack.enter_context(
+            start_haproxy(
+                version,
+                haproxy_template,
+                workdir,
+                substitutions=substitutions,
+                overlays=[OVERLAY_FILE],
+                extra_files=_spoe_files(substitutions),
+                wait_ports=[frontend_port],
+            )
+        )
+        yield Stack(haproxy, agent, frontend_port)
+
+
+def _substitutions(frontend_port: int, backend_port: int, agent_port: int) -> dict[str, object]:
+    # names the shipped files may use; render_template leaves anything else alone
+    return {
+        "FE_PORT": frontend_port,
+        "FE_BIND": f"127.0.0.1:{frontend_port}",
+        "FRONTEND_PORT": frontend_port,
+        "BACKEND_PORT": backend_port,
+        "BACKEND_ADDR": f"127.0.0.1:{backend_port}",
+        "BACKEND_HOST": f"127.0.0.1:{backend_port}",
+        "AGENT_PORT": agent_port,
+        "AGENT_ADDR": f"127.0.0.1:{agent_port}",
+        "SPOA_ADDR": f"127.0.0.1:{agent_port}",
+    }
+
+
+def _spoe_files(substitutions: dict[str, object]) -> dict[str, Path]:
+    spoe = SHIPPED_HAPROXY_DIR / "coraza.cfg"
+    return {name: spoe for name in ("SPOE_CFG", "CORAZA_CFG", "SPOE_CONFIG")}
+
+
+def observe(address: tuple[str, int], stage: Stage, *, timeout_s: float) -> Observation:
+    try:
+        raw = builder.build_request(stage)
+    except builder.BuildError as exc:
+        return Observation(error=f"build: {exc}")
+    head = stage.input.method == "HEAD"
+    seen = _send(address, raw, timeout_s, head)
+    if seen.agent_error in RETRYABLE_AGENT_ERRORS:
+        seen = _send(address, raw, timeout_s, head)
+    return seen
+
+
+def _send(address: tuple[str, int], raw: bytes, timeout_s: float, head: bool) -> Observation:
+    try:
+        response = send_raw(address, raw, timeout_s=timeout_s, head=head)
+    except SendError as exc:
+        return Observation(error=str(exc))
+    ids_text = response.header(RULE_IDS_HEADER) or ""
+    rule_ids = tuple(int(part) for part in ids_text.split(",") if part.strip().isdigit())
+    error_text = response.header(ERROR_HEADER)
+    agent_error = int(error_text) if error_text and error_text.isdigit() else None
+    return Observation(
+        status=response.status, rule_ids=rule_ids, response=response.raw, agent_error=agent_error
+    )
+
+
+def run_through_haproxy(
+    stages: Sequence[Stage],
+    address: tuple[str, int],
+    *,
+    jobs: int = 4,
+    timeout_s: float = 5.0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Observation]:
+    """Send every stage (``jobs`` at a time); keyed by stage id."""
+    results: dict[str, Observation] = {}
+
+    def one(stage: Stage) -> tuple[str, Observation]:
+        return stage.stage_id, observe(address, stage, timeout_s=timeout_s)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for count, (stage_id, seen) in enumerate(pool.map(one, stages), start=1):
+            results[stage_id] = seen
+            if progress:
+                progress(count)
+    return results
+
+
+def render_preview(text: str) -> str:
+    """For docs/debugging: the shipped config with the overlay, placeholders kept."""
+    return render_template(add_frontend_overlay(text), {})
