@@ -279,8 +279,9 @@ class _AgentConnection:
             return
         try:
             frame = self.codec.send_ack(notify.stream_id, notify.frame_id, actions)
-        except spop.SpopError as exc:
-            # e.g. an action the codec refuses to encode: still answer, with the error code.
+        except (ValueError, spop.SpopError) as exc:
+            # An action the codec refuses to encode, or an ACK above the negotiated
+            # max-frame-size: still answer, with the error code (never silence).
             self.log.error("cannot encode ACK: {}", exc)
             frame = self.codec.send_ack(
                 notify.stream_id, notify.frame_id, _engine_failure_actions()

@@ -1,0 +1,81 @@
+"""The agent as a subprocess: ``python -m coraza_spoa_py -config <file>`` (or any agent module),
+waited for on its port, stopped with SIGTERM, output captured.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.support.haproxy import PROJECT_ROOT
+from tests.support.ports import wait_for_port, wait_for_unix_socket
+from tests.support.process import ManagedProcess, python_module_argv
+
+
+class AgentProcess(ManagedProcess):
+    """An agent listening on ``host:port`` (TCP) or on ``unix_path``."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        log_path: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        unix_path: Path | None = None,
+        name: str = "agent",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        assert (port is None) != (unix_path is None), "give exactly one of port / unix_path"
+        self.host = host
+        self.port = port
+        self.unix_path = unix_path
+        super().__init__(name, argv, log_path=log_path, cwd=PROJECT_ROOT, env=env)
+
+    @property
+    def address(self) -> str:
+        """For HAProxy's ``server`` line: "127.0.0.1:9000" or "unix@/path" is not supported
+        by every version, so unix agents are usually tested in-process."""
+        if self.unix_path is not None:
+            return str(self.unix_path)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def wait_ready(self, timeout: float = 20.0) -> AgentProcess:
+        """Wait until the agent accepts connections (fails at once if it exits)."""
+        if self.unix_path is not None:
+            wait_for_unix_socket(self.unix_path, timeout=timeout, process=self)
+        else:
+            assert self.port is not None
+            wait_for_port(self.host, self.port, timeout=timeout, process=self)
+        return self
+
+    def terminate(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (the graceful stop) and wait; returns the exit status."""
+        return self.stop(timeout=timeout, sig=signal.SIGTERM)
+
+    def restart(self, timeout: float = 20.0) -> AgentProcess:
+        """Stop (SIGTERM) and start again with the same command, port and log file."""
+        self.terminate()
+        self.popen = None
+        self.start()
+        return self.wait_ready(timeout)
+
+
+def cli_agent(
+    config_path: Path,
+    *,
+    port: int | None = None,
+    unix_path: Path | None = None,
+    log_path: Path,
+    extra_args: tuple[str, ...] = (),
+) -> AgentProcess:
+    """The product: ``python -m coraza_spoa_py -config <config_path>`` (not started yet).
+
+    ``port``/``unix_path`` must match the ``bind`` in the config; it is what ``wait_ready``
+    polls.
+    """
+    argv = python_module_argv("coraza_spoa_py", "-config", str(config_path), *extra_args)
+    return AgentProcess(
+        argv, log_path=log_path, port=port, unix_path=unix_path, name="coraza-spoa-py"
+    )
