@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -47,14 +45,6 @@ class StartupError(Exception):
         super().__init__(reason)
 
 
-@dataclass(slots=True)
-class _Retired:
-    """Applications replaced by a reload; swept until their transactions' TTL has passed."""
-
-    app: Application
-    until: float
-
-
 class Runtime:
     """One running agent. ``start()`` builds and binds it, ``run()`` serves until a signal."""
 
@@ -73,7 +63,6 @@ class Runtime:
         self.agent = agent
         self.applications = applications
         self.server = server
-        self.retired: list[_Retired] = []
         self.reloads_done = 0
         self.reloads_failed = 0
         self._stop = gevent.event.Event()
@@ -159,25 +148,18 @@ class Runtime:
     def _on_sighup(self) -> None:
         gevent.spawn(self.reload, "SIGHUP", reopen_logs=True)
 
-    def all_applications(self) -> list[Application]:
-        return list(self.applications.values()) + [r.app for r in self.retired]
-
     def _sweep_forever(self) -> None:
         while True:
             gevent.sleep(SWEEP_INTERVAL_S)
             self.sweep_once()
 
     def sweep_once(self) -> None:
-        for app in self.all_applications():
-            try:
-                app.sweep()
-            except Exception:
-                logger.bind(app=app.name).exception("sweeping expired transactions failed")
-        now = time.monotonic()
-        for retired in [r for r in self.retired if r.until <= now]:
-            # every pre-reload transaction is past its TTL: close what is left and let it go
-            retired.app.close_all()
-            self.retired.remove(retired)
+        # the agent sweeps the current applications and the retired ones still holding
+        # pre-reload transactions, and drops those once they are empty
+        try:
+            self.agent.sweep()
+        except Exception:
+            logger.exception("sweeping expired transactions failed")
 
     # ---- reload -----------------------------------------------------------------------------
 
@@ -238,20 +220,15 @@ class Runtime:
         if cfg.engine_threads != self.config.engine_threads:
             self.pool.maxsize = cfg.engine_threads
         applications = reload.build_applications(cfg, engines, executor)
-        old = self.agent.replace(applications, cfg.default_application)
+        # the agent keeps the old applications for the responses of requests they saw and
+        # sweeps them until they are empty (compat.md Part 2 §11.5)
+        self.agent.replace(applications, cfg.default_application)
         logger.info(reload.swap_report(self.applications, applications))
-        self._retire(old.values() if isinstance(old, dict) else old)
         self.applications = applications
         self.config = cfg
         if self._watcher is not None:
             self._watcher.watch([self.config_path, *reload.rule_files(cfg)])
         return []
-
-    def _retire(self, old: Any) -> None:
-        now = time.monotonic()
-        for app in old:
-            ttl_s = app.config.transaction_ttl_ms / 1000.0
-            self.retired.append(_Retired(app, now + ttl_s))
 
     def _start_watcher(self) -> None:
         self._watcher = reload.FileWatcher([self.config_path, *reload.rule_files(self.config)])
@@ -273,23 +250,12 @@ class Runtime:
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         self.server.stop(self.config.graceful_timeout_s)
-        applications = self.all_applications()
-        for app in applications:
-            try:
-                app.close_all()
-            except Exception:
-                logger.bind(app=app.name).exception("closing open transactions failed")
-        opened = sum(app.stats.opened for app in applications)
-        closed = sum(app.stats.closed for app in applications)
-        expired = sum(app.stats.expired for app in applications)
-        evicted = sum(app.stats.evicted for app in applications)
-        logger.info(
-            "transactions opened={} closed={} (expired={} evicted={})",
-            opened,
-            closed,
-            expired,
-            evicted,
-        )
+        # logging phase of every transaction still open, current and retired applications;
+        # the agent logs the final "transactions opened=N closed=N ..." line
+        try:
+            self.agent.close_all()
+        except Exception:
+            logger.exception("closing open transactions failed")
         self.pool.kill()
         logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
         return EXIT_OK
