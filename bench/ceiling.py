@@ -1,0 +1,160 @@
+"""The ceiling: the bare engine, in-process, on native threads over one loaded rule set.
+
+Run as its own process (``python -m bench.ceiling``) so its CPU time and memory are its own. It
+does per transaction exactly what the agent does for one request of a scenario (engine.md: new
+transaction, request phases, response phases unless the request was blocked, close) and prints
+one JSON object: transactions, wall and CPU seconds, latency percentiles, wrong verdicts.
+
+It must not start HAProxy, the agent or any socket: it is the number the agent is compared with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from ipaddress import IPv4Address
+from typing import Any
+
+from bench.scenarios import SCENARIOS, Scenario
+from bench.stats import percentiles
+from coraza_spoa_py.models import RequestInfo, ResponseInfo, WafEngine
+from coraza_spoa_py.settings import AppConfig, RulePaths
+
+LOOPBACK = IPv4Address("127.0.0.1")
+
+
+def build_request(scenario: Scenario, transaction_id: str) -> RequestInfo:
+    return RequestInfo(
+        transaction_id=transaction_id,
+        method=scenario.method.encode(),
+        path=scenario.path.encode(),
+        query=None if scenario.query is None else scenario.query.encode(),
+        version=b"1.1",
+        headers=scenario.request_headers,
+        body=scenario.body,
+        src_ip=LOOPBACK,
+        src_port=40000,
+        dst_ip=LOOPBACK,
+        dst_port=8080,
+    )
+
+
+def build_response(scenario: Scenario, transaction_id: str) -> ResponseInfo:
+    return ResponseInfo(
+        transaction_id=transaction_id,
+        status=200,
+        version=b"1.1",
+        headers=scenario.full_response_headers,
+        body=scenario.response_body,
+    )
+
+
+def one_transaction(engine: WafEngine, scenario: Scenario, tx_id: str, response: bool) -> bool:
+    """Run one transaction the way the agent does; True when the verdict was the expected one."""
+    tx = engine.new_transaction(tx_id)
+    try:
+        verdict = tx.process_request(build_request(scenario, tx_id))
+        if not verdict.interrupted and response:
+            verdict = tx.process_response(build_response(scenario, tx_id))
+    finally:
+        tx.close()
+    return verdict.interrupted == scenario.blocked
+
+
+def run_ceiling(
+    engine: WafEngine,
+    scenario: Scenario,
+    *,
+    threads: int,
+    duration_s: float,
+    warmup_s: float = 1.0,
+    response_check: bool = True,
+) -> dict[str, Any]:
+    """Drive ``threads`` native threads for ``duration_s`` after a warm-up; report the numbers.
+
+    The engine releases the GIL in every call (engine.md), so N threads use N cores; the Python
+    loop around the calls is the binding's own per-call cost, which the agent pays too.
+    """
+    stop = threading.Event()
+    measuring = threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    wrong = [0] * threads
+
+    def worker(index: int) -> None:
+        n = 0
+        lat = latencies[index]
+        while not stop.is_set():
+            n += 1
+            started = time.perf_counter()
+            ok = one_transaction(engine, scenario, f"ceil-{index}-{n}", response_check)
+            if measuring.is_set():
+                lat.append(time.perf_counter() - started)
+                wrong[index] += not ok
+
+    workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for t in workers:
+        t.start()
+    time.sleep(warmup_s)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    measuring.set()
+    time.sleep(duration_s)
+    measuring.clear()
+    cpu1, wall1 = time.process_time(), time.monotonic()
+    stop.set()
+    for t in workers:
+        t.join()
+    flat = [x for lat in latencies for x in lat]
+    wall = wall1 - wall0
+    return {
+        "scenario": scenario.name,
+        "threads": threads,
+        "transactions": len(flat),
+        "wall_s": wall,
+        "cpu_s": cpu1 - cpu0,
+        "rps": len(flat) / wall if wall else 0.0,
+        "cpu_ms_per_request": 1000 * (cpu1 - cpu0) / len(flat) if flat else 0.0,
+        "latency_ms": {k: v * 1000 for k, v in percentiles(flat).items()},
+        "wrong_verdicts": sum(wrong),
+    }
+
+
+def load_bench_engine(directives: str, response_check: bool) -> WafEngine:
+    from coraza_spoa_py import waf  # imported late: only this process needs the binding
+
+    app = AppConfig(name="bench", directives=directives, response_check=response_check)
+    return waf.load_engine(app, RulePaths())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.agent_config import BENCH_DIRECTIVES
+
+    parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--no-response-check", action="store_true")
+    args = parser.parse_args(argv)
+    engine = load_bench_engine(BENCH_DIRECTIVES, not args.no_response_check)
+    result = run_ceiling(
+        engine,
+        SCENARIOS[args.scenario],
+        threads=args.threads,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        response_check=not args.no_response_check,
+    )
+    with open(f"/proc/{os.getpid()}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    result["rss_bytes"] = rss * 1024
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""CPU time and resident memory of a process, read from /proc (Linux only).
+
+Only reads; never signals or waits for a process. CPU is utime + stime of /proc/<pid>/stat
+(every thread of the process, children excluded), so the agent's engine threads count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    cpu_s: float  # user + system seconds of every thread so far
+    wall_s: float  # time.monotonic() when read
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        raw = f.read()
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLOCK_TICKS
+
+
+def sample_cpu(pid: int) -> CpuSample:
+    return CpuSample(cpu_seconds(pid), time.monotonic())
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))

@@ -1,0 +1,245 @@
+"""Turn measurements into the committed results: ratios, target checks, a markdown table, plots.
+
+Pure functions on the results dict (the JSON ``results/bench.json`` holds), except the two
+``write_*`` functions at the end. Nothing here starts a process or measures anything, so the
+unit tests run it on fixed sample data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.scenarios import SCENARIOS
+from bench.stats import ratio
+
+# The issue's targets (docs/performance.md): one run, same machine, ratios.
+THROUGHPUT_TARGET = 0.80  # agent req/s >= 0.80 x ceiling ...
+THROUGHPUT_TARGET_SCENARIOS = ("clean_get", "attack_get", "post_1k")  # ... for these
+CPU_TARGET = 1.15  # agent CPU per request <= 1.15 x engine CPU per request
+SOAK_RSS_TARGET = 0.05  # RSS after the whole soak <= +5 % of RSS after the first checkpoint
+
+MIB = 1024 * 1024
+
+
+def throughput_rows(throughput: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per agent run, joined with its scenario's ceiling, with both ratios."""
+    rows = []
+    for run in throughput.get("agent", []):
+        ceiling = throughput["ceiling"][run["scenario"]]
+        counts = run["haproxy"]
+        rows.append(
+            {
+                "scenario": run["scenario"],
+                "connections": run["connections"],
+                "agent_rps": run["rps"],
+                "ceiling_rps": ceiling["rps"],
+                "throughput_ratio": ratio(run["rps"], ceiling["rps"]),
+                "p50_ms": run["latency_ms"]["p50"],
+                "p99_ms": run["latency_ms"]["p99"],
+                "agent_cpu_ms": run["agent_cpu_ms_per_request"],
+                "engine_cpu_ms": ceiling["cpu_ms_per_request"],
+                "cpu_ratio": ratio(run["agent_cpu_ms_per_request"], ceiling["cpu_ms_per_request"]),
+                "haproxy_cpu_ms": run.get("haproxy_cpu_ms_per_request", 0.0),
+                "spoe_errors": counts["spoe_errors"],
+                "agent_errors": counts["agent_errors"],
+                "shed": counts["shed"],
+                "uninspected": counts["uninspected"],
+                "unexpected_status": counts["unexpected_status"],
+                "agent_rss_mb": run["agent_rss_bytes"] / MIB,
+            }
+        )
+    return rows
+
+
+def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue with the measured value and whether it was met."""
+    checks: list[dict[str, Any]] = []
+    rows = throughput_rows(results.get("throughput", {}))
+    for row in rows:
+        label = f"{row['scenario']} @{row['connections']}"
+        if row["scenario"] in THROUGHPUT_TARGET_SCENARIOS and row["throughput_ratio"] is not None:
+            checks.append(
+                _check(f"throughput {label}", row["throughput_ratio"], f">= {THROUGHPUT_TARGET}",
+                       row["throughput_ratio"] >= THROUGHPUT_TARGET)
+            )  # fmt: skip
+        if row["cpu_ratio"] is not None:
+            checks.append(
+                _check(f"CPU/request {label}", row["cpu_ratio"], f"<= {CPU_TARGET}",
+                       row["cpu_ratio"] <= CPU_TARGET)
+            )  # fmt: skip
+        bad = row["uninspected"] + row["spoe_errors"]
+        checks.append(_check(f"uninspected + SPOE errors {label}", bad, "== 0", bad == 0))
+    overload = results.get("overload")
+    if overload:
+        counts = overload["haproxy"]
+        checks.append(
+            _check("overload: offered / capacity", overload["offered_ratio"], ">= 2",
+                   overload["offered_ratio"] is not None and overload["offered_ratio"] >= 2)
+        )  # fmt: skip
+        checks.append(
+            _check("overload: uninspected", counts["uninspected"], "== 0",
+                   counts["uninspected"] == 0)
+        )  # fmt: skip
+        unanswered = overload["unanswered"]
+        checks.append(_check("overload: unanswered (not 403/200/500)", unanswered, "== 0",
+                             unanswered == 0))  # fmt: skip
+    soak = results.get("soak")
+    if soak and soak.get("rss_growth") is not None:
+        checks.append(
+            _check("soak: RSS growth first checkpoint -> end", soak["rss_growth"],
+                   f"<= +{SOAK_RSS_TARGET:.0%}", soak["rss_growth"] <= SOAK_RSS_TARGET)
+        )  # fmt: skip
+    return checks
+
+
+def _check(name: str, value: float, target: str, met: bool) -> dict[str, Any]:
+    return {"target": name, "value": value, "wanted": target, "met": bool(met)}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The committed ``results/bench.md``: every table the run produced."""
+    meta = results.get("meta", {})
+    out = ["# Benchmark results", ""]
+    out += [f"- {k}: {v}" for k, v in meta.items()]
+    throughput = results.get("throughput")
+    if throughput:
+        out += [
+            "",
+            "## Throughput: agent through HAProxy vs the bare engine (same run)",
+            "",
+            f"wrk {throughput['duration_s']:g} s per row; ceiling = the engine in-process on "
+            f"{throughput['engine_threads']} threads, {throughput['ceiling_duration_s']:g} s, "
+            "the same transaction (request phases, then response phases unless blocked).",
+            "",
+            "| scenario | conns | agent req/s | ceiling req/s | agent/ceiling | p50 ms | p99 ms "
+            "| agent CPU ms/req | engine CPU ms/req | CPU ratio | HAProxy CPU ms/req "
+            "| SPOE errors | uninspected | shed (1005) | agent RSS MiB |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for r in throughput_rows(throughput):
+            out.append(
+                f"| {SCENARIOS[r['scenario']].title if r['scenario'] in SCENARIOS else r['scenario']}"
+                f" | {r['connections']} | {r['agent_rps']:.0f} | {r['ceiling_rps']:.0f}"
+                f" | {_fmt(r['throughput_ratio'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f}"
+                f" | {r['agent_cpu_ms']:.2f} | {r['engine_cpu_ms']:.2f} | {_fmt(r['cpu_ratio'])}"
+                f" | {r['haproxy_cpu_ms']:.2f} | {r['spoe_errors']} | {r['uninspected']}"
+                f" | {r['shed']} | {r['agent_rss_mb']:.0f} |"
+            )
+    overload = results.get("overload")
+    if overload:
+        counts = overload["haproxy"]
+        out += [
+            "",
+            "## Overload",
+            "",
+            f"{overload['connections']} connections of {overload['scenario']} for "
+            f"{overload['duration_s']:.0f} s against a measured capacity of "
+            f"{overload['capacity_rps']:.0f} req/s.",
+            "",
+            "| offered req/s | offered / capacity | answered by status | shed (1005) "
+            "| SPOE errors | uninspected | unanswered | p50 ms | p99 ms | agent RSS MiB max "
+            "| agent threads max |",
+            "|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+            f"| {overload['offered_rps']:.0f} | {_fmt(overload['offered_ratio'])}"
+            f" | {', '.join(f'{k}: {v}' for k, v in counts['by_status'].items())}"
+            f" | {counts['shed']} | {counts['spoe_errors']} | {counts['uninspected']}"
+            f" | {overload['unanswered']} | {overload['latency_ms']['p50']:.0f}"
+            f" | {overload['latency_ms']['p99']:.0f} | {overload['rss_max_bytes'] / MIB:.0f}"
+            f" | {overload['threads_max']} |",
+        ]
+    soak = results.get("soak")
+    if soak:
+        out += [
+            "",
+            "## Soak",
+            "",
+            f"{soak['transactions']} transactions straight over SPOP "
+            f"({soak['connections']} connections x {soak['window']} in flight, rules: "
+            f"{soak['rules']}, TTL {soak['transaction_ttl_ms']} ms), "
+            f"{soak['elapsed_s']:.0f} s, {soak['transactions'] / soak['elapsed_s']:.0f} tx/s.",
+            "",
+            "| transactions | agent RSS MiB | elapsed s |",
+            "|--:|--:|--:|",
+        ]
+        out += [
+            f"| {s['transactions']} | {s['rss_bytes'] / MIB:.1f} | {s['elapsed_s']:.0f} |"
+            for s in soak["samples"]
+        ]
+        out += [
+            "",
+            f"RSS growth from {soak['baseline_transactions']} transactions to the end: "
+            f"{_fmt(100 * soak['rss_growth'] if soak['rss_growth'] is not None else None, 1)} %."
+            f" Checks: {soak['client']}.",
+        ]
+    checks = target_checks(results)
+    if checks:
+        out += ["", "## Targets", "", "| target | measured | wanted | met |", "|---|--:|---|---|"]
+        out += [
+            f"| {c['target']} | {_fmt(c['value'])} | {c['wanted']} | {'yes' if c['met'] else 'NO'} |"
+            for c in checks
+        ]
+    return "\n".join(out) + "\n"
+
+
+def write_latency_plot(results: dict[str, Any], path: Path) -> bool:
+    """Latency percentiles of every agent run (one line each), log-scaled; False if no data."""
+    runs = results.get("throughput", {}).get("agent", [])
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for run in runs:
+        points = sorted(
+            (float(k[1:]), v) for k, v in run["latency_ms"].items() if k.startswith("p")
+        )
+        xs = [1 / (1 - p / 100) for p, _ in points]
+        ax.plot(xs, [v for _, v in points], marker="o", markersize=3,
+                label=f"{run['scenario']} @{run['connections']}")  # fmt: skip
+    ticks = [50, 90, 99, 99.9, 99.99]
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks([1 / (1 - p / 100) for p in ticks], [f"p{p:g}" for p in ticks])
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency through HAProxy + agent (ms)")
+    ax.set_title("coraza-spoa-py under wrk (closed loop), CRS 3.3.4")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_soak_plot(results: dict[str, Any], path: Path) -> bool:
+    soak = results.get("soak")
+    if not soak or not soak.get("samples"):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    xs = [s["transactions"] for s in soak["samples"]]
+    ax.plot(xs, [s["rss_bytes"] / MIB for s in soak["samples"]], marker=".")
+    ax.set_xlabel("transactions")
+    ax.set_ylabel("agent RSS (MiB)")
+    ax.set_title(f"soak: agent RSS over {soak['transactions']} transactions")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,152 @@
+"""Start and always stop what a bench run needs: the agent (the real CLI on a bench config) and
+HAProxy on the rendered shipped configuration, with HAProxy itself as the web server.
+
+Processes are ``tests.support.process.ManagedProcess`` objects, so they are killed at exit even
+if the bench crashes. This module starts, stops and locates processes; it measures nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.agent_config import BENCH_DIRECTIVES, write_agent_config
+from bench.haproxy_config import Ports, render_haproxy
+from bench.scenarios import SCENARIOS, SMALL_PAGE
+from tests.support.ports import free_port, wait_for_port
+from tests.support.process import ManagedProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_HAPROXY = ROOT / "etc" / "haproxy" / "haproxy.cfg"
+SHIPPED_SPOE = ROOT / "etc" / "haproxy" / "coraza.cfg"
+DEFAULT_HAPROXY = "/usr/sbin/haproxy"  # 2.6 from Debian 12: the CI baseline (harness.md §1)
+# loading CRS takes a few seconds, more while other work shares the two cores
+AGENT_START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    ports: Ports
+    agent: ManagedProcess
+    haproxy: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.frontend}"
+
+    def log_offset(self) -> int:
+        """Where HAProxy's output ends now: pass it to ``log_lines_since`` after a run."""
+        self.haproxy.logs()  # flushes our side of the file
+        return self.haproxy.log_path.stat().st_size
+
+    def log_lines_since(self, offset: int, settle_s: float = 0.5) -> list[str]:
+        time.sleep(settle_s)  # HAProxy writes the log line after the response is sent
+        with open(self.haproxy.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("latin-1").splitlines()
+
+
+def write_pages(folder: Path) -> Path:
+    """The two bodies the bench web server answers with (see ``haproxy_config``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "small.html").write_bytes(SMALL_PAGE)
+    (folder / "big.html").write_bytes(SCENARIOS["response_50k"].response_body)
+    return folder
+
+
+def start_agent(
+    workdir: Path,
+    port: int,
+    *,
+    directives: str,
+    extra_config: dict[str, object] | None = None,
+    transaction_ttl_ms: int = 60_000,
+    log_level: str = "info",
+) -> ManagedProcess:
+    config = write_agent_config(
+        workdir,
+        port=port,
+        directives=directives,
+        transaction_ttl_ms=transaction_ttl_ms,
+        log_level=log_level,
+        extra=extra_config,
+    )
+    agent = ManagedProcess(
+        "agent",
+        [sys.executable, "-m", "coraza_spoa_py", "-config", str(config)],
+        log_path=workdir / "agent.out",
+        cwd=ROOT,
+    ).start()
+    try:
+        wait_for_port("127.0.0.1", port, timeout=AGENT_START_TIMEOUT_S, process=agent)
+    except BaseException:
+        agent.dump()
+        agent.stop()
+        raise
+    return agent
+
+
+def start_haproxy(workdir: Path, ports: Ports, binary: str) -> ManagedProcess:
+    spoe_path = workdir / "coraza.cfg"
+    rendered = render_haproxy(
+        SHIPPED_HAPROXY.read_text(),
+        SHIPPED_SPOE.read_text(),
+        ports=ports,
+        spoe_path=spoe_path,
+        pages_dir=write_pages(workdir / "pages"),
+    )
+    spoe_path.write_text(rendered.spoe_cfg)
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(rendered.haproxy_cfg)
+    check = subprocess.run(
+        [binary, "-c", "-f", str(cfg)], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise RuntimeError(f"rendered HAProxy config rejected:\n{check.stdout}{check.stderr}")
+    haproxy = ManagedProcess(
+        "haproxy", [binary, "-db", "-f", str(cfg)], log_path=workdir / "haproxy.out"
+    ).start()
+    try:
+        wait_for_port("127.0.0.1", ports.frontend, timeout=15, process=haproxy)
+    except BaseException:
+        haproxy.dump()
+        haproxy.stop()
+        raise
+    return haproxy
+
+
+@contextmanager
+def running_stack(
+    *,
+    haproxy_binary: str = DEFAULT_HAPROXY,
+    directives: str = BENCH_DIRECTIVES,
+    extra_config: dict[str, object] | None = None,
+    log_level: str = "info",
+    keep_dir: Path | None = None,
+) -> Iterator[Stack]:
+    """Agent + HAProxy up for the block; both stopped after it, whatever happens."""
+    with ExitStack() as stack:
+        if keep_dir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        else:
+            keep_dir.mkdir(parents=True, exist_ok=True)
+            workdir = keep_dir
+        ports = Ports(frontend=free_port(), agent=free_port(), backend=free_port())
+        agent = start_agent(
+            workdir,
+            ports.agent,
+            directives=directives,
+            extra_config=extra_config,
+            log_level=log_level,
+        )
+        stack.callback(agent.stop)
+        haproxy = start_haproxy(workdir, ports, haproxy_binary)
+        stack.callback(haproxy.stop)
+        yield Stack(workdir, ports, agent, haproxy)

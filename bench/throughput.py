@@ -1,0 +1,138 @@
+"""Throughput side by side: per scenario, the bare-engine ceiling and then the agent through
+HAProxy (wrk, closed loop) at each concurrency, in the same run so both see the same machine.
+
+Per agent run it records wrk's numbers, HAProxy's per-request log tallies (SPOE errors,
+uninspected passes, statuses), the agent's CPU seconds and RSS from /proc. The ratios are the
+report's job (``report``); this module only measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench.haproxy_log import count_lines
+from bench.procstat import rss_bytes, sample_cpu
+from bench.scenarios import SCENARIOS, Scenario
+from bench.stack import ROOT, Stack
+from bench.wrk import run_wrk
+
+Progress = Callable[[str], None]
+
+
+def run_ceiling_process(scenario: Scenario, *, threads: int, duration_s: float) -> dict[str, Any]:
+    """``python -m bench.ceiling`` in its own process: its CPU and RSS are the engine's alone."""
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "bench.ceiling",
+            "--scenario", scenario.name,
+            "--threads", str(threads),
+            "--duration", str(duration_s),
+        ],
+        capture_output=True, text=True, cwd=ROOT, timeout=duration_s + 300, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"ceiling failed for {scenario.name}:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure_agent(
+    stack: Stack,
+    scenario: Scenario,
+    *,
+    connections: int,
+    duration_s: float,
+    wrk_threads: int,
+) -> dict[str, Any]:
+    """One wrk run against the stack, with the agent's and HAProxy's CPU over the same window."""
+    offset = stack.log_offset()
+    agent0, haproxy0 = sample_cpu(stack.agent.pid), sample_cpu(stack.haproxy.pid)
+    wrk = run_wrk(
+        stack.url,
+        scenario,
+        connections=connections,
+        duration_s=duration_s,
+        threads=wrk_threads,
+        workdir=stack.workdir,
+    )
+    agent1, haproxy1 = sample_cpu(stack.agent.pid), sample_cpu(stack.haproxy.pid)
+    rss = rss_bytes(stack.agent.pid)
+    counts = count_lines(stack.log_lines_since(offset), scenario.expect_status)
+    requests = counts.requests or wrk["requests"]
+    wall = wrk["duration_us"] / 1e6
+    return {
+        "scenario": scenario.name,
+        "connections": connections,
+        "requests": wrk["requests"],
+        "duration_s": wall,
+        "rps": wrk["requests"] / wall if wall else 0.0,
+        "latency_ms": {k: v / 1000 for k, v in wrk["latency_us"].items()},
+        "wrk_errors": wrk["errors"],
+        "haproxy": counts.as_dict(),
+        "agent_cpu_s": agent1.cpu_s - agent0.cpu_s,
+        "agent_cpu_ms_per_request": 1000 * (agent1.cpu_s - agent0.cpu_s) / requests
+        if requests
+        else 0.0,
+        "agent_cpu_cores": (agent1.cpu_s - agent0.cpu_s) / (agent1.wall_s - agent0.wall_s),
+        "haproxy_cpu_ms_per_request": 1000 * (haproxy1.cpu_s - haproxy0.cpu_s) / requests
+        if requests
+        else 0.0,
+        "agent_rss_bytes": rss,
+    }
+
+
+def run_throughput(
+    stack: Stack,
+    scenarios: Sequence[str],
+    concurrencies: Sequence[int],
+    *,
+    duration_s: float,
+    ceiling_duration_s: float,
+    engine_threads: int,
+    wrk_threads: int,
+    progress: Progress = print,
+) -> dict[str, Any]:
+    """For each scenario: the ceiling, then the agent at each concurrency (side by side)."""
+    rows: list[dict[str, Any]] = []
+    ceilings: dict[str, dict[str, Any]] = {}
+    # warm-up: the first requests pay PCRE JIT compilation and cache population in the agent
+    measure_agent(
+        stack, SCENARIOS["clean_get"], connections=8, duration_s=2, wrk_threads=wrk_threads
+    )
+    for name in scenarios:
+        scenario = SCENARIOS[name]
+        progress(f"ceiling {name}: {engine_threads} engine threads, {ceiling_duration_s:g}s")
+        ceilings[name] = run_ceiling_process(
+            scenario, threads=engine_threads, duration_s=ceiling_duration_s
+        )
+        progress(f"  -> {ceilings[name]['rps']:.0f} req/s")
+        for connections in concurrencies:
+            progress(f"agent {name}: {connections} connections, {duration_s:g}s")
+            time.sleep(1)  # let the previous run's connections and transactions settle
+            row = measure_agent(
+                stack,
+                scenario,
+                connections=connections,
+                duration_s=duration_s,
+                wrk_threads=wrk_threads,
+            )
+            progress(
+                f"  -> {row['rps']:.0f} req/s, p99 {row['latency_ms']['p99']:.1f} ms, "
+                f"uninspected {row['haproxy']['uninspected']}, "
+                f"SPOE errors {row['haproxy']['spoe_errors']}"
+            )
+            rows.append(row)
+    return {
+        "engine_threads": engine_threads,
+        "cores": os.cpu_count(),
+        "duration_s": duration_s,
+        "ceiling_duration_s": ceiling_duration_s,
+        "ceiling": ceilings,
+        "agent": rows,
+    }

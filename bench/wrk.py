@@ -1,0 +1,108 @@
+"""Drive wrk (Debian's 4.1) for one scenario and read back its numbers as a dict.
+
+wrk's Lua ``done()`` hook prints one JSON line (requests, errors, latency percentiles), so no
+text output is scraped. This module only builds the script and runs wrk; it never starts
+HAProxy or the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.scenarios import Scenario
+
+JSON_MARK = "BENCH_JSON "
+# percentiles for the report and the latency plot (a CDF needs more than p50/p99)
+LUA_PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.99)
+
+
+def _lua_string(value: bytes) -> str:
+    # a Lua long-bracket string keeps every byte as is; the level is chosen so it cannot close
+    level = "=" * 4
+    assert f"]{level}]".encode() not in value
+    return f"[{level}[{value.decode('latin-1')}]{level}]"
+
+
+def lua_script(scenario: Scenario) -> str:
+    """The wrk script for ``scenario``: method, path, headers, body, and the JSON report."""
+    lines = [
+        f"wrk.method = {_lua_string(scenario.method.encode())}",
+        f"wrk.path = {_lua_string(scenario.uri.encode())}",
+    ]
+    for name, value in scenario.request_headers:
+        if name in (b"content-length", b"connection"):
+            continue  # wrk writes Content-Length itself, and keeps connections alive
+        # wrk adds its own Host unless "Host" (this spelling) is set: title-case every name
+        title = b"-".join(part.capitalize() for part in name.split(b"-"))
+        lines.append(f"wrk.headers[{_lua_string(title)}] = {_lua_string(value)}")
+    if scenario.body:
+        lines.append(f"wrk.body = {_lua_string(scenario.body)}")
+    pcts = ", ".join(str(p) for p in LUA_PERCENTILES)
+    lines.append(
+        f"""
+done = function(summary, latency, requests)
+  local pcts = {{{pcts}}}
+  local parts = {{}}
+  for _, p in ipairs(pcts) do
+    parts[#parts + 1] = string.format('"p%s": %d', tostring(p), latency:percentile(p))
+  end
+  local e = summary.errors
+  io.write(string.format(
+    '{JSON_MARK}{{"requests": %d, "duration_us": %d, "bytes": %d, '
+    .. '"errors": {{"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}, '
+    .. '"latency_us": {{%s, "mean": %.1f, "max": %d, "stdev": %.1f}}}}\\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    table.concat(parts, ", "), latency.mean, latency.max, latency.stdev))
+end
+"""
+    )
+    return "\n".join(lines) + "\n"
+
+
+def parse_output(stdout: str) -> dict[str, Any]:
+    for line in stdout.splitlines():
+        if line.startswith(JSON_MARK):
+            result: dict[str, Any] = json.loads(line[len(JSON_MARK) :])
+            return result
+    raise RuntimeError(f"wrk printed no report:\n{stdout[-2000:]}")
+
+
+def run_wrk(
+    url: str,
+    scenario: Scenario,
+    *,
+    connections: int,
+    duration_s: float,
+    threads: int,
+    workdir: Path,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """Run wrk closed-loop with ``connections`` keep-alive connections; return its report.
+
+    wrk's own request timeout is longer than SPOE's ``timeout processing`` (2 s in the bench
+    overlay), so a slow answer is counted by HAProxy's log, not lost as a client timeout.
+    """
+    script = workdir / f"wrk-{scenario.name}.lua"
+    script.write_text(lua_script(scenario), encoding="latin-1")
+    command = [
+        "wrk",
+        f"-t{max(1, min(threads, connections))}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        f"--timeout={timeout_s:g}s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration_s + 60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-2000:]}")
+    result = parse_output(done.stdout)
+    result["connections"] = connections
+    return result
