@@ -32,14 +32,22 @@ CORAZA_ONLY_DIRECTIVES = frozenset(
     name.lower()
     for name in (
         "SecRxPreFilter",
-        "SecRequestBodyJsonDepthLimit",
-        "SecRequestBodyInMemoryLimit",
         "SecIgnoreRuleCompilationErrors",
-        "SecResponseBodyMimeTypesClear",
-        "SecDataDir",
-        "SecUploadKeepFiles",
+        "SecRequestBodyInMemoryLimit",
         "SecSensorId",
+        "SecServerSignature",
+        "SecConnReadStateLimit",
+        "SecConnWriteStateLimit",
+        "SecGsbLookupDb",
         "SecHashEngine",
+        "SecHashKey",
+        "SecHashParam",
+        "SecHashMethodPm",
+        "SecHashMethodRx",
+        "SecDataset",
+        "SecAuditLogDir",
+        "SecUnicodeMap",
+        "SecRulePerfTime",
     )
 )
 # Directives whose Coraza-only *values* libmodsecurity rejects.
@@ -116,15 +124,19 @@ def resolve(app: AppConfig, paths: RulePaths) -> ResolvedRules:
 
 
 def _logical_lines(text: str) -> list[tuple[int, list[str]]]:
-    # A SecLang directive continues on the next line when a line ends with a backslash.
+    # A SecLang directive continues on the next line when a line ends with a backslash, and
+    # Coraza's SecDataset spans lines between backticks.
     result: list[tuple[int, list[str]]] = []
     current: list[str] = []
     start = 0
+    in_backticks = False
     for number, line in enumerate(text.splitlines(), start=1):
         if not current:
             start = number
         current.append(line)
-        if not line.rstrip().endswith("\\"):
+        if line.count("`") % 2 == 1:
+            in_backticks = not in_backticks
+        if not in_backticks and not line.rstrip().endswith("\\"):
             result.append((start, current))
             current = []
     if current:

@@ -71,9 +71,10 @@ _ffi.cdef(_CDEF)
 # read"): appended after every rule set, it logs the inbound blocking score of CRS 4
 # (tx.blocking_inbound_anomaly_score) and of CRS 3 (tx.anomaly_score, summed per paranoia level
 # by 949060-949063) at the end of phase 2. A macro over an unset variable expands to "".
+# No `noauditlog`: in libmodsecurity 3.0.9 it also keeps the line from the log callback.
 SCORE_RULE_ID = 8_999_101
 _SCORE_RULE = (
-    f'SecAction "id:{SCORE_RULE_ID},phase:2,pass,log,noauditlog,t:none,'
+    f'SecAction "id:{SCORE_RULE_ID},phase:2,pass,log,t:none,'
     "msg:'coraza-spoa-py anomaly score',"
     "logdata:'crs4=%{tx.blocking_inbound_anomaly_score} crs3=%{tx.anomaly_score}'\""
 )
@@ -255,8 +256,18 @@ def _rules_problems(message: str, resolved: rules.ResolvedRules | None) -> list[
         file, line_no = found["file"], int(found["line"])
         if resolved is not None and not file.startswith("/"):
             file, line_no = resolved.label, resolved.source_line(line_no)
-        problems.append(f"{file}:{line_no}: {found['msg'].strip()}")
+        problems.append(f"{file}:{line_no}: {_explain(found['msg'])}")
     return problems
+
+
+def _explain(message: str) -> str:
+    # The engine lists every folder it tried for a missing file: the path says enough.
+    message = message.split(" Looking at:", 1)[0].strip()
+    rejected = re.search(r"Invalid input:\s+(\w+)", message)
+    if rejected and rejected[1].lower() in rules.CORAZA_ONLY_DIRECTIVES:
+        # rules.resolve drops these from the directives, not from files they include
+        message += " (a Coraza-only directive: remove it from this file)"
+    return message
 
 
 def _ip_text(address: IPAddress | None) -> bytes:

@@ -1,0 +1,296 @@
+"""The libmodsecurity binding with small deterministic rule files (tests/data/rules/).
+
+Real library, no CRS: actions (deny, drop, redirect), statuses, rule ids, rules_hit ranges,
+the anomaly-score report for CRS 3 and CRS 4 variable names, load errors, raw bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+import pytest
+
+from coraza_spoa_py import waf
+from coraza_spoa_py.models import RequestInfo, ResponseInfo, Verdict
+from coraza_spoa_py.settings import AppConfig, RulePaths
+
+pytestmark = pytest.mark.integration
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "data" / "rules"
+
+
+def load(directives: str, base_dir: Path = RULES_DIR) -> waf.ModSecEngine:
+    return waf.load_engine(
+        AppConfig(name="test", directives=directives, base_dir=str(base_dir)), RulePaths()
+    )
+
+
+@pytest.fixture(scope="module")
+def actions_engine() -> waf.ModSecEngine:
+    return load("Include actions.conf\n")
+
+
+def run_request(engine: waf.ModSecEngine, request: RequestInfo) -> Verdict:
+    tx = engine.new_transaction(request.transaction_id)
+    try:
+        return tx.process_request(request)
+    finally:
+        tx.close()
+
+
+def go(value: bytes, tx_id: str = "tx-1") -> RequestInfo:
+    return RequestInfo(tx_id, path=b"/index", query=b"go=" + value, headers=((b"host", b"x"),))
+
+
+def test_engine_version_names_modsecurity() -> None:
+    assert waf.engine_version().startswith("ModSecurity v3.")
+
+
+def test_clean_request_is_not_interrupted(actions_engine: waf.ModSecEngine) -> None:
+    verdict = run_request(actions_engine, go(b"nothing"))
+    assert verdict == Verdict()
+    assert verdict.log_lines == ()
+
+
+def test_deny_with_status_in_phase_2(actions_engine: waf.ModSecEngine) -> None:
+    """1. go=deny → rule 10003 (phase 2, status 418, msg mentioning "drop").
+    2. Expect deny (not drop), 418, the rule id, one disruptive match in phase 2."""
+    verdict = run_request(actions_engine, go(b"deny"))
+    assert (verdict.interrupted, verdict.action, verdict.status) == (True, "deny", 418)
+    assert verdict.rule_id == 10003
+    assert verdict.matched_rule_ids == (10003,)
+    (match,) = verdict.matches
+    assert (match.rule_id, match.disruptive, match.phase_id, match.phase) == (
+        10003,
+        True,
+        2,
+        "request-body",
+    )
+    assert match.msg == "not a drop rule"
+    assert verdict.log_lines == (match.raw,)
+    assert "Access denied with code 418 (phase 2)" in match.raw
+
+
+@pytest.mark.parametrize(("value", "rule_id"), [(b"drop", 10002), (b"drop-late", 10004)])
+def test_drop_rule_gives_action_drop(
+    actions_engine: waf.ModSecEngine, value: bytes, rule_id: int
+) -> None:
+    verdict = run_request(actions_engine, go(value))
+    assert (verdict.interrupted, verdict.action, verdict.rule_id) == (True, "drop", rule_id)
+    assert verdict.status == 403  # libmodsecurity reports drop like a 403 deny
+
+
+def test_redirect_rule_gives_url(actions_engine: waf.ModSecEngine) -> None:
+    verdict = run_request(actions_engine, go(b"redirect"))
+    assert (verdict.interrupted, verdict.action, verdict.status) == (True, "redirect", 302)
+    assert verdict.redirect_url == "https://example.com/blocked"
+    assert verdict.rule_id == 10001
+
+
+def test_rules_hit_counts_only_coraza_spoa_ranges_with_msg(
+    actions_engine: waf.ModSecEngine,
+) -> None:
+    """190001 (custom attack range, msg) counts; 100001 (outside) and 190002 (no msg) don't."""
+    verdict = run_request(actions_engine, go(b"note"))
+    assert not verdict.interrupted
+    assert verdict.matched_rule_ids == (190001, 100001, 190002)
+    assert verdict.rules_hit == 1
+    assert [m.phase for m in verdict.matches] == ["request-headers"] * 3
+    first = verdict.matches[0].to_dict()
+    assert first["rule_id"] == 190001
+    assert first["msg"] == "custom attack note"
+    assert first["unique_id"] == "tx-1"
+    assert first["uri"] == "/index"
+    assert first["raw"] == verdict.log_lines[0]
+
+
+def test_response_phase_3_and_4(actions_engine: waf.ModSecEngine) -> None:
+    tx = actions_engine.new_transaction("resp")
+    try:
+        assert not tx.process_request(go(b"nothing", "resp")).interrupted
+        verdict = tx.process_response(
+            ResponseInfo(
+                "resp",
+                status=200,
+                headers=((b"content-type", b"text/html"),),
+                body=b"<p>a forbidden-word here</p>",
+            )
+        )
+    finally:
+        tx.close()
+    assert (verdict.interrupted, verdict.action, verdict.rule_id) == (True, "deny", 10006)
+    assert verdict.matches[0].phase == "response-body"
+
+    tx = actions_engine.new_transaction("resp-3")
+    try:
+        tx.process_request(go(b"nothing", "resp-3"))
+        verdict = tx.process_response(ResponseInfo("resp-3", status=599))
+    finally:
+        tx.close()
+    assert (verdict.interrupted, verdict.rule_id) == (True, 10005)
+    assert verdict.matches[0].phase == "response-headers"
+
+
+def test_relative_include_resolves_against_base_dir() -> None:
+    engine = load("SecRuleEngine On\nInclude nested/relative.conf\n")
+    assert run_request(engine, go(b"nested")).rule_id == 10101
+
+
+def test_broken_rule_file_names_file_and_line() -> None:
+    with pytest.raises(waf.RulesError) as caught:
+        load("SecRuleEngine On\nInclude broken.conf\n")
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{RULES_DIR / 'broken.conf'}:3: ")
+    assert "notanaction" in problem
+
+
+def test_broken_directive_names_the_directives_line() -> None:
+    """Line numbers point into the app's directives as written, even after an @ include
+    expanded into several lines and a Coraza-only directive was dropped."""
+    directives = (
+        "SecRxPreFilter Off\n"
+        "Include @owasp_crs/REQUEST-901-INITIALIZATION.conf\n"
+        "Include @crs-setup.conf.example\n"
+        'SecRule ARGS "@rx a" "id:1,phase:1,pass,bogus"\n'
+    )
+    with pytest.raises(waf.RulesError) as caught:
+        load(directives)
+    assert caught.value.problems[0].startswith("<app test directives>:4: ")
+
+
+def test_coraza_only_directive_is_dropped_with_a_warning() -> None:
+    engine = load("SecRxPreFilter On\nSecRuleEngine On\n")
+    assert engine.warnings == (
+        "<app test directives>:1: dropped SecRxPreFilter: a Coraza-only directive that "
+        "libmodsecurity does not accept",
+    )
+
+
+def test_rule_count_excludes_our_score_rule() -> None:
+    engine = load('SecRule ARGS "@rx a" "id:1,phase:1,pass,nolog"\n')
+    assert engine.rule_count == 1
+
+
+@pytest.mark.parametrize(
+    ("setvars", "expected"),
+    [
+        ("setvar:tx.anomaly_score=7", 7),  # CRS 3 name
+        ("setvar:tx.blocking_inbound_anomaly_score=9", 9),  # CRS 4 name
+        ("setvar:tx.anomaly_score=7,setvar:tx.blocking_inbound_anomaly_score=9", 9),
+        ("setvar:tx.other=1", 0),  # no CRS: 0
+    ],
+)
+def test_score_report_reads_crs3_and_crs4_variables(setvars: str, expected: int) -> None:
+    engine = load(f'SecRuleEngine On\nSecAction "id:1,phase:2,pass,nolog,{setvars}"\n')
+    verdict = run_request(engine, go(b"x"))
+    assert verdict.anomaly_score == expected
+    assert verdict.matched_rule_ids == ()  # our report rule is never a match
+    assert verdict.log_lines == ()
+
+
+def test_score_survives_into_the_response_verdict() -> None:
+    engine = load(
+        'SecRuleEngine On\nSecAction "id:1,phase:2,pass,nolog,setvar:tx.anomaly_score=3"\n'
+    )
+    tx = engine.new_transaction("keep")
+    try:
+        tx.process_request(go(b"x", "keep"))
+        assert tx.process_response(ResponseInfo("keep")).anomaly_score == 3
+    finally:
+        tx.close()
+
+
+def hex_rule(variable: str, expected: bytes, rule_id: int) -> str:
+    return (
+        f'SecRule {variable} "@streq {expected.hex()}" '
+        f"\"id:{rule_id},phase:1,t:none,t:hexEncode,pass,log,msg:'raw bytes intact'\"\n"
+    )
+
+
+def test_raw_bytes_reach_the_rules_unchanged() -> None:
+    """1. A header value with NUL, 0xff and a UTF-8 sequence; a path with 0xff; a query with
+    a raw NUL. 2. Rules compare hex dumps: the header arrives byte for byte; the URI travels
+    as a C string, so its NUL is percent-encoded (REQUEST_URI_RAW) and decoded again for
+    REQUEST_URI and ARGS."""
+    header_value = b"a\x00\xffb\xc3\xa9"
+    directives = (
+        "SecRuleEngine On\n"
+        + hex_rule("REQUEST_HEADERS:x-raw", header_value, 1)
+        + hex_rule("REQUEST_URI_RAW", b"/p\xffth?q=%00x\x01", 2)
+        + hex_rule("REQUEST_URI", b"/p\xffth?q=\x00x\x01", 3)
+        + hex_rule("ARGS:q", b"\x00x\x01", 4)
+    )
+    engine = load(directives)
+    request = RequestInfo(
+        "bytes",
+        path=b"/p\xffth",
+        query=b"q=\x00x\x01",
+        headers=((b"host", b"x"), (b"x-raw", header_value)),
+    )
+    verdict = run_request(engine, request)
+    assert verdict.matched_rule_ids == (1, 2, 3, 4)
+
+
+def test_query_none_and_empty_query_make_different_uris() -> None:
+    directives = (
+        'SecRuleEngine On\nSecRule REQUEST_URI "@streq /a?" '
+        "\"id:1,phase:1,t:none,pass,log,msg:'empty query'\"\n"
+    )
+    engine = load(directives)
+    assert run_request(engine, RequestInfo("n", path=b"/a", query=None)).matched_rule_ids == ()
+    assert run_request(engine, RequestInfo("e", path=b"/a", query=b"")).matched_rule_ids == (1,)
+
+
+@pytest.mark.parametrize(
+    ("address", "text"),
+    [
+        (IPv4Address("192.0.2.7"), "192.0.2.7"),
+        (IPv6Address("::ffff:192.0.2.7"), "192.0.2.7"),  # v4-mapped: unmapped
+        (IPv6Address("2001:db8::1"), "2001:db8::1"),
+    ],
+)
+def test_client_address_as_text(address: IPv4Address | IPv6Address, text: str) -> None:
+    directives = (
+        f'SecRuleEngine On\nSecRule REMOTE_ADDR "@streq {text}" '
+        "\"id:1,phase:1,t:none,pass,log,msg:'addr'\"\n"
+    )
+    verdict = run_request(load(directives), RequestInfo("ip", src_ip=address, src_port=5555))
+    assert verdict.matched_rule_ids == (1,)
+    assert verdict.matches[0].client == text
+
+
+def test_protocol_strings_as_the_rules_expect() -> None:
+    directives = (
+        "SecRuleEngine On\n"
+        'SecRule REQUEST_PROTOCOL "@streq HTTP/2.0" "id:1,phase:1,pass,log,msg:req"\n'
+        'SecRule RESPONSE_PROTOCOL "@streq HTTP/1.0" "id:2,phase:3,pass,log,msg:res"\n'
+    )
+    engine = load(directives)
+    tx = engine.new_transaction("proto")
+    try:
+        assert tx.process_request(RequestInfo("proto", version=b"2.0")).matched_rule_ids == (1,)
+        assert tx.process_response(ResponseInfo("proto", version=b"1.0")).matched_rule_ids == (
+            1,
+            2,
+        )
+    finally:
+        tx.close()
+
+
+@pytest.fixture
+def open_transaction(actions_engine: waf.ModSecEngine) -> Iterator[waf.ModSecTransaction]:
+    tx = actions_engine.new_transaction("closing")
+    yield tx
+    tx.close()
+
+
+def test_close_is_idempotent_and_use_after_close_fails(
+    open_transaction: waf.ModSecTransaction,
+) -> None:
+    assert open_transaction.transaction_id == "closing"
+    open_transaction.close()
+    open_transaction.close()
+    with pytest.raises(waf.EngineError):
+        open_transaction.process_request(go(b"x", "closing"))
