@@ -106,7 +106,8 @@ COUNTED_RULE_ID_RANGES = ((910_000, 960_000), (190_000, 200_000))
 
 # coraza-spoa generates 16 random uppercase letters when HAProxy sends no id (Part 2 §2.2)
 GENERATED_ID_LENGTH = 16
-RESPONSE_CHECK_OFF_WARNING_INTERVAL_S = 60.0
+# repeated warnings (response check off, size-limit evictions): at most once a minute
+WARNING_INTERVAL_S = 60.0
 # how many transactions one executor call closes at most (sweep, eviction, shutdown), so that a
 # large expiry does not hold one engine thread for long
 CLOSE_BATCH_SIZE = 64
@@ -230,7 +231,7 @@ class Application:
         self._evicted = 0
         self._shed = 0
         self._in_flight = 0
-        self._response_check_off_warned_at: float | None = None
+        self._warned_at: dict[str, float] = {}
 
     @property
     def name(self) -> str:
@@ -267,9 +268,10 @@ class Application:
             pushed_out = self._cache.put(parsed.request.transaction_id, outcome.kept)
             if pushed_out:
                 self._evicted += len(pushed_out)
-                self._log.warning(
-                    "transaction_active_limit reached: closing {} open transaction(s)",
-                    len(pushed_out),
+                self._warn_every_minute(
+                    "evicted",
+                    "transaction_active_limit reached: oldest open transactions closed"
+                    f" (evicted so far: {self._evicted})",
                 )
                 self._close_entries(pushed_out)
         self._log_matches(parsed.request.transaction_id, verdict)
@@ -418,13 +420,18 @@ class Application:
             self._log.debug("unknown argument(s) ignored: {}", ", ".join(unknown))
 
     def _warn_response_check_off(self) -> None:
+        self._warn_every_minute(
+            "response_check_off",
+            "coraza-res received but response_check is false: answering without a verdict",
+        )
+
+    def _warn_every_minute(self, key: str, text: str) -> None:
+        # conditions that repeat on every message must not flood the log
         now = self._clock()
-        last = self._response_check_off_warned_at
-        if last is None or now - last >= RESPONSE_CHECK_OFF_WARNING_INTERVAL_S:
-            self._response_check_off_warned_at = now
-            self._log.warning(
-                "coraza-res received but response_check is false: answering without a verdict"
-            )
+        last = self._warned_at.get(key)
+        if last is None or now - last >= WARNING_INTERVAL_S:
+            self._warned_at[key] = now
+            self._log.warning(text)
 
     def _log_matches(self, transaction_id: str, verdict: Verdict) -> None:
         # docs/architecture.md "Rule-match log records": at most one record per message
