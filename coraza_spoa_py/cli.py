@@ -20,6 +20,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
@@ -53,9 +54,9 @@ def version_text() -> str:
         from coraza_spoa_py import waf
 
         lines.append(f"engine\t{waf.engine_version()}")
-        library = getattr(waf, "library_path", None)
-        if callable(library):
-            lines.append(f"libmodsecurity\t{library()}")
+        library = _loaded_library("libmodsecurity")
+        if library:
+            lines.append(f"libmodsecurity\t{library}")
     except Exception as exc:  # the binding cannot load: say so, -version must still work
         lines.append(f"engine\tunavailable ({exc})")
     import gevent
@@ -63,6 +64,20 @@ def version_text() -> str:
     lines.append(f"python\t{sys.version.split()[0]}")
     lines.append(f"gevent\t{gevent.__version__}")
     return "\n".join(lines) + "\n"
+
+
+def _loaded_library(name_part: str) -> str | None:
+    # The file the dynamic loader really mapped; its real name carries the library's version
+    # (libmodsecurity.so.3 -> libmodsecurity.so.3.0.9 on Debian 12).
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                fields = line.split()
+                if len(fields) >= 6 and name_part in fields[-1]:
+                    return os.path.realpath(fields[-1])
+    except OSError:
+        return None
+    return None
 
 
 def _log_config_error(error: config.ConfigError) -> None:

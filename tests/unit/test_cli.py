@@ -1,0 +1,297 @@
+"""The command line: flag parsing in-process (``options``, aiosmtpd style), and the real entry
+point in subprocesses (``cli`` monkey-patches with gevent on import, which must not happen to
+the pytest process).
+"""
+
+from __future__ import annotations
+
+import ast
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from coraza_spoa_py.options import Options, parse_args
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CORPUS = PROJECT_ROOT / "tests" / "data" / "configs"
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coraza_spoa_py", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+# ---- parsing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-config", "c.yml"],
+        ["--config", "c.yml"],
+        ["-config=c.yml"],
+        ["--config=c.yml"],
+    ],
+)
+def test_config_flag_in_every_go_spelling(argv: list[str]) -> None:
+    _, options = parse_args(argv)
+    assert options == Options(config="c.yml")
+
+
+def test_gen1_config_file_flag_is_accepted_and_marked_legacy() -> None:
+    _, options = parse_args(["-config-file", "old.yml"])
+    assert options.config == "old.yml"
+    assert options.legacy_config_flag is True
+
+
+def test_config_and_config_file_naming_different_files_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["-config", "a.yml", "-config-file", "b.yml"])
+    assert exited.value.code == 2
+    assert "different files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "validate", "autoreload"),
+    [
+        (["-config", "c", "-validate"], True, False),
+        (["-config", "c", "-validate=true"], True, False),
+        (["-config", "c", "-validate=false"], False, False),
+        (["-config", "c", "--autoreload"], False, True),
+        (["-autoreload=1", "-config=c"], False, True),
+        (["-validate", "-autoreload", "-config", "c"], True, True),
+    ],
+)
+def test_boolean_flags_take_go_forms(argv: list[str], validate: bool, autoreload: bool) -> None:
+    _, options = parse_args(argv)
+    assert (options.validate, options.autoreload) == (validate, autoreload)
+
+
+def test_bad_boolean_value_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["-config", "c", "-validate=perhaps"])
+    assert exited.value.code == 2
+
+
+def test_go_only_and_metrics_flags_are_accepted() -> None:
+    _, options = parse_args(
+        ["-config", "c", "-cpuprofile", "cpu.out", "-memprofile=mem.out", "-metrics-addr", ":9"]
+    )
+    assert (options.cpuprofile, options.memprofile, options.metrics_addr) == (
+        "cpu.out",
+        "mem.out",
+        ":9",
+    )
+
+
+def test_version_needs_no_config() -> None:
+    _, options = parse_args(["-version"])
+    assert options.version is True and options.config is None
+
+
+def test_missing_config_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args([])
+    assert exited.value.code == 2
+    assert "-config" in capsys.readouterr().err
+
+
+def test_unknown_flag_exits_2_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["-config", "c", "-f", "x"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: coraza-spoa-py")
+    assert "unrecognized arguments: -f x" in err
+
+
+def test_abbreviations_are_not_accepted() -> None:
+    # Go's flag package has no prefix matching: -conf is not -config
+    with pytest.raises(SystemExit):
+        parse_args(["-conf", "c.yml"])
+
+
+def test_help_exits_0_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["-h"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("-config", "-validate", "-version", "-autoreload", "-metrics-addr"):
+        assert flag in out
+
+
+# ---- the entry point (subprocesses) -------------------------------------------------------
+
+
+def test_validate_valid_config_exits_0_and_reports_what_was_loaded() -> None:
+    """1. -validate on the Gen3 corpus file. Result: exit 0, the app and rule count printed."""
+    result = run_cli("-validate", "-config", str(CORPUS / "valid" / "gen3_current.yml"))
+    assert result.returncode == 0, result.stderr
+    assert "application sample_app: 2 rules" in result.stdout
+    assert "default application: sample_app" in result.stdout
+    assert result.stdout.rstrip().endswith("Configuration file is valid")
+
+
+@pytest.mark.parametrize("name", ["gen1_2022", "gen2_v0_1"])
+def test_validate_legacy_generations_exit_0_with_a_deprecation_warning(name: str) -> None:
+    result = run_cli("-validate", "-config", str(CORPUS / "valid" / f"{name}.yml"))
+    assert result.returncode == 0, result.stderr
+    assert "deprecated" in result.stderr
+    assert "Configuration file is valid" in result.stdout
+
+
+def test_validate_invalid_config_exits_1_naming_every_problem() -> None:
+    path = CORPUS / "invalid" / "many_problems_at_once.yml"
+    result = run_cli("-validate", "-config", str(path))
+    assert result.returncode == 1
+    for line, key in ((3, "log_level"), (10, "applications[1].export_rule_ids")):
+        assert f"{path}:{line}: {key}" in result.stderr
+    assert "is invalid" in result.stderr
+    assert "Configuration file is valid" not in result.stdout
+
+
+def test_validate_broken_rule_file_names_file_and_line(tmp_path: Path) -> None:
+    """1. A rule file whose third line has an unknown action. 2. -validate.
+    Result: exit 1, the error names the rule file and line 3."""
+    rules = tmp_path / "broken.conf"
+    rules.write_text(
+        'SecRuleEngine On\n# a comment\nSecRule ARGS "@contains x" "id:1,phase:2,deny,oops"\n'
+    )
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        textwrap.dedent(
+            """\
+            bind: 127.0.0.1:0
+            applications:
+              - name: a
+                directives: |
+                  Include broken.conf
+            """
+        )
+    )
+    result = run_cli("-validate", "-config", str(cfg))
+    assert result.returncode == 1
+    assert f"{rules}:3:" in result.stderr
+    assert "application 'a'" in result.stderr
+
+
+def test_validate_never_binds(tmp_path: Path) -> None:
+    """1. Hold a port. 2. -validate a config binding that same port. Result: exit 0."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = tmp_path / "config.yml"
+        cfg.write_text(f"bind: 127.0.0.1:{port}\napplications:\n  - name: a\n")
+        result = run_cli("-validate", "-config", str(cfg))
+    assert result.returncode == 0, result.stderr
+
+
+def test_start_with_invalid_config_exits_1(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yml"
+    cfg.write_text("bind: 127.0.0.1:0\nunknown: 1\n")
+    result = run_cli("-config", str(cfg))
+    assert result.returncode == 1
+    assert f"{cfg}:2: unknown: unknown key 'unknown'" in result.stderr
+
+
+def test_start_on_a_busy_port_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = tmp_path / "config.yml"
+        cfg.write_text(f"bind: 127.0.0.1:{port}\nlog_file: /dev/stderr\napplications: []\n")
+        result = run_cli("-config", str(cfg))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_missing_config_file_exits_1(tmp_path: Path) -> None:
+    result = run_cli("-config", str(tmp_path / "nope.yml"))
+    assert result.returncode == 1
+    assert "cannot read" in result.stderr
+
+
+def test_version_prints_ours_and_the_engines() -> None:
+    result = run_cli("-version")
+    assert result.returncode == 0
+    lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
+    assert lines["coraza-spoa-py"] == "0.1.0"
+    assert lines["engine"].startswith("ModSecurity v3.")
+    assert "libmodsecurity" in lines
+
+
+def test_go_only_flags_warn(tmp_path: Path) -> None:
+    result = run_cli(
+        "-validate",
+        "-config",
+        str(CORPUS / "valid" / "gen3_tcp_url.yml"),
+        "-cpuprofile",
+        str(tmp_path / "cpu"),
+        "-metrics-addr",
+        "127.0.0.1:0",
+    )
+    assert result.returncode == 0
+    assert "Go profiler flags" in result.stderr
+    assert "-metrics-addr" in result.stderr
+    assert not (tmp_path / "cpu").exists()
+
+
+def test_unknown_flag_exits_2_from_the_real_entry_point() -> None:
+    result = run_cli("-bogus")
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+MONKEY_PATCH_ORDER_PROBE = textwrap.dedent(
+    """
+    import sys
+    seen = {}
+    WATCHED = ("loguru", "yaml", "jsonschema", "cffi", "coraza_spoa_py.server",
+               "coraza_spoa_py.config", "coraza_spoa_py.logs", "coraza_spoa_py.runtime")
+
+    class Probe:
+        def find_spec(self, name, path=None, target=None):
+            if name in WATCHED and name not in seen:
+                monkey = sys.modules.get("gevent.monkey")
+                seen[name] = bool(monkey and monkey.is_module_patched("socket"))
+            return None
+
+    sys.meta_path.insert(0, Probe())
+    import coraza_spoa_py.cli
+    import coraza_spoa_py.runtime
+    import socket, threading, gevent.socket, gevent.monkey
+    assert socket.socket is gevent.socket.socket, "socket not patched"
+    assert gevent.monkey.is_module_patched("threading")
+    print(sorted(seen.items()))
+    """
+)
+
+
+def test_gevent_monkey_patches_before_any_other_import() -> None:
+    """1. Import the CLI in a fresh interpreter watching imports. Result: socket was already
+    patched when loguru, yaml, jsonschema, cffi and our modules were first imported."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", MONKEY_PATCH_ORDER_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = dict(ast.literal_eval(result.stdout))  # a list of (name, patched) pairs
+    assert {"loguru", "yaml", "jsonschema", "coraza_spoa_py.runtime"} <= set(seen)
+    assert all(seen.values()), seen
