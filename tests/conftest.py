@@ -31,3 +31,24 @@ def http_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendPr
         yield backend
     finally:
         backend.stop()
+
+
+@pytest.fixture
+def log_records() -> Iterator[list[dict[str, Any]]]:
+    """Every loguru record emitted during the test: dicts with ``level`` (name), ``message``
+    and ``extra``. For asserting that something was (or was not) logged."""
+    from loguru import logger
+
+    records: list[dict[str, Any]] = []
+
+    def sink(message: Any) -> None:
+        record = message.record
+        records.append(
+            {"level": record["level"].name, "message": record["message"], "extra": record["extra"]}
+        )
+
+    sink_id = logger.add(sink, level="TRACE", format="{message}")
+    try:
+        yield records
+    finally:
+        logger.remove(sink_id)

@@ -39,7 +39,11 @@ class SpopClient:
             family = module.AF_INET6 if ":" in address[0] else module.AF_INET
             sock = module.socket(family, module.SOCK_STREAM)
         sock.settimeout(timeout)
-        sock.connect(address)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
         return cls(sock, timeout)
 
     # ---- writing ------------------------------------------------------------------------

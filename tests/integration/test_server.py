@@ -1,0 +1,233 @@
+"""AgentServer in-process: handshake, NOTIFY/ACK, pipelining, many connections, listeners."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from pathlib import Path
+
+import gevent
+import pytest
+
+from coraza_spoa_py import spop
+from coraza_spoa_py.server import ENGINE_FAILURE_ERROR
+from coraza_spoa_py.settings import BindAddress
+from coraza_spoa_py.spop import frames
+from tests.support.inprocess import GatedHandler, connect, path_notify, running_server
+from tests.support.spop_client import actions_by_name, message
+
+pytestmark = pytest.mark.integration
+
+
+def test_handshake_negotiates_version_frame_size_and_pipelining() -> None:
+    """1. HELLO offering 16380 and pipelining to a server capped at 8192.
+    2. AGENT-HELLO: version 2.0, max-frame-size = min(offer, cap) = 8192, pipelining.
+    3. A HELLO without pipelining gets capabilities "" (spop.md §3.2)."""
+    with running_server(max_frame_size=8192) as server:
+        with connect(server, hello=False) as client:
+            hello = client.hello()
+            assert (hello.version, hello.max_frame_size, hello.capabilities) == (
+                "2.0",
+                8192,
+                ("pipelining",),
+            )
+        with connect(server, hello=False) as client:
+            hello = client.hello(frames.encode_haproxy_hello(max_frame_size=4000, capabilities=""))
+            assert (hello.max_frame_size, hello.capabilities) == (4000, ())
+
+
+def test_notify_is_acked_with_the_handler_actions_and_the_same_ids() -> None:
+    """1. NOTIFY sid=300 fid=2 (≤3.0 style) with two messages.
+    2. The handler receives both messages and a monotonic received_at from the read.
+    3. The ACK echoes sid/fid and carries the handler's actions in order."""
+    calls: list[tuple[tuple[spop.Message, ...], float]] = []
+
+    def handler(messages, received_at):
+        calls.append((messages, received_at))
+        return [
+            spop.SetVar(spop.VarScope.TRANSACTION, "fail", 1),
+            spop.UnsetVar(spop.VarScope.TRANSACTION, "error"),
+        ]
+
+    with running_server(handler) as server, connect(server) as client:
+        before = time.monotonic()
+        client.notify(300, 2, [message("coraza-req", path="/a"), message("coraza-res", status=200)])
+        sid, fid, actions = client.read_ack()
+        assert (sid, fid) == (300, 2)
+        assert actions == (
+            spop.SetVar(spop.VarScope.TRANSACTION, "fail", 1, spop.DataType.INT64),
+            spop.UnsetVar(spop.VarScope.TRANSACTION, "error"),
+        )
+        [(messages, received_at)] = calls
+        assert [m.name for m in messages] == ["coraza-req", "coraza-res"]
+        assert messages[0].args == (spop.Arg("path", spop.DataType.STRING, b"/a"),)
+        assert before <= received_at <= time.monotonic()
+
+
+def test_empty_notify_and_empty_actions_still_get_a_non_empty_ack() -> None:
+    """An empty NOTIFY payload (3.1.0–3.3-dev6) and a handler returning [] are ACKed with the
+    codec's harmless UNSET-VAR, never an empty ACK (spop.md §4.2, §10 pitfalls 6-7)."""
+    with running_server(lambda messages, received_at: []) as server, connect(server) as client:
+        client.notify(1, 1, [])
+        assert client.read_ack() == (1, 1, (frames.NOOP_ACTION,))
+
+
+def test_handler_exception_is_answered_with_error_1003_and_logged(log_records) -> None:
+    """1. The handler raises on the first NOTIFY.
+    2. The ACK sets txn error = 1003 (never silence) and an ERROR record is logged.
+    3. The same connection keeps serving the next NOTIFY."""
+
+    def handler(messages, received_at):
+        if messages[0].args[0].value == b"/boom":
+            raise RuntimeError("boom")
+        return [spop.SetVar(spop.VarScope.TRANSACTION, "fail", 0)]
+
+    with running_server(handler) as server, connect(server) as client:
+        path_notify(client, 1, "/boom")
+        sid, _, actions = client.read_ack()
+        assert sid == 1
+        assert actions_by_name(actions) == {"error": ENGINE_FAILURE_ERROR}
+        assert [r["message"] for r in log_records if r["level"] == "ERROR"] == ["handler failed"]
+        path_notify(client, 3, "/fine")
+        assert actions_by_name(client.read_ack()[2]) == {"fail": 0}
+
+
+def test_pipelined_notifies_run_concurrently_and_are_acked_in_completion_order() -> None:
+    """1. Three NOTIFYs in ONE write (sid 1, 3, 5): all three handlers start (concurrency).
+    2. The test finishes them in the order 5, 1, 3.
+    3. ACKs arrive in that completion order, each with its own ids (spop.md §6)."""
+    handler = GatedHandler()
+    with running_server(handler) as server, connect(server) as client:
+        client.send(
+            b"".join(
+                frames.encode_notify(sid, 1, [message("coraza-req", path=f"/{sid}")])
+                for sid in (1, 3, 5)
+            )
+        )
+        handler.wait_started(3)
+        received = []
+        for sid in (5, 1, 3):
+            handler.open(f"/{sid}")
+            ack_sid, _, actions = client.read_ack()
+            received.append((ack_sid, actions_by_name(actions)["path"]))
+        assert received == [(5, b"/5"), (1, b"/1"), (3, b"/3")]
+
+
+def test_inflight_bound_stops_reading_until_a_slot_frees() -> None:
+    """1. max_inflight_per_connection=2; four NOTIFYs sent at once.
+    2. Only two handlers start; the other two wait unread (back-pressure).
+    3. Finishing one lets exactly one more start; in the end all four are ACKed."""
+    handler = GatedHandler()
+    with running_server(handler, max_inflight_per_connection=2) as server, connect(server) as c:
+        for sid in (1, 3, 5, 7):
+            path_notify(c, sid, f"/{sid}")
+        handler.wait_started(2)
+        gevent.sleep(0.1)
+        assert handler.started == [b"/1", b"/3"]
+        handler.open("/1")
+        assert c.read_ack()[0] == 1
+        handler.wait_started(3)
+        assert handler.started == [b"/1", b"/3", b"/5"]
+        for sid in (3, 5, 7):
+            handler.open(f"/{sid}")
+        assert sorted(c.read_ack()[0] for _ in range(3)) == [3, 5, 7]
+
+
+def test_many_connections_are_served_at_once() -> None:
+    """50 connections, each HELLO + 4 pipelined NOTIFYs: every ACK comes back on the
+    connection that sent the NOTIFY (the path echo proves it)."""
+    with running_server() as server:
+
+        def one_client(index: int) -> list[bytes]:
+            with connect(server) as client:
+                for sid in (1, 3, 5, 7):
+                    path_notify(client, sid, f"/c{index}/{sid}")
+                acks = [client.read_ack() for _ in range(4)]
+                return sorted(actions_by_name(a)["path"] for _, _, a in acks)
+
+        jobs = [gevent.spawn(one_client, i) for i in range(50)]
+        gevent.joinall(jobs, timeout=20, raise_error=True)
+        assert [job.value for job in jobs] == [
+            sorted(f"/c{i}/{sid}".encode() for sid in (1, 3, 5, 7)) for i in range(50)
+        ]
+
+
+def test_max_connections_bounds_the_served_connections() -> None:
+    """1. max_connections=2: two connections are served.
+    2. A third is accepted by the kernel (backlog) but gets no AGENT-HELLO while both are open.
+    3. Closing one lets the third be served."""
+    with running_server(max_connections=2) as server:
+        first, second = connect(server), connect(server)
+        third = connect(server, hello=False, timeout=0.5)
+        third.send(frames.encode_haproxy_hello())
+        with pytest.raises(TimeoutError):
+            third.read_frame()
+        first.close()
+        third.sock.settimeout(5.0)
+        assert third.read_frame().type == frames.FrameType.AGENT_HELLO
+        second.close()
+        third.close()
+
+
+def test_health_check_hello_gets_agent_hello_then_close() -> None:
+    """`option spop-check` (spop.md §3.4, vector V3): AGENT-HELLO with capabilities, then the
+    agent closes the connection."""
+    with running_server() as server, connect(server, hello=False) as client:
+        client.send(frames.encode_haproxy_hello(capabilities="", healthcheck=True))
+        hello = frames.decode_agent_hello(client.read_frame().payload)
+        assert (hello.version, hello.capabilities) == ("2.0", ())
+        assert client.is_closed_by_peer()
+
+
+def test_haproxy_disconnect_is_answered_and_inflight_acks_are_dropped(log_records) -> None:
+    """1. A NOTIFY is in the handler when HAProxy sends HAPROXY-DISCONNECT 2 (idle timeout).
+    2. The agent answers AGENT-DISCONNECT and closes; the late ACK is never written.
+    3. Status 2 is routine: logged at debug, nothing at warning or above."""
+    handler = GatedHandler()
+    with running_server(handler) as server, connect(server) as client:
+        path_notify(client, 1, "/slow")
+        handler.wait_started(1)
+        client.send(frames.encode_haproxy_disconnect(2, "a timeout occurred"))
+        assert client.read_disconnect().status == 0
+        handler.open("/slow")
+        assert client.is_closed_by_peer()
+        gevent.sleep(0.05)
+        assert handler.finished == [b"/slow"]
+    assert [r for r in log_records if r["level"] in ("WARNING", "ERROR")] == []
+
+
+def test_peer_reset_is_a_quiet_close(log_records) -> None:
+    """HAProxy 3.1+ drops idle connections with RST (spop.md §5.3): the server closes its side
+    and logs nothing at warning or above; other connections are unaffected."""
+    with running_server() as server:
+        victim, other = connect(server), connect(server)
+        victim.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        victim.close()  # RST
+        path_notify(other, 1, "/still-here")
+        assert actions_by_name(other.read_ack()[2]) == {"path": b"/still-here"}
+        other.close()
+        gevent.sleep(0.05)
+    assert [r for r in log_records if r["level"] in ("WARNING", "ERROR")] == []
+
+
+def test_unix_socket_listener(tmp_path: Path) -> None:
+    """bind unix://<path>: served like TCP; the socket file is removed at stop."""
+    path = tmp_path / "agent.sock"
+    with running_server(bind=BindAddress(kind="unix", path=str(path))) as server:
+        assert server.address == BindAddress(kind="unix", path=str(path))
+        with connect(server) as client:
+            path_notify(client, 1, "/unix")
+            assert actions_by_name(client.read_ack()[2]) == {"path": b"/unix"}
+    assert not path.exists()
+
+
+def test_ipv6_listener() -> None:
+    """bind [::1]:0: the bound address is IPv6 with a real port, and it serves SPOP."""
+    with running_server(bind=BindAddress(kind="tcp", host="::1", port=0)) as server:
+        assert server.address.host == "::1"
+        assert server.address.port > 0
+        assert str(server.address) == f"[::1]:{server.address.port}"
+        with connect(server) as client:
+            path_notify(client, 1, "/v6")
+            assert actions_by_name(client.read_ack()[2]) == {"path": b"/v6"}
