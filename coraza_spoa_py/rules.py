@@ -25,9 +25,9 @@ BASE_CONFIG_NAME = "@coraza.conf-recommended"
 EXCLUSIONS_BEFORE = "REQUEST-900-EXCLUSION-RULES-BEFORE-CRS.conf"
 EXCLUSIONS_AFTER = "RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf"
 
-# Directives Coraza accepts and libmodsecurity 3.0.9 rejects as a parse error (checked one by
-# one against the library, tests/unit/test_rules.py). Dropping them changes nothing the
-# engine could have done: they tune Coraza internals or features v3 does not have.
+# Directives Coraza accepts (most of them as no-ops) and libmodsecurity 3.0.9 rejects, each
+# checked against the library (tests/integration/test_waf.py). Dropping them loses nothing
+# the engine could have done: they tune Coraza internals or features v3 does not have.
 CORAZA_ONLY_DIRECTIVES = frozenset(
     name.lower()
     for name in (
@@ -111,8 +111,10 @@ def resolve(app: AppConfig, paths: RulePaths) -> ResolvedRules:
                 f"Include {_quote(target)}"
                 for target in _include_targets(_unquote(rest), app, paths)
             ]
-        if replacement is None:
-            replacement = directive_lines
+        if replacement is None:  # unchanged: each line keeps its own number
+            out_lines.extend(directive_lines)
+            origins.extend(range(first_line, first_line + len(directive_lines)))
+            continue
         out_lines.extend(replacement)
         origins.extend([first_line] * len(replacement))
     return ResolvedRules(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coraza_spoa_py import waf
+from coraza_spoa_py import rules, waf
 from coraza_spoa_py.models import RequestInfo, ResponseInfo, Verdict
 from coraza_spoa_py.settings import AppConfig, RulePaths
 
@@ -294,3 +294,46 @@ def test_close_is_idempotent_and_use_after_close_fails(
     open_transaction.close()
     with pytest.raises(waf.EngineError):
         open_transaction.process_request(go(b"x", "closing"))
+
+
+CORAZA_ONLY_SAMPLES = {
+    "secrxprefilter": "SecRxPreFilter Off",
+    "secignorerulecompilationerrors": "SecIgnoreRuleCompilationErrors On",
+    "secrequestbodyinmemorylimit": "SecRequestBodyInMemoryLimit 131072",
+    "secsensorid": "SecSensorId sensor-1",
+    "secserversignature": 'SecServerSignature "Apache"',
+    "secconnreadstatelimit": "SecConnReadStateLimit 50",
+    "secconnwritestatelimit": "SecConnWriteStateLimit 50",
+    "secgsblookupdb": "SecGsbLookupDb /nonexistent.db",
+    "sechashengine": "SecHashEngine On",
+    "sechashkey": "SecHashKey rand KeyOnly",
+    "sechashparam": "SecHashParam hmac",
+    "sechashmethodpm": 'SecHashMethodPm HashHref "product_info"',
+    "sechashmethodrx": 'SecHashMethodRx HashHref "product_info"',
+    "secdataset": "SecDataset fruits `\napple\n`",
+    "secauditlogdir": "SecAuditLogDir /tmp",
+    "secunicodemap": "SecUnicodeMap 20127",
+    "secruleperftime": "SecRulePerfTime 1000",
+}
+
+
+def test_every_dropped_directive_is_really_rejected_by_libmodsecurity() -> None:
+    """The drop list must not grow beyond what the engine refuses (nor miss a sample)."""
+    assert set(CORAZA_ONLY_SAMPLES) == set(rules.CORAZA_ONLY_DIRECTIVES)
+    for line in [*CORAZA_ONLY_SAMPLES.values(), "SecAuditLogFormat OCSF"]:
+        with pytest.raises(waf.RulesError):
+            waf.ModSecEngine(
+                rules.ResolvedRules(text=line + "\n", source_lines=(), warnings=(), label="t")
+            )
+    # accepted by the engine (SecHashEngine Off too; we drop it anyway, it is a no-op)
+    for accepted in (
+        "SecAuditLogFormat JSON",
+        "SecRequestBodyJsonDepthLimit 512",
+        "SecHashEngine Off",
+    ):
+        assert (
+            waf.ModSecEngine(
+                rules.ResolvedRules(text=accepted + "\n", source_lines=(), warnings=(), label="t")
+            ).rule_count
+            == 0
+        )
