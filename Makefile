@@ -7,7 +7,7 @@ STAMPS := .cache/stamps
 HAPROXY_NEXT := .cache/haproxy
 CONFIG ?= config.example.yml
 
-.PHONY: install run demo test test-fast lint fmt crs bench docs clean
+.PHONY: install run demo test test-fast coverage-spop lint fmt crs bench docs clean
 
 install: $(STAMPS)/system $(STAMPS)/venv $(HAPROXY_NEXT)/trixie/haproxy $(HAPROXY_NEXT)/sid/haproxy
 
@@ -29,8 +29,11 @@ run: install
 demo: install
 	scripts/demo.sh
 
-test: install
+test: install coverage-spop
 	$(PY) -m pytest
+
+coverage-spop: install
+	$(PY) -m pytest tests/unit/spop -q -p no:cacheprovider --cov=coraza_spoa_py.spop --cov-branch --cov-report=term-missing --cov-fail-under=100
 
 test-fast: install
 	$(PY) -m pytest -m "not e2e and not crs"

@@ -32,7 +32,6 @@ from coraza_spoa_py.spop.events import (
     Notify,
 )
 from coraza_spoa_py.spop.frames import (
-    CAPABILITY_PIPELINING,
     LENGTH,
     LENGTH_PREFIX_SIZE,
     MAX_FRAME_LENGTH,
@@ -41,13 +40,16 @@ from coraza_spoa_py.spop.frames import (
     FrameFlags,
     FrameType,
     RawFrame,
-    decode_disconnect,
-    decode_haproxy_hello,
     decode_messages,
     encode_ack,
+    parse_frame,
+)
+from coraza_spoa_py.spop.handshake import (
+    CAPABILITY_PIPELINING,
+    decode_disconnect,
+    decode_haproxy_hello,
     encode_agent_disconnect,
     encode_agent_hello,
-    parse_frame,
 )
 
 # HAProxy's own default: tune.bufsize (16384) - 4 (spop.md §3.1). Production passes its
@@ -297,14 +299,20 @@ class Connection:
         return data
 
     def send_ack(self, stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:
-        """One whole ACK frame (never empty: spop.md §4.2). Raises ValueError when it would
-        exceed the negotiated max-frame-size (HAProxy would drop the connection with status 3)
-        or when an action cannot be encoded; the caller should answer with a smaller ACK."""
-        frame = encode_ack(stream_id, frame_id, actions)
-        if len(frame) - LENGTH_PREFIX_SIZE > self.max_frame_size:
-            raise ValueError(
-                f"ACK of {len(frame) - LENGTH_PREFIX_SIZE} bytes exceeds max-frame-size "
-                f"{self.max_frame_size}"
+        """One whole ACK frame (never empty: spop.md §4.2). Raises ``SpopError`` without
+        changing the state when this ACK cannot be sent: TOO_BIG when it would exceed the
+        negotiated max-frame-size (HAProxy would drop the whole connection, spop.md §10
+        pitfall 2), UNKNOWN when an action cannot be encoded (bad name, value out of range).
+        The connection is still usable: answer the NOTIFY with a smaller ACK."""
+        try:
+            frame = encode_ack(stream_id, frame_id, actions)
+        except (TypeError, ValueError) as error:
+            raise SpopError(StatusCode.UNKNOWN, f"cannot encode ACK: {error}") from error
+        size = len(frame) - LENGTH_PREFIX_SIZE
+        if size > self.max_frame_size:
+            raise SpopError(
+                StatusCode.TOO_BIG,
+                f"ACK of {size} bytes exceeds max-frame-size {self.max_frame_size}",
             )
         return frame
 

@@ -1,12 +1,10 @@
-"""SPOP frames: the header, and the payload of all seven frame kinds in both directions.
+"""SPOP frames: the header (length, type, flags, stream-id, frame-id), and the per-request
+frames in both directions: NOTIFY (decoded by the agent, encoded by test peers) and ACK
+(encoded by the agent, decoded by test peers). HELLO and DISCONNECT live in ``handshake``.
 
-The agent side decodes HAPROXY-HELLO, HAPROXY-DISCONNECT and NOTIFY and encodes AGENT-HELLO,
-AGENT-DISCONNECT and ACK. The HAProxy side (encode HAPROXY-HELLO, NOTIFY, HAPROXY-DISCONNECT;
-decode AGENT-HELLO, ACK, AGENT-DISCONNECT) exists so that tests can play HAProxy.
-
-This module checks the shape of each frame (field types, counts, bounds) and raises
-``SpopError(INVALID)`` when it is wrong. It does not negotiate, keep state or decide which
-frame is allowed when: that is ``connection``'s job.
+This module checks the shape of each frame (counts, bounds, scopes) and raises
+``SpopError(INVALID)`` when it is wrong. It does not keep state or decide which frame is
+allowed when: that is ``connection``'s job.
 """
 
 from __future__ import annotations
@@ -18,25 +16,22 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from functools import lru_cache
 
-from coraza_spoa_py.spop.errors import SpopError, StatusCode
 from coraza_spoa_py.spop.events import (
     Action,
     Arg,
-    DataType,
     Message,
     SetVar,
-    TypedValue,
     UnsetVar,
     VarScope,
 )
 from coraza_spoa_py.spop.wire import (
     Reader,
-    encode_kv_list,
     encode_name,
     encode_typed,
     encode_value,
     encode_varint,
     infer_type,
+    invalid_frame,
 )
 
 
@@ -66,18 +61,6 @@ class ActionType(IntEnum):
     UNSET_VAR = 2
 
 
-# KV keys of HELLO and DISCONNECT frames (spop.md §3.1, §3.2, §5.1)
-KEY_SUPPORTED_VERSIONS = "supported-versions"
-KEY_VERSION = "version"
-KEY_MAX_FRAME_SIZE = "max-frame-size"
-KEY_CAPABILITIES = "capabilities"
-KEY_ENGINE_ID = "engine-id"
-KEY_HEALTHCHECK = "healthcheck"
-KEY_STATUS_CODE = "status-code"
-KEY_MESSAGE = "message"
-CAPABILITY_PIPELINING = "pipelining"
-SPOP_VERSION = "2.0"
-
 LENGTH = struct.Struct(">I")
 TYPE_AND_FLAGS = struct.Struct(">BI")
 LENGTH_PREFIX_SIZE = LENGTH.size
@@ -87,19 +70,12 @@ MAX_FRAME_LENGTH = (1 << 32) - 1
 # SPOE.txt / spop.md §3.1: both peers must accept frames of at least 256 bytes
 MIN_MAX_FRAME_SIZE = 256
 MAX_ARGS_PER_MESSAGE = 255  # NB-ARGS is one raw byte (spop.md §2.3)
-# spop.md §5.1: HAProxy <= 3.0 rejects an agent DISCONNECT message longer than 255 bytes
-MAX_DISCONNECT_MESSAGE = 255
 # spop.md §9: HAProxy silently ignores an action whose name has any other character
 _VAR_NAME = re.compile(r"[A-Za-z0-9_.]{1,63}")
 
-_INTEGER_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
 _FIN_HEADERS: dict[FrameType, bytes] = {
     frame_type: TYPE_AND_FLAGS.pack(frame_type, FrameFlags.FIN) for frame_type in FrameType
 }
-
-
-def _invalid(detail: str) -> SpopError:
-    return SpopError(StatusCode.INVALID, f"invalid frame received: {detail}")
 
 
 # ---- header ----------------------------------------------------------------------------------
@@ -121,7 +97,7 @@ def parse_frame(body: bytes | memoryview) -> RawFrame:
     """Parse the LENGTH bytes that follow the 4-byte prefix (spop.md §1)."""
     view = body if isinstance(body, memoryview) else memoryview(body)
     if len(view) < MIN_FRAME_LENGTH:
-        raise _invalid(f"frame of {len(view)} bytes is shorter than {MIN_FRAME_LENGTH}")
+        raise invalid_frame(f"frame of {len(view)} bytes is shorter than {MIN_FRAME_LENGTH}")
     frame_type, flags = TYPE_AND_FLAGS.unpack_from(view)
     reader = Reader(view, TYPE_AND_FLAGS.size)
     stream_id = reader.varint()
@@ -159,168 +135,8 @@ def decode_frame(wire: bytes | memoryview) -> RawFrame:
     """Exactly one whole frame, length prefix included."""
     result = split_frame(wire)
     if result is None or result[1] != len(wire):
-        raise _invalid("the length prefix does not match the data")
+        raise invalid_frame("the length prefix does not match the data")
     return result[0]
-
-
-# ---- KV-list frames: HELLO and DISCONNECT ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HaproxyHelloFrame:
-    """What a HAPROXY-HELLO carried; None means the key was absent (spop.md §3.1)."""
-
-    supported_versions: str | None
-    max_frame_size: int | None
-    capabilities: tuple[str, ...]
-    engine_id: str | None
-    healthcheck: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AgentHelloFrame:
-    """What an AGENT-HELLO carried; None means the key was absent (spop.md §3.2)."""
-
-    version: str | None
-    max_frame_size: int | None
-    capabilities: tuple[str, ...] | None
-
-
-@dataclass(frozen=True, slots=True)
-class DisconnectFrame:
-    status: int
-    message: bytes
-
-
-def split_capabilities(value: bytes) -> tuple[str, ...]:
-    """A comma list; spaces around tokens are ignored (spop.md §3.2)."""
-    return tuple(t for t in (p.strip() for p in value.decode("latin-1").split(",")) if t)
-
-
-def _kv(payload: memoryview) -> dict[str, TypedValue]:
-    # duplicate keys are tolerated, the last one wins; unknown keys are skipped (spop.md §3.1)
-    return dict(Reader(payload).kv_list())
-
-
-def _string(items: dict[str, TypedValue], key: str) -> bytes | None:
-    typed = items.get(key)
-    if typed is None:
-        return None
-    if typed.type is not DataType.STRING or not isinstance(typed.value, bytes):
-        raise _invalid(f"{key} must be a STRING")
-    return typed.value
-
-
-def _integer(items: dict[str, TypedValue], key: str) -> int | None:
-    typed = items.get(key)
-    if typed is None:
-        return None
-    if typed.type not in _INTEGER_TYPES or not isinstance(typed.value, int):
-        raise _invalid(f"{key} must be an integer")
-    return typed.value
-
-
-def decode_haproxy_hello(payload: memoryview) -> HaproxyHelloFrame:
-    items = _kv(payload)
-    versions = _string(items, KEY_SUPPORTED_VERSIONS)
-    capabilities = _string(items, KEY_CAPABILITIES)
-    engine_id = _string(items, KEY_ENGINE_ID)
-    healthcheck = items.get(KEY_HEALTHCHECK)
-    if healthcheck is not None and healthcheck.type is not DataType.BOOL:
-        raise _invalid(f"{KEY_HEALTHCHECK} must be a BOOL")
-    return HaproxyHelloFrame(
-        supported_versions=None if versions is None else versions.decode("latin-1"),
-        max_frame_size=_integer(items, KEY_MAX_FRAME_SIZE),
-        capabilities=() if capabilities is None else split_capabilities(capabilities),
-        engine_id=None if engine_id is None else engine_id.decode("latin-1"),
-        healthcheck=healthcheck is not None and healthcheck.value is True,
-    )
-
-
-def decode_agent_hello(payload: memoryview) -> AgentHelloFrame:
-    items = _kv(payload)
-    version = _string(items, KEY_VERSION)
-    capabilities = _string(items, KEY_CAPABILITIES)
-    return AgentHelloFrame(
-        version=None if version is None else version.decode("latin-1"),
-        max_frame_size=_integer(items, KEY_MAX_FRAME_SIZE),
-        capabilities=None if capabilities is None else split_capabilities(capabilities),
-    )
-
-
-def decode_disconnect(payload: memoryview) -> DisconnectFrame:
-    """Either DISCONNECT (spop.md §5.1). A missing status reads as 99, a missing message as
-    empty: the peer is leaving anyway and we only report what it said."""
-    items = _kv(payload)
-    status = _integer(items, KEY_STATUS_CODE)
-    message = _string(items, KEY_MESSAGE)
-    return DisconnectFrame(
-        status=StatusCode.UNKNOWN if status is None else status,
-        message=b"" if message is None else message,
-    )
-
-
-def _kv_frame(frame_type: FrameType, items: Iterable[tuple[str, TypedValue]]) -> bytes:
-    return encode_frame(frame_type, encode_kv_list(items))
-
-
-@lru_cache(maxsize=64)
-def encode_agent_hello(max_frame_size: int, pipelining: bool) -> bytes:
-    """AGENT-HELLO (spop.md §3.2). ``capabilities`` is always present, even empty: the 3.1+
-    health check requires it. Never ``async`` or ``fragmentation``. Cached: the bytes only
-    depend on the two arguments (spop.md §11.3)."""
-    return _kv_frame(
-        FrameType.AGENT_HELLO,
-        [
-            (KEY_VERSION, TypedValue(DataType.STRING, SPOP_VERSION.encode())),
-            (KEY_MAX_FRAME_SIZE, TypedValue(DataType.UINT32, max_frame_size)),
-            (
-                KEY_CAPABILITIES,
-                TypedValue(DataType.STRING, CAPABILITY_PIPELINING.encode() if pipelining else b""),
-            ),
-        ],
-    )
-
-
-def encode_haproxy_hello(
-    *,
-    supported_versions: str = SPOP_VERSION,
-    max_frame_size: int = 16380,
-    capabilities: str = CAPABILITY_PIPELINING,
-    engine_id: str | None = None,
-    healthcheck: bool = False,
-) -> bytes:
-    """HAPROXY-HELLO with HAProxy's key order (spop.md §3.1); for test peers."""
-    items = [
-        (KEY_SUPPORTED_VERSIONS, TypedValue(DataType.STRING, supported_versions.encode())),
-        (KEY_MAX_FRAME_SIZE, TypedValue(DataType.UINT32, max_frame_size)),
-        (KEY_CAPABILITIES, TypedValue(DataType.STRING, capabilities.encode())),
-    ]
-    if engine_id is not None:
-        items.append((KEY_ENGINE_ID, TypedValue(DataType.STRING, engine_id.encode())))
-    if healthcheck:
-        items.append((KEY_HEALTHCHECK, TypedValue(DataType.BOOL, True)))
-    return _kv_frame(FrameType.HAPROXY_HELLO, items)
-
-
-def _disconnect(frame_type: FrameType, status: int, message: str | bytes) -> bytes:
-    text = message.encode("utf-8") if isinstance(message, str) else message
-    return _kv_frame(
-        frame_type,
-        [
-            (KEY_STATUS_CODE, TypedValue(DataType.UINT32, int(status))),
-            (KEY_MESSAGE, TypedValue(DataType.STRING, text[:MAX_DISCONNECT_MESSAGE])),
-        ],
-    )
-
-
-def encode_agent_disconnect(status: int, message: str | bytes) -> bytes:
-    """AGENT-DISCONNECT; the message is cut to 255 bytes (spop.md §5.1)."""
-    return _disconnect(FrameType.AGENT_DISCONNECT, status, message)
-
-
-def encode_haproxy_disconnect(status: int, message: str | bytes) -> bytes:
-    return _disconnect(FrameType.HAPROXY_DISCONNECT, status, message)
 
 
 # ---- NOTIFY --------------------------------------------------------------------------------
@@ -413,7 +229,7 @@ def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> byte
 def _scope(reader: Reader) -> VarScope:
     scope = reader.byte()
     if scope > VarScope.RESPONSE:
-        raise _invalid(f"unknown variable scope {scope}")
+        raise invalid_frame(f"unknown variable scope {scope}")
     return VarScope(scope)
 
 
@@ -434,7 +250,7 @@ def decode_actions(payload: memoryview) -> tuple[Action, ...]:
             scope = _scope(reader)
             actions.append(UnsetVar(scope, reader.name()))
         else:
-            raise _invalid(f"action {action_type} with {nb_args} args")
+            raise invalid_frame(f"action {action_type} with {nb_args} args")
     return tuple(actions)
 
 
@@ -445,40 +261,3 @@ def typed_set_var(action: SetVar) -> SetVar:
     if isinstance(value, str):
         value = value.encode("utf-8")
     return SetVar(action.scope, action.name, value, data_type)
-
-
-__all__ = [
-    "CAPABILITY_PIPELINING",
-    "LENGTH",
-    "MAX_ARGS_PER_MESSAGE",
-    "MIN_FRAME_LENGTH",
-    "MIN_MAX_FRAME_SIZE",
-    "NOOP_ACTION",
-    "SPOP_VERSION",
-    "ActionType",
-    "AgentHelloFrame",
-    "DisconnectFrame",
-    "FrameFlags",
-    "FrameType",
-    "HaproxyHelloFrame",
-    "RawFrame",
-    "decode_actions",
-    "decode_agent_hello",
-    "decode_disconnect",
-    "decode_frame",
-    "decode_haproxy_hello",
-    "decode_messages",
-    "encode_ack",
-    "encode_actions",
-    "encode_agent_disconnect",
-    "encode_agent_hello",
-    "encode_frame",
-    "encode_haproxy_disconnect",
-    "encode_haproxy_hello",
-    "encode_messages",
-    "encode_notify",
-    "parse_frame",
-    "split_capabilities",
-    "split_frame",
-    "typed_set_var",
-]

@@ -47,7 +47,8 @@ _TRUE_BYTES = bytes((BOOL_TRUE_BYTE,))
 _FALSE_BYTES = bytes((BOOL_FALSE_BYTE,))
 
 
-def _invalid(detail: str) -> SpopError:
+def invalid_frame(detail: str) -> SpopError:
+    """The error for any malformed field: an invalid frame, status 4 (spop.md §5.3)."""
     return SpopError(StatusCode.INVALID, f"invalid frame received: {detail}")
 
 
@@ -108,7 +109,7 @@ class Reader:
     def byte(self) -> int:
         pos = self.pos
         if pos >= self.end:
-            raise _invalid("truncated field")
+            raise invalid_frame("truncated field")
         self.pos = pos + 1
         return self.buf[pos]
 
@@ -116,14 +117,14 @@ class Reader:
         pos = self.pos
         stop = pos + size
         if stop > self.end:
-            raise _invalid(f"length {size} runs past the end of the frame")
+            raise invalid_frame(f"length {size} runs past the end of the frame")
         self.pos = stop
         return self.buf[pos:stop]
 
     def varint(self) -> int:
         buf, pos, end = self.buf, self.pos, self.end
         if pos >= end:
-            raise _invalid("truncated varint")
+            raise invalid_frame("truncated varint")
         first = buf[pos]
         pos += 1
         if first < 240:
@@ -139,13 +140,13 @@ class Reader:
             value += octet << shift
             if octet < 128:
                 if value >= UINT64_LIMIT:
-                    raise _invalid("varint above 2^64-1")
+                    raise invalid_frame("varint above 2^64-1")
                 self.pos = pos
                 return value
             shift += 7
         if stop < end:
-            raise _invalid(f"varint longer than {MAX_VARINT_BYTES} bytes")
-        raise _invalid("truncated varint")
+            raise invalid_frame(f"varint longer than {MAX_VARINT_BYTES} bytes")
+        raise invalid_frame("truncated varint")
 
     def bytes_field(self) -> bytes:
         """An untyped string (spop.md §2.3) as bytes: varint length then the bytes."""
@@ -164,7 +165,7 @@ class Reader:
         type_byte = self.byte()
         data_type = _TYPE_BY_BYTE[type_byte]
         if data_type is None:
-            raise _invalid(f"unsupported typed-data byte 0x{type_byte:02x}")
+            raise invalid_frame(f"unsupported typed-data byte 0x{type_byte:02x}")
         if data_type is DataType.STRING or data_type is DataType.BINARY:
             return data_type, self.bytes_field()
         if data_type in _INTEGER_TYPES:
@@ -195,7 +196,7 @@ def decode_typed(data: bytes | memoryview) -> TypedValue:
     reader = Reader(data)
     data_type, value = reader.typed()
     if not reader.at_end():
-        raise _invalid("trailing bytes after typed data")
+        raise invalid_frame("trailing bytes after typed data")
     return TypedValue(data_type, value)
 
 
@@ -305,5 +306,6 @@ __all__ = [
     "encode_value",
     "encode_varint",
     "infer_type",
+    "invalid_frame",
     "to_signed64",
 ]

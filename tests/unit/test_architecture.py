@@ -1,0 +1,162 @@
+"""The dependency rules of docs/architecture.md and style.md §3.1, enforced rather than reviewed.
+
+1. Pure modules (layer 0 in docs/architecture.md's table) import, in a fresh interpreter, none
+   of gevent, loguru, yaml, jsonschema, cffi or socket (gunicorn's import-order test idea).
+2. No file in ``spop/`` imports anything outside the standard library and ``coraza_spoa_py.spop``.
+3. Imports point down: a module of the table never imports one of a higher layer.
+4. ``application`` and ``agent`` load neither the binding nor gevent; ``import coraza_spoa_py``
+   loads nothing that ``cli`` must monkey-patch first.
+
+The table is read from docs/architecture.md, so a module added there is checked at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "coraza_spoa_py"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+# what a pure module must not pull in (style.md §3.1 / rule 1); socket is listed so that the
+# codec can never grow I/O, and because gevent must patch it before anyone imports it
+FORBIDDEN_IN_PURE = ("gevent", "loguru", "yaml", "jsonschema", "cffi", "_cffi_backend", "socket")
+_TABLE_ROW = re.compile(r"^\|\s*(\d)\s+[\w/ ]+\|\s*([^|]+)\|", re.MULTILINE)
+_NAME = re.compile(r"`([\w.]+?)(?:\.py|/)`")
+
+
+def _layers() -> dict[str, int]:
+    """Module name (``spop``, ``models``, ``__main__``...) -> layer, from the doc's table."""
+    layers: dict[str, int] = {}
+    for layer, cell in _TABLE_ROW.findall(ARCHITECTURE.read_text(encoding="utf-8")):
+        for name in _NAME.findall(cell):
+            layers[name] = int(layer)
+    return layers
+
+
+LAYERS = _layers()
+PURE_MODULES = sorted(name for name, layer in LAYERS.items() if layer == 0)
+
+
+def _existing(name: str) -> bool:
+    return (PACKAGE / f"{name}.py").is_file() or (PACKAGE / name / "__init__.py").is_file()
+
+
+def _loaded_after_import(module: str, candidates: tuple[str, ...]) -> list[str]:
+    """Import ``module`` in a fresh interpreter; which of ``candidates`` got loaded."""
+    code = (
+        "import importlib, json, sys\n"
+        f"importlib.import_module({module!r})\n"
+        f"print(json.dumps([n for n in {list(candidates)!r} if n in sys.modules]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded: list[str] = json.loads(result.stdout)
+    return loaded
+
+
+def _imports_of_source(source: str, package: str) -> list[str]:
+    """Absolute module names imported by ``source`` living in ``package`` (relative imports
+    are resolved as Python does)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                names.append(f"{base}.{node.module}" if node.module else base)
+            else:
+                assert node.module is not None
+                names.append(node.module)
+    return names
+
+
+def _imports(path: Path) -> list[str]:
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    return _imports_of_source(path.read_text(encoding="utf-8"), package)
+
+
+def _layer_of(module: str) -> int | None:
+    """The layer of a ``coraza_spoa_py.X[.Y]`` name, None when the table does not list X."""
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 1 else None
+
+
+def test_architecture_table_lists_the_pure_modules() -> None:
+    assert {"spop", "models", "settings"} <= set(PURE_MODULES)
+
+
+@pytest.mark.parametrize("name", PURE_MODULES)
+def test_pure_module_imports_no_framework(name: str) -> None:
+    """1. Import the module alone in a new interpreter. 2. None of the forbidden modules is in
+    sys.modules."""
+    assert _existing(name), f"docs/architecture.md lists {name}, which does not exist"
+    assert _loaded_after_import(f"coraza_spoa_py.{name}", FORBIDDEN_IN_PURE) == []
+
+
+def test_spop_imports_only_stdlib_and_itself() -> None:
+    offenders = []
+    for path in sorted((PACKAGE / "spop").glob("*.py")):
+        for module in _imports(path):
+            top = module.split(".")[0]
+            if module.startswith("coraza_spoa_py.spop") or top in sys.stdlib_module_names:
+                continue
+            offenders.append(f"{path.name}: {module}")
+    assert offenders == []
+
+
+def test_spop_file_list_is_what_the_import_check_sees() -> None:
+    """The static check above must see the real files (guards against a moved package)."""
+    names = {path.name for path in (PACKAGE / "spop").glob("*.py")}
+    assert {"__init__.py", "connection.py", "frames.py", "wire.py", "events.py"} <= names
+    assert "coraza_spoa_py.spop.events" in _imports(PACKAGE / "spop" / "connection.py")
+
+
+def test_imports_point_down() -> None:
+    """A module listed in the table imports only modules of its own layer or below (style.md
+    §3.1). Modules the table does not list are not judged here."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(ROOT).with_suffix("")
+        own = _layer_of(".".join(relative.parts))
+        if own is None:
+            continue
+        for module in _imports(path):
+            target = _layer_of(module) if module.startswith("coraza_spoa_py.") else None
+            if target is not None and target > own:
+                offenders.append(f"{relative}: {module} (layer {own} -> {target})")
+    assert offenders == []
+
+
+def test_relative_import_resolution() -> None:
+    """The import scan resolves ``from . import x`` and ``from ..y import z`` like Python."""
+    source = "from . import wire\nfrom .frames import X\nfrom ..models import Y\nimport a.b\n"
+    assert _imports_of_source(source, "coraza_spoa_py.spop") == [
+        "coraza_spoa_py.spop",
+        "coraza_spoa_py.spop.frames",
+        "coraza_spoa_py.models",
+        "a.b",
+    ]
+
+
+@pytest.mark.parametrize("name", ["application", "agent"])
+def test_domain_modules_load_neither_binding_nor_gevent(name: str) -> None:
+    """style.md §3.1: the engine is injected by cli, so unit tests run without the binding."""
+    assert _existing(name)
+    loaded = _loaded_after_import(
+        f"coraza_spoa_py.{name}", ("gevent", "cffi", "_cffi_backend", "coraza_spoa_py.waf")
+    )
+    assert loaded == []
+
+
+def test_package_root_imports_nothing_to_patch() -> None:
+    """cli must monkey-patch before socket/ssl/threading are imported (style.md rule 6)."""
+    assert _loaded_after_import("coraza_spoa_py", ("gevent", "socket", "ssl", "threading")) == []
