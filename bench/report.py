@@ -126,13 +126,31 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for r in throughput_rows(throughput):
+            scenario = SCENARIOS.get(r["scenario"])
             out.append(
-                f"| {SCENARIOS[r['scenario']].title if r['scenario'] in SCENARIOS else r['scenario']}"
+                f"| {scenario.title if scenario else r['scenario']}"
                 f" | {r['connections']} | {r['agent_rps']:.0f} | {r['ceiling_rps']:.0f}"
                 f" | {_fmt(r['throughput_ratio'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f}"
                 f" | {r['agent_cpu_ms']:.2f} | {r['engine_cpu_ms']:.2f} | {_fmt(r['cpu_ratio'])}"
                 f" | {r['haproxy_cpu_ms']:.2f} | {r['spoe_errors']} | {r['uninspected']}"
                 f" | {r['shed']} | {r['agent_rss_mb']:.0f} |"
+            )
+        out += [
+            "",
+            "Ceiling runs (before and after the agent runs of each scenario):",
+            "",
+            "| scenario | ceiling req/s per run | spread max/min | engine CPU ms/req "
+            "| engine p99 ms | wrong verdicts |",
+            "|---|---|--:|--:|--:|--:|",
+        ]
+        for name, ceiling in throughput["ceiling"].items():
+            runs = ceiling.get("runs", [ceiling])
+            per_run = ", ".join(f"{r['rps']:.0f}" for r in runs)
+            out.append(
+                f"| {name} | {per_run}"
+                f" | {_fmt(ceiling.get('rps_spread'))} | {ceiling['cpu_ms_per_request']:.2f}"
+                f" | {max(r['latency_ms']['p99'] for r in runs):.1f}"
+                f" | {ceiling['wrong_verdicts']} |"
             )
     overload = results.get("overload")
     if overload:
@@ -184,7 +202,8 @@ def markdown(results: dict[str, Any]) -> str:
     if checks:
         out += ["", "## Targets", "", "| target | measured | wanted | met |", "|---|--:|---|---|"]
         out += [
-            f"| {c['target']} | {_fmt(c['value'])} | {c['wanted']} | {'yes' if c['met'] else 'NO'} |"
+            f"| {c['target']} | {_fmt(c['value'])} | {c['wanted']} | {'yes' if c['met'] else 'NO'} "
+            "|"
             for c in checks
         ]
     return "\n".join(out) + "\n"

@@ -11,6 +11,7 @@ the caller does that between batches.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 from collections import Counter
@@ -252,9 +253,7 @@ class SpopLoad:
     def close(self) -> None:
         for conn in self.conns:
             self.selector.unregister(conn.sock)
-            try:
+            with contextlib.suppress(OSError):  # the agent may have closed first
                 conn.sock.sendall(frames.encode_haproxy_disconnect(0, "normal"))
-            except OSError:
-                pass
             conn.sock.close()
         self.selector.close()

@@ -23,8 +23,7 @@ from tests.support.ports import free_port, wait_for_port
 from tests.support.process import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_HAPROXY = ROOT / "etc" / "haproxy" / "haproxy.cfg"
-SHIPPED_SPOE = ROOT / "etc" / "haproxy" / "coraza.cfg"
+SHIPPED_HAPROXY_DIR = ROOT / "etc" / "haproxy"  # haproxy.cfg + coraza.cfg, what users run
 DEFAULT_HAPROXY = "/usr/sbin/haproxy"  # 2.6 from Debian 12: the CI baseline (harness.md §1)
 # loading CRS takes a few seconds, more while other work shares the two cores
 AGENT_START_TIMEOUT_S = 120.0
@@ -93,11 +92,13 @@ def start_agent(
     return agent
 
 
-def start_haproxy(workdir: Path, ports: Ports, binary: str) -> ManagedProcess:
+def start_haproxy(
+    workdir: Path, ports: Ports, binary: str, haproxy_dir: Path = SHIPPED_HAPROXY_DIR
+) -> ManagedProcess:
     spoe_path = workdir / "coraza.cfg"
     rendered = render_haproxy(
-        SHIPPED_HAPROXY.read_text(),
-        SHIPPED_SPOE.read_text(),
+        (haproxy_dir / "haproxy.cfg").read_text(),
+        (haproxy_dir / "coraza.cfg").read_text(),
         ports=ports,
         spoe_path=spoe_path,
         pages_dir=write_pages(workdir / "pages"),
@@ -126,6 +127,7 @@ def start_haproxy(workdir: Path, ports: Ports, binary: str) -> ManagedProcess:
 def running_stack(
     *,
     haproxy_binary: str = DEFAULT_HAPROXY,
+    haproxy_dir: Path = SHIPPED_HAPROXY_DIR,
     directives: str = BENCH_DIRECTIVES,
     extra_config: dict[str, object] | None = None,
     log_level: str = "info",
@@ -147,6 +149,6 @@ def running_stack(
             log_level=log_level,
         )
         stack.callback(agent.stop)
-        haproxy = start_haproxy(workdir, ports, haproxy_binary)
+        haproxy = start_haproxy(workdir, ports, haproxy_binary, haproxy_dir)
         stack.callback(haproxy.stop)
         yield Stack(workdir, ports, agent, haproxy)

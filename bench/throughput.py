@@ -42,6 +42,21 @@ def run_ceiling_process(scenario: Scenario, *, threads: int, duration_s: float) 
     return result
 
 
+def merge_ceilings(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of bracketing ceiling runs (req/s, CPU per request), each run kept as well."""
+    n = len(runs)
+    return {
+        "scenario": runs[0]["scenario"],
+        "rps": sum(r["rps"] for r in runs) / n,
+        "cpu_ms_per_request": sum(r["cpu_ms_per_request"] for r in runs) / n,
+        "rps_spread": max(r["rps"] for r in runs) / min(r["rps"] for r in runs)
+        if min(r["rps"] for r in runs) > 0
+        else None,
+        "wrong_verdicts": sum(r["wrong_verdicts"] for r in runs),
+        "runs": runs,
+    }
+
+
 def measure_agent(
     stack: Stack,
     scenario: Scenario,
@@ -108,10 +123,10 @@ def run_throughput(
     for name in scenarios:
         scenario = SCENARIOS[name]
         progress(f"ceiling {name}: {engine_threads} engine threads, {ceiling_duration_s:g}s")
-        ceilings[name] = run_ceiling_process(
+        before = run_ceiling_process(
             scenario, threads=engine_threads, duration_s=ceiling_duration_s
         )
-        progress(f"  -> {ceilings[name]['rps']:.0f} req/s")
+        progress(f"  -> {before['rps']:.0f} req/s")
         for connections in concurrencies:
             progress(f"agent {name}: {connections} connections, {duration_s:g}s")
             time.sleep(1)  # let the previous run's connections and transactions settle
@@ -128,6 +143,11 @@ def run_throughput(
                 f"SPOE errors {row['haproxy']['spoe_errors']}"
             )
             rows.append(row)
+        # the ceiling again after the agent runs: the two bracket them, so a neighbour's load
+        # that came or went during the agent runs shows up as spread instead of as a ratio
+        after = run_ceiling_process(scenario, threads=engine_threads, duration_s=ceiling_duration_s)
+        progress(f"ceiling {name} again: {after['rps']:.0f} req/s")
+        ceilings[name] = merge_ceilings([before, after])
     return {
         "engine_threads": engine_threads,
         "cores": os.cpu_count(),

@@ -37,7 +37,7 @@ def lua_script(scenario: Scenario) -> str:
             continue  # wrk writes Content-Length itself, and keeps connections alive
         # wrk adds its own Host unless "Host" (this spelling) is set: title-case every name
         title = b"-".join(part.capitalize() for part in name.split(b"-"))
-        lines.append(f"wrk.headers[{_lua_string(title)}] = {_lua_string(value)}")
+        lines.append(f"wrk.headers[ {_lua_string(title)} ] = {_lua_string(value)}")
     if scenario.body:
         lines.append(f"wrk.body = {_lua_string(scenario.body)}")
     pcts = ", ".join(str(p) for p in LUA_PERCENTILES)

@@ -1,0 +1,149 @@
+"""``python -m bench``: run the measurements and write the committed results.
+
+Modes: ``throughput`` (ceiling vs agent per scenario and concurrency), ``overload``,
+``profile`` (py-spy on the agent under load), ``soak``; ``all`` runs them in that order. Each
+run merges its sections into ``results/bench.json`` and rewrites ``results/bench.md`` and the
+plots from the whole file, so a partial re-run keeps the other sections. docs/performance.md
+explains every option and number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
+from bench.soak import DEFAULT_BASELINE, DEFAULT_SAMPLE_EVERY, DEFAULT_TRANSACTIONS, DEFAULT_TTL_MS
+from bench.stack import DEFAULT_HAPROXY, ROOT, SHIPPED_HAPROXY_DIR
+
+MODES = ("throughput", "overload", "profile", "soak")
+
+
+def _csv(kind: type, text: str) -> list[Any]:
+    return [kind(part) for part in text.split(",") if part]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("modes", nargs="*", default=["all"], choices=["all", *MODES])
+    p.add_argument(
+        "--scenarios",
+        type=lambda t: _csv(str, t),
+        default=list(DEFAULT_SCENARIOS),
+        help=f"comma-separated, from {','.join(SCENARIOS)}",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=lambda t: _csv(int, t),
+        default=[32, 128],
+        help="wrk connections, comma-separated (default 32,128)",
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per agent run")
+    p.add_argument("--ceiling-duration", type=float, default=8.0, help="seconds per ceiling run")
+    p.add_argument(
+        "--engine-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="ceiling threads (default: cores, as the agent's default pool)",
+    )
+    p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument("--haproxy", default=DEFAULT_HAPROXY, help="HAProxy binary (default 2.6)")
+    p.add_argument(
+        "--haproxy-dir",
+        type=Path,
+        default=SHIPPED_HAPROXY_DIR,
+        help="folder with haproxy.cfg + coraza.cfg (default: the shipped etc/haproxy)",
+    )
+    p.add_argument("--overload-connections", type=int, default=1024)
+    p.add_argument("--overload-duration", type=float, default=20.0)
+    p.add_argument("--overload-scenario", default="clean_get", choices=sorted(SCENARIOS))
+    p.add_argument("--profile-duration", type=float, default=15.0)
+    p.add_argument("--profile-scenario", default="clean_get", choices=sorted(SCENARIOS))
+    p.add_argument("--profile-connections", type=int, default=128)
+    p.add_argument("--soak-transactions", type=int, default=DEFAULT_TRANSACTIONS)
+    p.add_argument("--soak-baseline", type=int, default=DEFAULT_BASELINE)
+    p.add_argument("--soak-sample-every", type=int, default=DEFAULT_SAMPLE_EVERY)
+    p.add_argument("--soak-rules", choices=["small", "crs"], default="small")
+    p.add_argument("--soak-ttl-ms", type=int, default=DEFAULT_TTL_MS)
+    p.add_argument("--results", type=Path, default=ROOT / "results")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep configs and logs here instead of a temp dir")  # fmt: skip
+    args = p.parse_args(argv)
+    args.modes = list(MODES) if "all" in args.modes else args.modes
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _version(command: list[str]) -> str:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except OSError as exc:
+        return f"unavailable ({exc})"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+
+
+def metadata(args: argparse.Namespace) -> dict[str, Any]:
+    from coraza_spoa_py import waf
+
+    commit = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit,
+        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "haproxy": _version([args.haproxy, "-v"]),
+        "engine": waf.engine_version(),
+        "python": platform.python_version(),
+        "cpu": f"{os.cpu_count()} x {cpu}",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def load_results(folder: Path) -> dict[str, Any]:
+    path = folder / "bench.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_results(folder: Path, results: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    (folder / "bench.md").write_text(report.markdown(results))
+    report.write_latency_plot(results, folder / "latency.png")
+    report.write_soak_plot(results, folder / "soak_rss.png")
+
+
+def log(text: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {text}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.modes import run_modes
+
+    args = parse_args(argv)
+    results = load_results(args.results)
+    results["meta"] = metadata(args)
+    for section, value in run_modes(args, results, log):
+        results[section] = value
+        write_results(args.results, results)  # after each mode: nothing is lost on a crash
+    log(f"results in {args.results}/bench.md")
+    sys.stdout.write(report.markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

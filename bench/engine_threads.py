@@ -1,0 +1,105 @@
+"""Does the binding scale over threads? CRS 3.3.4, clean-GET-like transactions on ONE loaded
+rule set, first on 1 thread, then on N threads; prints transactions/s and the ratio.
+
+Run: ``.venv/bin/python -m bench.engine_threads [--seconds 5] [--threads 2]``. A report, not a
+test: it asserts nothing. The ratio is close to N only if engine calls release the GIL
+(docs/engine.md "Threads"); with the GIL held it would stay near 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from ipaddress import IPv4Address
+
+from coraza_spoa_py import waf
+from coraza_spoa_py.models import RequestInfo
+from coraza_spoa_py.settings import AppConfig, RulePaths
+
+CRS_DIRECTIVES = (
+    "Include @coraza.conf-recommended\n"
+    "Include @crs-setup.conf.example\n"
+    "Include @owasp_crs/*.conf\n"
+    "SecRuleEngine On\n"
+)
+# what a browser's GET of a page looks like to the agent (6 headers, a short query)
+CLEAN_GET_HEADERS = (
+    (b"host", b"shop.example.com"),
+    (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+    (b"accept", b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+    (b"accept-language", b"en-US,en;q=0.5"),
+    (b"accept-encoding", b"gzip, deflate, br"),
+    (b"connection", b"keep-alive"),
+)
+
+
+def clean_get(transaction_id: str) -> RequestInfo:
+    return RequestInfo(
+        transaction_id,
+        path=b"/catalog/items",
+        query=b"page=2&sort=price",
+        headers=CLEAN_GET_HEADERS,
+        src_ip=IPv4Address("192.0.2.10"),
+        src_port=51000,
+        dst_ip=IPv4Address("192.0.2.1"),
+        dst_port=80,
+    )
+
+
+def run(engine: waf.ModSecEngine, threads: int, seconds: float) -> tuple[int, int, float]:
+    """Every thread runs transactions until the deadline: (done, wrong verdicts, wall s)."""
+    counts = [0] * threads
+    wrong = [0] * threads
+    start_line = threading.Barrier(threads + 1)
+    deadline = 0.0
+
+    def worker(slot: int) -> None:
+        start_line.wait()
+        while time.perf_counter() < deadline:
+            tx_id = f"{slot}-{counts[slot]}"
+            tx = engine.new_transaction(tx_id)
+            try:
+                verdict = tx.process_request(clean_get(tx_id))
+            finally:
+                tx.close()
+            counts[slot] += 1
+            wrong[slot] += verdict.interrupted or verdict.rules_hit != 0
+
+    pool = [threading.Thread(target=worker, args=(slot,)) for slot in range(threads)]
+    for thread in pool:
+        thread.start()
+    began = time.perf_counter()
+    deadline = began + seconds
+    start_line.wait()
+    for thread in pool:
+        thread.join()
+    return sum(counts), sum(wrong), time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per run (default 5)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of the second run")
+    args = parser.parse_args()
+
+    engine = waf.load_engine(AppConfig(name="bench", directives=CRS_DIRECTIVES), RulePaths())
+    run(engine, 1, 0.5)  # warm-up: PCRE JIT, allocator
+    results = {}
+    for threads in (1, args.threads):
+        done, wrong, wall = run(engine, threads, args.seconds)
+        results[threads] = done / wall
+        print(  # noqa: T201 - a report for humans
+            f"{threads} thread(s): {done} transactions in {wall:.2f} s = "
+            f"{done / wall:,.0f} tx/s ({wall / done * 1e3 * threads:.2f} ms each), "
+            f"{wrong} wrong verdicts"
+        )
+    print(  # noqa: T201
+        f"ratio {args.threads} threads / 1 thread: {results[args.threads] / results[1]:.2f} "
+        f"({waf.engine_version()}, {os.cpu_count()} CPUs)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""The bench tooling's pure parts on fixed data: log tallies, percentiles, ratios and target
+checks, the HAProxy config rendering, the wrk script, the profile summary. No process runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import haproxy_config, haproxy_log, profile, report, scenarios, stats, wrk
+from bench.haproxy_config import Ports
+
+LOG = """\
+[NOTICE]   (1) : haproxy version is 2.6.12
+BENCHLOG st=200 fail=0 err=- ta=3
+BENCHLOG st=403 fail=1 err=- ta=4
+BENCHLOG st=500 fail=- err=1005 ta=1
+BENCHLOG st=200 fail=- err=1 ta=2000
+BENCHLOG st=200 fail=- err=- ta=2
+SPOE: [coraza-agent] <GROUP:coraza-req> sid=2 st=0 0/0/6/0/7 2/6 2/3 0/1
+"""
+
+
+def test_log_tally_counts_errors_sheds_and_uninspected_passes():
+    """1. Tally five bench lines among other HAProxy output, expecting status 200.
+    2. A shed (1005) is an agent error; error 1 (timeout) is a SPOE error; a 200 without
+       `fail` or with an error is an uninspected pass; 403 and 500 are unexpected here."""
+    counts = haproxy_log.count_lines(LOG.splitlines(), expect_status=200)
+    assert counts.requests == 5
+    assert dict(counts.by_status) == {200: 3, 403: 1, 500: 1}
+    assert dict(counts.by_error) == {1005: 1, 1: 1}
+    assert (counts.agent_errors, counts.shed, counts.spoe_errors) == (1, 1, 1)
+    assert counts.uninspected == 2
+    assert counts.unexpected_status == 2
+
+
+def test_percentiles_are_nearest_rank():
+    values = list(range(1, 101))  # 1..100
+    got = stats.percentiles(values)
+    assert got["p50"] == 50
+    assert got["p99"] == 99
+    assert got["p99.9"] == 100
+    assert got["mean"] == 50.5
+    assert stats.percentiles([]) == {k: 0.0 for k in got}
+    assert stats.ratio(1.0, 0.0) is None
+
+
+def _sample_results() -> dict:
+    ceiling = {
+        "scenario": "clean_get",
+        "rps": 1000.0,
+        "cpu_ms_per_request": 2.0,
+        "rps_spread": 1.05,
+        "wrong_verdicts": 0,
+        "runs": [
+            {"rps": 980.0, "latency_ms": {"p99": 4.0}},
+            {"rps": 1020.0, "latency_ms": {"p99": 5.0}},
+        ],
+    }
+    counts = haproxy_log.count_lines(LOG.splitlines()[1:3], expect_status=200).as_dict()
+    run = {
+        "scenario": "clean_get",
+        "connections": 32,
+        "rps": 850.0,
+        "latency_ms": {"p50": 30.0, "p99": 80.0, "p1": 2.0},
+        "haproxy": counts,
+        "agent_cpu_ms_per_request": 2.4,
+        "haproxy_cpu_ms_per_request": 0.3,
+        "agent_rss_bytes": 64 * 2**20,
+    }
+    return {
+        "meta": {"commit": "abc"},
+        "throughput": {
+            "duration_s": 10,
+            "ceiling_duration_s": 8,
+            "engine_threads": 2,
+            "ceiling": {"clean_get": ceiling},
+            "agent": [run],
+        },
+        "soak": {
+            "transactions": 1000,
+            "baseline_transactions": 100,
+            "connections": 4,
+            "window": 16,
+            "rules": "small",
+            "transaction_ttl_ms": 2000,
+            "elapsed_s": 2.0,
+            "samples": [
+                {"transactions": 100, "rss_bytes": 100 * 2**20, "elapsed_s": 0.2},
+                {"transactions": 1000, "rss_bytes": 104 * 2**20, "elapsed_s": 2.0},
+            ],
+            "rss_growth": 0.04,
+            "client": {"wrong_verdicts": 0},
+        },
+    }
+
+
+def test_ratios_and_targets_from_sample_results():
+    """1. One agent run at 850 req/s and 2.4 ms CPU against a 1000 req/s, 2.0 ms ceiling.
+    2. Throughput ratio 0.85 meets >= 0.80; CPU ratio 1.2 misses <= 1.15; the soak's +4 %
+       meets +5 %; one request had a 403 (unexpected), but none passed uninspected."""
+    results = _sample_results()
+    (row,) = report.throughput_rows(results["throughput"])
+    assert row["throughput_ratio"] == pytest.approx(0.85)
+    assert row["cpu_ratio"] == pytest.approx(1.2)
+    checks = {c["target"]: c["met"] for c in report.target_checks(results)}
+    assert checks == {
+        "throughput clean_get @32": True,
+        "CPU/request clean_get @32": False,
+        "uninspected + SPOE errors clean_get @32": True,
+        "soak: RSS growth first checkpoint -> end": True,
+    }
+    text = report.markdown(results)
+    assert "| clean GET | 32 | 850 | 1000 | 0.85 | 30.0 | 80.0 | 2.40 | 2.00 | 1.20 |" in text
+    assert "| clean_get | 980, 1020 | 1.05 | 2.00 | 5.0 | 0 |" in text
+    assert "| CPU/request clean_get @32 | 1.20 | <= 1.15 | NO |" in text
+    json.dumps(results)  # the results stay JSON-serialisable
+
+
+SHIPPED = """\
+global
+    log stdout format raw local0
+    stats socket /run/haproxy.sock
+    tune.bufsize 16384
+
+defaults
+    mode http
+    timeout client 30s
+
+frontend fe_waf
+    bind :8080
+    bind [::]:8080
+    option httplog
+    log-format "%ci %ST"
+    filter spoe engine coraza config /etc/haproxy/coraza.cfg
+    default_backend be_app
+
+backend be_app
+    server app1 127.0.0.1:8081 check
+
+backend coraza-spoa
+    mode tcp
+    server spoa1 127.0.0.1:9000 check inter 2s
+
+listen stats
+    bind :8404
+"""
+SPOE = """\
+[coraza]
+spoe-agent coraza-agent
+    timeout processing 500ms
+    use-backend coraza-spoa
+"""
+
+
+def test_render_points_everything_at_the_bench_ports(tmp_path: Path):
+    """1. Render a shipped-like config with fixed ports, a stats socket and a listen section.
+    2. Binds, servers and the SPOE path point at the bench's; the shipped log line, the stats
+       socket and the listen section are gone; the bench log line, bufsize and web server
+       are in; the SPOE processing timeout is 2s."""
+    ports = Ports(frontend=1001, agent=1002, backend=1003)
+    out = haproxy_config.render_haproxy(
+        SHIPPED, SPOE, ports=ports, spoe_path=tmp_path / "spoe.cfg", pages_dir=tmp_path
+    )
+    cfg = out.haproxy_cfg
+    assert cfg.count("bind 127.0.0.1:1001") == 2
+    assert ":8080" not in cfg and ":8404" not in cfg and "stats socket" not in cfg
+    assert "server app1 127.0.0.1:1003 check" in cfg
+    assert "server spoa1 127.0.0.1:1002 check inter 2s" in cfg
+    assert f"config {tmp_path / 'spoe.cfg'}" in cfg
+    assert f'log-format "{haproxy_log.LOG_FORMAT}"' in cfg
+    assert '"%ci %ST"' not in cfg and "option httplog" not in cfg
+    assert "tune.bufsize 131072" in cfg and "tune.bufsize 16384" not in cfg
+    assert "listen bench_web" in cfg and "bind 127.0.0.1:1003" in cfg
+    assert "timeout processing 2s" in out.spoe_cfg and "500ms" not in out.spoe_cfg
+    with pytest.raises(ValueError):
+        haproxy_config.render_spoe("[coraza]\n")
+
+
+def test_wrk_script_and_report_parsing():
+    script = wrk.lua_script(scenarios.SCENARIOS["post_1k"])
+    assert "wrk.method = [====[POST]====]" in script
+    # a space after '[': "[[" would open a Lua long string
+    assert "wrk.headers[ [====[Content-Type]====] ] = " in script
+    assert "Content-Length" not in script and "[====[Connection]====]" not in script
+    out = 'Running 1s test\nBENCH_JSON {"requests": 5, "latency_us": {"p50": 1000}}\n'
+    assert wrk.parse_output(out) == {"requests": 5, "latency_us": {"p50": 1000}}
+    with pytest.raises(RuntimeError):
+        wrk.parse_output("no report")
+
+
+def test_scenario_bodies_have_their_exact_sizes():
+    assert len(scenarios.html_page(50 * 1024)) == 50 * 1024
+    assert len(scenarios.FORM_BODY) == 1024
+    assert scenarios.SCENARIOS["attack_get"].blocked
+    post = scenarios.SCENARIOS["post_1k"]
+    assert (b"content-length", b"1024") in post.request_headers
+
+
+def test_profile_summary_splits_hub_and_workers():
+    collapsed = "\n".join(
+        [
+            "thread (10);run (gevent/hub.py:1);_answer (coraza_spoa_py/server.py:3) 6",
+            "thread (10);run (gevent/hub.py:1);send (gevent/_socketcommon.py:9) 2",
+            "thread (11);_WorkerGreenlet.run (gevent/threadpool.py:230);"
+            "process_request (coraza_spoa_py/waf.py:306) 12",
+        ]
+    )
+    summary = profile.summarise(collapsed)
+    assert summary["samples"] == {"hub": 8, "worker": 12}
+    assert summary["hub"]["project"][0][:2] == ("server.py:_answer", 6)
+    assert summary["worker"]["self"][0][:2] == ("waf.py:process_request", 12)
+    assert "| worker | `waf.py:process_request` | project | 12 | 100.0% |" in profile.markdown(
+        summary
+    )
