@@ -111,7 +111,12 @@ class AgentServer:
 
     @property
     def connection_count(self) -> int:
+        """Connections being served right now."""
         return len(self._connections)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def serve_forever(self) -> None:
         if self._stream_server is None:
@@ -167,14 +172,24 @@ class _AgentConnection:
         self.parked_in_recv = False
 
     def request_stop(self) -> None:
-        # Only a reader parked in recv is interrupted: anywhere else it may be writing a frame,
-        # and it checks ``stop_requested`` before its next read anyway.
+        """Stop reading, finish in-flight NOTIFYs, say AGENT-DISCONNECT 0, close."""
         self.stop_requested = True
-        if self.parked_in_recv and self.reader is not None:
-            gevent.kill(self.reader, _StopReadingError)
+        if self.reader is not None:
+            gevent.get_hub().loop.run_callback(self._interrupt_recv)
+
+    def _interrupt_recv(self) -> None:
+        # Runs in the hub, so the reader is switched out: either parked inside recv (then it
+        # is safe to throw there), or anywhere else, possibly in the middle of writing a frame,
+        # where it must not be interrupted; it checks ``stop_requested`` before its next read.
+        # (gevent.kill would throw wherever the reader happens to be when the callback runs.)
+        reader = self.reader
+        if self.parked_in_recv and reader is not None and not reader.dead:
+            reader.throw(_StopReadingError)
 
     def run(self) -> None:
         self.reader = gevent.getcurrent()
+        # accepted just before stop() and started after it: never got request_stop()
+        self.stop_requested = self.server.stopping
         if self.sock.family in (socket.AF_INET, socket.AF_INET6):
             # ACKs are small and latency-bound; never wait for Nagle.
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -213,7 +228,8 @@ class _AgentConnection:
             except OSError as exc:
                 if exc.errno in PEER_GONE_ERRNOS:
                     return f"peer gone ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
-                raise
+                self.log.warning("read failed: {}", exc)
+                return "read error"
             received_at = time.monotonic()
             self.codec.receive_data(chunk)
             try:
@@ -222,6 +238,11 @@ class _AgentConnection:
                 self.log.warning("protocol error: {}", exc)
                 self._send_disconnect(exc.status, exc.detail)
                 return f"protocol error {int(exc.status)}"
+            except Exception:
+                # A codec bug must cost this connection only, and say so (status 99).
+                self.log.exception("unexpected error while decoding")
+                self._send_disconnect(spop.StatusCode.UNKNOWN, "")
+                return "internal error"
             if outcome is not None:
                 return outcome
         return "stopping"

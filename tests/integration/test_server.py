@@ -13,7 +13,7 @@ import pytest
 from coraza_spoa_py import spop
 from coraza_spoa_py.server import ENGINE_FAILURE_ERROR
 from coraza_spoa_py.settings import BindAddress
-from coraza_spoa_py.spop import frames
+from coraza_spoa_py.spop import frames, handshake
 from tests.support.inprocess import GatedHandler, connect, path_notify, running_server
 from tests.support.spop_client import actions_by_name, message
 
@@ -33,7 +33,9 @@ def test_handshake_negotiates_version_frame_size_and_pipelining() -> None:
                 ("pipelining",),
             )
         with connect(server, hello=False) as client:
-            hello = client.hello(frames.encode_haproxy_hello(max_frame_size=4000, capabilities=""))
+            hello = client.hello(
+                handshake.encode_haproxy_hello(max_frame_size=4000, capabilities="")
+            )
             assert (hello.max_frame_size, hello.capabilities) == (4000, ())
 
 
@@ -160,7 +162,7 @@ def test_max_connections_bounds_the_served_connections() -> None:
     with running_server(max_connections=2) as server:
         first, second = connect(server), connect(server)
         third = connect(server, hello=False, timeout=0.5)
-        third.send(frames.encode_haproxy_hello())
+        third.send(handshake.encode_haproxy_hello())
         with pytest.raises(TimeoutError):
             third.read_frame()
         first.close()
@@ -174,8 +176,8 @@ def test_health_check_hello_gets_agent_hello_then_close() -> None:
     """`option spop-check` (spop.md §3.4, vector V3): AGENT-HELLO with capabilities, then the
     agent closes the connection."""
     with running_server() as server, connect(server, hello=False) as client:
-        client.send(frames.encode_haproxy_hello(capabilities="", healthcheck=True))
-        hello = frames.decode_agent_hello(client.read_frame().payload)
+        client.send(handshake.encode_haproxy_hello(capabilities="", healthcheck=True))
+        hello = handshake.decode_agent_hello(client.read_frame().payload)
         assert (hello.version, hello.capabilities) == ("2.0", ())
         assert client.is_closed_by_peer()
 
@@ -188,7 +190,7 @@ def test_haproxy_disconnect_is_answered_and_inflight_acks_are_dropped(log_record
     with running_server(handler) as server, connect(server) as client:
         path_notify(client, 1, "/slow")
         handler.wait_started(1)
-        client.send(frames.encode_haproxy_disconnect(2, "a timeout occurred"))
+        client.send(handshake.encode_haproxy_disconnect(2, "a timeout occurred"))
         assert client.read_disconnect().status == 0
         handler.open("/slow")
         assert client.is_closed_by_peer()

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from coraza_spoa_py import spop
-from coraza_spoa_py.spop import frames
+from coraza_spoa_py.spop import frames, handshake
 from coraza_spoa_py.spop.wire import encode_kv_list
 from tests.support.inprocess import connect, path_notify, running_server
 from tests.support.spop_client import actions_by_name, message
@@ -53,12 +53,12 @@ BAD_INPUTS = {
     "hello-without-version": (False, _hello_without("supported-versions"), S.NO_VSN),
     "unsupported-version": (
         False,
-        frames.encode_haproxy_hello(supported_versions="1.0"),
+        handshake.encode_haproxy_hello(supported_versions="1.0"),
         S.BAD_VSN,
     ),
     "max-frame-size-below-256": (
         False,
-        frames.encode_haproxy_hello(max_frame_size=255),
+        handshake.encode_haproxy_hello(max_frame_size=255),
         S.BAD_FRAME_SIZE,
     ),
     # after HELLO (negotiated 1024): a frame of 2000 bytes → too big
@@ -72,7 +72,7 @@ BAD_INPUTS = {
         frames.encode_frame(frames.FrameType.NOTIFY, b"", 1, 1, flags=0),
         S.FRAG_NOT_SUPPORTED,
     ),
-    "second-hello": (True, frames.encode_haproxy_hello(), S.INVALID),
+    "second-hello": (True, handshake.encode_haproxy_hello(), S.INVALID),
 }
 
 
@@ -88,7 +88,7 @@ def test_bad_input_gets_disconnect_with_status_and_only_that_connection_closes(
         with connect(server, hello=False) as bad:
             if after_hello:
                 assert (
-                    bad.hello(frames.encode_haproxy_hello(max_frame_size=1024)).max_frame_size
+                    bad.hello(handshake.encode_haproxy_hello(max_frame_size=1024)).max_frame_size
                     == 1024
                 )
             bad.send(data)

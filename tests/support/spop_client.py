@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from coraza_spoa_py import spop
-from coraza_spoa_py.spop import frames
+from coraza_spoa_py.spop import frames, handshake
 
 # the HAPROXY-HELLO every version sends, minus the engine-id (spop.md §12 V4)
-DEFAULT_HELLO = frames.encode_haproxy_hello(max_frame_size=16380, capabilities="pipelining")
+DEFAULT_HELLO = handshake.encode_haproxy_hello(max_frame_size=16380, capabilities="pipelining")
 
 
 class SpopClient:
@@ -51,12 +51,12 @@ class SpopClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def hello(self, data: bytes = DEFAULT_HELLO) -> frames.AgentHelloFrame:
+    def hello(self, data: bytes = DEFAULT_HELLO) -> handshake.AgentHelloFrame:
         """Send a HAPROXY-HELLO and return the decoded AGENT-HELLO (fails on anything else)."""
         self.send(data)
         frame = self.read_frame()
         assert frame.type == frames.FrameType.AGENT_HELLO, f"expected AGENT-HELLO, got {frame}"
-        return frames.decode_agent_hello(frame.payload)
+        return handshake.decode_agent_hello(frame.payload)
 
     def notify(self, stream_id: int, frame_id: int, messages: Iterable[spop.Message]) -> None:
         self.send(frames.encode_notify(stream_id, frame_id, messages))
@@ -82,11 +82,11 @@ class SpopClient:
         assert frame.type == frames.FrameType.ACK, f"expected ACK, got type {frame.type}"
         return frame.stream_id, frame.frame_id, frames.decode_actions(frame.payload)
 
-    def read_disconnect(self) -> frames.DisconnectFrame:
+    def read_disconnect(self) -> handshake.DisconnectFrame:
         """The next frame, which must be an AGENT-DISCONNECT."""
         frame = self.read_frame()
         assert frame.type == frames.FrameType.AGENT_DISCONNECT, f"expected DISCONNECT: {frame}"
-        return frames.decode_disconnect(frame.payload)
+        return handshake.decode_disconnect(frame.payload)
 
     def is_closed_by_peer(self) -> bool:
         """True when the agent has closed: a read returns EOF (or a reset) with no frame."""
