@@ -21,7 +21,7 @@ from ipaddress import IPv4Address
 
 from bench.agent_config import APP_NAME
 from bench.scenarios import SCENARIOS, Scenario
-from coraza_spoa_py.spop import Arg, DataType, Message, SetVar, frames
+from coraza_spoa_py.spop import Arg, DataType, Message, SetVar, frames, handshake
 
 ID_WIDTH = 20  # "soak-" + 15 digits: ids are spliced into the templates at a fixed width
 ID_PLACEHOLDER = b"#" * ID_WIDTH
@@ -175,7 +175,7 @@ class SpopLoad:
     def _connect(self, host: str, port: int) -> _Conn:
         sock = socket.create_connection((host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(frames.encode_haproxy_hello(max_frame_size=131068, engine_id="bench"))
+        sock.sendall(handshake.encode_haproxy_hello(max_frame_size=131068, engine_id="bench"))
         reply = b""
         while (split := frames.split_frame(reply)) is None:
             chunk = sock.recv(65536)
@@ -254,6 +254,6 @@ class SpopLoad:
         for conn in self.conns:
             self.selector.unregister(conn.sock)
             with contextlib.suppress(OSError):  # the agent may have closed first
-                conn.sock.sendall(frames.encode_haproxy_disconnect(0, "normal"))
+                conn.sock.sendall(handshake.encode_haproxy_disconnect(0, "normal"))
             conn.sock.close()
         self.selector.close()
