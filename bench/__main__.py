@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench import report
 from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 from bench.soak import DEFAULT_BASELINE, DEFAULT_SAMPLE_EVERY, DEFAULT_TRANSACTIONS, DEFAULT_TTL_MS
@@ -29,6 +31,13 @@ MODES = ("throughput", "overload", "profile", "soak")
 
 def _csv(kind: type, text: str) -> list[Any]:
     return [kind(part) for part in text.split(",") if part]
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE")
+    return key, yaml.safe_load(value)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,6 +71,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=SHIPPED_HAPROXY_DIR,
         help="folder with haproxy.cfg + coraza.cfg (default: the shipped etc/haproxy)",
     )
+    p.add_argument(
+        "--agent-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=YAML",
+        help="extra top-level agent config, e.g. engine_threads=3",
+    )
+    p.add_argument(
+        "--agent-switch-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="experiment: start the agent with sys.setswitchinterval(SECONDS)",
+    )
     p.add_argument("--overload-connections", type=int, default=1024)
     p.add_argument("--overload-duration", type=float, default=20.0)
     p.add_argument("--overload-scenario", default="clean_get", choices=sorted(SCENARIOS))
@@ -77,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep configs and logs here instead of a temp dir")  # fmt: skip
     args = p.parse_args(argv)
+    args.agent_option = dict(args.agent_option) or None
     args.modes = list(MODES) if "all" in args.modes else args.modes
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -109,6 +134,10 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
         "engine": waf.engine_version(),
         "python": platform.python_version(),
         "cpu": f"{os.cpu_count()} x {cpu}",
+        "agent options": {
+            "config": args.agent_option or {},
+            "switch_interval_s": args.agent_switch_interval,
+        },
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 

@@ -48,8 +48,9 @@ def clean_get(transaction_id: str) -> RequestInfo:
     )
 
 
-def run(engine: waf.ModSecEngine, threads: int, seconds: float) -> tuple[int, int, float]:
-    """Every thread runs transactions until the deadline: (done, wrong verdicts, wall s)."""
+def run(engine: waf.ModSecEngine, threads: int, seconds: float) -> tuple[int, int, float, float]:
+    """Every thread runs transactions until the deadline: (done, wrong verdicts, wall s,
+    process CPU s)."""
     counts = [0] * threads
     wrong = [0] * threads
     start_line = threading.Barrier(threads + 1)
@@ -71,11 +72,12 @@ def run(engine: waf.ModSecEngine, threads: int, seconds: float) -> tuple[int, in
     for thread in pool:
         thread.start()
     began = time.perf_counter()
+    cpu_began = time.process_time()
     deadline = began + seconds
     start_line.wait()
     for thread in pool:
         thread.join()
-    return sum(counts), sum(wrong), time.perf_counter() - began
+    return sum(counts), sum(wrong), time.perf_counter() - began, time.process_time() - cpu_began
 
 
 def main() -> None:
@@ -88,12 +90,12 @@ def main() -> None:
     run(engine, 1, 0.5)  # warm-up: PCRE JIT, allocator
     results = {}
     for threads in (1, args.threads):
-        done, wrong, wall = run(engine, threads, args.seconds)
+        done, wrong, wall, cpu = run(engine, threads, args.seconds)
         results[threads] = done / wall
         print(  # noqa: T201 - a report for humans
             f"{threads} thread(s): {done} transactions in {wall:.2f} s = "
             f"{done / wall:,.0f} tx/s ({wall / done * 1e3 * threads:.2f} ms each), "
-            f"{wrong} wrong verdicts"
+            f"{cpu / wall:.2f} cores busy, {wrong} wrong verdicts"
         )
     print(  # noqa: T201
         f"ratio {args.threads} threads / 1 thread: {results[args.threads] / results[1]:.2f} "

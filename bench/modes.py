@@ -42,7 +42,12 @@ def agent_totals(stack: Stack) -> dict[str, int] | None:
 
 
 def _stack_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"haproxy_binary": args.haproxy, "haproxy_dir": args.haproxy_dir}
+    return {
+        "haproxy_binary": args.haproxy,
+        "haproxy_dir": args.haproxy_dir,
+        "extra_config": args.agent_option,
+        "switch_interval_s": args.agent_switch_interval,
+    }
 
 
 def _workdir(args: argparse.Namespace, mode: str) -> Path | None:

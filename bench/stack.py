@@ -68,6 +68,7 @@ def start_agent(
     extra_config: dict[str, object] | None = None,
     transaction_ttl_ms: int = 60_000,
     log_level: str = "info",
+    switch_interval_s: float | None = None,
 ) -> ManagedProcess:
     config = write_agent_config(
         workdir,
@@ -77,9 +78,20 @@ def start_agent(
         log_level=log_level,
         extra=extra_config,
     )
+    argv = [sys.executable, "-m", "coraza_spoa_py", "-config", str(config)]
+    if switch_interval_s is not None:
+        # an experiment knob, not a product setting: the GIL switch interval decides how long
+        # an engine thread returning from a cffi call waits while the hub runs Python
+        argv = [
+            sys.executable,
+            "-c",
+            f"import runpy, sys; sys.setswitchinterval({switch_interval_s!r}); "
+            f"sys.argv = ['coraza_spoa_py', '-config', {str(config)!r}]; "
+            "runpy.run_module('coraza_spoa_py', run_name='__main__', alter_sys=True)",
+        ]
     agent = ManagedProcess(
         "agent",
-        [sys.executable, "-m", "coraza_spoa_py", "-config", str(config)],
+        argv,
         log_path=workdir / "agent.out",
         cwd=ROOT,
     ).start()
@@ -132,6 +144,7 @@ def running_stack(
     extra_config: dict[str, object] | None = None,
     log_level: str = "info",
     keep_dir: Path | None = None,
+    switch_interval_s: float | None = None,
 ) -> Iterator[Stack]:
     """Agent + HAProxy up for the block; both stopped after it, whatever happens."""
     with ExitStack() as stack:
@@ -147,6 +160,7 @@ def running_stack(
             directives=directives,
             extra_config=extra_config,
             log_level=log_level,
+            switch_interval_s=switch_interval_s,
         )
         stack.callback(agent.stop)
         haproxy = start_haproxy(workdir, ports, haproxy_binary, haproxy_dir)
