@@ -207,6 +207,10 @@ class _AgentConnection:
         finally:
             self._close()
             self.log.debug("connection closed ({})", reason)
+        # Handlers still running (the peer left, or HAProxy disconnected) finish before this
+        # connection's slot is released, so stop() waits for them and the application never
+        # sees close_all() race a transaction in progress; their ACKs are dropped.
+        self.inflight.join()
 
     def _read_loop(self) -> str:
         """Read until the connection ends; returns why (for the debug log)."""
@@ -349,8 +353,6 @@ class _AgentConnection:
         self.closed = True
         with contextlib.suppress(OSError):
             self.sock.close()
-        # The NOTIFY greenlets finish on their own (their transactions must be closed by the
-        # application); their ACKs are dropped because ``closed`` is set.
 
 
 def _engine_failure_actions() -> list[spop.Action]:

@@ -90,3 +90,23 @@ def test_serve_forever_returns_after_stop() -> None:
         assert client.read_ack()[2] == (frames.NOOP_ACTION,)
     server.stop(1.0)
     serving.get(timeout=5)
+
+
+def test_handlers_of_a_closed_connection_finish_before_its_slot_is_released() -> None:
+    """1. A NOTIFY is in the handler when the peer closes the connection.
+    2. The connection keeps its slot (and stop() would wait) until the handler returns, so
+       the application's transaction is never abandoned half-way.
+    3. Once the handler finishes, the connection is gone; its ACK was dropped."""
+    handler = GatedHandler()
+    with running_server(handler) as server:
+        client = connect(server)
+        path_notify(client, 1, "/orphan")
+        handler.wait_started(1)
+        client.close()
+        gevent.sleep(0.1)
+        assert (server.connection_count, handler.finished) == (1, [])
+        handler.open("/orphan")
+        with gevent.Timeout(5):
+            while server.connection_count:
+                gevent.sleep(0.01)
+        assert handler.finished == [b"/orphan"]
