@@ -39,9 +39,11 @@ SHIPPED_SPOE_PATH = "config etc/haproxy/coraza.cfg"
 
 # Custom rules the tests append to the example application (ids outside CRS's ranges).
 CUSTOM_RULES = """
-SecRule REQUEST_URI "@beginsWith /e2e-redirect" "id:100002,phase:1,log,redirect:https://example.com/blocked,msg:'e2e redirect'"
+SecRule REQUEST_URI "@beginsWith /e2e-redirect" \\
+  "id:100002,phase:1,log,redirect:https://example.com/blocked,msg:'e2e redirect'"
 SecRule REQUEST_URI "@beginsWith /e2e-drop" "id:100003,phase:1,log,drop,msg:'e2e drop'"
-SecRule REQUEST_URI "@beginsWith /e2e-response-header" "id:100004,phase:3,log,deny,status:403,msg:'e2e response header',chain"
+SecRule REQUEST_URI "@beginsWith /e2e-response-header" \\
+  "id:100004,phase:3,log,deny,status:403,msg:'e2e response header',chain"
   SecRule RESPONSE_HEADERS:Content-Type "@contains text/html" "t:lowercase"
 """
 
