@@ -97,12 +97,18 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # thousands of requests: the runner reports, the backend stays quiet
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # HAProxy closing an idle keep-alive connection is not an error worth a traceback
+
+
 class AlbedoServer:
     """``with AlbedoServer() as backend: backend.port`` — bound to 127.0.0.1:0."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self._httpd = ThreadingHTTPServer((host, 0), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer((host, 0), _Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property

@@ -22,7 +22,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # CI and every developer have ../shared beside the project (harness.md; crs-tests/README.md)
 DEFAULT_TESTS_DIR = PROJECT_ROOT.parent / "shared" / "crs-tests" / "v3.3.4"
 EXPECTED_FAILURES_FILE = Path(__file__).with_name("expected-failures.yaml")
-APP_NAME = "crs"
+# the shipped haproxy.cfg sets txn.coraza.app to sample_app: the suite's app has that name
+APP_NAME = "sample_app"
 
 CRS_TEST_SETTINGS = (
     'SecAction "id:900005,phase:1,nolog,pass,t:none,'

@@ -28,6 +28,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tests", type=Path, default=DEFAULT_TESTS_DIR, help="test files root")
     parser.add_argument("--only", default="", help="regex on stage ids (e.g. '^920')")
     parser.add_argument("--haproxy", default="2.6", help="HAProxy version for the run")
+    parser.add_argument(
+        "--haproxy-dir",
+        type=Path,
+        default=through_haproxy.SHIPPED_HAPROXY_DIR,
+        help="folder with haproxy.cfg + coraza.cfg (default: the shipped etc/haproxy)",
+    )
     parser.add_argument("--jobs", type=int, default=4, help="stages in flight through HAProxy")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait per stage")
     parser.add_argument("--expected", type=Path, default=EXPECTED_FAILURES_FILE)
@@ -48,10 +54,8 @@ def run(args: argparse.Namespace) -> list[results.ModeResult]:
     mode_results = []
     for mode in modes:
         started = time.monotonic()
-        if mode == "direct":
-            observations = direct.run_direct(stages)
-        else:
-            observations = _run_haproxy(stages, args)
+        run_mode = direct.run_direct if mode == "direct" else lambda s: _run_haproxy(s, args)
+        observations = run_mode(stages)
         out.write(f"{mode}: ran in {time.monotonic() - started:.1f}s\n")
         mode_results.append(results.evaluate(mode, stages, observations, expected))
     if args.only:  # entries for stages not run are not stale
@@ -64,7 +68,9 @@ def run(args: argparse.Namespace) -> list[results.ModeResult]:
 def _run_haproxy(stages: Sequence[loader.Stage], args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     with tempfile.TemporaryDirectory(prefix="crs-haproxy-") as tmp:
         workdir = args.workdir or Path(tmp)
-        with through_haproxy.crs_stack(workdir, version=args.haproxy) as stack:
+        with through_haproxy.crs_stack(
+            workdir, version=args.haproxy, haproxy_dir=args.haproxy_dir
+        ) as stack:
             return through_haproxy.run_through_haproxy(
                 stages,
                 ("127.0.0.1", stack.frontend_port),

@@ -30,7 +30,7 @@ from tests.crs.judge import Observation
 from tests.crs.loader import Stage
 from tests.crs.sender import SendError, send_raw
 from tests.support.agent import AgentProcess, cli_agent
-from tests.support.haproxy import HAProxy, render_template, start_haproxy
+from tests.support.haproxy import HAProxy, start_haproxy
 from tests.support.ports import free_port
 
 SHIPPED_HAPROXY_DIR = PROJECT_ROOT / "etc" / "haproxy"
@@ -45,7 +45,6 @@ FRONTEND_OVERLAY = (
 )
 # HAProxy's own SPOE errors (< 256: 1 = timeout) are load, not rule fidelity: one retry
 RETRYABLE_AGENT_ERRORS = frozenset(range(1, 256))
-_FRONTEND = re.compile(r"^frontend\s+\S+", re.MULTILINE)
 
 
 @dataclass
@@ -55,15 +54,70 @@ class Stack:
     frontend_port: int
 
 
-def add_frontend_overlay(config_text: str) -> str:
-    """Insert ``FRONTEND_OVERLAY`` right after each ``frontend`` line of the shipped config."""
-    if not _FRONTEND.search(config_text):
+@dataclass(frozen=True)
+class Addresses:
+    frontend_port: int
+    backend: str  # the albedo server, "127.0.0.1:N"
+    agent: str  # the agent, "127.0.0.1:N"
+    spoe_config: Path  # the rendered coraza.cfg
+    spoe_backend: str  # the backend coraza.cfg's use-backend names
+
+
+_SECTION = re.compile(r"^(global|defaults|frontend|backend|listen|peers|resolvers)\b\s*(\S*)")
+_BIND = re.compile(r"^(\s+bind\s+)\S+(.*)$")
+_SERVER = re.compile(r"^(\s+server\s+\S+\s+)\S+(.*)$")
+_SPOE_FILTER = re.compile(r"^(\s+filter\s+spoe\b.*\bconfig\s+)\S+(.*)$")
+_USE_BACKEND = re.compile(r"^\s*use-backend\s+(\S+)", re.MULTILINE)
+
+
+def spoe_backend_name(spoe_text: str) -> str:
+    found = _USE_BACKEND.search(spoe_text)
+    if not found:
+        raise ValueError("the shipped coraza.cfg names no use-backend")
+    return found.group(1)
+
+
+def render_shipped_haproxy(text: str, where: Addresses) -> str:
+    """The shipped haproxy.cfg with only its addresses changed, plus ``FRONTEND_OVERLAY``.
+
+    The shipped file is runnable as is (fixed ports 8080/8081/9000, a relative SPOE path),
+    so it has no placeholders: each section's ``bind``/``server``/``filter spoe`` line gets a
+    test address instead — the frontend binds ``frontend_port``, the SPOE backend's servers
+    point at the agent, every other backend's at albedo, a ``listen`` section (the demo app)
+    binds a free port. Everything else stays byte for byte.
+    """
+    out: list[str] = []
+    kind = name = ""
+    frontends = 0
+    for line in text.splitlines():
+        section = _SECTION.match(line)
+        if section:
+            kind, name = section.group(1), section.group(2)
+            out.append(line)
+            if kind == "frontend":
+                frontends += 1
+                out.extend(FRONTEND_OVERLAY)
+            continue
+        bind, server, spoe = _BIND.match(line), _SERVER.match(line), _SPOE_FILTER.match(line)
+        if bind and kind == "frontend":
+            line = f"{bind.group(1)}127.0.0.1:{where.frontend_port}{bind.group(2)}"
+        elif bind and kind == "listen":
+            line = f"{bind.group(1)}127.0.0.1:{free_port()}{bind.group(2)}"
+        elif server and kind == "backend":
+            target = where.agent if name == where.spoe_backend else where.backend
+            line = f"{server.group(1)}{target}{server.group(2)}"
+        elif spoe:
+            line = f"{spoe.group(1)}{where.spoe_config}{spoe.group(2)}"
+        out.append(line)
+    if frontends == 0:
         raise ValueError("the shipped haproxy.cfg has no frontend section")
-    return _FRONTEND.sub(lambda m: m.group(0) + "\n" + "\n".join(FRONTEND_OVERLAY), config_text)
+    return "\n".join(out) + "\n"
 
 
 @contextmanager
-def crs_stack(workdir: Path, *, version: str = "2.6") -> Iterator[Stack]:
+def crs_stack(
+    workdir: Path, *, version: str = "2.6", haproxy_dir: Path = SHIPPED_HAPROXY_DIR
+) -> Iterator[Stack]:
     """albedo + agent (CRS test config) + HAProxy ``version`` with the shipped config."""
     workdir.mkdir(parents=True, exist_ok=True)
     agent_port, frontend_port = free_port(), free_port()
@@ -76,43 +130,30 @@ def crs_stack(workdir: Path, *, version: str = "2.6") -> Iterator[Stack]:
         stack.enter_context(agent)
         agent.wait_ready(timeout=60)
 
-        haproxy_template = workdir / "shipped-haproxy.cfg"
-        haproxy_template.write_text(
-            add_frontend_overlay((SHIPPED_HAPROXY_DIR / "haproxy.cfg").read_text())
+        spoe_text = (haproxy_dir / "coraza.cfg").read_text()
+        spoe_config = workdir / "coraza.cfg"
+        spoe_config.write_text(spoe_text)  # unchanged: it names no address
+        where = Addresses(
+            frontend_port=frontend_port,
+            backend=f"127.0.0.1:{backend.port}",
+            agent=f"127.0.0.1:{agent_port}",
+            spoe_config=spoe_config,
+            spoe_backend=spoe_backend_name(spoe_text),
         )
-        substitutions = _substitutions(frontend_port, backend.port, agent_port)
+        haproxy_config = workdir / "shipped-haproxy.cfg"
+        haproxy_config.write_text(
+            render_shipped_haproxy((haproxy_dir / "haproxy.cfg").read_text(), where)
+        )
         haproxy = stack.enter_context(
             start_haproxy(
                 version,
-                haproxy_template,
+                haproxy_config,
                 workdir,
-                substitutions=substitutions,
                 overlays=[OVERLAY_FILE],
-                extra_files=_spoe_files(substitutions),
                 wait_ports=[frontend_port],
             )
         )
         yield Stack(haproxy, agent, frontend_port)
-
-
-def _substitutions(frontend_port: int, backend_port: int, agent_port: int) -> dict[str, object]:
-    # names the shipped files may use; render_template leaves anything else alone
-    return {
-        "FE_PORT": frontend_port,
-        "FE_BIND": f"127.0.0.1:{frontend_port}",
-        "FRONTEND_PORT": frontend_port,
-        "BACKEND_PORT": backend_port,
-        "BACKEND_ADDR": f"127.0.0.1:{backend_port}",
-        "BACKEND_HOST": f"127.0.0.1:{backend_port}",
-        "AGENT_PORT": agent_port,
-        "AGENT_ADDR": f"127.0.0.1:{agent_port}",
-        "SPOA_ADDR": f"127.0.0.1:{agent_port}",
-    }
-
-
-def _spoe_files(substitutions: dict[str, object]) -> dict[str, Path]:
-    spoe = SHIPPED_HAPROXY_DIR / "coraza.cfg"
-    return {name: spoe for name in ("SPOE_CFG", "CORAZA_CFG", "SPOE_CONFIG")}
 
 
 def observe(address: tuple[str, int], stage: Stage, *, timeout_s: float) -> Observation:
@@ -161,8 +202,3 @@ def run_through_haproxy(
             if progress:
                 progress(count)
     return results
-
-
-def render_preview(text: str) -> str:
-    """For docs/debugging: the shipped config with the overlay, placeholders kept."""
-    return render_template(add_frontend_overlay(text), {})
