@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from cffi import FFI
@@ -92,6 +93,8 @@ RULES_HIT_RANGES = ((910_000, 960_000), (190_000, 200_000))
 _FIELD = re.compile(r'\[(\w+) "(.*?)"\](?= \[|\s*$)')
 # the intervention's line starts "[client ...] ModSecurity: Access denied with code N (phase P)"
 _DISRUPTIVE = re.compile(r"^(?:\[client [^\]]*\] )?ModSecurity: Access denied")
+# what libmodsecurity 3.0.9 puts in the intervention when a body limit rejects (no rule id)
+_BODY_LIMIT_LOGS = ("Request body limit", "Response body limit")
 _RULES_ERROR = re.compile(r"File: (?P<file>.*?)\. Line: (?P<line>\d+)\. Column: \d+\. (?P<msg>.*)")
 # severity numbers of the SecLang severity action, in order (ModSecurity reference manual)
 _SEVERITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
@@ -278,13 +281,21 @@ def _ip_text(address: IPAddress | None) -> bytes:
     return str(mapped or address).encode()
 
 
+def _port(port: int) -> int:
+    return port if 0 <= port <= 65535 else 0
+
+
+def _status(status: int) -> int:
+    return status if 0 <= status <= 999 else 0
+
+
 def _c_text(value: bytes) -> bytes:
     # The URI, method and protocol go through char*: a NUL would cut them short, so it is
     # percent-encoded as the client would have had to send it (rules decode ARGS as usual).
     return value.replace(b"\x00", b"%00")
 
 
-def parse_match(raw: bytes, phase: int, client: str) -> RuleMatch:
+def parse_match(raw: bytes, phase: int, client: str, disruptive: bool = False) -> RuleMatch:
     """One engine log line → ``RuleMatch`` (fields as named in compat.md Part 2 §5)."""
     text = raw.decode("utf-8", errors="replace")
     fields: dict[str, list[str]] = {}
@@ -314,7 +325,7 @@ def parse_match(raw: bytes, phase: int, client: str) -> RuleMatch:
         uri=first("uri"),
         unique_id=first("unique_id"),
         client=client,
-        disruptive=bool(_DISRUPTIVE.match(text)),
+        disruptive=disruptive or bool(_DISRUPTIVE.match(text)),
         phase_id=phase,
         phase=_PHASE_NAMES.get(phase, ""),
         raw=text,
@@ -323,6 +334,10 @@ def parse_match(raw: bytes, phase: int, client: str) -> RuleMatch:
 
 def in_rules_hit_ranges(rule_id: int) -> bool:
     return any(low <= rule_id < high for low, high in RULES_HIT_RANGES)
+
+
+# (phase, engine step): what ModSecTransaction._run executes in order
+_Step = tuple[int, Callable[[Any], object]]
 
 
 class ModSecTransaction:
@@ -352,53 +367,72 @@ class ModSecTransaction:
 
     # -- request: phases 1 and 2 ------------------------------------------------------------
     def process_request(self, request: RequestInfo) -> Verdict:
-        with self._lock:
-            self._check_open()
-            lib, tx = self._lib, self._tx
-            start = len(self._matches)
-            self._client = _ip_text(request.src_ip).decode()
+        lib = self._lib
+        self._client = _ip_text(request.src_ip).decode()
+
+        def connection(tx: Any) -> None:
             lib.msc_process_connection(
                 tx,
                 self._client.encode(),
-                request.src_port,
+                _port(request.src_port),
                 _ip_text(request.dst_ip),
-                request.dst_port,
+                _port(request.dst_port),
             )
-            intervention = self._step(1)
-            if intervention is None:
-                lib.msc_process_uri(
-                    tx, _c_text(request.uri), _c_text(request.method), _c_text(request.version)
-                )
-                intervention = self._step(1)
-            if intervention is None:
-                for name, value in request.headers:
-                    lib.msc_add_n_request_header(tx, name, len(name), value, len(value))
-                lib.msc_process_request_headers(tx)
-                intervention = self._step(1)
-            if intervention is None:
-                if request.body:
-                    lib.msc_append_request_body(tx, request.body, len(request.body))
-                # phase 2 runs even without a body: CRS scores and blocks there (949110)
-                lib.msc_process_request_body(tx)
-                intervention = self._step(2)
-            return self._verdict(intervention, start)
+
+        def uri(tx: Any) -> None:
+            # the library prefixes the version with "HTTP/" itself (REQUEST_PROTOCOL)
+            method, version = _c_text(request.method), _c_text(request.version)
+            lib.msc_process_uri(tx, _c_text(request.uri), method, version)
+
+        def headers(tx: Any) -> None:
+            for name, value in request.headers:
+                lib.msc_add_n_request_header(tx, name, len(name), value, len(value))
+            lib.msc_process_request_headers(tx)
+
+        def body(tx: Any) -> None:
+            lib.msc_append_request_body(tx, request.body, len(request.body))
+
+        steps: list[_Step] = [(1, connection), (1, uri), (1, headers)]
+        if request.body:
+            # the body limit (SecRequestBodyLimitAction Reject) intervenes right after the
+            # append, and msc_process_request_body would forget it
+            steps.append((2, body))
+        # phase 2 runs even without a body: CRS scores and blocks there (949110)
+        steps.append((2, lib.msc_process_request_body))
+        return self._run(steps)
 
     # -- response: phases 3 and 4 -----------------------------------------------------------
     def process_response(self, response: ResponseInfo) -> Verdict:
-        with self._lock:
-            self._check_open()
-            lib, tx = self._lib, self._tx
-            start = len(self._matches)
+        lib = self._lib
+
+        def headers(tx: Any) -> None:
             for name, value in response.headers:
                 lib.msc_add_n_response_header(tx, name, len(name), value, len(value))
+            # here the library takes the protocol as given (RESPONSE_PROTOCOL)
             protocol = b"HTTP/" + _c_text(response.version)
-            lib.msc_process_response_headers(tx, response.status, protocol)
-            intervention = self._step(3)
-            if intervention is None:
-                if response.body:
-                    lib.msc_append_response_body(tx, response.body, len(response.body))
-                lib.msc_process_response_body(tx)
-                intervention = self._step(4)
+            lib.msc_process_response_headers(tx, _status(response.status), protocol)
+
+        def body(tx: Any) -> None:
+            lib.msc_append_response_body(tx, response.body, len(response.body))
+
+        steps: list[_Step] = [(3, headers)]
+        if response.body:
+            steps.append((4, body))
+        steps.append((4, lib.msc_process_response_body))
+        return self._run(steps)
+
+    def _run(self, steps: list[_Step]) -> Verdict:
+        # One engine step at a time, asking for an intervention after each (engine.md); the
+        # first interruption ends the phase group.
+        with self._lock:
+            self._check_open()
+            start = len(self._matches)
+            intervention = None
+            for phase, step in steps:
+                step(self._tx)
+                intervention = self._step(phase)
+                if intervention is not None:
+                    break
             return self._verdict(intervention, start)
 
     def close(self) -> None:
@@ -447,16 +481,21 @@ class ModSecTransaction:
         # hands it over only here), so it joins the matches from the intervention.
         match = None
         if log:
-            match = self._record(log.encode(), phase)
-        return _Intervention(status=int(it.status), url=url, match=match)
+            match = self._record(log.encode(), phase, disruptive=True)
+        status = int(it.status)
+        if log.startswith(_BODY_LIMIT_LOGS):
+            # no rule: the body limit itself. Report it as coraza-spoa does (compat.md
+            # Part 2 §3.1): 413 for a request body, 500 for a response body.
+            status = 413 if phase <= 2 else 500
+        return _Intervention(status=status, url=url, match=match)
 
     def _collect(self, phase: int) -> None:
         lines, self._pending_lines = self._pending_lines, []
         for raw in lines:
             self._record(raw, phase)
 
-    def _record(self, raw: bytes, phase: int) -> RuleMatch | None:
-        match = parse_match(raw, phase, self._client)
+    def _record(self, raw: bytes, phase: int, disruptive: bool = False) -> RuleMatch | None:
+        match = parse_match(raw, phase, self._client, disruptive)
         if match.rule_id == SCORE_RULE_ID:
             self._anomaly_score = _reported_score(match.data, self._anomaly_score)
             return None
@@ -468,7 +507,8 @@ class ModSecTransaction:
 
     def _verdict(self, intervention: _Intervention | None, start: int) -> Verdict:
         new_matches = tuple(self._matches[start:])
-        matched_ids = tuple(m.rule_id for m in self._matches)
+        # id 0: an intervention that no rule made (the body limits)
+        matched_ids = tuple(m.rule_id for m in self._matches if m.rule_id)
         rules_hit = sum(1 for m in self._matches if m.msg and in_rules_hit_ranges(m.rule_id))
         common: dict[str, Any] = {
             "matched_rule_ids": matched_ids,

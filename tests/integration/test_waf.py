@@ -337,3 +337,46 @@ def test_every_dropped_directive_is_really_rejected_by_libmodsecurity() -> None:
             ).rule_count
             == 0
         )
+
+
+def test_request_body_over_the_limit_is_rejected_like_coraza() -> None:
+    """SecRequestBodyLimitAction Reject: no rule decides, so rule id 0 and status 413 (what
+    coraza-spoa reports); the engine's explanation is kept as a disruptive match."""
+    engine = load(
+        "SecRuleEngine On\nSecRequestBodyAccess On\nSecRequestBodyLimit 16\n"
+        "SecRequestBodyNoFilesLimit 16\nSecRequestBodyLimitAction Reject\n"
+    )
+    request = RequestInfo(
+        "big",
+        method=b"POST",
+        headers=((b"content-type", b"application/x-www-form-urlencoded"),),
+        body=b"a=" + b"x" * 40,
+    )
+    verdict = run_request(engine, request)
+    assert (verdict.interrupted, verdict.action, verdict.status, verdict.rule_id) == (
+        True,
+        "deny",
+        413,
+        0,
+    )
+    assert verdict.matched_rule_ids == ()
+    assert verdict.matches[0].disruptive
+    assert verdict.log_lines == ("Request body limit is marked to reject the request",)
+
+
+def test_response_body_over_the_limit_is_rejected_like_coraza() -> None:
+    engine = load(
+        "SecRuleEngine On\nSecResponseBodyAccess On\nSecResponseBodyMimeType text/plain\n"
+        "SecResponseBodyLimit 16\nSecResponseBodyLimitAction Reject\n"
+    )
+    tx = engine.new_transaction("big-response")
+    try:
+        tx.process_request(RequestInfo("big-response"))
+        verdict = tx.process_response(
+            ResponseInfo(
+                "big-response", headers=((b"content-type", b"text/plain"),), body=b"y" * 64
+            )
+        )
+    finally:
+        tx.close()
+    assert (verdict.interrupted, verdict.status, verdict.rule_id) == (True, 500, 0)
