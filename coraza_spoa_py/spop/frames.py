@@ -15,13 +15,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from functools import lru_cache
+from ipaddress import IPv4Address
 
 from coraza_spoa_py.spop.events import (
     Action,
     Arg,
+    DataType,
     Message,
     SetVar,
     UnsetVar,
+    Value,
     VarScope,
 )
 from coraza_spoa_py.spop.wire import (
@@ -70,6 +73,10 @@ MAX_FRAME_LENGTH = (1 << 32) - 1
 # SPOE.txt / spop.md §3.1: both peers must accept frames of at least 256 bytes
 MIN_MAX_FRAME_SIZE = 256
 MAX_ARGS_PER_MESSAGE = 255  # NB-ARGS is one raw byte (spop.md §2.3)
+_STRING, _BINARY = int(DataType.STRING), int(DataType.BINARY)
+_INT64, _IPV4 = int(DataType.INT64), int(DataType.IPV4)
+_BYTES_TYPES = (_STRING, _BINARY)
+_TYPES = {t: DataType(t) for t in (_STRING, _BINARY, _INT64, _IPV4)}
 # spop.md §9: HAProxy silently ignores an action whose name has any other character
 _VAR_NAME = re.compile(r"[A-Za-z0-9_.]{1,63}")
 
@@ -146,14 +153,43 @@ def decode_messages(payload: memoryview) -> tuple[Message, ...]:
     """LIST-OF-MESSAGES (spop.md §2.3). NB-ARGS is honoured, so the next message starts right
     after the last arg (spop.md §10 pitfall 5). An empty payload is legal (spop.md §4.1)."""
     reader = Reader(payload)
+    buf, end = reader.buf, reader.end
     messages: list[Message] = []
     while not reader.at_end():
         name = reader.name()
         args: list[Arg] = []
         for _ in range(reader.byte()):
-            arg_name = reader.name()
-            data_type, value = reader.typed()
-            args.append(Arg(arg_name, data_type, value))
+            pos = reader.pos
+            # Hot path, taken by most args HAProxy sends (spop.md §2.2 "What HAProxy sends"):
+            # a name shorter than 240 bytes, then a STRING/BINARY shorter than 240 bytes, an
+            # INT64 below 240 (one-byte varints) or an IPV4. It reads the same bytes as the
+            # Reader, with the bounds checks written out; anything else (long values, other
+            # types, a frame cut short) goes through the Reader, which also raises the errors.
+            if (
+                pos < end
+                and (name_size := buf[pos]) < 240
+                and (type_at := pos + 1 + name_size) < end
+            ):
+                type_byte = buf[type_at]
+                value_at = type_at + 1
+                if (
+                    type_byte in _BYTES_TYPES
+                    and value_at < end
+                    and (size := buf[value_at]) < 240
+                    and (stop := value_at + 1 + size) <= end
+                ):
+                    value: Value = bytes(buf[value_at + 1 : stop])
+                elif type_byte == _INT64 and value_at < end and (small := buf[value_at]) < 240:
+                    value, stop = small, value_at + 1
+                elif type_byte == _IPV4 and (stop := value_at + 4) <= end:
+                    value = IPv4Address(bytes(buf[value_at:stop]))
+                else:
+                    args.append(Arg(reader.name(), *reader.typed()))
+                    continue
+                reader.pos = stop
+                args.append(Arg(str(buf[pos + 1 : type_at], "latin-1"), _TYPES[type_byte], value))
+            else:
+                args.append(Arg(reader.name(), *reader.typed()))
         messages.append(Message(name, tuple(args)))
     return tuple(messages)
 

@@ -19,6 +19,7 @@ from coraza_spoa_py.spop import (
     UnsetVar,
     VarScope,
     frames,
+    wire,
 )
 from coraza_spoa_py.spop.frames import FrameType
 from tests.unit.spop import helpers
@@ -37,6 +38,25 @@ V7_ACTIONS = (
     SetVar(VarScope.TRANSACTION, "fail", 1, DataType.INT32),
     UnsetVar(VarScope.TRANSACTION, "error"),
 )
+
+
+_ids = st.integers(min_value=0, max_value=2**64 - 1)
+_var_names = st.text(alphabet="abcXYZ019_.", min_size=1, max_size=63)
+_scopes = st.sampled_from(list(VarScope))
+_args = st.builds(lambda name, typed: Arg(name, typed.type, typed.value), names, typed_values)
+_messages = st.builds(
+    lambda name, args: Message(name, tuple(args)), names, st.lists(_args, max_size=5)
+)
+_actions = st.one_of(
+    st.builds(
+        lambda scope, name, typed: SetVar(scope, name, typed.value, typed.type),
+        _scopes,
+        _var_names,
+        typed_values,
+    ),
+    st.builds(UnsetVar, _scopes, _var_names),
+)
+_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=40)
 
 
 # ---- spop.md §12 vectors -------------------------------------------------------------------------
@@ -192,6 +212,82 @@ def test_255_args_is_the_limit() -> None:
         frames.encode_messages([Message("m", (*args, Arg("x", DataType.NULL, None)))])
 
 
+def _reference_messages(payload: bytes) -> object:
+    """decode_messages without its hot path: the Reader alone (the specification of it)."""
+    reader = wire.Reader(payload)
+    try:
+        messages = []
+        while not reader.at_end():
+            name = reader.name()
+            args = []
+            for _ in range(reader.byte()):
+                arg_name = reader.name()
+                args.append(Arg(arg_name, *reader.typed()))
+            messages.append(Message(name, tuple(args)))
+        return tuple(messages)
+    except SpopError as error:
+        return error.status
+
+
+def _fast_messages(payload: bytes) -> object:
+    try:
+        return frames.decode_messages(memoryview(payload))
+    except SpopError as error:
+        return error.status
+
+
+_LONG = b"h" * 240
+HOT_PATH_CASES = {
+    "string": b"\x01m\x01\x01a\x08\x03abc",
+    "binary-empty": b"\x01m\x01\x01a\x09\x00",
+    "string-240": b"\x01m\x01\x01a\x08\xf0\x00" + _LONG,
+    "string-cut": b"\x01m\x01\x01a\x08\x05abc",
+    "string-length-missing": b"\x01m\x01\x01a\x08",
+    "int64-small": b"\x01m\x01\x01a\x04\x50",
+    "int64-large": b"\x01m\x01\x01a\x04\xf0\x00",
+    "int64-missing": b"\x01m\x01\x01a\x04",
+    "int64-negative": b"\x01m\x01\x01a\x04\xfb\xf0\xfe\xfe\xfe\xfe\xfe\xfe\xfe\x0e",
+    "ipv4": b"\x01m\x01\x01a\x06\xc0\x00\x02\x0a",
+    "ipv4-cut": b"\x01m\x01\x01a\x06\xc0\x00\x02",
+    "null-then-string": b"\x01m\x02\x01a\x00\x01b\x08\x01x",
+    "name-240": b"\x01m\x01\xf0\x00" + _LONG + b"\x04\x01",
+    "name-to-the-end": b"\x01m\x01\x03abc",
+    "no-arg-bytes": b"\x01m\x01",
+    "flagged-string": b"\x01m\x01\x01a\x18\x01x",
+    "two-messages": b"\x01m\x01\x01a\x04\x01\x01n\x01\x00\x09\x01z",
+}
+
+
+@pytest.mark.parametrize("payload", HOT_PATH_CASES.values(), ids=HOT_PATH_CASES.keys())
+def test_notify_hot_path_matches_the_reader(payload: bytes) -> None:
+    """Every branch of decode_messages' hot path gives what the plain Reader gives: the same
+    messages, or the same error status."""
+    assert _fast_messages(payload) == _reference_messages(payload)
+
+
+def test_notify_hot_path_values() -> None:
+    assert _fast_messages(HOT_PATH_CASES["ipv4"]) == (
+        Message("m", (Arg("a", DataType.IPV4, IPv4Address("192.0.2.10")),)),
+    )
+    assert _fast_messages(HOT_PATH_CASES["int64-negative"]) == (
+        Message("m", (Arg("a", DataType.INT64, -5),)),
+    )
+    assert _fast_messages(HOT_PATH_CASES["string-cut"]) is StatusCode.INVALID
+
+
+@given(st.binary(max_size=80))
+@settings(max_examples=300)
+def test_notify_hot_path_matches_the_reader_on_any_bytes(payload: bytes) -> None:
+    assert _fast_messages(payload) == _reference_messages(payload)
+
+
+@given(st.lists(_messages, max_size=3))
+@settings(max_examples=100)
+def test_notify_hot_path_matches_the_reader_on_valid_payloads(messages: list[Message]) -> None:
+    payload = frames.encode_messages(messages)
+    assert _fast_messages(payload) == _reference_messages(payload) == tuple(messages)
+
+
 # ---- ACK ---------------------------------------------------------------------------------------
 
 
@@ -231,24 +327,6 @@ def test_typed_set_var_makes_the_type_explicit() -> None:
 
 
 # ---- hypothesis round trips of every frame kind -----------------------------------------------
-
-_ids = st.integers(min_value=0, max_value=2**64 - 1)
-_var_names = st.text(alphabet="abcXYZ019_.", min_size=1, max_size=63)
-_scopes = st.sampled_from(list(VarScope))
-_args = st.builds(lambda name, typed: Arg(name, typed.type, typed.value), names, typed_values)
-_messages = st.builds(
-    lambda name, args: Message(name, tuple(args)), names, st.lists(_args, max_size=5)
-)
-_actions = st.one_of(
-    st.builds(
-        lambda scope, name, typed: SetVar(scope, name, typed.value, typed.type),
-        _scopes,
-        _var_names,
-        typed_values,
-    ),
-    st.builds(UnsetVar, _scopes, _var_names),
-)
-_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=40)
 
 
 @given(_ids, _ids, st.lists(_messages, max_size=4))
