@@ -253,9 +253,11 @@ class Runtime:
         # logging phase of every transaction still open, current and retired applications;
         # the agent logs the final "transactions opened=N closed=N ..." line
         try:
-            self.agent.close_all()
+            closed = self.agent.close_all()
         except Exception:
             logger.exception("closing open transactions failed")
+        else:
+            logger.info("closed {} open transaction(s) at shutdown", closed)
         self.pool.kill()
         logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
         return EXIT_OK

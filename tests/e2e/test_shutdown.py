@@ -1,0 +1,75 @@
+"""Shutdown through a real HAProxy running the shipped etc/haproxy files (issue 4): SIGTERM under
+load exits 0 after draining, logs every open transaction and the final counters; SIGINT too.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.lifecycle_stack import lifecycle_stack, traffic
+
+pytestmark = pytest.mark.e2e
+
+FINAL_COUNTS = re.compile(r"transactions opened=(\d+) closed=(\d+) .* open=(\d+)")
+CLOSED_AT_SHUTDOWN = re.compile(r"closed (\d+) open transaction\(s\) at shutdown")
+
+
+def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    """1. Traffic from 4 clients: fast clean and blocked requests, and slow ones whose
+    response comes 1.5 s later (their transactions stay open, waiting for the response).
+    2. SIGTERM after 3 s. Result: the agent exits 0 within its grace period; every HTTP
+    request got an HTTP answer (HAProxy fails closed with 500 once the agent is gone, never
+    a hang or a reset); everything finished before the signal was judged right; the final
+    line says opened == closed with nothing open, and the slow requests' open transactions
+    were closed (logging phase) at shutdown."""
+    with lifecycle_stack(tmp_path) as stack:
+        paths = ["/", "/old-attack", "/page?delay_ms=1500", "/about"]
+        outcomes, joiner = traffic(stack.frontend_port, paths, duration_s=6.0)
+        time.sleep(3.0)
+        signalled = time.monotonic()
+        stack.agent.send_signal(signal.SIGTERM)
+        code = stack.agent.wait(timeout=15)
+        stopped_in = time.monotonic() - signalled
+        joiner.join()
+
+        assert code == 0, stack.agent_log()
+        assert stopped_in < 5 + 2, "longer than graceful_timeout_s"  # the config says 5 s
+        assert outcomes, "no traffic"
+        assert [o for o in outcomes if o.error] == []
+        assert {o.status for o in outcomes} <= {200, 403, 500}
+        expected = {"/": 200, "/about": 200, "/old-attack": 403, "/page?delay_ms=1500": 200}
+        finished_before = [o for o in outcomes if o.done_at < signalled]
+        assert len(finished_before) > 20
+        for outcome in finished_before:
+            assert outcome.status == expected[outcome.path], outcome
+
+        logs = stack.agent_log()
+        assert "received SIGTERM, shutting down" in logs
+        opened, closed, still_open = map(int, FINAL_COUNTS.findall(logs)[-1])
+        assert opened == closed and still_open == 0, logs[-2000:]
+        assert opened >= len(finished_before)
+        (closed_at_shutdown,) = map(int, CLOSED_AT_SHUTDOWN.findall(logs))
+        assert closed_at_shutdown >= 1, "slow requests were waiting for their response"
+        assert logs.rstrip().endswith("coraza-spoa-py stopped (SIGTERM)")
+
+
+def test_sigint_exits_0_and_haproxy_then_fails_closed(tmp_path: Path) -> None:
+    """1. One request. 2. SIGINT (Ctrl+C). Result: exit 0 with the final counters; HAProxy
+    marks the agent DOWN and answers 500 (fail closed), never lets a request through."""
+    with lifecycle_stack(tmp_path) as stack:
+        assert stack.get("/").status == 200
+        stack.agent.send_signal(signal.SIGINT)
+        assert stack.agent.wait(timeout=15) == 0
+        logs = stack.agent_log()
+        assert "received SIGINT, shutting down" in logs
+        opened, closed, still_open = map(int, FINAL_COUNTS.findall(logs)[-1])
+        assert (opened, closed, still_open) == (1, 1, 0)
+        stack.haproxy.wait_for_server_status("coraza-spoa", "coraza-agent", "DOWN")
+        assert stack.get("/").status == 500
