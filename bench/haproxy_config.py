@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.haproxy_log import LOG_FORMAT
-from bench.scenarios import BIG_PAGE_PATH
+from bench.scenarios import BIG_PAGE_PATH, LEAK_PAGE_PATH
 
 SECTION_RE = re.compile(r"^(global|defaults|frontend|backend|listen|peers|resolvers|userlist)\b")
 SPOE_SECTION_RE = re.compile(r"^\s*(\[[^\]]+\]|spoe-agent|spoe-message|spoe-group)\b")
@@ -168,5 +168,7 @@ def _backend_overlay(ports: Ports, pages_dir: Path) -> list[str]:
         "    timeout connect 5s",
         "    http-request return status 200 content-type text/html"
         f' file "{pages_dir}/big.html" if {{ path {BIG_PAGE_PATH} }}',
+        "    http-request return status 200 content-type text/html"
+        f' file "{pages_dir}/leak.html" if {{ path {LEAK_PAGE_PATH} }}',
         f'    http-request return status 200 content-type text/html file "{pages_dir}/small.html"',
     ]

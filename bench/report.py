@@ -118,7 +118,10 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"wrk {throughput['duration_s']:g} s per row; ceiling = the engine in-process on "
             f"{throughput['engine_threads']} threads, {throughput['ceiling_duration_s']:g} s, "
-            "the same transaction (request phases, then response phases unless blocked).",
+            "the same transaction (request phases, then response phases unless blocked). "
+            "Probe: a page leaking PHP source came back "
+            f"{throughput.get('response_body_probe_status', 'n/a')} (403 = response bodies "
+            "reach the agent and are inspected).",
             "",
             "| scenario | conns | agent req/s | ceiling req/s | agent/ceiling | p50 ms | p99 ms "
             "| agent CPU ms/req | engine CPU ms/req | CPU ratio | HAProxy CPU ms/req "

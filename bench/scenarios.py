@@ -28,6 +28,10 @@ BROWSER_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 # response phase runs (coraza-res is sent for every response) but costs little.
 SMALL_PAGE = b"<!DOCTYPE html><html><head><title>ok</title></head><body>ok</body></html>\n"
 BIG_PAGE_PATH = "/page50k.html"
+# A page that leaks PHP source (CRS 953110, outbound score 5 >= 4 blocks in phase 4): if the
+# shipped config really sends response bodies to the agent, this comes back 403.
+LEAK_PAGE_PATH = "/probe-leak.html"
+LEAK_PAGE = b"<html><body><?php echo $db_password; ?></body></html>\n"
 BIG_PAGE_SIZE = 50 * 1024
 
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from bench.agent_config import BENCH_DIRECTIVES, write_agent_config
 from bench.haproxy_config import Ports, render_haproxy
-from bench.scenarios import SCENARIOS, SMALL_PAGE
+from bench.scenarios import BROWSER_HEADERS, LEAK_PAGE, SCENARIOS, SMALL_PAGE
 from tests.support.ports import free_port, wait_for_port
 from tests.support.process import ManagedProcess
 
@@ -52,11 +54,25 @@ class Stack:
             return f.read().decode("latin-1").splitlines()
 
 
+def probe_status(stack: Stack, path: str) -> int:
+    """Status of one GET with the browser headers (used to prove response bodies are seen)."""
+    request = urllib.request.Request(
+        stack.url + path,
+        headers={k.decode(): v.decode() for k, v in BROWSER_HEADERS if k != b"connection"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def write_pages(folder: Path) -> Path:
     """The two bodies the bench web server answers with (see ``haproxy_config``)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "small.html").write_bytes(SMALL_PAGE)
     (folder / "big.html").write_bytes(SCENARIOS["response_50k"].response_body)
+    (folder / "leak.html").write_bytes(LEAK_PAGE)
     return folder
 
 

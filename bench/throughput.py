@@ -18,8 +18,8 @@ from typing import Any
 
 from bench.haproxy_log import count_lines
 from bench.procstat import rss_bytes, sample_cpu
-from bench.scenarios import SCENARIOS, Scenario
-from bench.stack import ROOT, Stack
+from bench.scenarios import LEAK_PAGE_PATH, SCENARIOS, Scenario
+from bench.stack import ROOT, Stack, probe_status
 from bench.wrk import run_wrk
 
 Progress = Callable[[str], None]
@@ -116,6 +116,8 @@ def run_throughput(
     """For each scenario: the ceiling, then the agent at each concurrency (side by side)."""
     rows: list[dict[str, Any]] = []
     ceilings: dict[str, dict[str, Any]] = {}
+    leak_status = probe_status(stack, LEAK_PAGE_PATH)
+    progress(f"probe: a page leaking PHP source came back {leak_status} (403 = bodies inspected)")
     # warm-up: the first requests pay PCRE JIT compilation and cache population in the agent
     measure_agent(
         stack, SCENARIOS["clean_get"], connections=8, duration_s=2, wrk_threads=wrk_threads
@@ -154,5 +156,6 @@ def run_throughput(
         "duration_s": duration_s,
         "ceiling_duration_s": ceiling_duration_s,
         "ceiling": ceilings,
+        "response_body_probe_status": leak_status,
         "agent": rows,
     }
