@@ -74,16 +74,17 @@ class ConnectionState(Enum):
     ERROR = "error"  # a SpopError was raised: send_disconnect(status) and close
 
 
-class _NeedData:
-    """Sentinel type of NEED_DATA (h11's idea): more bytes are needed for the next event."""
+class _NeedData(Enum):
+    """Sentinel type of NEED_DATA (h11's idea): more bytes are needed for the next event. An
+    enum member, so that ``if event is NEED_DATA`` narrows the type for mypy."""
 
-    __slots__ = ()
+    NEED_DATA = "NEED_DATA"
 
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = _NeedData.NEED_DATA
 
 
 def supports_our_version(supported_versions: str) -> bool:

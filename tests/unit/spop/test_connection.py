@@ -419,7 +419,7 @@ def test_buffer_accepts_bytearray_and_memoryview_chunks() -> None:
 
 def test_send_ack_v7_and_never_empty() -> None:
     conn = ready_connection()
-    actions = [
+    actions: list[SetVar | UnsetVar] = [
         SetVar(VarScope.TRANSACTION, "fail", 1, DataType.INT32),
         UnsetVar(VarScope.TRANSACTION, "error"),
     ]
