@@ -24,6 +24,7 @@ import jsonschema
 import yaml
 
 from coraza_spoa_py.config_shapes import (
+    DEFAULT_TTL_MS,
     GEN1,
     GEN2,
     GEN3,
@@ -256,30 +257,36 @@ def _log(section: Mapping[str, Any], fallback: LogConfig) -> LogConfig:
 _APP_LOG_KEYS = ("log_level", "log_file", "log_format", "log_dir")
 
 
-def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str) -> Config:
-    """Gen3-shaped, schema-valid data → ``Config``; cross-field problems raise ConfigError."""
+def cross_problems(data: Mapping[str, Any], locate: _Locator) -> list[ConfigProblem]:
+    """Checks that span keys or need code: ``bind`` forms, unique names, ``default_application``
+    exists, TTL > 0 where responses are checked (style.md rule 5).
+
+    Defensive about types, so it also runs on data the schema rejected: one run of the
+    agent (or of -validate) lists every problem of the file.
+    """
     problems: list[ConfigProblem] = []
-    try:
-        bind = parse_bind(data["bind"])
-    except ValueError as exc:
-        problems.append(locate.problem(("bind",), str(exc)))
-        bind = BindAddress("tcp", host="127.0.0.1", port=0)
-    top_log = _log(data, LogConfig())
-    apps: list[AppConfig] = []
+    if isinstance(data.get("bind"), str):
+        try:
+            parse_bind(data["bind"])
+        except ValueError as exc:
+            problems.append(locate.problem(("bind",), str(exc)))
+    items = data.get("applications")
     names: dict[str, int] = {}
-    for index, item in enumerate(data.get("applications", [])):
-        name = item["name"]
-        if name in names:
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("name")
+        if isinstance(name, str) and name in names:
             problems.append(
                 locate.problem(
-                    (("applications", index, "name")),
+                    ("applications", index, "name"),
                     f"duplicate application name {name!r} (also applications[{names[name]}])",
                 )
             )
-        names[name] = index
-        response_check = item.get("response_check", False)
-        ttl = item.get("transaction_ttl_ms", 60_000)
-        if response_check and ttl <= 0:
+        if isinstance(name, str):
+            names.setdefault(name, index)
+        ttl = item.get("transaction_ttl_ms", DEFAULT_TTL_MS)
+        if item.get("response_check") is True and isinstance(ttl, int) and ttl <= 0:
             problems.append(
                 locate.problem(
                     ("applications", index, "transaction_ttl_ms"),
@@ -287,21 +294,8 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
                     "their request)",
                 )
             )
-        own_log = any(key in item for key in _APP_LOG_KEYS)
-        apps.append(
-            AppConfig(
-                name=name,
-                directives=item.get("directives", ""),
-                response_check=response_check,
-                transaction_ttl_ms=ttl,
-                transaction_active_limit=item.get("transaction_active_limit", 100_000),
-                export_rule_ids=item.get("export_rule_ids", False),
-                log=_log(item, top_log) if own_log else None,
-                base_dir=base_dir,
-            )
-        )
     default = data.get("default_application")
-    if default is not None and default not in names:
+    if isinstance(default, str) and default not in names:
         known = ", ".join(repr(n) for n in names) or "none"
         problems.append(
             locate.problem(
@@ -309,8 +303,30 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
                 f"application {default!r} is not defined (defined: {known})",
             )
         )
+    return problems
+
+
+def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str) -> Config:
+    """Gen3-shaped, schema-valid data → ``Config``; cross-field problems raise ConfigError."""
+    problems = cross_problems(data, locate)
     if problems:
         raise ConfigError(source, problems)
+    bind = parse_bind(data["bind"])
+    top_log = _log(data, LogConfig())
+    apps = [
+        AppConfig(
+            name=item["name"],
+            directives=item.get("directives", ""),
+            response_check=item.get("response_check", False),
+            transaction_ttl_ms=item.get("transaction_ttl_ms", DEFAULT_TTL_MS),
+            transaction_active_limit=item.get("transaction_active_limit", 100_000),
+            export_rule_ids=item.get("export_rule_ids", False),
+            log=_log(item, top_log) if any(key in item for key in _APP_LOG_KEYS) else None,
+            base_dir=base_dir,
+        )
+        for item in data.get("applications", [])
+    ]
+    default = data.get("default_application")
     defaults = Config(bind=bind)
     return Config(
         bind=bind,
@@ -340,6 +356,9 @@ def parse(text: str, source: str = "<config>", base_dir: str = ".") -> LoadedCon
     generation = detect_generation(data)
     problems = _schema_problems(data, generation, lines)
     if problems:
+        if generation == GEN3:
+            # report the cross-field problems of the same file in the same run
+            problems += cross_problems(data, _Locator(lines, {}))
         raise ConfigError(source, problems)
     notices: list[str] = []
     origins: PathMap = {}
