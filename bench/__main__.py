@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="experiment: start the agent with sys.setswitchinterval(SECONDS)",
     )
+    p.add_argument(
+        "--agent-log-level",
+        default="info",
+        help="the agent's and its rule-match log level (default info, as shipped)",
+    )
     p.add_argument("--overload-connections", type=int, default=1024)
     p.add_argument("--overload-duration", type=float, default=20.0)
     p.add_argument("--overload-scenario", default="clean_get", choices=sorted(SCENARIOS))
@@ -137,6 +142,7 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
         "agent options": {
             "config": args.agent_option or {},
             "switch_interval_s": args.agent_switch_interval,
+            "log_level": args.agent_log_level,
         },
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }

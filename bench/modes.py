@@ -47,6 +47,7 @@ def _stack_options(args: argparse.Namespace) -> dict[str, Any]:
         "haproxy_dir": args.haproxy_dir,
         "extra_config": args.agent_option,
         "switch_interval_s": args.agent_switch_interval,
+        "log_level": args.agent_log_level,
     }
 
 
