@@ -354,6 +354,8 @@ class ModSecTransaction:
         self._anomaly_score = 0
         self._client = ""
         self._handle = _ffi.new_handle(self)
+        # reused by every msc_intervention call of this transaction (reset before each)
+        self._intervention: Any = _ffi.new("ModSecurityIntervention *")
         self._id_buffer = _ffi.new("char[]", transaction_id.encode())
         self._tx = self._lib.msc_new_transaction_with_id(
             engine._native.msc, engine._rules, self._id_buffer, self._handle
@@ -447,6 +449,9 @@ class ModSecTransaction:
                 self._lib.msc_transaction_cleanup(self._tx)
                 self._tx = _ffi.NULL
                 self._pending_lines.clear()
+                # the engine can no longer call back: drop the handle, and with it the
+                # reference cycle (self -> handle -> self) that only the cyclic GC would free
+                self._handle = _ffi.NULL
 
     def __del__(self) -> None:
         # A transaction the caller forgot: free the native side rather than leak it.
@@ -462,8 +467,9 @@ class ModSecTransaction:
         # After each engine step: collect what the rules logged, then ask for an intervention
         # (engine.md: reset status to 200 before, free url/log after).
         self._collect(phase)
-        it: Any = _ffi.new("ModSecurityIntervention *")
+        it = self._intervention
         it.status = 200
+        it.pause = 0
         it.url = _ffi.NULL
         it.log = _ffi.NULL
         it.disruptive = 0
