@@ -77,9 +77,7 @@ def _rows(definition: dict[str, Any], prefix: str = "") -> list[str]:
         limits = _constraint_text(spec)
         if limits and "enum" not in spec:
             description = f"{description} ({limits})"
-        rows.append(
-            f"| `{name}` | {_type_text(spec)} | {_cell(default)} | {_cell(description)} |"
-        )
+        rows.append(f"| `{name}` | {_type_text(spec)} | {_cell(default)} | {_cell(description)} |")
         if spec.get("type") == "object" and "properties" in spec:
             rows.extend(_rows(spec, prefix=f"{name}."))
     return rows
