@@ -369,11 +369,13 @@ def parse(text: str, source: str = "<config>", base_dir: str = ".") -> LoadedCon
         shaped, origins, notices = gen2_to_gen3(data)
     config = _build(shaped, _Locator(lines, origins), base_dir, source)
     if generation != GEN3:
+        # one deprecation line: which format, and its mapping to the current one (the
+        # converter's first notice); docs/operations.md "Migrating" has the full tables
+        mapping = notices.pop(0)
         notices.insert(
             0,
             f"{source} uses the {GENERATION_NAMES[generation]} config format, which is "
-            "deprecated; run `coraza-spoa-py -validate` and see docs/operations.md "
-            "(migrating) for the current form",
+            f"deprecated: {mapping} (docs/operations.md, migrating)",
         )
     return LoadedConfig(config, generation, tuple(notices))
 

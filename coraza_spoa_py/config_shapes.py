@@ -85,7 +85,7 @@ def gen1_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[st
         ("applications", 0, "transaction_ttl_ms"): ("spoa", "transaction_ttl"),
     }
     notice = (
-        "Gen1 → current form: spoa.bind → bind; log.level → log_level; spoa.include → "
+        "in the current form spoa.bind → bind; log.level → log_level; spoa.include → "
         f"an application {GEN1_APP_NAME!r} with `Include` lines in directives; "
         "spoa.transaction_ttl → transaction_ttl_ms with response_check: true"
     )
@@ -146,7 +146,7 @@ def gen2_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[st
         shaped["default_application"] = data["default_application"]
     notices.insert(
         0,
-        "Gen2 → current form: `applications:` becomes a list of `- name: NAME` items; "
+        "in the current form `applications:` becomes a list of `- name: NAME` items; "
         "no_response_check: X → response_check: (not X); rules → directives",
     )
     return shaped, origins, notices
