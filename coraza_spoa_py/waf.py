@@ -306,16 +306,16 @@ def parse_match(raw: bytes, phase: int, client: str, disruptive: bool = False) -
         return fields.get(name, [""])[0]
 
     severity_text = first("severity")
-    severity_id = int(severity_text) if severity_text.isdigit() else -1
+    severity_id = _number(severity_text, -1)
     rule_id = first("id")
     return RuleMatch(
-        rule_id=int(rule_id) if rule_id.isdigit() else 0,
+        rule_id=_number(rule_id, 0),
         msg=first("msg"),
         data=first("data"),
         severity=_SEVERITIES[severity_id] if 0 <= severity_id < len(_SEVERITIES) else "",
         severity_id=severity_id,
         file=first("file"),
-        line=int(first("line")) if first("line").isdigit() else 0,
+        line=_number(first("line"), 0),
         revision=first("rev"),
         version=first("ver"),
         maturity=first("maturity"),
@@ -330,6 +330,11 @@ def parse_match(raw: bytes, phase: int, client: str, disruptive: bool = False) -
         phase=_PHASE_NAMES.get(phase, ""),
         raw=text,
     )
+
+
+def _number(text: str, default: int) -> int:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+    return int(text) if text.isascii() and text.isdigit() else default
 
 
 def in_rules_hit_ranges(rule_id: int) -> bool:

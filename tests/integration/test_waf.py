@@ -11,6 +11,8 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coraza_spoa_py import rules, waf
 from coraza_spoa_py.models import RequestInfo, ResponseInfo, Verdict
@@ -380,3 +382,44 @@ def test_response_body_over_the_limit_is_rejected_like_coraza() -> None:
     finally:
         tx.close()
     assert (verdict.interrupted, verdict.status, verdict.rule_id) == (True, 500, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=5))
+def test_any_engine_line_parses_without_error(raw: bytes, phase: int) -> None:
+    match = waf.parse_match(raw, phase, "192.0.2.1")
+    assert match.raw == raw.decode("utf-8", errors="replace")
+    assert match.rule_id >= 0
+
+
+def test_engine_line_fields() -> None:
+    raw = (
+        b"ModSecurity: Warning. Matched \"Operator `Rx' with parameter `a\"b' against variable "
+        b'`ARGS:x\' (Value: `a"b\' ) [file "/r/x.conf"] [line "12"] [id "942100"] [rev "2"] '
+        b'[msg "SQL Injection Attack"] [data "Matched Data: a\\"b"] [severity "2"] '
+        b'[ver "OWASP_CRS/3.3.4"] [maturity "9"] [accuracy "8"] [tag "attack-sqli"] '
+        b'[tag "paranoia-level/1"] [hostname "10.0.0.1"] [uri "/q"] [unique_id "abc"] [ref "v1"]'
+    )
+    match = waf.parse_match(raw, 2, "192.0.2.1")
+    assert match.to_dict() == {
+        "client": "192.0.2.1",
+        "file": "/r/x.conf",
+        "line": 12,
+        "rule_id": 942100,
+        "revision": "2",
+        "msg": "SQL Injection Attack",
+        "data": 'Matched Data: a\\"b',
+        "severity": "critical",
+        "severity_id": 2,
+        "version": "OWASP_CRS/3.3.4",
+        "maturity": "9",
+        "accuracy": "8",
+        "tags": ["attack-sqli", "paranoia-level/1"],
+        "server": "10.0.0.1",
+        "uri": "/q",
+        "unique_id": "abc",
+        "disruptive": False,
+        "phase_id": 2,
+        "phase": "request-body",
+        "raw": raw.decode(),
+    }

@@ -177,3 +177,9 @@ def test_mysql_error_in_html_response_is_blocked_in_phase_4(crs_on: waf.ModSecEn
     assert 951230 in verdict.matched_rule_ids  # mysql SQL Information Leakage
     assert {m.phase for m in verdict.matches} == {"response-body"}
     assert verdict.anomaly_score == 0  # inbound only, as coraza-spoa reports it
+
+
+def test_engine_off_reports_nothing() -> None:
+    """SecRuleEngine Off: no rule runs, ours included, so the metrics are zeros (compat.md
+    Part 2 §3.2)."""
+    assert request_verdict(load_crs("Off"), **ATTACKS["lfi-query"]) == Verdict()
