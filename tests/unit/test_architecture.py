@@ -72,10 +72,13 @@ def _imports_of_source(source: str, package: str) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                names.append(f"{base}.{node.module}" if node.module else base)
+                module = f"{base}.{node.module}" if node.module else base
             else:
                 assert node.module is not None
-                names.append(node.module)
+                module = node.module
+            names.append(module)
+            # ``from coraza_spoa_py import waf`` imports the submodule coraza_spoa_py.waf
+            names += [f"{module}.{alias.name}" for alias in node.names]
     return names
 
 
@@ -120,20 +123,41 @@ def test_spop_file_list_is_what_the_import_check_sees() -> None:
     assert "coraza_spoa_py.spop.events" in _imports(PACKAGE / "spop" / "connection.py")
 
 
+def _upward_imports(module: str, imported: list[str]) -> list[str]:
+    """The imports of ``module`` that point to a higher layer of the table."""
+    own = _layer_of(module)
+    if own is None:
+        return []
+    offenders = []
+    for target_module in imported:
+        target = _layer_of(target_module) if target_module.startswith("coraza_spoa_py.") else None
+        if target is not None and target > own:
+            offenders.append(f"{module}: {target_module} (layer {own} -> {target})")
+    return offenders
+
+
 def test_imports_point_down() -> None:
     """A module listed in the table imports only modules of its own layer or below (style.md
     §3.1). Modules the table does not list are not judged here."""
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        relative = path.relative_to(ROOT).with_suffix("")
-        own = _layer_of(".".join(relative.parts))
-        if own is None:
-            continue
-        for module in _imports(path):
-            target = _layer_of(module) if module.startswith("coraza_spoa_py.") else None
-            if target is not None and target > own:
-                offenders.append(f"{relative}: {module} (layer {own} -> {target})")
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        offenders += _upward_imports(module, _imports(path))
     assert offenders == []
+
+
+def test_upward_import_is_reported() -> None:
+    """The judge itself: models (layer 0) importing waf (layer 1) or, through ``from
+    coraza_spoa_py import server``, server (layer 4) is reported; the reverse is not."""
+    imported = _imports_of_source(
+        "from coraza_spoa_py import waf\nimport coraza_spoa_py.server\n", "coraza_spoa_py"
+    )
+    assert _upward_imports("coraza_spoa_py.models", imported) == [
+        "coraza_spoa_py.models: coraza_spoa_py.waf (layer 0 -> 1)",
+        "coraza_spoa_py.models: coraza_spoa_py.server (layer 0 -> 4)",
+    ]
+    assert _upward_imports("coraza_spoa_py.server", ["coraza_spoa_py.models"]) == []
+    assert _upward_imports("coraza_spoa_py.unlisted", ["coraza_spoa_py.server"]) == []
 
 
 def test_relative_import_resolution() -> None:
@@ -141,8 +165,11 @@ def test_relative_import_resolution() -> None:
     source = "from . import wire\nfrom .frames import X\nfrom ..models import Y\nimport a.b\n"
     assert _imports_of_source(source, "coraza_spoa_py.spop") == [
         "coraza_spoa_py.spop",
+        "coraza_spoa_py.spop.wire",
         "coraza_spoa_py.spop.frames",
+        "coraza_spoa_py.spop.frames.X",
         "coraza_spoa_py.models",
+        "coraza_spoa_py.models.Y",
         "a.b",
     ]
 
