@@ -1,17 +1,16 @@
-"""The entry point: flags, gevent monkey-patching, wiring, signals, reload and shutdown.
+"""The entry point: gevent monkey-patching first, then flags → ``-version``, ``-validate`` or
+running the agent (``runtime``), and the process exit code.
 
 gevent must patch socket, threading, ssl … before anything imports them, so the patching is the
 first statement of this module (style.md rule 6; ``coraza_spoa_py/__init__.py`` imports nothing
 to make that possible, and a subprocess test checks the order).
 
-Wiring (docs/architecture.md "cli wiring"): config → logging → one engine per application
-(compiled on the engine thread pool) → ``Application`` → ``Agent`` → ``AgentServer``; a sweeper
-greenlet expires transactions each second. Signals (compat.md Part 2 §1.7, style.md §2.4, §2.6):
-SIGHUP reopens log files and reloads; SIGTERM/SIGINT stop accepting, drain within
-``graceful_timeout_s``, run the logging phase of every open transaction and exit 0; a second
-one exits at once.
+Exit codes (docs/operations.md): 0 normal stop, ``-validate`` success, ``-version``, ``-h``;
+1 invalid config, rules that do not compile, unopenable log file, unbindable address, or a
+forced exit on a second signal; 2 usage errors (Go's ``flag`` package does the same).
 
-Must not parse flags (``options``), read YAML (``config``) or speak SPOP (``server``).
+Must not parse flags (``options``), read YAML (``config``), wire modules or handle signals
+(``runtime``).
 """
 
 from __future__ import annotations
