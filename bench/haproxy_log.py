@@ -15,7 +15,11 @@ LOG_MARK = "BENCHLOG"
 # %[var()] prints "-" for an absent variable. `fail` is the verdict variable every request ACK
 # sets (compat.md Part 1, "Variables we set"); `error` holds HAProxy's own codes (< 1000: 1 =
 # processing timeout, 256+N = SPOP status N) or ours (1001-1005).
-LOG_FORMAT = LOG_MARK + " st=%ST fail=%[var(txn.coraza.fail)] err=%[var(txn.coraza.error)] ta=%Ta"
+# ts = termination state (HAProxy's %tsc): "C" first means the client aborted (wrk closing its
+# connections at the end of a run), which is no failure of the agent.
+LOG_FORMAT = (
+    LOG_MARK + " st=%ST fail=%[var(txn.coraza.fail)] err=%[var(txn.coraza.error)] ta=%Ta ts=%tsc"
+)
 SHED_ERROR = 1005  # compat.md Part 1: the message waited longer than the processing budget
 AGENT_ERROR_FLOOR = 1000  # our codes are 1001..1005; HAProxy's are below 1000
 
@@ -30,6 +34,7 @@ class LogCounts:
     shed: int = 0  # error == 1005
     uninspected: int = 0  # let through (status < 400) without a verdict, or with an error
     unexpected_status: int = 0  # status other than the scenario's expected one
+    client_aborts: int = 0  # the client closed before the answer (termination state C...)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -41,6 +46,7 @@ class LogCounts:
             "shed": self.shed,
             "uninspected": self.uninspected,
             "unexpected_status": self.unexpected_status,
+            "client_aborts": self.client_aborts,
         }
 
 
@@ -70,6 +76,9 @@ def count_lines(lines: Iterable[str], expect_status: int | None = None) -> LogCo
         fail = _int_or_none(f.get("fail"))
         error = _int_or_none(f.get("err"))
         counts.requests += 1
+        if f.get("ts", "").startswith("C"):
+            counts.client_aborts += 1
+            continue
         counts.by_status[status] += 1
         if error:
             counts.by_error[error] += 1

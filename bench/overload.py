@@ -66,6 +66,7 @@ def run_overload(
     answered = sum(
         n for status, n in counts["by_status"].items() if int(status) in ANSWERED_STATUSES
     )
+    judged = sum(n for status, n in counts["by_status"].items() if int(status) in (200, 403))
     offered = counts["requests"] / run["duration_s"] if run["duration_s"] else 0.0
     progress(
         f"  -> offered {offered:.0f} req/s ({ratio(offered, capacity_rps) or 0:.1f}x), "
@@ -76,7 +77,16 @@ def run_overload(
         "capacity_rps": capacity_rps,
         "offered_rps": offered,
         "offered_ratio": ratio(offered, capacity_rps),
-        "unanswered": counts["requests"] - answered + run["wrk_errors"]["timeout"],
+        "unanswered": counts["requests"]
+        - counts["client_aborts"]
+        - answered
+        + run["wrk_errors"]["timeout"],
+        # requests the rules judged (200/403) per second while overloaded: shedding must not
+        # eat the capacity it protects
+        "goodput_rps": judged / run["duration_s"] if run["duration_s"] else 0.0,
+        "goodput_ratio": ratio(judged / run["duration_s"], capacity_rps)
+        if run["duration_s"]
+        else None,
         "rss_before_bytes": rss_before,
         "rss_max_bytes": max(rss, default=rss_before),
         "threads_max": max(threads, default=0),

@@ -166,16 +166,22 @@ def markdown(results: dict[str, Any]) -> str:
             f"{overload['duration_s']:.0f} s against a measured capacity of "
             f"{overload['capacity_rps']:.0f} req/s.",
             "",
-            "| offered req/s | offered / capacity | answered by status | shed (1005) "
+            "| offered req/s | offered / capacity | judged (200/403) req/s | judged / capacity "
+            "| answered by status | shed (1005) "
             "| SPOE errors | uninspected | unanswered | p50 ms | p99 ms | agent RSS MiB max "
             "| agent threads max |",
-            "|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
             f"| {overload['offered_rps']:.0f} | {_fmt(overload['offered_ratio'])}"
+            f" | {overload.get('goodput_rps', 0.0):.0f} | {_fmt(overload.get('goodput_ratio'))}"
             f" | {', '.join(f'{k}: {v}' for k, v in counts['by_status'].items())}"
             f" | {counts['shed']} | {counts['spoe_errors']} | {counts['uninspected']}"
             f" | {overload['unanswered']} | {overload['latency_ms']['p50']:.0f}"
             f" | {overload['latency_ms']['p99']:.0f} | {overload['rss_max_bytes'] / MIB:.0f}"
             f" | {overload['threads_max']} |",
+            "",
+            f"The agent's own counters at its shutdown: {overload.get('agent_totals')}. RSS "
+            f"before the run {overload['rss_before_bytes'] / MIB:.0f} MiB; client aborts at the"
+            f" end of the run (not counted as unanswered): {counts.get('client_aborts', 0)}.",
         ]
     soak = results.get("soak")
     if soak:

@@ -17,17 +17,20 @@ BENCHLOG st=200 fail=0 err=- ta=3
 BENCHLOG st=403 fail=1 err=- ta=4
 BENCHLOG st=500 fail=- err=1005 ta=1
 BENCHLOG st=200 fail=- err=1 ta=2000
-BENCHLOG st=200 fail=- err=- ta=2
+BENCHLOG st=200 fail=- err=- ta=2 ts=----
+BENCHLOG st=400 fail=- err=- ta=2 ts=CR--
 SPOE: [coraza-agent] <GROUP:coraza-req> sid=2 st=0 0/0/6/0/7 2/6 2/3 0/1
 """
 
 
 def test_log_tally_counts_errors_sheds_and_uninspected_passes():
-    """1. Tally five bench lines among other HAProxy output, expecting status 200.
+    """1. Tally six bench lines among other HAProxy output, expecting status 200.
     2. A shed (1005) is an agent error; error 1 (timeout) is a SPOE error; a 200 without
-       `fail` or with an error is an uninspected pass; 403 and 500 are unexpected here."""
+       `fail` or with an error is an uninspected pass; 403 and 500 are unexpected here; the
+       client's abort (termination state C...) is counted apart and judged no further."""
     counts = haproxy_log.count_lines(LOG.splitlines(), expect_status=200)
-    assert counts.requests == 5
+    assert counts.requests == 6
+    assert counts.client_aborts == 1
     assert dict(counts.by_status) == {200: 3, 403: 1, 500: 1}
     assert dict(counts.by_error) == {1005: 1, 1: 1}
     assert (counts.agent_errors, counts.shed, counts.spoe_errors) == (1, 1, 1)
