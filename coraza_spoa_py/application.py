@@ -44,7 +44,7 @@ from coraza_spoa_py.models import (
     WafTransaction,
 )
 from coraza_spoa_py.settings import AppConfig
-from coraza_spoa_py.spop.events import Action, Message, SetVar, VarScope
+from coraza_spoa_py.spop.events import Action, DataType, Message, SetVar, VarScope
 
 
 class ErrorCode(IntEnum):
@@ -135,7 +135,10 @@ def is_counted_rule_id(rule_id: int) -> bool:
 
 
 def _set(name: str, value: int | str | bytes) -> SetVar:
-    return SetVar(VarScope.TRANSACTION, name, value)
+    # compat.md Part 1: numbers as INT64 (coraza-spoa's types), text as STRING, even when we
+    # hold it as bytes (the id HAProxy sent, returned byte for byte)
+    data_type = DataType.INT64 if isinstance(value, int) else DataType.STRING
+    return SetVar(VarScope.TRANSACTION, name, value, data_type)
 
 
 def error_actions(code: ErrorCode) -> list[Action]:

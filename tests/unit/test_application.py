@@ -78,6 +78,7 @@ def test_clean_request_answers_id_fail_and_metrics_and_closes():
     assert names(actions) == ["id", "fail", "rules_hit", "anomaly_score"]
     assert as_dict(actions) == {"id": b"abc-1", "fail": 0, "rules_hit": 0, "anomaly_score": 0}
     assert all(a.scope is VarScope.TRANSACTION for a in actions)
+    assert [a.type for a in actions] == [DataType.STRING] + [DataType.INT64] * 3
     (tx,) = engine.transactions
     assert tx.transaction_id == "abc-1" and tx.closed == 1
     assert app.stats.opened == 1 and app.stats.closed == 1 and app.stats.open == 0
@@ -201,6 +202,9 @@ def test_denied_request_sets_the_interruption_variables_and_closes_at_once():
     actions = app.handle_request(request_message(s("id", "t1")), clock())
     assert names(actions) == [
         "id", "fail", "rules_hit", "anomaly_score", "status", "action", "data", "ruleid",
+    ]  # fmt: skip
+    assert [a.type.name for a in actions] == [
+        "STRING", "INT64", "INT64", "INT64", "INT64", "STRING", "STRING", "INT64",
     ]  # fmt: skip
     assert as_dict(actions) == {
         "id": b"t1", "fail": 1, "rules_hit": 2, "anomaly_score": 5,
@@ -566,4 +570,4 @@ def test_error_action_is_a_transaction_scoped_int():
     from coraza_spoa_py.application import error_actions
 
     (action,) = error_actions(ErrorCode.OVERLOADED)
-    assert action == SetVar(VarScope.TRANSACTION, "error", 1005)
+    assert action == SetVar(VarScope.TRANSACTION, "error", 1005, DataType.INT64)
