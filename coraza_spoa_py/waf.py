@@ -95,6 +95,9 @@ _FIELD = re.compile(r'\[(\w+) "(.*?)"\](?= \[|\s*$)')
 _DISRUPTIVE = re.compile(r"^(?:\[client [^\]]*\] )?ModSecurity: Access denied")
 # what libmodsecurity 3.0.9 puts in the intervention when a body limit rejects (no rule id)
 _BODY_LIMIT_LOGS = ("Request body limit", "Response body limit")
+# "SecX is not supported.", "SecX is not yet supported.", "As of ModSecurity version 3.0,
+# SecX is no longer supported. …"
+_UNSUPPORTED = re.compile(r"\b(Sec\w+) is (?:not|not yet|no longer) supported")
 _RULES_ERROR = re.compile(r"File: (?P<file>.*?)\. Line: (?P<line>\d+)\. Column: \d+\. (?P<msg>.*)")
 # severity numbers of the SecLang severity action, in order (ModSecurity reference manual)
 _SEVERITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
@@ -257,17 +260,44 @@ def _rules_problems(message: str, resolved: rules.ResolvedRules | None) -> list[
             problems.append(f"{label}:0: {line}")
             continue
         file, line_no = found["file"], int(found["line"])
+        unsupported = _UNSUPPORTED.search(found["msg"])
+        if unsupported is not None:
+            # these errors carry line 1 (and no file for the directives text): find the
+            # directive ourselves
+            line_no = _line_of_directive(file, unsupported[1], resolved) or line_no
         if resolved is not None and not file.startswith("/"):
             file, line_no = resolved.label, resolved.source_line(line_no)
         problems.append(f"{file}:{line_no}: {_explain(found['msg'])}")
     return problems
 
 
+def _line_of_directive(
+    file: str, directive: str, resolved: rules.ResolvedRules | None
+) -> int | None:
+    if file.startswith("/"):
+        try:
+            with open(file, encoding="utf-8", errors="replace") as source:
+                lines = source.read().splitlines()
+        except OSError:
+            return None
+    elif resolved is not None:
+        lines = resolved.text.splitlines()
+    else:
+        return None
+    wanted = directive.lower()
+    for number, text in enumerate(lines, start=1):
+        words = text.split(None, 1)
+        if words and words[0].lower() == wanted:
+            return number
+    return None
+
+
 def _explain(message: str) -> str:
     # The engine lists every folder it tried for a missing file: the path says enough.
     message = message.split(" Looking at:", 1)[0].strip()
-    rejected = re.search(r"Invalid input:\s+(\w+)", message)
-    if rejected and rejected[1].lower() in rules.CORAZA_ONLY_DIRECTIVES:
+    # "Invalid input: SecX …" or "SecX is not supported" / "As of … SecX is no longer …"
+    named = {word.lower() for word in re.findall(r"\bSec\w+", message)}
+    if named & rules.CORAZA_ONLY_DIRECTIVES:
         # rules.resolve drops these from the directives, not from files they include
         message += " (a Coraza-only directive: remove it from this file)"
     return message

@@ -423,3 +423,29 @@ def test_engine_line_fields() -> None:
         "phase": "request-body",
         "raw": raw.decode(),
     }
+
+
+@pytest.mark.parametrize(
+    "line", ["SecRxPreFilter On", "SecRequestBodyInMemoryLimit 131072", "SecSensorId x"]
+)
+def test_coraza_only_directive_in_an_included_file_fails_with_a_hint(
+    tmp_path: Path, line: str
+) -> None:
+    """Only the app's directives are filtered; an included file must be v3-clean, and the
+    error says where and what to do."""
+    included = tmp_path / "coraza.conf"
+    included.write_text("SecRuleEngine On\n" + line + "\n")
+    with pytest.raises(waf.RulesError) as caught:
+        load("Include coraza.conf\n", base_dir=tmp_path)
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{included}:2: ")
+    assert problem.endswith("(a Coraza-only directive: remove it from this file)")
+
+
+def test_unsupported_directive_in_the_directives_names_its_line() -> None:
+    """libmodsecurity says "SecX is not yet supported" at line 1 with no file; we find it."""
+    with pytest.raises(waf.RulesError) as caught:
+        load("SecRuleEngine On\n\nSecInterceptOnError On\n")
+    assert caught.value.problems == [
+        "<app test directives>:3: SecInterceptOnError is not yet supported."
+    ]
