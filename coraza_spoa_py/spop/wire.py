@@ -224,36 +224,38 @@ def _as_bytes(value: object, data_type: DataType) -> bytes:
         return value.encode("utf-8")
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
-    raise TypeError(f"{data_type.name} needs bytes or str, not {type(value).__name__}")
+    raise TypeError(f"{DataType(data_type).name} needs bytes or str, not {type(value).__name__}")
 
 
 def encode_typed(data_type: DataType, value: object) -> bytes:
     """Encode a value as the given SPOP type. ``str`` is accepted for STRING and BINARY (utf-8).
     Raises TypeError/ValueError when the value does not fit the type."""
-    if data_type is DataType.STRING or data_type is DataType.BINARY:
+    if data_type == DataType.STRING or data_type == DataType.BINARY:
         payload = _as_bytes(value, data_type)
         return bytes((data_type,)) + encode_varint(len(payload)) + payload
     if data_type in _INTEGER_TYPES:
         if not isinstance(value, int):
-            raise TypeError(f"{data_type.name} needs an int, not {type(value).__name__}")
+            raise TypeError(f"{DataType(data_type).name} needs an int, not {type(value).__name__}")
         low = INT64_MIN if data_type in _SIGNED_TYPES else 0
         high = INT64_MAX if data_type in _SIGNED_TYPES else UINT64_LIMIT - 1
         if not low <= value <= high:
-            raise ValueError(f"{value} is out of range for {data_type.name}")
+            raise ValueError(f"{value} is out of range for {DataType(data_type).name}")
         return bytes((data_type,)) + encode_varint(value)
-    if data_type is DataType.BOOL:
+    if data_type == DataType.BOOL:
         if not isinstance(value, bool):
             raise TypeError(f"BOOL needs a bool, not {type(value).__name__}")
         # spop.md §2.2: exactly 0x11 / 0x01
         return _TRUE_BYTES if value else _FALSE_BYTES
-    if data_type is DataType.IPV4:
+    if data_type == DataType.IPV4:
         if not isinstance(value, IPv4Address):
             raise TypeError(f"IPV4 needs an IPv4Address, not {type(value).__name__}")
         return bytes((DataType.IPV4,)) + value.packed
-    if data_type is DataType.IPV6:
+    if data_type == DataType.IPV6:
         if not isinstance(value, IPv6Address):
             raise TypeError(f"IPV6 needs an IPv6Address, not {type(value).__name__}")
         return bytes((DataType.IPV6,)) + value.packed
+    if data_type != DataType.NULL:
+        raise ValueError(f"unknown SPOP data type {data_type!r}")
     if value is not None:
         raise TypeError(f"NULL carries no value, got {type(value).__name__}")
     return _NULL_BYTES

@@ -236,6 +236,20 @@ def test_encode_refuses_values_that_do_not_fit(
         wire.encode_typed(data_type, value)
 
 
+def test_encode_accepts_plain_int_type_ids() -> None:
+    """A type given as a plain int (e.g. read back from a wire) means the same DataType."""
+    assert wire.encode_typed(8, "ab") == b"\x08\x02ab"  # type: ignore[arg-type]
+    assert wire.encode_typed(2, -1) == bytes.fromhex("02fff0fefefefefefefe0e")  # type: ignore[arg-type]
+    assert wire.encode_typed(1, True) == b"\x11"  # type: ignore[arg-type]
+    assert wire.encode_typed(0, None) == b"\x00"  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="BINARY needs bytes"):
+        wire.encode_typed(9, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="out of range for UINT32"):
+        wire.encode_typed(3, -1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown SPOP data type"):
+        wire.encode_typed(12, None)  # type: ignore[arg-type]
+
+
 def test_infer_type_refuses_unknown_python_types() -> None:
     with pytest.raises(TypeError, match="no SPOP type"):
         wire.infer_type(1.5)
