@@ -24,14 +24,13 @@ from loguru import logger
 
 from coraza_spoa_py.application import (
     Application,
-    ErrorCode,
     MessageError,
     NoApplicationError,
     TransactionStats,
-    error_actions,
 )
 from coraza_spoa_py.messages import ARG_APP, ARG_ID, app_name_arg, args_by_name
 from coraza_spoa_py.spop.events import Action, DataType, Message
+from coraza_spoa_py.verdicts import ErrorCode, error_actions
 
 # message names of coraza-spoa's shipped coraza.cfg (compat.md Part 2 §2.2, §2.3)
 MESSAGE_REQUEST = "coraza-req"

@@ -14,15 +14,14 @@ from loguru import logger
 from coraza_spoa_py.application import (
     Application,
     EngineFailureError,
-    ErrorCode,
     MalformedMessageError,
     OverloadedError,
     TransactionNotFoundError,
-    verdict_actions,
 )
 from coraza_spoa_py.models import RuleMatch, Verdict
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Arg, DataType, Message, SetVar, VarScope
+from coraza_spoa_py.verdicts import ErrorCode, error_actions, verdict_actions
 from tests.unit.waf_fakes import (
     FakeClock,
     FakeEngine,
@@ -567,7 +566,5 @@ def test_no_rule_match_record_without_matches_and_warning_level(records):
 
 
 def test_error_action_is_a_transaction_scoped_int():
-    from coraza_spoa_py.application import error_actions
-
     (action,) = error_actions(ErrorCode.OVERLOADED)
     assert action == SetVar(VarScope.TRANSACTION, "error", 1005, DataType.INT64)
