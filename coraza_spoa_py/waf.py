@@ -9,7 +9,6 @@ so callers run them on native threads.
 
 from __future__ import annotations
 
-import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 
 from cffi import FFI
 
-from coraza_spoa_py import __version__, rules
+from coraza_spoa_py import __version__, rules, waf_text
 from coraza_spoa_py.models import IPAddress, RequestInfo, ResponseInfo, RuleMatch, Verdict
 from coraza_spoa_py.settings import AppConfig, RulePaths
 
@@ -67,47 +66,6 @@ void free(void *ptr);
 
 _ffi = FFI()
 _ffi.cdef(_CDEF)
-
-# Our score-reporting rule (engine.md "the anomaly score is a TX variable that the C API cannot
-# read"): appended after every rule set, it logs the inbound blocking score of CRS 4
-# (tx.blocking_inbound_anomaly_score) and of CRS 3 (tx.anomaly_score, summed per paranoia level
-# by 949060-949063) at the end of phase 2. A macro over an unset variable expands to "".
-# No `noauditlog`: in libmodsecurity 3.0.9 it also keeps the line from the log callback.
-SCORE_RULE_ID = 8_999_101
-_SCORE_RULE = (
-    f'SecAction "id:{SCORE_RULE_ID},phase:2,pass,log,t:none,'
-    "msg:'coraza-spoa-py anomaly score',"
-    "logdata:'crs4=%{tx.blocking_inbound_anomaly_score} crs3=%{tx.anomaly_score}'\""
-)
-_SCORE_DATA = re.compile(r"crs4=(\d*) crs3=(\d*)")
-# When 949110 (or CRS 4's early-blocking twin) denies in phase 2, our rule never runs; the
-# blocking rule's own message carries the same total (compat.md Part 2 §3.1).
-_TOTAL_SCORE = re.compile(r"Inbound Anomaly Score Exceeded.*\(Total Score: (\d+)\)")
-
-# rules_hit / rule_ids count matches with a msg and an id in these ranges (compat.md Part 2
-# §3.1): the CRS attack and blocking-evaluation rules, and the "custom attack" range.
-RULES_HIT_RANGES = ((910_000, 960_000), (190_000, 200_000))
-
-# One "[name "value"]" field of the engine's text log line; values end at '"]' followed by
-# another field or the end of the line.
-_FIELD = re.compile(r'\[(\w+) "(.*?)"\](?= \[|\s*$)')
-# the intervention's line starts "[client ...] ModSecurity: Access denied with code N (phase P)"
-_DISRUPTIVE = re.compile(r"^(?:\[client [^\]]*\] )?ModSecurity: Access denied")
-# what libmodsecurity 3.0.9 puts in the intervention when a body limit rejects (no rule id)
-_BODY_LIMIT_LOGS = ("Request body limit", "Response body limit")
-# "SecX is not supported.", "SecX is not yet supported.", "As of ModSecurity version 3.0,
-# SecX is no longer supported. …"
-_UNSUPPORTED = re.compile(r"\b(Sec\w+) is (?:not|not yet|no longer) supported")
-_RULES_ERROR = re.compile(r"File: (?P<file>.*?)\. Line: (?P<line>\d+)\. Column: \d+\. (?P<msg>.*)")
-# severity numbers of the SecLang severity action, in order (ModSecurity reference manual)
-_SEVERITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
-_PHASE_NAMES = {
-    1: "request-headers",
-    2: "request-body",
-    3: "response-headers",
-    4: "response-body",
-    5: "logging",
-}
 
 
 class RulesError(Exception):
@@ -196,7 +154,7 @@ class ModSecEngine:
         self._drop_cache: dict[tuple[str, int], bool] = {}
         self._drop_lock = threading.Lock()
         count = self._add(resolved.text, resolved)
-        self._add(_SCORE_RULE, None)
+        self._add(waf_text.SCORE_RULE, None)
         self.rule_count: int = count
 
     def _add(self, text: str, resolved: rules.ResolvedRules | None) -> int:
@@ -209,7 +167,7 @@ class ModSecEngine:
             lib.free(error[0])
         if count < 0 or message:
             self._finalizer()
-            raise RulesError(_rules_problems(message, resolved))
+            raise RulesError(waf_text.rules_problems(message, resolved))
         return count
 
     def new_transaction(self, transaction_id: str) -> ModSecTransaction:
@@ -225,7 +183,7 @@ class ModSecEngine:
         with self._drop_lock:
             cached = self._drop_cache.get(key)
         if cached is None:
-            cached = _has_drop_action(self._rule_source(file, line))
+            cached = waf_text.has_drop_action(self._rule_source(file, line))
             with self._drop_lock:
                 self._drop_cache[key] = cached
         return cached
@@ -239,68 +197,11 @@ class ModSecEngine:
                 return []
         else:  # rules added as text (the app's directives) name no file
             lines = self._directive_lines
-        return _directive_at(lines, line)
+        return waf_text.directive_at(lines, line)
 
     def close(self) -> None:
         """Free the rule set now; only once no transaction uses it any more."""
         self._finalizer()
-
-
-def _rules_problems(message: str, resolved: rules.ResolvedRules | None) -> list[str]:
-    # libmodsecurity reports "Rules error. File: F. Line: N. Column: C. text" for parse errors
-    # (engine.md "Rule loading facts"); errors in the directives text itself name no file.
-    problems = []
-    for raw_line in message.splitlines() or ["rules failed to load"]:
-        line = raw_line.strip()
-        if not line:
-            continue
-        found = _RULES_ERROR.search(line)
-        if found is None:
-            label = resolved.label if resolved else "<engine>"
-            problems.append(f"{label}:0: {line}")
-            continue
-        file, line_no = found["file"], int(found["line"])
-        unsupported = _UNSUPPORTED.search(found["msg"])
-        if unsupported is not None:
-            # these errors carry line 1 (and no file for the directives text): find the
-            # directive ourselves
-            line_no = _line_of_directive(file, unsupported[1], resolved) or line_no
-        if resolved is not None and not file.startswith("/"):
-            file, line_no = resolved.label, resolved.source_line(line_no)
-        problems.append(f"{file}:{line_no}: {_explain(found['msg'])}")
-    return problems
-
-
-def _line_of_directive(
-    file: str, directive: str, resolved: rules.ResolvedRules | None
-) -> int | None:
-    if file.startswith("/"):
-        try:
-            with open(file, encoding="utf-8", errors="replace") as source:
-                lines = source.read().splitlines()
-        except OSError:
-            return None
-    elif resolved is not None:
-        lines = resolved.text.splitlines()
-    else:
-        return None
-    wanted = directive.lower()
-    for number, text in enumerate(lines, start=1):
-        words = text.split(None, 1)
-        if words and words[0].lower() == wanted:
-            return number
-    return None
-
-
-def _explain(message: str) -> str:
-    # The engine lists every folder it tried for a missing file: the path says enough.
-    message = message.split(" Looking at:", 1)[0].strip()
-    # "Invalid input: SecX …" or "SecX is not supported" / "As of … SecX is no longer …"
-    named = {word.lower() for word in re.findall(r"\bSec\w+", message)}
-    if named & rules.CORAZA_ONLY_DIRECTIVES:
-        # rules.resolve drops these from the directives, not from files they include
-        message += " (a Coraza-only directive: remove it from this file)"
-    return message
 
 
 def _ip_text(address: IPAddress | None) -> bytes:
@@ -323,52 +224,6 @@ def _c_text(value: bytes) -> bytes:
     # The URI, method and protocol go through char*: a NUL would cut them short, so it is
     # percent-encoded as the client would have had to send it (rules decode ARGS as usual).
     return value.replace(b"\x00", b"%00")
-
-
-def parse_match(raw: bytes, phase: int, client: str, disruptive: bool = False) -> RuleMatch:
-    """One engine log line → ``RuleMatch`` (fields as named in compat.md Part 2 §5)."""
-    text = raw.decode("utf-8", errors="replace")
-    fields: dict[str, list[str]] = {}
-    for name, value in _FIELD.findall(text):
-        fields.setdefault(name, []).append(value)
-
-    def first(name: str) -> str:
-        return fields.get(name, [""])[0]
-
-    severity_text = first("severity")
-    severity_id = _number(severity_text, -1)
-    rule_id = first("id")
-    return RuleMatch(
-        rule_id=_number(rule_id, 0),
-        msg=first("msg"),
-        data=first("data"),
-        severity=_SEVERITIES[severity_id] if 0 <= severity_id < len(_SEVERITIES) else "",
-        severity_id=severity_id,
-        file=first("file"),
-        line=_number(first("line"), 0),
-        revision=first("rev"),
-        version=first("ver"),
-        maturity=first("maturity"),
-        accuracy=first("accuracy"),
-        tags=tuple(fields.get("tag", ())),
-        server=first("hostname"),
-        uri=first("uri"),
-        unique_id=first("unique_id"),
-        client=client,
-        disruptive=disruptive or bool(_DISRUPTIVE.match(text)),
-        phase_id=phase,
-        phase=_PHASE_NAMES.get(phase, ""),
-        raw=text,
-    )
-
-
-def _number(text: str, default: int) -> int:
-    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
-    return int(text) if text.isascii() and text.isdigit() else default
-
-
-def in_rules_hit_ranges(rule_id: int) -> bool:
-    return any(low <= rule_id < high for low, high in RULES_HIT_RANGES)
 
 
 # (phase, engine step): what ModSecTransaction._run executes in order
@@ -524,7 +379,7 @@ class ModSecTransaction:
         if log:
             match = self._record(log.encode(), phase, disruptive=True)
         status = int(it.status)
-        if log.startswith(_BODY_LIMIT_LOGS):
+        if waf_text.is_body_limit(log):
             # no rule: the body limit itself. Report it as coraza-spoa does (compat.md
             # Part 2 §3.1): 413 for a request body, 500 for a response body.
             status = 413 if phase <= 2 else 500
@@ -536,13 +391,13 @@ class ModSecTransaction:
             self._record(raw, phase)
 
     def _record(self, raw: bytes, phase: int, disruptive: bool = False) -> RuleMatch | None:
-        match = parse_match(raw, phase, self._client, disruptive)
-        if match.rule_id == SCORE_RULE_ID:
-            self._anomaly_score = _reported_score(match.data, self._anomaly_score)
+        match = waf_text.parse_match(raw, phase, self._client, disruptive)
+        if match.rule_id == waf_text.SCORE_RULE_ID:
+            self._anomaly_score = waf_text.reported_score(match.data, self._anomaly_score)
             return None
-        total = _TOTAL_SCORE.search(match.msg)
+        total = waf_text.total_score(match.msg)
         if total is not None:
-            self._anomaly_score = int(total[1])
+            self._anomaly_score = total
         self._matches.append(match)
         return match
 
@@ -550,7 +405,9 @@ class ModSecTransaction:
         new_matches = tuple(self._matches[start:])
         # id 0: an intervention that no rule made (the body limits)
         matched_ids = tuple(m.rule_id for m in self._matches if m.rule_id)
-        rules_hit = sum(1 for m in self._matches if m.msg and in_rules_hit_ranges(m.rule_id))
+        rules_hit = sum(
+            1 for m in self._matches if m.msg and waf_text.in_rules_hit_ranges(m.rule_id)
+        )
         common: dict[str, Any] = {
             "matched_rule_ids": matched_ids,
             "rules_hit": rules_hit,
@@ -579,34 +436,9 @@ class _Intervention:
         self.match = match
 
 
-def _reported_score(data: str, current: int) -> int:
-    found = _SCORE_DATA.search(data)
-    if found is None:
-        return current
-    crs4, crs3 = found[1], found[2]
-    return int(crs4 or crs3 or current)
-
-
 def _action_of(disruptive: RuleMatch | None, url: str, engine: ModSecEngine) -> str:
     if url:
         return "redirect"
     if disruptive is not None and engine.is_drop_rule(disruptive.file, disruptive.line):
         return "drop"
     return "deny"
-
-
-def _directive_at(lines: list[str], line: int) -> list[str]:
-    # The directive that starts at 1-based ``line``, with its backslash continuations.
-    result: list[str] = []
-    for text in lines[max(line - 1, 0) :]:
-        result.append(text)
-        if not text.rstrip().endswith("\\"):
-            break
-    return result
-
-
-def _has_drop_action(directive: list[str]) -> bool:
-    # The actions are the last quoted argument; "drop" as a whole word among them.
-    text = " ".join(part.rstrip("\\") for part in directive)
-    actions = text.rsplit('"', 2)[-2] if text.count('"') >= 2 else ""
-    return any(part.strip().strip("'") == "drop" for part in actions.split(","))

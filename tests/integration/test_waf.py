@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coraza_spoa_py import rules, waf
+from coraza_spoa_py import rules, waf, waf_text
 from coraza_spoa_py.models import RequestInfo, ResponseInfo, Verdict
 from coraza_spoa_py.settings import AppConfig, RulePaths
 
@@ -387,7 +387,7 @@ def test_response_body_over_the_limit_is_rejected_like_coraza() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.integers(min_value=1, max_value=5))
 def test_any_engine_line_parses_without_error(raw: bytes, phase: int) -> None:
-    match = waf.parse_match(raw, phase, "192.0.2.1")
+    match = waf_text.parse_match(raw, phase, "192.0.2.1")
     assert match.raw == raw.decode("utf-8", errors="replace")
     assert match.rule_id >= 0
 
@@ -400,7 +400,7 @@ def test_engine_line_fields() -> None:
         b'[ver "OWASP_CRS/3.3.4"] [maturity "9"] [accuracy "8"] [tag "attack-sqli"] '
         b'[tag "paranoia-level/1"] [hostname "10.0.0.1"] [uri "/q"] [unique_id "abc"] [ref "v1"]'
     )
-    match = waf.parse_match(raw, 2, "192.0.2.1")
+    match = waf_text.parse_match(raw, 2, "192.0.2.1")
     assert match.to_dict() == {
         "client": "192.0.2.1",
         "file": "/r/x.conf",
