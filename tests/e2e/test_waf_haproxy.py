@@ -184,3 +184,19 @@ def test_detection_only_app_passes_and_reports_hits_score_and_rule_ids(stack):
     counted = [str(i) for i in logged if 910000 <= i < 960000 or 190000 <= i < 200000]
     assert rule_ids == counted
     assert len(rule_ids) == int(log["rules_hit"])
+
+
+def test_binary_header_block_reaches_the_rules(stack):
+    """The overlay frontend sends req.hdrs_bin: a clean request passes, a scanner
+    User-Agent (a header only the binary block carries to the agent) is denied by 913100."""
+    tag = nonce()
+    clean = request(stack.binary_headers_port, with_nonce("/", tag), headers=CLIENT_HEADERS)
+    assert clean.status == 200
+    assert stack.waf_log(tag)["fail"] == "0"
+    tag = nonce()
+    scanner = {**CLIENT_HEADERS, "user-agent": "Nikto/2.1.6"}
+    response = request(stack.binary_headers_port, with_nonce("/", tag), headers=scanner)
+    assert response.status == 403
+    log = stack.waf_log(tag)
+    assert log["action"] == "deny"
+    assert '[id "913100"]' in "\n".join(stack.agent_lines(f"tx={log['id']}"))

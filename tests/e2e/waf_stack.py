@@ -3,9 +3,10 @@
 ``coraza.cfg`` with only their addresses substituted (never inline copies, style.md rule 10).
 
 Test-only additions are ADDED, never copied: extra SecRules appended to the example app's
-``directives``, extra applications appended to its list, extra HAProxy sections in an overlay
-``-f`` file. What HAProxy decided is read from its log line (the shipped log-format prints
-every ``txn.coraza.*`` variable), found by a nonce each request carries in its query string.
+``directives``, extra applications appended to its list, extra HAProxy frontends in an overlay
+``-f`` file (one of them with a test-only SPOE file sending ``req.hdrs_bin``). What HAProxy
+decided is read from its log line (the shipped log-format prints every ``txn.coraza.*``
+variable), found by a nonce each request carries in its query string.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ EXAMPLE_CONFIG = PROJECT_ROOT / "config.example.yml"
 SHIPPED_HAPROXY_CFG = PROJECT_ROOT / "etc/haproxy/haproxy.cfg"
 SHIPPED_SPOE_CFG = PROJECT_ROOT / "etc/haproxy/coraza.cfg"
 E2E_DIR = Path(__file__).parent
-DETECT_ONLY_OVERLAY = E2E_DIR / "waf-detect-only-frontend.cfg"
+TEST_FRONTENDS_OVERLAY = E2E_DIR / "waf-test-frontends.cfg"
+BINARY_HEADERS_SPOE_CFG = E2E_DIR / "waf-binary-headers.spoe.cfg"
 
 # the addresses in the shipped haproxy.cfg, each replaced by a free port (count = occurrences)
 SHIPPED_FRONTEND = "127.0.0.1:8080"
@@ -56,6 +58,7 @@ class WafStack:
     agent: AgentProcess
     frontend_port: int
     detect_port: int
+    binary_headers_port: int
     workdir: Path
 
     def waf_log(self, nonce: str, timeout: float = 10.0) -> dict[str, str]:
@@ -155,7 +158,8 @@ def waf_stack(
     detect_app: Mapping[str, Any] | None = None,
 ) -> Iterator[WafStack]:
     """Agent (CLI subprocess) then HAProxy ``version``; both stopped at the end."""
-    agent_port, frontend, demo, detect = free_port(), free_port(), free_port(), free_port()
+    agent_port, frontend, demo = free_port(), free_port(), free_port()
+    detect, binary_headers = free_port(), free_port()
     config = agent_config(
         workdir,
         agent_port,
@@ -171,12 +175,17 @@ def waf_stack(
                 version,
                 render_shipped_haproxy(workdir, frontend, demo, agent_port),
                 workdir,
-                substitutions={"DETECT_PORT": detect, "SPOE_CFG": SHIPPED_SPOE_CFG},
-                overlays=[DETECT_ONLY_OVERLAY],
-                wait_ports=[frontend, detect],
+                substitutions={
+                    "DETECT_PORT": detect,
+                    "BINARY_PORT": binary_headers,
+                    "SPOE_CFG": SHIPPED_SPOE_CFG,
+                    "SPOE_BIN_CFG": BINARY_HEADERS_SPOE_CFG,
+                },
+                overlays=[TEST_FRONTENDS_OVERLAY],
+                wait_ports=[frontend, detect, binary_headers],
             )
         )
-        yield WafStack(haproxy, agent, frontend, detect, workdir)
+        yield WafStack(haproxy, agent, frontend, detect, binary_headers, workdir)
 
 
 def final_counts(agent: AgentProcess) -> dict[str, int]:
