@@ -251,6 +251,7 @@ class ModSecTransaction:
             engine._native.msc, engine._rules, self._id_buffer, self._handle
         )
         if self._tx == _ffi.NULL:
+            self._closed = True  # nothing to free (and __del__ must not try)
             raise EngineError("msc_new_transaction_with_id failed")
 
     @property
