@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from coraza_spoa_py.settings import RulePaths
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # CI and every developer have ../shared beside the project (harness.md; crs-tests/README.md)
 DEFAULT_TESTS_DIR = PROJECT_ROOT.parent / "shared" / "crs-tests" / "v3.3.4"
@@ -52,10 +54,16 @@ CRS_TEST_DIRECTIVES = "\n".join(
 )
 
 
-def write_agent_config(path: Path, *, bind: str, log_file: Path) -> Path:
+def write_agent_config(
+    path: Path, *, bind: str, log_file: Path, rule_paths: RulePaths | None = None
+) -> Path:
     """A config.yml (the current ``applications:`` form) for the agent under test."""
+    paths = rule_paths or RulePaths()
     config = {
         "bind": bind,
+        # where Include @owasp_crs/… and @crs-setup.conf.example resolve (CRS 4 lives elsewhere)
+        "crs_rules_dir": paths.crs_rules_dir,
+        "crs_setup_file": paths.crs_setup_file,
         "log_level": "info",
         "log_file": str(log_file),
         "log_format": "console",

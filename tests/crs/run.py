@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from coraza_spoa_py.settings import DEFAULT_CRS_RULES_DIR, DEFAULT_CRS_SETUP_FILE, RulePaths
 from tests.crs import direct, loader, results, through_haproxy
 from tests.crs.crs_setup import DEFAULT_TESTS_DIR, EXPECTED_FAILURES_FILE
 
@@ -34,6 +35,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=through_haproxy.SHIPPED_HAPROXY_DIR,
         help="folder with haproxy.cfg + coraza.cfg (default: the shipped etc/haproxy)",
     )
+    parser.add_argument("--crs-rules-dir", default=DEFAULT_CRS_RULES_DIR, help="CRS rules")
+    parser.add_argument("--crs-setup-file", default=DEFAULT_CRS_SETUP_FILE, help="crs-setup")
     parser.add_argument("--jobs", type=int, default=4, help="stages in flight through HAProxy")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait per stage")
     parser.add_argument("--expected", type=Path, default=EXPECTED_FAILURES_FILE)
@@ -54,8 +57,11 @@ def run(args: argparse.Namespace) -> list[results.ModeResult]:
     mode_results = []
     for mode in modes:
         started = time.monotonic()
-        run_mode = direct.run_direct if mode == "direct" else lambda s: _run_haproxy(s, args)
-        observations = run_mode(stages)
+        if mode == "direct":
+            engine = direct.load_crs_engine(_rule_paths(args))
+            observations = direct.run_direct(stages, engine=engine)
+        else:
+            observations = _run_haproxy(stages, args)
         out.write(f"{mode}: ran in {time.monotonic() - started:.1f}s\n")
         mode_results.append(results.evaluate(mode, stages, observations, expected))
     if args.only:  # entries for stages not run are not stale
@@ -69,7 +75,10 @@ def _run_haproxy(stages: Sequence[loader.Stage], args: argparse.Namespace) -> di
     with tempfile.TemporaryDirectory(prefix="crs-haproxy-") as tmp:
         workdir = args.workdir or Path(tmp)
         with through_haproxy.crs_stack(
-            workdir, version=args.haproxy, haproxy_dir=args.haproxy_dir
+            workdir,
+            version=args.haproxy,
+            haproxy_dir=args.haproxy_dir,
+            rule_paths=_rule_paths(args),
         ) as stack:
             return through_haproxy.run_through_haproxy(
                 stages,
@@ -77,6 +86,10 @@ def _run_haproxy(stages: Sequence[loader.Stage], args: argparse.Namespace) -> di
                 jobs=args.jobs,
                 timeout_s=args.timeout,
             )
+
+
+def _rule_paths(args: argparse.Namespace) -> RulePaths:
+    return RulePaths(crs_rules_dir=args.crs_rules_dir, crs_setup_file=args.crs_setup_file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

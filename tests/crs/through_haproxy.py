@@ -23,6 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from coraza_spoa_py.settings import RulePaths
 from tests.crs import builder
 from tests.crs.albedo import AlbedoServer
 from tests.crs.crs_setup import PROJECT_ROOT, write_agent_config
@@ -116,7 +117,11 @@ def render_shipped_haproxy(text: str, where: Addresses) -> str:
 
 @contextmanager
 def crs_stack(
-    workdir: Path, *, version: str = "2.6", haproxy_dir: Path = SHIPPED_HAPROXY_DIR
+    workdir: Path,
+    *,
+    version: str = "2.6",
+    haproxy_dir: Path = SHIPPED_HAPROXY_DIR,
+    rule_paths: RulePaths | None = None,
 ) -> Iterator[Stack]:
     """albedo + agent (CRS test config) + HAProxy ``version`` with the shipped config."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +129,10 @@ def crs_stack(
     with ExitStack() as stack:
         backend = stack.enter_context(AlbedoServer())
         config = write_agent_config(
-            workdir / "config.yml", bind=f"127.0.0.1:{agent_port}", log_file=workdir / "agent.log"
+            workdir / "config.yml",
+            bind=f"127.0.0.1:{agent_port}",
+            log_file=workdir / "agent.log",
+            rule_paths=rule_paths,
         )
         agent = cli_agent(config, port=agent_port, log_path=workdir / "agent-output.log")
         stack.enter_context(agent)
