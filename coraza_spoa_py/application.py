@@ -151,6 +151,10 @@ class Application:
         self._shed = 0
         self._in_flight = 0
         self._warned_at: dict[str, float] = {}
+        # Transactions an engine thread kept for the response, until the hub caches them. If the
+        # waiting greenlet is killed (forced shutdown), close_all() still finds them here.
+        # Single dict operations only: they are atomic between the thread and the hub.
+        self._handed_over: dict[int, Entry[WafTransaction]] = {}
 
     @property
     def name(self) -> str:
@@ -182,6 +186,9 @@ class Application:
         except MalformedArgumentError as exc:
             raise MalformedMessageError(str(exc)) from exc
         outcome = self._run(lambda: self._evaluate_request(parsed, received_at))
+        if outcome.kept is not None and self._handed_over.pop(id(outcome.kept), None) is None:
+            # close_all() already took, closed and counted it (shutdown)
+            outcome.kept, outcome.opened = None, False
         verdict = self._settle(outcome, parsed.request.transaction_id)
         if outcome.kept is not None:
             pushed_out = self._cache.put(parsed.request.transaction_id, outcome.kept)
@@ -218,6 +225,7 @@ class Application:
         # compat.md Part 1: an interrupted request is closed at once, unless detect-only asks
         # to keep it so that its response can still be correlated (coraza-spoa PR #374)
         if self.config.response_check and (parsed.detect_only or not verdict.interrupted):
+            self._handed_over[id(transaction)] = (request.transaction_id, transaction)
             return _Outcome(verdict=verdict, opened=True, kept=transaction)
         self._close_quietly(request.transaction_id, transaction)
         return _Outcome(verdict=verdict, opened=True, closed=True)
@@ -284,6 +292,10 @@ class Application:
     def close_all(self) -> int:
         """Shutdown: run the logging phase of every open transaction and free it."""
         entries = self._cache.drain()
+        while self._handed_over:
+            _, orphan = self._handed_over.popitem()
+            self._opened += 1  # its request's greenlet never settled it
+            entries.append(orphan)
         self._close_entries(entries)
         return len(entries)
 

@@ -568,3 +568,47 @@ def test_no_rule_match_record_without_matches_and_warning_level(records):
 def test_error_action_is_a_transaction_scoped_int():
     (action,) = error_actions(ErrorCode.OVERLOADED)
     assert action == SetVar(VarScope.TRANSACTION, "error", 1005, DataType.INT64)
+
+
+def test_close_all_closes_a_transaction_whose_request_greenlet_never_returned():
+    """1. the engine thread keeps a transaction for the response  2. the greenlet waiting for
+    it is killed (forced shutdown) before caching it  3. close_all() still closes it, once."""
+    engine = FakeEngine()
+
+    class Killed(BaseException):
+        pass
+
+    def executor_killed_after_work(fn):
+        fn()
+        raise Killed
+
+    app, clock = make_app(engine, executor=executor_killed_after_work, response_check=True)
+    with pytest.raises(Killed):
+        app.handle_request(request_message(s("id", "orphan")), clock())
+    assert engine.transactions[0].closed == 0
+    app._executor = direct
+    assert app.close_all() == 1
+    assert engine.transactions[0].closed == 1
+    st = app.stats
+    assert st.opened == st.closed == 1 and st.open == 0
+
+
+def test_transaction_taken_by_close_all_is_not_cached_afterwards():
+    """close_all() runs while the engine thread finishes: the late result is not cached."""
+    engine = FakeEngine()
+    holder = {}
+
+    def executor(fn):
+        result = fn()
+        if "app" in holder and not holder.get("closed"):
+            holder["closed"] = True
+            holder["app"].close_all()
+        return result
+
+    app, clock = make_app(engine, executor=executor, response_check=True)
+    holder["app"] = app
+    actions = as_dict(app.handle_request(request_message(s("id", "late")), clock()))
+    assert actions["fail"] == 0
+    assert engine.transactions[0].closed == 1 and not app.has_open_transaction("late")
+    st = app.stats
+    assert st.opened == st.closed == 1 and st.open == 0
