@@ -165,6 +165,8 @@ class _AgentConnection:
         self.log = logger.bind(peer=peer)
         self.codec = spop.Connection(max_frame_size=server.max_frame_size)
         self.write_lock = gevent.lock.Semaphore()
+        self.outbox: list[bytes] = []  # whole ACK frames waiting for the flush greenlet
+        self.flush_scheduled = False
         self.inflight = gevent.pool.Pool(server.max_inflight_per_connection)
         self.closed = False  # no more frames may be written
         self.stop_requested = False
@@ -311,16 +313,40 @@ class _AgentConnection:
             frame = self.codec.send_ack(
                 notify.stream_id, notify.frame_id, _engine_failure_actions()
             )
-        self._write(frame)
+        self._queue_ack(frame)
 
     # ---- writing ----------------------------------------------------------------------------
+    # Every frame is built whole by the codec and only the holder of ``write_lock`` writes, so
+    # frames never interleave or split (spop.md §10 pitfall 1, coraza-spoa#217, haproxy#3478).
+    # ACKs are queued and sent by one flush greenlet per batch: the ACKs that complete in the
+    # same loop turn (typically a pipelined batch from one read) leave in ONE sendall instead
+    # of one syscall each (spop.md §11.3).
+
+    def _queue_ack(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.outbox.append(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            gevent.spawn(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        # Cleared before writing: an ACK queued while this one waits for the lock or for the
+        # socket is either taken by this write or schedules the next flush.
+        self.flush_scheduled = False
+        self._write(b"")
 
     def _write(self, frame: bytes) -> None:
-        """Write one whole frame with one sendall under the lock (spop.md §10 pitfall 1)."""
-        if not frame:
-            return
+        """Send the queued ACKs, then ``frame`` (whole frames only), in one sendall."""
         with self.write_lock:
             if self.closed:
+                self.outbox.clear()
+                return
+            if self.outbox:
+                self.outbox.append(frame)
+                frame = b"".join(self.outbox)
+                self.outbox.clear()
+            if not frame:
                 return
             try:
                 self.sock.sendall(frame)
@@ -339,8 +365,8 @@ class _AgentConnection:
             frame = self.codec.send_disconnect(status, message)
         except spop.SpopError:
             return
-        self._flush_codec()
-        self._write(frame)
+        # after every ACK already queued: in-flight work that finished is still answered
+        self._write(self.codec.data_to_send() + frame)
         self.closed = True
 
     def _drain_and_disconnect(self) -> None:

@@ -116,6 +116,38 @@ def test_pipelined_notifies_run_concurrently_and_are_acked_in_completion_order()
         assert received == [(5, b"/5"), (1, b"/1"), (3, b"/3")]
 
 
+def test_acks_completed_together_leave_in_one_write(monkeypatch) -> None:
+    """1. 20 NOTIFYs in one write, answered by an instant handler.
+    2. All 20 ACKs arrive, each whole and with its own ids.
+    3. The server wrote them in a few sendall calls, not 20 (one flush per batch that
+       completes in the same loop turn; frames are never split)."""
+    from coraza_spoa_py import server as server_module
+
+    sent: list[bytes] = []
+    original_write = server_module._AgentConnection._write
+
+    def counting_write(self, frame):
+        with_outbox = b"".join(self.outbox) + frame
+        if with_outbox and not self.closed:
+            sent.append(with_outbox)
+        original_write(self, frame)
+
+    monkeypatch.setattr(server_module._AgentConnection, "_write", counting_write)
+    with running_server() as server, connect(server) as client:
+        sent.clear()  # the AGENT-HELLO
+        sids = list(range(1, 41, 2))
+        client.send(
+            b"".join(frames.encode_notify(sid, 1, [message("m", path=f"/{sid}")]) for sid in sids)
+        )
+        acks = [client.read_ack() for _ in sids]
+        assert sorted(sid for sid, _, _ in acks) == sids
+        assert all(actions_by_name(a)["path"] == f"/{sid}".encode() for sid, _, a in acks)
+        assert 1 <= len(sent) <= 3
+        assert sum(len(chunk) for chunk in sent) == sum(
+            len(frames.encode_ack(sid, 1, a)) for sid, _, a in acks
+        )
+
+
 def test_inflight_bound_stops_reading_until_a_slot_frees() -> None:
     """1. max_inflight_per_connection=2; four NOTIFYs sent at once.
     2. Only two handlers start; the other two wait unread (back-pressure).
