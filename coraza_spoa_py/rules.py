@@ -78,14 +78,6 @@ class ResolvedRules:
         return output_line
 
 
-class IncludeError(Exception):
-    """An ``Include`` that cannot work; ``problems`` as "file:line: message"."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
 def resolve(app: AppConfig, paths: RulePaths) -> ResolvedRules:
     """Rewrite ``app.directives`` for libmodsecurity (see the module docstring)."""
     label = f"<app {app.name} directives>"

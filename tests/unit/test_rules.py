@@ -147,3 +147,10 @@ def test_coraza_only_directives_are_dropped_with_file_and_line() -> None:
 def test_label_names_the_application() -> None:
     assert resolve("").label == "<app shop directives>"
     assert resolve("").text == "\n"
+
+
+def test_unfinished_continuation_at_the_end_is_kept() -> None:
+    """A last line ending in a backslash is passed on as it is: the engine reports it."""
+    resolved = resolve('SecRule ARGS "@rx x" \\\n')
+    assert resolved.text == 'SecRule ARGS "@rx x" \\\n'
+    assert resolved.source_lines == (1,)
