@@ -33,7 +33,11 @@ def assert_blocked(response: Response, phase: str = "request") -> None:
     assert response.header("waf-block") == phase
 
 
-def test_sighup_under_steady_traffic_changes_the_rule_with_no_error(tmp_path: Path) -> None:
+# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (harness.md §2)
+@pytest.mark.parametrize("version", ["2.6", "3.2"])
+def test_sighup_under_steady_traffic_changes_the_rule_with_no_error(
+    tmp_path: Path, version: str
+) -> None:
     """1. 10 s of traffic from 4 clients: clean, "old-attack" and "new-attack" paths.
     2. Before the reload, a slow request whose response (2.5 s later) leaks.
     3. At ~5 s, rewrite the rule file (v1 → v2) and SIGHUP.
@@ -41,7 +45,7 @@ def test_sighup_under_steady_traffic_changes_the_rule_with_no_error(tmp_path: Pa
     the reload and passes after it, "new-attack" the other way round; the slow response is
     still inspected by its pre-reload transaction (403 from the v1 response rule that v2 no
     longer has)."""
-    with lifecycle_stack(tmp_path) as stack:
+    with lifecycle_stack(tmp_path, version=version) as stack:
         paths = ["/", "/old-attack", "/new-attack", "/shop?item=1"]
         outcomes, joiner = traffic(stack.frontend_port, paths, duration_s=10.0)
         time.sleep(4.0)

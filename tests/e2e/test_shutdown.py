@@ -19,8 +19,10 @@ FINAL_COUNTS = re.compile(r"transactions opened=(\d+) closed=(\d+) .* open=(\d+)
 CLOSED_AT_SHUTDOWN = re.compile(r"closed (\d+) open transaction\(s\) at shutdown")
 
 
+# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (harness.md §2)
+@pytest.mark.parametrize("version", ["2.6", "3.2"])
 def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
-    tmp_path: Path,
+    tmp_path: Path, version: str
 ) -> None:
     """1. Traffic from 4 clients: fast clean and blocked requests, and slow ones whose
     response comes 1.5 s later (their transactions stay open, waiting for the response).
@@ -29,7 +31,7 @@ def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
     a hang or a reset); everything finished before the signal was judged right; the final
     line says opened == closed with nothing open, and the slow requests' open transactions
     were closed (logging phase) at shutdown."""
-    with lifecycle_stack(tmp_path) as stack:
+    with lifecycle_stack(tmp_path, version=version) as stack:
         paths = ["/", "/old-attack", "/page?delay_ms=1500", "/about"]
         outcomes, joiner = traffic(stack.frontend_port, paths, duration_s=6.0)
         time.sleep(3.0)
