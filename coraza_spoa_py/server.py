@@ -11,9 +11,10 @@ Per connection (spop.md §11.3):
 - each NOTIFY runs in its own greenlet from a per-connection pool of
   ``max_inflight_per_connection``; when the pool is full the reader waits for a slot and stops
   reading, so TCP back-pressure reaches HAProxy (spop.md §10 pitfall 25);
-- every frame is built whole by the codec and written with ONE ``sendall`` under the
-  connection's lock, so concurrent ACKs never interleave (spop.md §10 pitfall 1,
-  coraza-spoa#217, haproxy#3478). ACKs go out in completion order (spop.md §6).
+- every frame is built whole by the codec and never split across writes; writes happen under
+  the connection's lock, so concurrent ACKs never interleave (spop.md §10 pitfall 1,
+  coraza-spoa#217, haproxy#3478). ACKs go out in completion order (spop.md §6); those that
+  complete in the same loop turn share one ``sendall``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class AgentServer:
         idle_timeout_s: float = 600.0,
         max_inflight_per_connection: int = 64,
     ) -> None:
+        # the codec checks the cap (256 .. 2^32-1); fail here, not at the first connection
+        spop.Connection(max_frame_size=max_frame_size)
         self.bind = bind
         self.handler = handler
         self.max_frame_size = max_frame_size
@@ -199,20 +202,21 @@ class _AgentConnection:
         self.log.debug("connection open")
         reason = "closed"
         try:
-            reason = self._read_loop()
-            if reason == "stopping":
-                self._drain_and_disconnect()
+            try:
+                reason = self._read_loop()
+                if reason == "stopping":
+                    self._drain_and_disconnect()
+            finally:
+                self._close()
+                self.log.debug("connection closed ({})", reason)
+            # Handlers still running (the peer left, or HAProxy disconnected) finish before
+            # this connection's slot is released, so stop() waits for them and the application
+            # never sees close_all() race a transaction in progress; their ACKs are dropped.
+            self.inflight.join()
         except gevent.GreenletExit:
-            reason = "killed"
+            # stop() ran out of graceful time: the handlers go with the connection
             self.inflight.kill(block=False)
             raise
-        finally:
-            self._close()
-            self.log.debug("connection closed ({})", reason)
-        # Handlers still running (the peer left, or HAProxy disconnected) finish before this
-        # connection's slot is released, so stop() waits for them and the application never
-        # sees close_all() race a transaction in progress; their ACKs are dropped.
-        self.inflight.join()
 
     def _read_loop(self) -> str:
         """Read until the connection ends; returns why (for the debug log)."""
@@ -419,6 +423,8 @@ def _listen_tcp(host: str, port: int) -> socket.socket:
 
 
 def _listen_unix(path: str) -> socket.socket:
+    if _unix_socket_is_live(path):
+        raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
     _remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -428,6 +434,22 @@ def _listen_unix(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _unix_socket_is_live(path: str) -> bool:
+    # A socket file left by a crashed agent refuses connections and may be replaced; one that
+    # accepts belongs to a running agent, which we must not steal from (Go's net.Listen fails).
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _remove_stale_unix_socket(path: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import time
@@ -11,7 +12,7 @@ import gevent
 import pytest
 
 from coraza_spoa_py import spop
-from coraza_spoa_py.server import ENGINE_FAILURE_ERROR
+from coraza_spoa_py.server import ENGINE_FAILURE_ERROR, AgentServer
 from coraza_spoa_py.settings import BindAddress
 from coraza_spoa_py.spop import frames, handshake
 from tests.support.inprocess import GatedHandler, connect, path_notify, running_server
@@ -254,6 +255,38 @@ def test_unix_socket_listener(tmp_path: Path) -> None:
             path_notify(client, 1, "/unix")
             assert actions_by_name(client.read_ack()[2]) == {"path": b"/unix"}
     assert not path.exists()
+
+
+def test_unix_socket_of_a_live_agent_is_not_stolen_but_a_stale_one_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """1. A second server on the unix path of a running one fails with EADDRINUSE.
+    2. A socket file nobody listens on (a crashed agent's) is replaced at start.
+    3. A regular file at the path is never deleted: binding fails."""
+    path = tmp_path / "agent.sock"
+    unix = BindAddress(kind="unix", path=str(path))
+    with running_server(bind=unix):
+        with pytest.raises(OSError) as excinfo, running_server(bind=unix):
+            pass
+        assert excinfo.value.errno == errno.EADDRINUSE
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens
+    assert path.exists()
+    with running_server(bind=unix) as server, connect(server) as client:
+        path_notify(client, 1, "/replaced")
+        assert actions_by_name(client.read_ack()[2]) == {"path": b"/replaced"}
+    regular = tmp_path / "not-a-socket"
+    regular.write_text("keep me")
+    with pytest.raises(OSError), running_server(bind=BindAddress(kind="unix", path=str(regular))):
+        pass
+    assert regular.read_text() == "keep me"
+
+
+def test_max_frame_size_below_256_is_refused_at_construction() -> None:
+    """The cap is checked when the server is built, not at the first connection."""
+    with pytest.raises(ValueError):
+        AgentServer(BindAddress(kind="tcp", host="127.0.0.1"), lambda m, t: [], max_frame_size=255)
 
 
 def test_ipv6_listener() -> None:
