@@ -80,9 +80,8 @@ _TYPES = {t: DataType(t) for t in (_STRING, _BINARY, _INT64, _IPV4)}
 # spop.md §9: HAProxy silently ignores an action whose name has any other character
 _VAR_NAME = re.compile(r"[A-Za-z0-9_.]{1,63}")
 
-_FIN_HEADERS: dict[FrameType, bytes] = {
-    frame_type: TYPE_AND_FLAGS.pack(frame_type, FrameFlags.FIN) for frame_type in FrameType
-}
+# an ACK always starts with these 5 bytes (type 103, FIN): built once
+_ACK_TYPE_AND_FLAGS = TYPE_AND_FLAGS.pack(FrameType.ACK, FrameFlags.FIN)
 
 
 # ---- header ----------------------------------------------------------------------------------
@@ -254,7 +253,7 @@ def encode_actions(actions: Sequence[Action]) -> bytes:
 def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:
     """A whole ACK frame echoing the NOTIFY's ids (spop.md §4.2)."""
     body = bytearray(LENGTH_PREFIX_SIZE)
-    body += _FIN_HEADERS[FrameType.ACK]
+    body += _ACK_TYPE_AND_FLAGS
     body += encode_varint(stream_id)
     body += encode_varint(frame_id)
     body += encode_actions(actions)
