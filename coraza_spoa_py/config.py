@@ -200,9 +200,9 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         allowed = ", ".join(str(v) for v in choices)
         return f"{error.instance!r} is not one of: {allowed}"
     if error.validator == "type":
-        return f"expected {error.validator_value}, got {type(error.instance).__name__} " + repr(
-            error.instance
-        )
+        wanted: Any = error.validator_value
+        kinds = " or ".join(wanted) if isinstance(wanted, list) else str(wanted)
+        return f"expected {kinds}, got {type(error.instance).__name__} {error.instance!r}"
     return error.message
 
 
@@ -294,7 +294,7 @@ def cross_problems(data: Mapping[str, Any], locate: _Locator) -> list[ConfigProb
                     "their request)",
                 )
             )
-    default = data.get("default_application")
+    default = data.get("default_application") or None  # "" means none, as in coraza-spoa
     if isinstance(default, str) and default not in names:
         known = ", ".join(repr(n) for n in names) or "none"
         problems.append(
@@ -324,9 +324,9 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
             log=_log(item, top_log) if any(key in item for key in _APP_LOG_KEYS) else None,
             base_dir=base_dir,
         )
-        for item in data.get("applications", [])
+        for item in data.get("applications") or []
     ]
-    default = data.get("default_application")
+    default = data.get("default_application") or None
     defaults = Config(bind=bind)
     return Config(
         bind=bind,

@@ -24,7 +24,7 @@ import gevent.event
 from gevent.threadpool import ThreadPool
 from loguru import logger
 
-from coraza_spoa_py import config, logs, reload
+from coraza_spoa_py import __version__, config, logs, reload
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.server import AgentServer
@@ -86,7 +86,8 @@ class Runtime:
         for notice in loaded.notices:
             logger.warning(notice)
         logger.info(
-            "starting coraza-spoa-py: config {} ({} application(s), {} engine thread(s))",
+            "starting coraza-spoa-py {}: config {} ({} application(s), {} engine thread(s))",
+            __version__,
             config_path,
             len(cfg.applications),
             cfg.engine_threads,

@@ -241,3 +241,11 @@ def test_config_example_comments_every_key() -> None:
     text = "\n".join(lines)
     for key in ("bind:", "log_level:", "log_file:", "log_format:", "default_application:"):
         assert key in text
+
+
+def test_empty_default_application_and_empty_applications_mean_none() -> None:
+    """coraza-spoa: default_application "" is no fallback; `applications:` left empty is a
+    start with a warning, not an error."""
+    cfg = config.parse('bind: :0\ndefault_application: ""\napplications:\n').config
+    assert cfg.default_application is None
+    assert cfg.applications == ()
