@@ -37,11 +37,6 @@ def _warn_go_only_flags(options: Options) -> None:
         logger.warning(
             "-cpuprofile and -memprofile are Go profiler flags; ignored by coraza-spoa-py"
         )
-    if options.metrics_addr:
-        logger.warning(
-            "-metrics-addr {}: Prometheus metrics are not implemented yet; ignored",
-            options.metrics_addr,
-        )
     if options.legacy_config_flag:
         logger.warning("-config-file is deprecated; use -config")
 
@@ -132,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     assert options.config is not None
     try:
-        runtime = Runtime.start(options.config, autoreload=options.autoreload)
+        runtime = Runtime.start(
+            options.config, autoreload=options.autoreload, metrics_addr=options.metrics_addr
+        )
     except config.ConfigError as exc:
         _log_config_error(exc)
         logger.error("failed loading config {}", options.config)

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="metrics_addr",
         default="",
         metavar="ADDR",
-        help="accepted for compatibility; Prometheus metrics are not served yet",
+        help="serve Prometheus metrics on ADDR (host:port) at /metrics",
     )
     for name in ("cpuprofile", "memprofile"):
         parser.add_argument(

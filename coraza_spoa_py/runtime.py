@@ -21,10 +21,11 @@ from typing import Any
 
 import gevent
 import gevent.event
+from gevent.pywsgi import WSGIServer
 from gevent.threadpool import ThreadPool
 from loguru import logger
 
-from coraza_spoa_py import __version__, config, logs, reload
+from coraza_spoa_py import __version__, config, logs, metrics, reload, waf
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.server import AgentServer
@@ -71,11 +72,14 @@ class Runtime:
         self._reload_again = False
         self._greenlets: list[gevent.Greenlet[Any, Any]] = []
         self._watcher: reload.FileWatcher | None = None
+        self._metrics_server: WSGIServer | None = None
 
     # ---- startup ----------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, config_path: str, *, autoreload: bool = False) -> Runtime:
+    def start(
+        cls, config_path: str, *, autoreload: bool = False, metrics_addr: str = ""
+    ) -> Runtime:
         """Load, compile, bind. Raises ``config.ConfigError`` or ``StartupError``."""
         loaded = config.load_with_notices(config_path)
         cfg = loaded.config
@@ -104,9 +108,17 @@ class Runtime:
         reload.log_loaded(engines)
         applications = reload.build_applications(cfg, engines, executor)
         agent = Agent(applications, cfg.default_application)
+        stats = metrics.Metrics(
+            metrics.Sources(
+                transactions=agent.stats,
+                connections=lambda: server.connection_count,
+                reloads=lambda: (runtime.reloads_done, runtime.reloads_failed),
+                engine=_engine_version(),
+            )
+        )
         server = AgentServer(
             cfg.bind,
-            agent.handle,
+            stats.timed(agent.handle),
             max_frame_size=cfg.max_frame_size,
             max_connections=cfg.max_connections,
             idle_timeout_s=cfg.idle_timeout_s,
@@ -117,6 +129,8 @@ class Runtime:
             pool.kill()
             raise StartupError(f"cannot listen on {cfg.bind}: {exc.strerror or exc}") from exc
         runtime = cls(config_path, cfg, pool, agent, applications, server)
+        if metrics_addr:
+            runtime._start_metrics(metrics_addr, stats)
         runtime._install_signal_handlers()
         runtime._greenlets.append(gevent.spawn(runtime._sweep_forever))
         if autoreload:
@@ -244,12 +258,29 @@ class Runtime:
             gevent.spawn(reload.watch_forever, watcher, on_change, gevent.sleep, WATCH_INTERVAL_S)
         )
 
+    def _start_metrics(self, address: str, stats: metrics.Metrics) -> None:
+        # like coraza-spoa, a metrics server that cannot start is logged, not fatal
+        try:
+            bind = config.parse_bind(address)
+            if bind.kind != "tcp":
+                raise ValueError("use host:port")
+            server = WSGIServer((bind.host, bind.port), metrics.wsgi_app(stats), log=None)
+            server.start()
+        except (OSError, ValueError) as exc:
+            logger.error("-metrics-addr {}: cannot serve metrics: {}", address, exc)
+            return
+        self._metrics_server = server
+        host = server.server_host or "0.0.0.0"
+        logger.info("metrics on http://{}:{}/metrics", host, server.server_port)
+
     # ---- shutdown ---------------------------------------------------------------------------
 
     def shutdown(self) -> int:
         """Stop accepting, drain, log every open transaction, report the counters."""
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
+        if self._metrics_server is not None:
+            self._metrics_server.stop(timeout=1)
         self.server.stop(self.config.graceful_timeout_s)
         # logging phase of every transaction still open, current and retired applications;
         # the agent logs the final "transactions opened=N closed=N ..." line
@@ -269,6 +300,13 @@ def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:
         return pool.apply(work)
 
     return run
+
+
+def _engine_version() -> str:
+    try:
+        return waf.engine_version()
+    except Exception:  # the version is a label; the engine already loaded the rules
+        return ""
 
 
 def _warn_restart_only(old: Config, new: Config) -> None:

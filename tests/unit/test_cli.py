@@ -241,12 +241,9 @@ def test_go_only_flags_warn(tmp_path: Path) -> None:
         str(CORPUS / "valid" / "gen3_tcp_url.yml"),
         "-cpuprofile",
         str(tmp_path / "cpu"),
-        "-metrics-addr",
-        "127.0.0.1:0",
     )
     assert result.returncode == 0
     assert "Go profiler flags" in result.stderr
-    assert "-metrics-addr" in result.stderr
     assert not (tmp_path / "cpu").exists()
 
 
@@ -295,3 +292,107 @@ def test_gevent_monkey_patches_before_any_other_import() -> None:
     seen = dict(ast.literal_eval(result.stdout))  # a list of (name, patched) pairs
     assert {"loguru", "yaml", "jsonschema", "coraza_spoa_py.runtime"} <= set(seen)
     assert all(seen.values()), seen
+
+
+# ---- -metrics-addr ------------------------------------------------------------------------
+
+
+def test_histogram_buckets_are_cumulative() -> None:
+    from coraza_spoa_py.metrics import Histogram
+
+    histogram = Histogram((0.01, 0.1, 1.0))
+    for seconds in (0.005, 0.05, 0.05, 2.0):
+        histogram.observe(seconds)
+    assert list(histogram.lines("h")) == [
+        'h_bucket{le="0.01"} 1',
+        'h_bucket{le="0.1"} 3',
+        'h_bucket{le="1.0"} 3',
+        'h_bucket{le="+Inf"} 4',
+        "h_sum 2.105",
+        "h_count 4",
+    ]
+
+
+def test_metrics_text_has_coraza_spoas_histogram_and_our_counters() -> None:
+    from coraza_spoa_py.application import TransactionStats
+    from coraza_spoa_py.metrics import Metrics, Sources
+
+    ticks = iter([1.0, 1.02])
+    metrics = Metrics(
+        Sources(
+            transactions=lambda: TransactionStats(opened=5, closed=4, expired=1, open=1),
+            connections=lambda: 3,
+            reloads=lambda: (2, 1),
+            engine='ModSecurity "v3"',
+        ),
+        clock=lambda: next(ticks),
+    )
+    assert metrics.timed(lambda messages, received_at: ["ack"])((), 0.0) == ["ack"]
+    text = metrics.render()
+    assert 'coraza_handle_spoe_duration_seconds_bucket{le="0.025"} 1' in text
+    assert 'coraza_handle_spoe_duration_seconds_bucket{le="0.01"} 0' in text
+    assert "coraza_handle_spoe_duration_seconds_count 1" in text
+    assert "# TYPE coraza_handle_spoe_duration_seconds histogram" in text
+    for line in (
+        "coraza_spoa_py_transactions_opened_total 5",
+        "coraza_spoa_py_transactions_closed_total 4",
+        "coraza_spoa_py_transactions_expired_total 1",
+        "coraza_spoa_py_transactions_open 1",
+        "coraza_spoa_py_connections 3",
+        'coraza_spoa_py_reloads_total{result="success"} 2',
+        'coraza_spoa_py_reloads_total{result="failure"} 1',
+        'coraza_spoa_py_info{version="0.1.0",engine="ModSecurity \\"v3\\""} 1',
+    ):
+        assert line in text.splitlines(), line
+    assert "process_resident_memory_bytes " in text
+
+
+def test_metrics_addr_serves_metrics_from_the_running_agent(tmp_path: Path) -> None:
+    """1. Start the agent with -metrics-addr. 2. One SPOP request. 3. Scrape /metrics.
+    Result: one observation in the histogram and one opened transaction; /other is 404."""
+    import http.client
+    import re
+    import time
+
+    from tests.support.agent import AgentProcess
+    from tests.support.ports import free_port, wait_for_port
+    from tests.support.process import python_module_argv
+    from tests.support.spop_client import SpopClient, message
+
+    agent_port, metrics_port = free_port(), free_port()
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        f"bind: 127.0.0.1:{agent_port}\napplications:\n  - name: a\n"
+        "    directives: SecRuleEngine On\n"
+    )
+    argv = python_module_argv(
+        "coraza_spoa_py", "-config", str(cfg), "-metrics-addr", f"127.0.0.1:{metrics_port}"
+    )
+    with AgentProcess(argv, log_path=tmp_path / "agent.log", port=agent_port) as agent:
+        agent.wait_ready(timeout=60)
+        wait_for_port("127.0.0.1", metrics_port, process=agent)
+        with SpopClient.connect(("127.0.0.1", agent_port), green=False) as client:
+            client.hello()
+            client.notify(1, 1, [message("coraza-req", app="a", id="t1", path="/", method="GET")])
+            client.read_ack()
+
+        def scrape(path: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=10)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                return response.status, response.read().decode()
+            finally:
+                conn.close()
+
+        deadline = time.monotonic() + 10
+        status, text = scrape("/metrics")
+        while "coraza_handle_spoe_duration_seconds_count 1" not in text:
+            assert time.monotonic() < deadline, text
+            time.sleep(0.05)
+            status, text = scrape("/metrics")
+        assert status == 200
+        assert "coraza_spoa_py_transactions_opened_total 1" in text
+        assert re.search(r"(?m)^coraza_spoa_py_connections [01]$", text)
+        assert scrape("/other")[0] == 404
+        assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in agent.logs()
