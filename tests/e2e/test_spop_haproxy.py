@@ -45,8 +45,17 @@ test_agent.__test__ = False  # type: ignore[attr-defined]  # a factory, not a te
 
 
 @contextmanager
-def spop_stack(version: str, workdir: Path, backend: BackendProcess) -> Iterator[Stack]:
-    """The test agent, then HAProxy ``version`` in front of ``backend``; both stopped after."""
+def spop_stack(
+    version: str,
+    workdir: Path,
+    backend: BackendProcess,
+    *,
+    idle_timeout: str = "2m",
+    agent_server_timeout: str = "3m",
+) -> Iterator[Stack]:
+    """The test agent, then HAProxy ``version`` in front of ``backend``; both stopped after.
+    ``idle_timeout`` is the SPOE `timeout idle` (≤3.0), ``agent_server_timeout`` the agents
+    backend's `timeout server` (the idle lifetime in 3.1+, spop.md §7.1)."""
     agent_port, frontend_port = free_port(), free_port()
     with ExitStack() as stack:
         agent = test_agent(agent_port, workdir / "agent.log")
@@ -62,6 +71,8 @@ def spop_stack(version: str, workdir: Path, backend: BackendProcess) -> Iterator
                     "BACKEND_PORT": backend.port,
                     "AGENT_ADDR": f"127.0.0.1:{agent_port}",
                     "PROCESSING_TIMEOUT": "3s",
+                    "IDLE_TIMEOUT": idle_timeout,
+                    "AGENT_SERVER_TIMEOUT": agent_server_timeout,
                 },
                 extra_files={"SPOE_CFG": E2E_DIR / "spoe-spop.cfg"},
                 wait_ports=[frontend_port],
@@ -156,6 +167,40 @@ def test_agent_down_fires_error_path_and_recovers_after_restart(
         haproxy.wait_for_server_status(AGENT_BACKEND, AGENT_SERVER, "UP")
         assert _eventually_status(port, "/", 200) == 200
         assert request(port, "/attack").status == 403
+
+
+# ≤3.0 only: 3.2 keeps an idle SPOP connection in the server's idle pool well past `timeout
+# server` (it leaves with the pool purge or a RST; the RST case is an integration test).
+@pytest.mark.parametrize("version", ["2.6", "3.0"])
+def test_haproxy_closing_idle_connections_is_routine(
+    version: str, http_backend: BackendProcess, tmp_path: Path
+) -> None:
+    """1. `timeout idle 1s` in the SPOE agent section.
+    2. After one request the agent connection idles: HAProxy closes it with
+       HAPROXY-DISCONNECT 2 (spop.md §5.3), which the agent answers.
+    3. The agent logs that close at debug level only (no WARNING/ERROR line), and the next
+       request opens a new connection and passes."""
+    with spop_stack(
+        version, tmp_path, http_backend, idle_timeout="1s", agent_server_timeout="1s"
+    ) as running:
+        agent, port = running.agent, running.frontend_port
+        assert request(port, "/").status == 200
+        deadline = time.monotonic() + 10
+        closes = r"connection closed \(haproxy disconnect 2\)"
+        while not re.search(closes, _stream_connection_lines(agent.logs())):
+            assert time.monotonic() < deadline, agent.logs()
+            time.sleep(0.2)
+        assert not re.search(r" (WARNING|ERROR) ", agent.logs())
+        assert request(port, "/again").status == 200
+
+
+def _stream_connection_lines(logs: str) -> str:
+    # only the connections that carried traffic: their HELLO was not a health check (those
+    # open and close every 500 ms) and they had one (wait_ready's probe has none)
+    streams = {m.group(1) for m in re.finditer(r"'peer': '([^']+)'.*healthcheck=False", logs)}
+    return "\n".join(
+        line for line in logs.splitlines() if any(f"'peer': '{peer}'" in line for peer in streams)
+    )
 
 
 def _wait_for_log_lines(haproxy: HAProxy, pattern: str, count: int) -> list[str]:
