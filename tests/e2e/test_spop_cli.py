@@ -53,6 +53,8 @@ def test_cli_agent_behind_haproxy_blocks_and_stops_cleanly(
                 "BACKEND_PORT": http_backend.port,
                 "AGENT_ADDR": f"127.0.0.1:{agent_port}",
                 "PROCESSING_TIMEOUT": "3s",
+                "IDLE_TIMEOUT": "2m",
+                "AGENT_SERVER_TIMEOUT": "3m",
             },
             extra_files={"SPOE_CFG": E2E_DIR / "spoe-spop.cfg"},
             wait_ports=[frontend_port],

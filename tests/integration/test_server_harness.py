@@ -67,3 +67,16 @@ def test_http_backend_answers_status_and_reflect(http_backend) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert (reflected.status, reflected.header("X-Test"), reflected.body) == (201, "yes", b"hello")
+
+
+def test_start_haproxy_names_a_missing_substitution(tmp_path: Path) -> None:
+    """A ${NAME} nobody defined fails before HAProxy starts, naming the file and the name."""
+    from tests.support.haproxy import start_haproxy
+
+    config = tmp_path / "template.cfg"
+    config.write_text("global\n    maxconn ${NOT_DEFINED_ANYWHERE}\n")
+    with (
+        pytest.raises(ValueError, match=r"haproxy.cfg: \$\{NOT_DEFINED_ANYWHERE\}"),
+        start_haproxy("2.6", config, tmp_path / "work"),
+    ):
+        pass

@@ -155,6 +155,23 @@ class HAProxy(ManagedProcess):
         super().dump(out)
 
 
+def _check_placeholders(paths: Sequence[Path], substitutions: Mapping[str, object]) -> None:
+    # A ${NAME} left over would reach HAProxy as an empty environment variable and fail far
+    # from its cause; say which names are missing instead.
+    missing = sorted(
+        {
+            f"{path.name}: ${{{name}}}"
+            for path in paths
+            for line in path.read_text().splitlines()
+            if not line.lstrip().startswith("#")  # HAProxy expands nothing in comments
+            for name in _PLACEHOLDER.findall(line)
+            if name not in substitutions and name not in os.environ
+        }
+    )
+    if missing:
+        raise ValueError(f"no substitution for {', '.join(missing)}")
+
+
 def _base_env() -> dict[str, str]:
     return dict(os.environ)
 
@@ -188,6 +205,7 @@ def start_haproxy(
     rendered = [render_config(config, subs, workdir, name="haproxy.cfg")]
     for index, overlay in enumerate(overlays):
         rendered.append(render_config(overlay, subs, workdir, name=f"overlay{index}.cfg"))
+    _check_placeholders(rendered, subs)
     haproxy = HAProxy(version, rendered, workdir, subs)
     haproxy.start()
     try:
