@@ -20,6 +20,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
@@ -125,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return validate(options)
     from coraza_spoa_py.runtime import Runtime, StartupError
 
+    # SIGHUP's default action ends the process; until the runtime handles it (after the
+    # rules compiled), a reload or logrotate signal must not kill a starting agent
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     assert options.config is not None
     try:
         runtime = Runtime.start(

@@ -161,6 +161,8 @@ class Runtime:
         gevent.signal_handler(signal.SIGHUP, self._on_sighup)
 
     def _on_sighup(self) -> None:
+        if self._stop.is_set():
+            return  # shutting down: nothing to reload into
         gevent.spawn(self.reload, "SIGHUP", reopen_logs=True)
 
     def _sweep_forever(self) -> None:
