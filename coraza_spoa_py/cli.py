@@ -139,9 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("failed loading config {}", options.config)
         return EXIT_FAILURE
     except StartupError as exc:
-        for line in exc.problems:
+        lines = [*exc.problems, f"failed starting: {exc.reason}"]
+        for line in lines:
             logger.error(line)
-        logger.error("failed starting: {}", exc.reason)
+        if not logs.writes_to_console():
+            # the configured log is a file: whoever started the agent must see why it stopped
+            logs.configure_bootstrap()
+            for line in lines:
+                logger.error(line)
         return EXIT_FAILURE
     code = runtime.run()
     logs.shutdown_logging()

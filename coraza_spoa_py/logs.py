@@ -387,6 +387,11 @@ def shutdown_logging() -> None:
         _current = None
 
 
+def writes_to_console() -> bool:
+    """Whether the current setup has a sink on stdout or stderr."""
+    return any(target in ("/dev/stdout", "/dev/stderr") for target in open_targets())
+
+
 def open_targets() -> Iterable[str]:
     """The destinations of the current setup (for tests and the startup line)."""
     return tuple(_current._handles) if _current is not None else ()

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
-from coraza_spoa_py import waf
+from coraza_spoa_py import rules, waf
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.models import Executor
 from coraza_spoa_py.settings import Config
@@ -90,22 +90,52 @@ def build_applications(
     }
 
 
+# Include nesting followed for -autoreload; ModSecurity itself has no limit, but a cycle must
+# not hang the watcher
+MAX_INCLUDE_DEPTH = 8
+
+
 def rule_files(config: Config) -> list[str]:
-    """Files the config's ``Include`` lines name (one level, globs expanded, @-aliases too)."""
-    found: list[str] = []
+    """Files the config's ``Include`` lines name, nested Includes too (globs expanded,
+    @-aliases resolved), in order, each once."""
+    found: dict[str, None] = {}
     for app in config.applications:
-        for match in _INCLUDE.finditer(app.directives):
-            target = match.group(1).strip("\"'")
-            if target.startswith("@owasp_crs/"):
-                target = os.path.join(config.rule_paths.crs_rules_dir, target[len("@owasp_crs/") :])
-            elif target == "@crs-setup.conf.example":
-                target = config.rule_paths.crs_setup_file
-            elif target.startswith("@"):
-                continue  # shipped inside the package: changes only with an upgrade
-            if not os.path.isabs(target):
-                target = os.path.join(app.base_dir, target)
-            found.extend(sorted(glob.glob(target)) or [target])
-    return found
+        _collect(app.directives, app.base_dir, config, found, depth=0)
+    return list(found)
+
+
+def _collect(text: str, folder: str, config: Config, found: dict[str, None], *, depth: int) -> None:
+    for match in _INCLUDE.finditer(text):
+        target = match.group(1).strip("\"'")
+        if target == "@owasp_crs/*.conf":
+            # rules.py also loads Debian's exclusion files kept beside crs-setup.conf; they are
+            # the files operators edit most
+            setup_dir = os.path.dirname(config.rule_paths.crs_setup_file)
+            for name in (rules.EXCLUSIONS_BEFORE, rules.EXCLUSIONS_AFTER):
+                found.setdefault(os.path.join(setup_dir, name))
+        if target.startswith("@owasp_crs/"):
+            target = os.path.join(config.rule_paths.crs_rules_dir, target[len("@owasp_crs/") :])
+        elif target == "@crs-setup.conf.example":
+            target = config.rule_paths.crs_setup_file
+        elif target.startswith("@"):
+            continue  # shipped inside the package: changes only with an upgrade
+        if not os.path.isabs(target):
+            target = os.path.join(folder, target)
+        for path in sorted(glob.glob(target)) or [target]:
+            if path in found:
+                continue
+            found[path] = None
+            if depth < MAX_INCLUDE_DEPTH:
+                # a nested relative Include is relative to the file that contains it
+                _collect(_read(path), os.path.dirname(path), config, found, depth=depth + 1)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            return stream.read()
+    except OSError:
+        return ""
 
 
 def fingerprint(path: str) -> Fingerprint | None:

@@ -396,3 +396,18 @@ def test_metrics_addr_serves_metrics_from_the_running_agent(tmp_path: Path) -> N
         assert re.search(r"(?m)^coraza_spoa_py_connections [01]$", text)
         assert scrape("/other")[0] == 404
         assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in agent.logs()
+
+
+def test_startup_failure_is_shown_on_stderr_even_when_logging_to_a_file(tmp_path: Path) -> None:
+    """1. Log to a file; the rules do not compile. Result: exit 1, the rule error is in the
+    log file AND on stderr (whoever started the agent sees why it stopped)."""
+    log_file = tmp_path / "agent.log"
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        f"bind: 127.0.0.1:0\nlog_file: {log_file}\napplications:\n  - name: a\n"
+        '    directives: SecRule ARGS "@rx x" "id:1,phase:2,bogus"\n'
+    )
+    result = run_cli("-config", str(cfg))
+    assert result.returncode == 1
+    assert "failed starting: rules did not load" in result.stderr
+    assert "failed starting: rules did not load" in log_file.read_text()

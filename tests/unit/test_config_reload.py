@@ -44,6 +44,35 @@ def test_rule_files_follow_includes_globs_and_aliases(tmp_path: Path) -> None:
     ]
 
 
+def test_rule_files_follow_nested_includes_relative_to_their_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "main.conf").write_text("Include sub/inner.conf\nInclude main.conf\n")
+    (tmp_path / "sub" / "inner.conf").write_text("Include leaf.conf\n")
+    (tmp_path / "sub" / "leaf.conf").write_text("SecRuleEngine On\n")
+    found = reload.rule_files(make_config(tmp_path, "Include main.conf\n"))
+    # each once, the cycle (main.conf includes itself) does not loop
+    assert found == [
+        str(tmp_path / "main.conf"),
+        str(tmp_path / "sub" / "inner.conf"),
+        str(tmp_path / "sub" / "leaf.conf"),
+    ]
+
+
+def test_rule_files_of_the_whole_crs_include_the_exclusion_files(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "REQUEST-901-INITIALIZATION.conf").write_text("")
+    cfg = Config(
+        bind=BindAddress("tcp", "127.0.0.1", 0),
+        applications=(AppConfig("a", directives="Include @owasp_crs/*.conf"),),
+        rule_paths=RulePaths(str(tmp_path / "rules"), str(tmp_path / "crs-setup.conf")),
+    )
+    assert reload.rule_files(cfg) == [
+        str(tmp_path / "REQUEST-900-EXCLUSION-RULES-BEFORE-CRS.conf"),
+        str(tmp_path / "RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf"),
+        str(tmp_path / "rules" / "REQUEST-901-INITIALIZATION.conf"),
+    ]
+
+
 def test_watcher_sees_an_in_place_edit(tmp_path: Path) -> None:
     path = tmp_path / "rules.conf"
     path.write_text("one")
