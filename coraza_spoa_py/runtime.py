@@ -1,4 +1,4 @@
-"""The running agent: wiring, the sweeper, signals, reload and graceful shutdown.
+"""The running agent: wiring, the sweeper, signals, reload, metrics and graceful shutdown.
 
 Wiring (docs/architecture.md "cli wiring"): ``Config`` → logging → one engine per application,
 compiled on the engine thread pool → ``Application`` → ``Agent`` → ``AgentServer``.
