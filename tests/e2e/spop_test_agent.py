@@ -5,7 +5,8 @@
 The handler sets ``fail`` = 1 when the ``path`` argument contains ``attack`` (else 0), ``seen``
 = the message name, and ``concurrent`` = how many handler calls were running at once (so tests
 can see pipelining); a path containing ``crash`` raises, which the server must turn into
-``error`` = 1003. Each call sleeps a random 0..max-delay ms so ACKs come back out of order.
+``error`` = 1003; one containing ``slow`` stays in the handler for a second (graceful-stop
+tests). Each call sleeps a random 0..max-delay ms so ACKs come back out of order.
 It is test data for the server, not the product (the product is ``python -m coraza_spoa_py``).
 """
 
@@ -24,6 +25,7 @@ from coraza_spoa_py.server import AgentServer
 from coraza_spoa_py.settings import BindAddress
 
 _running = 0
+SLOW_S = 1.0  # a path containing "slow" keeps its NOTIFY in flight this long
 
 
 def handle(messages: tuple[spop.Message, ...], received_at: float, max_delay_s: float) -> list:
@@ -38,6 +40,9 @@ def handle(messages: tuple[spop.Message, ...], received_at: float, max_delay_s: 
             path = next((a.value for a in message.args if a.name == "path"), b"") or b""
             if b"crash" in path:
                 raise RuntimeError("test handler crash requested by the path")
+            if b"slow" in path:
+                logger.debug("slow notify path={}", path.decode("latin-1"))
+                gevent.sleep(SLOW_S)
             actions.append(spop.SetVar(spop.VarScope.TRANSACTION, "fail", int(b"attack" in path)))
             actions.append(spop.SetVar(spop.VarScope.TRANSACTION, "seen", message.name))
             actions.append(spop.SetVar(spop.VarScope.TRANSACTION, "concurrent", concurrent))

@@ -8,8 +8,10 @@ when the path contains "attack") run as a subprocess; HAProxy runs ``haproxy-spo
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +194,34 @@ def test_haproxy_closing_idle_connections_is_routine(
             time.sleep(0.2)
         assert not re.search(r" (WARNING|ERROR) ", agent.logs())
         assert request(port, "/again").status == 200
+
+
+@pytest.mark.parametrize("version", ["2.6", "3.2"])
+def test_sigterm_lets_the_inflight_request_finish(
+    version: str, http_backend: BackendProcess, tmp_path: Path
+) -> None:
+    """1. GET /slow: its NOTIFY stays in the agent's handler for a second.
+    2. SIGTERM meanwhile: the agent stops accepting, finishes that NOTIFY, ACKs it, sends
+       AGENT-DISCONNECT 0 and exits 0.
+    3. The slow request gets its verdict (200, fail=0), not HAProxy's error path."""
+    with spop_stack(version, tmp_path, http_backend) as running:
+        agent, port = running.agent, running.frontend_port
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(request, port, "/slow")
+            deadline = time.monotonic() + 10
+            while "/slow" not in _notified_paths(agent.logs()):
+                assert time.monotonic() < deadline, agent.logs()
+                time.sleep(0.05)
+            agent.send_signal(signal.SIGTERM)
+            response = slow.result(timeout=10)
+        assert agent.wait(10) == 0
+        assert (response.status, response.header("X-Coraza-Fail")) == (200, "0")
+        assert "stopped listening" in agent.logs()
+
+
+def _notified_paths(logs: str) -> str:
+    # the toy agent logs "slow notify path=..." when a slow NOTIFY enters its handler
+    return "\n".join(line for line in logs.splitlines() if "notify path=" in line)
 
 
 def _stream_connection_lines(logs: str) -> str:
