@@ -74,12 +74,13 @@ class LoadedConfig:
     notices: tuple[str, ...] = ()
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (yaml.v3 does too; PyYAML keeps the last)."""
-
-
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[Path, int]]:
-    loader = _LineLoader(text)
+    """YAML text → (data, line of every key and list item). Duplicate keys are errors, as in
+    yaml.v3 (PyYAML would keep the last one silently)."""
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader rejects control characters up front
+        raise ConfigError(source, [_yaml_problem(exc, text)]) from exc
     try:
         node = loader.get_single_node()
         if node is None:
@@ -91,14 +92,22 @@ def _read_yaml(text: str, source: str) -> tuple[Any, dict[Path, int]]:
             raise ConfigError(source, duplicates)
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        problems = [ConfigProblem("", line, f"YAML syntax error: {problem}")]
-        raise ConfigError(source, problems) from exc
+        raise ConfigError(source, [_yaml_problem(exc, text)]) from exc
     finally:
         loader.dispose()
     return data, lines
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> ConfigProblem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        line: int | None = mark.line + 1
+    elif isinstance(getattr(exc, "position", None), int):
+        line = text.count("\n", 0, getattr(exc, "position", 0)) + 1
+    else:
+        line = None
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    return ConfigProblem("", line, f"YAML syntax error: {problem}")
 
 
 def _record_lines(
