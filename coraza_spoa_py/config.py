@@ -93,6 +93,8 @@ def _read_yaml(text: str, source: str) -> tuple[Any, dict[Path, int]]:
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc, text)]) from exc
+    except RecursionError as exc:  # PyYAML composes recursively
+        raise ConfigError(source, [ConfigProblem("", None, "nested too deeply")]) from exc
     finally:
         loader.dispose()
     return data, lines

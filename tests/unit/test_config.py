@@ -249,3 +249,8 @@ def test_empty_default_application_and_empty_applications_mean_none() -> None:
     cfg = config.parse('bind: :0\ndefault_application: ""\napplications:\n').config
     assert cfg.default_application is None
     assert cfg.applications == ()
+
+
+def test_absurd_nesting_is_a_config_error() -> None:
+    with pytest.raises(config.ConfigError, match="nested too deeply"):
+        config.parse("a: " + "[" * 5000 + "]" * 5000)
