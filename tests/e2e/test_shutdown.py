@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.lifecycle_stack import lifecycle_stack, traffic
+from tests.e2e.lifecycle_stack import RULES_V1, lifecycle_stack, traffic
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,12 @@ def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
     a hang or a reset); everything finished before the signal was judged right; the final
     line says opened == closed with nothing open, and the slow requests' open transactions
     were closed (logging phase) at shutdown."""
-    with lifecycle_stack(tmp_path, version=version) as stack:
+    audit_log = tmp_path / "audit.log"
+    # every transaction writes its audit entry in the logging phase (phase 5): the audit log
+    # shows which transactions were really closed, not just counted
+    audit = "SecAuditEngine On\nSecAuditLogParts ABZ\nSecAuditLogType Serial\n"
+    audit += f"SecAuditLog {audit_log}\n"
+    with lifecycle_stack(tmp_path, version=version, rules=RULES_V1 + audit) as stack:
         paths = ["/", "/old-attack", "/page?delay_ms=1500", "/about"]
         outcomes, joiner = traffic(stack.frontend_port, paths, duration_s=6.0)
         time.sleep(3.0)
@@ -60,6 +65,9 @@ def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
         (closed_at_shutdown,) = map(int, CLOSED_AT_SHUTDOWN.findall(logs))
         assert closed_at_shutdown >= 1, "slow requests were waiting for their response"
         assert logs.rstrip().endswith("coraza-spoa-py stopped (SIGTERM)")
+        # one audit entry (section A header) per transaction opened, pre-signal ones included
+        entries = re.findall(r"(?m)^---\w+---A--$", audit_log.read_text())
+        assert len(entries) == opened
 
 
 def test_sigint_exits_0_and_haproxy_then_fails_closed(tmp_path: Path) -> None:
