@@ -96,6 +96,32 @@ def test_handler_exception_is_answered_with_error_1003_and_logged(log_records) -
         assert actions_by_name(client.read_ack()[2]) == {"fail": 0}
 
 
+@pytest.mark.parametrize(
+    "bad_action",
+    [
+        spop.SetVar(spop.VarScope.TRANSACTION, "bad name!", 1),  # not [A-Za-z0-9_.]
+        spop.SetVar(spop.VarScope.TRANSACTION, "big", b"x" * 20_000),  # > max-frame-size
+    ],
+    ids=["invalid-name", "above-max-frame-size"],
+)
+def test_an_ack_the_codec_refuses_becomes_error_1003(bad_action, log_records) -> None:
+    """The handler returns an action that cannot be sent (HAProxy would ignore it or drop the
+    connection): the NOTIFY is still answered, with error = 1003, and the reason is logged."""
+    with running_server(lambda m, t: [bad_action]) as server, connect(server) as client:
+        path_notify(client, 1, "/x")
+        assert client.read_ack() == (
+            1,
+            1,
+            (
+                spop.SetVar(
+                    spop.VarScope.TRANSACTION, "error", ENGINE_FAILURE_ERROR, spop.DataType.INT64
+                ),
+            ),
+        )
+    errors = [r["message"] for r in log_records if r["level"] == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("cannot encode ACK")
+
+
 def test_pipelined_notifies_run_concurrently_and_are_acked_in_completion_order() -> None:
     """1. Three NOTIFYs in ONE write (sid 1, 3, 5): all three handlers start (concurrency).
     2. The test finishes them in the order 5, 1, 3.
