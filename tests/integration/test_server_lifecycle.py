@@ -1,12 +1,15 @@
-"""AgentServer in-process: idle timeout and graceful stop."""
+"""AgentServer in-process: idle timeout, graceful stop, start/stop edges, failure isolation."""
 
 from __future__ import annotations
+
+import errno
 
 import gevent
 import pytest
 
 from coraza_spoa_py.server import AgentServer
-from coraza_spoa_py.spop import frames
+from coraza_spoa_py.settings import BindAddress
+from coraza_spoa_py.spop import Connection, Notify, frames, handshake
 from tests.support.inprocess import LOCALHOST, GatedHandler, connect, path_notify, running_server
 from tests.support.spop_client import SpopClient, actions_by_name
 
@@ -110,3 +113,76 @@ def test_handlers_of_a_closed_connection_finish_before_its_slot_is_released() ->
             while server.connection_count:
                 gevent.sleep(0.01)
         assert handler.finished == [b"/orphan"]
+
+
+def test_lifecycle_edges() -> None:
+    """address before start() is an error; serve_forever() starts a server that was not
+    started; a second stop() returns once the first is done."""
+    server = AgentServer(LOCALHOST, lambda messages, received_at: [])
+    with pytest.raises(RuntimeError, match="start"):
+        _ = server.address
+    serving = gevent.spawn(server.serve_forever)
+    with gevent.Timeout(5):
+        while server._address is None:
+            gevent.sleep(0.01)
+    with connect(server) as client:
+        client.notify(1, 1, [])
+        assert client.read_ack()[0] == 1
+    first = gevent.spawn(server.stop, 1.0)
+    second = gevent.spawn(server.stop, 1.0)
+    gevent.joinall([first, second, serving], timeout=5, raise_error=True)
+    assert server.stopping and first.ready() and second.ready() and serving.ready()
+
+
+def test_port_in_use_fails_at_start() -> None:
+    """A TCP port that another listener holds: start() raises EADDRINUSE (cli reports it)."""
+    with running_server() as first:
+        second = AgentServer(first.address, lambda messages, received_at: [])
+        with pytest.raises(OSError) as excinfo:
+            second.start()
+        assert excinfo.value.errno == errno.EADDRINUSE
+
+
+def test_empty_host_listens_on_every_interface() -> None:
+    """bind ":PORT" (host "", coraza-spoa's Go form): IPv4 and IPv6 loopback both reach it."""
+    with running_server(bind=BindAddress(kind="tcp", host="", port=0)) as server:
+        port = server.address.port
+        for host in ("127.0.0.1", "::1"):
+            client = SpopClient.connect((host, port), green=True)
+            try:
+                assert client.hello().version == "2.0"
+            finally:
+                client.close()
+
+
+def test_unusual_haproxy_disconnect_status_is_a_warning(log_records) -> None:
+    """HAPROXY-DISCONNECT 10 is not routine (unlike 0/1/2): still answered, logged as warning."""
+    with running_server() as server, connect(server) as client:
+        client.send(handshake.encode_haproxy_disconnect(10, "fragmentation not supported"))
+        assert client.read_disconnect().status == 0
+        assert client.is_closed_by_peer()
+    warnings = [r["message"] for r in log_records if r["level"] == "WARNING"]
+    assert warnings == ["haproxy disconnect 10 (fragmentation not supported)"]
+
+
+def test_a_codec_bug_costs_that_connection_only(monkeypatch, log_records) -> None:
+    """If the codec raised anything but SpopError (a bug), the server sends AGENT-DISCONNECT
+    99, logs the traceback, closes that connection, and keeps serving the others."""
+    original = Connection.next_event
+
+    def buggy_next_event(self):
+        event = original(self)
+        if isinstance(event, Notify) and event.stream_id == 13:
+            raise IndexError("codec bug")
+        return event
+
+    monkeypatch.setattr(Connection, "next_event", buggy_next_event)
+    with running_server() as server, connect(server) as victim, connect(server) as other:
+        path_notify(victim, 13, "/bug")
+        assert victim.read_disconnect().status == 99
+        assert victim.is_closed_by_peer()
+        path_notify(other, 1, "/fine")
+        assert actions_by_name(other.read_ack()[2]) == {"path": b"/fine"}
+    assert [r["message"] for r in log_records if r["level"] == "ERROR"] == [
+        "unexpected error while decoding"
+    ]
