@@ -38,7 +38,10 @@ class Stack:
     frontend_port: int
 
 
-def test_agent(port: int, log_path: Path) -> AgentProcess:
+def test_agent(port: int, log_path: Path, unix_path: Path | None = None) -> AgentProcess:
+    if unix_path is not None:
+        argv = python_module_argv("tests.e2e.spop_test_agent", "--bind", f"unix://{unix_path}")
+        return AgentProcess(argv, log_path=log_path, unix_path=unix_path, name="spop-test-agent")
     argv = python_module_argv("tests.e2e.spop_test_agent", "--bind", f"127.0.0.1:{port}")
     return AgentProcess(argv, log_path=log_path, port=port, name="spop-test-agent")
 
@@ -54,13 +57,17 @@ def spop_stack(
     *,
     idle_timeout: str = "2m",
     agent_server_timeout: str = "3m",
+    unix_socket: bool = False,
 ) -> Iterator[Stack]:
     """The test agent, then HAProxy ``version`` in front of ``backend``; both stopped after.
     ``idle_timeout`` is the SPOE `timeout idle` (≤3.0), ``agent_server_timeout`` the agents
-    backend's `timeout server` (the idle lifetime in 3.1+, spop.md §7.1)."""
+    backend's `timeout server` (the idle lifetime in 3.1+, spop.md §7.1). ``unix_socket``: the
+    agent listens on a unix socket in ``workdir`` instead of TCP."""
     agent_port, frontend_port = free_port(), free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        agent = test_agent(agent_port, workdir / "agent.log")
+        unix_path = workdir / "agent.sock" if unix_socket else None
+        agent = test_agent(agent_port, workdir / "agent.log", unix_path)
         stack.enter_context(agent)
         agent.wait_ready()
         haproxy = stack.enter_context(
@@ -71,7 +78,7 @@ def spop_stack(
                 substitutions={
                     "FE_PORT": frontend_port,
                     "BACKEND_PORT": backend.port,
-                    "AGENT_ADDR": f"127.0.0.1:{agent_port}",
+                    "AGENT_ADDR": agent.address,
                     "PROCESSING_TIMEOUT": "3s",
                     "IDLE_TIMEOUT": idle_timeout,
                     "AGENT_SERVER_TIMEOUT": agent_server_timeout,
@@ -170,6 +177,17 @@ def test_agent_down_fires_error_path_and_recovers_after_restart(
         haproxy.wait_for_server_status(AGENT_BACKEND, AGENT_SERVER, "UP")
         assert _eventually_status(port, "/", 200) == 200
         assert request(port, "/attack").status == 403
+
+
+@pytest.mark.parametrize("version", ["2.6", "3.2"])
+def test_agent_on_a_unix_socket(version: str, http_backend: BackendProcess, tmp_path: Path) -> None:
+    """`bind: unix:///path` on the agent and the path on HAProxy's server line: the health check
+    passes and verdicts arrive (/ → 200, /attack → 403)."""
+    with spop_stack(version, tmp_path, http_backend, unix_socket=True) as running:
+        running.haproxy.wait_for_server_status(AGENT_BACKEND, AGENT_SERVER, "UP")
+        assert request(running.frontend_port, "/").status == 200
+        assert request(running.frontend_port, "/attack").status == 403
+        assert f"unix:{tmp_path / 'agent.sock'}" in running.agent.logs()
 
 
 # ≤3.0 only: 3.2 keeps an idle SPOP connection in the server's idle pool well past `timeout

@@ -34,10 +34,10 @@ class AgentProcess(ManagedProcess):
 
     @property
     def address(self) -> str:
-        """For HAProxy's ``server`` line: "127.0.0.1:9000" or "unix@/path" is not supported
-        by every version, so unix agents are usually tested in-process."""
+        """For HAProxy's ``server`` line: "127.0.0.1:9000", "[::1]:9000" or the unix socket's
+        absolute path (HAProxy reads an address starting with "/" as a unix socket)."""
         if self.unix_path is not None:
-            return str(self.unix_path)
+            return str(Path(self.unix_path).resolve())
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
