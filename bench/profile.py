@@ -25,6 +25,14 @@ def py_spy_binary() -> str:
     return str(Path(sys.executable).with_name("py-spy"))
 
 
+def py_spy_dump(pid: int) -> str:
+    """Every thread's Python stack right now (for a stall report)."""
+    done = subprocess.run(
+        [py_spy_binary(), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60
+    )
+    return done.stdout + done.stderr
+
+
 def start_py_spy(
     pid: int, output: Path, duration_s: float, rate: int = 200
 ) -> subprocess.Popen[bytes]:

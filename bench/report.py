@@ -85,6 +85,12 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(_check("overload: unanswered (not 403/200/500)", unanswered, "== 0",
                              unanswered == 0))  # fmt: skip
     soak = results.get("soak")
+    if soak:
+        checks.append(
+            _check("soak: every transaction answered", soak["transactions"],
+                   f"== {soak.get('transactions_planned', soak['transactions'])}",
+                   not soak.get("stalled"))
+        )  # fmt: skip
     if soak and soak.get("rss_growth") is not None:
         checks.append(
             _check("soak: RSS growth first checkpoint -> end", soak["rss_growth"],
@@ -207,6 +213,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_fmt(100 * soak['rss_growth'] if soak['rss_growth'] is not None else None, 1)} %."
             f" Checks: {soak['client']}.",
         ]
+        if soak.get("stalled"):
+            out += [
+                "",
+                f"**The agent stopped answering** after {soak['transactions']} of "
+                f"{soak.get('transactions_planned')} transactions:",
+                "",
+                "```",
+                soak["stalled"].strip(),
+                "```",
+            ]
     checks = target_checks(results)
     if checks:
         out += ["", "## Targets", "", "| target | measured | wanted | met |", "|---|--:|---|---|"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.agent_config import RULE_SETS
 from bench.procstat import cpu_seconds, rss_bytes
+from bench.profile import py_spy_dump
 from bench.spop_client import SpopLoad, soak_plan
 from bench.stack import start_agent
 from bench.stats import ratio
@@ -42,11 +43,11 @@ def run_soak(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         port = free_port()
-        # log level error: at info every blocked attack writes a rule-match record, and a
-        # million transactions would write ~100 MB of log for nothing the soak looks at
+        # log level fatal: every blocked attack writes a rule-match record at error level, and
+        # a million transactions would write ~100 MB of log for nothing the soak looks at
         agent = start_agent(
             Path(tmp), port, directives=RULE_SETS[rules], transaction_ttl_ms=ttl_ms,
-            log_level="error",
+            log_level="fatal",
         )  # fmt: skip
         try:
             load = SpopLoad(
@@ -58,8 +59,15 @@ def run_soak(
             done = 0
             checkpoints = sorted({baseline, *range(sample_every, transactions, sample_every)})
             checkpoints = [c for c in checkpoints if c < transactions] + [transactions]
+            stalled: str | None = None
             for checkpoint in checkpoints:
-                load.run(checkpoint - done)
+                try:
+                    load.run(checkpoint - done)
+                except TimeoutError as exc:
+                    # the agent stopped answering: keep what was measured, and say where
+                    stalled = f"{exc}; agent threads:\n{py_spy_dump(agent.pid)}"
+                    progress(f"soak stalled after {load.tally.transactions_done}: {exc}")
+                    break
                 done = checkpoint
                 agent.raise_if_exited()
                 sample = {
@@ -74,20 +82,23 @@ def run_soak(
                 )
             elapsed = time.monotonic() - started
             agent_cpu = cpu_seconds(agent.pid) - cpu0
-            load.close()
+            if stalled is None:
+                load.close()
         finally:
             agent.stop()
-    base = next(s["rss_bytes"] for s in samples if s["transactions"] >= baseline)
-    growth = ratio(samples[-1]["rss_bytes"] - base, base)
+    base = next((s["rss_bytes"] for s in samples if s["transactions"] >= baseline), None)
+    growth = ratio(samples[-1]["rss_bytes"] - base, base) if base and stalled is None else None
     return {
-        "transactions": transactions,
+        "transactions": done,
+        "transactions_planned": transactions,
+        "stalled": stalled,
         "baseline_transactions": baseline,
         "rules": rules,
         "connections": connections,
         "window": window,
         "transaction_ttl_ms": ttl_ms,
         "elapsed_s": elapsed,
-        "agent_cpu_ms_per_transaction": 1000 * agent_cpu / transactions,
+        "agent_cpu_ms_per_transaction": 1000 * agent_cpu / done if done else None,
         "samples": samples,
         "rss_growth": growth,
         "client": load.tally.as_dict(),

@@ -25,6 +25,7 @@ from coraza_spoa_py.spop import Arg, DataType, Message, SetVar, frames, handshak
 
 ID_WIDTH = 20  # "soak-" + 15 digits: ids are spliced into the templates at a fixed width
 ID_PLACEHOLDER = b"#" * ID_WIDTH
+STALL_TIMEOUT_S = 30.0  # HAProxy would have given up long before (timeout processing)
 MAX_WINDOW = 20  # HAProxy never has more NOTIFYs in flight on one connection
 LOOPBACK = IPv4Address("127.0.0.1")
 
@@ -225,7 +226,11 @@ class SpopLoad:
             self._start_transactions(conn, target)
             self._flush(conn)
         while any(conn.pending for conn in self.conns):
-            for key, _ in self.selector.select(timeout=30):
+            ready = self.selector.select(timeout=STALL_TIMEOUT_S)
+            if not ready:
+                pending = sum(len(conn.pending) for conn in self.conns)
+                raise TimeoutError(f"no ACK for {STALL_TIMEOUT_S}s, {pending} NOTIFYs pending")
+            for key, _ in ready:
                 conn = key.data
                 chunk = conn.sock.recv(1 << 18)
                 if not chunk:

@@ -112,6 +112,7 @@ def test_ratios_and_targets_from_sample_results():
         "throughput clean_get @32": True,
         "CPU/request clean_get @32": False,
         "uninspected + SPOE errors clean_get @32": True,
+        "soak: every transaction answered": True,
         "soak: RSS growth first checkpoint -> end": True,
     }
     text = report.markdown(results)
