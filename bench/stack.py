@@ -97,11 +97,13 @@ def start_agent(
     argv = [sys.executable, "-m", "coraza_spoa_py", "-config", str(config)]
     if switch_interval_s is not None:
         # an experiment knob, not a product setting: the GIL switch interval decides how long
-        # an engine thread returning from a cffi call waits while the hub runs Python
+        # an engine thread returning from a cffi call waits while the hub runs Python. cffi is
+        # imported before gevent patches _thread, so that its internal lock is a real one: with
+        # a gevent lock an engine thread can hang in cffi's type cache (docs/performance.md)
         argv = [
             sys.executable,
             "-c",
-            f"import runpy, sys; sys.setswitchinterval({switch_interval_s!r}); "
+            f"import runpy, sys, cffi; sys.setswitchinterval({switch_interval_s!r}); "
             f"sys.argv = ['coraza_spoa_py', '-config', {str(config)!r}]; "
             "runpy.run_module('coraza_spoa_py', run_name='__main__', alter_sys=True)",
         ]
