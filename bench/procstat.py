@@ -42,3 +42,22 @@ def rss_bytes(pid: int) -> int:
 
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` (thread id -> utime + stime)."""
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            continue  # the thread ended between listdir and open
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
+def main_thread_share(pid: int, before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the main thread (tid == pid: the gevent hub) used between two samples."""
+    return after.get(pid, 0.0) - before.get(pid, 0.0)

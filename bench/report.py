@@ -41,6 +41,7 @@ def throughput_rows(throughput: dict[str, Any]) -> list[dict[str, Any]]:
                 "engine_cpu_ms": ceiling["cpu_ms_per_request"],
                 "cpu_ratio": ratio(run["agent_cpu_ms_per_request"], ceiling["cpu_ms_per_request"]),
                 "haproxy_cpu_ms": run.get("haproxy_cpu_ms_per_request", 0.0),
+                "hub_cpu_ms": run.get("hub_cpu_ms_per_request", 0.0),
                 "spoe_errors": counts["spoe_errors"],
                 "agent_errors": counts["agent_errors"],
                 "shed": counts["shed"],
@@ -130,9 +131,10 @@ def markdown(results: dict[str, Any]) -> str:
             "reach the agent and are inspected).",
             "",
             "| scenario | conns | agent req/s | ceiling req/s | agent/ceiling | p50 ms | p99 ms "
-            "| agent CPU ms/req | engine CPU ms/req | CPU ratio | HAProxy CPU ms/req "
+            "| agent CPU ms/req | of which hub | engine CPU ms/req | CPU ratio "
+            "| HAProxy CPU ms/req "
             "| SPOE errors | uninspected | shed (1005) | agent RSS MiB |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for r in throughput_rows(throughput):
             scenario = SCENARIOS.get(r["scenario"])
@@ -140,7 +142,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {scenario.title if scenario else r['scenario']}"
                 f" | {r['connections']} | {r['agent_rps']:.0f} | {r['ceiling_rps']:.0f}"
                 f" | {_fmt(r['throughput_ratio'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f}"
-                f" | {r['agent_cpu_ms']:.2f} | {r['engine_cpu_ms']:.2f} | {_fmt(r['cpu_ratio'])}"
+                f" | {r['agent_cpu_ms']:.2f} | {r['hub_cpu_ms']:.2f} | {r['engine_cpu_ms']:.2f}"
+                f" | {_fmt(r['cpu_ratio'])}"
                 f" | {r['haproxy_cpu_ms']:.2f} | {r['spoe_errors']} | {r['uninspected']}"
                 f" | {r['shed']} | {r['agent_rss_mb']:.0f} |"
             )

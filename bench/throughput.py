@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.haproxy_log import count_lines
-from bench.procstat import rss_bytes, sample_cpu
+from bench.procstat import main_thread_share, rss_bytes, sample_cpu, thread_cpu_seconds
 from bench.scenarios import LEAK_PAGE_PATH, SCENARIOS, Scenario
 from bench.stack import ROOT, Stack, probe_status
 from bench.wrk import run_wrk
@@ -68,6 +68,7 @@ def measure_agent(
     """One wrk run against the stack, with the agent's and HAProxy's CPU over the same window."""
     offset = stack.log_offset()
     agent0, haproxy0 = sample_cpu(stack.agent.pid), sample_cpu(stack.haproxy.pid)
+    threads0 = thread_cpu_seconds(stack.agent.pid)
     wrk = run_wrk(
         stack.url,
         scenario,
@@ -77,6 +78,7 @@ def measure_agent(
         workdir=stack.workdir,
     )
     agent1, haproxy1 = sample_cpu(stack.agent.pid), sample_cpu(stack.haproxy.pid)
+    hub_cpu = main_thread_share(stack.agent.pid, threads0, thread_cpu_seconds(stack.agent.pid))
     rss = rss_bytes(stack.agent.pid)
     counts = count_lines(stack.log_lines_since(offset), scenario.expect_status)
     requests = counts.requests or wrk["requests"]
@@ -94,6 +96,9 @@ def measure_agent(
         "agent_cpu_ms_per_request": 1000 * (agent1.cpu_s - agent0.cpu_s) / requests
         if requests
         else 0.0,
+        # the gevent hub (main thread): sockets, codec, routing, logging; the rest of the
+        # agent's CPU is on the engine threads
+        "hub_cpu_ms_per_request": 1000 * hub_cpu / requests if requests else 0.0,
         "agent_cpu_cores": (agent1.cpu_s - agent0.cpu_s) / (agent1.wall_s - agent0.wall_s),
         "haproxy_cpu_ms_per_request": 1000 * (haproxy1.cpu_s - haproxy0.cpu_s) / requests
         if requests

@@ -70,6 +70,7 @@ def _sample_results() -> dict:
         "haproxy": counts,
         "agent_cpu_ms_per_request": 2.4,
         "haproxy_cpu_ms_per_request": 0.3,
+        "hub_cpu_ms_per_request": 0.5,
         "agent_rss_bytes": 64 * 2**20,
     }
     return {
@@ -116,7 +117,9 @@ def test_ratios_and_targets_from_sample_results():
         "soak: RSS growth first checkpoint -> end": True,
     }
     text = report.markdown(results)
-    assert "| clean GET | 32 | 850 | 1000 | 0.85 | 30.0 | 80.0 | 2.40 | 2.00 | 1.20 |" in text
+    assert (
+        "| clean GET | 32 | 850 | 1000 | 0.85 | 30.0 | 80.0 | 2.40 | 0.50 | 2.00 | 1.20 |" in text
+    )
     assert "| clean_get | 980, 1020 | 1.05 | 2.00 | 5.0 | 0 |" in text
     assert "| CPU/request clean_get @32 | 1.20 | <= 1.15 | NO |" in text
     json.dumps(results)  # the results stay JSON-serialisable
