@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     results = load_results(args.results)
     results["meta"] = metadata(args)
     for section, value in run_modes(args, results, log):
-        results[section] = value
+        # each section remembers its own run: a later partial re-run replaces "meta" only
+        results[section] = {**value, "run": results["meta"]}
         write_results(args.results, results)  # after each mode: nothing is lost on a crash
     log(f"results in {args.results}/bench.md")
     sys.stdout.write(report.markdown(results))

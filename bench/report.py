@@ -201,7 +201,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"{soak['transactions']} transactions straight over SPOP "
             f"({soak['connections']} connections x {soak['window']} in flight, rules: "
             f"{soak['rules']}, TTL {soak['transaction_ttl_ms']} ms), "
-            f"{soak['elapsed_s']:.0f} s, {soak['transactions'] / soak['elapsed_s']:.0f} tx/s.",
+            f"{soak['elapsed_s']:.0f} s, {soak['transactions'] / soak['elapsed_s']:.0f} tx/s, "
+            f"agent CPU {soak.get('agent_cpu_ms_per_transaction') or 0:.2f} ms/transaction. "
+            f"Run: {soak.get('run', {}).get('date', '?')}, commit "
+            f"{soak.get('run', {}).get('commit', '?')}.",
             "",
             "| transactions | agent RSS MiB | elapsed s |",
             "|--:|--:|--:|",
