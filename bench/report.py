@@ -251,12 +251,18 @@ def write_latency_plot(results: dict[str, Any], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    # one colour per scenario, one line style per concurrency
+    names = list(dict.fromkeys(run["scenario"] for run in runs))
+    levels = sorted({run["connections"] for run in runs})
+    styles = ["-", "--", ":", "-."]
     for run in runs:
         points = sorted(
             (float(k[1:]), v) for k, v in run["latency_ms"].items() if k.startswith("p")
         )
         xs = [1 / (1 - p / 100) for p, _ in points]
         ax.plot(xs, [v for _, v in points], marker="o", markersize=3,
+                color=f"C{names.index(run['scenario'])}",
+                linestyle=styles[levels.index(run["connections"]) % len(styles)],
                 label=f"{run['scenario']} @{run['connections']}")  # fmt: skip
     ticks = [50, 90, 99, 99.9, 99.99]
     ax.set_xscale("log")
