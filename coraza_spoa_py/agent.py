@@ -4,7 +4,8 @@
 unknown: ``default_application``; none set and exactly one application: that one). Unknown
 message names are ignored (debug log, no actions), like coraza-spoa. Every failure of one
 message becomes ``error`` = our code at once (compat.md Part 1): never silence, never a crash,
-never a silent pass.
+never a silent pass. At debug, a message that reaches no application gets its one line
+(``message_log``) here; the application writes that line for all others.
 
 ``replace`` swaps the applications atomically on reload and keeps the previous generations
 ("retired") readable: a response whose request was seen before the reload is still found in
@@ -28,7 +29,15 @@ from coraza_spoa_py.application import (
     NoApplicationError,
     TransactionStats,
 )
-from coraza_spoa_py.messages import ARG_APP, ARG_ID, app_name_arg, args_by_name
+from coraza_spoa_py.message_log import MessageTrace, debug_enabled, describe_message
+from coraza_spoa_py.messages import (
+    ARG_APP,
+    ARG_ID,
+    REQUEST_ARGS,
+    RESPONSE_ARGS,
+    app_name_arg,
+    args_by_name,
+)
 from coraza_spoa_py.spop.events import Action, DataType, Message
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
 
@@ -90,6 +99,7 @@ class Agent:
         # newest first; kept until their open transactions are answered or expired
         self._retired: list[_Generation] = []
         self._on_retired = on_retired
+        self._clock = clock
         self._errors = _ErrorLog(clock)
         # counters of retired applications already dropped, so totals never go backwards
         self._dropped = TransactionStats()
@@ -120,12 +130,29 @@ class Agent:
 
     def _handle_one(self, message: Message, received_at: float) -> list[Action]:
         if message.name not in (MESSAGE_REQUEST, MESSAGE_RESPONSE):
-            logger.debug("unknown SPOE message {!r} ignored", message.name)
+            if debug_enabled():
+                # every name counts as known: none is "missing" from a message we do not know
+                described = describe_message(message, frozenset(a.name for a in message.args))
+                logger.debug(f"{described} -> nothing (unknown SPOE message, ignored)")
             return []
         try:
             if message.name == MESSAGE_REQUEST:
-                return self._route(self._current, message).handle_request(message, received_at)
-            return self._route_response(message).handle_response(message, received_at)
+                application = self._route(self._current, message)
+                return application.handle_request(message, received_at)
+            application = self._route_response(message)
+            return application.handle_response(message, received_at)
+        except NoApplicationError as exc:
+            # the application writes the debug line of every message it handles; this one
+            # never reached one
+            if debug_enabled():
+                known = REQUEST_ARGS if message.name == MESSAGE_REQUEST else RESPONSE_ARGS
+                trace = MessageTrace.of(message, known)
+                answer = f"error={int(exc.code)} ({exc})"
+                logger.bind(tx=trace.transaction_id).debug(
+                    trace.line(answer, received_at, self._clock())
+                )
+            self._errors.report(exc.code, message.name, str(exc))
+            return error_actions(exc.code)
         except MessageError as exc:
             self._errors.report(exc.code, message.name, str(exc))
             return error_actions(exc.code)

@@ -6,8 +6,11 @@ the injected executor (a native thread in production), never on the gevent hub; 
 the counters are only touched on the hub, between those calls, so they need no lock.
 
 Failures are raised as ``MessageError`` subclasses carrying our error code (1001-1005);
-``agent`` turns them into ``error``. This module must not route messages, know other
-applications, import gevent or the engine binding (the engine is injected).
+``agent`` turns them into ``error``. At debug, each message gets one line (``message_log``),
+whatever its outcome, and every transaction leaving the cache without its response one more.
+
+This module must not route messages, know other applications, import gevent or the engine
+binding (the engine is injected).
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from typing import Any, ClassVar
 from loguru import logger
 
 from coraza_spoa_py.cache import Entry, TransactionCache
+from coraza_spoa_py.message_log import (
+    MessageTrace,
+    cache_removal,
+    debug_enabled,
+    describe_answer,
+    detect_only_note,
+)
 from coraza_spoa_py.messages import (
     REQUEST_ARGS,
     RESPONSE_ARGS,
@@ -31,7 +41,6 @@ from coraza_spoa_py.messages import (
     ResponseMessage,
     parse_request_message,
     parse_response_message,
-    unknown_arg_names,
 )
 from coraza_spoa_py.models import (
     Executor,
@@ -121,6 +130,9 @@ class _Outcome:
     shed: bool = False
     error: BaseException | None = None
     kept: WafTransaction | None = None
+    # engine-thread clock readings: when a thread picked the message up, and when it was done
+    started: float = 0.0
+    finished: float = 0.0
 
 
 class Application:
@@ -180,19 +192,34 @@ class Application:
     def handle_request(self, message: Message, received_at: float) -> list[Action]:
         """Evaluate a ``coraza-req`` message (phases 1 and 2); keep the transaction for the
         response when this app checks responses and the request was not interrupted."""
-        self._debug_unknown_args(message, REQUEST_ARGS)
+        if not debug_enabled():
+            return self._request(message, received_at, None)
+        trace = MessageTrace.of(message, REQUEST_ARGS)
+        return self._traced(self._request, message, received_at, trace)
+
+    def _request(
+        self, message: Message, received_at: float, trace: MessageTrace | None
+    ) -> list[Action]:
         try:
             parsed = parse_request_message(message, generate_transaction_id)
         except MalformedArgumentError as exc:
             raise MalformedMessageError(str(exc)) from exc
-        outcome = self._run(lambda: self._evaluate_request(parsed, received_at))
+        if trace is not None and parsed.id_generated:
+            trace.transaction_id, trace.note = parsed.request.transaction_id, "id generated"
+        outcome = self._run(lambda started: self._evaluate_request(parsed, received_at, started))
+        if trace is not None:
+            trace.started, trace.finished = outcome.started, outcome.finished
         if outcome.kept is not None and self._handed_over.pop(id(outcome.kept), None) is None:
             # close_all() already took, closed and counted it (shutdown)
             outcome.kept, outcome.opened = None, False
         verdict = self._settle(outcome, parsed.request.transaction_id)
+        if trace is not None:
+            trace.cache = "stored" if outcome.kept is not None else "not-stored"
+            trace.note = detect_only_note(verdict) if parsed.detect_only else trace.note
         if outcome.kept is not None:
             pushed_out = self._cache.put(parsed.request.transaction_id, outcome.kept)
             if pushed_out:
+                self._debug_cache_removed(pushed_out, parsed.request.transaction_id)
                 self._evicted += len(pushed_out)
                 self._warn_every_minute(
                     "evicted",
@@ -208,9 +235,11 @@ class Application:
             detect_only=parsed.detect_only,
         )
 
-    def _evaluate_request(self, parsed: RequestMessage, received_at: float) -> _Outcome:
+    def _evaluate_request(
+        self, parsed: RequestMessage, received_at: float, started: float
+    ) -> _Outcome:
         # Runs on an engine thread. Never raises: the hub needs to know what was opened.
-        if self._clock() - received_at > self._processing_budget_s:
+        if started - received_at > self._processing_budget_s:
             return _Outcome(shed=True)
         request: RequestInfo = parsed.request
         try:
@@ -235,10 +264,19 @@ class Application:
     def handle_response(self, message: Message, received_at: float) -> list[Action]:
         """Evaluate a ``coraza-res`` message (phases 3 and 4) in its request's transaction,
         then close it."""
+        if not debug_enabled():
+            return self._response(message, received_at, None)
+        trace = MessageTrace.of(message, RESPONSE_ARGS)
+        return self._traced(self._response, message, received_at, trace)
+
+    def _response(
+        self, message: Message, received_at: float, trace: MessageTrace | None
+    ) -> list[Action]:
         if not self.config.response_check:
             self._warn_response_check_off()
+            if trace is not None:
+                trace.note = "response_check off"
             return []
-        self._debug_unknown_args(message, RESPONSE_ARGS)
         try:
             parsed = parse_response_message(message)
         except MalformedArgumentError as exc:
@@ -249,11 +287,17 @@ class Application:
         # popping takes the transaction away from the sweeper: from here on this message owns
         # it and must close it
         transaction = self._cache.pop(transaction_id)
+        if trace is not None:
+            trace.cache = "not-found" if transaction is None else "found"
         if transaction is None:
             raise TransactionNotFoundError(f"no open transaction {transaction_id!r}")
         self._in_flight += 1
-        outcome = self._run(lambda: self._evaluate_response(parsed, transaction, received_at))
+        outcome = self._run(
+            lambda started: self._evaluate_response(parsed, transaction, received_at, started)
+        )
         self._in_flight -= 1
+        if trace is not None:
+            trace.started, trace.finished = outcome.started, outcome.finished
         verdict = self._settle(outcome, transaction_id)
         self._log_matches(transaction_id, verdict)
         return verdict_actions(
@@ -264,11 +308,15 @@ class Application:
         )
 
     def _evaluate_response(
-        self, parsed: ResponseMessage, transaction: WafTransaction, received_at: float
+        self,
+        parsed: ResponseMessage,
+        transaction: WafTransaction,
+        received_at: float,
+        started: float,
     ) -> _Outcome:
         response: ResponseInfo = parsed.response
         try:
-            if self._clock() - received_at > self._processing_budget_s:
+            if started - received_at > self._processing_budget_s:
                 return _Outcome(shed=True, closed=True)
             try:
                 verdict = transaction.process_response(response)
@@ -286,6 +334,7 @@ class Application:
         if expired:
             self._expired += len(expired)
             self._log.debug("closing {} expired transaction(s)", len(expired))
+            self._debug_cache_removed(expired, None)
             self._close_entries(expired)
         return len(expired)
 
@@ -301,9 +350,16 @@ class Application:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _run(self, work: Callable[[], _Outcome]) -> _Outcome:
+    def _run(self, work: Callable[[float], _Outcome]) -> _Outcome:
+        def timed() -> _Outcome:
+            # on the engine thread: the start also decides load shedding (budget check)
+            started = self._clock()
+            done = work(started)
+            done.started, done.finished = started, self._clock()
+            return done
+
         try:
-            outcome: _Outcome = self._executor(work)
+            outcome: _Outcome = self._executor(timed)
         except Exception as exc:
             # the executor itself failed (e.g. the pool is gone): nothing ran
             return _Outcome(error=exc)
@@ -345,10 +401,35 @@ class Application:
         except Exception:
             self._log.bind(tx=transaction_id).exception("closing the transaction failed")
 
-    def _debug_unknown_args(self, message: Message, known: frozenset[str]) -> None:
-        unknown = unknown_arg_names(message, known)
-        if unknown:
-            self._log.debug("unknown argument(s) ignored: {}", ", ".join(unknown))
+    def _traced(
+        self,
+        handle: Callable[[Message, float, MessageTrace | None], list[Action]],
+        message: Message,
+        received_at: float,
+        trace: MessageTrace,
+    ) -> list[Action]:
+        # debug only: run the message, then write its one line, whatever the outcome
+        try:
+            actions = handle(message, received_at, trace)
+        except Exception as exc:
+            code = exc.code if isinstance(exc, MessageError) else ErrorCode.ENGINE_FAILURE
+            self._debug_line(trace, received_at, f"error={int(code)} ({exc})")
+            raise
+        self._debug_line(trace, received_at, describe_answer(actions))
+        return actions
+
+    def _debug_line(self, trace: MessageTrace, received_at: float, answer: str) -> None:
+        # bound only now: an absent id was generated while the message was handled
+        line = trace.line(answer, received_at, self._clock())
+        self._log.bind(tx=trace.transaction_id).debug(line)
+
+    def _debug_cache_removed(
+        self, entries: Sequence[Entry[WafTransaction]], new_id: str | None
+    ) -> None:
+        # the cache events that are not on a message line: expired, evicted, replaced
+        if debug_enabled():
+            for transaction_id, _ in entries:
+                self._log.bind(tx=transaction_id).debug(cache_removal(transaction_id, new_id))
 
     def _warn_response_check_off(self) -> None:
         self._warn_every_minute(

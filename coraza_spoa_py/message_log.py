@@ -1,0 +1,156 @@
+"""The debug log of each SPOE message: what a user needs to troubleshoot a HAProxy setup from
+the log alone (issue 4), spelled as ONE line per message.
+
+``MessageTrace.of(message, known)`` describes the message as it arrived: name, every argument
+as ``name:TYPE(size)`` in the order HAProxy sent it (sizes of text in bytes, never values),
+the known arguments that are missing and the unknown ones that are ignored. ``application``
+adds what happened (cache event, engine-thread clock readings) and ``line(answer, ...)``
+finishes it with the answer HAProxy got and the time spent. ``debug_enabled()`` tells whether
+any sink takes debug records at all: callers build nothing otherwise, so the hot path pays one
+attribute read when the level is above debug.
+
+Must not log by itself, decide levels or sinks, or show an argument's value: header values and
+bodies never reach a log from here (issue 4; the rule engine's own match lines are another
+matter, compat.md Part 2 §5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from loguru import logger
+
+from coraza_spoa_py.messages import (
+    ARG_DETECT_ONLY,
+    ARG_EXPORT_RULE_IDS,
+    ARG_ID,
+    args_by_name,
+    unknown_arg_names,
+)
+from coraza_spoa_py.models import Verdict
+from coraza_spoa_py.spop.events import Action, Arg, DataType, Message, SetVar
+
+# loguru's numeric level of DEBUG (and of zerolog's "debug", logs.LEVELS)
+DEBUG_LEVEL_NO = 10
+# loguru's core is shared by every bound logger; its ``min_level`` is the lowest level any sink
+# takes, which is loguru's own first check before it builds a record. Private, so it is read
+# defensively: without it every message builds its line (correct, only slower).
+_LOGURU_CORE = getattr(logger, "_core", None)
+# the two flags are optional (coraza-spoa's own coraza.cfg does not send them); any other known
+# argument that is absent changes what the rules see, so the line names it
+OPTIONAL_ARGS = frozenset({ARG_EXPORT_RULE_IDS, ARG_DETECT_ONLY})
+_TEXT_TYPES = frozenset({DataType.STRING, DataType.BINARY})
+# the answer's variables in the order the line shows them: the verdict, then the metrics
+_ANSWER_ORDER = ("error", "fail", "action", "status", "ruleid", "rules_hit", "anomaly_score")
+NO_ID = "-"
+
+
+def debug_enabled() -> bool:
+    """Whether any sink takes debug records (read on every message: it follows reloads)."""
+    min_level = getattr(_LOGURU_CORE, "min_level", 0)
+    return bool(min_level <= DEBUG_LEVEL_NO)
+
+
+def describe_arg(arg: Arg) -> str:
+    """``name:TYPE(size)`` for text (size in bytes), ``name:TYPE`` for fixed-size types."""
+    if arg.type in _TEXT_TYPES and isinstance(arg.value, bytes):
+        return f"{arg.name}:{arg.type.name}({len(arg.value)})"
+    return f"{arg.name}:{arg.type.name}"
+
+
+def describe_message(message: Message, known: frozenset[str]) -> str:
+    """``name args=[...] missing=[...] ignored=[...]`` (the last two only when not empty)."""
+    text = f"{message.name} args=[{' '.join(describe_arg(arg) for arg in message.args)}]"
+    sent = {arg.name for arg in message.args}
+    missing = sorted(known - OPTIONAL_ARGS - sent)
+    if missing:
+        text += f" missing=[{' '.join(missing)}]"
+    ignored = unknown_arg_names(message, known)
+    if ignored:
+        text += f" ignored=[{' '.join(ignored)}]"
+    return text
+
+
+def sent_id(message: Message) -> str:
+    """The ``id`` argument as sent (the line's ``tx``), or ``-``; also before parsing, so a
+    malformed message is still tied to its transaction."""
+    arg = args_by_name(message).get(ARG_ID)
+    if arg is None or arg.type not in _TEXT_TYPES or not isinstance(arg.value, bytes):
+        return NO_ID
+    return arg.value.decode("latin-1") or NO_ID
+
+
+def describe_answer(actions: Sequence[Action]) -> str:
+    """The SET-VARs HAProxy gets as ``name=value`` (``id`` left out: the line carries ``tx``).
+    These are the names HAProxy logs as ``txn.coraza.<name>``, so both logs read alike."""
+    values = {a.name: a.value for a in actions if isinstance(a, SetVar) and a.name != ARG_ID}
+    if not values:
+        return "nothing"
+    names = [name for name in _ANSWER_ORDER if name in values]
+    names += [name for name in values if name not in _ANSWER_ORDER]
+    return " ".join(f"{name}={_answer_value(values[name])}" for name in names)
+
+
+def _answer_value(value: object) -> str:
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return f'"{text}"' if not text or " " in text else text
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}ms"
+
+
+@dataclass(slots=True)
+class MessageTrace:
+    """The debug line of one message, filled in while the message is handled (hub only)."""
+
+    described: str
+    transaction_id: str = NO_ID
+    cache: str = ""  # stored | not-stored | found | not-found
+    note: str = ""  # "id generated", detect-only, response_check off
+    # engine-thread clock readings; 0.0 = no engine thread ran for this message
+    started: float = 0.0
+    finished: float = 0.0
+
+    @classmethod
+    def of(cls, message: Message, known: frozenset[str]) -> MessageTrace:
+        return cls(describe_message(message, known), sent_id(message))
+
+    def line(self, answer: str, received_at: float, now: float) -> str:
+        """``<message> -> <answer> (<note>) cache=… wait=… engine=… total=…``.
+
+        ``wait``: from reading the frame until an engine thread picked the message up (the hub
+        and the thread pool's queue; what the processing budget bounds). ``engine``: that
+        thread's work (new transaction, phases, close). ``total``: until this line, on the hub.
+        """
+        text = f"{self.described} -> {answer}"
+        if self.note:
+            text += f" ({self.note})"
+        if self.cache:
+            text += f" cache={self.cache}"
+        if self.finished:
+            text += f" wait={_ms(self.started - received_at)}"
+            text += f" engine={_ms(self.finished - self.started)}"
+        return f"{text} total={_ms(now - received_at)}"
+
+
+def cache_removal(transaction_id: str, new_id: str | None) -> str:
+    """Why a transaction left the cache other than through its response (``new_id``: the
+    request whose ``put`` pushed it out; ``None``: the sweeper expired it)."""
+    if new_id is None:
+        return "cache: transaction expired (transaction_ttl_ms), closed without its response"
+    if transaction_id == new_id:
+        return "cache: transaction replaced by a new request with the same id, the old one closed"
+    # the application's own warning names transaction_active_limit once a minute
+    return "cache: transaction evicted (the cache is full), closed without its response"
+
+
+def detect_only_note(verdict: Verdict) -> str:
+    """What the rules decided when detect-only keeps HAProxy from blocking (empty if nothing)."""
+    if not verdict.interrupted:
+        return ""
+    return (
+        f"detect-only, not blocking: action={verdict.action} status={verdict.status}"
+        f" ruleid={verdict.rule_id}"
+    )
