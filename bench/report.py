@@ -42,6 +42,15 @@ def throughput_rows(throughput: dict[str, Any]) -> list[dict[str, Any]]:
                 "cpu_ratio": ratio(run["agent_cpu_ms_per_request"], ceiling["cpu_ms_per_request"]),
                 "haproxy_cpu_ms": run.get("haproxy_cpu_ms_per_request", 0.0),
                 "hub_cpu_ms": run.get("hub_cpu_ms_per_request", 0.0),
+                "wrk_cpu_ms": run.get("wrk_cpu_ms_per_request", 0.0),
+                # the best agent/ceiling a zero-cost agent could reach here: the engine's CPU
+                # per request against engine + HAProxy + wrk on the same cores
+                "zero_cost_agent_ratio": ratio(
+                    ceiling["cpu_ms_per_request"],
+                    ceiling["cpu_ms_per_request"]
+                    + run.get("haproxy_cpu_ms_per_request", 0.0)
+                    + run.get("wrk_cpu_ms_per_request", 0.0),
+                ),
                 "spoe_errors": counts["spoe_errors"],
                 "agent_errors": counts["agent_errors"],
                 "shed": counts["shed"],
@@ -163,6 +172,23 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {_fmt(ceiling.get('rps_spread'))} | {ceiling['cpu_ms_per_request']:.2f}"
                 f" | {max(r['latency_ms']['p99'] for r in runs):.1f}"
                 f" | {ceiling['wrong_verdicts']} |"
+            )
+        out += [
+            "",
+            "Where each request's CPU goes (ms): the ceiling has both cores to itself, while the "
+            "agent shares them with HAProxy and wrk. *Zero-cost agent* = engine / (engine + "
+            "HAProxy + wrk): the best agent/ceiling ratio any agent could reach on this box.",
+            "",
+            "| scenario | conns | engine | agent beyond engine | of it on the hub | HAProxy "
+            "| wrk | zero-cost agent ratio | measured ratio |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for r in throughput_rows(throughput):
+            out.append(
+                f"| {r['scenario']} | {r['connections']} | {r['engine_cpu_ms']:.2f}"
+                f" | {r['agent_cpu_ms'] - r['engine_cpu_ms']:.2f} | {r['hub_cpu_ms']:.2f}"
+                f" | {r['haproxy_cpu_ms']:.2f} | {r['wrk_cpu_ms']:.2f}"
+                f" | {_fmt(r['zero_cost_agent_ratio'])} | {_fmt(r['throughput_ratio'])} |"
             )
     overload = results.get("overload")
     if overload:

@@ -103,6 +103,7 @@ def measure_agent(
         "haproxy_cpu_ms_per_request": 1000 * (haproxy1.cpu_s - haproxy0.cpu_s) / requests
         if requests
         else 0.0,
+        "wrk_cpu_ms_per_request": 1000 * wrk["cpu_s"] / requests if requests else 0.0,
         "agent_rss_bytes": rss,
     }
 

@@ -71,6 +71,7 @@ def _sample_results() -> dict:
         "agent_cpu_ms_per_request": 2.4,
         "haproxy_cpu_ms_per_request": 0.3,
         "hub_cpu_ms_per_request": 0.5,
+        "wrk_cpu_ms_per_request": 0.1,
         "agent_rss_bytes": 64 * 2**20,
     }
     return {
@@ -108,6 +109,8 @@ def test_ratios_and_targets_from_sample_results():
     (row,) = report.throughput_rows(results["throughput"])
     assert row["throughput_ratio"] == pytest.approx(0.85)
     assert row["cpu_ratio"] == pytest.approx(1.2)
+    # engine 2.0 ms against engine + HAProxy 0.3 + wrk 0.1 on the same cores
+    assert row["zero_cost_agent_ratio"] == pytest.approx(2.0 / 2.4)
     checks = {c["target"]: c["met"] for c in report.target_checks(results)}
     assert checks == {
         "throughput clean_get @32": True,
