@@ -84,7 +84,12 @@ def sent_id(message: Message) -> str:
 def describe_answer(actions: Sequence[Action]) -> str:
     """The SET-VARs HAProxy gets as ``name=value`` (``id`` left out: the line carries ``tx``).
     These are the names HAProxy logs as ``txn.coraza.<name>``, so both logs read alike."""
-    values = {a.name: a.value for a in actions if isinstance(a, SetVar) and a.name != ARG_ID}
+    values = {
+        a.name: a.value
+        for a in actions
+        # data is empty unless the rules redirect: an empty one says nothing
+        if isinstance(a, SetVar) and a.name != ARG_ID and a.value not in ("", b"")
+    }
     if not values:
         return "nothing"
     names = [name for name in _ANSWER_ORDER if name in values]
