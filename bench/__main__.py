@@ -125,7 +125,11 @@ def _version(command: list[str]) -> str:
 def metadata(args: argparse.Namespace) -> dict[str, Any]:
     from coraza_spoa_py import waf
 
-    commit = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    # BENCH_COMMIT: set when running from an exported tree (`git archive HEAD`), which has no
+    # .git, so that a run is not disturbed by uncommitted edits in a shared working tree
+    commit = os.environ.get("BENCH_COMMIT") or _version(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]
+    )
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")),
