@@ -37,6 +37,7 @@ from gevent.server import StreamServer
 from loguru import logger
 
 from coraza_spoa_py import spop
+from coraza_spoa_py.message_log import debug_enabled
 from coraza_spoa_py.settings import BindAddress
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
@@ -299,7 +300,15 @@ class _AgentConnection:
     def _answer(self, notify: spop.Notify, received_at: float) -> None:
         actions: Sequence[spop.Action]
         try:
-            actions = self.server.handler(notify.messages, received_at)
+            if debug_enabled():
+                # the message's debug line (message_log) names the connection it came on;
+                # loguru's context is per greenlet, and each NOTIFY has its own greenlet
+                with logger.contextualize(
+                    peer=self.peer, stream_id=notify.stream_id, frame_id=notify.frame_id
+                ):
+                    actions = self.server.handler(notify.messages, received_at)
+            else:
+                actions = self.server.handler(notify.messages, received_at)
         except Exception:
             # Never silence (compat.md Part 1): HAProxy's `error > 0` rule fires at once.
             self.log.bind(stream_id=notify.stream_id, frame_id=notify.frame_id).exception(

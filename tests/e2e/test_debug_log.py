@@ -127,6 +127,7 @@ def test_debug_log_of_one_blocked_request_explains_the_setup(tmp_path):
         rest for level, rest in lines if level == "DBG" and rest.startswith("coraza-req args=")
     ]
     assert message.endswith(f" app=sample_app tx={transaction_id}")
+    assert f" peer={peer} stream_id=" in message  # the connection it came on
     args = dict(re.findall(r"([\w-]+):([A-Z0-9]+(?:\(\d+\))?)", message.split("] -> ")[0]))
     assert args["app"] == "STRING(10)"  # "sample_app"
     assert args["id"] == f"STRING({len(transaction_id)})"
