@@ -7,6 +7,7 @@ files only; never starts anything.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -47,6 +48,7 @@ def write_agent_config(
     response_check: bool = True,
     transaction_ttl_ms: int = 60_000,
     log_level: str = "info",
+    app_log_level: str | None = None,
     extra: dict[str, object] | None = None,
 ) -> Path:
     """Write ``agent.yml`` (Gen3 form, config.example.yml's keys) into ``folder``; return its path.
@@ -67,7 +69,8 @@ def write_agent_config(
                 "directives": directives,
                 "response_check": response_check,
                 "transaction_ttl_ms": transaction_ttl_ms,
-                "log_level": log_level,
+                # the rule-match log; None: the same level as the agent's own log
+                "log_level": app_log_level or log_level,
                 "log_file": log_file,
                 "log_format": "console",
             }
@@ -77,3 +80,21 @@ def write_agent_config(
     path = folder / "agent.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+# The agent's shutdown line (agent.Agent.close_all): its own transaction counters.
+AGENT_TOTALS_RE = re.compile(
+    r"transactions opened=(?P<opened>\d+) closed=(?P<closed>\d+) expired=(?P<expired>\d+) "
+    r"evicted=(?P<evicted>\d+) shed=(?P<shed>\d+) open=(?P<open>\d+)"
+)
+
+
+def read_agent_totals(folder: Path) -> dict[str, int] | None:
+    """The counters of the agent's last shutdown line in ``folder``'s logs, if any."""
+    text = ""
+    for name in ("agent.log", "agent.out"):
+        path = folder / name
+        if path.exists():
+            text += path.read_text(errors="replace")
+    matches = list(AGENT_TOTALS_RE.finditer(text))
+    return {k: int(v) for k, v in matches[-1].groupdict().items()} if matches else None

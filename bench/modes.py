@@ -8,11 +8,11 @@ memory belong to that mode alone. Orchestration only: the measuring is in ``thro
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.agent_config import read_agent_totals
 from bench.overload import run_overload
 from bench.profile import markdown as profile_markdown
 from bench.profile import start_py_spy, summarise
@@ -21,24 +21,12 @@ from bench.soak import run_soak
 from bench.stack import Stack, running_stack
 from bench.throughput import Progress, measure_agent, run_throughput
 
-# the agent's shutdown line (agent.Agent.close_all): its own count of shed messages
-AGENT_TOTALS_RE = re.compile(
-    r"transactions opened=(?P<opened>\d+) closed=(?P<closed>\d+) expired=(?P<expired>\d+) "
-    r"evicted=(?P<evicted>\d+) shed=(?P<shed>\d+) open=(?P<open>\d+)"
-)
-
 
 def agent_totals(stack: Stack) -> dict[str, int] | None:
     """Stop the stack's processes and read the agent's final transaction counters."""
     stack.haproxy.stop()
     stack.agent.stop(timeout=30)
-    text = ""
-    for name in ("agent.log", "agent.out"):
-        path = stack.workdir / name
-        if path.exists():
-            text += path.read_text(errors="replace")
-    matches = list(AGENT_TOTALS_RE.finditer(text))
-    return {k: int(v) for k, v in matches[-1].groupdict().items()} if matches else None
+    return read_agent_totals(stack.workdir)
 
 
 def _stack_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -243,7 +243,8 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"RSS growth from {soak['baseline_transactions']} transactions to the end: "
             f"{_fmt(100 * soak['rss_growth'] if soak['rss_growth'] is not None else None, 1)} %."
-            f" Checks: {soak['client']}.",
+            f" Checks: {soak['client']}. The agent's own counters at shutdown: "
+            f"{soak.get('agent_totals', 'not recorded')}.",
         ]
         if soak.get("stalled"):
             out += [

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.agent_config import RULE_SETS
+from bench.agent_config import RULE_SETS, read_agent_totals
 from bench.procstat import cpu_seconds, rss_bytes
 from bench.profile import py_spy_dump
 from bench.spop_client import SpopLoad, soak_plan
@@ -43,11 +43,12 @@ def run_soak(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         port = free_port()
-        # log level fatal: every blocked attack writes a rule-match record at error level, and
-        # a million transactions would write ~100 MB of log for nothing the soak looks at
+        # rule-match log off: every blocked attack writes a record at error level, and a
+        # million transactions would write ~100 MB for nothing the soak looks at. The agent's
+        # own log stays at info for its shutdown counters (opened = closed, expired).
         agent = start_agent(
             Path(tmp), port, directives=RULE_SETS[rules], transaction_ttl_ms=ttl_ms,
-            log_level="fatal",
+            log_level="info", app_log_level="fatal",
         )  # fmt: skip
         try:
             load = SpopLoad(
@@ -85,7 +86,8 @@ def run_soak(
             if stalled is None:
                 load.close()
         finally:
-            agent.stop()
+            agent.stop(timeout=30)
+            totals = read_agent_totals(Path(tmp))
     base = next((s["rss_bytes"] for s in samples if s["transactions"] >= baseline), None)
     growth = ratio(samples[-1]["rss_bytes"] - base, base) if base and stalled is None else None
     return {
@@ -102,4 +104,5 @@ def run_soak(
         "samples": samples,
         "rss_growth": growth,
         "client": load.tally.as_dict(),
+        "agent_totals": totals,
     }

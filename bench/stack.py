@@ -85,6 +85,7 @@ def start_agent(
     transaction_ttl_ms: int = 60_000,
     log_level: str = "info",
     switch_interval_s: float | None = None,
+    app_log_level: str | None = None,
 ) -> ManagedProcess:
     config = write_agent_config(
         workdir,
@@ -92,6 +93,7 @@ def start_agent(
         directives=directives,
         transaction_ttl_ms=transaction_ttl_ms,
         log_level=log_level,
+        app_log_level=app_log_level,
         extra=extra_config,
     )
     argv = [sys.executable, "-m", "coraza_spoa_py", "-config", str(config)]
