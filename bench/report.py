@@ -317,7 +317,18 @@ def write_soak_plot(results: dict[str, Any], path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     xs = [s["transactions"] for s in soak["samples"]]
-    ax.plot(xs, [s["rss_bytes"] / MIB for s in soak["samples"]], marker=".")
+    ys = [s["rss_bytes"] / MIB for s in soak["samples"]]
+    ax.plot(xs, ys, marker=".", label="agent RSS")
+    base = next(
+        (s["rss_bytes"] / MIB for s in soak["samples"]
+         if s["transactions"] >= soak["baseline_transactions"]),
+        ys[0],
+    )  # fmt: skip
+    # the target band: RSS must stay under the first checkpoint + 5 %
+    label = f"target: RSS at {soak['baseline_transactions']} + {SOAK_RSS_TARGET:.0%}"
+    ax.axhline(base * (1 + SOAK_RSS_TARGET), color="C3", linestyle="--", label=label)
+    ax.set_ylim(0, max(ys) * 1.25)
+    ax.legend(loc="lower right")
     ax.set_xlabel("transactions")
     ax.set_ylabel("agent RSS (MiB)")
     ax.set_title(f"soak: agent RSS over {soak['transactions']} transactions")
