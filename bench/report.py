@@ -267,6 +267,39 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary(results: dict[str, Any]) -> str:
+    """A few lines with the headline ratios, for docs/performance.md."""
+    out = []
+    meta = results.get("meta", {})
+    throughput = results.get("throughput")
+    if throughput:
+        run = throughput.get("run", meta)
+        out.append(
+            f"Run {run.get('date', '?')}, commit {run.get('commit', '?')}, {run.get('haproxy', '')}"
+            f", load average at start {run.get('load average at start', '?')}."
+        )
+        out.append("")
+        out.append(
+            "| scenario | conns | agent/ceiling | zero-cost-agent ratio | CPU ratio "
+            "| hub CPU ms/req | p99 ms | SPOE errors | uninspected | shed |"
+        )
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for r in throughput_rows(throughput):
+            out.append(
+                f"| {r['scenario']} | {r['connections']} | {_fmt(r['throughput_ratio'])}"
+                f" | {_fmt(r['zero_cost_agent_ratio'])} | {_fmt(r['cpu_ratio'])}"
+                f" | {r['hub_cpu_ms']:.2f} | {r['p99_ms']:.0f} | {r['spoe_errors']}"
+                f" | {r['uninspected']} | {r['shed']} |"
+            )
+    checks = target_checks(results)
+    if checks:
+        met = sum(c["met"] for c in checks)
+        missed = [c["target"] for c in checks if not c["met"]]
+        out.append("")
+        out.append(f"Targets met: {met} of {len(checks)}. Missed: {', '.join(missed) or 'none'}.")
+    return "\n".join(out) + "\n"
+
+
 def write_latency_plot(results: dict[str, Any], path: Path) -> bool:
     """Latency percentiles of every agent run (one line each), log-scaled; False if no data."""
     runs = results.get("throughput", {}).get("agent", [])

@@ -126,6 +126,9 @@ def test_ratios_and_targets_from_sample_results():
     assert "| clean_get | 980, 1020 | 1.05 | 2.00 | 5.0 | 0 |" in text
     assert "| CPU/request clean_get @32 | 1.20 | <= 1.15 | NO |" in text
     json.dumps(results)  # the results stay JSON-serialisable
+    headline = report.summary(results)
+    assert "| clean_get | 32 | 0.85 | 0.83 | 1.20 | 0.50 | 80 | 0 | 0 | 0 |" in headline
+    assert "Targets met: 4 of 5. Missed: CPU/request clean_get @32." in headline
 
 
 SHIPPED = """\
