@@ -42,7 +42,8 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("modes", nargs="*", default=["all"], choices=["all", *MODES])
+    # no default list: argparse would check ["all"] as one choice (nargs="*" quirk)
+    p.add_argument("modes", nargs="*", choices=["all", *MODES], help="default: all")
     p.add_argument(
         "--scenarios",
         type=lambda t: _csv(str, t),
@@ -113,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep configs and logs here instead of a temp dir")  # fmt: skip
     args = p.parse_args(argv)
     args.agent_option = dict(args.agent_option) or None
-    args.modes = list(MODES) if "all" in args.modes else args.modes
+    args.modes = list(MODES) if not args.modes or "all" in args.modes else args.modes
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")

@@ -227,3 +227,13 @@ def test_profile_summary_splits_hub_and_workers():
     assert "| worker | `waf.py:process_request` | project | 12 | 100.0% |" in profile.markdown(
         summary
     )
+
+
+def test_cli_defaults_to_every_mode():
+    from bench.__main__ import MODES, parse_args
+
+    assert parse_args([]).modes == list(MODES)
+    assert parse_args(["all"]).modes == list(MODES)
+    args = parse_args(["soak", "--agent-option", "engine_threads=3"])
+    assert args.modes == ["soak"]
+    assert args.agent_option == {"engine_threads": 3}
