@@ -42,8 +42,9 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    # no default list: argparse would check ["all"] as one choice (nargs="*" quirk)
-    p.add_argument("modes", nargs="*", choices=["all", *MODES], help="default: all")
+    # checked below, not with choices=: argparse checks an empty or default list against the
+    # choices as a whole when nargs="*" (CPython issue 9625)
+    p.add_argument("modes", nargs="*", help=f"any of all, {', '.join(MODES)} (default: all)")
     p.add_argument(
         "--scenarios",
         type=lambda t: _csv(str, t),
@@ -114,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep configs and logs here instead of a temp dir")  # fmt: skip
     args = p.parse_args(argv)
     args.agent_option = dict(args.agent_option) or None
+    bad_modes = set(args.modes) - {"all", *MODES}
+    if bad_modes:
+        p.error(f"unknown modes: {', '.join(sorted(bad_modes))}")
     args.modes = list(MODES) if not args.modes or "all" in args.modes else args.modes
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
