@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -186,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.modes import run_modes
 
     args = parse_args(argv)
+    # SIGTERM (e.g. from `timeout`) must unwind like Ctrl-C, so that the `finally` blocks stop
+    # the agent and HAProxy this run started instead of leaving them behind
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     results = load_results(args.results)
     results["meta"] = metadata(args)
     for section, value in run_modes(args, results, log):
