@@ -37,4 +37,5 @@ exec "$loader" --library-path "$libdir:$dest/root/lib/x86_64-linux-gnu" "$dest/r
 WRAP
 chmod +x "$dest/haproxy"
 rm -rf "$work"
-"$dest/haproxy" -v | head -1
+# read the whole output: `head` would close the pipe early and pipefail would report SIGPIPE
+"$dest/haproxy" -v | sed -n 1p
