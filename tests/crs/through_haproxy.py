@@ -2,8 +2,10 @@
 ``etc/haproxy/haproxy.cfg`` + ``coraza.cfg``, in front of our albedo backend, with the agent
 (``python -m coraza_spoa_py -config``) running CRS in the setup the suite expects.
 
-The test overlay (``overlay.cfg`` beside this file, plus ``FRONTEND_OVERLAY`` lines added to the
-shipped frontend because HAProxy cannot reopen a proxy from a second ``-f`` file):
+The shipped files are rendered by ``tests.support.shipped`` (the frontend on a free port, the
+agent's and albedo's addresses). The test overlay (``overlay.cfg`` beside this file, plus
+``FRONTEND_OVERLAY`` lines added to the shipped frontend because HAProxy cannot reopen a proxy
+from a second ``-f`` file):
 - ``tune.bufsize 131072``: CRS stages send ~64 KB bodies; HAProxy truncates silently to the
   buffer (harness.md §2 "bodies");
 - the rule ids the agent exported (``export_rule_ids: true`` → ``txn.coraza.rule_ids``, set on
@@ -16,7 +18,6 @@ It owns the processes it starts and stops them on every exit path.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -26,15 +27,16 @@ from pathlib import Path
 from coraza_spoa_py.settings import RulePaths
 from tests.crs import builder
 from tests.crs.albedo import AlbedoServer
-from tests.crs.crs_setup import PROJECT_ROOT, write_agent_config
+from tests.crs.crs_setup import write_agent_config
 from tests.crs.judge import Observation
 from tests.crs.loader import Stage
 from tests.crs.sender import SendError, send_raw
 from tests.support.agent import AgentProcess, cli_agent
-from tests.support.haproxy import HAProxy, start_haproxy
+from tests.support.haproxy import HAProxy
 from tests.support.ports import free_port
+from tests.support.shipped import SHIPPED_DIR, shipped_haproxy
 
-SHIPPED_HAPROXY_DIR = PROJECT_ROOT / "etc" / "haproxy"
+SHIPPED_HAPROXY_DIR = SHIPPED_DIR
 OVERLAY_FILE = Path(__file__).with_name("overlay.cfg")
 RULE_IDS_HEADER = "X-Coraza-Rule-Ids"
 ERROR_HEADER = "X-Coraza-Error"
@@ -53,66 +55,6 @@ class Stack:
     haproxy: HAProxy
     agent: AgentProcess
     frontend_port: int
-
-
-@dataclass(frozen=True)
-class Addresses:
-    frontend_port: int
-    backend: str  # the albedo server, "127.0.0.1:N"
-    agent: str  # the agent, "127.0.0.1:N"
-    spoe_config: Path  # the rendered coraza.cfg
-    spoe_backend: str  # the backend coraza.cfg's use-backend names
-
-
-_SECTION = re.compile(r"^(global|defaults|frontend|backend|listen|peers|resolvers)\b\s*(\S*)")
-_BIND = re.compile(r"^(\s+bind\s+)\S+(.*)$")
-_SERVER = re.compile(r"^(\s+server\s+\S+\s+)\S+(.*)$")
-_SPOE_FILTER = re.compile(r"^(\s+filter\s+spoe\b.*\bconfig\s+)\S+(.*)$")
-_USE_BACKEND = re.compile(r"^\s*use-backend\s+(\S+)", re.MULTILINE)
-
-
-def spoe_backend_name(spoe_text: str) -> str:
-    found = _USE_BACKEND.search(spoe_text)
-    if not found:
-        raise ValueError("the shipped coraza.cfg names no use-backend")
-    return found.group(1)
-
-
-def render_shipped_haproxy(text: str, where: Addresses) -> str:
-    """The shipped haproxy.cfg with only its addresses changed, plus ``FRONTEND_OVERLAY``.
-
-    The shipped file is runnable as is (fixed ports 8080/8081/9000, a relative SPOE path),
-    so it has no placeholders: each section's ``bind``/``server``/``filter spoe`` line gets a
-    test address instead — the frontend binds ``frontend_port``, the SPOE backend's servers
-    point at the agent, every other backend's at albedo, a ``listen`` section (the demo app)
-    binds a free port. Everything else stays byte for byte.
-    """
-    out: list[str] = []
-    kind = name = ""
-    frontends = 0
-    for line in text.splitlines():
-        section = _SECTION.match(line)
-        if section:
-            kind, name = section.group(1), section.group(2)
-            out.append(line)
-            if kind == "frontend":
-                frontends += 1
-                out.extend(FRONTEND_OVERLAY)
-            continue
-        bind, server, spoe = _BIND.match(line), _SERVER.match(line), _SPOE_FILTER.match(line)
-        if bind and kind == "frontend":
-            line = f"{bind.group(1)}127.0.0.1:{where.frontend_port}{bind.group(2)}"
-        elif bind and kind == "listen":
-            line = f"{bind.group(1)}127.0.0.1:{free_port()}{bind.group(2)}"
-        elif server and kind == "backend":
-            target = where.agent if name == where.spoe_backend else where.backend
-            line = f"{server.group(1)}{target}{server.group(2)}"
-        elif spoe:
-            line = f"{spoe.group(1)}{where.spoe_config}{spoe.group(2)}"
-        out.append(line)
-    if frontends == 0:
-        raise ValueError("the shipped haproxy.cfg has no frontend section")
-    return "\n".join(out) + "\n"
 
 
 @contextmanager
@@ -138,27 +80,16 @@ def crs_stack(
         stack.enter_context(agent)
         agent.wait_ready(timeout=60)
 
-        spoe_text = (haproxy_dir / "coraza.cfg").read_text()
-        spoe_config = workdir / "coraza.cfg"
-        spoe_config.write_text(spoe_text)  # unchanged: it names no address
-        where = Addresses(
-            frontend_port=frontend_port,
-            backend=f"127.0.0.1:{backend.port}",
-            agent=f"127.0.0.1:{agent_port}",
-            spoe_config=spoe_config,
-            spoe_backend=spoe_backend_name(spoe_text),
-        )
-        haproxy_config = workdir / "shipped-haproxy.cfg"
-        haproxy_config.write_text(
-            render_shipped_haproxy((haproxy_dir / "haproxy.cfg").read_text(), where)
-        )
         haproxy = stack.enter_context(
-            start_haproxy(
+            shipped_haproxy(
                 version,
-                haproxy_config,
                 workdir,
+                frontend_port=frontend_port,
+                agent_port=agent_port,
+                backend_port=backend.port,
+                frontend_lines=FRONTEND_OVERLAY,
+                shipped_dir=haproxy_dir,
                 overlays=[OVERLAY_FILE],
-                wait_ports=[frontend_port],
             )
         )
         yield Stack(haproxy, agent, frontend_port)

@@ -1,8 +1,9 @@
 """The reload and shutdown e2e stack: the agent (``python -m coraza_spoa_py -config``), a real
-HAProxy running the SHIPPED etc/haproxy/haproxy.cfg + coraza.cfg (only its fixed ports and the
-coraza.cfg path rewritten, so drift in the shipped files shows up here, style.md rule 10), and a
-slow backend (``python -m tests.e2e.lifecycle_stack --port N``) whose responses can be delayed
-(``?delay_ms=N``) and can carry ``X-Leak: yes`` (``?leak=1``) for a response-phase rule.
+HAProxy running the SHIPPED etc/haproxy/haproxy.cfg + coraza.cfg (only its fixed ports, the
+agent's check interval and the coraza.cfg path rewritten by ``tests.support.shipped``, so drift
+in the shipped files shows up here, style.md rule 10), and a slow backend (``python -m
+tests.e2e.lifecycle_stack --port N``) whose responses can be delayed (``?delay_ms=N``) and can
+carry ``X-Leak: yes`` (``?leak=1``) for a response-phase rule.
 
 Rule files are tiny and deterministic: v1 blocks paths with "old-attack" and responses with
 ``X-Leak: yes``; v2 blocks "new-attack" and has no response rule, so a 403 on a leaking response
@@ -12,7 +13,6 @@ after a reload proves the pre-reload transaction (old rules) inspected it.
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import threading
 import time
@@ -24,12 +24,17 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from tests.support.agent import AgentProcess, cli_agent
-from tests.support.haproxy import PROJECT_ROOT, HAProxy, start_haproxy
+from tests.support.haproxy import PROJECT_ROOT, HAProxy
 from tests.support.httpclient import Response, request
 from tests.support.ports import free_port, wait_for_port
 from tests.support.process import ManagedProcess, python_module_argv
+from tests.support.shipped import shipped_haproxy
 
-SHIPPED = PROJECT_ROOT / "etc" / "haproxy"
+# the harness talks to HAProxy through this socket (server states)
+STATS_SOCKET_LINE = "    stats socket ${STATS_SOCKET} mode 600 level admin"
+# the shipped health check every 5 s would mark the agent DOWN only slowly; 500 ms is faster
+AGENT_CHECK_INTERVAL = "500ms"
+
 APP = "sample_app"  # what the shipped haproxy.cfg sets in txn.coraza.app
 
 RULES_V1 = """\
@@ -64,27 +69,6 @@ def agent_config_text(port: int, *, rules_file: str = "rules.conf", extra: str =
         "    response_check: true\n"
         "    transaction_ttl_ms: 30000\n"
     )
-
-
-def shipped_haproxy_text(frontend_port: int, agent_port: int, backend_port: int) -> str:
-    """etc/haproxy/haproxy.cfg with its fixed addresses pointed at this test's processes."""
-    text = (SHIPPED / "haproxy.cfg").read_text()
-    replacements = [
-        # the harness talks to HAProxy through this socket (server states)
-        (r"(?m)^global\n", "global\n    stats socket ${STATS_SOCKET} mode 600 level admin\n"),
-        (r"(\n\s*bind\s+)127\.0\.0\.1:8080\b", rf"\g<1>127.0.0.1:{frontend_port}"),
-        (r"(\n\s*server\s+coraza-agent\s+)127\.0\.0\.1:9000\b", rf"\g<1>127.0.0.1:{agent_port}"),
-        (r"(\n\s*server\s+demo\s+)127\.0\.0\.1:8081\b", rf"\g<1>127.0.0.1:{backend_port}"),
-        # the demo server inside HAProxy is not used here; move it off its fixed port
-        (r"(\n\s*bind\s+)127\.0\.0\.1:8081\b", rf"\g<1>127.0.0.1:{free_port()}"),
-        (r"config\s+etc/haproxy/coraza\.cfg", f"config {SHIPPED / 'coraza.cfg'}"),
-        # the health check every 5 s would mark the agent DOWN only slowly; 500 ms is faster
-        (r"(server\s+coraza-agent\s+\S+\s+check)\s+inter\s+5s", r"\g<1> inter 500ms"),
-    ]
-    for pattern, replacement in replacements:
-        text, count = re.subn(pattern, replacement, text)
-        assert count == 1, f"the shipped haproxy.cfg changed: {pattern!r} matched {count}x"
-    return text
 
 
 class _SlowHandler(BaseHTTPRequestHandler):
@@ -175,10 +159,16 @@ def lifecycle_stack(
         )
         stack.enter_context(agent)
         agent.wait_ready(timeout=60)
-        template = workdir / "haproxy-template.cfg"
-        template.write_text(shipped_haproxy_text(frontend_port, agent_port, backend_port))
         haproxy = stack.enter_context(
-            start_haproxy(version, template, workdir, wait_ports=[frontend_port])
+            shipped_haproxy(
+                version,
+                workdir,
+                frontend_port=frontend_port,
+                agent_port=agent_port,
+                backend_port=backend_port,  # the demo app inside HAProxy is not used here
+                agent_check_interval=AGENT_CHECK_INTERVAL,
+                global_lines=[STATS_SOCKET_LINE],
+            )
         )
         haproxy.wait_for_server_status("coraza-spoa", "coraza-agent", "UP")
         yield Stack(workdir, agent, haproxy, frontend_port, config_path, rules_path)

@@ -15,11 +15,11 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from tests.e2e.waf_stack import WafStack, agent_config, nonce, render_shipped_haproxy
+from tests.e2e.waf_stack import WafStack, agent_config, nonce
 from tests.support.agent import AgentProcess, cli_agent
-from tests.support.haproxy import start_haproxy
 from tests.support.httpclient import request
 from tests.support.ports import free_port
+from tests.support.shipped import shipped_haproxy
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +67,7 @@ def test_debug_log_of_one_blocked_request_explains_the_setup(tmp_path):
     its peer, the HELLO offered vs chosen, ONE line for the message with app, id, every
     argument as name:TYPE(size), the verdict HAProxy logged and the time spent; the markers
     appear nowhere in the log, so in no line at info level or above."""
-    agent_port, frontend, demo = free_port(), free_port(), free_port()
+    agent_port, frontend = free_port(), free_port()
     with ExitStack() as stack:
         agent = stack.enter_context(
             cli_agent(
@@ -76,11 +76,8 @@ def test_debug_log_of_one_blocked_request_explains_the_setup(tmp_path):
         )
         agent.wait_ready(timeout=60)
         haproxy = stack.enter_context(
-            start_haproxy(
-                HAPROXY_VERSION,
-                render_shipped_haproxy(tmp_path, frontend, demo, agent_port),
-                tmp_path,
-                wait_ports=[frontend],
+            shipped_haproxy(
+                HAPROXY_VERSION, tmp_path, frontend_port=frontend, agent_port=agent_port
             )
         )
         wait_until(lambda: "healthcheck=True" in agent.logs(), "HAProxy's health check", agent)

@@ -1,6 +1,7 @@
 """The product end to end: ``python -m coraza_spoa_py`` on a config derived from
 ``config.example.yml``, and real HAProxy on the SHIPPED ``etc/haproxy/haproxy.cfg`` +
-``coraza.cfg`` with only their addresses substituted (never inline copies, style.md rule 10).
+``coraza.cfg`` with only their addresses substituted (``tests.support.shipped``; never inline
+copies, style.md rule 10).
 
 Test-only additions are ADDED, never copied: extra SecRules appended to the example app's
 ``directives``, extra applications appended to its list, extra HAProxy frontends in an overlay
@@ -23,21 +24,14 @@ from typing import Any
 import yaml
 
 from tests.support.agent import AgentProcess, cli_agent
-from tests.support.haproxy import PROJECT_ROOT, HAProxy, start_haproxy
+from tests.support.haproxy import PROJECT_ROOT, HAProxy
 from tests.support.ports import free_port
+from tests.support.shipped import shipped_haproxy
 
 EXAMPLE_CONFIG = PROJECT_ROOT / "config.example.yml"
-SHIPPED_HAPROXY_CFG = PROJECT_ROOT / "etc/haproxy/haproxy.cfg"
-SHIPPED_SPOE_CFG = PROJECT_ROOT / "etc/haproxy/coraza.cfg"
 E2E_DIR = Path(__file__).parent
 TEST_FRONTENDS_OVERLAY = E2E_DIR / "waf-test-frontends.cfg"
 BINARY_HEADERS_SPOE_CFG = E2E_DIR / "waf-binary-headers.spoe.cfg"
-
-# the addresses in the shipped haproxy.cfg, each replaced by a free port (count = occurrences)
-SHIPPED_FRONTEND = "127.0.0.1:8080"
-SHIPPED_DEMO_APP = "127.0.0.1:8081"
-SHIPPED_AGENT = "127.0.0.1:9000"
-SHIPPED_SPOE_PATH = "config etc/haproxy/coraza.cfg"
 
 # Custom rules the tests append to the example application (ids outside CRS's ranges).
 CUSTOM_RULES = """
@@ -83,31 +77,6 @@ class WafStack:
 
 def nonce() -> str:
     return "n" + uuid.uuid4().hex[:16]
-
-
-def render_shipped_haproxy(workdir: Path, frontend: int, demo_app: int, agent: int) -> Path:
-    """The shipped haproxy.cfg with its three addresses and the SPOE path substituted (in
-    configuration lines; comments are left alone)."""
-    lines = SHIPPED_HAPROXY_CFG.read_text().splitlines(keepends=True)
-    for old, new, count in (
-        (SHIPPED_FRONTEND, f"127.0.0.1:{frontend}", 1),
-        (SHIPPED_DEMO_APP, f"127.0.0.1:{demo_app}", 2),
-        (SHIPPED_AGENT, f"127.0.0.1:{agent}", 1),
-        (SHIPPED_SPOE_PATH, f"config {SHIPPED_SPOE_CFG}", 1),
-    ):
-        found = [n for n, line in enumerate(lines) if old in line and not _is_comment(line)]
-        # a changed shipped file must fail loudly here, not silently test something else
-        assert len(found) == count, f"{old!r} expected {count}x in {SHIPPED_HAPROXY_CFG}"
-        for n in found:
-            lines[n] = lines[n].replace(old, new)
-    dest = workdir / "src" / "haproxy.cfg"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text("".join(lines))
-    return dest
-
-
-def _is_comment(line: str) -> bool:
-    return line.lstrip().startswith("#")
 
 
 def example_app() -> dict[str, Any]:
@@ -158,7 +127,7 @@ def waf_stack(
     detect_app: Mapping[str, Any] | None = None,
 ) -> Iterator[WafStack]:
     """Agent (CLI subprocess) then HAProxy ``version``; both stopped at the end."""
-    agent_port, frontend, demo = free_port(), free_port(), free_port()
+    agent_port, frontend = free_port(), free_port()
     detect, binary_headers = free_port(), free_port()
     config = agent_config(
         workdir,
@@ -171,18 +140,18 @@ def waf_stack(
         stack.enter_context(agent)
         agent.wait_ready(timeout=60)
         haproxy = stack.enter_context(
-            start_haproxy(
+            shipped_haproxy(
                 version,
-                render_shipped_haproxy(workdir, frontend, demo, agent_port),
                 workdir,
+                frontend_port=frontend,
+                agent_port=agent_port,
                 substitutions={
                     "DETECT_PORT": detect,
                     "BINARY_PORT": binary_headers,
-                    "SPOE_CFG": SHIPPED_SPOE_CFG,
                     "SPOE_BIN_CFG": BINARY_HEADERS_SPOE_CFG,
                 },
                 overlays=[TEST_FRONTENDS_OVERLAY],
-                wait_ports=[frontend, detect, binary_headers],
+                wait_ports=[detect, binary_headers],
             )
         )
         yield WafStack(haproxy, agent, frontend, detect, binary_headers, workdir)
