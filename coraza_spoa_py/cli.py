@@ -15,6 +15,11 @@ Must not parse flags (``options``), read YAML (``config``), wire modules or hand
 
 from __future__ import annotations
 
+# cffi captures ``_thread.allocate_lock`` when it is imported and takes that lock while it
+# parses a C type or resolves a library function. Imported after patching, the lock would be
+# gevent's, taken on native engine threads, where a contended gevent lock never wakes its
+# waiter (docs/performance.md item 1: an engine thread stuck for good). So cffi comes first.
+import cffi  # noqa: F401, I001
 from gevent import monkey
 
 monkey.patch_all()

@@ -9,7 +9,8 @@ so callers run them on native threads.
 
 from __future__ import annotations
 
-import threading
+import _thread
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,57 @@ void free(void *ptr);
 
 _ffi = FFI()
 _ffi.cdef(_CDEF)
+# Resolved once here: ``FFI.new("...")`` / ``FFI.cast("...")`` parse the string and take cffi's
+# lock on a cold type cache, and engine threads must never take a lock gevent may have patched
+# (docs/performance.md item 1). Type objects skip both.
+_INTERVENTION_PTR = _ffi.typeof("ModSecurityIntervention *")
+_CHAR_ARRAY = _ffi.typeof("char[]")
+_CHAR_PTR = _ffi.typeof("char *")
+_CHAR_PTR_PTR = _ffi.typeof("char **")
+_FUNCTIONS = [
+    "msc_init",
+    "msc_who_am_i",
+    "msc_set_connector_info",
+    "msc_set_log_cb",
+    "msc_create_rules_set",
+    "msc_rules_add",
+    "msc_rules_cleanup",
+    "msc_new_transaction_with_id",
+    "msc_process_connection",
+    "msc_process_uri",
+    "msc_add_n_request_header",
+    "msc_process_request_headers",
+    "msc_append_request_body",
+    "msc_process_request_body",
+    "msc_add_n_response_header",
+    "msc_process_response_headers",
+    "msc_append_response_body",
+    "msc_process_response_body",
+    "msc_process_logging",
+    "msc_intervention",
+    "msc_transaction_cleanup",
+    "free",
+]
+
+
+def native_lock_factory() -> Callable[[], Any]:
+    """``_thread.allocate_lock`` as it was before any gevent monkey-patching.
+
+    Our locks are taken on native engine threads, where a gevent lock must never be used (a
+    waiter on a contended gevent lock outside the hub is never woken). Patching can only have
+    happened if ``gevent.monkey`` was imported, and then it remembers the original; looking it
+    up in ``sys.modules`` keeps this module free of gevent imports.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        original: Callable[[], Any] = monkey.get_original("_thread", "allocate_lock")
+        return original
+    return _thread.allocate_lock
+
+
+# Resolved at import: before patching ``_thread.allocate_lock`` is the original, after it gevent
+# remembers the original; either way this is never a gevent lock.
+_new_lock = native_lock_factory()
 
 
 class RulesError(Exception):
@@ -89,6 +141,9 @@ class _Native:
             lib = _ffi.dlopen(LIBRARY_NAME)
         except OSError as exc:
             raise EngineError(f"cannot load {LIBRARY_NAME}: {exc}") from exc
+        # resolve every function now: cffi takes its lock on a function's first lookup
+        for name in _FUNCTIONS:
+            getattr(lib, name)
         self.lib = lib
         self.msc: Any = lib.msc_init()
         lib.msc_set_connector_info(self.msc, CONNECTOR_INFO.encode())
@@ -97,7 +152,7 @@ class _Native:
         lib.msc_set_log_cb(self.msc, self.log_callback)
 
 
-_native_lock = threading.Lock()
+_native_lock = _new_lock()
 _native_instance: _Native | None = None
 
 
@@ -115,7 +170,7 @@ def _on_engine_log(log_cb_data: Any, message: Any) -> None:
     if log_cb_data == _ffi.NULL or message == _ffi.NULL:
         return
     transaction = _ffi.from_handle(log_cb_data)
-    transaction._pending_lines.append(_ffi.string(_ffi.cast("char *", message)))
+    transaction._pending_lines.append(_ffi.string(_ffi.cast(_CHAR_PTR, message)))
 
 
 def _c_string(pointer: Any) -> str:
@@ -152,14 +207,14 @@ class ModSecEngine:
         self.warnings: tuple[str, ...] = resolved.warnings
         self._directive_lines = resolved.text.splitlines()
         self._drop_cache: dict[tuple[str, int], bool] = {}
-        self._drop_lock = threading.Lock()
+        self._drop_lock = _new_lock()
         count = self._add(resolved.text, resolved)
         self._add(waf_text.SCORE_RULE, None)
         self.rule_count: int = count
 
     def _add(self, text: str, resolved: rules.ResolvedRules | None) -> int:
         lib = self._native.lib
-        error = _ffi.new("char **")
+        error = _ffi.new(_CHAR_PTR_PTR)
         count = int(lib.msc_rules_add(self._rules, text.encode(), error))
         message = ""
         if error[0] != _ffi.NULL:
@@ -237,7 +292,7 @@ class ModSecTransaction:
         self._engine = engine  # keeps the RulesSet alive while we run
         self._lib = engine._native.lib
         self._id = transaction_id
-        self._lock = threading.Lock()
+        self._lock = _new_lock()
         self._closed = False
         self._pending_lines: list[bytes] = []
         self._matches: list[RuleMatch] = []
@@ -245,8 +300,8 @@ class ModSecTransaction:
         self._client = ""
         self._handle = _ffi.new_handle(self)
         # reused by every msc_intervention call of this transaction (reset before each)
-        self._intervention: Any = _ffi.new("ModSecurityIntervention *")
-        self._id_buffer = _ffi.new("char[]", transaction_id.encode())
+        self._intervention: Any = _ffi.new(_INTERVENTION_PTR)
+        self._id_buffer = _ffi.new(_CHAR_ARRAY, transaction_id.encode())
         self._tx = self._lib.msc_new_transaction_with_id(
             engine._native.msc, engine._rules, self._id_buffer, self._handle
         )
