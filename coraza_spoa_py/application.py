@@ -150,6 +150,12 @@ class Application:
         self.config = config
         self._engine = engine
         self._executor = executor
+        # optional executor features (runtime.EngineScheduler): a lane ahead of requests for
+        # responses, and the expected wait for a thread (docs/performance.md "Overload")
+        self._urgent_executor: Executor[Any] = getattr(executor, "urgent", executor)
+        self._expected_wait_s: Callable[[], float] | None = getattr(
+            executor, "expected_wait_s", None
+        )
         self._clock = clock
         self._processing_budget_s = processing_budget_s
         self._cache: TransactionCache[WafTransaction] = TransactionCache(
@@ -200,6 +206,16 @@ class Application:
     def _request(
         self, message: Message, received_at: float, trace: MessageTrace | None
     ) -> list[Action]:
+        if self._expected_wait_s is not None:
+            # shed on arrival: a request that would wait past the budget is answered now,
+            # before it costs a parse and a thread-pool round trip, and the queue stays about
+            # one budget long (the check at dequeue below stays as the safety net)
+            expected = self._expected_wait_s()
+            if expected > self._processing_budget_s:
+                self._shed += 1
+                raise OverloadedError(
+                    f"expected wait {expected:.3f}s exceeds {self._processing_budget_s:.3f}s"
+                )
         try:
             parsed = parse_request_message(message, generate_transaction_id)
         except MalformedArgumentError as exc:
@@ -292,8 +308,10 @@ class Application:
         if transaction is None:
             raise TransactionNotFoundError(f"no open transaction {transaction_id!r}")
         self._in_flight += 1
+        # urgent: the request of this transaction already cost engine time (see __init__)
         outcome = self._run(
-            lambda started: self._evaluate_response(parsed, transaction, received_at, started)
+            lambda started: self._evaluate_response(parsed, transaction, received_at, started),
+            urgent=True,
         )
         self._in_flight -= 1
         if trace is not None:
@@ -350,7 +368,7 @@ class Application:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _run(self, work: Callable[[float], _Outcome]) -> _Outcome:
+    def _run(self, work: Callable[[float], _Outcome], *, urgent: bool = False) -> _Outcome:
         def timed() -> _Outcome:
             # on the engine thread: the start also decides load shedding (budget check)
             started = self._clock()
@@ -359,7 +377,8 @@ class Application:
             return done
 
         try:
-            outcome: _Outcome = self._executor(timed)
+            executor = self._urgent_executor if urgent else self._executor
+            outcome: _Outcome = executor(timed)
         except Exception as exc:
             # the executor itself failed (e.g. the pool is gone): nothing ran
             return _Outcome(error=exc)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 import gevent.event
@@ -26,6 +27,7 @@ from gevent.threadpool import ThreadPool
 from loguru import logger
 
 from coraza_spoa_py import __version__, config, logs, metrics, reload, waf
+from coraza_spoa_py.admission import Lanes
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.server import AgentServer
@@ -61,6 +63,7 @@ class Runtime:
         self.config_path = config_path
         self.config = cfg
         self.pool = pool
+        self.scheduler: EngineScheduler | None = None
         self.agent = agent
         self.applications = applications
         self.server = server
@@ -99,14 +102,16 @@ class Runtime:
         if not cfg.applications:
             logger.warning("no applications defined: every message will be answered with error")
         pool = ThreadPool(cfg.engine_threads)
-        executor = _executor(pool)
+        scheduler = EngineScheduler(pool, cfg.engine_threads)
         try:
-            engines = reload.load_engines(cfg, executor)
+            # compiling goes straight to the pool: seconds of it must not enter the
+            # scheduler's average engine time per message
+            engines = reload.load_engines(cfg, _executor(pool))
         except reload.RuleLoadError as exc:
             pool.kill()
             raise StartupError("rules did not load", exc.problems) from exc
         reload.log_loaded(engines)
-        applications = reload.build_applications(cfg, engines, executor)
+        applications = reload.build_applications(cfg, engines, scheduler)
         agent = Agent(applications, cfg.default_application)
         stats = metrics.Metrics(
             metrics.Sources(
@@ -129,6 +134,7 @@ class Runtime:
             pool.kill()
             raise StartupError(f"cannot listen on {cfg.bind}: {exc.strerror or exc}") from exc
         runtime = cls(config_path, cfg, pool, agent, applications, server)
+        runtime.scheduler = scheduler
         if metrics_addr:
             runtime._start_metrics(metrics_addr, stats)
         runtime._install_signal_handlers()
@@ -221,9 +227,8 @@ class Runtime:
                 f"bind changed from {self.config.bind} to {cfg.bind}: the listening address "
                 "cannot change on reload, restart the agent to change it"
             ]
-        executor = _executor(self.pool)
         try:
-            engines = reload.load_engines(cfg, executor)
+            engines = reload.load_engines(cfg, _executor(self.pool))
         except reload.RuleLoadError as exc:
             return exc.problems
         try:
@@ -236,6 +241,9 @@ class Runtime:
         _warn_restart_only(self.config, cfg)
         if cfg.engine_threads != self.config.engine_threads:
             self.pool.maxsize = cfg.engine_threads
+            if self.scheduler is not None:
+                self.scheduler.resize(cfg.engine_threads)
+        executor: Callable[[Callable[[], Any]], Any] = self.scheduler or _executor(self.pool)
         applications = reload.build_applications(cfg, engines, executor)
         # the agent keeps the old applications for the responses of requests they saw and
         # sweeps them until they are empty (compat.md Part 2 §11.5)
@@ -295,6 +303,79 @@ class Runtime:
         self.pool.kill()
         logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
         return EXIT_OK
+
+
+T = TypeVar("T")
+
+
+class EngineScheduler:
+    """The executor in front of the engine thread pool (``models.Executor``), with priority.
+
+    ``scheduler(work)`` runs ``work`` on an engine thread and returns its result to the calling
+    greenlet; ``scheduler.urgent(work)`` does the same ahead of every non-urgent message (a
+    ``coraza-res``, whose request already cost engine time: docs/performance.md "Overload").
+    At most ``threads`` calls run at once; the rest wait on the hub in ``admission.Lanes``,
+    which also keeps the moving average of engine time that ``expected_wait_s`` (load
+    shedding on arrival, in ``application``) is computed from.
+    """
+
+    def __init__(
+        self, pool: ThreadPool, threads: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._lanes: Lanes[gevent.event.Event] = Lanes(threads)
+
+    def __call__(self, work: Callable[[], T]) -> T:
+        return self._submit(work, urgent=False)
+
+    def urgent(self, work: Callable[[], T]) -> T:
+        return self._submit(work, urgent=True)
+
+    def expected_wait_s(self, *, urgent: bool = False) -> float:
+        return self._lanes.expected_wait_s(urgent=urgent)
+
+    @property
+    def waiting(self) -> int:
+        return self._lanes.waiting
+
+    def resize(self, threads: int) -> None:
+        for waiter in self._lanes.resize(threads):
+            waiter.set()
+
+    def _submit(self, work: Callable[[], T], *, urgent: bool) -> T:
+        if not self._lanes.try_acquire():
+            waiter = gevent.event.Event()
+            self._lanes.enqueue(waiter, urgent=urgent)
+            try:
+                waiter.wait()
+            except BaseException:
+                # killed while waiting: give back the slot if one was already handed over
+                if not self._lanes.cancel(waiter):
+                    self._release()
+                raise
+        clock = self._clock
+        spent = [0.0]
+
+        def timed() -> T:
+            # on the engine thread: the engine time alone, without the handoffs
+            started = clock()
+            try:
+                return work()
+            finally:
+                spent[0] = clock() - started
+
+        try:
+            result: T = self._pool.apply(timed)
+        finally:
+            self._lanes.record_service(spent[0])
+            self._release()
+        return result
+
+    def _release(self) -> None:
+        waiter = self._lanes.release()
+        if waiter is not None:
+            waiter.set()
 
 
 def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:
