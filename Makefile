@@ -7,9 +7,13 @@ STAMPS := .cache/stamps
 HAPROXY_NEXT := .cache/haproxy
 CONFIG ?= config.example.yml
 
-.PHONY: install run demo test test-fast coverage-spop lint fmt crs bench docs clean
+.PHONY: install install-run run demo test test-fast coverage-spop lint fmt crs bench docs clean
 
-install: $(STAMPS)/system $(STAMPS)/venv $(HAPROXY_NEXT)/trixie/haproxy $(HAPROXY_NEXT)/sid/haproxy
+# what running the agent needs
+install-run: $(STAMPS)/system $(STAMPS)/venv
+
+# plus what the test suite needs: HAProxy 3.0 and 3.2 unpacked under .cache/
+install: install-run $(HAPROXY_NEXT)/trixie/haproxy $(HAPROXY_NEXT)/sid/haproxy
 
 $(STAMPS)/system: scripts/install-system-deps.sh
 	scripts/install-system-deps.sh && mkdir -p $(STAMPS) && touch $@
@@ -23,7 +27,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/system
 $(HAPROXY_NEXT)/%/haproxy: scripts/fetch-haproxy-next.sh $(STAMPS)/system
 	scripts/fetch-haproxy-next.sh $* $(HAPROXY_NEXT)/$*
 
-run: install
+run: install-run
 	$(VENV)/bin/coraza-spoa-py -config $(CONFIG)
 
 demo: install
