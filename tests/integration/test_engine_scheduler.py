@@ -1,6 +1,6 @@
-"""runtime.EngineScheduler on a real gevent thread pool (unpatched interpreter): at most
-``threads`` calls run at once, responses (urgent) overtake queued requests, a greenlet killed
-while waiting gives its place back, and the moving average of engine time is kept."""
+"""runtime.EngineScheduler with real native engine threads (unpatched interpreter): at most
+``threads`` calls run at once, responses (urgent) overtake queued requests, errors reach the
+caller, the moving average of engine time is kept, and threads stop on close."""
 
 from __future__ import annotations
 
@@ -8,23 +8,22 @@ import threading
 
 import gevent
 import pytest
-from gevent.threadpool import ThreadPool
 
 from coraza_spoa_py.runtime import EngineScheduler
 
 
 @pytest.fixture
-def pool():
-    threads = ThreadPool(1)
-    yield threads
-    threads.kill()
+def one_thread():
+    scheduler = EngineScheduler(1)
+    yield scheduler
+    scheduler.close()
 
 
-def test_urgent_work_overtakes_queued_work_and_returns_results(pool):
+def test_urgent_work_overtakes_queued_work_and_returns_results(one_thread):
     """1. one engine thread, blocked  2. queue two requests, then a response  3. unblock.
     Result: the response runs before both requests; every caller gets its own result."""
-    scheduler = EngineScheduler(pool, 1)
-    gate = threading.Event()  # a native event: the engine thread blocks without the hub
+    scheduler = one_thread
+    gate = threading.Event()  # unpatched here: the engine thread blocks without the hub
     order: list[str] = []
 
     def work(name: str):
@@ -43,7 +42,6 @@ def test_urgent_work_overtakes_queued_work_and_returns_results(pool):
     res = gevent.spawn(scheduler.urgent, work("res"))
     gevent.sleep(0.05)
     assert scheduler.waiting == 3
-    assert scheduler.expected_wait_s() >= 0.0
     gate.set()
     gevent.joinall([blocker, req1, req2, res], timeout=10, raise_error=True)
     assert order == ["blocker", "res", "req1", "req2"]
@@ -51,41 +49,59 @@ def test_urgent_work_overtakes_queued_work_and_returns_results(pool):
     assert scheduler.waiting == 0
 
 
-def test_a_killed_waiter_gives_its_place_back(pool):
-    scheduler = EngineScheduler(pool, 1)
-    gate = threading.Event()
-    blocker = gevent.spawn(scheduler, lambda: gate.wait(10))
-    gevent.sleep(0.05)
-    doomed = gevent.spawn(scheduler, lambda: "never")
-    gevent.sleep(0.05)
-    doomed.kill()
-    assert scheduler.waiting == 0
-    gate.set()
-    blocker.join(10)
-    assert gevent.spawn(scheduler, lambda: "after").get(timeout=10) == "after"
+def peak_concurrency(scheduler: EngineScheduler, jobs: int) -> tuple[int, set[int]]:
+    lock = threading.Lock()
+    running, peak, idents = [0], [0], set()
+
+    def work() -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            idents.add(threading.get_ident())
+        threading.Event().wait(0.03)
+        with lock:
+            running[0] -= 1
+
+    greenlets = [gevent.spawn(scheduler, work) for _ in range(jobs)]
+    gevent.joinall(greenlets, timeout=10, raise_error=True)
+    return peak[0], idents
 
 
-def test_failing_work_raises_in_the_caller_and_frees_the_thread(pool):
-    scheduler = EngineScheduler(pool, 1)
+def test_work_runs_on_native_threads_at_most_threads_at_once_and_resize_changes_it():
+    scheduler = EngineScheduler(2)
+    try:
+        peak, idents = peak_concurrency(scheduler, 8)
+        assert peak == 2 and len(idents) == 2 and threading.get_ident() not in idents
+        scheduler.resize(3)
+        assert peak_concurrency(scheduler, 9)[0] == 3
+        scheduler.resize(1)
+        assert peak_concurrency(scheduler, 4)[0] == 1
+    finally:
+        scheduler.close()
 
+
+def test_failing_work_raises_in_the_caller_and_frees_the_thread(one_thread):
     def boom() -> None:
         raise ValueError("engine")
 
     with pytest.raises(ValueError, match="engine"):
-        scheduler(boom)
-    assert scheduler(lambda: 7) == 7
+        one_thread(boom)
+    assert one_thread(lambda: 7) == 7
 
 
-def test_expected_wait_uses_the_measured_engine_time(pool):
+def test_expected_wait_uses_the_measured_engine_time():
     ticks = iter(range(1000))
-    scheduler = EngineScheduler(pool, 1, clock=lambda: next(ticks) * 0.01)
-    scheduler(lambda: None)  # one clock step inside: 10 ms of engine time
-    gate = threading.Event()
-    blocker = gevent.spawn(scheduler, lambda: gate.wait(10))
-    gevent.sleep(0.05)
-    queued = [gevent.spawn(scheduler, lambda: None) for _ in range(3)]
-    gevent.sleep(0.05)
-    assert scheduler.expected_wait_s() == pytest.approx(3 * 0.01)
-    assert scheduler.expected_wait_s(urgent=True) == 0.0
-    gate.set()
-    gevent.joinall([blocker, *queued], timeout=10, raise_error=True)
+    scheduler = EngineScheduler(1, clock=lambda: next(ticks) * 0.01)
+    try:
+        scheduler(lambda: None)  # one clock step around the work: 10 ms of engine time
+        gate = threading.Event()
+        blocker = gevent.spawn(scheduler, lambda: gate.wait(10))
+        gevent.sleep(0.05)
+        queued = [gevent.spawn(scheduler, lambda: None) for _ in range(3)]
+        gevent.sleep(0.05)
+        assert scheduler.expected_wait_s() == pytest.approx(3 * 0.01)
+        assert scheduler.expected_wait_s(urgent=True) == 0.0
+        gate.set()
+        gevent.joinall([blocker, *queued], timeout=10, raise_error=True)
+    finally:
+        scheduler.close()

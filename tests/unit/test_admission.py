@@ -28,57 +28,29 @@ BUDGET = 0.4
 # ---- Lanes ----------------------------------------------------------------------------------
 
 
-def test_slots_are_granted_until_the_threads_are_busy_then_waiters_queue():
-    lanes: Lanes[str] = Lanes(2)
-    assert lanes.acquire("a") and lanes.acquire("b")
-    assert not lanes.acquire("c")
-    assert lanes.waiting == 1
-    assert lanes.release() == "c"  # the slot goes straight to the waiter
-    assert lanes.release() is None and lanes.release() is None
-    assert lanes.acquire("d") and lanes.acquire("e") and not lanes.acquire("f")
-
-
-def test_urgent_waiters_are_served_before_earlier_normal_ones():
+def test_urgent_items_are_taken_before_earlier_normal_ones():
     lanes: Lanes[str] = Lanes(1)
-    assert lanes.acquire("running")
     for name in ("req1", "req2"):
-        lanes.acquire(name)
-    lanes.acquire("res1", urgent=True)
-    lanes.acquire("req3")
-    lanes.acquire("res2", urgent=True)
-    order = [lanes.release() for _ in range(5)]
-    assert order == ["res1", "res2", "req1", "req2", "req3"]
-
-
-def test_a_new_message_never_overtakes_waiters_even_when_a_slot_is_free():
-    lanes: Lanes[str] = Lanes(1)
-    lanes.acquire("running")
-    lanes.acquire("queued")
-    assert lanes.release() == "queued"  # handed over: still no free slot
-    assert not lanes.acquire("late")
-
-
-def test_cancel_removes_a_queued_waiter_and_reports_a_handed_over_slot():
-    lanes: Lanes[str] = Lanes(1)
-    lanes.acquire("running")
-    lanes.acquire("gone")
-    assert lanes.cancel("gone") is True and lanes.waiting == 0
-    lanes.acquire("next", urgent=True)
-    assert lanes.release() == "next"
-    assert lanes.cancel("next") is False  # it owns the slot now and must release it
+        lanes.push(name)
+    lanes.push("res1", urgent=True)
+    lanes.push("req3")
+    lanes.push("res2", urgent=True)
+    assert lanes.waiting == 5
+    assert [lanes.pop() for _ in range(6)] == ["res1", "res2", "req1", "req2", "req3", None]
+    assert lanes.waiting == 0
 
 
 def test_expected_wait_is_waiting_times_average_service_over_threads():
     lanes: Lanes[str] = Lanes(2)
     assert lanes.expected_wait_s() == 0.0
-    lanes.acquire("a")
-    lanes.acquire("b")
     lanes.record_service(0.004)  # the first sample sets the average
     for name in ("q1", "q2", "q3"):
-        lanes.acquire(name)
-    lanes.acquire("r1", urgent=True)
+        lanes.push(name)
+    lanes.push("r1", urgent=True)
     assert lanes.expected_wait_s() == pytest.approx(4 * 0.004 / 2)
     assert lanes.expected_wait_s(urgent=True) == pytest.approx(1 * 0.004 / 2)
+    lanes.resize(4)
+    assert lanes.expected_wait_s() == pytest.approx(4 * 0.004 / 4)
 
 
 def test_service_average_follows_new_samples_gradually():
@@ -89,19 +61,6 @@ def test_service_average_follows_new_samples_gradually():
     for _ in range(200):
         lanes.record_service(0.020)
     assert lanes.service_s == pytest.approx(0.020, rel=1e-3)
-
-
-def test_resize_wakes_waiters_when_growing_and_drops_slots_when_shrinking():
-    lanes: Lanes[str] = Lanes(1)
-    lanes.acquire("a")
-    lanes.acquire("b")
-    lanes.acquire("c")
-    assert lanes.resize(3) == ["b", "c"]
-    lanes.resize(1)
-    # three running on one thread: the first two releases remove slots, the third frees one
-    assert [lanes.release() for _ in range(2)] == [None, None]
-    assert lanes.release() is None
-    assert lanes.acquire("d") and not lanes.acquire("e")
 
 
 # ---- Application: shedding on arrival, responses in the urgent lane --------------------------
@@ -200,6 +159,7 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
     """Open-loop transactions at ``offered_factor`` × capacity for 10 simulated seconds; the
     transactions whose response was judged per second between seconds 2 and 10."""
     lanes: Lanes[_Message] = Lanes(THREADS)
+    free = THREADS
     events: list[_Event] = []
     seq = itertools.count()
     judged = 0
@@ -216,6 +176,13 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
         lanes.record_service(cost)
         push(now + cost, "done", message)
 
+    def offer(message: _Message, now: float, urgent: bool) -> None:
+        nonlocal free
+        lanes.push(message, urgent=urgent)
+        if free > 0:
+            free -= 1
+            start(lanes.pop(), now)  # type: ignore[arg-type]
+
     arrival = 0.0
     while arrival < duration:
         push(arrival, "request")
@@ -226,20 +193,18 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
         if event.kind == "request":
             if prioritise_and_shed_on_arrival and lanes.expected_wait_s() > BUDGET:
                 continue  # 1005 in microseconds, nothing queued
-            message = _Message(is_response=False, arrived=now)
-            if lanes.acquire(message):
-                start(message, now)
+            offer(_Message(is_response=False, arrived=now), now, urgent=False)
         elif event.kind == "response":
             assert event.message is not None
-            urgent = prioritise_and_shed_on_arrival
-            if lanes.acquire(event.message, urgent=urgent):
-                start(event.message, now)
-        else:  # done
+            offer(event.message, now, urgent=prioritise_and_shed_on_arrival)
+        else:  # done: the thread takes the next item itself
             done = event.message
             assert done is not None
-            following = lanes.release()
+            following = lanes.pop()
             if following is not None:
                 start(following, now)
+            else:
+                free += 1
             if done.late:
                 continue
             if done.is_response:
