@@ -38,7 +38,7 @@ from coraza_spoa_py.messages import (
     app_name_arg,
     args_by_name,
 )
-from coraza_spoa_py.spop.events import Action, DataType, Message
+from coraza_spoa_py.spop.events import Action, Arg, DataType, Message
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
 
 # message names of coraza-spoa's shipped coraza.cfg (compat.md Part 2 §2.2, §2.3)
@@ -135,18 +135,20 @@ class Agent:
                 described = describe_message(message, frozenset(a.name for a in message.args))
                 logger.debug(f"{described} -> nothing (unknown SPOE message, ignored)")
             return []
+        # once per message, for routing, parsing and the debug line alike
+        args = args_by_name(message)
         try:
             if message.name == MESSAGE_REQUEST:
-                application = self._route(self._current, message)
-                return application.handle_request(message, received_at)
-            application = self._route_response(message)
-            return application.handle_response(message, received_at)
+                application = self._route(self._current, args)
+                return application.handle_request(message, received_at, args)
+            application = self._route_response(args)
+            return application.handle_response(message, received_at, args)
         except NoApplicationError as exc:
             # the application writes the debug line of every message it handles; this one
             # never reached one
             if debug_enabled():
                 known = REQUEST_ARGS if message.name == MESSAGE_REQUEST else RESPONSE_ARGS
-                trace = MessageTrace.of(message, known)
+                trace = MessageTrace.of(message, known, args)
                 answer = f"error={int(exc.code)} ({exc})"
                 logger.bind(tx=trace.transaction_id).debug(
                     trace.line(answer, received_at, self._clock())
@@ -161,8 +163,8 @@ class Agent:
             logger.bind(message=message.name).exception("message handling failed")
             return error_actions(ErrorCode.ENGINE_FAILURE)
 
-    def _route(self, generation: _Generation, message: Message) -> Application:
-        name = app_name_arg(args_by_name(message).get(ARG_APP))
+    def _route(self, generation: _Generation, args: Mapping[str, Arg]) -> Application:
+        name = app_name_arg(args.get(ARG_APP))
         applications = generation.applications
         if name is not None and name in applications:
             return applications[name]
@@ -178,10 +180,10 @@ class Agent:
             else "no app argument and no default_application"
         )
 
-    def _route_response(self, message: Message) -> Application:
-        transaction_id = _id_of(message)
+    def _route_response(self, args: Mapping[str, Arg]) -> Application:
+        transaction_id = _id_of(args)
         try:
-            application = self._route(self._current, message)
+            application = self._route(self._current, args)
         except NoApplicationError:
             # the app may be gone from the new config while its old transactions still wait
             application = None
@@ -190,13 +192,13 @@ class Agent:
         ):
             for generation in self._retired:
                 try:
-                    candidate = self._route(generation, message)
+                    candidate = self._route(generation, args)
                 except NoApplicationError:
                     continue
                 if candidate.has_open_transaction(transaction_id):
                     return candidate
         if application is None:
-            return self._route(self._current, message)  # raises NoApplicationError again
+            return self._route(self._current, args)  # raises NoApplicationError again
         return application
 
     # ---- lifetime -----------------------------------------------------------------------
@@ -282,8 +284,8 @@ def _is_idle(app: Application) -> bool:
     return stats.open == 0 and stats.in_flight == 0
 
 
-def _id_of(message: Message) -> str | None:
-    arg = args_by_name(message).get(ARG_ID)
+def _id_of(args: Mapping[str, Arg]) -> str | None:
+    arg = args.get(ARG_ID)
     if arg is None or arg.type not in (DataType.STRING, DataType.BINARY):
         return None
     if not isinstance(arg.value, bytes) or not arg.value:

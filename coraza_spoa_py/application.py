@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import string
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -39,6 +39,7 @@ from coraza_spoa_py.messages import (
     MalformedArgumentError,
     RequestMessage,
     ResponseMessage,
+    args_by_name,
     parse_request_message,
     parse_response_message,
 )
@@ -52,7 +53,7 @@ from coraza_spoa_py.models import (
     WafTransaction,
 )
 from coraza_spoa_py.settings import AppConfig
-from coraza_spoa_py.spop.events import Action, Message
+from coraza_spoa_py.spop.events import Action, Arg, Message
 from coraza_spoa_py.verdicts import ErrorCode, verdict_actions
 
 
@@ -133,6 +134,10 @@ class _Outcome:
     # engine-thread clock readings: when a thread picked the message up, and when it was done
     started: float = 0.0
     finished: float = 0.0
+    # the rule-match log record's payload and level, built on the engine thread from the
+    # verdict so that the hub only hands them to loguru (docs/performance.md item 5)
+    match_records: list[dict[str, Any]] | None = None
+    match_level: str = ""
 
 
 class Application:
@@ -195,16 +200,26 @@ class Application:
 
     # ---- request ------------------------------------------------------------------------
 
-    def handle_request(self, message: Message, received_at: float) -> list[Action]:
+    def handle_request(
+        self, message: Message, received_at: float, args: Mapping[str, Arg] | None = None
+    ) -> list[Action]:
         """Evaluate a ``coraza-req`` message (phases 1 and 2); keep the transaction for the
-        response when this app checks responses and the request was not interrupted."""
+        response when this app checks responses and the request was not interrupted.
+
+        ``args``: ``messages.args_by_name(message)`` if the caller already has it."""
+        if args is None:
+            args = args_by_name(message)
         if not debug_enabled():
-            return self._request(message, received_at, None)
-        trace = MessageTrace.of(message, REQUEST_ARGS)
-        return self._traced(self._request, message, received_at, trace)
+            return self._request(message, received_at, args, None)
+        trace = MessageTrace.of(message, REQUEST_ARGS, args)
+        return self._traced(self._request, message, received_at, args, trace)
 
     def _request(
-        self, message: Message, received_at: float, trace: MessageTrace | None
+        self,
+        message: Message,
+        received_at: float,
+        args: Mapping[str, Arg],
+        trace: MessageTrace | None,
     ) -> list[Action]:
         if self._expected_wait_s is not None:
             # shed on arrival: a request that would wait past the budget is answered now,
@@ -217,7 +232,7 @@ class Application:
                     f"expected wait {expected:.3f}s exceeds {self._processing_budget_s:.3f}s"
                 )
         try:
-            parsed = parse_request_message(message, generate_transaction_id)
+            parsed = parse_request_message(message, generate_transaction_id, args)
         except MalformedArgumentError as exc:
             raise MalformedMessageError(str(exc)) from exc
         if trace is not None and parsed.id_generated:
@@ -243,7 +258,7 @@ class Application:
                     f" (evicted so far: {self._evicted})",
                 )
                 self._close_entries(pushed_out)
-        self._log_matches(parsed.request.transaction_id, verdict)
+        self._log_matches(parsed.request.transaction_id, outcome)
         return verdict_actions(
             verdict,
             transaction_id=parsed.request.transaction_id,
@@ -277,16 +292,24 @@ class Application:
 
     # ---- response -----------------------------------------------------------------------
 
-    def handle_response(self, message: Message, received_at: float) -> list[Action]:
+    def handle_response(
+        self, message: Message, received_at: float, args: Mapping[str, Arg] | None = None
+    ) -> list[Action]:
         """Evaluate a ``coraza-res`` message (phases 3 and 4) in its request's transaction,
-        then close it."""
+        then close it. ``args`` as for ``handle_request``."""
+        if args is None:
+            args = args_by_name(message)
         if not debug_enabled():
-            return self._response(message, received_at, None)
-        trace = MessageTrace.of(message, RESPONSE_ARGS)
-        return self._traced(self._response, message, received_at, trace)
+            return self._response(message, received_at, args, None)
+        trace = MessageTrace.of(message, RESPONSE_ARGS, args)
+        return self._traced(self._response, message, received_at, args, trace)
 
     def _response(
-        self, message: Message, received_at: float, trace: MessageTrace | None
+        self,
+        message: Message,
+        received_at: float,
+        args: Mapping[str, Arg],
+        trace: MessageTrace | None,
     ) -> list[Action]:
         if not self.config.response_check:
             self._warn_response_check_off()
@@ -294,7 +317,7 @@ class Application:
                 trace.note = "response_check off"
             return []
         try:
-            parsed = parse_response_message(message)
+            parsed = parse_response_message(message, args)
         except MalformedArgumentError as exc:
             raise MalformedMessageError(str(exc)) from exc
         transaction_id = parsed.response.transaction_id
@@ -317,7 +340,7 @@ class Application:
         if trace is not None:
             trace.started, trace.finished = outcome.started, outcome.finished
         verdict = self._settle(outcome, transaction_id)
-        self._log_matches(transaction_id, verdict)
+        self._log_matches(transaction_id, outcome)
         return verdict_actions(
             verdict,
             transaction_id=None,
@@ -373,6 +396,10 @@ class Application:
             # on the engine thread: the start also decides load shedding (budget check)
             started = self._clock()
             done = work(started)
+            verdict = done.verdict
+            if verdict is not None and verdict.matches:
+                done.match_records = [match.to_dict() for match in verdict.matches]
+                done.match_level = rule_match_level(verdict.matches)
             done.started, done.finished = started, self._clock()
             return done
 
@@ -422,14 +449,15 @@ class Application:
 
     def _traced(
         self,
-        handle: Callable[[Message, float, MessageTrace | None], list[Action]],
+        handle: Callable[[Message, float, Mapping[str, Arg], MessageTrace | None], list[Action]],
         message: Message,
         received_at: float,
+        args: Mapping[str, Arg],
         trace: MessageTrace,
     ) -> list[Action]:
         # debug only: run the message, then write its one line, whatever the outcome
         try:
-            actions = handle(message, received_at, trace)
+            actions = handle(message, received_at, args, trace)
         except Exception as exc:
             code = exc.code if isinstance(exc, MessageError) else ErrorCode.ENGINE_FAILURE
             self._debug_line(trace, received_at, f"error={int(code)} ({exc})")
@@ -464,10 +492,9 @@ class Application:
             self._warned_at[key] = now
             self._log.warning(text)
 
-    def _log_matches(self, transaction_id: str, verdict: Verdict) -> None:
+    def _log_matches(self, transaction_id: str, outcome: _Outcome) -> None:
         # docs/architecture.md "Rule-match log records": at most one record per message
-        if verdict.matches:
-            matches = [match.to_dict() for match in verdict.matches]
-            self._log.bind(tx=transaction_id, kind="rule_match", matches=matches).log(
-                rule_match_level(verdict.matches), "rules matched"
+        if outcome.match_records:
+            self._log.bind(tx=transaction_id, kind="rule_match", matches=outcome.match_records).log(
+                outcome.match_level, "rules matched"
             )

@@ -16,6 +16,7 @@ Must not decide what is logged or at which level: modules do that with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -76,6 +77,8 @@ _STRUCTURAL_EXTRAS = frozenset({"kind", "matches"})
 STDOUT_NAMES = frozenset({"", "/dev/stdout", "stdout"})
 STDERR_NAMES = frozenset({"/dev/stderr", "stderr"})
 DEVNULL_NAMES = frozenset({"/dev/null"})
+# a log file's write buffer: flushed when full, every second (runtime sweeper) and on close
+FILE_BUFFER_BYTES = 65536
 # Gen1 ``log.dir`` (compat.md Part 2 §1.5): below error → server.log, error and up → error.log
 GEN1_SERVER_LOG = "server.log"
 GEN1_ERROR_LOG = "error.log"
@@ -114,9 +117,16 @@ class _Handle:
             try:
                 if folder:
                     os.makedirs(folder, exist_ok=True)
-                # line buffered, appended: several processes or logrotate copytruncate work
+                # appended (several processes or logrotate copytruncate work) and block
+                # buffered: one write() per record cost the hub a syscall per rule match
+                # (docs/performance.md item 5); ``flush_log_files`` runs every second from the
+                # sweeper, and close/reopen (shutdown, SIGHUP) flush too
                 stream = open(  # noqa: SIM115 - closed by close()/reopen()
-                    self.target, "a", buffering=1, encoding="utf-8", errors="backslashreplace"
+                    self.target,
+                    "a",
+                    buffering=FILE_BUFFER_BYTES,
+                    encoding="utf-8",
+                    errors="backslashreplace",
                 )
             except OSError as exc:
                 raise LoggingSetupError(f"cannot open log file {self.target}: {exc}") from exc
@@ -138,10 +148,18 @@ class _Handle:
                 return
             try:
                 stream.write(text)
-                stream.flush()
+                if not self._owned:
+                    stream.flush()  # the console: whoever watches it sees each line at once
             except (OSError, ValueError):
                 # a closed pipe or a full disk must not crash request handling
                 pass
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._stream is None:
+                return
+            with contextlib.suppress(OSError, ValueError):  # as in write()
+                self._stream.flush()
 
     def close(self) -> None:
         with self._lock:
@@ -275,6 +293,10 @@ class LogSetup:
         for handle in self._handles.values():
             handle.reopen()
 
+    def flush(self) -> None:
+        for handle in self._handles.values():
+            handle.flush()
+
     def close(self) -> None:
         for handle in self._handles.values():
             handle.close()
@@ -367,6 +389,8 @@ def configure_bootstrap(level: str = "info") -> None:
     """Before the config is read: console lines on stderr (coraza-spoa logs there too)."""
     global _current
     logger.remove()
+    if _current is not None:
+        _current.close()  # a file log of a failed start: write out what it buffered
     setup = LogSetup()
     spec = _SinkSpec(setup.handle("/dev/stderr"), False, level_number(level) or 20)
     logger.add(_Sink(spec), level=spec.min_level, format="{message}")
@@ -377,6 +401,12 @@ def reopen_log_files() -> None:
     """SIGHUP: reopen every log file so logrotate's renamed files are let go."""
     if _current is not None:
         _current.reopen()
+
+
+def flush_log_files() -> None:
+    """Write out what the log files buffered (the runtime's sweeper calls this every second)."""
+    if _current is not None:
+        _current.flush()
 
 
 def shutdown_logging() -> None:

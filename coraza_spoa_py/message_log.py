@@ -16,7 +16,7 @@ matter, compat.md Part 2 §5).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
@@ -74,10 +74,10 @@ def describe_message(message: Message, known: frozenset[str]) -> str:
     return text
 
 
-def sent_id(message: Message) -> str:
+def sent_id(message: Message, args: Mapping[str, Arg] | None = None) -> str:
     """The ``id`` argument as sent (the line's ``tx``), or ``-``; also before parsing, so a
     malformed message is still tied to its transaction."""
-    arg = args_by_name(message).get(ARG_ID)
+    arg = (args if args is not None else args_by_name(message)).get(ARG_ID)
     if arg is None or arg.type not in _TEXT_TYPES or not isinstance(arg.value, bytes):
         return NO_ID
     return arg.value.decode("latin-1") or NO_ID
@@ -121,8 +121,10 @@ class MessageTrace:
     finished: float = 0.0
 
     @classmethod
-    def of(cls, message: Message, known: frozenset[str]) -> MessageTrace:
-        return cls(describe_message(message, known), sent_id(message))
+    def of(
+        cls, message: Message, known: frozenset[str], args: Mapping[str, Arg] | None = None
+    ) -> MessageTrace:
+        return cls(describe_message(message, known), sent_id(message, args))
 
     def line(self, answer: str, received_at: float, now: float) -> str:
         """``<message> -> <answer> (<note>) cache=… wait=… engine=… total=…``.

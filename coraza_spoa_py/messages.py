@@ -11,7 +11,7 @@ Pure: no logging, no engine, no I/O; the id generator is passed in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -179,9 +179,14 @@ def _version_arg(arg: Arg | None) -> bytes | None:
     return version or None
 
 
-def parse_request_message(message: Message, new_id: Callable[[], str]) -> RequestMessage:
-    """Read a ``coraza-req`` message; an absent or empty ``id`` gets ``new_id()``."""
-    args = args_by_name(message)
+def parse_request_message(
+    message: Message, new_id: Callable[[], str], args: Mapping[str, Arg] | None = None
+) -> RequestMessage:
+    """Read a ``coraza-req`` message; an absent or empty ``id`` gets ``new_id()``.
+
+    ``args``: ``args_by_name(message)`` when the caller already has it (once per message)."""
+    if args is None:
+        args = args_by_name(message)
     given_id = text_arg(args.get(ARG_ID))
     transaction_id = given_id.decode("latin-1") if given_id else new_id()
     request = RequestInfo(
@@ -206,9 +211,12 @@ def parse_request_message(message: Message, new_id: Callable[[], str]) -> Reques
     )
 
 
-def parse_response_message(message: Message) -> ResponseMessage:
+def parse_response_message(
+    message: Message, args: Mapping[str, Arg] | None = None
+) -> ResponseMessage:
     """Read a ``coraza-res`` message. An empty ``transaction_id`` means no ``id`` was sent."""
-    args = args_by_name(message)
+    if args is None:
+        args = args_by_name(message)
     given_id = text_arg(args.get(ARG_ID))
     response = ResponseInfo(
         transaction_id=given_id.decode("latin-1") if given_id else "",

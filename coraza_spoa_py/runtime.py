@@ -180,6 +180,8 @@ class Runtime:
         while True:
             gevent.sleep(SWEEP_INTERVAL_S)
             self.sweep_once()
+            # log files are block buffered (logs.py): a line reaches the file within a second
+            logs.flush_log_files()
 
     def sweep_once(self) -> None:
         # the agent sweeps the current applications and the retired ones still holding

@@ -441,6 +441,7 @@ def test_no_header_value_or_body_reaches_the_log(tmp_path, level, fmt):
     agent.handle([request_message(s("headers", f"x: {SECRET_HEADER}"))], world.clock())
     world.clock.advance(5)
     agent.sweep()
+    logs.flush_log_files()  # log files are block buffered
     text = out.read_text()
     for secret in SECRETS:
         assert secret not in text
@@ -465,6 +466,7 @@ def test_console_rendering_of_the_line_keeps_it_one_line(tmp_path):
     world = Timed()
     app = world.app(world.engine(interrupted()))
     app.handle_request(request_message(s("id", "abc-1")), world.clock())
+    logs.flush_log_files()
     (line,) = [x for x in out.read_text().splitlines() if " args=[" in x]
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} DBG coraza-req args=\[.*\] -> fail=1 .* "

@@ -42,6 +42,7 @@ def make_config(log: LogConfig, *apps: AppConfig) -> Config:
 
 
 def lines(path: Path) -> list[str]:
+    logs.flush_log_files()  # files are block buffered; the runtime flushes every second
     return path.read_text().splitlines() if path.exists() else []
 
 
@@ -218,3 +219,18 @@ def test_reconfigure_closes_the_previous_files(tmp_path: Path) -> None:
     assert lines(first) == []
     assert lines(second)[0].endswith("only in the second")
     assert logs.open_targets() == (str(second),)
+
+
+def test_log_files_are_block_buffered_until_flushed_and_closing_flushes(tmp_path: Path) -> None:
+    """1. log a line to a file  2. read the file  3. flush  4. log another, shut down.
+    Result: the line is not written by the record itself (no write() per record), the flush
+    writes it, and shutting down writes the rest."""
+    out = tmp_path / "agent.log"
+    logs.configure_logging(make_config(LogConfig(level="info", file=str(out))))
+    logger.info("buffered")
+    assert out.read_text() == ""
+    logs.flush_log_files()
+    assert out.read_text().endswith("buffered\n")
+    logger.info("at shutdown")
+    logs.shutdown_logging()
+    assert out.read_text().endswith("at shutdown\n")
