@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 W = TypeVar("W")
 
-# weight of the newest service time in the moving average: ~20 messages of memory, enough to
+# weight of the newest sample in the moving average: ~20 completions of memory, enough to
 # follow a change of traffic within a fraction of a second at a few hundred messages/s
 SERVICE_AVERAGE_WEIGHT = 0.05
 
@@ -34,11 +34,13 @@ class Lanes(Generic[W]):
     thread that took a token always finds an item.
     """
 
-    def __init__(self, threads: int, *, initial_service_s: float = 0.0) -> None:
+    def __init__(self, threads: int, *, initial_interval_s: float = 0.0) -> None:
         self._threads = max(1, threads)
         self._urgent: deque[W] = deque()
         self._normal: deque[W] = deque()
-        self._service_s = initial_service_s
+        self._interval_s = initial_interval_s
+        self._last_completion: float | None = None
+        self._busy = False
 
     @property
     def threads(self) -> int:
@@ -52,16 +54,18 @@ class Lanes(Generic[W]):
         return len(self._urgent) + len(self._normal)
 
     @property
-    def service_s(self) -> float:
-        """Moving average of the engine time of one message."""
-        return self._service_s
+    def interval_s(self) -> float:
+        """Moving average of the time between two completions while work was waiting: the
+        engine time per message / the threads, as this box really delivers it (GIL waits and
+        CPU shared with HAProxy included)."""
+        return self._interval_s
 
     def expected_wait_s(self, *, urgent: bool = False) -> float:
         """How long a message arriving now would wait for a thread: the messages ahead of it ×
-        the average engine time per message / the threads (a response only waits behind the
-        urgent lane)."""
+        the average time between completions (a response only waits behind the urgent lane).
+        """
         ahead = len(self._urgent) if urgent else self.waiting
-        return ahead * self._service_s / self._threads
+        return ahead * self._interval_s
 
     def push(self, item: W, *, urgent: bool = False) -> None:
         (self._urgent if urgent else self._normal).append(item)
@@ -75,8 +79,17 @@ class Lanes(Generic[W]):
                 continue
         return None
 
-    def record_service(self, seconds: float) -> None:
-        if self._service_s <= 0.0:
-            self._service_s = seconds
+    def record_completion(self, finished_at: float, *, work_waiting: bool) -> None:
+        """A thread finished an item at ``finished_at`` (its clock) and saw ``work_waiting``.
+        Only the gap after a completion that left work waiting measures the drain rate: after
+        an idle spell it says nothing about it. (The thread, not the hub, looks at the lanes:
+        the hub receives completions in batches.)"""
+        previous, self._last_completion = self._last_completion, finished_at
+        was_busy, self._busy = self._busy, work_waiting
+        if not was_busy or previous is None:
+            return
+        sample = max(0.0, finished_at - previous)
+        if self._interval_s <= 0.0:
+            self._interval_s = sample
         else:
-            self._service_s += SERVICE_AVERAGE_WEIGHT * (seconds - self._service_s)
+            self._interval_s += SERVICE_AVERAGE_WEIGHT * (sample - self._interval_s)

@@ -330,8 +330,8 @@ class EngineScheduler:
     messages (measured: 1024 connections, engine threads idle 99 % of the time, 10 messages/s
     judged). Here the threads take the next item themselves; the hub only pushes work and
     receives finished work, a batch per wakeup (one libev async watcher, the thread-safe way
-    into the hub). ``expected_wait_s`` (``admission.Lanes``) lets ``application`` shed on
-    arrival.
+    into the hub). ``expected_wait_s`` (``admission.Lanes``: work waiting × the measured time
+    between completions) lets ``application`` shed on arrival.
     """
 
     def __init__(self, threads: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -392,20 +392,19 @@ class EngineScheduler:
             if task is None:
                 continue  # cannot happen: one token per item
             work, result = task
-            started = clock()
             ok = True
             try:
                 value: Any = work()
             except BaseException as exc:  # handed to the caller, like ThreadPool.apply
                 ok, value = False, exc
-            self._done.append((result, ok, value, clock() - started))
+            self._done.append((result, ok, value, clock(), self._lanes.waiting > 0))
             self._wakeup.send()
 
     def _deliver(self) -> None:
         # on the hub: one wakeup may carry many completions
         while self._done:
-            result, ok, value, spent = self._done.popleft()
-            self._lanes.record_service(spent)
+            result, ok, value, finished_at, work_waiting = self._done.popleft()
+            self._lanes.record_completion(finished_at, work_waiting=work_waiting)
             if ok:
                 result.set(value)
             else:
@@ -414,7 +413,7 @@ class EngineScheduler:
 
 _STOP = object()
 _Task = tuple[Callable[[], Any], "gevent.event.AsyncResult[Any]"]
-_Finished = tuple["gevent.event.AsyncResult[Any]", bool, Any, float]
+_Finished = tuple["gevent.event.AsyncResult[Any]", bool, Any, float, bool]
 
 
 def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:

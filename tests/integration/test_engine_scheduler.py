@@ -89,12 +89,20 @@ def test_failing_work_raises_in_the_caller_and_frees_the_thread(one_thread):
     assert one_thread(lambda: 7) == 7
 
 
-def test_expected_wait_uses_the_measured_engine_time():
+def test_expected_wait_uses_the_measured_time_between_completions():
     ticks = iter(range(1000))
-    scheduler = EngineScheduler(1, clock=lambda: next(ticks) * 0.01)
+    scheduler = EngineScheduler(1, clock=lambda: next(ticks) * 0.01)  # 10 ms per reading
     try:
-        scheduler(lambda: None)  # one clock step around the work: 10 ms of engine time
         gate = threading.Event()
+        blocker = gevent.spawn(scheduler, lambda: gate.wait(10))
+        gevent.sleep(0.05)
+        queued = [gevent.spawn(scheduler, lambda: None) for _ in range(3)]
+        gevent.sleep(0.05)
+        assert scheduler.expected_wait_s() == 0.0  # nothing measured yet
+        gate.set()
+        gevent.joinall([blocker, *queued], timeout=10, raise_error=True)
+        # completions at 0, 10, 20, 30 ms with work waiting: 10 ms apart
+        gate.clear()
         blocker = gevent.spawn(scheduler, lambda: gate.wait(10))
         gevent.sleep(0.05)
         queued = [gevent.spawn(scheduler, lambda: None) for _ in range(3)]

@@ -40,27 +40,40 @@ def test_urgent_items_are_taken_before_earlier_normal_ones():
     assert lanes.waiting == 0
 
 
-def test_expected_wait_is_waiting_times_average_service_over_threads():
+def test_expected_wait_is_waiting_times_the_time_between_completions():
     lanes: Lanes[str] = Lanes(2)
     assert lanes.expected_wait_s() == 0.0
-    lanes.record_service(0.004)  # the first sample sets the average
     for name in ("q1", "q2", "q3"):
         lanes.push(name)
     lanes.push("r1", urgent=True)
-    assert lanes.expected_wait_s() == pytest.approx(4 * 0.004 / 2)
-    assert lanes.expected_wait_s(urgent=True) == pytest.approx(1 * 0.004 / 2)
-    lanes.resize(4)
-    assert lanes.expected_wait_s() == pytest.approx(4 * 0.004 / 4)
+    lanes.record_completion(10.000, work_waiting=True)  # only starts the measurement
+    lanes.record_completion(10.002, work_waiting=True)  # 2 ms after a busy completion
+    assert lanes.interval_s == pytest.approx(0.002)
+    assert lanes.expected_wait_s() == pytest.approx(4 * 0.002)
+    assert lanes.expected_wait_s(urgent=True) == pytest.approx(1 * 0.002)
 
 
-def test_service_average_follows_new_samples_gradually():
+def test_gaps_after_an_idle_spell_do_not_count():
     lanes: Lanes[str] = Lanes(1)
-    lanes.record_service(0.010)
-    lanes.record_service(0.020)
-    assert 0.010 < lanes.service_s < 0.012
+    lanes.record_completion(1.000, work_waiting=True)
+    lanes.record_completion(1.004, work_waiting=True)  # busy: 4 ms
+    lanes.record_completion(1.008, work_waiting=False)  # counted: work waited at 1.004
+    lanes.record_completion(9.000, work_waiting=True)  # after idling: not a sample
+    assert lanes.interval_s == pytest.approx(0.004)
+
+
+def test_interval_average_follows_new_samples_gradually():
+    lanes: Lanes[str] = Lanes(1)
+    now = 0.0
+    lanes.record_completion(now, work_waiting=True)
+    for gap in (0.010, 0.020):
+        now += gap
+        lanes.record_completion(now, work_waiting=True)
+    assert 0.010 < lanes.interval_s < 0.012
     for _ in range(200):
-        lanes.record_service(0.020)
-    assert lanes.service_s == pytest.approx(0.020, rel=1e-3)
+        now += 0.020
+        lanes.record_completion(now, work_waiting=True)
+    assert lanes.interval_s == pytest.approx(0.020, rel=1e-3)
 
 
 # ---- Application: shedding on arrival, responses in the urgent lane --------------------------
@@ -173,7 +186,6 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
         # the safety net: the budget checked when a thread takes the message
         message.late = now - message.arrived > BUDGET
         cost = SHED_AT_DEQUEUE_S if message.late else SERVICE_S
-        lanes.record_service(cost)
         push(now + cost, "done", message)
 
     def offer(message: _Message, now: float, urgent: bool) -> None:
@@ -201,6 +213,7 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
             done = event.message
             assert done is not None
             following = lanes.pop()
+            lanes.record_completion(now, work_waiting=following is not None)
             if following is not None:
                 start(following, now)
             else:
