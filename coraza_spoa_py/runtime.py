@@ -379,7 +379,7 @@ class EngineScheduler:
 
     def _submit(self, work: Callable[[], T], *, urgent: bool) -> T:
         result: gevent.event.AsyncResult[T] = gevent.event.AsyncResult()
-        self._lanes.push((work, result), urgent=urgent)
+        self._lanes.push((work, result, self._clock()), urgent=urgent)
         self._tokens.put(True)
         return cast(T, result.get())
 
@@ -391,7 +391,8 @@ class EngineScheduler:
             task = self._lanes.pop()
             if task is None:
                 continue  # cannot happen: one token per item
-            work, result = task
+            work, result, pushed_at = task
+            self._lanes.record_wait(clock() - pushed_at)
             ok = True
             try:
                 value: Any = work()
@@ -412,7 +413,7 @@ class EngineScheduler:
 
 
 _STOP = object()
-_Task = tuple[Callable[[], Any], "gevent.event.AsyncResult[Any]"]
+_Task = tuple[Callable[[], Any], "gevent.event.AsyncResult[Any]", float]
 _Finished = tuple["gevent.event.AsyncResult[Any]", bool, Any, float, bool]
 
 

@@ -49,8 +49,22 @@ def test_expected_wait_is_waiting_times_the_time_between_completions():
     lanes.record_completion(10.000, work_waiting=True)  # only starts the measurement
     lanes.record_completion(10.002, work_waiting=True)  # 2 ms after a busy completion
     assert lanes.interval_s == pytest.approx(0.002)
+    assert lanes.expected_wait_s() == 0.0  # capped: no message has waited yet
+    lanes.record_wait(1.0)
     assert lanes.expected_wait_s() == pytest.approx(4 * 0.002)
     assert lanes.expected_wait_s(urgent=True) == pytest.approx(1 * 0.002)
+
+
+def test_expected_wait_never_exceeds_the_wait_last_observed():
+    """A prediction above what messages really wait must not shed (closed loop at 128
+    connections): the last observed wait caps it."""
+    lanes: Lanes[str] = Lanes(2)
+    for index in range(100):
+        lanes.push(f"q{index}")
+    lanes.record_completion(0.0, work_waiting=True)
+    lanes.record_completion(0.010, work_waiting=True)  # predicts 100 × 10 ms = 1 s
+    lanes.record_wait(0.150)
+    assert lanes.expected_wait_s() == pytest.approx(0.150)
 
 
 def test_gaps_after_an_idle_spell_do_not_count():
@@ -184,6 +198,7 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
 
     def start(message: _Message, now: float) -> None:
         # the safety net: the budget checked when a thread takes the message
+        lanes.record_wait(now - message.arrived)
         message.late = now - message.arrived > BUDGET
         cost = SHED_AT_DEQUEUE_S if message.late else SERVICE_S
         push(now + cost, "done", message)
