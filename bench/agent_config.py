@@ -76,6 +76,12 @@ def write_agent_config(
             }
         ],
     }
+    # The load-shedding budget as the agent's default derives it: 80 % of HAProxy's
+    # `timeout processing` (400 ms of the 500 ms every coraza-spoa sample ships). The bench
+    # runs HAProxy with 2 s (haproxy_config.BENCH_PROCESSING_TIMEOUT), so 1600 ms; with the
+    # default 400 ms, 128 connections of 5 ms POSTs (~500 ms of queue by Little's law) would be
+    # shed although HAProxy would still wait for their answer.
+    config["processing_budget_ms"] = 1600
     config.update(extra or {})
     path = folder / "agent.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
