@@ -207,12 +207,7 @@ class Application:
         response when this app checks responses and the request was not interrupted.
 
         ``args``: ``messages.args_by_name(message)`` if the caller already has it."""
-        if args is None:
-            args = args_by_name(message)
-        if not debug_enabled():
-            return self._request(message, received_at, args, None)
-        trace = MessageTrace.of(message, REQUEST_ARGS, args)
-        return self._traced(self._request, message, received_at, args, trace)
+        return self._dispatch(self._request, REQUEST_ARGS, message, received_at, args)
 
     def _request(
         self,
@@ -297,12 +292,7 @@ class Application:
     ) -> list[Action]:
         """Evaluate a ``coraza-res`` message (phases 3 and 4) in its request's transaction,
         then close it. ``args`` as for ``handle_request``."""
-        if args is None:
-            args = args_by_name(message)
-        if not debug_enabled():
-            return self._response(message, received_at, args, None)
-        trace = MessageTrace.of(message, RESPONSE_ARGS, args)
-        return self._traced(self._response, message, received_at, args, trace)
+        return self._dispatch(self._response, RESPONSE_ARGS, message, received_at, args)
 
     def _response(
         self,
@@ -446,6 +436,23 @@ class Application:
             transaction.close()
         except Exception:
             self._log.bind(tx=transaction_id).exception("closing the transaction failed")
+
+    def _dispatch(
+        self,
+        handle: Callable[[Message, float, Mapping[str, Arg], MessageTrace | None], list[Action]],
+        known_args: frozenset[str],
+        message: Message,
+        received_at: float,
+        args: Mapping[str, Arg] | None,
+    ) -> list[Action]:
+        # the arguments by name once per message; the debug trace only when debug is on (the
+        # hot path pays one level check, message_log.debug_enabled)
+        if args is None:
+            args = args_by_name(message)
+        if not debug_enabled():
+            return handle(message, received_at, args, None)
+        trace = MessageTrace.of(message, known_args, args)
+        return self._traced(handle, message, received_at, args, trace)
 
     def _traced(
         self,
