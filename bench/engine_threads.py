@@ -14,25 +14,15 @@ import threading
 import time
 from ipaddress import IPv4Address
 
+from bench.agent_config import BENCH_DIRECTIVES
+from bench.scenarios import BROWSER_HEADERS
 from coraza_spoa_py import waf
 from coraza_spoa_py.models import RequestInfo
 from coraza_spoa_py.settings import AppConfig, RulePaths
 
-CRS_DIRECTIVES = (
-    "Include @coraza.conf-recommended\n"
-    "Include @crs-setup.conf.example\n"
-    "Include @owasp_crs/*.conf\n"
-    "SecRuleEngine On\n"
-)
-# what a browser's GET of a page looks like to the agent (6 headers, a short query)
-CLEAN_GET_HEADERS = (
-    (b"host", b"shop.example.com"),
-    (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
-    (b"accept", b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
-    (b"accept-language", b"en-US,en;q=0.5"),
-    (b"accept-encoding", b"gzip, deflate, br"),
-    (b"connection", b"keep-alive"),
-)
+# the bench's own rule set and browser headers: one definition for every bench mode
+CRS_DIRECTIVES = BENCH_DIRECTIVES
+CLEAN_GET_HEADERS = BROWSER_HEADERS
 
 
 def clean_get(transaction_id: str) -> RequestInfo:

@@ -58,6 +58,14 @@ def crs_total_score(stack: WafStack, transaction_id: str) -> int:
     raise AssertionError(f"no 949110 match for {transaction_id}:\n{stack.agent.logs()[-4000:]}")
 
 
+def assert_blocked_by_crs_scoring(stack: WafStack, response, tag: str) -> None:
+    """403 from CRS's inbound evaluation (949110), with CRS's own total as anomaly_score."""
+    assert response.status == 403
+    log = stack.waf_log(tag)
+    assert log["ruleid"] == "949110"
+    assert int(log["anomaly_score"]) == crs_total_score(stack, log["id"])
+
+
 def test_clean_get_passes(stack):
     tag = nonce()
     response = get(stack, with_nonce("/", tag))
@@ -89,10 +97,7 @@ def test_sql_injection_in_a_form_post_is_denied(stack):
     tag = nonce()
     body = b"user=admin%27+OR+%271%27%3D%271%27--&pass=x"
     response = get(stack, with_nonce("/login", tag), method="POST", body=body, headers=FORM)
-    assert response.status == 403
-    log = stack.waf_log(tag)
-    assert log["ruleid"] == "949110"
-    assert int(log["anomaly_score"]) == crs_total_score(stack, log["id"])
+    assert_blocked_by_crs_scoring(stack, response, tag)
 
 
 def test_sql_injection_in_a_json_body_is_denied(stack):
@@ -107,10 +112,7 @@ def test_sql_injection_in_a_json_body_is_denied(stack):
 def test_xss_in_the_query_is_denied(stack):
     tag = nonce()
     response = get(stack, with_nonce("/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", tag))
-    assert response.status == 403
-    log = stack.waf_log(tag)
-    assert log["ruleid"] == "949110"
-    assert int(log["anomaly_score"]) == crs_total_score(stack, log["id"])
+    assert_blocked_by_crs_scoring(stack, response, tag)
 
 
 def test_scanner_user_agent_is_denied(stack):
