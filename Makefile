@@ -10,7 +10,7 @@ CONFIG ?= config.example.yml
 .PHONY: install install-run run demo test test-fast coverage-spop lint fmt crs bench docs clean
 
 # what running the agent needs
-install-run: $(STAMPS)/system $(STAMPS)/venv
+install-run: $(STAMPS)/system $(STAMPS)/venv $(STAMPS)/native
 
 # plus what the test suite needs: HAProxy 3.0 and 3.2 unpacked under .cache/
 install: install-run $(HAPROXY_NEXT)/trixie/haproxy $(HAPROXY_NEXT)/sid/haproxy
@@ -22,6 +22,11 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/system
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# the compiled engine binding (coraza_spoa_py/native/): rebuilt when its sources change
+$(STAMPS)/native: coraza_spoa_py/native/msc_glue.c coraza_spoa_py/native/build.py $(STAMPS)/venv
+	$(PY) -m coraza_spoa_py.native.build
 	touch $@
 
 $(HAPROXY_NEXT)/%/haproxy: scripts/fetch-haproxy-next.sh $(STAMPS)/system
@@ -62,4 +67,4 @@ docs: install
 	$(PY) -m coraza_spoa_py.schema_doc > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache coraza_spoa_py/_msc.*.so

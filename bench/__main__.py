@@ -90,12 +90,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="experiment: start the agent with sys.setswitchinterval(SECONDS)",
     )
     p.add_argument(
-        "--agent-executor",
-        choices=["default", "native"],
-        default="default",
-        help="experiment: 'native' swaps in bench/native_executor.py",
-    )
-    p.add_argument(
         "--agent-log-level",
         default="info",
         help="the agent's and its rule-match log level (default info, as shipped)",
@@ -159,7 +153,6 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
             "config": args.agent_option or {},
             "switch_interval_s": args.agent_switch_interval,
             "log_level": args.agent_log_level,
-            "executor": args.agent_executor,
         },
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }

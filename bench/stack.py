@@ -86,7 +86,6 @@ def start_agent(
     log_level: str = "info",
     switch_interval_s: float | None = None,
     app_log_level: str | None = None,
-    executor: str = "default",
 ) -> ManagedProcess:
     config = write_agent_config(
         workdir,
@@ -98,18 +97,7 @@ def start_agent(
         extra=extra_config,
     )
     argv = [sys.executable, "-m", "coraza_spoa_py", "-config", str(config)]
-    if executor == "native":
-        # experiment: the engine executor of docs/performance.md finding 2, swapped in after
-        # gevent's patching (cffi first, see below) and before the CLI runs
-        argv = [
-            sys.executable,
-            "-c",
-            "import runpy, sys, cffi; from gevent import monkey; monkey.patch_all(); "
-            "from bench import native_executor; native_executor.install(); "
-            f"sys.argv = ['coraza_spoa_py', '-config', {str(config)!r}]; "
-            "runpy.run_module('coraza_spoa_py', run_name='__main__', alter_sys=True)",
-        ]
-    elif switch_interval_s is not None:
+    if switch_interval_s is not None:
         # an experiment knob, not a product setting: the GIL switch interval decides how long
         # an engine thread returning from a cffi call waits while the hub runs Python. cffi is
         # imported before gevent patches _thread, so that its internal lock is a real one: with
@@ -177,7 +165,6 @@ def running_stack(
     log_level: str = "info",
     keep_dir: Path | None = None,
     switch_interval_s: float | None = None,
-    executor: str = "default",
 ) -> Iterator[Stack]:
     """Agent + HAProxy up for the block; both stopped after it, whatever happens."""
     with ExitStack() as stack:
@@ -194,7 +181,6 @@ def running_stack(
             extra_config=extra_config,
             log_level=log_level,
             switch_interval_s=switch_interval_s,
-            executor=executor,
         )
         stack.callback(agent.stop)
         haproxy = start_haproxy(workdir, ports, haproxy_binary, haproxy_dir)

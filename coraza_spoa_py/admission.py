@@ -61,7 +61,7 @@ class Lanes(Generic[W]):
         CPU shared with HAProxy included)."""
         return self._interval_s
 
-    def expected_wait_s(self, *, urgent: bool = False) -> float:
+    def expected_wait_s(self, *, urgent: bool = False, ahead: int | None = None) -> float:
         """How long a message arriving now would wait for a thread: the messages ahead of it ×
         the average time between completions (a response only waits behind the urgent lane),
         but never more than the last message really waited.
@@ -71,7 +71,8 @@ class Lanes(Generic[W]):
         the budget; in a closed loop every fast 500 is at once a new arrival into the same
         queue. Under real overload the observed wait is past the budget too, so both agree.
         """
-        ahead = len(self._urgent) if urgent else self.waiting
+        if ahead is None:  # the queue is these lanes (else the caller's: engine_pool)
+            ahead = len(self._urgent) if urgent else self.waiting
         return min(ahead * self._interval_s, self._last_wait_s)
 
     def record_wait(self, waited_s: float) -> None:

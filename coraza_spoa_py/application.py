@@ -44,6 +44,7 @@ from coraza_spoa_py.messages import (
     parse_response_message,
 )
 from coraza_spoa_py.models import (
+    DeadlineExceededError,
     Executor,
     RequestInfo,
     ResponseInfo,
@@ -131,9 +132,11 @@ class _Outcome:
     shed: bool = False
     error: BaseException | None = None
     kept: WafTransaction | None = None
-    # engine-thread clock readings: when a thread picked the message up, and when it was done
+    # when an engine thread picked the message's engine work up, and when it was done (the
+    # transaction's ``engine_times`` when it keeps them, else the executor's clock readings)
     started: float = 0.0
     finished: float = 0.0
+    engine_times: tuple[float, float] | None = None
     # the rule-match log record's payload and level, built on the engine thread from the
     # verdict so that the hub only hands them to loguru (docs/performance.md item 5)
     match_records: list[dict[str, Any]] | None = None
@@ -155,7 +158,7 @@ class Application:
         self.config = config
         self._engine = engine
         self._executor = executor
-        # optional executor features (runtime.EngineScheduler): a lane ahead of requests for
+        # optional executor features (engine_pool.EnginePool): a lane ahead of requests for
         # responses, and the expected wait for a thread (docs/performance.md "Overload")
         self._urgent_executor: Executor[Any] = getattr(executor, "urgent", executor)
         self._expected_wait_s: Callable[[], float] | None = getattr(
@@ -273,17 +276,22 @@ class Application:
         except Exception as exc:
             return _Outcome(error=exc)
         try:
-            verdict = transaction.process_request(request)
+            # the engine threads shed it too if it waits for one past the budget
+            verdict = transaction.process_request(request, deadline=self._deadline(received_at))
+        except DeadlineExceededError:
+            self._close_quietly(request.transaction_id, transaction)
+            return _Outcome(opened=True, closed=True, shed=True)
         except Exception as exc:
             self._close_quietly(request.transaction_id, transaction)
             return _Outcome(opened=True, closed=True, error=exc)
         # compat.md Part 1: an interrupted request is closed at once, unless detect-only asks
         # to keep it so that its response can still be correlated (coraza-spoa PR #374)
+        times = getattr(transaction, "engine_times", None)
         if self.config.response_check and (parsed.detect_only or not verdict.interrupted):
             self._handed_over[id(transaction)] = (request.transaction_id, transaction)
-            return _Outcome(verdict=verdict, opened=True, kept=transaction)
+            return _Outcome(verdict=verdict, opened=True, kept=transaction, engine_times=times)
         self._close_quietly(request.transaction_id, transaction)
-        return _Outcome(verdict=verdict, opened=True, closed=True)
+        return _Outcome(verdict=verdict, opened=True, closed=True, engine_times=times)
 
     # ---- response -----------------------------------------------------------------------
 
@@ -350,10 +358,15 @@ class Application:
             if started - received_at > self._processing_budget_s:
                 return _Outcome(shed=True, closed=True)
             try:
-                verdict = transaction.process_response(response)
+                verdict = transaction.process_response(
+                    response, deadline=self._deadline(received_at)
+                )
+            except DeadlineExceededError:
+                return _Outcome(shed=True, closed=True)
             except Exception as exc:
                 return _Outcome(closed=True, error=exc)
-            return _Outcome(verdict=verdict, closed=True)
+            times = getattr(transaction, "engine_times", None)
+            return _Outcome(verdict=verdict, closed=True, engine_times=times)
         finally:
             self._close_quietly(response.transaction_id, transaction)
 
@@ -390,7 +403,7 @@ class Application:
             if verdict is not None and verdict.matches:
                 done.match_records = [match.to_dict() for match in verdict.matches]
                 done.match_level = rule_match_level(verdict.matches)
-            done.started, done.finished = started, self._clock()
+            done.started, done.finished = done.engine_times or (started, self._clock())
             return done
 
         try:
@@ -400,6 +413,10 @@ class Application:
             # the executor itself failed (e.g. the pool is gone): nothing ran
             return _Outcome(error=exc)
         return outcome
+
+    def _deadline(self, received_at: float) -> float:
+        # received_at is time.monotonic() in production, the engine threads' clock too
+        return received_at + self._processing_budget_s
 
     def _settle(self, outcome: _Outcome, transaction_id: str) -> Verdict:
         # Counters move here, on the hub, never on engine threads.

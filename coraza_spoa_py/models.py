@@ -123,17 +123,23 @@ class Verdict:
     matches: tuple[RuleMatch, ...] = field(default=(), repr=False)
 
 
+class DeadlineExceededError(Exception):
+    """The engine did not start the work before the deadline it was given (load shedding)."""
+
+
 class WafTransaction(Protocol):
     """One ModSecurity transaction. Not thread-safe: one call at a time, any thread."""
 
     @property
     def transaction_id(self) -> str: ...
 
-    def process_request(self, request: RequestInfo) -> Verdict:
-        """Connection, URI, request headers and body phases (1 and 2)."""
+    def process_request(self, request: RequestInfo, *, deadline: float = 0.0) -> Verdict:
+        """Connection, URI, request headers and body phases (1 and 2). ``deadline``
+        (``time.monotonic()`` seconds, 0 = none): raise ``DeadlineExceededError`` instead of
+        starting later than that."""
 
-    def process_response(self, response: ResponseInfo) -> Verdict:
-        """Response headers and body phases (3 and 4)."""
+    def process_response(self, response: ResponseInfo, *, deadline: float = 0.0) -> Verdict:
+        """Response headers and body phases (3 and 4); ``deadline`` as for requests."""
 
     def close(self) -> None:
         """Run the logging phase (5, audit log) and free the native transaction. Idempotent."""

@@ -83,6 +83,11 @@ def build_applications(
     config: Config, engines: Iterable[LoadedEngine], executor: Executor[Any]
 ) -> dict[str, Application]:
     by_name = {loaded.name: loaded.engine for loaded in engines}
+    if hasattr(executor, "detach"):
+        # the executor is also where engine jobs run (engine_pool.EnginePool)
+        for engine in by_name.values():
+            if hasattr(engine, "runner"):
+                engine.runner = executor
     budget_s = config.processing_budget_ms / 1000
     return {
         app.name: Application(app, by_name[app.name], executor, processing_budget_s=budget_s)

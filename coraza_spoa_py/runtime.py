@@ -14,13 +14,10 @@ Must not parse flags or YAML, nor speak SPOP: it only composes the modules that 
 
 from __future__ import annotations
 
-import _queue
-import collections
 import os
 import signal
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import gevent
 import gevent.event
@@ -30,9 +27,9 @@ from gevent.threadpool import ThreadPool
 from loguru import logger
 
 from coraza_spoa_py import __version__, config, logs, metrics, reload, waf
-from coraza_spoa_py.admission import Lanes
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
+from coraza_spoa_py.engine_pool import EnginePool
 from coraza_spoa_py.server import AgentServer
 from coraza_spoa_py.settings import Config
 
@@ -66,7 +63,7 @@ class Runtime:
         self.config_path = config_path
         self.config = cfg
         self.pool = pool
-        self.scheduler: EngineScheduler | None = None
+        self.scheduler: EnginePool | None = None
         self.agent = agent
         self.applications = applications
         self.server = server
@@ -105,7 +102,7 @@ class Runtime:
         if not cfg.applications:
             logger.warning("no applications defined: every message will be answered with error")
         pool = ThreadPool(cfg.engine_threads)
-        scheduler = EngineScheduler(cfg.engine_threads)
+        scheduler = EnginePool(cfg.engine_threads)
         try:
             # compiling goes straight to the pool: seconds of it must not enter the
             # scheduler's average engine time per message
@@ -312,109 +309,6 @@ class Runtime:
             self.scheduler.close()
         logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
         return EXIT_OK
-
-
-T = TypeVar("T")
-
-
-class EngineScheduler:
-    """The executor of message work (``models.Executor``): native engine threads fed from a
-    two-lane queue, with priority and the expected wait.
-
-    ``scheduler(work)`` runs ``work`` on an engine thread and returns its result to the calling
-    greenlet; ``scheduler.urgent(work)`` does the same ahead of all non-urgent work (a
-    ``coraza-res``, whose request already cost engine time: docs/performance.md "Overload").
-
-    Why not gevent's ThreadPool: it frees a thread's slot only when the hub has run the task's
-    completion, so under load each engine thread idled for a whole hub loop between two
-    messages (measured: 1024 connections, engine threads idle 99 % of the time, 10 messages/s
-    judged). Here the threads take the next item themselves; the hub only pushes work and
-    receives finished work, a batch per wakeup (one libev async watcher, the thread-safe way
-    into the hub). ``expected_wait_s`` (``admission.Lanes``: work waiting × the measured time
-    between completions) lets ``application`` shed on arrival.
-    """
-
-    def __init__(self, threads: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lanes: Lanes[_Task] = Lanes(threads)
-        # one token per pushed item; a C queue that gevent does not patch, so an idle engine
-        # thread blocks in C with the GIL released
-        self._tokens: Any = _queue.SimpleQueue()
-        self._done: collections.deque[_Finished] = collections.deque()
-        self._wakeup = gevent.get_hub().loop.async_()
-        self._wakeup.start(self._deliver)
-        self._start_thread = gevent.monkey.get_original("_thread", "start_new_thread")
-        self._threads = 0
-        self.resize(threads)
-
-    def __call__(self, work: Callable[[], T]) -> T:
-        return self._submit(work, urgent=False)
-
-    def urgent(self, work: Callable[[], T]) -> T:
-        return self._submit(work, urgent=True)
-
-    def expected_wait_s(self, *, urgent: bool = False) -> float:
-        return self._lanes.expected_wait_s(urgent=urgent)
-
-    @property
-    def waiting(self) -> int:
-        return self._lanes.waiting
-
-    def resize(self, threads: int) -> None:
-        """Start or stop engine threads (a reload changed ``engine_threads``)."""
-        threads = max(1, threads)
-        while self._threads < threads:
-            self._start_thread(self._work_forever, ())
-            self._threads += 1
-        while self._threads > threads:
-            self._tokens.put(_STOP)  # the next idle thread exits
-            self._threads -= 1
-        self._lanes.resize(threads)
-
-    def close(self) -> None:
-        """Stop every engine thread once the work queued so far is done (shutdown)."""
-        for _ in range(self._threads):
-            self._tokens.put(_STOP)
-        self._threads = 0
-
-    def _submit(self, work: Callable[[], T], *, urgent: bool) -> T:
-        result: gevent.event.AsyncResult[T] = gevent.event.AsyncResult()
-        self._lanes.push((work, result, self._clock()), urgent=urgent)
-        self._tokens.put(True)
-        return cast(T, result.get())
-
-    def _work_forever(self) -> None:
-        # an engine thread (native): never touches gevent objects except through the async
-        # watcher's send(), which libev makes thread-safe
-        clock = self._clock
-        while self._tokens.get() is not _STOP:
-            task = self._lanes.pop()
-            if task is None:
-                continue  # cannot happen: one token per item
-            work, result, pushed_at = task
-            self._lanes.record_wait(clock() - pushed_at)
-            ok = True
-            try:
-                value: Any = work()
-            except BaseException as exc:  # handed to the caller, like ThreadPool.apply
-                ok, value = False, exc
-            self._done.append((result, ok, value, clock(), self._lanes.waiting > 0))
-            self._wakeup.send()
-
-    def _deliver(self) -> None:
-        # on the hub: one wakeup may carry many completions
-        while self._done:
-            result, ok, value, finished_at, work_waiting = self._done.popleft()
-            self._lanes.record_completion(finished_at, work_waiting=work_waiting)
-            if ok:
-                result.set(value)
-            else:
-                result.set_exception(value)
-
-
-_STOP = object()
-_Task = tuple[Callable[[], Any], "gevent.event.AsyncResult[Any]", float]
-_Finished = tuple["gevent.event.AsyncResult[Any]", bool, Any, float, bool]
 
 
 def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:

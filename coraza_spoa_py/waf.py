@@ -10,94 +10,45 @@ so callers run them on native threads.
 from __future__ import annotations
 
 import _thread
+import struct
 import sys
 import weakref
-from collections.abc import Callable
-from typing import Any
-
-from cffi import FFI
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from coraza_spoa_py import __version__, rules, waf_text
-from coraza_spoa_py.models import IPAddress, RequestInfo, ResponseInfo, RuleMatch, Verdict
+from coraza_spoa_py.models import (
+    DeadlineExceededError,
+    IPAddress,
+    RequestInfo,
+    ResponseInfo,
+    RuleMatch,
+    Verdict,
+)
 from coraza_spoa_py.settings import AppConfig, RulePaths
 
-LIBRARY_NAME = "libmodsecurity.so.3"
+try:
+    # our compiled binding (native/build.py, built by `make install`): API mode, with the glue
+    # of native/msc_glue.c that runs a phase group in one call
+    from coraza_spoa_py._msc import ffi as _ffi
+    from coraza_spoa_py._msc import lib as _lib
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _ffi = _lib = None
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
 CONNECTOR_INFO = f"coraza-spoa-py v{__version__}"
 
-# The subset of /usr/include/modsecurity/{modsecurity,rules_set,transaction,intervention}.h we
-# call (engine.md "The C API we need"). Opaque handles are void*.
-_CDEF = """
-typedef struct ModSecurityIntervention_t {
-    int status;
-    int pause;
-    char *url;
-    char *log;
-    int disruptive;
-} ModSecurityIntervention;
-typedef void (*ModSecLogCb)(void *, const void *);
-
-void *msc_init(void);
-const char *msc_who_am_i(void *msc);
-void msc_set_connector_info(void *msc, const char *connector);
-void msc_set_log_cb(void *msc, ModSecLogCb cb);
-
-void *msc_create_rules_set(void);
-int msc_rules_add(void *rules, const char *plain_rules, const char **error);
-int msc_rules_cleanup(void *rules);
-
-void *msc_new_transaction_with_id(void *ms, void *rules, char *id, void *logCbData);
-int msc_process_connection(void *t, const char *client, int cPort, const char *server, int sPort);
-int msc_process_uri(void *t, const char *uri, const char *protocol, const char *http_version);
-int msc_add_n_request_header(void *t, const unsigned char *key, size_t len_key,
-                             const unsigned char *value, size_t len_value);
-int msc_process_request_headers(void *t);
-int msc_append_request_body(void *t, const unsigned char *body, size_t size);
-int msc_process_request_body(void *t);
-int msc_add_n_response_header(void *t, const unsigned char *key, size_t len_key,
-                              const unsigned char *value, size_t len_value);
-int msc_process_response_headers(void *t, int code, const char *protocol);
-int msc_append_response_body(void *t, const unsigned char *body, size_t size);
-int msc_process_response_body(void *t);
-int msc_process_logging(void *t);
-int msc_intervention(void *t, ModSecurityIntervention *it);
-void msc_transaction_cleanup(void *t);
-
-void free(void *ptr);
-"""
-
-_ffi = FFI()
-_ffi.cdef(_CDEF)
-# Resolved once here: ``FFI.new("...")`` / ``FFI.cast("...")`` parse the string and take cffi's
-# lock on a cold type cache, and engine threads must never take a lock gevent may have patched
-# (docs/performance.md item 1). Type objects skip both.
-_INTERVENTION_PTR = _ffi.typeof("ModSecurityIntervention *")
-_CHAR_ARRAY = _ffi.typeof("char[]")
-_CHAR_PTR = _ffi.typeof("char *")
-_CHAR_PTR_PTR = _ffi.typeof("char **")
-_FUNCTIONS = [
-    "msc_init",
-    "msc_who_am_i",
-    "msc_set_connector_info",
-    "msc_set_log_cb",
-    "msc_create_rules_set",
-    "msc_rules_add",
-    "msc_rules_cleanup",
-    "msc_new_transaction_with_id",
-    "msc_process_connection",
-    "msc_process_uri",
-    "msc_add_n_request_header",
-    "msc_process_request_headers",
-    "msc_append_request_body",
-    "msc_process_request_body",
-    "msc_add_n_response_header",
-    "msc_process_response_headers",
-    "msc_append_response_body",
-    "msc_process_response_body",
-    "msc_process_logging",
-    "msc_intervention",
-    "msc_transaction_cleanup",
-    "free",
-]
+# Resolved once here: a type string is parsed on first use, and engine threads must never take
+# a lock gevent may have patched (docs/performance.md item 1). Type objects skip the parse.
+if _ffi is not None:
+    _LOG_PTR = _ffi.typeof("cs_log *")
+    _CHAR_ARRAY = _ffi.typeof("char[]")
+    _CHAR_PTR_PTR = _ffi.typeof("char **")
+    _JOB_PTR = _ffi.typeof("cs_job *")
+# one header record of native/msc_glue.c: a length, little endian, before each name and value
+_LENGTH = struct.Struct("<I")
 
 
 def native_lock_factory() -> Callable[[], Any]:
@@ -120,6 +71,72 @@ def native_lock_factory() -> Callable[[], Any]:
 _new_lock = native_lock_factory()
 
 
+class JobRunner(Protocol):
+    """Where an engine job (a ``cs_job``) runs. ``RunHere`` runs it on the calling thread; the
+    agent's runner (``engine_pool``) hands it to the native engine threads and parks the calling
+    greenlet, so the gevent hub never waits for the engine."""
+
+    def run(self, job: Any, *, urgent: bool) -> None:
+        """Return once ``job`` has run (or was shed: ``job.shed``)."""
+
+    def detach(self, job: Any, done: Callable[[], None]) -> None:
+        """Run ``job`` some time soon without waiting for it, then call ``done()`` (on the
+        caller's thread); ``done`` holds whatever must outlive the job."""
+
+
+class RunHere:
+    """The default runner: the job runs in the calling thread (one C call, GIL released)."""
+
+    def run(self, job: Any, *, urgent: bool) -> None:
+        _lib.cs_job_run(job)
+
+    def detach(self, job: Any, done: Callable[[], None]) -> None:
+        _lib.cs_job_run(job)
+        done()
+
+
+RUN_HERE = RunHere()
+
+
+class NativePool:
+    """The engine threads of msc_glue.c: they run jobs without ever taking the GIL. No gevent
+    here: ``engine_pool`` watches ``fd`` and calls ``take_done`` on the hub."""
+
+    def __init__(self) -> None:
+        _native()  # the library is usable before a thread starts
+        self._pool = _lib.cs_pool_new()
+        if self._pool == _ffi.NULL:
+            raise EngineError("cannot create the engine thread pool (eventfd)")
+        self.fd: int = int(_lib.cs_pool_fd(self._pool))
+
+    def resize(self, threads: int) -> int:
+        return int(_lib.cs_pool_resize(self._pool, max(1, threads)))
+
+    def submit(self, job: Any, *, urgent: bool) -> None:
+        _lib.cs_pool_submit(self._pool, job, 1 if urgent else 0)
+
+    def waiting(self, *, urgent_only: bool = False) -> int:
+        return int(_lib.cs_pool_waiting(self._pool, 1 if urgent_only else 0))
+
+    def take_done(self) -> list[Any]:
+        """The jobs finished since the last call (pointers; the caller still owns them)."""
+        jobs = []
+        job = _lib.cs_pool_take_done(self._pool)
+        while job != _ffi.NULL:
+            jobs.append(job)
+            job = job.next
+        return jobs
+
+    def stop(self) -> None:
+        """Finish the queued jobs, then end every thread (blocks until they are gone)."""
+        _lib.cs_pool_stop(self._pool)
+
+
+def monotonic() -> float:
+    """The clock of the jobs' timestamps (CLOCK_MONOTONIC, as ``time.monotonic``)."""
+    return float(_lib.cs_monotonic())
+
+
 class RulesError(Exception):
     """The rules did not load. ``problems`` holds one "file:line: message" string each."""
 
@@ -133,23 +150,20 @@ class EngineError(Exception):
 
 
 class _Native:
-    """The loaded library and the process-wide ``ModSecurity`` instance (created once)."""
+    """The compiled binding and the process-wide ``ModSecurity`` instance (created once)."""
 
     def __init__(self) -> None:
-        lib: Any
-        try:
-            lib = _ffi.dlopen(LIBRARY_NAME)
-        except OSError as exc:
-            raise EngineError(f"cannot load {LIBRARY_NAME}: {exc}") from exc
-        # resolve every function now: cffi takes its lock on a function's first lookup
-        for name in _FUNCTIONS:
-            getattr(lib, name)
-        self.lib = lib
-        self.msc: Any = lib.msc_init()
-        lib.msc_set_connector_info(self.msc, CONNECTOR_INFO.encode())
-        # Without a log callback the library prints every match to stderr (engine.md).
-        self.log_callback = _ffi.callback("void(void *, const void *)", _on_engine_log)
-        lib.msc_set_log_cb(self.msc, self.log_callback)
+        if _IMPORT_ERROR is not None or _lib is None:
+            raise EngineError(
+                f"the compiled engine binding is missing ({_IMPORT_ERROR}): "
+                "run `make install` (python -m coraza_spoa_py.native.build)"
+            )
+        self.lib: Any = _lib
+        self.msc: Any = _lib.msc_init()
+        _lib.msc_set_connector_info(self.msc, CONNECTOR_INFO.encode())
+        # Without a log callback the library prints every match to stderr (engine.md). Ours is
+        # C (msc_glue.c): it stores the lines in the transaction's cs_log without the GIL.
+        _lib.cs_install_log_callback(self.msc)
 
 
 _native_lock = _new_lock()
@@ -162,15 +176,6 @@ def _native() -> _Native:
         if _native_instance is None:
             _native_instance = _Native()
         return _native_instance
-
-
-def _on_engine_log(log_cb_data: Any, message: Any) -> None:
-    # Runs on the engine thread with the GIL held (engine.md): only copy the line; parsing
-    # happens after the engine call returns.
-    if log_cb_data == _ffi.NULL or message == _ffi.NULL:
-        return
-    transaction = _ffi.from_handle(log_cb_data)
-    transaction._pending_lines.append(_ffi.string(_ffi.cast(_CHAR_PTR, message)))
 
 
 def _c_string(pointer: Any) -> str:
@@ -208,6 +213,8 @@ class ModSecEngine:
         self._directive_lines = resolved.text.splitlines()
         self._drop_cache: dict[tuple[str, int], bool] = {}
         self._drop_lock = _new_lock()
+        # where this engine's jobs run: here by default, the engine threads in the agent
+        self.runner: JobRunner = RUN_HERE
         count = self._add(resolved.text, resolved)
         self._add(waf_text.SCORE_RULE, None)
         self.rule_count: int = count
@@ -281,8 +288,10 @@ def _c_text(value: bytes) -> bytes:
     return value.replace(b"\x00", b"%00")
 
 
-# (phase, engine step): what ModSecTransaction._run executes in order
-_Step = tuple[int, Callable[[Any], object]]
+def _packed_headers(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    # the header records msc_glue.c reads: one C call adds them all
+    pack = _LENGTH.pack
+    return b"".join([pack(len(n)) + n + pack(len(v)) + v for n, v in headers])
 
 
 class ModSecTransaction:
@@ -294,16 +303,15 @@ class ModSecTransaction:
         self._id = transaction_id
         self._lock = _new_lock()
         self._closed = False
-        self._pending_lines: list[bytes] = []
         self._matches: list[RuleMatch] = []
+        self.engine_times: tuple[float, float] | None = None
         self._anomaly_score = 0
         self._client = ""
-        self._handle = _ffi.new_handle(self)
-        # reused by every msc_intervention call of this transaction (reset before each)
-        self._intervention: Any = _ffi.new(_INTERVENTION_PTR)
+        # the engine's log lines for this transaction (filled in C, read after each call)
+        self._log: Any = _ffi.new(_LOG_PTR)
         self._id_buffer = _ffi.new(_CHAR_ARRAY, transaction_id.encode())
         self._tx = self._lib.msc_new_transaction_with_id(
-            engine._native.msc, engine._rules, self._id_buffer, self._handle
+            engine._native.msc, engine._rules, self._id_buffer, self._log
         )
         if self._tx == _ffi.NULL:
             self._closed = True  # nothing to free (and __del__ must not try)
@@ -314,137 +322,125 @@ class ModSecTransaction:
         return self._id
 
     # -- request: phases 1 and 2 ------------------------------------------------------------
-    def process_request(self, request: RequestInfo) -> Verdict:
-        lib = self._lib
+    def process_request(self, request: RequestInfo, *, deadline: float = 0.0) -> Verdict:
         self._client = _ip_text(request.src_ip).decode()
-
-        def connection(tx: Any) -> None:
-            lib.msc_process_connection(
-                tx,
-                self._client.encode(),
-                _port(request.src_port),
-                _ip_text(request.dst_ip),
-                _port(request.dst_port),
-            )
-
-        def uri(tx: Any) -> None:
+        job = self._job(_lib.CS_REQUEST, deadline)
+        keep = [
+            self._text(job, "client_ip", self._client.encode()),
+            self._text(job, "server_ip", _ip_text(request.dst_ip)),
+            self._text(job, "uri", _c_text(request.uri)),
+            self._text(job, "method", _c_text(request.method)),
             # the library prefixes the version with "HTTP/" itself (REQUEST_PROTOCOL)
-            method, version = _c_text(request.method), _c_text(request.version)
-            lib.msc_process_uri(tx, _c_text(request.uri), method, version)
-
-        def headers(tx: Any) -> None:
-            for name, value in request.headers:
-                lib.msc_add_n_request_header(tx, name, len(name), value, len(value))
-            lib.msc_process_request_headers(tx)
-
-        def body(tx: Any) -> None:
-            lib.msc_append_request_body(tx, request.body, len(request.body))
-
-        steps: list[_Step] = [(1, connection), (1, uri), (1, headers)]
-        if request.body:
-            # the body limit (SecRequestBodyLimitAction Reject) intervenes right after the
-            # append, and msc_process_request_body would forget it
-            steps.append((2, body))
-        # phase 2 runs even without a body: CRS scores and blocks there (949110)
-        steps.append((2, lib.msc_process_request_body))
-        return self._run(steps)
+            self._text(job, "version", _c_text(request.version)),
+            _bytes_field(job, "headers", _packed_headers(request.headers)),
+            _bytes_field(job, "body", request.body),
+        ]
+        job.client_port = _port(request.src_port)
+        job.server_port = _port(request.dst_port)
+        verdict = self._run(job, urgent=False)
+        del keep  # the engine is done with the buffers
+        return verdict
 
     # -- response: phases 3 and 4 -----------------------------------------------------------
-    def process_response(self, response: ResponseInfo) -> Verdict:
-        lib = self._lib
-
-        def headers(tx: Any) -> None:
-            for name, value in response.headers:
-                lib.msc_add_n_response_header(tx, name, len(name), value, len(value))
+    def process_response(self, response: ResponseInfo, *, deadline: float = 0.0) -> Verdict:
+        job = self._job(_lib.CS_RESPONSE, deadline)
+        keep = [
             # here the library takes the protocol as given (RESPONSE_PROTOCOL)
-            protocol = b"HTTP/" + _c_text(response.version)
-            lib.msc_process_response_headers(tx, _status(response.status), protocol)
-
-        def body(tx: Any) -> None:
-            lib.msc_append_response_body(tx, response.body, len(response.body))
-
-        steps: list[_Step] = [(3, headers)]
-        if response.body:
-            steps.append((4, body))
-        steps.append((4, lib.msc_process_response_body))
-        return self._run(steps)
-
-    def _run(self, steps: list[_Step]) -> Verdict:
-        # One engine step at a time, asking for an intervention after each (engine.md); the
-        # first interruption ends the phase group.
-        with self._lock:
-            self._check_open()
-            start = len(self._matches)
-            intervention = None
-            for phase, step in steps:
-                step(self._tx)
-                intervention = self._step(phase)
-                if intervention is not None:
-                    break
-            return self._verdict(intervention, start)
+            self._text(job, "protocol", b"HTTP/" + _c_text(response.version)),
+            _bytes_field(job, "headers", _packed_headers(response.headers)),
+            _bytes_field(job, "body", response.body),
+        ]
+        job.status = _status(response.status)
+        # urgent: the request of this transaction already cost engine time (admission.py)
+        verdict = self._run(job, urgent=True)
+        del keep
+        return verdict
 
     def close(self) -> None:
-        """Run the logging phase (audit log) and free the native transaction. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                self._lib.msc_process_logging(self._tx)
-            finally:
-                self._lib.msc_transaction_cleanup(self._tx)
-                self._tx = _ffi.NULL
-                self._pending_lines.clear()
-                # the engine can no longer call back: drop the handle, and with it the
-                # reference cycle (self -> handle -> self) that only the cyclic GC would free
-                self._handle = _ffi.NULL
+        """Run the logging phase (audit log) and free the native transaction, through the
+        engine's runner without waiting for it. Idempotent."""
+        if not self._claim_for_close():
+            return
+        job = self._job(_lib.CS_CLOSE, 0.0)
+        self._tx = _ffi.NULL
+        self._engine.runner.detach(job, self._release_log)
 
     def __del__(self) -> None:
-        # A transaction the caller forgot: free the native side rather than leak it.
-        if not getattr(self, "_closed", True):
-            self.close()
+        # A transaction the caller forgot: free the native side here rather than leak it.
+        if not getattr(self, "_closed", True) and self._claim_for_close():
+            _lib.cs_job_run(self._job(_lib.CS_CLOSE, 0.0))
+            self._release_log()
 
     # -- internals ----------------------------------------------------------------------------
+    def _claim_for_close(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            return True
+
+    def _release_log(self) -> None:
+        _lib.cs_log_free(self._log)
+
+    def _job(self, kind: int, deadline: float) -> Any:
+        job = _ffi.new(_JOB_PTR)
+        job.kind = kind
+        job.tx = self._tx
+        job.log = self._log
+        job.deadline = deadline
+        return job
+
+    @staticmethod
+    def _text(job: Any, field: str, value: bytes) -> Any:
+        # a NUL-terminated copy for a char* field; the caller keeps it alive
+        buffer = _ffi.new(_CHAR_ARRAY, value)
+        setattr(job, field, buffer)
+        return buffer
+
+    def _run(self, job: Any, *, urgent: bool) -> Verdict:
+        # one call at a time per transaction; a second caller is a bug, never a wait (the
+        # first may be parked on the hub, where waiting would block the hub for good)
+        if not self._lock.acquire(False):
+            raise EngineError(f"transaction {self._id} is busy")
+        try:
+            self._check_open()
+            start = len(self._matches)
+            self._engine.runner.run(job, urgent=urgent)
+            # for the debug line: when a thread started the phase group, and when it was done
+            self.engine_times = (float(job.started_at), float(job.finished_at))
+            if job.shed:
+                raise DeadlineExceededError(f"transaction {self._id}: not started in time")
+            return self._verdict(self._settle_outcome(job), start)
+        finally:
+            self._lock.release()
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineError(f"transaction {self._id} is closed")
 
-    def _step(self, phase: int) -> _Intervention | None:
-        # After each engine step: collect what the rules logged, then ask for an intervention
-        # (engine.md: reset status to 200 before, free url/log after).
-        self._collect(phase)
-        it = self._intervention
-        it.status = 200
-        it.pause = 0
-        it.url = _ffi.NULL
-        it.log = _ffi.NULL
-        it.disruptive = 0
-        self._lib.msc_intervention(self._tx, it)
-        url = log = ""
-        if it.url != _ffi.NULL:
-            url = _c_string(it.url)
-            self._lib.free(it.url)
-        if it.log != _ffi.NULL:
-            log = _c_string(it.log)
-            self._lib.free(it.log)
-        if not it.disruptive:
+    def _settle_outcome(self, job: Any) -> _Intervention | None:
+        # After a phase group: record what the rules logged (each line with the phase of the
+        # step that logged it), then the disruptive intervention if there was one.
+        for phase, raw in _log_records(self._log):
+            self._record(raw, phase)
+        out = _ffi.addressof(job, "out")
+        if not out.disruptive:
             return None
+        phase = int(out.phase)
+        url = _c_string(out.url) if out.url != _ffi.NULL else ""
+        log = _c_string(out.log) if out.log != _ffi.NULL else ""
+        status = int(out.status)
+        _lib.cs_outcome_clear(out)
         # The disruptive rule's line never reaches the log callback (libmodsecurity 3.0.9
         # hands it over only here), so it joins the matches from the intervention.
         match = None
         if log:
             match = self._record(log.encode(), phase, disruptive=True)
-        status = int(it.status)
         if waf_text.is_body_limit(log):
             # no rule: the body limit itself. Report it as coraza-spoa does (compat.md
             # Part 2 §3.1): 413 for a request body, 500 for a response body.
             status = 413 if phase <= 2 else 500
         return _Intervention(status=status, url=url, match=match)
-
-    def _collect(self, phase: int) -> None:
-        lines, self._pending_lines = self._pending_lines, []
-        for raw in lines:
-            self._record(raw, phase)
 
     def _record(self, raw: bytes, phase: int, disruptive: bool = False) -> RuleMatch | None:
         match = waf_text.parse_match(raw, phase, self._client, disruptive)
@@ -481,6 +477,31 @@ class ModSecTransaction:
             rule_id=intervention.match.rule_id if intervention.match else 0,
             **common,
         )
+
+
+def _bytes_field(job: Any, field: str, value: bytes) -> Any:
+    # a pointer into ``value`` itself (no copy) and its length; the caller keeps it alive
+    if not value:
+        return None
+    buffer = _ffi.from_buffer(value)
+    setattr(job, field, buffer)
+    setattr(job, field + "_len", len(value))
+    return buffer
+
+
+def _log_records(log: Any) -> list[tuple[int, bytes]]:
+    """The lines msc_glue.c stored since the last call, as (phase, line); empties the log."""
+    if not log.len:
+        return []
+    raw = bytes(_ffi.buffer(log.buf, log.len))
+    log.len = 0
+    records = []
+    at, end = 0, len(raw)
+    while at + 5 <= end:
+        length = _LENGTH.unpack_from(raw, at + 1)[0]
+        records.append((raw[at], raw[at + 5 : at + 5 + length]))
+        at += 5 + length
+    return records
 
 
 class _Intervention:

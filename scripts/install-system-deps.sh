@@ -8,6 +8,7 @@ packages=(
   haproxy              # HAProxy 2.6: e2e tests, make demo, make bench
   wrk                  # make bench
   python3-venv python3-dev
+  gcc libc6-dev        # the compiled engine binding (coraza_spoa_py/native/)
   ca-certificates
 )
 missing=()

@@ -7,7 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from coraza_spoa_py.models import RequestInfo, ResponseInfo, RuleMatch, Verdict
+from coraza_spoa_py.models import (
+    DeadlineExceededError,
+    RequestInfo,
+    ResponseInfo,
+    RuleMatch,
+    Verdict,
+)
 from coraza_spoa_py.spop.events import Arg, DataType, Message, SetVar
 
 Decide = Callable[[RequestInfo], Verdict]
@@ -24,15 +30,22 @@ class FakeTransaction:
     engine: FakeEngine
     requests: list[RequestInfo] = field(default_factory=list)
     responses: list[ResponseInfo] = field(default_factory=list)
+    deadlines: list[float] = field(default_factory=list)
     closed: int = 0
 
-    def process_request(self, request: RequestInfo) -> Verdict:
+    def process_request(self, request: RequestInfo, *, deadline: float = 0.0) -> Verdict:
         assert not self.closed, "used after close"
+        self.deadlines.append(deadline)
+        if self.engine.miss_deadlines:
+            raise DeadlineExceededError("not started in time")
         self.requests.append(request)
         return self.engine.decide_request(request)
 
-    def process_response(self, response: ResponseInfo) -> Verdict:
+    def process_response(self, response: ResponseInfo, *, deadline: float = 0.0) -> Verdict:
         assert not self.closed, "used after close"
+        self.deadlines.append(deadline)
+        if self.engine.miss_deadlines:
+            raise DeadlineExceededError("not started in time")
         self.responses.append(response)
         return self.engine.decide_response(response)
 
@@ -48,6 +61,8 @@ class FakeEngine:
     decide_response: DecideResponse = clean
     fail_new: bool = False
     fail_close: bool = False
+    # the engine threads found every deadline passed (engine-side load shedding)
+    miss_deadlines: bool = False
     transactions: list[FakeTransaction] = field(default_factory=list)
 
     def new_transaction(self, transaction_id: str) -> FakeTransaction:

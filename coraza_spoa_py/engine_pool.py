@@ -1,0 +1,99 @@
+"""The engine threads, seen from the gevent hub: message work runs on the calling greenlet,
+each engine job it makes (``waf`` ``cs_job``: a phase group, or a close) runs on the native
+threads of ``waf.NativePool``, and the greenlet is parked until the job is done.
+
+Why this split (docs/performance.md "Native glue"): the earlier engine threads ran Python
+(the message's closure) and so took the GIL for every step; their GIL handoffs with the hub cost
+more CPU than the agent's own Python. Here only C runs on engine threads. The hub learns of
+finished jobs through the pool's eventfd, watched by its libev loop: one wakeup may carry many
+jobs.
+
+Also the admission numbers (``admission.Lanes``: the measured time between completions and
+the last wait, with the pool's own queue lengths) that ``application`` sheds with, and the
+executor interface ``application`` calls (``models.Executor``, plus ``urgent`` and
+``expected_wait_s``).
+
+Must not parse messages or log: a job's meaning is ``waf``'s, its outcome ``application``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import gevent
+import gevent.event
+
+from coraza_spoa_py import waf
+from coraza_spoa_py.admission import Lanes
+
+T = TypeVar("T")
+_READ = 1  # libev EV_READ
+
+
+class EnginePool:
+    """``models.Executor`` for ``application`` and ``waf.JobRunner`` for the engines."""
+
+    def __init__(self, threads: int) -> None:
+        self._native = waf.NativePool()
+        self._estimate: Lanes[None] = Lanes(threads)
+        # token -> (the job, which must stay allocated until it ran; what to call then)
+        self._parked: dict[int, tuple[Any, Callable[[], None]]] = {}
+        self._last_token = 0
+        self._watcher = gevent.get_hub().loop.io(self._native.fd, _READ)
+        self._watcher.start(self._deliver)
+        self.threads = self._native.resize(threads)
+
+    # ---- executor (application) -------------------------------------------------------------
+    def __call__(self, work: Callable[[], T]) -> T:
+        # on the calling greenlet: its engine jobs reach the threads through run()
+        return work()
+
+    def urgent(self, work: Callable[[], T]) -> T:
+        # responses: their jobs take the urgent lane (waf.ModSecTransaction.process_response)
+        return work()
+
+    def expected_wait_s(self, *, urgent: bool = False) -> float:
+        ahead = self._native.waiting(urgent_only=urgent)
+        return self._estimate.expected_wait_s(urgent=urgent, ahead=ahead)
+
+    @property
+    def waiting(self) -> int:
+        return self._native.waiting()
+
+    def resize(self, threads: int) -> None:
+        """Start or retire engine threads (a reload changed ``engine_threads``)."""
+        self.threads = self._native.resize(threads)
+        self._estimate.resize(self.threads)
+
+    def close(self) -> None:
+        """Finish the queued jobs (closes at shutdown among them), then stop every thread."""
+        self._native.stop()
+        self._deliver()
+        self._watcher.stop()
+
+    # ---- runner (waf) -----------------------------------------------------------------------
+    def run(self, job: Any, *, urgent: bool) -> None:
+        finished = gevent.event.Event()
+        self._park(job, finished.set)
+        self._native.submit(job, urgent=urgent)
+        finished.wait()
+
+    def detach(self, job: Any, done: Callable[[], None]) -> None:
+        # closes: in the urgent lane, they free what the response phases left
+        self._park(job, done)
+        self._native.submit(job, urgent=True)
+
+    def _park(self, job: Any, on_done: Callable[[], None]) -> None:
+        self._last_token += 1
+        job.token = self._last_token
+        self._parked[self._last_token] = (job, on_done)
+
+    def _deliver(self) -> None:
+        # on the hub (the eventfd watcher, or close())
+        for job in self._native.take_done():
+            self._estimate.record_wait(job.started_at - job.pushed_at)
+            self._estimate.record_completion(job.finished_at, work_waiting=bool(job.work_waiting))
+            parked = self._parked.pop(int(job.token), None)
+            if parked is not None:
+                parked[1]()

@@ -1,0 +1,465 @@
+/* The engine glue: one C call per phase group instead of one cffi call per engine step.
+ *
+ * Why (docs/performance.md "Native glue"): every cffi call releases and retakes the GIL. With
+ * ~30 calls per transaction (one per header) each engine thread handed the GIL back and forth
+ * with the gevent hub ~60 times per HTTP request, and the handoffs (futex wake-ups, context
+ * switches on 2 cores) cost more CPU than the agent's own Python. Here a phase group is one
+ * call that releases the GIL once, and the engine's log lines are collected in C instead of
+ * calling back into Python (a callback retakes the GIL for every matched rule).
+ *
+ * The behaviour is the one waf.py documents (engine.md "The C API we need"): one engine step
+ * at a time, an intervention check after each, the first disruptive intervention ends the
+ * group. No libmodsecurity header is needed: the prototypes are declared here and in the cdef
+ * of build.py, and the library is linked by file name (Debian ships no .so symlink without
+ * libmodsecurity-dev).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct ModSecurityIntervention_t {
+    int status;
+    int pause;
+    char *url;
+    char *log;
+    int disruptive;
+} ModSecurityIntervention;
+typedef void (*ModSecLogCb)(void *, const void *);
+
+void *msc_init(void);
+const char *msc_who_am_i(void *msc);
+void msc_set_connector_info(void *msc, const char *connector);
+void msc_set_log_cb(void *msc, ModSecLogCb cb);
+void *msc_create_rules_set(void);
+int msc_rules_add(void *rules, const char *plain_rules, const char **error);
+int msc_rules_cleanup(void *rules);
+void *msc_new_transaction_with_id(void *ms, void *rules, char *id, void *logCbData);
+int msc_process_connection(void *t, const char *client, int cPort, const char *server, int sPort);
+int msc_process_uri(void *t, const char *uri, const char *protocol, const char *http_version);
+int msc_add_n_request_header(void *t, const unsigned char *key, size_t len_key,
+                             const unsigned char *value, size_t len_value);
+int msc_process_request_headers(void *t);
+int msc_append_request_body(void *t, const unsigned char *body, size_t size);
+int msc_process_request_body(void *t);
+int msc_add_n_response_header(void *t, const unsigned char *key, size_t len_key,
+                              const unsigned char *value, size_t len_value);
+int msc_process_response_headers(void *t, int code, const char *protocol);
+int msc_append_response_body(void *t, const unsigned char *body, size_t size);
+int msc_process_response_body(void *t);
+int msc_process_logging(void *t);
+int msc_intervention(void *t, ModSecurityIntervention *it);
+void msc_transaction_cleanup(void *t);
+
+/* What the engine logged for one transaction since the last reset: records of
+ * [phase: 1 byte][length: 4 bytes, little endian][line]. One per transaction, passed to the
+ * engine as the transaction's log callback data. */
+typedef struct cs_log {
+    unsigned char *buf;
+    size_t len;
+    size_t cap;
+    int phase; /* the phase of the step running now: the phase of the lines it logs */
+} cs_log;
+
+typedef struct cs_outcome {
+    int disruptive;
+    int phase;
+    int status;
+    char *url; /* malloc'd by the engine; the caller frees them (cs_outcome_clear) */
+    char *log;
+} cs_outcome;
+
+static void cs_log_line(void *data, const void *message) {
+    cs_log *log = (cs_log *)data;
+    if (log == NULL || message == NULL) {
+        return;
+    }
+    size_t n = strlen((const char *)message);
+    if (n > UINT32_MAX) {
+        n = UINT32_MAX;
+    }
+    size_t need = log->len + 5 + n;
+    if (need > log->cap) {
+        size_t cap = log->cap ? log->cap : 1024;
+        while (cap < need) {
+            cap *= 2;
+        }
+        unsigned char *grown = (unsigned char *)realloc(log->buf, cap);
+        if (grown == NULL) {
+            return; /* a line lost is better than a crash; the verdict does not depend on it */
+        }
+        log->buf = grown;
+        log->cap = cap;
+    }
+    unsigned char *at = log->buf + log->len;
+    uint32_t len32 = (uint32_t)n;
+    at[0] = (unsigned char)log->phase;
+    at[1] = (unsigned char)(len32 & 0xff);
+    at[2] = (unsigned char)((len32 >> 8) & 0xff);
+    at[3] = (unsigned char)((len32 >> 16) & 0xff);
+    at[4] = (unsigned char)((len32 >> 24) & 0xff);
+    memcpy(at + 5, message, n);
+    log->len = need;
+}
+
+static void cs_install_log_callback(void *msc) { msc_set_log_cb(msc, cs_log_line); }
+
+static void cs_log_free(cs_log *log) {
+    free(log->buf);
+    log->buf = NULL;
+    log->len = log->cap = 0;
+}
+
+static void cs_outcome_clear(cs_outcome *out) {
+    free(out->url);
+    free(out->log);
+    memset(out, 0, sizeof *out);
+}
+
+/* After each engine step (engine.md): status reset to 200 before asking, url/log freed after
+ * unless the intervention is disruptive (then the outcome owns them). */
+static int cs_intervened(void *tx, int phase, cs_outcome *out) {
+    ModSecurityIntervention it = {200, 0, NULL, NULL, 0};
+    msc_intervention(tx, &it);
+    if (!it.disruptive) {
+        free(it.url);
+        free(it.log);
+        return 0;
+    }
+    out->disruptive = 1;
+    out->phase = phase;
+    out->status = it.status;
+    out->url = it.url;
+    out->log = it.log;
+    return 1;
+}
+
+static uint32_t cs_read_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* headers: records of [name length: 4 bytes LE][name][value length: 4 bytes LE][value], as
+ * waf.py packs them; a truncated record ends the list (it cannot happen from waf.py). */
+typedef int (*cs_add_header)(void *, const unsigned char *, size_t, const unsigned char *, size_t);
+
+static void cs_add_headers(void *tx, cs_add_header add, const unsigned char *h, size_t n) {
+    size_t at = 0;
+    while (at + 4 <= n) {
+        uint32_t name_len = cs_read_u32(h + at);
+        at += 4;
+        if (name_len > n - at || n - at - name_len < 4) {
+            return;
+        }
+        const unsigned char *name = h + at;
+        at += name_len;
+        uint32_t value_len = cs_read_u32(h + at);
+        at += 4;
+        if (value_len > n - at) {
+            return;
+        }
+        add(tx, name, name_len, h + at, value_len);
+        at += value_len;
+    }
+}
+
+/* Phases 1 and 2. Returns 1 when a disruptive intervention ended the group. */
+static int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
+                              const char *server_ip, int server_port, const char *uri,
+                              const char *method, const char *version,
+                              const unsigned char *headers, size_t headers_len,
+                              const unsigned char *body, size_t body_len, cs_outcome *out) {
+    memset(out, 0, sizeof *out);
+    log->phase = 1;
+    msc_process_connection(tx, client_ip, client_port, server_ip, server_port);
+    if (cs_intervened(tx, 1, out)) {
+        return 1;
+    }
+    /* the library prefixes the version with "HTTP/" itself (REQUEST_PROTOCOL) */
+    msc_process_uri(tx, uri, method, version);
+    if (cs_intervened(tx, 1, out)) {
+        return 1;
+    }
+    cs_add_headers(tx, msc_add_n_request_header, headers, headers_len);
+    msc_process_request_headers(tx);
+    if (cs_intervened(tx, 1, out)) {
+        return 1;
+    }
+    log->phase = 2;
+    if (body_len > 0) {
+        /* the body limit (SecRequestBodyLimitAction Reject) intervenes right after the append,
+         * and msc_process_request_body would forget it */
+        msc_append_request_body(tx, body, body_len);
+        if (cs_intervened(tx, 2, out)) {
+            return 1;
+        }
+    }
+    /* phase 2 runs even without a body: CRS scores and blocks there (949110) */
+    msc_process_request_body(tx);
+    return cs_intervened(tx, 2, out);
+}
+
+/* Phases 3 and 4. */
+static int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
+                               const unsigned char *headers, size_t headers_len,
+                               const unsigned char *body, size_t body_len, cs_outcome *out) {
+    memset(out, 0, sizeof *out);
+    log->phase = 3;
+    cs_add_headers(tx, msc_add_n_response_header, headers, headers_len);
+    /* here the library takes the protocol as given (RESPONSE_PROTOCOL) */
+    msc_process_response_headers(tx, status, protocol);
+    if (cs_intervened(tx, 3, out)) {
+        return 1;
+    }
+    log->phase = 4;
+    if (body_len > 0) {
+        msc_append_response_body(tx, body, body_len);
+        if (cs_intervened(tx, 4, out)) {
+            return 1;
+        }
+    }
+    msc_process_response_body(tx);
+    return cs_intervened(tx, 4, out);
+}
+
+/* The logging phase (audit log), then free the native transaction. */
+static void cs_close(void *tx, cs_log *log) {
+    log->phase = 5;
+    msc_process_logging(tx);
+    msc_transaction_cleanup(tx);
+}
+
+/* ---- jobs and the engine thread pool ------------------------------------------------------
+ *
+ * Why a pool in C (docs/performance.md "Native glue"): engine threads that run Python hand the
+ * GIL back and forth with the gevent hub; measured, those handoffs cost more CPU than the
+ * engine calls they wrap. These threads never touch Python: the hub fills a job, submits it,
+ * and learns of its end through an eventfd that its libev loop watches. */
+#include <errno.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { CS_REQUEST = 1, CS_RESPONSE = 2, CS_CLOSE = 3 };
+
+typedef struct cs_job {
+    /* set by the caller */
+    int kind;
+    void *tx;
+    cs_log *log;
+    const char *client_ip;
+    int client_port;
+    const char *server_ip;
+    int server_port;
+    const char *uri;
+    const char *method;
+    const char *version;
+    int status;
+    const char *protocol;
+    const char *headers;
+    size_t headers_len;
+    const char *body;
+    size_t body_len;
+    double deadline; /* CLOCK_MONOTONIC seconds, 0 = none: not started by then -> shed */
+    unsigned long long token;
+    /* set when it ran */
+    int interrupted;
+    int shed;
+    double pushed_at;
+    double started_at;
+    double finished_at;
+    int work_waiting; /* jobs were still queued when this one finished */
+    cs_outcome out;
+    struct cs_job *next;
+} cs_job;
+
+static double cs_monotonic(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now); /* the clock of Python's time.monotonic() */
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+static void cs_job_run(cs_job *job) {
+    job->started_at = cs_monotonic();
+    if (job->deadline > 0 && job->started_at > job->deadline) {
+        job->shed = 1; /* issue 6: a message that waited past the budget is not evaluated */
+    } else if (job->kind == CS_REQUEST) {
+        job->interrupted = cs_process_request(
+            job->tx, job->log, job->client_ip, job->client_port, job->server_ip,
+            job->server_port, job->uri, job->method, job->version,
+            (const unsigned char *)job->headers, job->headers_len,
+            (const unsigned char *)job->body, job->body_len, &job->out);
+    } else if (job->kind == CS_RESPONSE) {
+        job->interrupted = cs_process_response(
+            job->tx, job->log, job->status, job->protocol, (const unsigned char *)job->headers,
+            job->headers_len, (const unsigned char *)job->body, job->body_len, &job->out);
+    } else if (job->kind == CS_CLOSE) {
+        cs_close(job->tx, job->log);
+    }
+    job->finished_at = cs_monotonic();
+}
+
+typedef struct cs_lane {
+    cs_job *head;
+    cs_job *tail;
+    size_t count;
+} cs_lane;
+
+typedef struct cs_pool {
+    pthread_mutex_t lock;
+    pthread_cond_t work_ready;
+    pthread_cond_t thread_gone;
+    cs_lane urgent; /* responses and closes: their request already cost engine time */
+    cs_lane normal;
+    cs_lane done;
+    int threads; /* running */
+    int target;  /* wanted; a thread above it exits when it next looks for work */
+    int fd;      /* eventfd: readable when done holds jobs */
+} cs_pool;
+
+static void cs_lane_push(cs_lane *lane, cs_job *job) {
+    job->next = NULL;
+    if (lane->tail) {
+        lane->tail->next = job;
+    } else {
+        lane->head = job;
+    }
+    lane->tail = job;
+    lane->count++;
+}
+
+static cs_job *cs_lane_pop(cs_lane *lane) {
+    cs_job *job = lane->head;
+    if (job) {
+        lane->head = job->next;
+        if (!lane->head) {
+            lane->tail = NULL;
+        }
+        lane->count--;
+        job->next = NULL;
+    }
+    return job;
+}
+
+static void *cs_worker(void *arg) {
+    cs_pool *pool = (cs_pool *)arg;
+    pthread_mutex_lock(&pool->lock);
+    for (;;) {
+        while (pool->urgent.count == 0 && pool->normal.count == 0 &&
+               pool->threads <= pool->target) {
+            pthread_cond_wait(&pool->work_ready, &pool->lock);
+        }
+        if (pool->threads > pool->target) {
+            break;
+        }
+        cs_job *job = cs_lane_pop(&pool->urgent);
+        if (!job) {
+            job = cs_lane_pop(&pool->normal);
+        }
+        pthread_mutex_unlock(&pool->lock);
+        cs_job_run(job);
+        pthread_mutex_lock(&pool->lock);
+        job->work_waiting = (pool->urgent.count + pool->normal.count) > 0;
+        int was_empty = pool->done.count == 0;
+        cs_lane_push(&pool->done, job);
+        if (was_empty) {
+            uint64_t one = 1;
+            ssize_t written = write(pool->fd, &one, sizeof one);
+            (void)written; /* only fails when the counter is full: the hub is woken anyway */
+        }
+    }
+    pool->threads--;
+    pthread_cond_broadcast(&pool->thread_gone);
+    pthread_mutex_unlock(&pool->lock);
+    return NULL;
+}
+
+static cs_pool *cs_pool_new(void) {
+    cs_pool *pool = (cs_pool *)calloc(1, sizeof *pool);
+    if (!pool) {
+        return NULL;
+    }
+    pool->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (pool->fd < 0) {
+        free(pool);
+        return NULL;
+    }
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->work_ready, NULL);
+    pthread_cond_init(&pool->thread_gone, NULL);
+    return pool;
+}
+
+static int cs_pool_fd(cs_pool *pool) { return pool->fd; }
+
+/* Start or retire threads; returns how many run (fewer than asked if a thread cannot start). */
+static int cs_pool_resize(cs_pool *pool, int threads) {
+    pthread_mutex_lock(&pool->lock);
+    pool->target = threads < 0 ? 0 : threads;
+    while (pool->threads < pool->target) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attr, cs_worker, pool);
+        pthread_attr_destroy(&attr);
+        if (failed) {
+            pool->target = pool->threads;
+            break;
+        }
+        pool->threads++;
+    }
+    pthread_cond_broadcast(&pool->work_ready); /* threads above the target exit */
+    int running = pool->target;
+    pthread_mutex_unlock(&pool->lock);
+    return running;
+}
+
+static void cs_pool_submit(cs_pool *pool, cs_job *job, int urgent) {
+    job->pushed_at = cs_monotonic();
+    pthread_mutex_lock(&pool->lock);
+    cs_lane_push(urgent ? &pool->urgent : &pool->normal, job);
+    pthread_cond_signal(&pool->work_ready);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+/* Jobs waiting for a thread: the urgent lane only, or both. */
+static size_t cs_pool_waiting(cs_pool *pool, int urgent_only) {
+    pthread_mutex_lock(&pool->lock);
+    size_t waiting = pool->urgent.count + (urgent_only ? 0 : pool->normal.count);
+    pthread_mutex_unlock(&pool->lock);
+    return waiting;
+}
+
+/* Every finished job (a list through ->next, oldest first), and the eventfd drained. */
+static cs_job *cs_pool_take_done(cs_pool *pool) {
+    uint64_t count;
+    ssize_t got = read(pool->fd, &count, sizeof count);
+    (void)got; /* EAGAIN: nothing to drain, the list says what finished */
+    pthread_mutex_lock(&pool->lock);
+    cs_job *done = pool->done.head;
+    pool->done.head = pool->done.tail = NULL;
+    pool->done.count = 0;
+    pthread_mutex_unlock(&pool->lock);
+    return done;
+}
+
+/* Let the threads finish the queued jobs and exit; returns once none runs. The pool itself
+ * stays allocated (a process-lifetime object), so a late submit is only ever queued. */
+static void cs_pool_stop(cs_pool *pool) {
+    pthread_mutex_lock(&pool->lock);
+    while (pool->urgent.count > 0 || pool->normal.count > 0) {
+        /* the threads still run: wait for them to drain the lanes */
+        pthread_mutex_unlock(&pool->lock);
+        usleep(1000);
+        pthread_mutex_lock(&pool->lock);
+        if (pool->threads == 0) {
+            break;
+        }
+    }
+    pool->target = 0;
+    pthread_cond_broadcast(&pool->work_ready);
+    while (pool->threads > 0) {
+        pthread_cond_wait(&pool->thread_gone, &pool->lock);
+    }
+    pthread_mutex_unlock(&pool->lock);
+}

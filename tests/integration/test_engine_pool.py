@@ -1,0 +1,170 @@
+"""engine_pool.EnginePool with the real native engine threads: a job parks only its greenlet
+(the hub keeps running), responses overtake queued requests, a job that waits past its deadline
+is shed without running, closes run detached, and the threads stop on close."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gevent
+import pytest
+
+from coraza_spoa_py import waf
+from coraza_spoa_py.engine_pool import EnginePool
+from coraza_spoa_py.models import DeadlineExceededError, RequestInfo, ResponseInfo, Verdict
+from coraza_spoa_py.settings import AppConfig, RulePaths
+
+pytestmark = pytest.mark.integration
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "data" / "rules"
+
+
+def gated_engine(pool: EnginePool) -> waf.ModSecEngine:
+    # a request with ARGS:fifo blocks inside its engine job until "go" arrives (the script of
+    # test_waf_threads); ARGS:evil is denied, RESPONSE_STATUS 299 is denied in phase 3
+    directives = (
+        "SecRuleEngine On\n"
+        f'SecRule ARGS:fifo "@inspectFile {RULES_DIR / "wait_for_fifo.sh"}" '
+        "\"id:30001,phase:1,t:none,pass,log,msg:'released'\"\n"
+        'SecRule ARGS "@contains evil" "id:30002,phase:2,deny,status:403,log"\n'
+        'SecRule RESPONSE_STATUS "@streq 299" "id:30003,phase:3,deny,status:403,log"\n'
+    )
+    engine = waf.load_engine(AppConfig(name="pool", directives=directives), RulePaths())
+    engine.runner = pool
+    return engine
+
+
+@pytest.fixture
+def one_thread() -> Iterator[EnginePool]:
+    pool = EnginePool(1)
+    yield pool
+    pool.close()
+
+
+def release(fifo: Path) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            # O_NONBLOCK: succeeds only while the script (inside the engine job) reads
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO
+            assert time.monotonic() < deadline, "the engine job never reached the script"
+            gevent.sleep(0.002)
+    os.write(fd, b"go\n")
+    os.close(fd)
+
+
+def test_a_running_job_parks_its_greenlet_not_the_hub(one_thread: EnginePool, tmp_path: Path):
+    """1. A request's engine job blocks in the gated rule. 2. Meanwhile another greenlet counts
+    hub turns, then releases the gate. Result: the hub ran during the job (the count moved and
+    the release happened on the hub), and the verdict shows the rule ran."""
+    engine = gated_engine(one_thread)
+    fifo = tmp_path / "gate.fifo"
+    os.mkfifo(fifo)
+    tx = engine.new_transaction("gate")
+    job = gevent.spawn(tx.process_request, RequestInfo("gate", query=b"fifo=" + bytes(fifo)))
+    turns = 0
+    while one_thread.waiting or not job.dead:
+        turns += 1
+        if turns == 5:
+            release(fifo)
+        gevent.sleep(0.001)
+        if turns > 20_000:
+            break
+    verdict: Verdict = job.get(timeout=30)
+    tx.close()
+    assert turns >= 5
+    assert verdict.matched_rule_ids == (30001,)
+
+
+def test_responses_overtake_queued_requests(one_thread: EnginePool, tmp_path: Path):
+    """1. One engine thread, blocked by a gated request. 2. Queue two requests, then one
+    response. 3. Release. Result: the response's job started before both requests', and each
+    caller got its own verdict (the evil request denied, the 299 response denied)."""
+    engine = gated_engine(one_thread)
+    fifo = tmp_path / "gate.fifo"
+    os.mkfifo(fifo)
+    answered = engine.new_transaction("answered")
+    assert not answered.process_request(RequestInfo("answered")).interrupted
+    started: dict[str, float] = {}
+
+    def request(name: str, query: bytes) -> Verdict:
+        tx = engine.new_transaction(name)
+        try:
+            return tx.process_request(RequestInfo(name, query=query))
+        finally:
+            started[name] = time.monotonic()
+            tx.close()
+
+    def response() -> Verdict:
+        try:
+            return answered.process_response(ResponseInfo("answered", status=299))
+        finally:
+            started["response"] = time.monotonic()
+
+    blocker = gevent.spawn(request, "blocker", b"fifo=" + bytes(fifo))
+    gevent.sleep(0.05)  # the thread took the blocker
+    queued = [gevent.spawn(request, "req1", b"a=evil"), gevent.spawn(request, "req2", b"a=1")]
+    queued.append(gevent.spawn(response))
+    gevent.sleep(0.05)
+    assert one_thread.waiting == 3
+    release(fifo)
+    results = [g.get(timeout=30) for g in [blocker, *queued]]
+    answered.close()
+    assert one_thread.waiting == 0
+    # greenlets resume in completion order: the response's job finished first
+    assert started["response"] < started["req1"] < started["req2"]
+    assert [r.interrupted for r in results] == [False, True, False, True]
+    assert results[3].rule_id == 30003
+
+
+def test_a_job_past_its_deadline_is_shed_without_running(one_thread: EnginePool, tmp_path: Path):
+    """1. Block the only thread. 2. Queue a request whose deadline passes while it waits.
+    Result: DeadlineExceededError, and its rules never ran (the evil argument not judged); the
+    transaction can still be closed; the pool's wait estimate saw a wait past the budget."""
+    engine = gated_engine(one_thread)
+    fifo = tmp_path / "gate.fifo"
+    os.mkfifo(fifo)
+    blocker_tx = engine.new_transaction("blocker")
+    blocker = gevent.spawn(
+        blocker_tx.process_request, RequestInfo("blocker", query=b"fifo=" + bytes(fifo))
+    )
+    gevent.sleep(0.05)
+    late_tx = engine.new_transaction("late")
+    late = gevent.spawn(
+        late_tx.process_request,
+        RequestInfo("late", query=b"a=evil"),
+        deadline=time.monotonic() + 0.1,
+    )
+    gevent.sleep(0.3)
+    release(fifo)
+    blocker.get(timeout=30)
+    with pytest.raises(DeadlineExceededError):
+        late.get(timeout=30)
+    late_tx.close()
+    blocker_tx.close()
+    one_thread.close()  # runs the detached closes and delivers them
+    assert one_thread.expected_wait_s() == 0.0  # nothing waits any more
+    assert late_tx._matches == []
+
+
+def test_close_is_detached_and_frees_after_the_job(tmp_path: Path):
+    """1. Two threads; 50 transactions judged and closed. 2. Close the pool. Result: every
+    close ran (the engine logged nothing, nothing left parked) and the threads are gone."""
+    pool = EnginePool(2)
+    engine = gated_engine(pool)
+    for index in range(50):
+        tx = engine.new_transaction(f"t{index}")
+        verdict = tx.process_request(RequestInfo(f"t{index}", query=b"a=evil" * (index % 2)))
+        assert verdict.interrupted == bool(index % 2)
+        tx.close()
+        tx.close()  # idempotent
+    pool.close()
+    assert pool._parked == {}
+    assert pool.waiting == 0
