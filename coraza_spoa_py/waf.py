@@ -310,12 +310,8 @@ class ModSecTransaction:
         # the engine's log lines for this transaction (filled in C, read after each call)
         self._log: Any = _ffi.new(_LOG_PTR)
         self._id_buffer = _ffi.new(_CHAR_ARRAY, transaction_id.encode())
-        self._tx = self._lib.msc_new_transaction_with_id(
-            engine._native.msc, engine._rules, self._id_buffer, self._log
-        )
-        if self._tx == _ffi.NULL:
-            self._closed = True  # nothing to free (and __del__ must not try)
-            raise EngineError("msc_new_transaction_with_id failed")
+        # created by the first phase group's job, on an engine thread (msc_glue.c)
+        self._tx: Any = _ffi.NULL
 
     @property
     def transaction_id(self) -> str:
@@ -386,6 +382,10 @@ class ModSecTransaction:
         job = _ffi.new(_JOB_PTR)
         job.kind = kind
         job.tx = self._tx
+        if self._tx == _ffi.NULL:
+            job.msc = self._engine._native.msc
+            job.rules = self._engine._rules
+            job.id = self._id_buffer
         job.log = self._log
         job.deadline = deadline
         return job
@@ -406,6 +406,9 @@ class ModSecTransaction:
             self._check_open()
             start = len(self._matches)
             self._engine.runner.run(job, urgent=urgent)
+            self._tx = job.tx
+            if job.failed:
+                raise EngineError("msc_new_transaction_with_id failed")
             # for the debug line: when a thread started the phase group, and when it was done
             self.engine_times = (float(job.started_at), float(job.finished_at))
             if job.shed:

@@ -71,6 +71,9 @@ void cs_close(void *tx, cs_log *log);
 typedef struct cs_job {
     int kind;
     void *tx;
+    void *msc;
+    void *rules;
+    char *id;
     cs_log *log;
     const char *client_ip;
     int client_port;
@@ -89,6 +92,7 @@ typedef struct cs_job {
     unsigned long long token;
     int interrupted;
     int shed;
+    int failed;
     double pushed_at;
     double started_at;
     double finished_at;
@@ -134,7 +138,10 @@ def build() -> Path:
     with tempfile.TemporaryDirectory(prefix="coraza-spoa-py-build-") as tmp:
         built = Path(builder().compile(tmpdir=tmp, verbose=False))
         target = PACKAGE_DIR / built.name
-        shutil.copyfile(built, target)
+        # a new file renamed over the old one: a running agent keeps its mapping intact
+        staged = target.with_name(target.name + ".new")
+        shutil.copyfile(built, staged)
+        staged.replace(target)
     return target
 
 

@@ -244,7 +244,10 @@ enum { CS_REQUEST = 1, CS_RESPONSE = 2, CS_CLOSE = 3 };
 typedef struct cs_job {
     /* set by the caller */
     int kind;
-    void *tx;
+    void *tx;     /* NULL: the job creates the transaction (from msc, rules, id) first */
+    void *msc;
+    void *rules;
+    char *id;
     cs_log *log;
     const char *client_ip;
     int client_port;
@@ -264,6 +267,7 @@ typedef struct cs_job {
     /* set when it ran */
     int interrupted;
     int shed;
+    int failed; /* the transaction could not be created */
     double pushed_at;
     double started_at;
     double finished_at;
@@ -280,9 +284,28 @@ static double cs_monotonic(void) {
 
 static void cs_job_run(cs_job *job) {
     job->started_at = cs_monotonic();
+    if (job->kind == CS_CLOSE) {
+        if (job->tx != NULL) {
+            cs_close(job->tx, job->log);
+        }
+        job->finished_at = cs_monotonic();
+        return;
+    }
     if (job->deadline > 0 && job->started_at > job->deadline) {
         job->shed = 1; /* issue 6: a message that waited past the budget is not evaluated */
-    } else if (job->kind == CS_REQUEST) {
+        job->finished_at = cs_monotonic();
+        return;
+    }
+    if (job->tx == NULL) {
+        /* here rather than on the hub: the constructor allocates the whole transaction */
+        job->tx = msc_new_transaction_with_id(job->msc, job->rules, job->id, job->log);
+        if (job->tx == NULL) {
+            job->failed = 1;
+            job->finished_at = cs_monotonic();
+            return;
+        }
+    }
+    if (job->kind == CS_REQUEST) {
         job->interrupted = cs_process_request(
             job->tx, job->log, job->client_ip, job->client_port, job->server_ip,
             job->server_port, job->uri, job->method, job->version,
@@ -292,8 +315,6 @@ static void cs_job_run(cs_job *job) {
         job->interrupted = cs_process_response(
             job->tx, job->log, job->status, job->protocol, (const unsigned char *)job->headers,
             job->headers_len, (const unsigned char *)job->body, job->body_len, &job->out);
-    } else if (job->kind == CS_CLOSE) {
-        cs_close(job->tx, job->log);
     }
     job->finished_at = cs_monotonic();
 }
