@@ -446,10 +446,11 @@ class ModSecTransaction:
         return _Intervention(status=status, url=url, match=match)
 
     def _record(self, raw: bytes, phase: int, disruptive: bool = False) -> RuleMatch | None:
-        match = waf_text.parse_match(raw, phase, self._client, disruptive)
-        if match.rule_id == waf_text.SCORE_RULE_ID:
-            self._anomaly_score = waf_text.reported_score(match.data, self._anomaly_score)
+        score_data = waf_text.score_line_data(raw)
+        if score_data is not None:
+            self._anomaly_score = waf_text.reported_score(score_data, self._anomaly_score)
             return None
+        match = waf_text.parse_match(raw, phase, self._client, disruptive)
         total = waf_text.total_score(match.msg)
         if total is not None:
             self._anomaly_score = total

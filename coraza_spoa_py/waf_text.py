@@ -172,6 +172,24 @@ def is_body_limit(log: str) -> bool:
     return log.startswith(BODY_LIMIT_LOGS)
 
 
+# Our report rule's line, recognised without a full parse: it is logged by every transaction
+# that reaches the end of phase 2, so it is the most frequent line by far.
+# The line's first id field is the rule's own: the fields an attacker can fill (data, uri)
+# come after it, as in parse_match, which also takes the first.
+_ID_FIELD = re.compile(rb'\[id "(\d*)"\]')
+_DATA_FIELD = re.compile(rb'\[data "(.*?)"\](?= \[|\s*$)')
+_SCORE_ID = str(SCORE_RULE_ID).encode()
+
+
+def score_line_data(raw: bytes) -> str | None:
+    """The ``data`` of our report rule's line, or None when ``raw`` is another rule's line."""
+    rule_id = _ID_FIELD.search(raw)
+    if rule_id is None or rule_id[1] != _SCORE_ID:
+        return None
+    data = _DATA_FIELD.search(raw, rule_id.end())
+    return "" if data is None else data[1].decode("ascii", errors="replace")
+
+
 def reported_score(data: str, current: int) -> int:
     """The score from our report rule's ``data``; ``current`` when it carries none."""
     found = _SCORE_DATA.search(data)
