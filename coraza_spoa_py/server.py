@@ -1,4 +1,4 @@
-"""The SPOP agent server: gevent listeners, one reader per connection, one greenlet per NOTIFY.
+"""The SPOP agent server: gevent listeners, one reader per connection, NOTIFYs on reused greenlets.
 
 Its job is I/O only: accept HAProxy's connections (TCP over IPv4/IPv6, or a unix socket), feed
 the bytes to the sans-IO codec (``spop.Connection``), run the injected handler for every
@@ -8,9 +8,10 @@ logging sinks (``logs`` does that); ``cli`` wires it to ``agent.handle``.
 
 Per connection (spop.md §11.3):
 - one reader greenlet: ``recv`` → ``receive_data`` → every complete frame of that read;
-- each NOTIFY runs in its own greenlet from a per-connection pool of
-  ``max_inflight_per_connection``; when the pool is full the reader waits for a slot and stops
-  reading, so TCP back-pressure reaches HAProxy (spop.md §10 pitfall 25);
+- each NOTIFY runs concurrently on a per-connection set of at most
+  ``max_inflight_per_connection`` reused greenlets (``workers.Workers``); when all are busy the
+  reader waits for one and stops reading, so TCP back-pressure reaches HAProxy (spop.md §10
+  pitfall 25);
 - every frame is built whole by the codec and never split across writes; writes happen under
   the connection's lock, so concurrent ACKs never interleave (spop.md §10 pitfall 1,
   coraza-spoa#217, haproxy#3478). ACKs go out in completion order (spop.md §6); those that
@@ -39,6 +40,7 @@ from loguru import logger
 from coraza_spoa_py import spop
 from coraza_spoa_py.message_log import debug_enabled
 from coraza_spoa_py.settings import BindAddress
+from coraza_spoa_py.workers import Flusher, Workers
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
 
@@ -169,9 +171,10 @@ class _AgentConnection:
         self.log = logger.bind(peer=peer)
         self.codec = spop.Connection(max_frame_size=server.max_frame_size)
         self.write_lock = gevent.lock.Semaphore()
-        self.outbox: list[bytes] = []  # whole ACK frames waiting for the flush greenlet
-        self.flush_scheduled = False
-        self.inflight = gevent.pool.Pool(server.max_inflight_per_connection)
+        self.outbox: list[bytes] = []  # whole ACK frames waiting for the flusher
+        self.flusher = Flusher(self._flush_outbox)
+        # reused greenlets, not one per NOTIFY (workers.py: a new greenlet maps a stack)
+        self.inflight = Workers(server.max_inflight_per_connection)
         self.closed = False  # no more frames may be written
         self.stop_requested = False
         self.reader: greenlet.greenlet | None = None
@@ -214,9 +217,12 @@ class _AgentConnection:
             # this connection's slot is released, so stop() waits for them and the application
             # never sees close_all() race a transaction in progress; their ACKs are dropped.
             self.inflight.join()
+            self.inflight.kill()  # the idle workers
+            self.flusher.stop()
         except gevent.GreenletExit:
             # stop() ran out of graceful time: the handlers go with the connection
             self.inflight.kill(block=False)
+            self.flusher.stop()
             raise
 
     def _read_loop(self) -> str:
@@ -331,22 +337,19 @@ class _AgentConnection:
     # ---- writing ----------------------------------------------------------------------------
     # Every frame is built whole by the codec and only the holder of ``write_lock`` writes, so
     # frames never interleave or split (spop.md §10 pitfall 1, coraza-spoa#217, haproxy#3478).
-    # ACKs are queued and sent by one flush greenlet per batch: the ACKs that complete in the
-    # same loop turn (typically a pipelined batch from one read) leave in ONE sendall instead
-    # of one syscall each (spop.md §11.3).
+    # ACKs are queued and sent by the connection's flusher: the ACKs that complete in the same
+    # loop turn (typically a pipelined batch from one read) leave in ONE sendall instead of one
+    # syscall each (spop.md §11.3).
 
     def _queue_ack(self, frame: bytes) -> None:
         if self.closed:
             return
         self.outbox.append(frame)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            gevent.spawn(self._flush_outbox)
+        self.flusher.request()
 
     def _flush_outbox(self) -> None:
-        # Cleared before writing: an ACK queued while this one waits for the lock or for the
-        # socket is either taken by this write or schedules the next flush.
-        self.flush_scheduled = False
+        # An ACK queued while this one waits for the lock or for the socket is either taken by
+        # this write or requests the next flush.
         self._write(b"")
 
     def _write(self, frame: bytes) -> None:
@@ -362,7 +365,11 @@ class _AgentConnection:
             if not frame:
                 return
             try:
-                self.sock.sendall(frame)
+                # one send() is nearly always enough for ACKs; gevent's sendall() would also
+                # ask the socket's buffer size (a getsockopt system call) on every call
+                sent = self.sock.send(frame)
+                if sent < len(frame):
+                    self.sock.sendall(memoryview(frame)[sent:])
             except OSError as exc:
                 # The peer went away while we answered; the reader sees it too.
                 self.closed = True

@@ -117,7 +117,6 @@ def test_responses_overtake_queued_requests(one_thread: EnginePool, tmp_path: Pa
     release(fifo)
     results = [g.get(timeout=30) for g in [blocker, *queued]]
     answered.close()
-    assert one_thread.waiting == 0
     # greenlets resume in completion order: the response's job finished first
     assert started["response"] < started["req1"] < started["req2"]
     assert [r.interrupted for r in results] == [False, True, False, True]
