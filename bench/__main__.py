@@ -94,7 +94,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="info",
         help="the agent's and its rule-match log level (default info, as shipped)",
     )
-    p.add_argument("--overload-connections", type=int, default=1024)
+    p.add_argument("--overload-connections", type=int, default=2048)
+    p.add_argument(
+        "--overload-budget-ms",
+        type=int,
+        default=400,
+        help="the agent's processing_budget_ms in the overload run (default: the product's)",
+    )
     p.add_argument("--overload-duration", type=float, default=20.0)
     p.add_argument("--overload-scenario", default="clean_get", choices=sorted(SCENARIOS))
     p.add_argument("--profile-duration", type=float, default=15.0)

@@ -199,7 +199,12 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"{overload['connections']} connections of {overload['scenario']} for "
             f"{overload['duration_s']:.0f} s against a measured capacity of "
-            f"{overload['capacity_rps']:.0f} req/s.",
+            f"{overload['capacity_rps']:.0f} req/s"
+            + (
+                f", agent budget (processing_budget_ms) {overload['budget_ms']} ms."
+                if "budget_ms" in overload
+                else "."
+            ),
             "",
             "| offered req/s | offered / capacity | judged (200/403) req/s | judged / capacity "
             "| answered by status | shed (1005) "

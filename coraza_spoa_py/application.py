@@ -223,7 +223,11 @@ class Application:
             # shed on arrival: a request that would wait past the budget is answered now,
             # before it costs a parse and a thread-pool round trip, and the queue stays about
             # one budget long (the check at dequeue below stays as the safety net)
-            expected = self._expected_wait_s()
+            # plus the time it already spent on the hub since it was read: when the hub is
+            # the bottleneck (thousands of connections), the engine queue stays short while
+            # messages age before they reach it, and their responses would then be shed
+            # after their requests cost engine time (docs/performance.md "Overload")
+            expected = (self._clock() - received_at) + self._expected_wait_s()
             if expected > self._processing_budget_s:
                 self._shed += 1
                 raise OverloadedError(

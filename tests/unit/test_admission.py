@@ -138,6 +138,18 @@ def test_request_is_shed_on_arrival_when_the_expected_wait_exceeds_the_budget():
     assert app.stats.shed == 1 and app.stats.opened == 0
 
 
+def test_time_already_spent_on_the_hub_counts_toward_the_expected_wait():
+    """1. a request read 0.39 s ago (the hub lagged)  2. the engine queue expects 0.02 s more
+    3. 0.41 s > the 0.4 s budget: shed at once. Read just now with the same queue: judged."""
+    scheduler, engine = ScriptedScheduler(), FakeEngine()
+    app, clock = make_app(scheduler, engine)
+    scheduler.wait_s = 0.02
+    with pytest.raises(OverloadedError):
+        app.handle_request(request_message(s("id", "late")), clock() - (BUDGET - 0.01))
+    assert engine.transactions == [] and app.stats.shed == 1
+    assert as_dict(app.handle_request(request_message(s("id", "now")), clock()))["fail"] == 0
+
+
 def test_request_within_the_expected_wait_budget_is_judged():
     scheduler, engine = ScriptedScheduler(), FakeEngine()
     app, clock = make_app(scheduler, engine)
