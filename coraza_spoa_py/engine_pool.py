@@ -37,7 +37,8 @@ class EnginePool:
     def __init__(self, threads: int) -> None:
         self._native = waf.NativePool()
         self._estimate: Lanes[None] = Lanes(threads)
-        # token -> (the job, which must stay allocated until it ran; what to call then)
+        # token -> (the job and what it points into, which must stay allocated until it ran
+        # even if its greenlet was killed meanwhile; what to call then)
         self._parked: dict[int, tuple[Any, Callable[[], None]]] = {}
         self._last_token = 0
         self._watcher = gevent.get_hub().loop.io(self._native.fd, _READ)
@@ -73,21 +74,21 @@ class EnginePool:
         self._watcher.stop()
 
     # ---- runner (waf) -----------------------------------------------------------------------
-    def run(self, job: Any, *, urgent: bool) -> None:
+    def run(self, job: Any, *, urgent: bool, keep: object) -> None:
         finished = gevent.event.Event()
-        self._park(job, finished.set)
+        self._park(job, keep, finished.set)
         self._native.submit(job, urgent=urgent)
         finished.wait()
 
     def detach(self, job: Any, done: Callable[[], None]) -> None:
         # closes: in the urgent lane, they free what the response phases left
-        self._park(job, done)
+        self._park(job, None, done)  # done (a bound method) holds its transaction
         self._native.submit(job, urgent=True)
 
-    def _park(self, job: Any, on_done: Callable[[], None]) -> None:
+    def _park(self, job: Any, keep: object, on_done: Callable[[], None]) -> None:
         self._last_token += 1
         job.token = self._last_token
-        self._parked[self._last_token] = (job, on_done)
+        self._parked[self._last_token] = ((job, keep), on_done)
 
     def _deliver(self) -> None:
         # on the hub (the eventfd watcher, or close())

@@ -76,8 +76,10 @@ class JobRunner(Protocol):
     agent's runner (``engine_pool``) hands it to the native engine threads and parks the calling
     greenlet, so the gevent hub never waits for the engine."""
 
-    def run(self, job: Any, *, urgent: bool) -> None:
-        """Return once ``job`` has run (or was shed: ``job.shed``)."""
+    def run(self, job: Any, *, urgent: bool, keep: object) -> None:
+        """Return once ``job`` has run (or was shed: ``job.shed``). ``keep`` (the buffers and
+        the transaction the job points into) stays referenced until the job has run, even if
+        the caller stops waiting (a greenlet killed at a forced shutdown)."""
 
     def detach(self, job: Any, done: Callable[[], None]) -> None:
         """Run ``job`` some time soon without waiting for it, then call ``done()`` (on the
@@ -87,7 +89,7 @@ class JobRunner(Protocol):
 class RunHere:
     """The default runner: the job runs in the calling thread (one C call, GIL released)."""
 
-    def run(self, job: Any, *, urgent: bool) -> None:
+    def run(self, job: Any, *, urgent: bool, keep: object) -> None:
         _lib.cs_job_run(job)
 
     def detach(self, job: Any, done: Callable[[], None]) -> None:
@@ -312,6 +314,7 @@ class ModSecTransaction:
         self._id_buffer = _ffi.new(_CHAR_ARRAY, transaction_id.encode())
         # created by the first phase group's job, on an engine thread (msc_glue.c)
         self._tx: Any = _ffi.NULL
+        self._last_job: Any = None
 
     @property
     def transaction_id(self) -> str:
@@ -333,9 +336,7 @@ class ModSecTransaction:
         ]
         job.client_port = _port(request.src_port)
         job.server_port = _port(request.dst_port)
-        verdict = self._run(job, urgent=False)
-        del keep  # the engine is done with the buffers
-        return verdict
+        return self._run(job, urgent=False, keep=keep)
 
     # -- response: phases 3 and 4 -----------------------------------------------------------
     def process_response(self, response: ResponseInfo, *, deadline: float = 0.0) -> Verdict:
@@ -348,15 +349,14 @@ class ModSecTransaction:
         ]
         job.status = _status(response.status)
         # urgent: the request of this transaction already cost engine time (admission.py)
-        verdict = self._run(job, urgent=True)
-        del keep
-        return verdict
+        return self._run(job, urgent=True, keep=keep)
 
     def close(self) -> None:
         """Run the logging phase (audit log) and free the native transaction, through the
         engine's runner without waiting for it. Idempotent."""
         if not self._claim_for_close():
             return
+        self._adopt_created_tx()
         job = self._job(_lib.CS_CLOSE, 0.0)
         self._tx = _ffi.NULL
         self._engine.runner.detach(job, self._release_log)
@@ -364,6 +364,7 @@ class ModSecTransaction:
     def __del__(self) -> None:
         # A transaction the caller forgot: free the native side here rather than leak it.
         if not getattr(self, "_closed", True) and self._claim_for_close():
+            self._adopt_created_tx()
             _lib.cs_job_run(self._job(_lib.CS_CLOSE, 0.0))
             self._release_log()
 
@@ -374,6 +375,12 @@ class ModSecTransaction:
                 return False
             self._closed = True
             return True
+
+    def _adopt_created_tx(self) -> None:
+        # a caller that stopped waiting (killed) never stored what its job created; closing
+        # runs after that job (the runner keeps us alive until then), so it can be read now
+        if self._tx == _ffi.NULL and self._last_job is not None:
+            self._tx = self._last_job.tx
 
     def _release_log(self) -> None:
         _lib.cs_log_free(self._log)
@@ -397,7 +404,7 @@ class ModSecTransaction:
         setattr(job, field, buffer)
         return buffer
 
-    def _run(self, job: Any, *, urgent: bool) -> Verdict:
+    def _run(self, job: Any, *, urgent: bool, keep: list[Any]) -> Verdict:
         # one call at a time per transaction; a second caller is a bug, never a wait (the
         # first may be parked on the hub, where waiting would block the hub for good)
         if not self._lock.acquire(False):
@@ -405,7 +412,10 @@ class ModSecTransaction:
         try:
             self._check_open()
             start = len(self._matches)
-            self._engine.runner.run(job, urgent=urgent)
+            # the job points into our buffers, our log and our id: all kept until it ran
+            keep.append(self)
+            self._last_job = job
+            self._engine.runner.run(job, urgent=urgent, keep=keep)
             self._tx = job.tx
             if job.failed:
                 raise EngineError("msc_new_transaction_with_id failed")

@@ -5,8 +5,10 @@ is shed without running, closes run detached, and the threads stop on close."""
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +169,31 @@ def test_close_is_detached_and_frees_after_the_job(tmp_path: Path):
     pool.close()
     assert pool._parked == {}
     assert pool.waiting == 0
+
+
+def test_a_killed_caller_leaves_its_job_and_buffers_alive_until_the_job_ran(
+    one_thread: EnginePool, tmp_path: Path
+):
+    """1. A request's job blocks in the gated rule; its greenlet is killed (a forced shutdown)
+    and every other reference to the transaction dropped. Result: the pool still holds the
+    transaction (the job points into its buffers). 2. Release the gate. Result: the job ran,
+    the pool let go, and the transaction was freed (closed by its finaliser)."""
+    engine = gated_engine(one_thread)
+    fifo = tmp_path / "gate.fifo"
+    os.mkfifo(fifo)
+    tx = engine.new_transaction("killed")
+    caller = gevent.spawn(tx.process_request, RequestInfo("killed", query=b"fifo=" + bytes(fifo)))
+    gevent.sleep(0.05)
+    caller.kill()
+    alive = weakref.ref(tx)
+    del tx, caller  # the greenlet object holds its function, a bound method of tx
+    gc.collect()
+    assert alive() is not None
+    assert len(one_thread._parked) == 1
+    release(fifo)
+    deadline = time.monotonic() + 30
+    while one_thread._parked and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    gc.collect()
+    assert one_thread._parked == {}
+    assert alive() is None
