@@ -370,11 +370,16 @@ class ModSecTransaction:
 
     # -- internals ----------------------------------------------------------------------------
     def _claim_for_close(self) -> bool:
-        with self._lock:
+        # never a wait, as in _run: the holder may be a greenlet parked on the hub
+        if not self._lock.acquire(False):
+            raise EngineError(f"transaction {self._id} is busy: cannot close it now")
+        try:
             if self._closed:
                 return False
             self._closed = True
             return True
+        finally:
+            self._lock.release()
 
     def _adopt_created_tx(self) -> None:
         # a caller that stopped waiting (killed) never stored what its job created; closing

@@ -197,3 +197,22 @@ def test_a_killed_caller_leaves_its_job_and_buffers_alive_until_the_job_ran(
     gc.collect()
     assert one_thread._parked == {}
     assert alive() is None
+
+
+def test_closing_a_transaction_whose_job_runs_is_refused_not_waited_for(
+    one_thread: EnginePool, tmp_path: Path
+):
+    """1. A request's job blocks in the gated rule (its greenlet holds the transaction). 2. The
+    hub's main greenlet closes the transaction. Result: EngineError at once (a wait would block
+    the hub for good); once the job ran, close() works and the verdict is intact."""
+    engine = gated_engine(one_thread)
+    fifo = tmp_path / "gate.fifo"
+    os.mkfifo(fifo)
+    tx = engine.new_transaction("busy")
+    caller = gevent.spawn(tx.process_request, RequestInfo("busy", query=b"fifo=" + bytes(fifo)))
+    gevent.sleep(0.05)
+    with pytest.raises(waf.EngineError, match="busy"):
+        tx.close()
+    release(fifo)
+    assert caller.get(timeout=30).matched_rule_ids == (30001,)
+    tx.close()
