@@ -2,7 +2,7 @@
 each engine job it makes (``waf`` ``cs_job``: a phase group, or a close) runs on the native
 threads of ``waf.NativePool``, and the greenlet is parked until the job is done.
 
-Why this split (docs/performance.md "Native glue"): the earlier engine threads ran Python
+Why this split (docs/performance.md, changes 7 and 8): the earlier engine threads ran Python
 (the message's closure) and so took the GIL for every step; their GIL handoffs with the hub cost
 more CPU than the agent's own Python. Here only C runs on engine threads. The hub learns of
 finished jobs through the pool's eventfd, watched by its libev loop: one wakeup may carry many

@@ -1,7 +1,7 @@
 """Reusable greenlets: a bounded set that runs one connection's NOTIFYs, and a writer that
 flushes on demand, without a new greenlet per message.
 
-Why (docs/performance.md "Greenlet reuse"): on CPython 3.11 a greenlet's first Python frame
+Why (docs/performance.md, change 9): on CPython 3.11 a greenlet's first Python frame
 maps a fresh 16 KiB frame stack and its end unmaps it (``_PyThreadState_BumpFramePointerSlow``
 → ``mmap``/``munmap``, plus the page faults of touching it). With a greenlet per NOTIFY and
 one per ACK flush that was about four map/unmap pairs per HTTP request, the hub's costliest

@@ -1,6 +1,6 @@
 /* The engine glue: one C call per phase group instead of one cffi call per engine step.
  *
- * Why (docs/performance.md "Native glue"): every cffi call releases and retakes the GIL. With
+ * Why (docs/performance.md, changes 7 and 8): every cffi call releases and retakes the GIL. With
  * ~30 calls per transaction (one per header) each engine thread handed the GIL back and forth
  * with the gevent hub ~60 times per HTTP request, and the handoffs (futex wake-ups, context
  * switches on 2 cores) cost more CPU than the agent's own Python. Here a phase group is one
@@ -9,64 +9,16 @@
  *
  * The behaviour is the one waf.py documents (engine.md "The C API we need"): one engine step
  * at a time, an intervention check after each, the first disruptive intervention ends the
- * group. No libmodsecurity header is needed: the prototypes are declared here and in the cdef
- * of build.py, and the library is linked by file name (Debian ships no .so symlink without
- * libmodsecurity-dev).
+ * group. No libmodsecurity header is needed: the prototypes we call are in msc_glue.h, which
+ * build.py also hands to cffi's cdef, and the library is linked by file name (Debian ships no
+ * .so symlink without libmodsecurity-dev).
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct ModSecurityIntervention_t {
-    int status;
-    int pause;
-    char *url;
-    char *log;
-    int disruptive;
-} ModSecurityIntervention;
-typedef void (*ModSecLogCb)(void *, const void *);
+#include "msc_glue.h"
 
-void *msc_init(void);
-const char *msc_who_am_i(void *msc);
-void msc_set_connector_info(void *msc, const char *connector);
-void msc_set_log_cb(void *msc, ModSecLogCb cb);
-void *msc_create_rules_set(void);
-int msc_rules_add(void *rules, const char *plain_rules, const char **error);
-int msc_rules_cleanup(void *rules);
-void *msc_new_transaction_with_id(void *ms, void *rules, char *id, void *logCbData);
-int msc_process_connection(void *t, const char *client, int cPort, const char *server, int sPort);
-int msc_process_uri(void *t, const char *uri, const char *protocol, const char *http_version);
-int msc_add_n_request_header(void *t, const unsigned char *key, size_t len_key,
-                             const unsigned char *value, size_t len_value);
-int msc_process_request_headers(void *t);
-int msc_append_request_body(void *t, const unsigned char *body, size_t size);
-int msc_process_request_body(void *t);
-int msc_add_n_response_header(void *t, const unsigned char *key, size_t len_key,
-                              const unsigned char *value, size_t len_value);
-int msc_process_response_headers(void *t, int code, const char *protocol);
-int msc_append_response_body(void *t, const unsigned char *body, size_t size);
-int msc_process_response_body(void *t);
-int msc_process_logging(void *t);
-int msc_intervention(void *t, ModSecurityIntervention *it);
-void msc_transaction_cleanup(void *t);
-
-/* What the engine logged for one transaction since the last reset: records of
- * [phase: 1 byte][length: 4 bytes, little endian][line]. One per transaction, passed to the
- * engine as the transaction's log callback data. */
-typedef struct cs_log {
-    unsigned char *buf;
-    size_t len;
-    size_t cap;
-    int phase; /* the phase of the step running now: the phase of the lines it logs */
-} cs_log;
-
-typedef struct cs_outcome {
-    int disruptive;
-    int phase;
-    int status;
-    char *url; /* malloc'd by the engine; the caller frees them (cs_outcome_clear) */
-    char *log;
-} cs_outcome;
 
 static void cs_log_line(void *data, const void *message) {
     cs_log *log = (cs_log *)data;
@@ -101,15 +53,15 @@ static void cs_log_line(void *data, const void *message) {
     log->len = need;
 }
 
-static void cs_install_log_callback(void *msc) { msc_set_log_cb(msc, cs_log_line); }
+void cs_install_log_callback(void *msc) { msc_set_log_cb(msc, cs_log_line); }
 
-static void cs_log_free(cs_log *log) {
+void cs_log_free(cs_log *log) {
     free(log->buf);
     log->buf = NULL;
     log->len = log->cap = 0;
 }
 
-static void cs_outcome_clear(cs_outcome *out) {
+void cs_outcome_clear(cs_outcome *out) {
     free(out->url);
     free(out->log);
     memset(out, 0, sizeof *out);
@@ -162,7 +114,7 @@ static void cs_add_headers(void *tx, cs_add_header add, const unsigned char *h, 
 }
 
 /* Phases 1 and 2. Returns 1 when a disruptive intervention ended the group. */
-static int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
+int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
                               const char *server_ip, int server_port, const char *uri,
                               const char *method, const char *version,
                               const unsigned char *headers, size_t headers_len,
@@ -198,7 +150,7 @@ static int cs_process_request(void *tx, cs_log *log, const char *client_ip, int 
 }
 
 /* Phases 3 and 4. */
-static int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
+int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
                                const unsigned char *headers, size_t headers_len,
                                const unsigned char *body, size_t body_len, cs_outcome *out) {
     memset(out, 0, sizeof *out);
@@ -221,7 +173,7 @@ static int cs_process_response(void *tx, cs_log *log, int status, const char *pr
 }
 
 /* The logging phase (audit log), then free the native transaction. */
-static void cs_close(void *tx, cs_log *log) {
+void cs_close(void *tx, cs_log *log) {
     log->phase = 5;
     msc_process_logging(tx);
     msc_transaction_cleanup(tx);
@@ -229,7 +181,7 @@ static void cs_close(void *tx, cs_log *log) {
 
 /* ---- jobs and the engine thread pool ------------------------------------------------------
  *
- * Why a pool in C (docs/performance.md "Native glue"): engine threads that run Python hand the
+ * Why a pool in C (docs/performance.md, changes 7 and 8): engine threads that run Python hand the
  * GIL back and forth with the gevent hub; measured, those handoffs cost more CPU than the
  * engine calls they wrap. These threads never touch Python: the hub fills a job, submits it,
  * and learns of its end through an eventfd that its libev loop watches. */
@@ -239,50 +191,14 @@ static void cs_close(void *tx, cs_log *log) {
 #include <time.h>
 #include <unistd.h>
 
-enum { CS_REQUEST = 1, CS_RESPONSE = 2, CS_CLOSE = 3 };
 
-typedef struct cs_job {
-    /* set by the caller */
-    int kind;
-    void *tx;     /* NULL: the job creates the transaction (from msc, rules, id) first */
-    void *msc;
-    void *rules;
-    char *id;
-    cs_log *log;
-    const char *client_ip;
-    int client_port;
-    const char *server_ip;
-    int server_port;
-    const char *uri;
-    const char *method;
-    const char *version;
-    int status;
-    const char *protocol;
-    const char *headers;
-    size_t headers_len;
-    const char *body;
-    size_t body_len;
-    double deadline; /* CLOCK_MONOTONIC seconds, 0 = none: not started by then -> shed */
-    unsigned long long token;
-    /* set when it ran */
-    int interrupted;
-    int shed;
-    int failed; /* the transaction could not be created */
-    double pushed_at;
-    double started_at;
-    double finished_at;
-    int work_waiting; /* jobs were still queued when this one finished */
-    cs_outcome out;
-    struct cs_job *next;
-} cs_job;
-
-static double cs_monotonic(void) {
+double cs_monotonic(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now); /* the clock of Python's time.monotonic() */
     return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
 }
 
-static void cs_job_run(cs_job *job) {
+void cs_job_run(cs_job *job) {
     job->started_at = cs_monotonic();
     if (job->kind == CS_CLOSE) {
         if (job->tx != NULL) {
@@ -394,7 +310,7 @@ static void *cs_worker(void *arg) {
     return NULL;
 }
 
-static cs_pool *cs_pool_new(void) {
+cs_pool *cs_pool_new(void) {
     cs_pool *pool = (cs_pool *)calloc(1, sizeof *pool);
     if (!pool) {
         return NULL;
@@ -410,10 +326,10 @@ static cs_pool *cs_pool_new(void) {
     return pool;
 }
 
-static int cs_pool_fd(cs_pool *pool) { return pool->fd; }
+int cs_pool_fd(cs_pool *pool) { return pool->fd; }
 
 /* Start or retire threads; returns how many run (fewer than asked if a thread cannot start). */
-static int cs_pool_resize(cs_pool *pool, int threads) {
+int cs_pool_resize(cs_pool *pool, int threads) {
     pthread_mutex_lock(&pool->lock);
     pool->target = threads < 0 ? 0 : threads;
     while (pool->threads < pool->target) {
@@ -435,7 +351,7 @@ static int cs_pool_resize(cs_pool *pool, int threads) {
     return running;
 }
 
-static void cs_pool_submit(cs_pool *pool, cs_job *job, int urgent) {
+void cs_pool_submit(cs_pool *pool, cs_job *job, int urgent) {
     job->pushed_at = cs_monotonic();
     pthread_mutex_lock(&pool->lock);
     cs_lane_push(urgent ? &pool->urgent : &pool->normal, job);
@@ -444,7 +360,7 @@ static void cs_pool_submit(cs_pool *pool, cs_job *job, int urgent) {
 }
 
 /* Jobs waiting for a thread: the urgent lane only, or both. */
-static size_t cs_pool_waiting(cs_pool *pool, int urgent_only) {
+size_t cs_pool_waiting(cs_pool *pool, int urgent_only) {
     pthread_mutex_lock(&pool->lock);
     size_t waiting = pool->urgent.count + (urgent_only ? 0 : pool->normal.count);
     pthread_mutex_unlock(&pool->lock);
@@ -452,7 +368,7 @@ static size_t cs_pool_waiting(cs_pool *pool, int urgent_only) {
 }
 
 /* Every finished job (a list through ->next, oldest first), and the eventfd drained. */
-static cs_job *cs_pool_take_done(cs_pool *pool) {
+cs_job *cs_pool_take_done(cs_pool *pool) {
     uint64_t count;
     ssize_t got = read(pool->fd, &count, sizeof count);
     (void)got; /* EAGAIN: nothing to drain, the list says what finished */
@@ -466,7 +382,7 @@ static cs_job *cs_pool_take_done(cs_pool *pool) {
 
 /* Let the threads finish the queued jobs and exit; returns once none runs. The pool itself
  * stays allocated (a process-lifetime object), so a late submit is only ever queued. */
-static void cs_pool_stop(cs_pool *pool) {
+void cs_pool_stop(cs_pool *pool) {
     pthread_mutex_lock(&pool->lock);
     while (pool->urgent.count > 0 || pool->normal.count > 0) {
         /* the threads still run: wait for them to drain the lanes */

@@ -1,0 +1,122 @@
+/* The interface of msc_glue.c: the libmodsecurity prototypes we call (no libmodsecurity header
+ * or -dev package needed), the structs Python fills and reads, and the functions it calls.
+ * build.py feeds this file to cffi's cdef as well, so the two can never disagree. Nothing here
+ * but declarations cdef can parse (no macros; the '#' lines are dropped for it). */
+#ifndef CORAZA_SPOA_PY_MSC_GLUE_H
+#define CORAZA_SPOA_PY_MSC_GLUE_H
+#include <stddef.h>
+
+typedef struct ModSecurityIntervention_t {
+    int status;
+    int pause;
+    char *url;
+    char *log;
+    int disruptive;
+} ModSecurityIntervention;
+typedef void (*ModSecLogCb)(void *, const void *);
+
+void *msc_init(void);
+const char *msc_who_am_i(void *msc);
+void msc_set_connector_info(void *msc, const char *connector);
+void msc_set_log_cb(void *msc, ModSecLogCb cb);
+void *msc_create_rules_set(void);
+int msc_rules_add(void *rules, const char *plain_rules, const char **error);
+int msc_rules_cleanup(void *rules);
+void *msc_new_transaction_with_id(void *ms, void *rules, char *id, void *logCbData);
+int msc_process_connection(void *t, const char *client, int cPort, const char *server, int sPort);
+int msc_process_uri(void *t, const char *uri, const char *protocol, const char *http_version);
+int msc_add_n_request_header(void *t, const unsigned char *key, size_t len_key,
+                             const unsigned char *value, size_t len_value);
+int msc_process_request_headers(void *t);
+int msc_append_request_body(void *t, const unsigned char *body, size_t size);
+int msc_process_request_body(void *t);
+int msc_add_n_response_header(void *t, const unsigned char *key, size_t len_key,
+                              const unsigned char *value, size_t len_value);
+int msc_process_response_headers(void *t, int code, const char *protocol);
+int msc_append_response_body(void *t, const unsigned char *body, size_t size);
+int msc_process_response_body(void *t);
+int msc_process_logging(void *t);
+int msc_intervention(void *t, ModSecurityIntervention *it);
+void msc_transaction_cleanup(void *t);
+
+/* What the engine logged for one transaction since the last reset: records of
+ * [phase: 1 byte][length: 4 bytes, little endian][line]. One per transaction, passed to the
+ * engine as the transaction's log callback data. */
+typedef struct cs_log {
+    unsigned char *buf;
+    size_t len;
+    size_t cap;
+    int phase; /* the phase of the step running now: the phase of the lines it logs */
+} cs_log;
+
+typedef struct cs_outcome {
+    int disruptive;
+    int phase;
+    int status;
+    char *url; /* malloc'd by the engine; the caller frees them (cs_outcome_clear) */
+    char *log;
+} cs_outcome;
+
+enum { CS_REQUEST = 1, CS_RESPONSE = 2, CS_CLOSE = 3 };
+
+typedef struct cs_job {
+    /* set by the caller */
+    int kind;
+    void *tx;     /* NULL: the job creates the transaction (from msc, rules, id) first */
+    void *msc;
+    void *rules;
+    char *id;
+    cs_log *log;
+    const char *client_ip;
+    int client_port;
+    const char *server_ip;
+    int server_port;
+    const char *uri;
+    const char *method;
+    const char *version;
+    int status;
+    const char *protocol;
+    const char *headers;
+    size_t headers_len;
+    const char *body;
+    size_t body_len;
+    double deadline; /* CLOCK_MONOTONIC seconds, 0 = none: not started by then -> shed */
+    unsigned long long token;
+    /* set when it ran */
+    int interrupted;
+    int shed;
+    int failed; /* the transaction could not be created */
+    double pushed_at;
+    double started_at;
+    double finished_at;
+    int work_waiting; /* jobs were still queued when this one finished */
+    cs_outcome out;
+    struct cs_job *next;
+} cs_job;
+
+typedef struct cs_pool cs_pool;
+
+void cs_install_log_callback(void *msc);
+void cs_log_free(cs_log *log);
+void cs_outcome_clear(cs_outcome *out);
+int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
+                       const char *server_ip, int server_port, const char *uri,
+                       const char *method, const char *version,
+                       const unsigned char *headers, size_t headers_len,
+                       const unsigned char *body, size_t body_len, cs_outcome *out);
+int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
+                        const unsigned char *headers, size_t headers_len,
+                        const unsigned char *body, size_t body_len, cs_outcome *out);
+void cs_close(void *tx, cs_log *log);
+
+double cs_monotonic(void);
+void cs_job_run(cs_job *job);
+cs_pool *cs_pool_new(void);
+int cs_pool_fd(cs_pool *pool);
+int cs_pool_resize(cs_pool *pool, int threads);
+void cs_pool_submit(cs_pool *pool, cs_job *job, int urgent);
+size_t cs_pool_waiting(cs_pool *pool, int urgent_only);
+cs_job *cs_pool_take_done(cs_pool *pool);
+void cs_pool_stop(cs_pool *pool);
+
+#endif
