@@ -174,19 +174,22 @@ def is_body_limit(log: str) -> bool:
 
 # Our report rule's line, recognised without a full parse: it is logged by every transaction
 # that reaches the end of phase 2, so it is the most frequent line by far.
-# The line's first id field is the rule's own: the fields an attacker can fill (data, uri)
-# come after it, as in parse_match, which also takes the first.
-_ID_FIELD = re.compile(rb'\[id "(\d*)"\]')
+# Our report rule is a SecAction: its line has no operator message, so its fields start right
+# after "ModSecurity: Warning." and nothing the client sent can come before its id. Every line
+# of a rule with an operator starts with 'Matched "Operator ...' and quotes the matched value
+# there, which a client can fill with text that looks like fields, our id included.
+_SCORE_LINE = re.compile(
+    rb'ModSecurity: Warning\.\s+\[file "[^"]*"\] \[line "\d+"\] \[id "%d"\]' % SCORE_RULE_ID
+)
 _DATA_FIELD = re.compile(rb'\[data "(.*?)"\](?= \[|\s*$)')
-_SCORE_ID = str(SCORE_RULE_ID).encode()
 
 
 def score_line_data(raw: bytes) -> str | None:
     """The ``data`` of our report rule's line, or None when ``raw`` is another rule's line."""
-    rule_id = _ID_FIELD.search(raw)
-    if rule_id is None or rule_id[1] != _SCORE_ID:
+    start = _SCORE_LINE.match(raw)
+    if start is None:
         return None
-    data = _DATA_FIELD.search(raw, rule_id.end())
+    data = _DATA_FIELD.search(raw, start.end())
     return "" if data is None else data[1].decode("ascii", errors="replace")
 
 
