@@ -1,10 +1,12 @@
-"""The rule engine: our own cffi (ABI mode) binding over the system ``libmodsecurity.so.3``.
+"""The rule engine: our compiled cffi binding (``native/``) over the system
+``libmodsecurity.so.3``.
 
 This is the only module that knows libmodsecurity exists. It loads rule sets
 (``load_engine``), runs transactions (``WafEngine`` / ``WafTransaction`` of ``models``) and turns
-what the engine says into a ``Verdict``. It must not log, read configuration files, or touch
-gevent: engine calls block the calling thread (they release the GIL, engine.md "Decision"),
-so callers run them on native threads.
+what the engine says into a ``Verdict``. Each phase group is a job that the engine's
+``runner`` runs: on the calling thread by default (``RUN_HERE``, the GIL released), on the
+native pool's threads in the agent (``engine_pool``). It must not log, read configuration files,
+or touch gevent.
 """
 
 from __future__ import annotations
@@ -40,8 +42,7 @@ else:
 
 CONNECTOR_INFO = f"coraza-spoa-py v{__version__}"
 
-# Resolved once here: a type string is parsed on first use, and engine threads must never take
-# a lock gevent may have patched (docs/performance.md item 1). Type objects skip the parse.
+# Resolved once here: ``new`` with a type object skips parsing the type string per call.
 if _ffi is not None:
     _LOG_PTR = _ffi.typeof("cs_log *")
     _CHAR_ARRAY = _ffi.typeof("char[]")
@@ -132,11 +133,6 @@ class NativePool:
     def stop(self) -> None:
         """Finish the queued jobs, then end every thread (blocks until they are gone)."""
         _lib.cs_pool_stop(self._pool)
-
-
-def monotonic() -> float:
-    """The clock of the jobs' timestamps (CLOCK_MONOTONIC, as ``time.monotonic``)."""
-    return float(_lib.cs_monotonic())
 
 
 class RulesError(Exception):

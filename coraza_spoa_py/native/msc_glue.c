@@ -192,7 +192,7 @@ void cs_close(void *tx, cs_log *log) {
 #include <unistd.h>
 
 
-double cs_monotonic(void) {
+static double cs_monotonic(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now); /* the clock of Python's time.monotonic() */
     return (double)now.tv_sec + (double)now.tv_nsec / 1e9;

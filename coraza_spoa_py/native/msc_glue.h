@@ -109,7 +109,6 @@ int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
                         const unsigned char *body, size_t body_len, cs_outcome *out);
 void cs_close(void *tx, cs_log *log);
 
-double cs_monotonic(void);
 void cs_job_run(cs_job *job);
 cs_pool *cs_pool_new(void);
 int cs_pool_fd(cs_pool *pool);
