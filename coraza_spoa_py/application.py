@@ -89,7 +89,7 @@ GENERATED_ID_LENGTH = 16
 # repeated warnings (response check off, size-limit evictions): at most once a minute
 WARNING_INTERVAL_S = 60.0
 # how many transactions one executor call closes at most (sweep, eviction, shutdown), so that a
-# large expiry does not hold one engine thread for long
+# large expiry is handed over in bounded steps
 CLOSE_BATCH_SIZE = 64
 
 
@@ -125,7 +125,7 @@ class TransactionStats:
 
 @dataclass(slots=True)
 class _Outcome:
-    # What one executor call did; built on the engine thread, read on the hub.
+    # What one executor call did; built where the executor runs the work, read on the hub.
     verdict: Verdict | None = None
     opened: bool = False
     closed: bool = False
@@ -133,12 +133,11 @@ class _Outcome:
     error: BaseException | None = None
     kept: WafTransaction | None = None
     # when an engine thread picked the message's engine work up, and when it was done (the
-    # transaction's ``engine_times`` when it keeps them, else the executor's clock readings)
+    # verdict's ``engine_times`` when the engine gives them, else the executor's clock)
     started: float = 0.0
     finished: float = 0.0
-    engine_times: tuple[float, float] | None = None
-    # the rule-match log record's payload and level, built on the engine thread from the
-    # verdict so that the hub only hands them to loguru (docs/performance.md item 5)
+    # the rule-match log record's payload and level, built from the verdict inside the
+    # executor call, so that the rest of the hub's work only hands them to loguru
     match_records: list[dict[str, Any]] | None = None
     match_level: str = ""
 
@@ -158,9 +157,8 @@ class Application:
         self.config = config
         self._engine = engine
         self._executor = executor
-        # optional executor features (engine_pool.EnginePool): a lane ahead of requests for
-        # responses, and the expected wait for a thread (docs/performance.md "Overload")
-        self._urgent_executor: Executor[Any] = getattr(executor, "urgent", executor)
+        # optional executor feature (engine_pool.EnginePool): the expected wait for an engine
+        # thread (docs/performance.md "Overload"); responses go ahead of requests in the pool
         self._expected_wait_s: Callable[[], float] | None = getattr(
             executor, "expected_wait_s", None
         )
@@ -177,9 +175,9 @@ class Application:
         self._shed = 0
         self._in_flight = 0
         self._warned_at: dict[str, float] = {}
-        # Transactions an engine thread kept for the response, until the hub caches them. If the
-        # waiting greenlet is killed (forced shutdown), close_all() still finds them here.
-        # Single dict operations only: they are atomic between the thread and the hub.
+        # Transactions kept for the response inside an executor call, until they are cached. If
+        # the waiting greenlet is killed (forced shutdown), close_all() still finds them here.
+        # Single dict operations only: atomic whichever thread an executor runs the work on.
         self._handed_over: dict[int, Entry[WafTransaction]] = {}
 
     @property
@@ -271,7 +269,8 @@ class Application:
     def _evaluate_request(
         self, parsed: RequestMessage, received_at: float, started: float
     ) -> _Outcome:
-        # Runs on an engine thread. Never raises: the hub needs to know what was opened.
+        # Runs inside the executor call (its engine job on an engine thread). Never raises: the
+        # hub needs to know what was opened.
         if started - received_at > self._processing_budget_s:
             return _Outcome(shed=True)
         request: RequestInfo = parsed.request
@@ -290,12 +289,11 @@ class Application:
             return _Outcome(opened=True, closed=True, error=exc)
         # compat.md Part 1: an interrupted request is closed at once, unless detect-only asks
         # to keep it so that its response can still be correlated (coraza-spoa PR #374)
-        times = getattr(transaction, "engine_times", None)
         if self.config.response_check and (parsed.detect_only or not verdict.interrupted):
             self._handed_over[id(transaction)] = (request.transaction_id, transaction)
-            return _Outcome(verdict=verdict, opened=True, kept=transaction, engine_times=times)
+            return _Outcome(verdict=verdict, opened=True, kept=transaction)
         self._close_quietly(request.transaction_id, transaction)
-        return _Outcome(verdict=verdict, opened=True, closed=True, engine_times=times)
+        return _Outcome(verdict=verdict, opened=True, closed=True)
 
     # ---- response -----------------------------------------------------------------------
 
@@ -333,10 +331,8 @@ class Application:
         if transaction is None:
             raise TransactionNotFoundError(f"no open transaction {transaction_id!r}")
         self._in_flight += 1
-        # urgent: the request of this transaction already cost engine time (see __init__)
         outcome = self._run(
-            lambda started: self._evaluate_response(parsed, transaction, received_at, started),
-            urgent=True,
+            lambda started: self._evaluate_response(parsed, transaction, received_at, started)
         )
         self._in_flight -= 1
         if trace is not None:
@@ -369,8 +365,7 @@ class Application:
                 return _Outcome(shed=True, closed=True)
             except Exception as exc:
                 return _Outcome(closed=True, error=exc)
-            times = getattr(transaction, "engine_times", None)
-            return _Outcome(verdict=verdict, closed=True, engine_times=times)
+            return _Outcome(verdict=verdict, closed=True)
         finally:
             self._close_quietly(response.transaction_id, transaction)
 
@@ -398,21 +393,22 @@ class Application:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _run(self, work: Callable[[float], _Outcome], *, urgent: bool = False) -> _Outcome:
+    def _run(self, work: Callable[[float], _Outcome]) -> _Outcome:
         def timed() -> _Outcome:
-            # on the engine thread: the start also decides load shedding (budget check)
+            # where the executor runs it (the calling greenlet with EnginePool, whose engine
+            # jobs go to the threads): the start also decides load shedding (budget check)
             started = self._clock()
             done = work(started)
             verdict = done.verdict
             if verdict is not None and verdict.matches:
                 done.match_records = [match.to_dict() for match in verdict.matches]
                 done.match_level = rule_match_level(verdict.matches)
-            done.started, done.finished = done.engine_times or (started, self._clock())
+            times = verdict.engine_times if verdict is not None else None
+            done.started, done.finished = times or (started, self._clock())
             return done
 
         try:
-            executor = self._urgent_executor if urgent else self._executor
-            outcome: _Outcome = executor(timed)
+            outcome: _Outcome = self._executor(timed)
         except Exception as exc:
             # the executor itself failed (e.g. the pool is gone): nothing ran
             return _Outcome(error=exc)

@@ -8,10 +8,9 @@ more CPU than the agent's own Python. Here only C runs on engine threads. The hu
 finished jobs through the pool's eventfd, watched by its libev loop: one wakeup may carry many
 jobs.
 
-Also the admission numbers (``admission.Lanes``: the measured time between completions and
-the last wait, with the pool's own queue lengths) that ``application`` sheds with, and the
-executor interface ``application`` calls (``models.Executor``, plus ``urgent`` and
-``expected_wait_s``).
+Also the expected wait that ``application`` sheds with (``admission.WaitEstimate`` over the
+pool's queue length), and the executor interface ``application`` calls (``models.Executor``
+plus ``expected_wait_s``).
 
 Must not parse messages or log: a job's meaning is ``waf``'s, its outcome ``application``'s.
 """
@@ -25,7 +24,7 @@ import gevent
 import gevent.event
 
 from coraza_spoa_py import waf
-from coraza_spoa_py.admission import Lanes
+from coraza_spoa_py.admission import WaitEstimate
 
 T = TypeVar("T")
 _READ = 1  # libev EV_READ
@@ -36,7 +35,7 @@ class EnginePool:
 
     def __init__(self, threads: int) -> None:
         self._native = waf.NativePool()
-        self._estimate: Lanes[None] = Lanes(threads)
+        self._estimate = WaitEstimate()
         # token -> (the job and what it points into, which must stay allocated until it ran
         # even if its greenlet was killed meanwhile; what to call then)
         self._parked: dict[int, tuple[Any, Callable[[], None]]] = {}
@@ -50,13 +49,10 @@ class EnginePool:
         # on the calling greenlet: its engine jobs reach the threads through run()
         return work()
 
-    def urgent(self, work: Callable[[], T]) -> T:
-        # responses: their jobs take the urgent lane (waf.ModSecTransaction.process_response)
-        return work()
-
-    def expected_wait_s(self, *, urgent: bool = False) -> float:
-        ahead = self._native.waiting(urgent_only=urgent)
-        return self._estimate.expected_wait_s(urgent=urgent, ahead=ahead)
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait for an engine thread (behind every
+        queued job: requests go to the normal lane)."""
+        return self._estimate.expected_wait_s(self._native.waiting())
 
     @property
     def waiting(self) -> int:
@@ -65,7 +61,6 @@ class EnginePool:
     def resize(self, threads: int) -> None:
         """Start or retire engine threads (a reload changed ``engine_threads``)."""
         self.threads = self._native.resize(threads)
-        self._estimate.resize(self.threads)
 
     def close(self) -> None:
         """Finish the queued jobs (closes at shutdown among them), then stop every thread."""

@@ -121,6 +121,9 @@ class Verdict:
     log_lines: tuple[str, ...] = field(default=(), repr=False)
     # the same matches as ``log_lines``, parsed (this phase group only)
     matches: tuple[RuleMatch, ...] = field(default=(), repr=False)
+    # when an engine thread started this phase group and when it was done (time.monotonic()
+    # seconds), for the debug line; None when the engine does not say (test fakes)
+    engine_times: tuple[float, float] | None = field(default=None, repr=False, compare=False)
 
 
 class DeadlineExceededError(Exception):

@@ -16,6 +16,7 @@ import struct
 import sys
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from coraza_spoa_py import __version__, rules, waf_text
@@ -118,8 +119,9 @@ class NativePool:
     def submit(self, job: Any, *, urgent: bool) -> None:
         _lib.cs_pool_submit(self._pool, job, 1 if urgent else 0)
 
-    def waiting(self, *, urgent_only: bool = False) -> int:
-        return int(_lib.cs_pool_waiting(self._pool, 1 if urgent_only else 0))
+    def waiting(self) -> int:
+        """Jobs queued for a thread, both lanes."""
+        return int(_lib.cs_pool_waiting(self._pool))
 
     def take_done(self) -> list[Any]:
         """The jobs finished since the last call (pointers; the caller still owns them)."""
@@ -302,7 +304,6 @@ class ModSecTransaction:
         self._lock = _new_lock()
         self._closed = False
         self._matches: list[RuleMatch] = []
-        self.engine_times: tuple[float, float] | None = None
         self._anomaly_score = 0
         self._client = ""
         # the engine's log lines for this transaction (filled in C, read after each call)
@@ -420,11 +421,10 @@ class ModSecTransaction:
             self._tx = job.tx
             if job.failed:
                 raise EngineError("msc_new_transaction_with_id failed")
-            # for the debug line: when a thread started the phase group, and when it was done
-            self.engine_times = (float(job.started_at), float(job.finished_at))
             if job.shed:
                 raise DeadlineExceededError(f"transaction {self._id}: not started in time")
-            return self._verdict(self._settle_outcome(job), start)
+            verdict = self._verdict(self._settle_outcome(job), start)
+            return replace(verdict, engine_times=(job.started_at, job.finished_at))
         finally:
             self._lock.release()
 

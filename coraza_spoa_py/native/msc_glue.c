@@ -359,10 +359,10 @@ void cs_pool_submit(cs_pool *pool, cs_job *job, int urgent) {
     pthread_mutex_unlock(&pool->lock);
 }
 
-/* Jobs waiting for a thread: the urgent lane only, or both. */
-size_t cs_pool_waiting(cs_pool *pool, int urgent_only) {
+/* Jobs waiting for a thread, both lanes. */
+size_t cs_pool_waiting(cs_pool *pool) {
     pthread_mutex_lock(&pool->lock);
-    size_t waiting = pool->urgent.count + (urgent_only ? 0 : pool->normal.count);
+    size_t waiting = pool->urgent.count + pool->normal.count;
     pthread_mutex_unlock(&pool->lock);
     return waiting;
 }

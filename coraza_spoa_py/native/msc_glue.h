@@ -114,7 +114,7 @@ cs_pool *cs_pool_new(void);
 int cs_pool_fd(cs_pool *pool);
 int cs_pool_resize(cs_pool *pool, int threads);
 void cs_pool_submit(cs_pool *pool, cs_job *job, int urgent);
-size_t cs_pool_waiting(cs_pool *pool, int urgent_only);
+size_t cs_pool_waiting(cs_pool *pool);
 cs_job *cs_pool_take_done(cs_pool *pool);
 void cs_pool_stop(cs_pool *pool);
 

@@ -1,17 +1,20 @@
-"""Admission in front of the engine threads (docs/performance.md "Overload"): the two lanes,
-the expected wait, shedding on arrival in ``Application``, and a simulation showing that at 3×
-offered load the transactions judged per second stay near capacity (fake clock, fake engine of
-fixed service time; nothing here is timed on the real machine)."""
+"""Admission in front of the engine threads (docs/performance.md "Overload"): the expected wait,
+shedding on arrival in ``Application``, and a simulation showing that at 3× offered load the
+transactions judged per second stay near capacity with the native pool's policy (responses
+first, requests shed on arrival; fake clock, fake engine of fixed service time; nothing here is
+timed on the real machine). The pool's lane order itself is tested with real threads in
+tests/integration/test_engine_pool.py."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
 
 import pytest
 
-from coraza_spoa_py.admission import Lanes
+from coraza_spoa_py.admission import WaitEstimate
 from coraza_spoa_py.application import Application, OverloadedError
 from coraza_spoa_py.settings import AppConfig
 from tests.unit.waf_fakes import (
@@ -25,88 +28,67 @@ from tests.unit.waf_fakes import (
 
 BUDGET = 0.4
 
-# ---- Lanes ----------------------------------------------------------------------------------
+# ---- WaitEstimate ---------------------------------------------------------------------------
 
 
-def test_urgent_items_are_taken_before_earlier_normal_ones():
-    lanes: Lanes[str] = Lanes(1)
-    for name in ("req1", "req2"):
-        lanes.push(name)
-    lanes.push("res1", urgent=True)
-    lanes.push("req3")
-    lanes.push("res2", urgent=True)
-    assert lanes.waiting == 5
-    assert [lanes.pop() for _ in range(6)] == ["res1", "res2", "req1", "req2", "req3", None]
-    assert lanes.waiting == 0
-
-
-def test_expected_wait_is_waiting_times_the_time_between_completions():
-    lanes: Lanes[str] = Lanes(2)
-    assert lanes.expected_wait_s() == 0.0
-    for name in ("q1", "q2", "q3"):
-        lanes.push(name)
-    lanes.push("r1", urgent=True)
-    lanes.record_completion(10.000, work_waiting=True)  # only starts the measurement
-    lanes.record_completion(10.002, work_waiting=True)  # 2 ms after a busy completion
-    assert lanes.interval_s == pytest.approx(0.002)
-    assert lanes.expected_wait_s() == 0.0  # capped: no message has waited yet
-    lanes.record_wait(1.0)
-    assert lanes.expected_wait_s() == pytest.approx(4 * 0.002)
-    assert lanes.expected_wait_s(urgent=True) == pytest.approx(1 * 0.002)
+def test_expected_wait_is_jobs_ahead_times_the_time_between_completions():
+    estimate = WaitEstimate()
+    assert estimate.expected_wait_s(4) == 0.0
+    estimate.record_completion(10.000, work_waiting=True)  # only starts the measurement
+    estimate.record_completion(10.002, work_waiting=True)  # 2 ms after a busy completion
+    assert estimate.interval_s == pytest.approx(0.002)
+    assert estimate.expected_wait_s(4) == 0.0  # capped: no job has waited yet
+    estimate.record_wait(1.0)
+    assert estimate.expected_wait_s(4) == pytest.approx(4 * 0.002)
+    assert estimate.expected_wait_s(0) == 0.0
 
 
 def test_expected_wait_never_exceeds_the_wait_last_observed():
     """A prediction above what messages really wait must not shed (closed loop at 128
     connections): the last observed wait caps it."""
-    lanes: Lanes[str] = Lanes(2)
-    for index in range(100):
-        lanes.push(f"q{index}")
-    lanes.record_completion(0.0, work_waiting=True)
-    lanes.record_completion(0.010, work_waiting=True)  # predicts 100 × 10 ms = 1 s
-    lanes.record_wait(0.150)
-    assert lanes.expected_wait_s() == pytest.approx(0.150)
+    estimate = WaitEstimate()
+    estimate.record_completion(0.0, work_waiting=True)
+    estimate.record_completion(0.010, work_waiting=True)  # predicts 100 × 10 ms = 1 s
+    estimate.record_wait(0.150)
+    assert estimate.expected_wait_s(100) == pytest.approx(0.150)
 
 
 def test_gaps_after_an_idle_spell_do_not_count():
-    lanes: Lanes[str] = Lanes(1)
-    lanes.record_completion(1.000, work_waiting=True)
-    lanes.record_completion(1.004, work_waiting=True)  # busy: 4 ms
-    lanes.record_completion(1.008, work_waiting=False)  # counted: work waited at 1.004
-    lanes.record_completion(9.000, work_waiting=True)  # after idling: not a sample
-    assert lanes.interval_s == pytest.approx(0.004)
+    estimate = WaitEstimate()
+    estimate.record_completion(1.000, work_waiting=True)
+    estimate.record_completion(1.004, work_waiting=True)  # busy: 4 ms
+    estimate.record_completion(1.008, work_waiting=False)  # counted: work waited at 1.004
+    estimate.record_completion(9.000, work_waiting=True)  # after idling: not a sample
+    assert estimate.interval_s == pytest.approx(0.004)
 
 
 def test_interval_average_follows_new_samples_gradually():
-    lanes: Lanes[str] = Lanes(1)
+    estimate = WaitEstimate()
     now = 0.0
-    lanes.record_completion(now, work_waiting=True)
+    estimate.record_completion(now, work_waiting=True)
     for gap in (0.010, 0.020):
         now += gap
-        lanes.record_completion(now, work_waiting=True)
-    assert 0.010 < lanes.interval_s < 0.012
+        estimate.record_completion(now, work_waiting=True)
+    assert 0.010 < estimate.interval_s < 0.012
     for _ in range(200):
         now += 0.020
-        lanes.record_completion(now, work_waiting=True)
-    assert lanes.interval_s == pytest.approx(0.020, rel=1e-3)
+        estimate.record_completion(now, work_waiting=True)
+    assert estimate.interval_s == pytest.approx(0.020, rel=1e-3)
 
 
-# ---- Application: shedding on arrival, responses in the urgent lane --------------------------
+# ---- Application: shedding on arrival ----------------------------------------------------------
 
 
 class ScriptedScheduler:
-    """An executor with the scheduler's optional features; runs work at once and records the
-    lane each call used."""
+    """An executor with the pool's expected wait, scripted; runs work at once and counts the
+    calls."""
 
     def __init__(self) -> None:
         self.wait_s = 0.0
-        self.lanes: list[str] = []
+        self.calls = 0
 
     def __call__(self, work):
-        self.lanes.append("normal")
-        return work()
-
-    def urgent(self, work):
-        self.lanes.append("urgent")
+        self.calls += 1
         return work()
 
     def expected_wait_s(self) -> float:
@@ -134,7 +116,7 @@ def test_request_is_shed_on_arrival_when_the_expected_wait_exceeds_the_budget():
     with pytest.raises(OverloadedError) as caught:
         app.handle_request(request_message(s("id", "x")), clock())
     assert caught.value.code == 1005
-    assert scheduler.lanes == [] and engine.transactions == []
+    assert scheduler.calls == 0 and engine.transactions == []
     assert app.stats.shed == 1 and app.stats.opened == 0
 
 
@@ -155,18 +137,18 @@ def test_request_within_the_expected_wait_budget_is_judged():
     app, clock = make_app(scheduler, engine)
     scheduler.wait_s = BUDGET
     assert as_dict(app.handle_request(request_message(s("id", "x")), clock()))["fail"] == 0
-    assert scheduler.lanes == ["normal"] and app.stats.shed == 0
+    assert scheduler.calls == 1 and app.stats.shed == 0
 
 
-def test_response_goes_to_the_urgent_lane_and_is_not_shed_on_arrival():
+def test_response_is_not_shed_on_arrival():
     """A response completes a transaction whose request already cost engine time: it is run
-    even when new requests are being shed, ahead of them."""
+    even when new requests are being shed."""
     scheduler, engine = ScriptedScheduler(), FakeEngine()
     app, clock = make_app(scheduler, engine)
     app.handle_request(request_message(s("id", "r")), clock())
     scheduler.wait_s = 10.0
     assert as_dict(app.handle_response(response_message("r"), clock()))["fail"] == 0
-    assert scheduler.lanes == ["normal", "urgent"]
+    assert scheduler.calls == 2
     assert engine.transactions[0].closed == 1 and app.stats.shed == 0
 
 
@@ -197,7 +179,10 @@ class _Message:
 def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> float:
     """Open-loop transactions at ``offered_factor`` × capacity for 10 simulated seconds; the
     transactions whose response was judged per second between seconds 2 and 10."""
-    lanes: Lanes[_Message] = Lanes(THREADS)
+    # the native pool's queue: two FIFO lanes, urgent first
+    urgent_lane: deque[_Message] = deque()
+    normal_lane: deque[_Message] = deque()
+    estimate = WaitEstimate()
     free = THREADS
     events: list[_Event] = []
     seq = itertools.count()
@@ -210,17 +195,23 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
 
     def start(message: _Message, now: float) -> None:
         # the safety net: the budget checked when a thread takes the message
-        lanes.record_wait(now - message.arrived)
+        estimate.record_wait(now - message.arrived)
         message.late = now - message.arrived > BUDGET
         cost = SHED_AT_DEQUEUE_S if message.late else SERVICE_S
         push(now + cost, "done", message)
 
     def offer(message: _Message, now: float, urgent: bool) -> None:
         nonlocal free
-        lanes.push(message, urgent=urgent)
+        (urgent_lane if urgent else normal_lane).append(message)
         if free > 0:
             free -= 1
-            start(lanes.pop(), now)  # type: ignore[arg-type]
+            start(take(), now)  # type: ignore[arg-type]
+
+    def take() -> _Message | None:
+        for lane in (urgent_lane, normal_lane):
+            if lane:
+                return lane.popleft()
+        return None
 
     arrival = 0.0
     while arrival < duration:
@@ -230,7 +221,8 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
         event = heapq.heappop(events)
         now = event.at
         if event.kind == "request":
-            if prioritise_and_shed_on_arrival and lanes.expected_wait_s() > BUDGET:
+            ahead = len(urgent_lane) + len(normal_lane)
+            if prioritise_and_shed_on_arrival and estimate.expected_wait_s(ahead) > BUDGET:
                 continue  # 1005 in microseconds, nothing queued
             offer(_Message(is_response=False, arrived=now), now, urgent=False)
         elif event.kind == "response":
@@ -239,8 +231,8 @@ def simulate(*, prioritise_and_shed_on_arrival: bool, offered_factor: float) -> 
         else:  # done: the thread takes the next item itself
             done = event.message
             assert done is not None
-            following = lanes.pop()
-            lanes.record_completion(now, work_waiting=following is not None)
+            following = take()
+            estimate.record_completion(now, work_waiting=following is not None)
             if following is not None:
                 start(following, now)
             else:
