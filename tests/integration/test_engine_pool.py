@@ -4,7 +4,6 @@ is shed without running, closes run detached, and the threads stop on close."""
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 import time
@@ -19,6 +18,7 @@ from coraza_spoa_py import waf
 from coraza_spoa_py.engine_pool import EnginePool
 from coraza_spoa_py.models import DeadlineExceededError, RequestInfo, ResponseInfo, Verdict
 from coraza_spoa_py.settings import AppConfig, RulePaths
+from tests.support.fifo_gate import release_fifo_gate
 
 pytestmark = pytest.mark.integration
 
@@ -48,18 +48,7 @@ def one_thread() -> Iterator[EnginePool]:
 
 
 def release(fifo: Path) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            # O_NONBLOCK: succeeds only while the script (inside the engine job) reads
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
-        except OSError as exc:
-            assert exc.errno == errno.ENXIO
-            assert time.monotonic() < deadline, "the engine job never reached the script"
-            gevent.sleep(0.002)
-    os.write(fd, b"go\n")
-    os.close(fd)
+    release_fifo_gate(fifo, sleep=gevent.sleep)
 
 
 def test_a_running_job_parks_its_greenlet_not_the_hub(one_thread: EnginePool, tmp_path: Path):

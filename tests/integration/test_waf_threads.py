@@ -3,10 +3,8 @@ with the right verdicts, concurrent close is safe, and memory stays flat."""
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from coraza_spoa_py import waf
 from coraza_spoa_py.models import RequestInfo, Verdict
 from coraza_spoa_py.settings import AppConfig, RulePaths
+from tests.support.fifo_gate import release_fifo_gate
 
 pytestmark = pytest.mark.integration
 
@@ -64,18 +63,7 @@ def test_engine_call_releases_the_gil(tmp_path: Path) -> None:
     )
     worker.start()
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                # O_NONBLOCK: succeeds only while the script (inside the engine call) reads
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError as exc:
-                assert exc.errno == errno.ENXIO
-                assert time.monotonic() < deadline, "the engine call never reached the script"
-                time.sleep(0.002)
-        os.write(fd, b"go\n")
-        os.close(fd)
+        release_fifo_gate(fifo)
     finally:
         worker.join(timeout=30)
     assert result[0].matched_rule_ids == (30001,)
