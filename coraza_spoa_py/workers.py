@@ -31,10 +31,9 @@ class Workers:
     def __init__(self, limit: int) -> None:
         self._slots = gevent.lock.BoundedSemaphore(limit)
         self._tasks: gevent.queue.SimpleQueue[Task] = gevent.queue.SimpleQueue()
-        self._limit = limit
         self._greenlets: set[gevent.Greenlet[Any, Any]] = set()
-        # workers waiting for a task, minus the tasks queued for them (never negative between
-        # two spawns: each task either takes an idle worker or starts a new one)
+        # workers waiting for a task, minus the tasks queued for them (negative only while
+        # workers just started have not reached their first wait)
         self._idle = 0
         self._pending = 0
         self._all_done = gevent.event.Event()
@@ -47,10 +46,8 @@ class Workers:
         self._slots.acquire()
         self._pending += 1
         self._all_done.clear()
-        if self._idle > 0:
-            self._idle -= 1
-        else:
-            self._idle -= 1  # the new worker's own wait will count it back
+        self._idle -= 1  # this task takes a waiting worker...
+        if self._idle < 0:  # ...or a new one, whose first wait counts it back
             self._greenlets.add(gevent.spawn(self._work))
         self._tasks.put((fn, args))
 
