@@ -20,12 +20,13 @@ from tests.crs.loader import Stage, StageInput, StageOutput
 
 pytestmark = pytest.mark.crs
 
-# The brief asked for 98 % (at most 47 failures). Measured: 56, none of them the agent's —
-# 35 fail in the engine itself (libmodsecurity 3.0.9 vs the ModSecurity 2.9 the v3.3.4 tests
-# were written for), 5 expect Apache's own status, 16 are answered or rewritten by HAProxy
-# before any filter runs. docs/crs.md has the table; expected-failures.yaml lists each stage,
-# and the exact list is what guards against regressions.
-MIN_HAPROXY_PASS_RATE = 0.975
+# Issue #5 asks for 98 % through HAProxy with at most 30 expected failures. Measured: 2370 of
+# 2396 (98.91 %), 26 failures, none of them the agent's: 5 fail in the engine itself
+# (libmodsecurity 3.0.9's quoted backslashes), 5 expect Apache's own status, 16 are answered or
+# rewritten by HAProxy before any filter runs. docs/crs.md has the table;
+# expected-failures.yaml lists each stage, and the exact list guards against regressions.
+MIN_HAPROXY_PASS_RATE = 0.98
+MAX_HAPROXY_EXPECTED_FAILURES = 30
 # stages that pass in the engine alone but not through HAProxy: each one is a place where
 # HAProxy (or the agent) changes what the rules see
 MAX_HAPROXY_ONLY_ENTRIES = 30
@@ -93,15 +94,18 @@ def test_through_haproxy_fails_exactly_the_expected_stages(haproxy_result) -> No
 
 
 def test_through_haproxy_pass_rate(haproxy_result) -> None:
-    """The share of stages that pass through HAProxy stays at the measured level (97.66 %)."""
+    """At least 98 % of the stages pass through HAProxy (measured: 98.91 %)."""
     assert haproxy_result.pass_rate >= MIN_HAPROXY_PASS_RATE, (
         f"{haproxy_result.count('passed')} of {len(haproxy_result.judgements)} stages pass"
     )
 
 
-def test_haproxy_only_expected_failures_are_few_and_explained(expected) -> None:
-    """At most 30 stages may fail only through HAProxy, each with its reason."""
+def test_haproxy_expected_failures_are_few_and_explained(expected) -> None:
+    """At most 30 stages are expected to fail through HAProxy, and at most 30 fail only there;
+    each entry gives its reason."""
+    through_haproxy = [e for e in expected.values() if "haproxy" in e.modes]
     haproxy_only = [e for e in expected.values() if e.modes == ("haproxy",)]
+    assert len(through_haproxy) <= MAX_HAPROXY_EXPECTED_FAILURES
     assert len(haproxy_only) <= MAX_HAPROXY_ONLY_ENTRIES
     assert all(len(entry.reason) > 40 for entry in expected.values())
 

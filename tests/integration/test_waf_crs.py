@@ -183,3 +183,122 @@ def test_engine_off_reports_nothing() -> None:
     """SecRuleEngine Off: no rule runs, ours included, so the metrics are zeros (compat.md
     Part 2 §3.2)."""
     assert request_verdict(load_crs("Off"), **ATTACKS["lfi-query"]) == Verdict()
+
+
+# -- REQUEST_BODY as ModSecurity 2.9 and Coraza fill it (base config rule 200010) -----------
+JAVA_CLASS = b"java.lang.Runtime"  # what 944100 looks for (PL1)
+CLASS_AS_ELEMENT = b"<x><" + JAVA_CLASS + b">v</" + JAVA_CLASS + b"></x>"
+
+
+def body_request(content_type: bytes, body: bytes) -> dict[str, object]:
+    length = str(len(body)).encode()
+    return {
+        "method": b"POST",
+        "path": b"/api",
+        "headers": BROWSER_HEADERS + ((b"content-type", content_type), (b"content-length", length)),
+        "body": body,
+    }
+
+
+def multipart(field: bytes, filename: bytes | None, content: bytes) -> tuple[bytes, bytes]:
+    disposition = b'form-data; name="' + field + b'"'
+    if filename is not None:
+        disposition += b'; filename="' + filename + b'"'
+    body = (
+        b"--b0undary\r\nContent-Disposition: " + disposition + b"\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n--b0undary--\r\n"
+    )
+    return b"multipart/form-data; boundary=b0undary", body
+
+
+@pytest.fixture(scope="module")
+def crs_detect() -> waf.ModSecEngine:
+    return load_crs("DetectionOnly")
+
+
+@pytest.mark.parametrize(
+    ("case", "content_type", "body"),
+    [
+        ("xml element name", b"application/xml", CLASS_AS_ELEMENT),
+        ("xml attribute name", b"text/xml", b"<x><e " + JAVA_CLASS + b'="v">w</e></x>'),
+        ("uploaded file", *multipart(b"upload", b"Main.class", b"\xca\xfe" + JAVA_CLASS)),
+    ],
+)
+def test_parsed_bodies_keep_raw_text_out_of_request_body(
+    crs_detect: waf.ModSecEngine, case: str, content_type: bytes, body: bytes
+) -> None:
+    """What the parser does not hand to the rules as a value (XML names, a file's bytes) is
+    not scanned as raw REQUEST_BODY either: ModSecurity 2.9's and Coraza's behaviour."""
+    verdict = request_verdict(crs_detect, **body_request(content_type, body))
+    assert 944100 not in verdict.matched_rule_ids, case
+    assert 200002 not in verdict.matched_rule_ids  # the body did parse
+
+
+@pytest.mark.parametrize(
+    ("case", "content_type", "body"),
+    [
+        ("xml text", b"application/xml", b"<x><e>" + JAVA_CLASS + b"</e></x>"),
+        ("xml attribute value", b"application/xml", b'<x><e a="' + JAVA_CLASS + b'">v</e></x>'),
+        ("json value", b"application/json", b'{"a": "' + JAVA_CLASS + b'"}'),
+        ("json key", b"application/json", b'{"' + JAVA_CLASS + b'": 1}'),
+        ("multipart field", *multipart(b"field", None, JAVA_CLASS)),
+        ("urlencoded", b"application/x-www-form-urlencoded", b"a=" + JAVA_CLASS),
+        ("no parser", b"text/plain", b"<" + JAVA_CLASS + b">"),
+    ],
+)
+def test_values_the_parser_reads_are_still_inspected(
+    crs_detect: waf.ModSecEngine, case: str, content_type: bytes, body: bytes
+) -> None:
+    verdict = request_verdict(crs_detect, **body_request(content_type, body))
+    assert 944100 in verdict.matched_rule_ids, case
+
+
+# a CRS-tagged rule that sees REQUEST_BODY only: which processors leave it a target
+REQUEST_BODY_PROBE = (
+    'SecRule REQUEST_BODY "@rx ." "id:299001,phase:2,pass,log,msg:\'raw body seen\','
+    "tag:'OWASP_CRS',t:none\"\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "raw_body_inspected"),
+    [
+        (b"application/xml", b"<x>v</x>", False),
+        (b"application/json", b'{"a": 1}', False),
+        (*multipart(b"field", None, b"v"), False),
+        (b"application/x-www-form-urlencoded", b"a=v", True),
+        (b"text/plain", b"v", True),  # no parser: CRS's 901340 forces the variable
+        (b"application/xml", b"<x>v</x", True),  # the parser failed
+        (b"application/json", b'{"a": ', True),
+    ],
+)
+def test_request_body_is_a_target_only_when_no_parser_read_the_body(
+    content_type: bytes, body: bytes, raw_body_inspected: bool
+) -> None:
+    engine = load_crs("DetectionOnly", REQUEST_BODY_PROBE)
+    verdict = request_verdict(engine, **body_request(content_type, body))
+    assert (299001 in verdict.matched_rule_ids) is raw_body_inspected
+
+
+def test_a_body_its_parser_rejects_keeps_its_raw_text_inspected(
+    crs_detect: waf.ModSecEngine,
+) -> None:
+    """Unparseable XML: the parser gave the rules nothing, so REQUEST_BODY stays a target."""
+    broken = b"<x><" + JAVA_CLASS + b">v</x"
+    verdict = request_verdict(crs_detect, **body_request(b"application/xml", broken))
+    assert {200002, 944100} <= set(verdict.matched_rule_ids)
+
+
+def test_removing_200010_restores_libmodsecurity_3s_own_request_body() -> None:
+    engine = load_crs("DetectionOnly")
+    native = waf.load_engine(
+        AppConfig(
+            name="crs",
+            directives=CRS_DIRECTIVES.format(mode="DetectionOnly", before_rules="")
+            + "SecRuleRemoveById 200010\n",
+        ),
+        RulePaths(),
+    )
+    element_name = body_request(b"application/xml", CLASS_AS_ELEMENT)
+    assert 944100 not in request_verdict(engine, **element_name).matched_rule_ids
+    assert 944100 in request_verdict(native, **element_name).matched_rule_ids
