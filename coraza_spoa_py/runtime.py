@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,12 @@ from coraza_spoa_py.settings import Config
 EXIT_OK = 0
 EXIT_FORCED = 1
 SWEEP_INTERVAL_S = 1.0
+# How often the engine's freed heap goes back to the kernel (waf.trim_heap). Measured under the
+# soak's load: a trim takes 2.6 ms median, 9 ms p90 (on a pool thread); RSS without trims
+# creeps by 3-9 % over a million transactions and springs back within seconds of a trim, so
+# the interval sets how far RSS rises above the live heap between two trims.
+HEAP_TRIM_EVERY_SWEEPS = 2
+SLOW_HEAP_TRIM_S = 0.05
 WATCH_INTERVAL_S = 1.0
 
 
@@ -174,11 +181,23 @@ class Runtime:
         gevent.spawn(self.reload, "SIGHUP", reopen_logs=True)
 
     def _sweep_forever(self) -> None:
+        sweeps = 0
         while True:
             gevent.sleep(SWEEP_INTERVAL_S)
             self.sweep_once()
             # log files are block buffered (logs.py): a line reaches the file within a second
             logs.flush_log_files()
+            sweeps += 1
+            if sweeps % HEAP_TRIM_EVERY_SWEEPS == 0:
+                self.trim_heap()
+
+    def trim_heap(self) -> float:
+        """Return the engine's freed heap to the kernel; the seconds it took. malloc_trim takes
+        the malloc arenas' locks in turn: a pool thread waits for them, the hub does not."""
+        took: float = self.pool.apply(_timed_heap_trim)
+        if took >= SLOW_HEAP_TRIM_S:
+            logger.debug("returning the freed heap to the kernel took {:.1f} ms", took * 1000)
+        return took
 
     def sweep_once(self) -> None:
         # the agent sweeps the current applications and the retired ones still holding
@@ -316,6 +335,13 @@ def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:
         return pool.apply(work)
 
     return run
+
+
+def _timed_heap_trim() -> float:
+    # on a pool thread: no logging here (loguru's lock may be gevent's)
+    started = time.monotonic()
+    waf.trim_heap()
+    return time.monotonic() - started
 
 
 def _engine_version() -> str:

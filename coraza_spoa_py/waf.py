@@ -183,6 +183,14 @@ def _c_string(pointer: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the kernel (glibc's malloc_trim); True if any were.
+    It releases the GIL but blocks its caller: call it from a thread, not the hub."""
+    if _lib is None:
+        return False
+    return bool(_lib.cs_trim_heap())
+
+
 def engine_version() -> str:
     """The engine's own name and version, e.g. "ModSecurity v3.0.9 (Linux)"."""
     native = _native()

@@ -118,4 +118,6 @@ size_t cs_pool_waiting(cs_pool *pool);
 cs_job *cs_pool_take_done(cs_pool *pool);
 void cs_pool_stop(cs_pool *pool);
 
+int cs_trim_heap(void);
+
 #endif
