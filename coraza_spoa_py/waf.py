@@ -364,14 +364,15 @@ class ModSecTransaction:
         self._adopt_created_tx()
         job = self._job(_lib.CS_CLOSE, 0.0)
         self._tx = _ffi.NULL
-        self._engine.runner.detach(job, self._release_log)
+        # the close job frees the log buffer itself (msc_glue.c cs_job_run); the runner holds
+        # this bound method, and so this transaction's buffers, until the job has run
+        self._engine.runner.detach(job, self._close_done)
 
     def __del__(self) -> None:
         # A transaction the caller forgot: free the native side here rather than leak it.
         if not getattr(self, "_closed", True) and self._claim_for_close():
             self._adopt_created_tx()
             _lib.cs_job_run(self._job(_lib.CS_CLOSE, 0.0))
-            self._release_log()
 
     # -- internals ----------------------------------------------------------------------------
     def _claim_for_close(self) -> bool:
@@ -392,8 +393,8 @@ class ModSecTransaction:
         if self._tx == _ffi.NULL and self._last_job is not None:
             self._tx = self._last_job.tx
 
-    def _release_log(self) -> None:
-        _lib.cs_log_free(self._log)
+    def _close_done(self) -> None:
+        pass  # see close(): only a reference that keeps the transaction alive
 
     def _job(self, kind: int, deadline: float) -> Any:
         job = _ffi.new(_JOB_PTR)

@@ -204,6 +204,9 @@ void cs_job_run(cs_job *job) {
         if (job->tx != NULL) {
             cs_close(job->tx, job->log);
         }
+        /* nobody reads the phase-5 lines; freeing the buffer here keeps the free() (and the
+         * malloc arena lock it may wait for: the buffer grew on an engine thread) off the hub */
+        cs_log_free(job->log);
         job->finished_at = cs_monotonic();
         return;
     }

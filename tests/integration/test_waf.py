@@ -298,6 +298,18 @@ def test_close_is_idempotent_and_use_after_close_fails(
         open_transaction.process_request(go(b"x", "closing"))
 
 
+def test_close_frees_the_engine_log_buffer(actions_engine: waf.ModSecEngine) -> None:
+    """The engine's lines for a transaction live in a C buffer that grows on the engine
+    thread; the close job frees it there (nothing reads the logging phase's lines)."""
+    tx = actions_engine.new_transaction("log-buffer")
+    verdict = tx.process_request(go(b"note", "log-buffer"))
+    assert 190001 in verdict.matched_rule_ids  # its line went through the buffer
+    log = tx._log
+    assert log.cap > 0
+    tx.close()
+    assert (log.buf, log.len, log.cap) == (waf._ffi.NULL, 0, 0)
+
+
 CORAZA_ONLY_SAMPLES = {
     "secrxprefilter": "SecRxPreFilter Off",
     "secignorerulecompilationerrors": "SecIgnoreRuleCompilationErrors On",
