@@ -81,6 +81,7 @@ class Runtime:
         self._reloading = False
         self._reload_again = False
         self._greenlets: list[gevent.Greenlet[Any, Any]] = []
+        self._heap_trim: gevent.Greenlet[Any, Any] | None = None
         self._watcher: reload.FileWatcher | None = None
         self._metrics_server: WSGIServer | None = None
 
@@ -188,8 +189,11 @@ class Runtime:
             # log files are block buffered (logs.py): a line reaches the file within a second
             logs.flush_log_files()
             sweeps += 1
-            if sweeps % HEAP_TRIM_EVERY_SWEEPS == 0:
-                self.trim_heap()
+            # its own greenlet: behind a rule compile on the pool, a trim can wait for seconds,
+            # and the sweeps must not
+            trim_running = self._heap_trim is not None and not self._heap_trim.dead
+            if sweeps % HEAP_TRIM_EVERY_SWEEPS == 0 and not trim_running:
+                self._heap_trim = gevent.spawn(self.trim_heap)
 
     def trim_heap(self) -> float:
         """Return the engine's freed heap to the kernel; the seconds it took. malloc_trim takes
@@ -312,6 +316,8 @@ class Runtime:
         """Stop accepting, drain, log every open transaction, report the counters."""
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
+        if self._heap_trim is not None:
+            self._heap_trim.kill(block=False)
         if self._metrics_server is not None:
             self._metrics_server.stop(timeout=1)
         self.server.stop(self.config.graceful_timeout_s)
