@@ -211,6 +211,11 @@ def multipart(field: bytes, filename: bytes | None, content: bytes) -> tuple[byt
     return b"multipart/form-data; boundary=b0undary", body
 
 
+def multipart_lf(field: bytes, content: bytes) -> tuple[bytes, bytes]:
+    content_type, body = multipart(field, None, content)
+    return content_type, body.replace(b"\r\n", b"\n")
+
+
 @pytest.fixture(scope="module")
 def crs_detect() -> waf.ModSecEngine:
     return load_crs("DetectionOnly")
@@ -270,6 +275,8 @@ REQUEST_BODY_PROBE = (
         (b"text/plain", b"v", True),  # no parser: CRS's 901340 forces the variable
         (b"application/xml", b"<x>v</x", True),  # the parser failed
         (b"application/json", b'{"a": ', True),
+        # parsed, but ambiguously (LF line ends: a strict-multipart error, 200003)
+        (*multipart_lf(b"field", b"v"), True),
     ],
 )
 def test_request_body_is_a_target_only_when_no_parser_read_the_body(
