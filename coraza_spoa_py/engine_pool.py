@@ -37,8 +37,8 @@ class EnginePool:
         self._native = waf.NativePool()
         self._estimate = WaitEstimate()
         # token -> (the job and what it points into, which must stay allocated until it ran
-        # even if its greenlet was killed meanwhile; what to call then)
-        self._parked: dict[int, tuple[Any, Callable[[], None]]] = {}
+        # even if its greenlet was killed meanwhile; the waiting greenlet's event, if any)
+        self._parked: dict[int, tuple[Any, gevent.event.Event | None]] = {}
         self._last_token = 0
         self._watcher = gevent.get_hub().loop.io(self._native.fd, _READ)
         self._watcher.start(self._deliver)
@@ -71,19 +71,19 @@ class EnginePool:
     # ---- runner (waf) -----------------------------------------------------------------------
     def run(self, job: Any, *, urgent: bool, keep: object) -> None:
         finished = gevent.event.Event()
-        self._park(job, keep, finished.set)
+        self._park(job, keep, finished)
         self._native.submit(job, urgent=urgent)
         finished.wait()
 
-    def detach(self, job: Any, done: Callable[[], None]) -> None:
+    def detach(self, job: Any, *, keep: object) -> None:
         # closes: in the urgent lane, they free what the response phases left
-        self._park(job, None, done)  # done (a bound method) holds its transaction
+        self._park(job, keep, None)
         self._native.submit(job, urgent=True)
 
-    def _park(self, job: Any, keep: object, on_done: Callable[[], None]) -> None:
+    def _park(self, job: Any, keep: object, finished: gevent.event.Event | None) -> None:
         self._last_token += 1
         job.token = self._last_token
-        self._parked[self._last_token] = ((job, keep), on_done)
+        self._parked[self._last_token] = ((job, keep), finished)
 
     def _deliver(self) -> None:
         # on the hub (the eventfd watcher, or close())
@@ -91,5 +91,5 @@ class EnginePool:
             self._estimate.record_wait(job.started_at - job.pushed_at)
             self._estimate.record_completion(job.finished_at, work_waiting=bool(job.work_waiting))
             parked = self._parked.pop(int(job.token), None)
-            if parked is not None:
-                parked[1]()
+            if parked is not None and parked[1] is not None:
+                parked[1].set()

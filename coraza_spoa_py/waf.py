@@ -83,9 +83,9 @@ class JobRunner(Protocol):
         the transaction the job points into) stays referenced until the job has run, even if
         the caller stops waiting (a greenlet killed at a forced shutdown)."""
 
-    def detach(self, job: Any, done: Callable[[], None]) -> None:
-        """Run ``job`` some time soon without waiting for it, then call ``done()`` (on the
-        caller's thread); ``done`` holds whatever must outlive the job."""
+    def detach(self, job: Any, *, keep: object) -> None:
+        """Run ``job`` some time soon without waiting for it; ``keep`` (what the job points
+        into) stays referenced until it has run."""
 
 
 class RunHere:
@@ -94,9 +94,8 @@ class RunHere:
     def run(self, job: Any, *, urgent: bool, keep: object) -> None:
         _lib.cs_job_run(job)
 
-    def detach(self, job: Any, done: Callable[[], None]) -> None:
+    def detach(self, job: Any, *, keep: object) -> None:
         _lib.cs_job_run(job)
-        done()
 
 
 RUN_HERE = RunHere()
@@ -364,9 +363,9 @@ class ModSecTransaction:
         self._adopt_created_tx()
         job = self._job(_lib.CS_CLOSE, 0.0)
         self._tx = _ffi.NULL
-        # the close job frees the log buffer itself (msc_glue.c cs_job_run); the runner holds
-        # this bound method, and so this transaction's buffers, until the job has run
-        self._engine.runner.detach(job, self._close_done)
+        # the close job frees the log buffer itself (msc_glue.c cs_job_run); the runner keeps
+        # this transaction (its job and log structs) until the job has run
+        self._engine.runner.detach(job, keep=self)
 
     def __del__(self) -> None:
         # A transaction the caller forgot: free the native side here rather than leak it.
@@ -392,9 +391,6 @@ class ModSecTransaction:
         # runs after that job (the runner keeps us alive until then), so it can be read now
         if self._tx == _ffi.NULL and self._last_job is not None:
             self._tx = self._last_job.tx
-
-    def _close_done(self) -> None:
-        pass  # see close(): only a reference that keeps the transaction alive
 
     def _job(self, kind: int, deadline: float) -> Any:
         job = _ffi.new(_JOB_PTR)
