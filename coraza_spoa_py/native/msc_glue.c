@@ -113,6 +113,26 @@ static void cs_add_headers(void *tx, cs_add_header add, const unsigned char *h, 
     }
 }
 
+typedef int (*cs_append_body)(void *tx, const unsigned char *body, size_t size);
+typedef int (*cs_process_body)(void *tx);
+
+/* Phase 2 or 4: the body, then the phase's rules. Returns 1 when a disruptive intervention
+ * ended it. */
+static int cs_body_phase(void *tx, cs_append_body append, cs_process_body process, int phase,
+                         const unsigned char *body, size_t body_len, cs_outcome *out) {
+    if (body_len > 0) {
+        /* the body limit (Sec*BodyLimitAction Reject) intervenes right after the append, and
+         * msc_process_*_body would forget it */
+        append(tx, body, body_len);
+        if (cs_intervened(tx, phase, out)) {
+            return 1;
+        }
+    }
+    /* the phase runs even without a body: CRS scores and blocks there (949110, 959100) */
+    process(tx);
+    return cs_intervened(tx, phase, out);
+}
+
 /* Phases 1 and 2. Returns 1 when a disruptive intervention ended the group. */
 int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
                               const char *server_ip, int server_port, const char *uri,
@@ -136,17 +156,8 @@ int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_
         return 1;
     }
     log->phase = 2;
-    if (body_len > 0) {
-        /* the body limit (SecRequestBodyLimitAction Reject) intervenes right after the append,
-         * and msc_process_request_body would forget it */
-        msc_append_request_body(tx, body, body_len);
-        if (cs_intervened(tx, 2, out)) {
-            return 1;
-        }
-    }
-    /* phase 2 runs even without a body: CRS scores and blocks there (949110) */
-    msc_process_request_body(tx);
-    return cs_intervened(tx, 2, out);
+    return cs_body_phase(tx, msc_append_request_body, msc_process_request_body, 2, body,
+                         body_len, out);
 }
 
 /* Phases 3 and 4. */
@@ -162,14 +173,8 @@ int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
         return 1;
     }
     log->phase = 4;
-    if (body_len > 0) {
-        msc_append_response_body(tx, body, body_len);
-        if (cs_intervened(tx, 4, out)) {
-            return 1;
-        }
-    }
-    msc_process_response_body(tx);
-    return cs_intervened(tx, 4, out);
+    return cs_body_phase(tx, msc_append_response_body, msc_process_response_body, 4, body,
+                         body_len, out);
 }
 
 /* The logging phase (audit log), then free the native transaction. */
