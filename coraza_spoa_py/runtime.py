@@ -195,13 +195,12 @@ class Runtime:
             if sweeps % HEAP_TRIM_EVERY_SWEEPS == 0 and not trim_running:
                 self._heap_trim = gevent.spawn(self.trim_heap)
 
-    def trim_heap(self) -> float:
-        """Return the engine's freed heap to the kernel; the seconds it took. malloc_trim takes
-        the malloc arenas' locks in turn: a pool thread waits for them, the hub does not."""
+    def trim_heap(self) -> None:
+        """Return the engine's freed heap to the kernel. malloc_trim takes the malloc arenas'
+        locks in turn: a pool thread waits for them, the hub does not."""
         took: float = self.pool.apply(_timed_heap_trim)
         if took >= SLOW_HEAP_TRIM_S:
             logger.debug("returning the freed heap to the kernel took {:.1f} ms", took * 1000)
-        return took
 
     def sweep_once(self) -> None:
         # the agent sweeps the current applications and the retired ones still holding
