@@ -10,6 +10,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gevent
 import pytest
@@ -51,15 +52,22 @@ def release(fifo: Path) -> None:
     release_fifo_gate(fifo, sleep=gevent.sleep)
 
 
+def start_gated_request(
+    engine: waf.ModSecEngine, tmp_path: Path, transaction_id: str
+) -> tuple[waf.ModSecTransaction, gevent.Greenlet[Any, Verdict], Path]:
+    """A greenlet whose request job blocks in the gated rule until ``release(fifo)``."""
+    fifo = tmp_path / "gate.fifo"
+    os.mkfifo(fifo)
+    tx = engine.new_transaction(transaction_id)
+    request = RequestInfo(transaction_id, query=b"fifo=" + bytes(fifo))
+    return tx, gevent.spawn(tx.process_request, request), fifo
+
+
 def test_a_running_job_parks_its_greenlet_not_the_hub(one_thread: EnginePool, tmp_path: Path):
     """1. A request's engine job blocks in the gated rule. 2. Meanwhile another greenlet counts
     hub turns, then releases the gate. Result: the hub ran during the job (the count moved and
     the release happened on the hub), and the verdict shows the rule ran."""
-    engine = gated_engine(one_thread)
-    fifo = tmp_path / "gate.fifo"
-    os.mkfifo(fifo)
-    tx = engine.new_transaction("gate")
-    job = gevent.spawn(tx.process_request, RequestInfo("gate", query=b"fifo=" + bytes(fifo)))
+    tx, job, fifo = start_gated_request(gated_engine(one_thread), tmp_path, "gate")
     turns = 0
     while one_thread.waiting or not job.dead:
         turns += 1
@@ -119,12 +127,7 @@ def test_a_job_past_its_deadline_is_shed_without_running(one_thread: EnginePool,
     Result: DeadlineExceededError, and its rules never ran (the evil argument not judged); the
     transaction can still be closed; the pool's wait estimate saw a wait past the budget."""
     engine = gated_engine(one_thread)
-    fifo = tmp_path / "gate.fifo"
-    os.mkfifo(fifo)
-    blocker_tx = engine.new_transaction("blocker")
-    blocker = gevent.spawn(
-        blocker_tx.process_request, RequestInfo("blocker", query=b"fifo=" + bytes(fifo))
-    )
+    blocker_tx, blocker, fifo = start_gated_request(engine, tmp_path, "blocker")
     gevent.sleep(0.05)
     late_tx = engine.new_transaction("late")
     late = gevent.spawn(
@@ -167,11 +170,7 @@ def test_a_killed_caller_leaves_its_job_and_buffers_alive_until_the_job_ran(
     and every other reference to the transaction dropped. Result: the pool still holds the
     transaction (the job points into its buffers). 2. Release the gate. Result: the job ran,
     the pool let go, and the transaction was freed (closed by its finaliser)."""
-    engine = gated_engine(one_thread)
-    fifo = tmp_path / "gate.fifo"
-    os.mkfifo(fifo)
-    tx = engine.new_transaction("killed")
-    caller = gevent.spawn(tx.process_request, RequestInfo("killed", query=b"fifo=" + bytes(fifo)))
+    tx, caller, fifo = start_gated_request(gated_engine(one_thread), tmp_path, "killed")
     gevent.sleep(0.05)
     caller.kill()
     alive = weakref.ref(tx)
@@ -194,11 +193,7 @@ def test_closing_a_transaction_whose_job_runs_is_refused_not_waited_for(
     """1. A request's job blocks in the gated rule (its greenlet holds the transaction). 2. The
     hub's main greenlet closes the transaction. Result: EngineError at once (a wait would block
     the hub for good); once the job ran, close() works and the verdict is intact."""
-    engine = gated_engine(one_thread)
-    fifo = tmp_path / "gate.fifo"
-    os.mkfifo(fifo)
-    tx = engine.new_transaction("busy")
-    caller = gevent.spawn(tx.process_request, RequestInfo("busy", query=b"fifo=" + bytes(fifo)))
+    tx, caller, fifo = start_gated_request(gated_engine(one_thread), tmp_path, "busy")
     gevent.sleep(0.05)
     with pytest.raises(waf.EngineError, match="busy"):
         tx.close()

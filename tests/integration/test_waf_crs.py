@@ -265,6 +265,11 @@ REQUEST_BODY_PROBE = (
 )
 
 
+@pytest.fixture(scope="module")
+def crs_probe() -> waf.ModSecEngine:
+    return load_crs("DetectionOnly", REQUEST_BODY_PROBE)
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "raw_body_inspected"),
     [
@@ -280,10 +285,9 @@ REQUEST_BODY_PROBE = (
     ],
 )
 def test_request_body_is_a_target_only_when_no_parser_read_the_body(
-    content_type: bytes, body: bytes, raw_body_inspected: bool
+    crs_probe: waf.ModSecEngine, content_type: bytes, body: bytes, raw_body_inspected: bool
 ) -> None:
-    engine = load_crs("DetectionOnly", REQUEST_BODY_PROBE)
-    verdict = request_verdict(engine, **body_request(content_type, body))
+    verdict = request_verdict(crs_probe, **body_request(content_type, body))
     assert (299001 in verdict.matched_rule_ids) is raw_body_inspected
 
 
@@ -296,16 +300,10 @@ def test_a_body_its_parser_rejects_keeps_its_raw_text_inspected(
     assert {200002, 944100} <= set(verdict.matched_rule_ids)
 
 
-def test_removing_200010_restores_libmodsecurity_3s_own_request_body() -> None:
-    engine = load_crs("DetectionOnly")
-    native = waf.load_engine(
-        AppConfig(
-            name="crs",
-            directives=CRS_DIRECTIVES.format(mode="DetectionOnly", before_rules="")
-            + "SecRuleRemoveById 200010\n",
-        ),
-        RulePaths(),
-    )
+def test_removing_200010_restores_libmodsecurity_3s_own_request_body(
+    crs_detect: waf.ModSecEngine,
+) -> None:
+    native = load_crs("DetectionOnly", "SecRuleRemoveById 200010\n")
     element_name = body_request(b"application/xml", CLASS_AS_ELEMENT)
-    assert 944100 not in request_verdict(engine, **element_name).matched_rule_ids
+    assert 944100 not in request_verdict(crs_detect, **element_name).matched_rule_ids
     assert 944100 in request_verdict(native, **element_name).matched_rule_ids
