@@ -136,10 +136,6 @@ class _Outcome:
     # verdict's ``engine_times`` when the engine gives them, else the executor's clock)
     started: float = 0.0
     finished: float = 0.0
-    # the rule-match log record's payload and level, built from the verdict inside the
-    # executor call, so that the rest of the hub's work only hands them to loguru
-    match_records: list[dict[str, Any]] | None = None
-    match_level: str = ""
 
 
 class Application:
@@ -258,7 +254,7 @@ class Application:
                     f" (evicted so far: {self._evicted})",
                 )
                 self._close_entries(pushed_out)
-        self._log_matches(parsed.request.transaction_id, outcome)
+        self._log_matches(parsed.request.transaction_id, verdict)
         return verdict_actions(
             verdict,
             transaction_id=parsed.request.transaction_id,
@@ -338,7 +334,7 @@ class Application:
         if trace is not None:
             trace.started, trace.finished = outcome.started, outcome.finished
         verdict = self._settle(outcome, transaction_id)
-        self._log_matches(transaction_id, outcome)
+        self._log_matches(transaction_id, verdict)
         return verdict_actions(
             verdict,
             transaction_id=None,
@@ -400,9 +396,6 @@ class Application:
             started = self._clock()
             done = work(started)
             verdict = done.verdict
-            if verdict is not None and verdict.matches:
-                done.match_records = [match.to_dict() for match in verdict.matches]
-                done.match_level = rule_match_level(verdict.matches)
             times = verdict.engine_times if verdict is not None else None
             done.started, done.finished = times or (started, self._clock())
             return done
@@ -516,9 +509,10 @@ class Application:
             self._warned_at[key] = now
             self._log.warning(text)
 
-    def _log_matches(self, transaction_id: str, outcome: _Outcome) -> None:
+    def _log_matches(self, transaction_id: str, verdict: Verdict) -> None:
         # docs/architecture.md "Rule-match log records": at most one record per message
-        if outcome.match_records:
-            self._log.bind(tx=transaction_id, kind="rule_match", matches=outcome.match_records).log(
-                outcome.match_level, "rules matched"
+        if verdict.matches:
+            records = [match.to_dict() for match in verdict.matches]
+            self._log.bind(tx=transaction_id, kind="rule_match", matches=records).log(
+                rule_match_level(verdict.matches), "rules matched"
             )
