@@ -16,7 +16,6 @@ import struct
 import sys
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any, Protocol
 
 from coraza_spoa_py import __version__, rules, waf_text
@@ -428,8 +427,8 @@ class ModSecTransaction:
                 raise EngineError("msc_new_transaction_with_id failed")
             if job.shed:
                 raise DeadlineExceededError(f"transaction {self._id}: not started in time")
-            verdict = self._verdict(self._settle_outcome(job), start)
-            return replace(verdict, engine_times=(job.started_at, job.finished_at))
+            times = (job.started_at, job.finished_at)
+            return self._verdict(self._settle_outcome(job), start, times)
         finally:
             self._lock.release()
 
@@ -473,7 +472,9 @@ class ModSecTransaction:
         self._matches.append(match)
         return match
 
-    def _verdict(self, intervention: _Intervention | None, start: int) -> Verdict:
+    def _verdict(
+        self, intervention: _Intervention | None, start: int, engine_times: tuple[float, float]
+    ) -> Verdict:
         new_matches = tuple(self._matches[start:])
         # id 0: an intervention that no rule made (the body limits)
         matched_ids = tuple(m.rule_id for m in self._matches if m.rule_id)
@@ -486,6 +487,7 @@ class ModSecTransaction:
             "anomaly_score": self._anomaly_score,
             "log_lines": tuple(m.raw for m in new_matches),
             "matches": new_matches,
+            "engine_times": engine_times,
         }
         if intervention is None:
             return Verdict(**common)
