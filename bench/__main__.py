@@ -1,7 +1,8 @@
 """``python -m bench``: run the measurements and write the committed results.
 
 Modes: ``throughput`` (ceiling vs agent per scenario and concurrency), ``overload``,
-``profile`` (py-spy on the agent under load), ``soak``; ``all`` runs them in that order. Each
+``profile`` (py-spy on the agent under load), ``floor`` (the hub's CPU per transaction against
+the cheapest agent the architecture allows), ``soak``; ``all`` runs them in that order. Each
 run merges its sections into ``results/bench.json`` and rewrites ``results/bench.md`` and the
 plots from the whole file, so a partial re-run keeps the other sections. docs/performance.md
 explains every option and number.
@@ -23,11 +24,13 @@ from typing import Any
 import yaml
 
 from bench import report
+from bench.floor import DEFAULT_ROUNDS as FLOOR_ROUNDS
+from bench.floor import DEFAULT_TRANSACTIONS as FLOOR_TRANSACTIONS
 from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 from bench.soak import DEFAULT_BASELINE, DEFAULT_SAMPLE_EVERY, DEFAULT_TRANSACTIONS, DEFAULT_TTL_MS
 from bench.stack import DEFAULT_HAPROXY, ROOT, SHIPPED_HAPROXY_DIR
 
-MODES = ("throughput", "overload", "profile", "soak")
+MODES = ("throughput", "overload", "profile", "floor", "soak")
 
 
 def _csv(kind: type, text: str) -> list[Any]:
@@ -106,6 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-duration", type=float, default=15.0)
     p.add_argument("--profile-scenario", default="clean_get", choices=sorted(SCENARIOS))
     p.add_argument("--profile-connections", type=int, default=128)
+    p.add_argument("--floor-transactions", type=int, default=FLOOR_TRANSACTIONS,
+                   help="transactions per floor round and side")  # fmt: skip
+    p.add_argument("--floor-rounds", type=int, default=FLOOR_ROUNDS)
     p.add_argument("--soak-transactions", type=int, default=DEFAULT_TRANSACTIONS)
     p.add_argument("--soak-baseline", type=int, default=DEFAULT_BASELINE)
     p.add_argument("--soak-sample-every", type=int, default=DEFAULT_SAMPLE_EVERY)

@@ -1,8 +1,8 @@
-"""The four bench modes wired to their stacks; ``run_modes`` yields (results section, value).
+"""The five bench modes wired to their stacks; ``run_modes`` yields (results section, value).
 
 Each mode that needs HAProxy gets a fresh stack (agent + HAProxy), so the agent's counters and
 memory belong to that mode alone. Orchestration only: the measuring is in ``throughput``,
-``overload``, ``soak`` and ``profile``.
+``overload``, ``soak``, ``floor`` and ``profile``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.agent_config import read_agent_totals
+from bench.floor import run_floor
 from bench.overload import run_overload
 from bench.profile import markdown as profile_markdown
 from bench.profile import start_py_spy, summarise
@@ -92,6 +93,10 @@ def run_modes(
         yield "overload", overload
     if "profile" in args.modes:
         yield "profile", _profile(args, log)
+    if "floor" in args.modes:
+        yield "floor", run_floor(
+            transactions=args.floor_transactions, rounds=args.floor_rounds, progress=log
+        )
     if "soak" in args.modes:
         yield (
             "soak",

@@ -121,6 +121,63 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def floor_budget(results: dict[str, Any]) -> dict[str, float] | None:
+    """What the CPU target leaves the agent beyond the engine per clean GET, against the floor.
+
+    ``budget_us`` = (CPU_TARGET - 1) x the ceiling's engine CPU per clean GET (same results
+    file); ``floor_share`` = the floor's hub CPU per transaction / that budget. None without
+    both measurements."""
+    floor = results.get("floor")
+    ceiling = results.get("throughput", {}).get("ceiling", {}).get("clean_get")
+    if not floor or not ceiling or not ceiling.get("cpu_ms_per_request"):
+        return None
+    budget_us = (CPU_TARGET - 1) * ceiling["cpu_ms_per_request"] * 1000
+    return {
+        "budget_us": budget_us,
+        "floor_share": floor["floor_hub_us_per_tx"] / budget_us,
+        "agent_share": floor["agent_hub_us_per_tx"] / budget_us,
+    }
+
+
+def _floor_section(results: dict[str, Any]) -> list[str]:
+    floor = results["floor"]
+    out = [
+        "",
+        "## The floor under the hub",
+        "",
+        f"Hub (main thread) CPU per transaction over raw SPOP: clean GETs with their "
+        f"responses (two NOTIFYs), {floor['connections']} connections x {floor['window']} in "
+        f"flight, {floor['transactions']} transactions per side and round, alternating. "
+        "*agent* = the agent with two small rules; *floor* = `bench.floor_agent`: gevent and "
+        "the project's codec answering at once, no application and no engine.",
+        "",
+        "| round | agent hub us/tx | floor hub us/tx | agent / floor | agent tx/s | floor tx/s |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    for number, row in enumerate(floor["rounds"], start=1):
+        out.append(
+            f"| {number} | {row['agent']['hub_us_per_tx']:.0f} "
+            f"| {row['floor']['hub_us_per_tx']:.0f} | {_fmt(row['hub_ratio'])} "
+            f"| {row['agent']['tx_per_s']:.0f} | {row['floor']['tx_per_s']:.0f} |"
+        )
+    out += [
+        "",
+        f"Medians: agent {floor['agent_hub_us_per_tx']:.0f} us, floor "
+        f"{floor['floor_hub_us_per_tx']:.0f} us per transaction, agent / floor "
+        f"{_fmt(floor['hub_ratio'])}.",
+    ]
+    budget = floor_budget(results)
+    if budget is not None:
+        out += [
+            "",
+            f"The CPU target ({CPU_TARGET} x the engine) leaves {budget['budget_us']:.0f} us "
+            "beyond the engine per clean GET (the ceiling's engine CPU in this file). The "
+            f"floor alone takes {budget['floor_share']:.0%} of it, the agent's hub "
+            f"{budget['agent_share']:.0%}.",
+        ]
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The committed ``results/bench.md``: every table the run produced."""
     meta = results.get("meta", {})
@@ -261,6 +318,8 @@ def markdown(results: dict[str, Any]) -> str:
                 soak["stalled"].strip(),
                 "```",
             ]
+    if results.get("floor"):
+        out += _floor_section(results)
     checks = target_checks(results)
     if checks:
         out += ["", "## Targets", "", "| target | measured | wanted | met |", "|---|--:|---|---|"]

@@ -237,3 +237,34 @@ def test_cli_defaults_to_every_mode():
     args = parse_args(["soak", "--agent-option", "engine_threads=3"])
     assert args.modes == ["soak"]
     assert args.agent_option == {"engine_threads": 3}
+
+
+def test_floor_section_sets_the_floor_against_the_cpu_budget():
+    """1. Add a floor measurement (agent 600 us, floor 200 us per transaction) to results
+       whose clean-GET ceiling costs 2.0 ms of engine CPU.
+    2. The budget the 1.15 CPU target leaves is 0.15 x 2.0 ms = 300 us: the floor takes
+       2/3 of it, the agent's hub twice it; the section shows the round and the medians.
+    3. Without a throughput ceiling there is no budget line, and the section still renders."""
+    results = _sample_results()
+    side = {"hub_us_per_tx": 600.0, "process_us_per_tx": 700.0, "tx_per_s": 1500.0}
+    floor_side = {"hub_us_per_tx": 200.0, "process_us_per_tx": 210.0, "tx_per_s": 4500.0}
+    results["floor"] = {
+        "transactions": 1000,
+        "connections": 64,
+        "window": 1,
+        "rounds": [{"agent": side, "floor": floor_side, "hub_ratio": 3.0}],
+        "agent_hub_us_per_tx": 600.0,
+        "floor_hub_us_per_tx": 200.0,
+        "hub_ratio": 3.0,
+    }
+    budget = report.floor_budget(results)
+    assert budget == pytest.approx({"budget_us": 300.0, "floor_share": 2 / 3, "agent_share": 2.0})
+    text = report.markdown(results)
+    assert "| 1 | 600 | 200 | 3.00 | 1500 | 4500 |" in text
+    assert "leaves 300 us beyond the engine per clean GET" in text
+    assert "The floor alone takes 67% of it, the agent's hub 200%." in text
+    del results["throughput"]
+    assert report.floor_budget(results) is None
+    text = report.markdown(results)
+    assert "Medians: agent 600 us, floor 200 us per transaction, agent / floor 3.00." in text
+    assert "leaves" not in text
