@@ -44,6 +44,7 @@ from coraza_spoa_py.messages import (
     parse_response_message,
 )
 from coraza_spoa_py.models import (
+    CloseWhen,
     DeadlineExceededError,
     Executor,
     RequestInfo,
@@ -276,20 +277,30 @@ class Application:
             return _Outcome(error=exc)
         try:
             # the engine threads shed it too if it waits for one past the budget
-            verdict = transaction.process_request(request, deadline=self._deadline(received_at))
+            verdict = transaction.process_request(
+                request,
+                deadline=self._deadline(received_at),
+                close_when=self._request_close_when(parsed.detect_only),
+            )
         except DeadlineExceededError:
             self._close_quietly(request.transaction_id, transaction)
             return _Outcome(opened=True, closed=True, shed=True)
         except Exception as exc:
             self._close_quietly(request.transaction_id, transaction)
             return _Outcome(opened=True, closed=True, error=exc)
-        # compat.md Part 1: an interrupted request is closed at once, unless detect-only asks
-        # to keep it so that its response can still be correlated (coraza-spoa PR #374)
         if self.config.response_check and (parsed.detect_only or not verdict.interrupted):
             self._handed_over[id(transaction)] = (request.transaction_id, transaction)
             return _Outcome(verdict=verdict, opened=True, kept=transaction)
-        self._close_quietly(request.transaction_id, transaction)
+        self._close_quietly(request.transaction_id, transaction)  # done by its job already
         return _Outcome(verdict=verdict, opened=True, closed=True)
+
+    def _request_close_when(self, detect_only: bool) -> CloseWhen:
+        # compat.md Part 1: an interrupted request is closed at once, unless detect-only asks
+        # to keep it so that its response can still be correlated (coraza-spoa PR #374); the
+        # request's own engine job does it (no close job of its own)
+        if not self.config.response_check:
+            return CloseWhen.ALWAYS
+        return CloseWhen.NEVER if detect_only else CloseWhen.IF_INTERRUPTED
 
     # ---- response -----------------------------------------------------------------------
 
@@ -355,7 +366,7 @@ class Application:
                 return _Outcome(shed=True, closed=True)
             try:
                 verdict = transaction.process_response(
-                    response, deadline=self._deadline(received_at)
+                    response, deadline=self._deadline(received_at), close_when=CloseWhen.ALWAYS
                 )
             except DeadlineExceededError:
                 return _Outcome(shed=True, closed=True)
@@ -363,6 +374,7 @@ class Application:
                 return _Outcome(closed=True, error=exc)
             return _Outcome(verdict=verdict, closed=True)
         finally:
+            # a no-op when its job closed it (CloseWhen.ALWAYS); not when the call failed early
             self._close_quietly(response.transaction_id, transaction)
 
     # ---- lifetime -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ pass fakes. Every field that came from the client is ``bytes`` and is never deco
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -130,19 +131,34 @@ class DeadlineExceededError(Exception):
     """The engine did not start the work before the deadline it was given (load shedding)."""
 
 
+class CloseWhen(enum.Enum):
+    """Whether a phase group also closes its transaction once it is done: then the close costs
+    no engine job of its own (docs/performance.md change 13)."""
+
+    NEVER = "never"
+    ALWAYS = "always"  # whatever happened, also when the call raises
+    IF_INTERRUPTED = "if interrupted"  # only when the verdict interrupts
+
+
 class WafTransaction(Protocol):
     """One ModSecurity transaction. Not thread-safe: one call at a time, any thread."""
 
     @property
     def transaction_id(self) -> str: ...
 
-    def process_request(self, request: RequestInfo, *, deadline: float = 0.0) -> Verdict:
+    def process_request(
+        self, request: RequestInfo, *, deadline: float = 0.0, close_when: CloseWhen = ...
+    ) -> Verdict:
         """Connection, URI, request headers and body phases (1 and 2). ``deadline``
         (``time.monotonic()`` seconds, 0 = none): raise ``DeadlineExceededError`` instead of
-        starting later than that."""
+        starting later than that. ``close_when`` (default NEVER): close the transaction as
+        ``close()`` would, right after these phases."""
 
-    def process_response(self, response: ResponseInfo, *, deadline: float = 0.0) -> Verdict:
-        """Response headers and body phases (3 and 4); ``deadline`` as for requests."""
+    def process_response(
+        self, response: ResponseInfo, *, deadline: float = 0.0, close_when: CloseWhen = ...
+    ) -> Verdict:
+        """Response headers and body phases (3 and 4); ``deadline`` and ``close_when`` as for
+        requests."""
 
     def close(self) -> None:
         """Run the logging phase (5, audit log) and free the native transaction. Idempotent."""

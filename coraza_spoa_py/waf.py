@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from coraza_spoa_py import __version__, rules, waf_text
 from coraza_spoa_py.models import (
+    CloseWhen,
     DeadlineExceededError,
     IPAddress,
     RequestInfo,
@@ -48,6 +49,11 @@ if _ffi is not None:
     _CHAR_ARRAY = _ffi.typeof("char[]")
     _CHAR_PTR_PTR = _ffi.typeof("char **")
     _JOB_PTR = _ffi.typeof("cs_job *")
+    _CLOSE_WHEN = {
+        CloseWhen.NEVER: _lib.CS_CLOSE_NEVER,
+        CloseWhen.ALWAYS: _lib.CS_CLOSE_ALWAYS,
+        CloseWhen.IF_INTERRUPTED: _lib.CS_CLOSE_IF_INTERRUPTED,
+    }
 # one header record of native/msc_glue.c: a length, little endian, before each name and value
 _LENGTH = struct.Struct("<I")
 
@@ -324,9 +330,15 @@ class ModSecTransaction:
         return self._id
 
     # -- request: phases 1 and 2 ------------------------------------------------------------
-    def process_request(self, request: RequestInfo, *, deadline: float = 0.0) -> Verdict:
+    def process_request(
+        self,
+        request: RequestInfo,
+        *,
+        deadline: float = 0.0,
+        close_when: CloseWhen = CloseWhen.NEVER,
+    ) -> Verdict:
         self._client = _ip_text(request.src_ip).decode()
-        job = self._job(_lib.CS_REQUEST, deadline)
+        job = self._job(_lib.CS_REQUEST, deadline, close_when)
         keep = [
             self._text(job, "client_ip", self._client.encode()),
             self._text(job, "server_ip", _ip_text(request.dst_ip)),
@@ -342,8 +354,14 @@ class ModSecTransaction:
         return self._run(job, urgent=False, keep=keep)
 
     # -- response: phases 3 and 4 -----------------------------------------------------------
-    def process_response(self, response: ResponseInfo, *, deadline: float = 0.0) -> Verdict:
-        job = self._job(_lib.CS_RESPONSE, deadline)
+    def process_response(
+        self,
+        response: ResponseInfo,
+        *,
+        deadline: float = 0.0,
+        close_when: CloseWhen = CloseWhen.NEVER,
+    ) -> Verdict:
+        job = self._job(_lib.CS_RESPONSE, deadline, close_when)
         keep = [
             # here the library takes the protocol as given (RESPONSE_PROTOCOL)
             self._text(job, "protocol", b"HTTP/" + _c_text(response.version)),
@@ -386,14 +404,16 @@ class ModSecTransaction:
             self._lock.release()
 
     def _adopt_created_tx(self) -> None:
-        # a caller that stopped waiting (killed) never stored what its job created; closing
-        # runs after that job (the runner keeps us alive until then), so it can be read now
+        # a caller that stopped waiting (killed) never stored what its job created (NULL again
+        # if that job closed it); closing runs after that job (the runner keeps us alive until
+        # then), so it can be read now
         if self._tx == _ffi.NULL and self._last_job is not None:
             self._tx = self._last_job.tx
 
-    def _job(self, kind: int, deadline: float) -> Any:
+    def _job(self, kind: int, deadline: float, close_when: CloseWhen = CloseWhen.NEVER) -> Any:
         job = _ffi.new(_JOB_PTR)
         job.kind = kind
+        job.close_when = _CLOSE_WHEN[close_when]
         job.tx = self._tx
         if self._tx == _ffi.NULL:
             job.msc = self._engine._native.msc
@@ -423,12 +443,19 @@ class ModSecTransaction:
             self._last_job = job
             self._engine.runner.run(job, urgent=urgent, keep=keep)
             self._tx = job.tx
-            if job.failed:
-                raise EngineError("msc_new_transaction_with_id failed")
-            if job.shed:
-                raise DeadlineExceededError(f"transaction {self._id}: not started in time")
-            times = (job.started_at, job.finished_at)
-            return self._verdict(self._settle_outcome(job), start, times)
+            try:
+                if job.failed:
+                    raise EngineError("msc_new_transaction_with_id failed")
+                if job.shed:
+                    raise DeadlineExceededError(f"transaction {self._id}: not started in time")
+                times = (job.started_at, job.finished_at)
+                return self._verdict(self._settle_outcome(job), start, times)
+            finally:
+                if job.closed:
+                    # the job closed the transaction (close_when) and left its lines for us;
+                    # once they are read, the buffer goes
+                    self._closed = True
+                    _lib.cs_log_free(self._log)
         finally:
             self._lock.release()
 

@@ -203,6 +203,30 @@ static double cs_monotonic(void) {
     return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
 }
 
+/* The logging phase and the free of a request or response job's transaction, when the caller
+ * asked for it. The lines of phases 1-4 stay in the log for the caller; phase 5's are dropped,
+ * as a close job's are (nobody reads them). */
+static void cs_close_after(cs_job *job) {
+    int wanted = job->close_when == CS_CLOSE_ALWAYS ||
+                 (job->close_when == CS_CLOSE_IF_INTERRUPTED && job->interrupted);
+    if (!wanted) {
+        return;
+    }
+    if (job->tx != NULL) {
+        size_t kept = job->log->len;
+        cs_close(job->tx, job->log);
+        job->log->len = kept;
+        job->tx = NULL;
+    }
+    job->closed = 1;
+}
+
+/* Here rather than on the hub: the constructor allocates the whole transaction. */
+static int cs_create_transaction(cs_job *job) {
+    job->tx = msc_new_transaction_with_id(job->msc, job->rules, job->id, job->log);
+    return job->tx != NULL;
+}
+
 void cs_job_run(cs_job *job) {
     job->started_at = cs_monotonic();
     if (job->kind == CS_CLOSE) {
@@ -217,19 +241,9 @@ void cs_job_run(cs_job *job) {
     }
     if (job->deadline > 0 && job->started_at > job->deadline) {
         job->shed = 1; /* issue 6: a message that waited past the budget is not evaluated */
-        job->finished_at = cs_monotonic();
-        return;
-    }
-    if (job->tx == NULL) {
-        /* here rather than on the hub: the constructor allocates the whole transaction */
-        job->tx = msc_new_transaction_with_id(job->msc, job->rules, job->id, job->log);
-        if (job->tx == NULL) {
-            job->failed = 1;
-            job->finished_at = cs_monotonic();
-            return;
-        }
-    }
-    if (job->kind == CS_REQUEST) {
+    } else if (job->tx == NULL && !cs_create_transaction(job)) {
+        job->failed = 1;
+    } else if (job->kind == CS_REQUEST) {
         job->interrupted = cs_process_request(
             job->tx, job->log, job->client_ip, job->client_port, job->server_ip,
             job->server_port, job->uri, job->method, job->version,
@@ -240,6 +254,7 @@ void cs_job_run(cs_job *job) {
             job->tx, job->log, job->status, job->protocol, (const unsigned char *)job->headers,
             job->headers_len, (const unsigned char *)job->body, job->body_len, &job->out);
     }
+    cs_close_after(job);
     job->finished_at = cs_monotonic();
 }
 

@@ -58,6 +58,9 @@ typedef struct cs_outcome {
 } cs_outcome;
 
 enum { CS_REQUEST = 1, CS_RESPONSE = 2, CS_CLOSE = 3 };
+/* whether a request or response job also closes its transaction when it is done (the close
+ * would otherwise be a job of its own: docs/performance.md change 13) */
+enum { CS_CLOSE_NEVER = 0, CS_CLOSE_ALWAYS = 1, CS_CLOSE_IF_INTERRUPTED = 2 };
 
 typedef struct cs_job {
     /* set by the caller */
@@ -81,9 +84,11 @@ typedef struct cs_job {
     const char *body;
     size_t body_len;
     double deadline; /* CLOCK_MONOTONIC seconds, 0 = none: not started by then -> shed */
+    int close_when;  /* CS_CLOSE_*; a close keeps the log's lines for the caller to read */
     unsigned long long token;
     /* set when it ran */
     int interrupted;
+    int closed; /* close_when applied: the transaction is gone (tx is NULL again) */
     int shed;
     int failed; /* the transaction could not be created */
     double pushed_at;

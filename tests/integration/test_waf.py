@@ -15,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coraza_spoa_py import rules, waf, waf_text
-from coraza_spoa_py.models import RequestInfo, ResponseInfo, Verdict
+from coraza_spoa_py.models import (
+    CloseWhen,
+    DeadlineExceededError,
+    RequestInfo,
+    ResponseInfo,
+    Verdict,
+)
 from coraza_spoa_py.settings import AppConfig, RulePaths
 
 pytestmark = pytest.mark.integration
@@ -461,3 +467,85 @@ def test_unsupported_directive_in_the_directives_names_its_line() -> None:
     assert caught.value.problems == [
         "<app test directives>:3: SecInterceptOnError is not yet supported."
     ]
+
+
+FOLD_RULES = """\
+SecRuleEngine On
+SecResponseBodyAccess On
+SecRule ARGS:go "@streq deny" "id:20001,phase:2,deny,status:403,log,msg:'denied'"
+SecAction "id:20005,phase:5,pass,log,msg:'logging phase ran'"
+SecAuditEngine On
+SecAuditLogParts ABZ
+SecAuditLogType Serial
+SecAuditLog {audit}
+"""
+
+
+@pytest.fixture
+def fold_engine(tmp_path: Path) -> tuple[waf.ModSecEngine, Path]:
+    audit = tmp_path / "audit.log"
+    return load(FOLD_RULES.format(audit=audit)), audit
+
+
+def assert_closed_by_its_job(tx: waf.ModSecTransaction) -> None:
+    log = tx._log
+    assert (log.buf, log.len, log.cap) == (waf._ffi.NULL, 0, 0)  # lines read, buffer freed
+    with pytest.raises(waf.EngineError, match="closed"):
+        tx.process_response(ResponseInfo(tx.transaction_id, status=200))
+    tx.close()  # idempotent: nothing left to close
+
+
+def test_an_interrupted_request_is_closed_by_its_own_job(
+    fold_engine: tuple[waf.ModSecEngine, Path],
+) -> None:
+    """1. go=deny with close_when=IF_INTERRUPTED. Result: the verdict is whole (rule 20001,
+    its line read), the logging phase ran in the same job (the audit log has the
+    transaction) but its own line is not reported, and the transaction is closed."""
+    engine, audit = fold_engine
+    tx = engine.new_transaction("fold-deny")
+    verdict = tx.process_request(go(b"deny", "fold-deny"), close_when=CloseWhen.IF_INTERRUPTED)
+    assert verdict.interrupted and verdict.rule_id == 20001
+    assert verdict.matched_rule_ids == (20001,)
+    assert "fold-deny" in audit.read_text()
+    assert_closed_by_its_job(tx)
+
+
+def test_a_clean_request_stays_open_for_its_response_which_closes_it(
+    fold_engine: tuple[waf.ModSecEngine, Path],
+) -> None:
+    """1. A clean request with IF_INTERRUPTED. Result: still open, nothing audited yet.
+    2. Its response with ALWAYS. Result: judged, then closed by the same job (audited)."""
+    engine, audit = fold_engine
+    tx = engine.new_transaction("fold-clean")
+    assert not tx.process_request(
+        go(b"fine", "fold-clean"), close_when=CloseWhen.IF_INTERRUPTED
+    ).interrupted
+    assert not audit.exists() or "fold-clean" not in audit.read_text()
+    verdict = tx.process_response(
+        ResponseInfo("fold-clean", status=200, body=b"ok"), close_when=CloseWhen.ALWAYS
+    )
+    assert not verdict.interrupted
+    assert "fold-clean" in audit.read_text()
+    assert_closed_by_its_job(tx)
+
+
+def test_never_keeps_even_an_interrupted_request_open(
+    fold_engine: tuple[waf.ModSecEngine, Path],
+) -> None:
+    """Detect-only keeps a blocked request for its response: NEVER leaves it open."""
+    engine, _ = fold_engine
+    tx = engine.new_transaction("fold-never")
+    assert tx.process_request(go(b"deny", "fold-never"), close_when=CloseWhen.NEVER).interrupted
+    tx.process_response(ResponseInfo("fold-never", status=200))  # still usable
+    tx.close()
+    assert tx._log.buf == waf._ffi.NULL
+
+
+def test_always_closes_a_shed_request_too(fold_engine: tuple[waf.ModSecEngine, Path]) -> None:
+    """A job past its deadline is not evaluated (DeadlineExceededError); with ALWAYS the
+    transaction is closed all the same, so the caller has nothing left to free."""
+    engine, _ = fold_engine
+    tx = engine.new_transaction("fold-shed")
+    with pytest.raises(DeadlineExceededError):
+        tx.process_request(go(b"fine", "fold-shed"), deadline=1.0, close_when=CloseWhen.ALWAYS)
+    assert_closed_by_its_job(tx)

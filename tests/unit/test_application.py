@@ -18,7 +18,7 @@ from coraza_spoa_py.application import (
     OverloadedError,
     TransactionNotFoundError,
 )
-from coraza_spoa_py.models import RuleMatch, Verdict
+from coraza_spoa_py.models import CloseWhen, RuleMatch, Verdict
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Arg, DataType, Message, SetVar, VarScope
 from coraza_spoa_py.verdicts import ErrorCode, error_actions, verdict_actions
@@ -350,11 +350,54 @@ def test_engine_failure_in_response_still_closes():
 
 
 def test_failing_close_is_logged_and_still_counted(records):
+    """A close of its own (here the TTL's; the phases' closes cannot fail apart from them)
+    that raises is logged and still counted."""
     engine = FakeEngine(fail_close=True)
-    app, clock = make_app(engine)
-    app.handle_request(request_message(), clock())
+    app, clock = make_app(engine, response_check=True, transaction_ttl_ms=1000)
+    app.handle_request(request_message(s("id", "q")), clock())
+    clock.advance(1.5)
+    assert app.sweep() == 1
     assert app.stats.closed == 1
     assert any("closing the transaction failed" in r["message"] for r in records)
+
+
+@pytest.mark.parametrize(
+    ("response_check", "detect_only", "attack", "close_when", "kept"),
+    [
+        (True, False, False, CloseWhen.IF_INTERRUPTED, True),
+        (True, False, True, CloseWhen.IF_INTERRUPTED, False),
+        (True, True, True, CloseWhen.NEVER, True),
+        (False, False, False, CloseWhen.ALWAYS, False),
+        (False, True, True, CloseWhen.ALWAYS, False),
+    ],
+)
+def test_the_request_job_closes_what_the_response_will_not_need(
+    response_check, detect_only, attack, close_when, kept
+):
+    """compat.md Part 1: a request is kept for its response only with response_check on and
+    when it was not blocked, or in detect-only mode. The request's own engine call is told to
+    close the rest (one engine job less than a separate close), and the counters agree."""
+    engine = FakeEngine(decide_request=lambda r: Verdict(interrupted=b"evil" in (r.query or b"")))
+    app, clock = make_app(engine, response_check=response_check)
+    query = s("query", "a=evil" if attack else "a=1")
+    detect = [flag("detect-only", True)] if detect_only else []
+    app.handle_request(request_message(s("id", "q"), query, *detect), clock())
+    (tx,) = engine.transactions
+    assert tx.close_whens == [close_when]
+    assert (tx.closed, tx.closed_by_job) == ((0, False) if kept else (1, True))
+    assert app.stats.open == int(kept)
+    assert_counters_agree(app)
+
+
+def test_the_response_job_closes_its_transaction():
+    engine = FakeEngine()
+    app, clock = make_app(engine, response_check=True)
+    app.handle_request(request_message(s("id", "q")), clock())
+    app.handle_response(response_message("q"), clock())
+    (tx,) = engine.transactions
+    assert tx.close_whens == [CloseWhen.IF_INTERRUPTED, CloseWhen.ALWAYS]
+    assert (tx.closed, tx.closed_by_job) == (1, True)
+    assert app.stats.open == 0 and app.stats.closed == 1
 
 
 # ---- load shedding --------------------------------------------------------------------------

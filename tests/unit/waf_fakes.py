@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from coraza_spoa_py.models import (
+    CloseWhen,
     DeadlineExceededError,
     RequestInfo,
     ResponseInfo,
@@ -32,24 +33,63 @@ class FakeTransaction:
     responses: list[ResponseInfo] = field(default_factory=list)
     deadlines: list[float] = field(default_factory=list)
     closed: int = 0
+    close_whens: list[CloseWhen] = field(default_factory=list)
+    closed_by_job: bool = False
 
-    def process_request(self, request: RequestInfo, *, deadline: float = 0.0) -> Verdict:
+    def process_request(
+        self,
+        request: RequestInfo,
+        *,
+        deadline: float = 0.0,
+        close_when: CloseWhen = CloseWhen.NEVER,
+    ) -> Verdict:
         assert not self.closed, "used after close"
         self.deadlines.append(deadline)
-        if self.engine.miss_deadlines:
-            raise DeadlineExceededError("not started in time")
-        self.requests.append(request)
-        return self.engine.decide_request(request)
+        self.close_whens.append(close_when)
+        interrupted = False
+        try:
+            if self.engine.miss_deadlines:
+                raise DeadlineExceededError("not started in time")
+            self.requests.append(request)
+            verdict = self.engine.decide_request(request)
+            interrupted = verdict.interrupted
+            return verdict
+        finally:
+            self._close_by_job(close_when, interrupted)
 
-    def process_response(self, response: ResponseInfo, *, deadline: float = 0.0) -> Verdict:
+    def process_response(
+        self,
+        response: ResponseInfo,
+        *,
+        deadline: float = 0.0,
+        close_when: CloseWhen = CloseWhen.NEVER,
+    ) -> Verdict:
         assert not self.closed, "used after close"
         self.deadlines.append(deadline)
-        if self.engine.miss_deadlines:
-            raise DeadlineExceededError("not started in time")
-        self.responses.append(response)
-        return self.engine.decide_response(response)
+        self.close_whens.append(close_when)
+        interrupted = False
+        try:
+            if self.engine.miss_deadlines:
+                raise DeadlineExceededError("not started in time")
+            self.responses.append(response)
+            verdict = self.engine.decide_response(response)
+            interrupted = verdict.interrupted
+            return verdict
+        finally:
+            self._close_by_job(close_when, interrupted)
+
+    def _close_by_job(self, close_when: CloseWhen, interrupted: bool) -> None:
+        # as the engine job does it (waf.ModSecTransaction): once, whatever happened for
+        # ALWAYS, and never failing (fail_close is about close())
+        if close_when is CloseWhen.ALWAYS or (
+            close_when is CloseWhen.IF_INTERRUPTED and interrupted
+        ):
+            self.closed += 1
+            self.closed_by_job = True
 
     def close(self) -> None:
+        if self.closed:
+            return  # idempotent, as ModSecTransaction.close
         self.closed += 1
         if self.engine.fail_close:
             raise RuntimeError("close failed")
