@@ -62,6 +62,17 @@ class _StopReadingError(Exception):
     """Thrown into a reader parked in ``recv`` when the server stops (graceful drain)."""
 
 
+class _IdleError(Exception):
+    """Thrown into a reader parked in ``recv`` by the idle watchdog: nothing read or written
+    for ``idle_timeout_s`` and nothing in flight."""
+
+
+# How often the idle watchdog looks, at most: an idle connection is closed between
+# idle_timeout_s and idle_timeout_s + this. A per-recv socket timeout would be exact, but
+# costs a gevent Timeout and a libev timer on every message (docs/performance.md change 14).
+IDLE_CHECK_INTERVAL_S = 1.0
+
+
 class AgentServer:
     """Serves SPOP on ``bind`` and answers every NOTIFY with ``handler(messages, received_at)``.
 
@@ -96,6 +107,7 @@ class AgentServer:
         self._address: BindAddress | None = None
         self._stopping = False
         self._stopped = gevent.event.Event()
+        self._idle_watchdog: gevent.Greenlet[Any, Any] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -106,6 +118,7 @@ class AgentServer:
             listener, self._serve_connection, spawn=self._connection_pool
         )
         self._stream_server.start()
+        self._idle_watchdog = gevent.spawn(self._close_idle_connections)
         logger.info("listening on {}", self._address)
 
     @property
@@ -136,6 +149,8 @@ class AgentServer:
         self._stopping = True
         if self._stream_server is not None:
             self._stream_server.close()  # stop accepting; close the listening socket
+        if self._idle_watchdog is not None:
+            self._idle_watchdog.kill(block=False)
         for connection in list(self._connections):
             connection.request_stop()
         if not self._connection_pool.join(timeout=graceful_timeout_s):
@@ -149,6 +164,14 @@ class AgentServer:
             _remove_stale_unix_socket(self.bind.path)
         logger.info("stopped listening on {}", self._address or self.bind)
         self._stopped.set()
+
+    def _close_idle_connections(self) -> None:
+        interval = min(IDLE_CHECK_INTERVAL_S, self.idle_timeout_s / 4)
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            for connection in list(self._connections):
+                connection.interrupt_if_idle(now, self.idle_timeout_s)
 
     # ---- per connection ---------------------------------------------------------------------
 
@@ -179,6 +202,8 @@ class _AgentConnection:
         self.stop_requested = False
         self.reader: greenlet.greenlet | None = None
         self.parked_in_recv = False
+        # the last read or write (time.monotonic()), for the idle watchdog
+        self.active_at = time.monotonic()
 
     def request_stop(self) -> None:
         """Stop reading, finish in-flight NOTIFYs, say AGENT-DISCONNECT 0, close."""
@@ -195,6 +220,19 @@ class _AgentConnection:
         if self.parked_in_recv and reader is not None and not reader.dead:
             reader.throw(_StopReadingError)
 
+    def interrupt_if_idle(self, now: float, idle_timeout_s: float) -> None:
+        """From the idle watchdog's greenlet, so the reader is switched out, as in
+        ``_interrupt_recv``. Waiting on our own in-flight work is not idleness."""
+        reader = self.reader
+        if (
+            now - self.active_at >= idle_timeout_s
+            and self.parked_in_recv
+            and len(self.inflight) == 0
+            and reader is not None
+            and not reader.dead
+        ):
+            reader.throw(_IdleError)
+
     def run(self) -> None:
         self.reader = gevent.getcurrent()
         # accepted just before stop() and started after it: never got request_stop()
@@ -202,7 +240,8 @@ class _AgentConnection:
         if self.sock.family in (socket.AF_INET, socket.AF_INET6):
             # ACKs are small and latency-bound; never wait for Nagle.
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(self.server.idle_timeout_s)
+        # no socket timeout: the server's idle watchdog closes idle connections
+        self.sock.settimeout(None)
         self.log.debug("connection open")
         reason = "closed"
         try:
@@ -236,9 +275,7 @@ class _AgentConnection:
                     self.parked_in_recv = False
             except _StopReadingError:
                 return "stopping"
-            except TimeoutError:
-                if len(self.inflight) > 0:
-                    continue  # waiting on our own work is not idleness
+            except _IdleError:
                 self.log.debug("idle for {}s", self.server.idle_timeout_s)
                 self._send_disconnect(spop.StatusCode.TIMEOUT, "idle timeout")
                 return "idle timeout"
@@ -247,7 +284,7 @@ class _AgentConnection:
                     return f"peer gone ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
                 self.log.warning("read failed: {}", exc)
                 return "read error"
-            received_at = time.monotonic()
+            received_at = self.active_at = time.monotonic()
             self.codec.receive_data(chunk)
             try:
                 outcome = self._handle_events(received_at)
@@ -364,6 +401,7 @@ class _AgentConnection:
                 self.outbox.clear()
             if not frame:
                 return
+            self.active_at = time.monotonic()
             try:
                 # one send() is nearly always enough for ACKs; gevent's sendall() would also
                 # ask the socket's buffer size (a getsockopt system call) on every call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import time
 
 import gevent
 import pytest
@@ -34,6 +35,20 @@ def test_connection_waiting_on_its_own_work_is_not_idle() -> None:
         gevent.sleep(0.35)
         handler.open("/slow")
         assert client.read_ack()[0] == 1
+
+
+def test_a_connection_in_use_is_never_idle_however_long_it_lives() -> None:
+    """1. idle_timeout_s=0.3; one NOTIFY every 0.1 s for 1.2 s (four idle timeouts).
+    2. Every one is ACKed and the connection stays open: reads and writes count as activity.
+    3. Then silence: AGENT-DISCONNECT 2, within the timeout plus the watchdog's interval."""
+    with running_server(idle_timeout_s=0.3) as server, connect(server) as client:
+        for stream_id in range(1, 13):
+            path_notify(client, stream_id, f"/{stream_id}")
+            assert client.read_ack()[0] == stream_id
+            gevent.sleep(0.1)
+        started = time.monotonic()
+        assert client.read_disconnect().status == 2
+        assert time.monotonic() - started < 0.3 + 0.3 / 4 + 0.5
 
 
 def test_graceful_stop_finishes_inflight_work_then_disconnects() -> None:
