@@ -192,6 +192,7 @@ void cs_close(void *tx, cs_log *log) {
  * and learns of its end through an eventfd that its libev loop watches. */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -302,6 +303,12 @@ static cs_job *cs_lane_pop(cs_lane *lane) {
 
 static void *cs_worker(void *arg) {
     cs_pool *pool = (cs_pool *)arg;
+    /* CPU-bound work (sched(7) SCHED_BATCH): a thread woken for a job then waits for the
+     * scheduler's next decision instead of preempting the thread that woke it, i.e. the hub,
+     * which has the next messages to decode and submit (docs/performance.md change 15). Best
+     * effort: without it the pool works the same, only with more context switches. */
+    struct sched_param batch = {0};
+    (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch);
     pthread_mutex_lock(&pool->lock);
     for (;;) {
         while (pool->urgent.count == 0 && pool->normal.count == 0 &&

@@ -200,3 +200,33 @@ def test_closing_a_transaction_whose_job_runs_is_refused_not_waited_for(
     release(fifo)
     assert caller.get(timeout=30).matched_rule_ids == (30001,)
     tx.close()
+
+
+def _threads_by_policy() -> dict[int, int]:
+    policies: dict[int, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            policy = os.sched_getscheduler(int(tid))
+        except OSError:  # a thread that ended meanwhile
+            continue
+        policies[policy] = policies.get(policy, 0) + 1
+    return policies
+
+
+def test_engine_threads_run_as_batch_work_and_do_not_preempt_the_hub():
+    """1. Start a pool of 3 engine threads. Result: exactly 3 more threads of this process are
+    SCHED_BATCH (CPU-bound work: a thread woken for a job does not preempt the hub, which
+    submitted it and has more to do; docs/performance.md change 15). 2. Close the pool.
+    Result: they are gone."""
+    before = _threads_by_policy().get(os.SCHED_BATCH, 0)
+    pool = EnginePool(3)
+    try:
+        deadline = time.monotonic() + 10
+        while _threads_by_policy().get(os.SCHED_BATCH, 0) < before + 3:
+            assert time.monotonic() < deadline, _threads_by_policy()
+            time.sleep(0.01)
+        assert _threads_by_policy().get(os.SCHED_BATCH, 0) == before + 3
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the hub's thread is untouched
+    finally:
+        pool.close()
+    assert _threads_by_policy().get(os.SCHED_BATCH, 0) == before
