@@ -40,8 +40,10 @@ class EnginePool:
         # even if its greenlet was killed meanwhile; the waiting greenlet's event, if any)
         self._parked: dict[int, tuple[Any, gevent.event.Event | None]] = {}
         self._last_token = 0
-        self._watcher = gevent.get_hub().loop.io(self._native.fd, _READ)
+        self._loop = gevent.get_hub().loop
+        self._watcher = self._loop.io(self._native.fd, _READ)
         self._watcher.start(self._deliver)
+        self._wake_scheduled = False
         self.threads = self._native.resize(threads)
 
     # ---- executor (application) -------------------------------------------------------------
@@ -72,13 +74,26 @@ class EnginePool:
     def run(self, job: Any, *, urgent: bool, keep: object) -> None:
         finished = gevent.event.Event()
         self._park(job, keep, finished)
-        self._native.submit(job, urgent=urgent)
+        self._submit(job, urgent)
         finished.wait()
 
     def detach(self, job: Any, *, keep: object) -> None:
         # closes: in the urgent lane, they free what the response phases left
         self._park(job, keep, None)
-        self._native.submit(job, urgent=True)
+        self._submit(job, True)
+
+    def _submit(self, job: Any, urgent: bool) -> None:
+        # Waking an engine thread costs ~20 us of the hub's CPU (docs/performance.md change
+        # 16): the jobs of one loop turn are queued, and the threads woken once, after the
+        # greenlets that run in this turn (a callback runs after those already scheduled).
+        self._native.push(job, urgent=urgent)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.run_callback(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
+        self._native.wake()
 
     def _park(self, job: Any, keep: object, finished: gevent.event.Event | None) -> None:
         self._last_token += 1

@@ -120,8 +120,13 @@ class NativePool:
     def resize(self, threads: int) -> int:
         return int(_lib.cs_pool_resize(self._pool, max(1, threads)))
 
-    def submit(self, job: Any, *, urgent: bool) -> None:
-        _lib.cs_pool_submit(self._pool, job, 1 if urgent else 0)
+    def push(self, job: Any, *, urgent: bool) -> None:
+        """Queue ``job`` without waking a thread: call ``wake`` once after a batch."""
+        _lib.cs_pool_push(self._pool, job, 1 if urgent else 0)
+
+    def wake(self) -> None:
+        """Wake as many idle threads as jobs wait (docs/performance.md change 16)."""
+        _lib.cs_pool_wake(self._pool)
 
     def waiting(self) -> int:
         """Jobs queued for a thread, both lanes."""

@@ -274,6 +274,7 @@ typedef struct cs_pool {
     cs_lane done;
     int threads; /* running */
     int target;  /* wanted; a thread above it exits when it next looks for work */
+    int idle;    /* threads waiting for work */
     int fd;      /* eventfd: readable when done holds jobs */
 } cs_pool;
 
@@ -313,7 +314,9 @@ static void *cs_worker(void *arg) {
     for (;;) {
         while (pool->urgent.count == 0 && pool->normal.count == 0 &&
                pool->threads <= pool->target) {
+            pool->idle++;
             pthread_cond_wait(&pool->work_ready, &pool->lock);
+            pool->idle--;
         }
         if (pool->threads > pool->target) {
             break;
@@ -329,9 +332,12 @@ static void *cs_worker(void *arg) {
         int was_empty = pool->done.count == 0;
         cs_lane_push(&pool->done, job);
         if (was_empty) {
+            /* outside the lock: the write wakes the hub, which then takes this lock */
+            pthread_mutex_unlock(&pool->lock);
             uint64_t one = 1;
             ssize_t written = write(pool->fd, &one, sizeof one);
             (void)written; /* only fails when the counter is full: the hub is woken anyway */
+            pthread_mutex_lock(&pool->lock);
         }
     }
     pool->threads--;
@@ -381,11 +387,29 @@ int cs_pool_resize(cs_pool *pool, int threads) {
     return running;
 }
 
-void cs_pool_submit(cs_pool *pool, cs_job *job, int urgent) {
+/* Queue a job without waking a thread: a busy thread takes it when it is done, and the caller
+ * wakes idle ones with cs_pool_wake. Why apart (docs/performance.md change 16): waking a
+ * thread that sleeps on another CPU costs the waker ~20 us of CPU here (a futex wake and an
+ * inter-processor interrupt, dear under a hypervisor); the hub submits many jobs per loop
+ * turn and wakes the pool once for all of them. */
+void cs_pool_push(cs_pool *pool, cs_job *job, int urgent) {
     job->pushed_at = cs_monotonic();
     pthread_mutex_lock(&pool->lock);
     cs_lane_push(urgent ? &pool->urgent : &pool->normal, job);
-    pthread_cond_signal(&pool->work_ready);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+/* Wake as many idle threads as there are queued jobs (no system call when none is idle). */
+void cs_pool_wake(cs_pool *pool) {
+    pthread_mutex_lock(&pool->lock);
+    size_t queued = pool->urgent.count + pool->normal.count;
+    if (queued >= (size_t)pool->idle) {
+        pthread_cond_broadcast(&pool->work_ready);
+    } else {
+        for (size_t woken = 0; woken < queued; woken++) {
+            pthread_cond_signal(&pool->work_ready);
+        }
+    }
     pthread_mutex_unlock(&pool->lock);
 }
 
@@ -414,6 +438,7 @@ cs_job *cs_pool_take_done(cs_pool *pool) {
  * stays allocated (a process-lifetime object), so a late submit is only ever queued. */
 void cs_pool_stop(cs_pool *pool) {
     pthread_mutex_lock(&pool->lock);
+    pthread_cond_broadcast(&pool->work_ready); /* jobs pushed without a wake yet */
     while (pool->urgent.count > 0 || pool->normal.count > 0) {
         /* the threads still run: wait for them to drain the lanes */
         pthread_mutex_unlock(&pool->lock);
