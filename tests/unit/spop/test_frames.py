@@ -255,6 +255,17 @@ HOT_PATH_CASES = {
     "no-arg-bytes": b"\x01m\x01",
     "flagged-string": b"\x01m\x01\x01a\x18\x01x",
     "two-messages": b"\x01m\x01\x01a\x04\x01\x01n\x01\x00\x09\x01z",
+    # varints of two and three bytes (spop.md §2.1 table): lengths and values on the hot path
+    "string-2287": b"\x01m\x01\x01a\x08\xff\x7f" + b"h" * 2287,
+    "string-2288": b"\x01m\x01\x01a\x08\xf0\x80\x00" + b"h" * 2288,
+    "string-264431-cut": b"\x01m\x01\x01a\x08\xff\xff\x7f" + b"h" * 100,
+    "string-4-byte-length": b"\x01m\x01\x01a\x08\xf0\x80\x80\x00" + b"h" * 64,
+    "int64-port": b"\x01m\x01\x01a\x04" + wire.encode_varint(40000),
+    "int64-2287": b"\x01m\x01\x01a\x04\xff\x7f",
+    "int64-3-bytes-cut": b"\x01m\x01\x01a\x04\xf0\x80",
+    "int64-2-bytes-cut": b"\x01m\x01\x01a\x04\xf0",
+    "int64-4-bytes": b"\x01m\x01\x01a\x04\xf0\x80\x80\x00",
+    "two-ipv4-same-address": b"\x01m\x02\x01a\x06\xc0\x00\x02\x0a\x01b\x06\xc0\x00\x02\x0a",
 }
 
 
@@ -273,6 +284,11 @@ def test_notify_hot_path_values() -> None:
         Message("m", (Arg("a", DataType.INT64, -5),)),
     )
     assert _fast_messages(HOT_PATH_CASES["string-cut"]) is StatusCode.INVALID
+    assert _fast_messages(HOT_PATH_CASES["int64-port"]) == (
+        Message("m", (Arg("a", DataType.INT64, 40000),)),
+    )
+    assert _fast_messages(HOT_PATH_CASES["string-2288"])[0].args[0].value == b"h" * 2288
+    assert _fast_messages(HOT_PATH_CASES["int64-3-bytes-cut"]) is StatusCode.INVALID
 
 
 @given(st.binary(max_size=80))
