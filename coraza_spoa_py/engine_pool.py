@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import gevent
-import gevent.event
+from gevent.hub import Waiter
 
 from coraza_spoa_py import waf
 from coraza_spoa_py.admission import WaitEstimate
@@ -37,10 +37,11 @@ class EnginePool:
         self._native = waf.NativePool()
         self._estimate = WaitEstimate()
         # token -> (the job and what it points into, which must stay allocated until it ran
-        # even if its greenlet was killed meanwhile; the waiting greenlet's event, if any)
-        self._parked: dict[int, tuple[Any, gevent.event.Event | None]] = {}
+        # even if its greenlet was killed meanwhile; the waiting greenlet's waiter, if any)
+        self._parked: dict[int, tuple[Any, Waiter[None] | None]] = {}
         self._last_token = 0
-        self._loop = gevent.get_hub().loop
+        self._hub = gevent.get_hub()
+        self._loop = self._hub.loop
         self._watcher = self._loop.io(self._native.fd, _READ)
         self._watcher.start(self._deliver)
         self._wake_scheduled = False
@@ -72,10 +73,12 @@ class EnginePool:
 
     # ---- runner (waf) -----------------------------------------------------------------------
     def run(self, job: Any, *, urgent: bool, keep: object) -> None:
-        finished = gevent.event.Event()
+        # a Waiter, not an Event: the hub switches straight into this greenlet when the job is
+        # done, with no callback in between (half the cost: 3 against 6.4 us per park)
+        finished: Waiter[None] = Waiter()
         self._park(job, keep, finished)
         self._submit(job, urgent)
-        finished.wait()
+        finished.get()
 
     def detach(self, job: Any, *, keep: object) -> None:
         # closes: in the urgent lane, they free what the response phases left
@@ -95,16 +98,23 @@ class EnginePool:
         self._wake_scheduled = False
         self._native.wake()
 
-    def _park(self, job: Any, keep: object, finished: gevent.event.Event | None) -> None:
+    def _park(self, job: Any, keep: object, finished: Waiter[None] | None) -> None:
         self._last_token += 1
         job.token = self._last_token
         self._parked[self._last_token] = ((job, keep), finished)
 
     def _deliver(self) -> None:
-        # on the hub (the eventfd watcher, or close())
+        # on the hub (the eventfd watcher), or from close() on any greenlet
+        on_hub = gevent.getcurrent() is self._hub
         for job in self._native.take_done():
             self._estimate.record_wait(job.started_at - job.pushed_at)
             self._estimate.record_completion(job.finished_at, work_waiting=bool(job.work_waiting))
             parked = self._parked.pop(int(job.token), None)
-            if parked is not None and parked[1] is not None:
-                parked[1].set()
+            if parked is None or parked[1] is None:
+                continue
+            # the waiting greenlet runs now, until it waits again (a killed one never waits:
+            # its waiter just keeps the value); only the hub may switch to it
+            if on_hub:
+                parked[1].switch(None)
+            else:
+                self._loop.run_callback(parked[1].switch, None)

@@ -183,11 +183,7 @@ def decode_messages(payload: memoryview) -> tuple[Message, ...]:
                         after += 2
                     else:
                         number = -1  # longer, or cut short: the Reader's case
-                if (
-                    type_byte in _BYTES_TYPES
-                    and number >= 0
-                    and (stop := after + number) <= end
-                ):
+                if type_byte in _BYTES_TYPES and number >= 0 and (stop := after + number) <= end:
                     value: Value = bytes(buf[after:stop])
                 elif type_byte == _INT64 and number >= 0:
                     value, stop = number, after

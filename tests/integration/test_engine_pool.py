@@ -263,3 +263,18 @@ def test_jobs_queued_in_one_loop_turn_wake_the_threads_once():
         assert len(wakes) == 2
     finally:
         pool.close()
+
+
+def test_close_from_a_greenlet_still_hands_each_waiter_its_job():
+    """1. A request's greenlet has queued its job and waits. 2. The main greenlet (not the
+    hub) closes the pool, which runs the job and delivers it. Result: the waiting greenlet
+    is resumed through the hub (only the hub may switch to a waiter) with its verdict."""
+    pool = EnginePool(1)
+    engine = gated_engine(pool)
+    tx = engine.new_transaction("late")
+    caller = gevent.spawn(tx.process_request, RequestInfo("late", query=b"a=evil"))
+    gevent.sleep(0)  # the caller queues its job and waits; the wake callback has not run
+    assert len(pool._parked) == 1
+    pool.close()
+    assert caller.get(timeout=30).matched_rule_ids == (30002,)
+    assert pool._parked == {}
