@@ -121,6 +121,33 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def floor_limited_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per clean-GET throughput row: the best agent/ceiling an agent costing exactly the
+    floor's hub CPU (and nothing else) could reach on that run's cores, engine / (engine +
+    HAProxy + wrk + floor), next to the zero-cost ratio and the measured one."""
+    floor = results.get("floor")
+    if not floor:
+        return []
+    floor_ms = floor["floor_hub_us_per_tx"] / 1000
+    out = []
+    for row in throughput_rows(results.get("throughput", {})):
+        if row["scenario"] != "clean_get":  # the floor's transaction: a GET and its response
+            continue
+        engine = row["engine_cpu_ms"]
+        out.append(
+            {
+                "connections": row["connections"],
+                "zero_cost_agent_ratio": row["zero_cost_agent_ratio"],
+                "floor_agent_ratio": ratio(
+                    engine, engine + row["haproxy_cpu_ms"] + row["wrk_cpu_ms"] + floor_ms
+                ),
+                "floor_cpu_ratio": ratio(engine + floor_ms, engine),
+                "measured_ratio": row["throughput_ratio"],
+            }
+        )
+    return out
+
+
 def floor_budget(results: dict[str, Any]) -> dict[str, float] | None:
     """What the CPU target leaves the agent beyond the engine per clean GET, against the floor.
 
@@ -174,6 +201,23 @@ def _floor_section(results: dict[str, Any]) -> list[str]:
             "beyond the engine per clean GET (the ceiling's engine CPU in this file). The "
             f"floor alone takes {budget['floor_share']:.0%} of it, the agent's hub "
             f"{budget['agent_share']:.0%}.",
+        ]
+    limited = floor_limited_ratios(results)
+    if limited:
+        out += [
+            "",
+            "What an agent costing the floor and nothing more could reach on the clean-GET "
+            "runs above (engine / (engine + HAProxy + wrk + floor), CPU from those runs):",
+            "",
+            "| conns | zero-cost agent ratio | floor agent ratio | floor agent CPU ratio "
+            "| measured ratio |",
+            "|--:|--:|--:|--:|--:|",
+        ]
+        out += [
+            f"| {r['connections']} | {_fmt(r['zero_cost_agent_ratio'])} "
+            f"| {_fmt(r['floor_agent_ratio'])} | {_fmt(r['floor_cpu_ratio'])} "
+            f"| {_fmt(r['measured_ratio'])} |"
+            for r in limited
         ]
     return out
 

@@ -263,8 +263,14 @@ def test_floor_section_sets_the_floor_against_the_cpu_budget():
     assert "| 1 | 600 | 200 | 3.00 | 1500 | 4500 |" in text
     assert "leaves 300 us beyond the engine per clean GET" in text
     assert "The floor alone takes 67% of it, the agent's hub 200%." in text
+    # engine 2.0 against engine + HAProxy 0.3 + wrk 0.1 + floor 0.2 ms
+    (limited,) = report.floor_limited_ratios(results)
+    assert limited["floor_agent_ratio"] == pytest.approx(2.0 / 2.6)
+    assert limited["floor_cpu_ratio"] == pytest.approx(2.2 / 2.0)
+    assert "| 32 | 0.83 | 0.77 | 1.10 | 0.85 |" in text
     del results["throughput"]
     assert report.floor_budget(results) is None
+    assert report.floor_limited_ratios(results) == []
     text = report.markdown(results)
     assert "Medians: agent 600 us, floor 200 us per transaction, agent / floor 3.00." in text
     assert "leaves" not in text
