@@ -258,12 +258,23 @@ def encode_actions(actions: Sequence[Action]) -> bytes:
         return _unset_var(NOOP_ACTION.scope, NOOP_ACTION.name)
     out = bytearray()
     for action in actions:
-        if isinstance(action, SetVar):
+        if not isinstance(action, SetVar):
+            out += _unset_var(action.scope, action.name)
+        elif (value_class := action.value.__class__) is int or value_class is bool:
+            # most SET-VARs of an ACK repeat (fail=0, rules_hit=0, ...): encoded once each;
+            # the class is part of the key because True == 1 but BOOL and INT64 differ
+            out += _small_set_var(action.scope, action.name, value_class, action.value, action.type)
+        else:
             out += _set_var_head(action.scope, action.name)
             out += encode_value(action.value, action.type)
-        else:
-            out += _unset_var(action.scope, action.name)
     return bytes(out)
+
+
+@lru_cache(maxsize=1024)
+def _small_set_var(
+    scope: VarScope, name: str, _value_class: type, value: int, data_type: DataType | None
+) -> bytes:
+    return _set_var_head(scope, name) + encode_value(value, data_type)
 
 
 def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:

@@ -334,6 +334,20 @@ def test_malformed_actions_are_invalid(payload: str) -> None:
     assert info.value.status is StatusCode.INVALID
 
 
+def test_repeated_small_set_vars_keep_their_types() -> None:
+    """Integer and boolean SET-VARs are encoded once and reused: True == 1 and hash alike,
+    yet BOOL and INT64 (and an explicit INT32) must each come back as sent, in any order."""
+    actions = [
+        SetVar(VarScope.TRANSACTION, "v", 1),
+        SetVar(VarScope.TRANSACTION, "v", True),
+        SetVar(VarScope.TRANSACTION, "v", 1, DataType.INT32),
+        SetVar(VarScope.REQUEST, "v", 1),
+    ]
+    for ordering in (actions, actions[::-1], actions):
+        decoded = frames.decode_actions(memoryview(frames.encode_actions(ordering)))
+        assert decoded == tuple(frames.typed_set_var(a) for a in ordering)
+
+
 def test_typed_set_var_makes_the_type_explicit() -> None:
     assert frames.typed_set_var(SetVar(VarScope.TRANSACTION, "a", "é")) == SetVar(
         VarScope.TRANSACTION, "a", b"\xc3\xa9", DataType.STRING
