@@ -262,8 +262,10 @@ def encode_actions(actions: Sequence[Action]) -> bytes:
             out += _unset_var(action.scope, action.name)
         elif (value_class := action.value.__class__) is int or value_class is bool:
             # most SET-VARs of an ACK repeat (fail=0, rules_hit=0, ...): encoded once each;
-            # the class is part of the key because True == 1 but BOOL and INT64 differ
-            out += _small_set_var(action.scope, action.name, value_class, action.value, action.type)
+            # bool is part of the key because True == 1 but BOOL and INT64 differ
+            out += _small_set_var(
+                action.scope, action.name, value_class is bool, action.value, action.type
+            )
         else:
             out += _set_var_head(action.scope, action.name)
             out += encode_value(action.value, action.type)
@@ -272,7 +274,7 @@ def encode_actions(actions: Sequence[Action]) -> bytes:
 
 @lru_cache(maxsize=1024)
 def _small_set_var(
-    scope: VarScope, name: str, _value_class: type, value: int, data_type: DataType | None
+    scope: VarScope, name: str, _is_bool: bool, value: int, data_type: DataType | None
 ) -> bytes:
     return _set_var_head(scope, name) + encode_value(value, data_type)
 
