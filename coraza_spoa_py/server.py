@@ -257,12 +257,12 @@ class _AgentConnection:
             # never sees close_all() race a transaction in progress; their ACKs are dropped.
             self.inflight.join()
             self.inflight.kill()  # the idle workers
-            self.flusher.stop()
         except gevent.GreenletExit:
             # stop() ran out of graceful time: the handlers go with the connection
             self.inflight.kill(block=False)
-            self.flusher.stop()
             raise
+        finally:
+            self.flusher.stop()
 
     def _read_loop(self) -> str:
         """Read until the connection ends; returns why (for the debug log)."""
