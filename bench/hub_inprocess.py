@@ -1,0 +1,110 @@
+"""The hub's Python per transaction, without sockets: decode each NOTIFY payload, answer it with
+``agent.handle`` over the real native engine pool (the soak's two small rules), encode the ACK;
+clean GETs with their responses, 64 greenlets at once. Prints the hub thread's CPU
+(``time.thread_time``) per transaction, median of the rounds.
+
+Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]``. Why:
+through HAProxy a change of a few percent on the hub drowns in the box's noise (the ceiling
+moves by tens of percent between runs), and over raw SPOP (``bench floor``) by ±15 %; this
+driver's runs agree within a few percent, so the changes of docs/performance.md (13 and on)
+were measured with it. A report, not a test: it asserts only that every answer was right.
+"""
+
+from __future__ import annotations
+
+import cffi  # noqa: F401  (before gevent patches _thread, as cli.py: engine.md, cffi's lock)
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import gevent  # noqa: E402
+from loguru import logger  # noqa: E402
+
+from bench.agent_config import APP_NAME, SMALL_DIRECTIVES  # noqa: E402
+from bench.scenarios import SCENARIOS  # noqa: E402
+from bench.spop_client import ID_PLACEHOLDER, Template, request_message, response_message  # noqa: E402
+from coraza_spoa_py import waf  # noqa: E402
+from coraza_spoa_py.agent import Agent  # noqa: E402
+from coraza_spoa_py.application import Application  # noqa: E402
+from coraza_spoa_py.engine_pool import EnginePool  # noqa: E402
+from coraza_spoa_py.settings import AppConfig, RulePaths  # noqa: E402
+from coraza_spoa_py.spop import SetVar, frames  # noqa: E402
+
+CONCURRENCY = 64  # greenlets with a transaction in flight, as the raw-SPOP load's connections
+WARMUP = 2_000
+BUDGET_S = 1.6  # the throughput runs' processing_budget_ms: nothing is shed
+
+
+def _payloads(transactions: int) -> Iterator[tuple[memoryview, memoryview]]:
+    scenario = SCENARIOS["clean_get"]
+    request = Template.of(request_message(scenario, ID_PLACEHOLDER))
+    response = Template.of(response_message(scenario, ID_PLACEHOLDER, scenario.response_body))
+    for number in range(transactions):
+        tx_id = f"hub-{number:016d}".encode()
+        yield tuple(  # type: ignore[misc]
+            frames.decode_frame(template.frame(tx_id, 1)).payload
+            for template in (request, response)
+        )
+
+
+def _failed(actions: list[object]) -> bool:
+    return any(isinstance(a, SetVar) and a.name in ("fail", "error") and a.value for a in actions)
+
+
+def measure(agent: Agent, transactions: int) -> tuple[float, float]:
+    """(hub CPU microseconds per transaction, transactions per second)."""
+    work = iter(list(_payloads(transactions)))
+    wrong = 0
+
+    def run() -> None:
+        nonlocal wrong
+        for request, response in work:
+            for payload in (request, response):
+                actions = agent.handle(frames.decode_messages(payload), time.monotonic())
+                frames.encode_ack(1, 1, actions)
+                wrong += _failed(actions)
+
+    cpu, wall = time.thread_time(), time.monotonic()
+    gevent.joinall([gevent.spawn(run) for _ in range(CONCURRENCY)], raise_error=True)
+    cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
+    if wrong:
+        raise RuntimeError(f"{wrong} answers were not a clean verdict")
+    return 1e6 * cpu / transactions, transactions / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.hub_inprocess", description=__doc__)
+    parser.add_argument("--transactions", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    logger.remove()  # the agent's logs are not what is measured
+    pool = EnginePool(2)
+    config = AppConfig(name=APP_NAME, directives=SMALL_DIRECTIVES, response_check=True)
+    engine = waf.load_engine(config, RulePaths())
+    engine.runner = pool
+    application = Application(config, engine, pool, processing_budget_s=BUDGET_S)
+    agent = Agent({APP_NAME: application}, None)
+    try:
+        measure(agent, WARMUP)
+        rounds = [measure(agent, args.transactions) for _ in range(args.rounds)]
+    finally:
+        pool.close()
+    lines = [
+        f"round {number}: {cpu_us:.0f} us of hub CPU per transaction, {rate:.0f} tx/s"
+        for number, (cpu_us, rate) in zip(itertools.count(1), rounds, strict=False)
+    ]
+    lines.append(f"median: {statistics.median(r[0] for r in rounds):.0f} us per transaction")
+    stats = application.stats
+    lines.append(f"opened {stats.opened}, closed {stats.closed}, open {stats.open}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
