@@ -1,9 +1,10 @@
 """The hub's Python per transaction, without sockets: decode each NOTIFY payload, answer it with
-``agent.handle`` over the real native engine pool (the soak's two small rules), encode the ACK;
-clean GETs with their responses, 64 greenlets at once. Prints the hub thread's CPU
+``agent.handle`` over the real native engine pool (the soak's two small rules, or CRS), encode
+the ACK; clean GETs with their responses, or blocked attack GETs, 64 greenlets at once. Prints the hub thread's CPU
 (``time.thread_time``) per transaction, median of the rounds.
 
-Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]``. Why:
+Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]
+[--scenario clean_get|attack_get] [--rules small|crs]``. Why:
 through HAProxy a change of a few percent on the hub drowns in the box's noise (the ceiling
 moves by tens of percent between runs), and over raw SPOP (``bench floor``) by ±15 %; this
 driver's runs agree within a few percent, so the changes of docs/performance.md (13 and on)
@@ -27,10 +28,10 @@ from collections.abc import Iterator  # noqa: E402
 import gevent  # noqa: E402
 from loguru import logger  # noqa: E402
 
-from bench.agent_config import APP_NAME, SMALL_DIRECTIVES  # noqa: E402
+from bench.agent_config import APP_NAME, RULE_SETS  # noqa: E402
 from bench.scenarios import SCENARIOS  # noqa: E402
 from bench.spop_client import ID_PLACEHOLDER, Template, request_message, response_message  # noqa: E402
-from coraza_spoa_py import waf  # noqa: E402
+from coraza_spoa_py import logs, waf  # noqa: E402
 from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
 from coraza_spoa_py.engine_pool import EnginePool  # noqa: E402
@@ -42,40 +43,47 @@ WARMUP = 2_000
 BUDGET_S = 1.6  # the throughput runs' processing_budget_ms: nothing is shed
 
 
-def _payloads(transactions: int) -> Iterator[tuple[memoryview, memoryview]]:
-    scenario = SCENARIOS["clean_get"]
-    request = Template.of(request_message(scenario, ID_PLACEHOLDER))
-    response = Template.of(response_message(scenario, ID_PLACEHOLDER, scenario.response_body))
+def _payloads(scenario: str, transactions: int) -> Iterator[tuple[memoryview, ...]]:
+    # a blocked request has no response message (HAProxy answers 403 itself)
+    chosen = SCENARIOS[scenario]
+    templates = [Template.of(request_message(chosen, ID_PLACEHOLDER))]
+    if not chosen.blocked:
+        templates.append(
+            Template.of(response_message(chosen, ID_PLACEHOLDER, chosen.response_body))
+        )
     for number in range(transactions):
         tx_id = f"hub-{number:016d}".encode()
-        yield tuple(  # type: ignore[misc]
-            frames.decode_frame(template.frame(tx_id, 1)).payload
-            for template in (request, response)
-        )
+        yield tuple(frames.decode_frame(t.frame(tx_id, 1)).payload for t in templates)
 
 
 def _failed(actions: list[object]) -> bool:
-    return any(isinstance(a, SetVar) and a.name in ("fail", "error") and a.value for a in actions)
+    return any(isinstance(a, SetVar) and a.name == "fail" and a.value for a in actions)
 
 
-def measure(agent: Agent, transactions: int) -> tuple[float, float]:
+def _error(actions: list[object]) -> bool:
+    return any(isinstance(a, SetVar) and a.name == "error" for a in actions)
+
+
+def measure(agent: Agent, scenario: str, transactions: int) -> tuple[float, float]:
     """(hub CPU microseconds per transaction, transactions per second)."""
-    work = iter(list(_payloads(transactions)))
+    work = iter(list(_payloads(scenario, transactions)))
+    blocked = SCENARIOS[scenario].blocked
     wrong = 0
 
     def run() -> None:
         nonlocal wrong
-        for request, response in work:
-            for payload in (request, response):
+        for messages in work:
+            for index, payload in enumerate(messages):
                 actions = agent.handle(frames.decode_messages(payload), time.monotonic())
                 frames.encode_ack(1, 1, actions)
-                wrong += _failed(actions)
+                expected = blocked and index == 0
+                wrong += _error(actions) or _failed(actions) != expected
 
     cpu, wall = time.thread_time(), time.monotonic()
     gevent.joinall([gevent.spawn(run) for _ in range(CONCURRENCY)], raise_error=True)
     cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
     if wrong:
-        raise RuntimeError(f"{wrong} answers were not a clean verdict")
+        raise RuntimeError(f"{wrong} answers were not the expected verdict")
     return 1e6 * cpu / transactions, transactions / wall
 
 
@@ -83,17 +91,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hub_inprocess", description=__doc__)
     parser.add_argument("--transactions", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scenario", choices=["clean_get", "attack_get"], default="clean_get")
+    parser.add_argument("--rules", choices=sorted(RULE_SETS), default="small")
+    parser.add_argument(
+        "--log",
+        action="store_true",
+        help="log at info on stderr as the agent does before its config is read (rule matches "
+        "included); default: no log sink at all",
+    )
     args = parser.parse_args()
-    logger.remove()  # the agent's logs are not what is measured
+    if args.log:
+        logs.configure_bootstrap("info")
+    else:
+        logger.remove()
     pool = EnginePool(2)
-    config = AppConfig(name=APP_NAME, directives=SMALL_DIRECTIVES, response_check=True)
+    config = AppConfig(name=APP_NAME, directives=RULE_SETS[args.rules], response_check=True)
     engine = waf.load_engine(config, RulePaths())
     engine.runner = pool
     application = Application(config, engine, pool, processing_budget_s=BUDGET_S)
     agent = Agent({APP_NAME: application}, None)
     try:
-        measure(agent, WARMUP)
-        rounds = [measure(agent, args.transactions) for _ in range(args.rounds)]
+        measure(agent, args.scenario, WARMUP)
+        rounds = [measure(agent, args.scenario, args.transactions) for _ in range(args.rounds)]
     finally:
         pool.close()
     lines = [

@@ -237,7 +237,19 @@ def _exception_text(record: Mapping[str, Any]) -> str:
     return "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
 
 
+# what json.dumps takes as it is: checked by exact type first, because the isinstance chain
+# below (an ABC among it) cost ~1.5 us a value, 187 us for a 3-match record (change 20)
+_JSON_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_safe(value: Any) -> Any:
+    kind = type(value)
+    if kind in _JSON_PLAIN_TYPES:
+        return value
+    if kind is dict:
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_json_safe(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     if isinstance(value, Mapping):

@@ -120,32 +120,33 @@ def _explain(message: str) -> str:
 def parse_match(raw: bytes, phase: int, client: str, disruptive: bool = False) -> RuleMatch:
     """One engine log line → ``RuleMatch`` (fields as named in compat.md Part 2 §5)."""
     text = raw.decode("utf-8", errors="replace")
-    fields: dict[str, list[str]] = {}
+    # the first value of each field, and every tag (docs/engine.md "The lines are text": a
+    # quoted client value that imitates a field comes first)
+    fields: dict[str, str] = {}
+    tags: list[str] = []
     for name, value in _FIELD.findall(text):
-        fields.setdefault(name, []).append(value)
-
-    def first(name: str) -> str:
-        return fields.get(name, [""])[0]
-
-    severity_text = first("severity")
-    severity_id = _number(severity_text, -1)
-    rule_id = first("id")
+        if name == "tag":
+            tags.append(value)
+        elif name not in fields:
+            fields[name] = value
+    first = fields.get
+    severity_id = _number(first("severity", ""), -1)
     return RuleMatch(
-        rule_id=_number(rule_id, 0),
-        msg=first("msg"),
-        data=first("data"),
+        rule_id=_number(first("id", ""), 0),
+        msg=first("msg", ""),
+        data=first("data", ""),
         severity=_SEVERITIES[severity_id] if 0 <= severity_id < len(_SEVERITIES) else "",
         severity_id=severity_id,
-        file=first("file"),
-        line=_number(first("line"), 0),
-        revision=first("rev"),
-        version=first("ver"),
-        maturity=first("maturity"),
-        accuracy=first("accuracy"),
-        tags=tuple(fields.get("tag", ())),
-        server=first("hostname"),
-        uri=first("uri"),
-        unique_id=first("unique_id"),
+        file=first("file", ""),
+        line=_number(first("line", ""), 0),
+        revision=first("rev", ""),
+        version=first("ver", ""),
+        maturity=first("maturity", ""),
+        accuracy=first("accuracy", ""),
+        tags=tuple(tags),
+        server=first("hostname", ""),
+        uri=first("uri", ""),
+        unique_id=first("unique_id", ""),
         client=client,
         disruptive=disruptive or bool(_DISRUPTIVE.match(text)),
         phase_id=phase,

@@ -126,6 +126,45 @@ def test_rule_match_json_has_a_match_object_per_rule(tmp_path: Path) -> None:
     assert lines(agent_log) == []
 
 
+def test_json_values_become_what_json_can_write() -> None:
+    """Plain JSON values pass as they are (checked by exact type first); everything else is
+    converted as before: bytes to text, tuples and sets to lists, mapping keys to strings,
+    int and str subclasses kept, any other object to its str()."""
+    import enum
+    from collections import OrderedDict
+
+    class Code(enum.IntEnum):
+        DENY = 403
+
+    source = {
+        "text": "é",
+        "number": 7,
+        "ratio": 0.5,
+        "flag": True,
+        "nothing": None,
+        "raw": b"\xffa",
+        "pair": ("a", 1),
+        "names": frozenset({"x"}),
+        1: OrderedDict(inner=[b"b"]),
+        "code": Code.DENY,
+        "other": Path("/x"),
+    }
+    assert logs._json_safe(source) == {
+        "text": "é",
+        "number": 7,
+        "ratio": 0.5,
+        "flag": True,
+        "nothing": None,
+        "raw": "\\xffa",
+        "pair": ["a", 1],
+        "names": ["x"],
+        "1": {"inner": ["b"]},
+        "code": 403,
+        "other": "/x",
+    }
+    assert json.dumps(logs._json_safe(source))  # writable
+
+
 def test_rule_match_console_prints_the_engine_line(tmp_path: Path) -> None:
     out = tmp_path / "agent.log"
     logs.configure_logging(make_config(LogConfig(level="info", file=str(out))))
