@@ -1,14 +1,14 @@
 """The hub's Python per transaction, without sockets: decode each NOTIFY payload, answer it with
 ``agent.handle`` over the real native engine pool (the soak's two small rules, or CRS), encode
-the ACK; clean GETs with their responses, or blocked attack GETs, 64 greenlets at once. Prints the hub thread's CPU
-(``time.thread_time``) per transaction, median of the rounds.
+the ACK; clean GETs with their responses, or blocked attack GETs, 64 greenlets at once. Prints
+the hub thread's CPU (``time.thread_time``) per transaction, median of the rounds.
 
 Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]
-[--scenario clean_get|attack_get] [--rules small|crs]``. Why:
-through HAProxy a change of a few percent on the hub drowns in the box's noise (the ceiling
-moves by tens of percent between runs), and over raw SPOP (``bench floor``) by ±15 %; this
-driver's runs agree within a few percent, so the changes of docs/performance.md (13 and on)
-were measured with it. A report, not a test: it asserts only that every answer was right.
+[--scenario clean_get|attack_get] [--rules small|crs] [--log]``. Why: through HAProxy a change
+of a few percent on the hub drowns in the box's noise (the ceiling moves by tens of percent
+between runs), and over raw SPOP (``bench floor``) by ±15 %; this driver's runs agree within a
+few percent with the small rules, so the changes of docs/performance.md (13 and on) were
+measured with it. A report, not a test: it asserts only that every answer was right.
 """
 
 from __future__ import annotations

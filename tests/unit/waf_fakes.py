@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any
 
 from coraza_spoa_py.models import (
     CloseWhen,
@@ -43,19 +44,9 @@ class FakeTransaction:
         deadline: float = 0.0,
         close_when: CloseWhen = CloseWhen.NEVER,
     ) -> Verdict:
-        assert not self.closed, "used after close"
-        self.deadlines.append(deadline)
-        self.close_whens.append(close_when)
-        interrupted = False
-        try:
-            if self.engine.miss_deadlines:
-                raise DeadlineExceededError("not started in time")
-            self.requests.append(request)
-            verdict = self.engine.decide_request(request)
-            interrupted = verdict.interrupted
-            return verdict
-        finally:
-            self._close_by_job(close_when, interrupted)
+        return self._phases(
+            self.requests, self.engine.decide_request, request, deadline, close_when
+        )
 
     def process_response(
         self,
@@ -64,6 +55,18 @@ class FakeTransaction:
         deadline: float = 0.0,
         close_when: CloseWhen = CloseWhen.NEVER,
     ) -> Verdict:
+        return self._phases(
+            self.responses, self.engine.decide_response, response, deadline, close_when
+        )
+
+    def _phases(
+        self,
+        seen: list[Any],
+        decide: Callable[[Any], Verdict],
+        message: RequestInfo | ResponseInfo,
+        deadline: float,
+        close_when: CloseWhen,
+    ) -> Verdict:
         assert not self.closed, "used after close"
         self.deadlines.append(deadline)
         self.close_whens.append(close_when)
@@ -71,8 +74,8 @@ class FakeTransaction:
         try:
             if self.engine.miss_deadlines:
                 raise DeadlineExceededError("not started in time")
-            self.responses.append(response)
-            verdict = self.engine.decide_response(response)
+            seen.append(message)
+            verdict = decide(message)
             interrupted = verdict.interrupted
             return verdict
         finally:
