@@ -169,9 +169,8 @@ class AgentServer:
         interval = min(IDLE_CHECK_INTERVAL_S, self.idle_timeout_s / 4)
         while True:
             gevent.sleep(interval)
-            now = time.monotonic()
             for connection in list(self._connections):
-                connection.interrupt_if_idle(now, self.idle_timeout_s)
+                connection.interrupt_if_idle(self.idle_timeout_s)
 
     # ---- per connection ---------------------------------------------------------------------
 
@@ -209,29 +208,35 @@ class _AgentConnection:
         """Stop reading, finish in-flight NOTIFYs, say AGENT-DISCONNECT 0, close."""
         self.stop_requested = True
         if self.reader is not None:
-            gevent.get_hub().loop.run_callback(self._interrupt_recv)
+            gevent.get_hub().loop.run_callback(self._interrupt_recv, _StopReadingError)
 
-    def _interrupt_recv(self) -> None:
+    def _interrupt_recv(self, error: type[Exception]) -> None:
         # Runs in the hub, so the reader is switched out: either parked inside recv (then it
         # is safe to throw there), or anywhere else, possibly in the middle of writing a frame,
         # where it must not be interrupted; it checks ``stop_requested`` before its next read.
         # (gevent.kill would throw wherever the reader happens to be when the callback runs.)
+        # From the hub, not from another greenlet: the reader switches back to the hub when it
+        # next waits, never to whoever threw, which would be left suspended for good.
         reader = self.reader
         if self.parked_in_recv and reader is not None and not reader.dead:
-            reader.throw(_StopReadingError)
+            reader.throw(error)
 
-    def interrupt_if_idle(self, now: float, idle_timeout_s: float) -> None:
-        """From the idle watchdog's greenlet, so the reader is switched out, as in
-        ``_interrupt_recv``. Waiting on our own in-flight work is not idleness."""
-        reader = self.reader
-        if (
-            now - self.active_at >= idle_timeout_s
+    def interrupt_if_idle(self, idle_timeout_s: float) -> None:
+        """Called by the idle watchdog; the reader is interrupted from the hub, as for a stop.
+        Waiting on our own in-flight work is not idleness."""
+        if self._is_idle(idle_timeout_s):
+            gevent.get_hub().loop.run_callback(self._interrupt_if_still_idle, idle_timeout_s)
+
+    def _interrupt_if_still_idle(self, idle_timeout_s: float) -> None:
+        if self._is_idle(idle_timeout_s):  # a read may have come between the two
+            self._interrupt_recv(_IdleError)
+
+    def _is_idle(self, idle_timeout_s: float) -> bool:
+        return (
+            time.monotonic() - self.active_at >= idle_timeout_s
             and self.parked_in_recv
             and len(self.inflight) == 0
-            and reader is not None
-            and not reader.dead
-        ):
-            reader.throw(_IdleError)
+        )
 
     def run(self) -> None:
         self.reader = gevent.getcurrent()

@@ -25,6 +25,18 @@ def test_idle_connection_is_closed_with_disconnect_timeout() -> None:
         assert client.is_closed_by_peer()
 
 
+def test_every_idle_connection_is_closed_not_only_the_first() -> None:
+    """1. idle_timeout_s=0.2; connection A goes idle and is closed. 2. Connection B, opened
+    after that, goes idle too. Result: B is closed as well (the watchdog lives on after it
+    interrupted a reader)."""
+    with running_server(idle_timeout_s=0.2) as server:
+        with connect(server) as first:
+            assert first.read_disconnect().status == 2
+        with connect(server) as second:
+            assert second.read_disconnect().status == 2
+            assert second.is_closed_by_peer()
+
+
 def test_connection_waiting_on_its_own_work_is_not_idle() -> None:
     """A NOTIFY whose handler takes longer than the idle timeout is still ACKed: waiting on
     our own in-flight work is not idleness."""
