@@ -135,10 +135,10 @@ static int cs_body_phase(void *tx, cs_append_body append, cs_process_body proces
 
 /* Phases 1 and 2. Returns 1 when a disruptive intervention ended the group. */
 int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
-                              const char *server_ip, int server_port, const char *uri,
-                              const char *method, const char *version,
-                              const unsigned char *headers, size_t headers_len,
-                              const unsigned char *body, size_t body_len, cs_outcome *out) {
+                       const char *server_ip, int server_port, const char *uri,
+                       const char *method, const char *version,
+                       const unsigned char *headers, size_t headers_len,
+                       const unsigned char *body, size_t body_len, cs_outcome *out) {
     memset(out, 0, sizeof *out);
     log->phase = 1;
     msc_process_connection(tx, client_ip, client_port, server_ip, server_port);
@@ -162,8 +162,8 @@ int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_
 
 /* Phases 3 and 4. */
 int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
-                               const unsigned char *headers, size_t headers_len,
-                               const unsigned char *body, size_t body_len, cs_outcome *out) {
+                        const unsigned char *headers, size_t headers_len,
+                        const unsigned char *body, size_t body_len, cs_outcome *out) {
     memset(out, 0, sizeof *out);
     log->phase = 3;
     cs_add_headers(tx, msc_add_n_response_header, headers, headers_len);
