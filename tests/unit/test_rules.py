@@ -167,7 +167,7 @@ def test_included_file_that_needs_a_change_is_passed_inline_with_its_lines(
         "# it's a comment with a ` backtick\n"
         "SecRequestBodyInMemoryLimit 131072\n"
         'SecRule ARGS "x" \\\n'
-        "    \"id:2,deny, \\\n"
+        '    "id:2,deny, \\\n'
         "    msg:'left open\"\n"
     )
     resolved = resolve("Include clean.conf\nInclude coraza.conf\n", base_dir=str(tmp_path))
@@ -194,7 +194,7 @@ def test_included_file_that_needs_a_change_is_passed_inline_with_its_lines(
 
 def test_chained_rules_and_markers_are_counted_as_the_engine_counts_them() -> None:
     resolved = resolve(
-        "SecRule ARGS \"a\" \"id:1,msg:'not a chain',chain\"\n"
+        'SecRule ARGS "a" "id:1,msg:\'not a chain\',chain"\n'
         '    SecRule ARGS "b" "t:none"\n'
         "SecMarker END\n"
         "SecAction \"id:3,msg:'chain',pass\"\n"
