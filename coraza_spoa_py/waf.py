@@ -12,6 +12,8 @@ or touch gevent.
 from __future__ import annotations
 
 import _thread
+import os
+import re
 import struct
 import sys
 import weakref
@@ -212,6 +214,8 @@ def load_engine(app: AppConfig, rule_paths: RulePaths) -> ModSecEngine:
     Raises ``RulesError`` listing every problem as "file:line: message".
     """
     resolved = rules.resolve(app, rule_paths)
+    if resolved.problems:
+        raise RulesError(list(resolved.problems))
     return ModSecEngine(resolved)
 
 
@@ -233,6 +237,7 @@ class ModSecEngine:
         # where this engine's jobs run: here by default, the engine threads in the agent
         self.runner: JobRunner = RUN_HERE
         count = self._add(resolved.text, resolved)
+        _check_rule_count(count, resolved, self._finalizer)
         self._add(waf_text.SCORE_RULE, None)
         self.rule_count: int = count
 
@@ -281,6 +286,110 @@ class ModSecEngine:
     def close(self) -> None:
         """Free the rule set now; only once no transaction uses it any more."""
         self._finalizer()
+
+
+def _count_loaded(text: str) -> int | None:
+    """How many rules (and markers) the engine loads from ``text`` in a rule set of its
+    own; None when it refuses the text."""
+    lib = _native().lib
+    scratch = lib.msc_create_rules_set()
+    error = _ffi.new(_CHAR_PTR_PTR)
+    try:
+        count = int(lib.msc_rules_add(scratch, text.encode(errors="surrogateescape"), error))
+    finally:
+        failed = error[0] != _ffi.NULL
+        if failed:
+            lib.free(error[0])
+        lib.msc_rules_cleanup(scratch)
+    return None if failed or count < 0 else count
+
+
+_marker_weight_cache: list[int] = []
+
+
+def _marker_weight() -> int:
+    # libmodsecurity adds a SecMarker to every phase and counts each copy as a rule
+    if not _marker_weight_cache:
+        _marker_weight_cache.append(_count_loaded("SecMarker RULE_COUNT_PROBE\n") or 0)
+    return _marker_weight_cache[0]
+
+
+def _expected_count(directives: Sequence[rules.Directive]) -> int:
+    return sum(d.rules for d in directives) + sum(d.markers for d in directives) * _marker_weight()
+
+
+def _check_rule_count(
+    loaded: int, resolved: rules.ResolvedRules, release: Callable[[], Any]
+) -> None:
+    """Refuse a rule set that loaded fewer rules than its files define (docs/engine.md
+    "Rule-count guard"): libmodsecurity's parser can stop early without an error (a quote
+    left open runs to the end of the file), and a WAF that silently lost its rules must
+    never start or validate."""
+    expected = _expected_count(resolved.directives)
+    if loaded >= expected:
+        return
+    release()
+    raise RulesError([_where_loading_stopped(resolved.directives, loaded, expected)])
+
+
+# operators that read a data file, which the engine looks for beside the rule file
+_DATA_FILE = re.compile(r"(@(?:pmFromFile|pmf|ipMatchFromFile|ipMatchF)\s+)([^\s\"/][^\s\"]*)")
+
+
+def _standalone(directive: rules.Directive) -> str:
+    # one directive loaded as text, away from its file: its data files by absolute path
+    if not directive.file.startswith("/"):
+        return directive.text
+    folder = os.path.dirname(directive.file)
+    return _DATA_FILE.sub(lambda m: m[1] + os.path.join(folder, m[2]), directive.text)
+
+
+def _continues_chain(directives: Sequence[rules.Directive], end: int) -> bool:
+    return end < len(directives) and directives[end].continues_chain
+
+
+def _where_loading_stopped(
+    directives: Sequence[rules.Directive], loaded: int, expected: int
+) -> str:
+    # Binary search for the first directive whose prefix loads short (or not at all): once a
+    # directive has swallowed what follows it, every longer prefix stays short.
+    def short(end: int) -> bool:
+        prefix = directives[:end]
+        # a blank line between directives: a SecRule without actions takes the next line as
+        # its actions otherwise
+        count = _count_loaded("\n\n".join(_standalone(d) for d in prefix) + "\n")
+        return count is None or count < _expected_count(prefix)
+
+    # a prefix may only end where a rule ends: after the whole chain
+    ends = [i for i in range(1, len(directives) + 1) if not _continues_chain(directives, i)]
+    culprit = None  # when only the files together load short: name no line
+    if ends and short(ends[-1]):
+        low, high = 0, len(ends) - 1
+        while low < high:
+            middle = (low + high) // 2
+            if short(ends[middle]):
+                high = middle
+            else:
+                low = middle + 1
+        # the first rule lost: it starts after the previous prefix
+        first = ends[low - 1] if low > 0 else 0
+        culprit = next(
+            (d for d in directives[first : ends[low]] if d.rules or d.markers),
+            directives[ends[low] - 1],
+        )
+    summary = (
+        f"the rules stop loading here: libmodsecurity loaded {loaded} of the {expected} rules "
+        "and markers the files define, without an error"
+    )
+    if culprit is None:
+        return f"<rules>:0: {summary}"
+    before = directives.index(culprit) - 1
+    if before >= 0:
+        previous = directives[before]
+        summary += (
+            f"; does the directive before it ({previous.file}:{previous.line}) leave a quote open?"
+        )
+    return f"{culprit.file}:{culprit.line}: {summary}"
 
 
 def _ip_text(address: IPAddress | None) -> bytes:

@@ -80,7 +80,7 @@ def rules_problems(message: str, resolved: rules.ResolvedRules | None) -> list[s
             # directive ourselves
             line_no = _line_of_directive(file, unsupported[1], resolved) or line_no
         if resolved is not None and not file.startswith("/"):
-            file, line_no = resolved.label, resolved.source_line(line_no)
+            file, line_no = resolved.origin(line_no)
         problems.append(f"{file}:{line_no}: {_explain(found['msg'])}")
     return problems
 

@@ -165,6 +165,24 @@ def test_custom_drop_rule_closes_the_connection(stack):
     assert (log["action"], log["ruleid"]) == ("drop", "100003")
 
 
+def test_absolute_form_target_reaches_the_rules_with_scheme_and_host(stack):
+    """GET http://absolute.e2e/... (HTTP/1.1 absolute form): the rules see the whole target,
+    as the C agent builds it (rule 100005 matches REQUEST_URI_RAW); the same path in origin
+    form passes."""
+    tag = nonce()
+    headers = {**CLIENT_HEADERS, "host": "absolute.e2e"}
+    response = request(
+        stack.frontend_port, with_nonce("http://absolute.e2e/page", tag), headers=headers
+    )
+    assert response.status == 403
+    log = stack.waf_log(tag)
+    assert (log["action"], log["ruleid"]) == ("deny", "100005")
+    tag = nonce()
+    response = request(stack.frontend_port, with_nonce("/page", tag), headers=headers)
+    assert response.status == 200
+    assert stack.waf_log(tag)["ruleid"] != "100005"
+
+
 def test_detection_only_app_passes_and_reports_hits_score_and_rule_ids(stack):
     tag = nonce()
     response = request(

@@ -446,18 +446,16 @@ def test_engine_line_fields() -> None:
 @pytest.mark.parametrize(
     "line", ["SecRxPreFilter On", "SecRequestBodyInMemoryLimit 131072", "SecSensorId x"]
 )
-def test_coraza_only_directive_in_an_included_file_fails_with_a_hint(
+def test_coraza_only_directive_in_an_included_file_is_dropped_with_its_file_and_line(
     tmp_path: Path, line: str
 ) -> None:
-    """Only the app's directives are filtered; an included file must be v3-clean, and the
-    error says where and what to do."""
+    """Included files get the same Coraza-only handling as the directives (issue 13)."""
     included = tmp_path / "coraza.conf"
-    included.write_text("SecRuleEngine On\n" + line + "\n")
-    with pytest.raises(waf.RulesError) as caught:
-        load("Include coraza.conf\n", base_dir=tmp_path)
-    (problem,) = caught.value.problems
-    assert problem.startswith(f"{included}:2: ")
-    assert problem.endswith("(a Coraza-only directive: remove it from this file)")
+    included.write_text("SecRuleEngine On\n" + line + "\n" + 'SecAction "id:7,pass,nolog"\n')
+    engine = load("Include coraza.conf\n", base_dir=tmp_path)
+    assert engine.rule_count == 1
+    (warning,) = engine.warnings
+    assert warning.startswith(f"{included}:2: dropped {line.split()[0]}: a Coraza-only")
 
 
 def test_unsupported_directive_in_the_directives_names_its_line() -> None:

@@ -6,6 +6,7 @@ the pytest process).
 from __future__ import annotations
 
 import ast
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from coraza_spoa_py.options import Options, parse_args
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CORPUS = PROJECT_ROOT / "tests" / "data" / "configs"
+RULES = PROJECT_ROOT / "tests" / "data" / "rules"
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -185,6 +187,35 @@ def test_validate_broken_rule_file_names_file_and_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{rules}:3:" in result.stderr
     assert "application 'a'" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["gen1.yml", "gen3.yml"])
+def test_validate_coraza_recommended_file_loads_the_crs(name: str) -> None:
+    """1. A Gen1 and a Gen3 config.yml that include a Coraza-style recommended file
+    unchanged, then the CRS. 2. -validate. Result: exit 0, >= 900 rules, the two Coraza-isms
+    warned about with file:line (issue 13)."""
+    result = run_cli("-validate", "-config", str(RULES / "coraza" / name))
+    assert result.returncode == 0, result.stderr
+    count = re.search(r"application \S+: (\d+) rules", result.stdout)
+    assert count and int(count[1]) >= 900, result.stdout
+    assert f"{RULES / 'coraza' / 'coraza.conf'}:21: dropped SecRequestBodyInMemoryLimit" in (
+        result.stdout + result.stderr
+    )
+    assert "Configuration file is valid" in result.stdout
+
+
+def test_validate_refuses_a_rules_file_that_stops_loading_early(tmp_path: Path) -> None:
+    """1. A rules file libmodsecurity stops reading early without an error. 2. -validate.
+    Result: exit 1 naming the file and the line where loading stopped, never "valid"."""
+    stops = RULES / "coraza" / "stops-early.conf"
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        f"bind: 127.0.0.1:0\napplications:\n  - name: a\n    directives: |\n      Include {stops}\n"
+    )
+    result = run_cli("-validate", "-config", str(cfg))
+    assert result.returncode == 1
+    assert f"{stops}:7: the rules stop loading here" in result.stderr
+    assert "Configuration file is valid" not in result.stdout
 
 
 def test_validate_never_binds(tmp_path: Path) -> None:
