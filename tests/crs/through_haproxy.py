@@ -27,7 +27,7 @@ from pathlib import Path
 from coraza_spoa_py.settings import RulePaths
 from tests.crs import builder
 from tests.crs.albedo import AlbedoServer
-from tests.crs.crs_setup import write_agent_config
+from tests.crs.crs_setup import CRS_TEST_DIRECTIVES, write_agent_config
 from tests.crs.judge import Observation
 from tests.crs.loader import Stage
 from tests.crs.sender import SendError, send_raw
@@ -64,6 +64,7 @@ def crs_stack(
     version: str = "2.6",
     haproxy_dir: Path = SHIPPED_HAPROXY_DIR,
     rule_paths: RulePaths | None = None,
+    directives: str = CRS_TEST_DIRECTIVES,
 ) -> Iterator[Stack]:
     """albedo + agent (CRS test config) + HAProxy ``version`` with the shipped config."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +76,7 @@ def crs_stack(
             bind=f"127.0.0.1:{agent_port}",
             log_file=workdir / "agent.log",
             rule_paths=rule_paths,
+            directives=directives,
         )
         agent = cli_agent(config, port=agent_port, log_path=workdir / "agent-output.log")
         stack.enter_context(agent)
