@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -77,7 +78,7 @@ def write_agent_config(
 ) -> Path:
     """A config.yml (the current ``applications:`` form) for the agent under test."""
     paths = rule_paths or RulePaths()
-    config = {
+    config: dict[str, Any] = {
         "bind": bind,
         # where Include @owasp_crs/… and @crs-setup.conf.example resolve (CRS 4 lives elsewhere)
         "crs_rules_dir": paths.crs_rules_dir,
@@ -104,5 +105,11 @@ def write_agent_config(
             }
         ],
     }
+    if match_log_file is not None:
+        # the rule messages of every transaction (stages whose log regex is a message text):
+        # JSON rule-match records, one line per matched rule with its ``tx`` (HAProxy's unique-id)
+        config["applications"][0].update(
+            log_level="info", log_file=str(match_log_file), log_format="json"
+        )
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

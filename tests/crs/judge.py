@@ -37,6 +37,7 @@ class Observation:
     # the messages (``msg``) of the rules that matched in this transaction, when the mode can
     # tell them (the engine's verdict; the agent's rule-match log); None: not known
     messages: tuple[str, ...] | None = None
+    transaction_id: str = ""  # the agent's id of the transaction (through HAProxy)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Judgement:
     reasons: tuple[str, ...] = field(default=())
 
 
-_RULE_ID = re.compile(r"\d{6}")
+RULE_ID_PATTERN = re.compile(r"\d{6}")
 
 
 def log_lines(rule_ids: Sequence[int], messages: Sequence[str] = ()) -> list[str]:
@@ -72,7 +73,7 @@ def judge(expected: StageOutput, seen: Observation) -> Judgement:
         return Judgement("failed", (f"txn.coraza.error = {seen.agent_error}",))
     if seen.messages is None:
         for regex in (*expected.log_regexes, *expected.no_log_regexes):
-            if not _RULE_ID.search(regex):
+            if not RULE_ID_PATTERN.search(regex):
                 reason = f"log regex {regex!r} names no rule id and this mode logs no messages"
                 return Judgement("skipped", (reason,))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.crs import direct, loader, results, through_haproxy
-from tests.crs.crs_setup import DEFAULT_TESTS_DIR, EXPECTED_FAILURES_FILE
+from tests.crs.crs_setup import EXPECTED_FAILURES_FILE, tests_dir_from_env
 from tests.crs.judge import judge
 from tests.crs.loader import Stage, StageInput, StageOutput
 
@@ -35,7 +35,7 @@ STAGE_TIMEOUT_S = 5.0
 
 @pytest.fixture(scope="module")
 def stages() -> list[Stage]:
-    found = loader.load_tree(DEFAULT_TESTS_DIR)
+    found = loader.load_tree(tests_dir_from_env())
     assert len(found) == 2396, "v3.3.4 has 2396 enabled stages (178 files, 5 disabled)"
     return found
 
