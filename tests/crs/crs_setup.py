@@ -39,7 +39,7 @@ DEFAULT_SETUP_FILE = Path(__file__).with_name("setup-v3.3.4.conf")
 CRS4_SETUP_FILE = Path(__file__).with_name("setup-crs4.conf")
 
 
-def tests_dir_from_env(default: Path = DEFAULT_TESTS_DIR) -> Path:
+def crs_tests_dir(default: Path = DEFAULT_TESTS_DIR) -> Path:
     """``CRS_TESTS_DIR`` when set (a worktree beside no ``shared/``), else ``default``."""
     value = os.environ.get(TESTS_DIR_ENV, "").strip()
     return Path(value) if value else default

@@ -42,9 +42,13 @@ def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation
         return Observation(error=f"build: {exc}")
     try:
         parsed = rawparse.parse_request(raw)
+        rawparse.check_framing(raw, parsed)
     except rawparse.UnparseableError:
         # a server answers 400 before any WAF hook runs: no rule can have matched
         return Observation(status=400)
+    except rawparse.IncompleteBodyError as exc:
+        # the server waits for the rest of the body: the client's read times out
+        return Observation(error=f"timeout: {exc}")
     request = RequestInfo(
         transaction_id=transaction_id,
         method=parsed.method,

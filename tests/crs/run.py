@@ -26,7 +26,7 @@ from tests.crs.crs_setup import (
     EXPECTED_FAILURES_FILE,
     TESTS_DIR_ENV,
     crs_test_directives,
-    tests_dir_from_env,
+    crs_tests_dir,
 )
 from tests.crs.judge import Observation
 
@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tests",
         type=Path,
-        default=tests_dir_from_env(),
+        default=crs_tests_dir(),
         help=f"test files root (default: ${TESTS_DIR_ENV} or ../shared/crs-tests/v3.3.4)",
     )
     parser.add_argument(
@@ -68,6 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[results.ModeResult]:
+    if not args.tests.is_dir():  # an empty run would say "0 failed"
+        raise SystemExit(f"no test tree at {args.tests}: pass --tests DIR or set ${TESTS_DIR_ENV}")
     stages = loader.load_tree(args.tests)
     if args.only:
         pattern = re.compile(args.only)
