@@ -26,11 +26,13 @@ from tests.support.haproxy import HAProxy, start_haproxy
 from tests.support.httpclient import request
 from tests.support.ports import free_port
 from tests.support.process import python_module_argv
+from tests.support.shipped import render_shipped_text
 
 pytestmark = pytest.mark.e2e
 
 MODSEC_DIR = Path(__file__).parent / "modsec"
 MODSEC_CONF = MODSEC_DIR / "modsecurity.conf"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "etc" / "haproxy" / "modsecurity"
 VERSIONS = ("2.6", "3.2")
 FRONTENDS = ("fe8", "fe12", "fe_ignore", "fe_plain", "fe_unknown_message")
 FRONTENDS += ("fe_unknown_app", "fe_known_app")
@@ -45,6 +47,8 @@ class Stack:
     haproxy: HAProxy
     agent: AgentProcess
     ports: dict[str, int]
+    version: str
+    workdir: Path
 
     def send(self, frontend: str, path: str, *, post: bytes | None = None) -> tuple[int, dict]:
         """One request carrying a nonce; (HTTP status, HAProxy's logged modsec fields)."""
@@ -140,7 +144,7 @@ def stack(
                 wait_ports=list(ports.values()),
             )
         )
-        yield Stack(haproxy, agent, ports)
+        yield Stack(haproxy, agent, ports, request.param, workdir)
 
 
 @pytest.mark.parametrize("frontend", ["fe8", "fe12"])
@@ -182,3 +186,41 @@ def test_an_unknown_app_is_an_error_and_haproxy_denies(stack):
     assert (status, logged["code"], logged["error"]) == (403, "403", "-")
     status, logged = stack.send("fe_known_app", "/")
     assert (status, logged["code"]) == (200, "0")
+
+
+def test_the_shipped_modsecurity_sample_blocks_and_logs_code(stack):
+    # etc/haproxy/modsecurity as shipped, only its addresses rewritten, on the -f agent
+    workdir = stack.workdir / "shipped"
+    workdir.mkdir()
+    spoe = workdir / "spoe-modsecurity.conf"
+    spoe.write_text((SHIPPED_DIR / "spoe-modsecurity.conf").read_text())
+    frontend, demo = free_port(), free_port()
+    assert stack.agent.port is not None
+    rendered = workdir / "shipped-modsecurity.cfg"
+    rendered.write_text(
+        render_shipped_text(
+            (SHIPPED_DIR / "haproxy.cfg").read_text(),
+            frontend_port=frontend,
+            agent_port=stack.agent.port,
+            spoe_backend="spoe-modsecurity",
+            spoe_config=spoe,
+            demo_port=demo,
+        )
+    )
+    with start_haproxy(stack.version, rendered, workdir, wait_ports=[frontend]) as haproxy:
+        seen = {}
+        for path in ("/", "/?p=/etc/passwd"):
+            tag = "n" + uuid.uuid4().hex[:12]
+            seen[path] = request(frontend, f"{path}{'&' if '?' in path else '?'}t={tag}").status
+            deadline = time.monotonic() + 10
+            # the frontend's line (the demo app's `listen` logs the request too)
+            while not (
+                lines := [
+                    x for x in haproxy.logs().splitlines() if f"{tag} " in x and " modsec: " in x
+                ]
+            ):
+                assert time.monotonic() < deadline, haproxy.logs()
+                time.sleep(0.05)
+            (line,) = lines
+            seen[f"{path} code"] = dict(_FIELDS.findall(line.partition(" modsec: ")[2]))["code"]
+    assert seen == {"/": 200, "/ code": "0", "/?p=/etc/passwd": 403, "/?p=/etc/passwd code": "403"}
