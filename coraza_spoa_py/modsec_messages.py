@@ -19,7 +19,7 @@ application evaluates it like any other request, and its answer is spelled back 
 - interrupted: ``code`` = the status (403, 302 ...), ``intervention`` = true;
 - clean: ``code`` = 0, ``intervention`` = false;
 - any error (bad arguments, no application, engine failure, overload): ``error`` = our code
-  (1001-1005) AND ``code`` = the same number. The C agent left ``code`` unset on errors, which
+  (1001-1006) AND ``code`` = the same number. The C agent left ``code`` unset on errors, which
   its deny rule reads as a pass (fail-open); an error code is > 0, so the same unchanged deny
   rule now blocks, and it can never be confused with an HTTP status (those are < 1000).
 
