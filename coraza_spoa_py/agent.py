@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from loguru import logger
 
@@ -69,9 +70,18 @@ ERROR_LOG_INTERVAL_S = 1.0
 # many distinct names (an ``app`` taken from a client's Host header has no bound), "other"
 MAX_COUNTED_NAMES = 100
 OTHER_NAMES = "other"
-# An application for a check-request message, given the routed application and the rule ids to
-# remove (empty: none): the application itself when it needs no copy (runtime provides it)
-CheckRequestApp = Callable[[Application, tuple[str, ...]], Application]
+
+
+class CheckRequestApp(Protocol):
+    """The application for a check-request message, given the routed application and the rule
+    ids to remove (empty: none): the application itself when it needs no copy
+    (``check_request_apps.CheckRequestApps``, which runtime builds)."""
+
+    dropped: TransactionStats  # counters of copies no longer kept
+
+    def __call__(self, application: Application, removed: tuple[str, ...]) -> Application: ...
+
+    def copies(self) -> list[Application]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +159,8 @@ class Agent:
         found = list(self._current.applications.values())
         for generation in self._retired:
             found.extend(a for a in generation.applications.values() if a not in found)
+        if self._check_request_app is not None:
+            found.extend(self._check_request_app.copies())
         return found
 
     # ---- messages -----------------------------------------------------------------------
@@ -348,6 +360,8 @@ class Agent:
     def stats(self) -> TransactionStats:
         """Counters summed over every application the agent still knows."""
         totals = [app.stats for app in self.all_applications()]
+        if self._check_request_app is not None:
+            totals.append(self._check_request_app.dropped)
         return TransactionStats(
             opened=sum(s.opened for s in totals) + self._dropped.opened,
             closed=sum(s.closed for s in totals) + self._dropped.closed,

@@ -27,7 +27,7 @@ from dataclasses import replace
 
 from loguru import logger
 
-from coraza_spoa_py.application import Application, EngineFailureError
+from coraza_spoa_py.application import Application, EngineFailureError, TransactionStats
 from coraza_spoa_py.models import WafEngine
 from coraza_spoa_py.settings import AppConfig
 
@@ -57,6 +57,12 @@ class CheckRequestApps:
         self._copies: OrderedDict[tuple[Application, tuple[str, ...]], Application] = OrderedDict()
         # a set being compiled: later requests for it wait on its event
         self._pending: dict[tuple[Application, tuple[str, ...]], threading.Event] = {}
+        # counters of copies already dropped, so the agent's totals never go backwards
+        self.dropped = TransactionStats()
+
+    def copies(self) -> list[Application]:
+        """The copies kept now (the agent counts their transactions with its own)."""
+        return list(self._copies.values())
 
     def __call__(self, application: Application, removed: tuple[str, ...]) -> Application:
         if not removed and not application.config.response_check:
@@ -78,11 +84,23 @@ class CheckRequestApps:
             copy = self._make(application, removed)
             self._copies[key] = copy
             while len(self._copies) > self._limit:
-                self._copies.popitem(last=False)
+                _, old = self._copies.popitem(last=False)
+                self._drop(old)
             return copy
         finally:
             del self._pending[key]
             done.set()
+
+    def _drop(self, copy: Application) -> None:
+        # a copy holds no open transaction (no response phase): only its counters remain
+        stats, dropped = copy.stats, self.dropped
+        self.dropped = TransactionStats(
+            opened=dropped.opened + stats.opened,
+            closed=dropped.closed + stats.closed,
+            expired=dropped.expired + stats.expired,
+            evicted=dropped.evicted + stats.evicted,
+            shed=dropped.shed + stats.shed,
+        )
 
     def _make(self, application: Application, removed: tuple[str, ...]) -> Application:
         config = replace(application.config, response_check=False)

@@ -266,3 +266,16 @@ def test_the_agent_runs_check_request_in_the_copy_without_the_rules():
     assert len(base_engine.transactions) == 1 and len(copies[0].transactions) == 1
     # the unset variable (NULL) is no exclusion
     assert as_dict(agent.handle([twelve(null("ignorerules"))], NOW))["code"] == 403
+    # the copy's transactions count with the agent's
+    stats = agent.stats()
+    assert stats.opened == stats.closed == 3
+
+
+def test_counters_of_dropped_copies_stay_in_the_agents_totals():
+    apps = CheckRequestApps(Compiler(), build, limit=1)
+    agent = Agent({"a": make("a", FakeEngine())}, default_application="a", check_request_app=apps)
+    for ids in ("1", "2", "3"):
+        assert as_dict(agent.handle([twelve(s("ignorerules", ids))], NOW))["code"] == 0
+    assert len(apps.copies()) == 1 and apps.dropped.opened == 2
+    stats = agent.stats()
+    assert stats.opened == stats.closed == 3
