@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 PROG = "coraza-spoa-py"
 # Go's flag package prints usage and exits 2 on an unknown flag (compat.md Part 2 §1.6).
@@ -79,15 +80,36 @@ def _port(text: str) -> int:
     return value
 
 
-_MODSEC_FLAGS = (
-    ("-f", "modsec_files"), ("-p", "modsec_port"), ("-n", "modsec_workers"),
-    ("-d", "modsec_debug"), ("-m", "modsec_max_frame_size"), ("-c", "modsec_capabilities"),
-    ("-t", "modsec_delay"),
+# the C agent's getopt flags (compat.md §9): flag, destination, argparse settings
+_MODSEC_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("-f", "modsec_files", {
+        "action": "append", "metavar": "FILE",
+        "help": "ModSecurity config file (Include lines allowed); repeatable",
+    }),
+    ("-p", "modsec_port", {
+        "type": _port, "metavar": "PORT", "help": "TCP port on every address (default 12345)",
+    }),
+    ("-n", "modsec_workers", {
+        "type": _positive, "metavar": "N", "help": "engine threads (default: one per CPU core)",
+    }),
+    ("-d", "modsec_debug", {"action": "store_true", "help": "debug logging"}),
+    ("-m", "modsec_max_frame_size", {
+        "type": _positive, "metavar": "SIZE",
+        "help": "largest SPOP frame accepted (default: 4 MiB)",
+    }),
+    ("-c", "modsec_capabilities", {
+        "action": "append", "metavar": "CAP", "choices": ("fragmentation", "pipelining", "async"),
+        "help": "accepted for compatibility; pipelining is negotiated with HAProxy",
+    }),
+    ("-t", "modsec_delay", {
+        "metavar": "TIME", "help": "accepted for compatibility (the C agent's test delay); ignored",
+    }),
 )  # fmt: skip
 
 
 def _modsec_flags_given(namespace: argparse.Namespace) -> list[str]:
-    return [flag for flag, dest in _MODSEC_FLAGS if getattr(namespace, dest) not in (None, False)]
+    unset = (None, False)
+    return [flag for flag, dest, _ in _MODSEC_FLAGS if getattr(namespace, dest) not in unset]
 
 
 def _modsec_options(namespace: argparse.Namespace) -> ModSecOptions:
@@ -149,34 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the C ModSecurity agent's command line: rules from ModSecurity config files, no YAML "
         "(not with -config)",
     )
-    modsec.add_argument(
-        "-f", dest="modsec_files", action="append", metavar="FILE",
-        help="ModSecurity config file (Include lines allowed); repeatable",
-    )  # fmt: skip
-    modsec.add_argument(
-        "-p", dest="modsec_port", type=_port, metavar="PORT",
-        help="TCP port on every address (default 12345)",
-    )  # fmt: skip
-    modsec.add_argument(
-        "-n", dest="modsec_workers", type=_positive, metavar="N",
-        help="engine threads (default: one per CPU core)",
-    )  # fmt: skip
-    modsec.add_argument(
-        "-d", dest="modsec_debug", action="store_true", help="debug logging"
-    )  # fmt: skip
-    modsec.add_argument(
-        "-m", dest="modsec_max_frame_size", type=_positive, metavar="SIZE",
-        help="largest SPOP frame accepted (default: 4 MiB)",
-    )  # fmt: skip
-    modsec.add_argument(
-        "-c", dest="modsec_capabilities", action="append", metavar="CAP",
-        choices=("fragmentation", "pipelining", "async"),
-        help="accepted for compatibility; pipelining is negotiated with HAProxy",
-    )  # fmt: skip
-    modsec.add_argument(
-        "-t", dest="modsec_delay", metavar="TIME",
-        help="accepted for compatibility (the C agent's test delay); ignored",
-    )  # fmt: skip
+    for flag, dest, settings in _MODSEC_FLAGS:
+        modsec.add_argument(flag, dest=dest, **settings)
     for name in ("cpuprofile", "memprofile"):
         parser.add_argument(
             f"-{name}",
