@@ -15,7 +15,7 @@ import bisect
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,9 @@ class Sources:
     connections: Callable[[], int]
     reloads: Callable[[], tuple[int, int]]  # (succeeded, failed)
     engine: str = ""
+    # messages answered with an error because their name / their `app` is unknown, by name
+    unknown_messages: Callable[[], Mapping[str, int]] = dict
+    unknown_applications: Callable[[], Mapping[str, int]] = dict
 
 
 class Metrics:
@@ -117,6 +120,22 @@ class Metrics:
             f'{name}{{result="failure"}} {failed}',
         ]
         metric(name, "counter", "Configuration reloads by outcome.", samples)
+        for name, label, counts, text in (
+            (
+                "coraza_spoa_py_unknown_messages_total",
+                "message",
+                self.sources.unknown_messages(),
+                "SPOE messages answered with error 1006: the agent does not know their name.",
+            ),
+            (
+                "coraza_spoa_py_unknown_applications_total",
+                "app",
+                self.sources.unknown_applications(),
+                "Messages answered with error 1002: their app names no application.",
+            ),
+        ):
+            samples = [f'{name}{{{label}="{_label(key)}"}} {n}' for key, n in counts.items()]
+            metric(name, "counter", text, samples)
         name = "coraza_spoa_py_info"
         labels = f'version="{__version__}",engine="{_label(self.sources.engine)}"'
         metric(name, "gauge", "Agent and engine versions.", [f"{name}{{{labels}}} 1"])

@@ -30,9 +30,11 @@ from loguru import logger
 from coraza_spoa_py import __version__, config, logs, metrics, reload, waf
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
+from coraza_spoa_py.check_request_apps import CheckRequestApps
 from coraza_spoa_py.engine_pool import EnginePool
+from coraza_spoa_py.models import WafEngine
 from coraza_spoa_py.server import AgentServer
-from coraza_spoa_py.settings import Config
+from coraza_spoa_py.settings import AppConfig, Config
 
 EXIT_OK = 0
 EXIT_FORCED = 1
@@ -84,15 +86,25 @@ class Runtime:
         self._heap_trim: gevent.Greenlet[Any, Any] | None = None
         self._watcher: reload.FileWatcher | None = None
         self._metrics_server: WSGIServer | None = None
+        self._load: Callable[[], config.LoadedConfig] | None = None
 
     # ---- startup ----------------------------------------------------------------------------
 
     @classmethod
     def start(
-        cls, config_path: str, *, autoreload: bool = False, metrics_addr: str = ""
+        cls,
+        config_path: str,
+        *,
+        autoreload: bool = False,
+        metrics_addr: str = "",
+        load: Callable[[], config.LoadedConfig] | None = None,
     ) -> Runtime:
-        """Load, compile, bind. Raises ``config.ConfigError`` or ``StartupError``."""
-        loaded = config.load_with_notices(config_path)
+        """Load, compile, bind. Raises ``config.ConfigError`` or ``StartupError``.
+
+        ``load``: builds the config instead of reading ``config_path`` as YAML (the C
+        ModSecurity agent's ``-f`` flags, ``modsec_config``); ``config_path`` is then only how
+        logs name it, and reloads call ``load`` again."""
+        loaded = load() if load is not None else config.load_with_notices(config_path)
         cfg = loaded.config
         try:
             logs.configure_logging(cfg)
@@ -121,13 +133,19 @@ class Runtime:
             raise StartupError("rules did not load", exc.problems) from exc
         reload.log_loaded(engines)
         applications = reload.build_applications(cfg, engines, scheduler)
-        agent = Agent(applications, cfg.default_application)
+        agent = Agent(
+            applications,
+            cfg.default_application,
+            check_request_app=_check_request_apps(lambda: runtime.config, pool, scheduler),
+        )
         stats = metrics.Metrics(
             metrics.Sources(
                 transactions=agent.stats,
                 connections=lambda: server.connection_count,
                 reloads=lambda: (runtime.reloads_done, runtime.reloads_failed),
                 engine=_engine_version(),
+                unknown_messages=lambda: agent.unknown_messages,
+                unknown_applications=lambda: agent.unknown_applications,
             )
         )
         server = AgentServer(
@@ -144,6 +162,7 @@ class Runtime:
             scheduler.close()
             raise StartupError(f"cannot listen on {cfg.bind}: {exc.strerror or exc}") from exc
         runtime = cls(config_path, cfg, pool, agent, applications, server)
+        runtime._load = load
         runtime.scheduler = scheduler
         if metrics_addr:
             runtime._start_metrics(metrics_addr, stats)
@@ -244,7 +263,7 @@ class Runtime:
 
     def _try_reload(self) -> list[str]:
         try:
-            loaded = config.load_with_notices(self.config_path)
+            loaded = self._load() if self._load else config.load_with_notices(self.config_path)
         except config.ConfigError as exc:
             return [p.render(exc.source) for p in exc.problems]
         cfg = loaded.config
@@ -278,11 +297,16 @@ class Runtime:
         self.applications = applications
         self.config = cfg
         if self._watcher is not None:
-            self._watcher.watch([self.config_path, *reload.rule_files(cfg)])
+            self._watcher.watch(self._watched_files())
         return []
 
+    def _watched_files(self) -> list[str]:
+        # with -f there is no YAML file: the -f files are the config's Include lines
+        own = [] if self._load is not None else [self.config_path]
+        return [*own, *reload.rule_files(self.config)]
+
     def _start_watcher(self) -> None:
-        self._watcher = reload.FileWatcher([self.config_path, *reload.rule_files(self.config)])
+        self._watcher = reload.FileWatcher(self._watched_files())
         logger.info("autoreload: watching {} file(s)", len(self._watcher.paths))
         watcher = self._watcher
 
@@ -333,6 +357,23 @@ class Runtime:
             self.scheduler.close()
         logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
         return EXIT_OK
+
+
+def _check_request_apps(
+    current: Callable[[], Config], pool: ThreadPool, scheduler: EnginePool
+) -> CheckRequestApps:
+    # check-request copies of the applications (ignorerules): compiled on the pool like a
+    # reload, run on the engine threads like every application
+    def compile_rules(app: AppConfig) -> WafEngine:
+        engine: Any = pool.apply(waf.load_engine, (app, current().rule_paths))
+        engine.runner = scheduler
+        return engine  # type: ignore[no-any-return]
+
+    def build(app: AppConfig, engine: WafEngine) -> Application:
+        budget_s = current().processing_budget_ms / 1000
+        return Application(app, engine, scheduler, processing_budget_s=budget_s)
+
+    return CheckRequestApps(compile_rules, build)
 
 
 def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:
