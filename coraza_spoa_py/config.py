@@ -352,6 +352,11 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
         max_frame_size=data.get("max_frame_size", defaults.max_frame_size),
         max_connections=data.get("max_connections", defaults.max_connections),
         idle_timeout_s=float(data.get("idle_timeout_s", defaults.idle_timeout_s)),
+        max_connections_per_source=data.get(
+            "max_connections_per_source", defaults.max_connections_per_source
+        ),
+        hello_timeout_s=float(data.get("hello_timeout_s", defaults.hello_timeout_s)),
+        frame_timeout_s=float(data.get("frame_timeout_s", defaults.frame_timeout_s)),
         processing_budget_ms=data.get("processing_budget_ms", defaults.processing_budget_ms),
         graceful_timeout_s=float(data.get("graceful_timeout_s", defaults.graceful_timeout_s)),
         source_file=source,

@@ -136,6 +136,9 @@ class Runtime:
             max_frame_size=cfg.max_frame_size,
             max_connections=cfg.max_connections,
             idle_timeout_s=cfg.idle_timeout_s,
+            max_connections_per_source=cfg.max_connections_per_source,
+            hello_timeout_s=cfg.hello_timeout_s,
+            frame_timeout_s=cfg.frame_timeout_s,
         )
         try:
             server.start()
@@ -357,6 +360,13 @@ def _engine_version() -> str:
 
 
 def _warn_restart_only(old: Config, new: Config) -> None:
-    for name in ("max_frame_size", "max_connections", "idle_timeout_s"):
+    for name in (
+        "max_frame_size",
+        "max_connections",
+        "max_connections_per_source",
+        "idle_timeout_s",
+        "hello_timeout_s",
+        "frame_timeout_s",
+    ):
         if getattr(old, name) != getattr(new, name):
             logger.warning("{} changed: it takes effect when the agent restarts", name)

@@ -81,6 +81,12 @@ class Config:
     # HAProxy <= 3.0 closes idle connections after `timeout idle` (2m in coraza-spoa's sample),
     # 3.1+ after the backend's `timeout server`; ours must be longer than either.
     idle_timeout_s: float = 600.0
+    # 0: as many as max_connections
+    max_connections_per_source: int = 0
+    # a new connection must say HELLO within this; HAProxy does at once (its `timeout hello`)
+    hello_timeout_s: float = 5.0
+    # a frame's bytes must all arrive within this of its first one: a trickle cannot reset it
+    frame_timeout_s: float = 10.0
     # load shedding: a message that waited longer than this before an engine thread took it is
     # answered with error 1005 (compat.md Part 1). 80 % of the 500 ms `timeout processing` that
     # every coraza-spoa sample ships.
