@@ -36,7 +36,11 @@ from coraza_spoa_py import waf  # noqa: E402
 from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
 from coraza_spoa_py.engine_pool import EnginePool  # noqa: E402
-from coraza_spoa_py.settings import AppConfig, RulePaths  # noqa: E402
+from coraza_spoa_py.settings import (  # noqa: E402
+    DEFAULT_TRANSACTION_ACTIVE_LIMIT,
+    AppConfig,
+    RulePaths,
+)
 from coraza_spoa_py.spop import SetVar, frames  # noqa: E402
 
 CONCURRENCY = 64
@@ -74,6 +78,13 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=100_000)
     parser.add_argument("--rules", choices=sorted(RULE_SETS), default="crs")
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument(
+        "--active-limit",
+        type=int,
+        default=0,
+        help="transaction_active_limit (default: more than --transactions, nothing evicted; "
+        f"{DEFAULT_TRANSACTION_ACTIVE_LIMIT} is the agent's default)",
+    )
     args = parser.parse_args()
     logger.remove()
     pool = EnginePool(2)
@@ -82,7 +93,7 @@ def main() -> None:
         directives=RULE_SETS[args.rules],
         response_check=True,
         transaction_ttl_ms=3_600_000,
-        transaction_active_limit=args.transactions + 1,
+        transaction_active_limit=args.active_limit or args.transactions + 1,
     )
     engine = waf.load_engine(config, RulePaths())
     engine.runner = pool
@@ -94,6 +105,7 @@ def main() -> None:
         _open(agent, 2_000, "wup")
         application.close_all()
         before = _settle()
+        evicted_before = application.stats.evicted
         if args.tracemalloc:
             tracemalloc.start()
             python_before = tracemalloc.take_snapshot()
@@ -101,24 +113,27 @@ def main() -> None:
         _open(agent, args.transactions, "open")
         opened_in = time.monotonic() - started
         after = _settle()
-        open_now = application.stats.open
-        per_tx = (after - before) / args.transactions
+        stats = application.stats
+        per_tx = (after - before) / stats.open
         out.write(
-            f"rules {args.rules}: {open_now} open transactions (opened in {opened_in:.1f} s)\n"
+            f"rules {args.rules}: {args.transactions} requests in {opened_in:.1f} s, "
+            f"{stats.open} transactions open, {stats.evicted - evicted_before} evicted "
+            f"(transaction_active_limit {config.transaction_active_limit})\n"
             f"RSS before {before / 2**20:.1f} MiB, with them {after / 2**20:.1f} MiB: "
             f"{per_tx / 1024:.1f} KiB per open transaction\n"
         )
         if args.tracemalloc:
             snapshot = tracemalloc.take_snapshot()
             tracemalloc.stop()
-            stats = snapshot.compare_to(python_before, "lineno")
-            python_bytes = sum(stat.size_diff for stat in stats)
+            sites = snapshot.compare_to(python_before, "lineno")
+            sites = snapshot.compare_to(python_before, "lineno")
+            python_bytes = sum(site.size_diff for site in sites)
             out.write(
                 f"Python heap (tracemalloc): {python_bytes / args.transactions:.0f} bytes per "
                 "open transaction; top sites:\n"
             )
-            for stat in stats[:12]:
-                out.write(f"  {stat.size_diff / args.transactions:8.0f} B/tx  {stat.traceback}\n")
+            for site in sites[:12]:
+                out.write(f"  {site.size_diff / args.transactions:8.0f} B/tx  {site.traceback}\n")
         started = time.monotonic()
         closed = agent.close_all()
         pool.close()  # shutdown waits for the engine threads' last jobs, as runtime does

@@ -107,19 +107,24 @@ def _trickle(client: SpopClient, data: bytes, interval: float, until: float) -> 
     return sent
 
 
+def _assert_closed_while_trickling(client: SpopClient, data: bytes, within_s: float) -> None:
+    """Trickle ``data`` one byte per 50 ms: the agent must answer AGENT-DISCONNECT 2 within
+    ``within_s``, before the last byte."""
+    started = time.monotonic()
+    reader = gevent.spawn(client.read_disconnect)
+    sent = _trickle(client, data, 0.05, started + 10)
+    assert reader.get(timeout=5).status == 2
+    assert sent < len(data)
+    assert time.monotonic() - started < within_s
+    client.close()
+
+
 def test_a_trickled_hello_does_not_extend_the_hello_deadline() -> None:
     """1. hello_timeout_s=0.5; a HELLO sent one byte every 50 ms (it would take seconds).
     2. The connection is closed at the deadline although bytes keep coming."""
     with running_server(hello_timeout_s=0.5, idle_timeout_s=60) as server:
         client = connect(server, hello=False)
-        hello = handshake.encode_haproxy_hello()
-        started = time.monotonic()
-        reader = gevent.spawn(client.read_disconnect)
-        sent = _trickle(client, hello, 0.05, started + 10)
-        assert reader.get(timeout=5).status == 2
-        assert sent < len(hello)
-        assert time.monotonic() - started < 5
-        client.close()
+        _assert_closed_while_trickling(client, handshake.encode_haproxy_hello(), within_s=5)
 
 
 def test_a_trickled_frame_is_closed_at_the_frame_deadline() -> None:
@@ -129,13 +134,7 @@ def test_a_trickled_frame_is_closed_at_the_frame_deadline() -> None:
     with running_server(frame_timeout_s=0.5, idle_timeout_s=0.8) as server:
         client = connect(server)
         notify = frames.encode_notify(1, 1, [message("coraza-req", path="/" + "x" * 200)])
-        started = time.monotonic()
-        reader = gevent.spawn(client.read_disconnect)
-        sent = _trickle(client, notify, 0.05, started + 10)
-        assert reader.get(timeout=5).status == 2
-        assert sent < len(notify)
-        assert time.monotonic() - started < 2
-        client.close()
+        _assert_closed_while_trickling(client, notify, within_s=2)
 
 
 def test_whole_frames_keep_a_connection_open_past_the_frame_deadline() -> None:
