@@ -80,6 +80,7 @@ class Runtime:
         self.reloads_failed = 0
         self._stop = gevent.event.Event()
         self._stop_reason = ""
+        self._stop_requested_at: float | None = None
         self._reloading = False
         self._reload_again = False
         self._greenlets: list[gevent.Greenlet[Any, Any]] = []
@@ -154,6 +155,9 @@ class Runtime:
             max_frame_size=cfg.max_frame_size,
             max_connections=cfg.max_connections,
             idle_timeout_s=cfg.idle_timeout_s,
+            max_connections_per_source=cfg.max_connections_per_source,
+            hello_timeout_s=cfg.hello_timeout_s,
+            frame_timeout_s=cfg.frame_timeout_s,
         )
         try:
             server.start()
@@ -186,6 +190,7 @@ class Runtime:
             logs.shutdown_logging()
             os._exit(EXIT_FORCED)
         self._stop_reason = reason
+        self._stop_requested_at = time.monotonic()
         logger.info("received {}, shutting down", reason)
         self._stop.set()
 
@@ -335,6 +340,16 @@ class Runtime:
 
     # ---- shutdown ---------------------------------------------------------------------------
 
+    def _wait_for_closes(self, deadline: float) -> int:
+        """Wait until the engine threads took every queued job (the closes) or ``deadline``;
+        returns how many are still queued."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return 0
+        while scheduler.waiting and time.monotonic() < deadline:
+            gevent.sleep(CLOSE_POLL_INTERVAL_S)
+        return scheduler.waiting
+
     def shutdown(self) -> int:
         """Stop accepting, drain, log every open transaction, report the counters."""
         for greenlet in self._greenlets:
@@ -343,7 +358,9 @@ class Runtime:
             self._heap_trim.kill(block=False)
         if self._metrics_server is not None:
             self._metrics_server.stop(timeout=1)
-        self.server.stop(self.config.graceful_timeout_s)
+        # one budget for the whole shutdown, from the signal: the drain, then the closes
+        deadline = (self._stop_requested_at or time.monotonic()) + self.config.graceful_timeout_s
+        self.server.stop(max(0.0, deadline - time.monotonic()))
         # logging phase of every transaction still open, current and retired applications;
         # the agent logs the final "transactions opened=N closed=N ..." line
         try:
@@ -352,6 +369,22 @@ class Runtime:
             logger.exception("closing open transactions failed")
         else:
             logger.info("closed {} open transaction(s) at shutdown", closed)
+        unfinished = self._wait_for_closes(deadline)
+        if unfinished:
+            # 100 k open transactions take the engine threads ~10 s to close (their logging
+            # phase, then freeing them: docs/performance.md); past the budget the process
+            # leaves without them, the kernel frees their memory (issue 15)
+            logger.warning(
+                "graceful_timeout_s ({}s) reached: {} transaction close(s) not run (no logging "
+                "phase for them); exiting",
+                self.config.graceful_timeout_s,
+                unfinished,
+            )
+            logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
+            logs.shutdown_logging()
+            # not a return: the engine threads are still inside the library, and the
+            # interpreter's and C++'s exit handlers must not free it under them
+            os._exit(EXIT_OK)
         self.pool.kill()
         if self.scheduler is not None:
             self.scheduler.close()
@@ -376,6 +409,10 @@ def _check_request_apps(
     return CheckRequestApps(compile_rules, build)
 
 
+# how often shutdown looks whether the engine threads took the last close
+CLOSE_POLL_INTERVAL_S = 0.05
+
+
 def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:
     def run(work: Callable[[], Any]) -> Any:
         return pool.apply(work)
@@ -398,6 +435,13 @@ def _engine_version() -> str:
 
 
 def _warn_restart_only(old: Config, new: Config) -> None:
-    for name in ("max_frame_size", "max_connections", "idle_timeout_s"):
+    for name in (
+        "max_frame_size",
+        "max_connections",
+        "max_connections_per_source",
+        "idle_timeout_s",
+        "hello_timeout_s",
+        "frame_timeout_s",
+    ):
         if getattr(old, name) != getattr(new, name):
             logger.warning("{} changed: it takes effect when the agent restarts", name)

@@ -444,3 +444,21 @@ def test_startup_failure_is_shown_on_stderr_even_when_logging_to_a_file(tmp_path
     assert result.returncode == 1
     assert "failed starting: rules did not load" in result.stderr
     assert "failed starting: rules did not load" in log_file.read_text()
+
+
+def test_a_rules_syntax_error_at_startup_prints_only_our_lines(tmp_path: Path) -> None:
+    """1. Console log; the rules of an application have a syntax error. Result: exit 1 and
+    stderr is exactly our three lines (start, the rule error with its place, failed
+    starting): no traceback from the engine thread the rules were compiled on (issue 15)."""
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        "bind: 127.0.0.1:0\nlog_file: /dev/stderr\napplications:\n  - name: a\n"
+        '    directives: SecRule ARGS "@rx x" "id:1,phase:2,bogus"\n'
+    )
+    result = run_cli("-config", str(cfg))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert " INF starting coraza-spoa-py " in lines[0]
+    assert lines[1].endswith('bogus"') and " ERR application 'a': <app a directives>:1:" in lines[1]
+    assert lines[2].endswith(" ERR failed starting: rules did not load")
