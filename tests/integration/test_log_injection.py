@@ -115,10 +115,10 @@ def test_argument_name(log_file: Path) -> None:
 
 
 def test_message_name(log_file: Path) -> None:
-    """An SPOE message the agent does not know: its debug line names it."""
+    """An SPOE message the agent does not know: its debug line and its warning name it."""
     agent = Agent({"sample_app": _app()}, "sample_app")
     agent.handle([Message(INJECTED, ())], CLOCK())
-    assert_not_forged(log_file, expect="-> nothing (unknown SPOE message")
+    assert_not_forged(log_file, expect="unknown SPOE message")
 
 
 def test_peer(log_file: Path) -> None:
