@@ -174,7 +174,7 @@ def test_coraza_only_directive_is_dropped_with_a_warning() -> None:
     )
 
 
-def test_rule_count_excludes_our_score_rule() -> None:
+def test_rule_count_counts_the_app_rules() -> None:
     engine = load('SecRule ARGS "@rx a" "id:1,phase:1,pass,nolog"\n')
     assert engine.rule_count == 1
 
@@ -192,7 +192,7 @@ def test_score_report_reads_crs3_and_crs4_variables(setvars: str, expected: int)
     engine = load(f'SecRuleEngine On\nSecAction "id:1,phase:2,pass,nolog,{setvars}"\n')
     verdict = run_request(engine, go(b"x"))
     assert verdict.anomaly_score == expected
-    assert verdict.matched_rule_ids == ()  # our report rule is never a match
+    assert verdict.matched_rule_ids == ()  # read from TX: no rule is reported for it
     assert verdict.log_lines == ()
 
 
@@ -464,7 +464,7 @@ def forge_engine() -> waf.ModSecEngine:
 def forged_fields(drop_line: int = 10) -> bytes:
     """What the engine's text line would show of a rule: the file and line of forge.conf's drop
     rule (10102) and CRS's SQL injection id, percent-encoded as a client would send them."""
-    fields = f'[id "942100"] [file "{RULES_DIR / "forge.conf"}"] [line "{drop_line}"]'
+    fields = f'[id "942100"] [file "{RULES_DIR / "forge.conf"}"] [line "{drop_line}"] ['
     return fields.replace(" ", "%20").replace('"', "%22").encode()
 
 
