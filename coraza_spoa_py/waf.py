@@ -547,25 +547,13 @@ def _match_records(log: Any, client: str, unique_id: str) -> list[tuple[RuleMatc
     records = []
     head_size = _MATCH_HEAD.size
     unpack_head = _MATCH_HEAD.unpack_from
-    unpack_length = _LENGTH.unpack_from
+    unpack_length = _LENGTH.unpack_from  # the tag count
     at, end = 0, len(raw)
     while at + head_size <= end:
         rule_id, line, phase, severity_id, maturity, accuracy, action = unpack_head(raw, at)
         at += head_size
-        texts = []
-        for _ in range(_STRING_FIELDS):
-            length = unpack_length(raw, at)[0]
-            at += 4
-            texts.append(raw[at : at + length].decode("utf-8", "replace"))
-            at += length
-        tag_count = unpack_length(raw, at)[0]
-        at += 4
-        tags = []
-        for _ in range(tag_count):
-            length = unpack_length(raw, at)[0]
-            at += 4
-            tags.append(raw[at : at + length].decode("utf-8", "replace"))
-            at += length
+        texts, at = _strings(raw, at, _STRING_FIELDS)
+        tags, at = _strings(raw, at + 4, unpack_length(raw, at)[0])
         file, msg, data, revision, version, server, uri, text = texts
         match = RuleMatch(
             rule_id=rule_id,
@@ -592,6 +580,18 @@ def _match_records(log: Any, client: str, unique_id: str) -> list[tuple[RuleMatc
         )
         records.append((match, action))
     return records
+
+
+def _strings(raw: bytes, at: int, count: int) -> tuple[list[str], int]:
+    """``count`` length-prefixed strings of a record from ``at``; and where they end."""
+    texts = []
+    unpack_length = _LENGTH.unpack_from
+    for _ in range(count):
+        length = unpack_length(raw, at)[0]
+        at += 4
+        texts.append(raw[at : at + length].decode("utf-8", "replace"))
+        at += length
+    return texts, at
 
 
 class _Intervention:
