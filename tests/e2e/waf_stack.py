@@ -43,6 +43,7 @@ SecRule REQUEST_URI "@beginsWith /e2e-response-header" \\
   SecRule RESPONSE_HEADERS:Content-Type "@contains text/html" "t:lowercase"
 SecRule REQUEST_URI_RAW "@beginsWith http://absolute.e2e/" \\
   "id:100005,phase:1,log,deny,status:403,msg:'e2e absolute-form target'"
+SecRule ARGS:forge "@contains passwd" "id:100006,phase:1,log,deny,status:403,msg:'e2e deny'"
 """
 
 _WAF_FIELDS = re.compile(r"(\w+)=(\S*)")
