@@ -231,6 +231,7 @@ class ModSecEngine:
         self._finalizer = weakref.finalize(self, lib.msc_rules_cleanup, self._rules)
         self._finalizer.atexit = False
         self.warnings: tuple[str, ...] = resolved.warnings
+        self.rejects_truncated_body: bool = resolved.rejects_truncated_body
         self._directive_lines = resolved.text.splitlines()
         self._drop_cache: dict[tuple[str, int], bool] = {}
         self._drop_lock = _new_lock()
