@@ -19,7 +19,7 @@ import random
 import string
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, ClassVar
 
@@ -245,6 +245,8 @@ class Application:
             # close_all() already took, closed and counted it (shutdown)
             outcome.kept, outcome.opened = None, False
         verdict = self._settle(outcome, parsed.request.transaction_id)
+        if parsed.request.body_truncated:
+            self._report_truncated_body(parsed.request, trace)
         if trace is not None:
             trace.cache = "stored" if outcome.kept is not None else "not-stored"
             trace.note = detect_only_note(verdict) if parsed.detect_only else trace.note
@@ -292,11 +294,29 @@ class Application:
         except Exception as exc:
             self._close_quietly(request.transaction_id, transaction)
             return _Outcome(opened=True, closed=True, error=exc)
+        if request.body_truncated and self._engine.rejects_truncated_body:
+            verdict = truncated_body_verdict(verdict)
         if self.config.response_check and (parsed.detect_only or not verdict.interrupted):
             self._handed_over[id(transaction)] = (request.transaction_id, transaction)
             return _Outcome(verdict=verdict, opened=True, kept=transaction)
         self._close_quietly(request.transaction_id, transaction)  # done by its job already
         return _Outcome(verdict=verdict, opened=True, closed=True)
+
+    def _report_truncated_body(self, request: RequestInfo, trace: MessageTrace | None) -> None:
+        # docs/haproxy.md "Request bodies": never judged as if complete, and never silently
+        received, declared = len(request.body), request.declared_body_size
+        if trace is not None:
+            trace.note = f"body truncated: {received} of {declared} bytes"
+        outcome = (
+            "refused (413, SecRequestBodyLimitAction Reject)"
+            if self._engine.rejects_truncated_body
+            else "judged on that part only (SecRequestBodyLimitAction ProcessPartial)"
+        )
+        self._warn_every_minute(
+            "body_truncated",
+            f"a request body reached the agent cut short ({received} of {declared} bytes, "
+            f"HAProxy's tune.bufsize or the body argument's cap): {outcome}",
+        )
 
     def _request_close_when(self, detect_only: bool) -> CloseWhen:
         # compat.md Part 1: an interrupted request is closed at once, unless detect-only asks
@@ -532,3 +552,12 @@ class Application:
             self._log.bind(tx=transaction_id, kind="rule_match", matches=records).log(
                 rule_match_level(verdict.matches), "rules matched"
             )
+
+
+def truncated_body_verdict(verdict: Verdict) -> Verdict:
+    """A body cut short under ``SecRequestBodyLimitAction Reject``: what Coraza answers past
+    ``SecRequestBodyLimit`` (deny, status 413, rule 0; docs/haproxy.md "Request bodies"),
+    unless a rule already interrupted on the part that arrived (its verdict says more)."""
+    if verdict.interrupted:
+        return verdict
+    return replace(verdict, interrupted=True, status=413, action="deny", rule_id=0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from coraza_spoa_py.messages import (
+    ARG_BODY_SIZE,
     ARG_DETECT_ONLY,
     ARG_EXPORT_RULE_IDS,
     ARG_ID,
@@ -40,8 +41,9 @@ DEBUG_LEVEL_NO = 10
 _LOGURU_CORE = getattr(logger, "_core", None)
 # the two flags are optional (coraza-spoa's own coraza.cfg does not send them); any other known
 # argument that is absent changes what the rules see, so the line names it
-# optional: none of the agents we replace sends url (docs/haproxy.md "Absolute-form")
-OPTIONAL_ARGS = frozenset({ARG_EXPORT_RULE_IDS, ARG_DETECT_ONLY, ARG_URL})
+# optional: none of the agents we replace sends url (docs/haproxy.md "Absolute-form") or
+# body-size (docs/haproxy.md "Request bodies")
+OPTIONAL_ARGS = frozenset({ARG_EXPORT_RULE_IDS, ARG_DETECT_ONLY, ARG_URL, ARG_BODY_SIZE})
 _TEXT_TYPES = frozenset({DataType.STRING, DataType.BINARY})
 # Enum.name goes through a descriptor: a plain dict keeps describing a message cheap at debug
 _TYPE_NAMES = {data_type: data_type.name for data_type in DataType}

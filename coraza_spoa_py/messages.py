@@ -40,6 +40,8 @@ ARG_URL = "url"
 ARG_VERSION = "version"
 ARG_HEADERS = "headers"
 ARG_BODY = "body"
+# ours: HAProxy's req.body_size, so that a body cut by HAProxy's buffer is known as such
+ARG_BODY_SIZE = "body-size"
 ARG_STATUS = "status"
 ARG_EXPORT_RULE_IDS = "exportRuleIDs"
 ARG_DETECT_ONLY = "detect-only"
@@ -48,7 +50,7 @@ REQUEST_ARGS = frozenset(
     {
         ARG_APP, ARG_ID, ARG_SRC_IP, ARG_SRC_PORT, ARG_DST_IP, ARG_DST_PORT, ARG_METHOD,
         ARG_PATH, ARG_QUERY, ARG_VERSION, ARG_HEADERS, ARG_BODY, ARG_EXPORT_RULE_IDS,
-        ARG_DETECT_ONLY, ARG_URL,
+        ARG_DETECT_ONLY, ARG_URL, ARG_BODY_SIZE,
     }
 )  # fmt: skip
 RESPONSE_ARGS = frozenset(
@@ -62,6 +64,8 @@ _TEXT_TYPES = frozenset({DataType.STRING, DataType.BINARY})
 _INTEGER_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
 _HTTP_VERSION_PREFIX = b"HTTP/"
 _MAX_PORT = 65_535
+# req.body_size is a signed 64-bit sample (spop.md §8)
+_MAX_BODY_SIZE = 2**63 - 1
 
 
 class MalformedArgumentError(ValueError):
@@ -204,6 +208,7 @@ def parse_request_message(
         src_port=_int_arg(args.get(ARG_SRC_PORT), low=0, high=_MAX_PORT) or 0,
         dst_ip=_address_arg(args.get(ARG_DST_IP)),
         dst_port=_int_arg(args.get(ARG_DST_PORT), low=0, high=_MAX_PORT) or 0,
+        declared_body_size=_int_arg(args.get(ARG_BODY_SIZE), low=0, high=_MAX_BODY_SIZE),
     )
     return RequestMessage(
         request=request,

@@ -40,6 +40,15 @@ class RequestInfo:
     dst_port: int = 0
     # the request target as HAProxy's ``url`` gives it (the optional ``url`` argument)
     target: bytes | None = None
+    # the body's size as the client declared it (the optional ``body-size`` argument,
+    # HAProxy's ``req.body_size``); None: not sent. docs/haproxy.md "Request bodies".
+    declared_body_size: int | None = None
+
+    @property
+    def body_truncated(self) -> bool:
+        """HAProxy sent less of the body than the client declared: its buffer (``tune.bufsize``)
+        or the body argument's cap was full. Such a body must never be judged as complete."""
+        return self.declared_body_size is not None and self.declared_body_size > len(self.body)
 
     @property
     def uri(self) -> bytes:
@@ -183,6 +192,10 @@ class WafTransaction(Protocol):
 
 class WafEngine(Protocol):
     """A loaded rule set. Thread-safe: many transactions on many threads at once."""
+
+    # a request body that arrived cut short is refused, not judged on its part
+    # (rules.ResolvedRules.rejects_truncated_body)
+    rejects_truncated_body: bool
 
     def new_transaction(self, transaction_id: str) -> WafTransaction: ...
 

@@ -65,6 +65,10 @@ _ARGUMENT = re.compile(r'"(?:[^"\\]|\\.)*"?|\S+')
 _SINGLE_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
 _CHAIN = re.compile(r"(?:^|,)\s*chain\s*(?:,|$)", re.IGNORECASE)
 # Directives whose last argument is an action list (Coraza's rule parser reads these).
+# the directives that decide what a cut request body gets (ResolvedRules.rejects_truncated_body)
+_BODY_LIMIT_SETTINGS = frozenset(
+    {"secruleengine", "secrequestbodyaccess", "secrequestbodylimitaction"}
+)
 ACTION_LIST_DIRECTIVES = frozenset({"secrule", "secaction", "secdefaultaction"})
 RULE_DIRECTIVES = frozenset({"secrule", "secaction"})
 # Coraza refuses more nested includes than this (and so do we: a file including itself)
@@ -121,6 +125,30 @@ class ResolvedRules:
     @property
     def markers_defined(self) -> int:
         return sum(d.markers for d in self.directives)
+
+    @property
+    def rejects_truncated_body(self) -> bool:
+        """Whether a request body that reached the engine cut short (HAProxy's buffer was
+        full, docs/haproxy.md "Request bodies") is refused rather than judged on its part.
+
+        The part that reached us is the body limit in effect, so this is what libmodsecurity
+        does past ``SecRequestBodyLimit``: refuse with ``SecRequestBodyLimitAction Reject``;
+        inspect the part with ``ProcessPartial`` (its default). Only when the body is
+        inspected at all (``SecRequestBodyAccess On``, off by default) and the engine may
+        block (``SecRuleEngine`` neither ``DetectionOnly`` nor ``Off``). The last directive
+        of each wins, as in the engine.
+        """
+        settings: dict[str, str] = {}
+        for directive in self.directives:
+            found = _DIRECTIVE.match(directive.text)
+            if found and found["name"].lower() in _BODY_LIMIT_SETTINGS:
+                value = _unquote((found["rest"] or "").strip()).lower()
+                settings[found["name"].lower()] = value
+        return (
+            settings.get("secruleengine", "on") not in ("detectiononly", "off")
+            and settings.get("secrequestbodyaccess") == "on"
+            and settings.get("secrequestbodylimitaction") == "reject"
+        )
 
 
 def resolve(app: AppConfig, paths: RulePaths) -> ResolvedRules:

@@ -232,6 +232,7 @@ class ModSecEngine:
         self._finalizer = weakref.finalize(self, lib.msc_rules_cleanup, self._rules)
         self._finalizer.atexit = False
         self.warnings: tuple[str, ...] = resolved.warnings
+        self.rejects_truncated_body: bool = resolved.rejects_truncated_body
         # where this engine's jobs run: here by default, the engine threads in the agent
         self.runner: JobRunner = RUN_HERE
         count = self._add(resolved.text, resolved)

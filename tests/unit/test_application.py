@@ -655,3 +655,84 @@ def test_transaction_taken_by_close_all_is_not_cached_afterwards():
     assert engine.transactions[0].closed == 1 and not app.has_open_transaction("late")
     st = app.stats
     assert st.opened == st.closed == 1 and st.open == 0
+
+
+# ---- request bodies cut short by HAProxy (docs/haproxy.md "Request bodies") -----------------
+
+
+def _body_request(body: bytes, declared: int | None, *extra):
+    args = [s("id", "big-1"), b("body", body), *extra]
+    if declared is not None:
+        args.append(i64("body-size", declared))
+    return request_message(*args)
+
+
+def test_body_size_is_read_and_a_shorter_body_is_truncated():
+    engine = FakeEngine()
+    app, clock = make_app(engine)
+    app.handle_request(_body_request(b"x" * 10, 10), clock())
+    app.handle_request(_body_request(b"x" * 10, 1_000_000), clock())
+    app.handle_request(_body_request(b"x" * 10, None), clock())
+    complete, cut, unknown = (tx.requests[0] for tx in engine.transactions)
+    assert (complete.declared_body_size, complete.body_truncated) == (10, False)
+    assert (cut.declared_body_size, cut.body_truncated) == (1_000_000, True)
+    assert (unknown.declared_body_size, unknown.body_truncated) == (None, False)
+
+
+def test_truncated_body_under_reject_is_denied_413_with_rule_0_and_closed(records):
+    engine = FakeEngine(rejects_truncated_body=True)
+    app, clock = make_app(engine, response_check=True)
+    actions = as_dict(app.handle_request(_body_request(b"a=1", 200_000), clock()))
+    assert (actions["fail"], actions["action"], actions["status"], actions["ruleid"]) == (
+        1, "deny", 413, 0,
+    )  # fmt: skip
+    # the part that arrived was still evaluated, and the transaction is not kept
+    assert engine.transactions[0].requests[0].body == b"a=1"
+    assert engine.transactions[0].closed == 1 and app.stats.open == 0
+    warnings = [r["message"] for r in records if r["level"].name == "WARNING"]
+    assert warnings == [
+        "a request body reached the agent cut short (3 of 200000 bytes, HAProxy's"
+        " tune.bufsize or the body argument's cap): refused (413, SecRequestBodyLimitAction"
+        " Reject)"
+    ]
+
+
+def test_truncated_body_keeps_the_verdict_of_a_rule_that_already_blocked():
+    engine = FakeEngine(decide_request=lambda r: interrupted(), rejects_truncated_body=True)
+    app, clock = make_app(engine)
+    actions = as_dict(app.handle_request(_body_request(b"a=1", 200_000), clock()))
+    assert (actions["status"], actions["ruleid"]) == (403, 949110)
+
+
+def test_truncated_body_under_process_partial_is_judged_on_its_part_and_reported(records):
+    engine = FakeEngine(rejects_truncated_body=False)
+    app, clock = make_app(engine, response_check=True)
+    actions = as_dict(app.handle_request(_body_request(b"a=1", 200_000), clock()))
+    assert actions["fail"] == 0 and "action" not in actions
+    assert app.stats.open == 1  # kept for its response, as any passed request
+    warnings = [r["message"] for r in records if r["level"].name == "WARNING"]
+    assert len(warnings) == 1 and "judged on that part only" in warnings[0]
+    assert "ProcessPartial" in warnings[0]
+
+
+def test_complete_body_under_reject_is_judged_as_usual():
+    engine = FakeEngine(rejects_truncated_body=True)
+    app, clock = make_app(engine)
+    actions = as_dict(app.handle_request(_body_request(b"a=1", 3), clock()))
+    assert actions["fail"] == 0 and "action" not in actions
+
+
+def test_truncated_body_with_detect_only_never_blocks():
+    engine = FakeEngine(rejects_truncated_body=True)
+    app, clock = make_app(engine)
+    message = _body_request(b"a=1", 200_000, flag("detect-only", True))
+    assert as_dict(app.handle_request(message, clock()))["fail"] == 0
+
+
+@pytest.mark.parametrize(
+    "bad", [s("body-size", "12"), i64("body-size", -1)], ids=["string", "negative"]
+)
+def test_malformed_body_size_is_1001(bad):
+    app, clock = make_app()
+    with pytest.raises(MalformedMessageError):
+        app.handle_request(request_message(bad), clock())

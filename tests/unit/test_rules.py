@@ -207,3 +207,24 @@ def test_an_include_cycle_is_a_problem_not_a_hang(tmp_path: Path) -> None:
     (tmp_path / "self.conf").write_text("Include self.conf\n")
     resolved = resolve("Include self.conf\n", base_dir=str(tmp_path))
     assert resolved.problems and "nested includes" in resolved.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("directives", "rejects"),
+    [
+        # the recommended base config: body access on, Reject, engine DetectionOnly until the
+        # app turns it on (as config.example.yml does)
+        ("Include @coraza.conf-recommended\nSecRuleEngine On\n", True),
+        ("Include @coraza.conf-recommended\n", False),
+        ("Include @coraza.conf-recommended\nSecRequestBodyLimitAction ProcessPartial\n", False),
+        ("SecRequestBodyAccess On\nSecRequestBodyLimitAction Reject\n", True),
+        ("SecRequestBodyAccess On\nSecRequestBodyLimitAction 'Reject'\nSecRuleEngine Off\n", False),
+        ("SecRequestBodyLimitAction Reject\n", False),  # body access is off by default
+        ("SecRequestBodyAccess On\n", False),  # libmodsecurity's default is ProcessPartial
+        ("secrequestbodyaccess on\nsecrequestbodylimitaction reject\n", True),
+    ],
+)
+def test_rejects_truncated_body_follows_the_last_body_limit_settings(
+    directives: str, rejects: bool
+) -> None:
+    assert resolve(directives).rejects_truncated_body is rejects

@@ -106,6 +106,8 @@ class FakeEngine:
     fail_close: bool = False
     # the engine threads found every deadline passed (engine-side load shedding)
     miss_deadlines: bool = False
+    # SecRequestBodyLimitAction Reject (with body access on): cut bodies are refused
+    rejects_truncated_body: bool = False
     transactions: list[FakeTransaction] = field(default_factory=list)
 
     def new_transaction(self, transaction_id: str) -> FakeTransaction:
