@@ -12,8 +12,8 @@ CONFIG ?= config.example.yml
 # what running the agent needs
 install-run: $(STAMPS)/system $(STAMPS)/venv $(STAMPS)/native
 
-# plus what the test suite needs: HAProxy 3.0 and 3.2 unpacked under .cache/
-install: install-run $(HAPROXY_NEXT)/trixie/haproxy $(HAPROXY_NEXT)/sid/haproxy
+# plus what the test suite needs: HAProxy 3.0, 3.2 and 3.4 unpacked under .cache/
+install: install-run $(HAPROXY_NEXT)/trixie/haproxy $(HAPROXY_NEXT)/sid/haproxy $(HAPROXY_NEXT)/experimental/haproxy
 
 $(STAMPS)/system: scripts/install-system-deps.sh
 	scripts/install-system-deps.sh && mkdir -p $(STAMPS) && touch $@

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Unpack HAProxy from a newer Debian suite (trixie -> 3.0.x, sid -> 3.2.x+) into DEST, without
-# installing anything on the system, and write DEST/haproxy: a wrapper that starts it with that
-# suite's own dynamic loader and libraries (its libc is newer than bookworm's).
+# Unpack HAProxy from a newer Debian suite (trixie -> 3.0.x, sid -> 3.2.x, experimental -> 3.4.x)
+# into DEST, without installing anything on the system, and write DEST/haproxy: a wrapper that
+# starts it with that suite's own dynamic loader and libraries (its libc is newer than bookworm's).
 #
 # Usage: scripts/fetch-haproxy-next.sh SUITE DEST
-# Facts behind it: ../shared/docs/harness.md §1. The package set is resolved by apt itself
+# How the tests use it: docs/development.md. The package set is resolved by apt itself
 # (download-only against an empty dpkg status), so a new dependency in the suite is followed.
+# Experimental holds only the packages that are newer there: its haproxy's dependencies come
+# from sid, so that suite is listed too and experimental is asked for by name (-t).
 set -euo pipefail
 suite=$1
 dest=$(realpath -m "$2")
@@ -16,7 +18,13 @@ work="$dest/.apt"
 rm -rf "$dest"
 mkdir -p "$work/lists/partial" "$work/archives/partial" "$dest/root"
 : > "$work/status"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $suite main" > "$work/sources.list"
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+echo "deb [signed-by=$keyring] $uri $suite main" > "$work/sources.list"
+target_release=()
+if [ "$suite" = experimental ]; then
+  echo "deb [signed-by=$keyring] $uri sid main" >> "$work/sources.list"
+  target_release=(-t experimental)
+fi
 apt_opts=(
   -o Dir::Etc::sourcelist="$work/sources.list" -o Dir::Etc::sourceparts=/nonexistent
   -o Dir::State::Lists="$work/lists" -o Dir::State::status="$work/status"
@@ -26,7 +34,7 @@ apt_opts=(
 apt-get "${apt_opts[@]}" -qq update
 # The runtime closure of haproxy in that suite. Maintainer-script helpers (adduser, debconf,
 # perl...) come along too; they are unpacked and never run.
-apt-get "${apt_opts[@]}" -qq -y --download-only install haproxy >/dev/null
+apt-get "${apt_opts[@]}" -qq -y --download-only install ${target_release[@]+"${target_release[@]}"} haproxy >/dev/null
 for deb in "$work"/archives/*.deb; do dpkg-deb -x "$deb" "$dest/root"; done
 libdir="$dest/root/usr/lib/x86_64-linux-gnu"
 loader="$libdir/ld-linux-x86-64.so.2"

@@ -26,7 +26,7 @@ from tests.support.ports import wait_for_port
 from tests.support.process import ManagedProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-HAPROXY_VERSIONS = ("2.6", "2.8", "3.0", "3.2")
+HAPROXY_VERSIONS = ("2.6", "2.8", "3.0", "3.2", "3.4")
 # ≤3.0: the applet SPOE; 3.1+: the SPOP mux (spop.md §6). Handy for version-specific asserts.
 LEGACY_SPOE_VERSIONS = ("2.6", "2.8", "3.0")
 
@@ -34,7 +34,7 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def haproxy_binary(version: str) -> Path:
-    """The HAProxy binary for "2.6", "2.8", "3.0" or "3.2"; a missing one FAILS the test."""
+    """The HAProxy binary for "2.6", "2.8", "3.0", "3.2" or "3.4"; a missing one FAILS the test."""
     if version == "2.6":
         path = Path("/usr/sbin/haproxy")
     elif version == "2.8":
@@ -47,6 +47,8 @@ def haproxy_binary(version: str) -> Path:
         path = PROJECT_ROOT / ".cache/haproxy/trixie/haproxy"
     elif version == "3.2":
         path = PROJECT_ROOT / ".cache/haproxy/sid/haproxy"
+    elif version == "3.4":
+        path = PROJECT_ROOT / ".cache/haproxy/experimental/haproxy"
     else:
         raise ValueError(f"unknown HAProxy version {version!r}; known: {HAPROXY_VERSIONS}")
     if not path.is_file():
