@@ -40,6 +40,7 @@ from coraza_spoa_py.messages import (
     RequestMessage,
     ResponseMessage,
     args_by_name,
+    parse_orphan_request,
     parse_request_message,
     parse_response_message,
 )
@@ -78,6 +79,7 @@ class EngineFailureError(MessageError):
 
 
 class TransactionNotFoundError(MessageError):
+    # only with ``orphan_responses: reject``; otherwise such a response is inspected on its own
     code = ErrorCode.TRANSACTION_NOT_FOUND
 
 
@@ -122,6 +124,11 @@ class TransactionStats:
     shed: int = 0
     open: int = 0
     in_flight: int = 0
+
+
+# What a message came to, for the metrics (``Application.observer``): the message name, whether
+# it was inspected without its request's transaction, the verdict
+Observer = Callable[[str, str, bool, Verdict], None]
 
 
 @dataclass(slots=True)
@@ -171,6 +178,9 @@ class Application:
         self._evicted = 0
         self._shed = 0
         self._in_flight = 0
+        self._orphans = 0
+        # set by the runtime when metrics are served: called with every verdict (hub only)
+        self.observer: Observer | None = None
         self._warned_at: dict[str, float] = {}
         # Transactions kept for the response inside an executor call, until they are cached. If
         # the waiting greenlet is killed (forced shutdown), close_all() still finds them here.
@@ -192,6 +202,11 @@ class Application:
             open=len(self._cache),
             in_flight=self._in_flight,
         )
+
+    @property
+    def orphan_responses(self) -> int:
+        """``coraza-res`` messages inspected without their request's transaction."""
+        return self._orphans
 
     def has_open_transaction(self, transaction_id: str) -> bool:
         return transaction_id in self._cache
@@ -256,6 +271,8 @@ class Application:
                 )
                 self._close_entries(pushed_out)
         self._log_matches(parsed.request.transaction_id, verdict)
+        if self.observer is not None:
+            self.observer(self.config.name, "coraza-req", False, verdict)
         return verdict_actions(
             verdict,
             transaction_id=parsed.request.transaction_id,
@@ -335,17 +352,22 @@ class Application:
         transaction = self._cache.pop(transaction_id)
         if trace is not None:
             trace.cache = "not-found" if transaction is None else "found"
-        if transaction is None:
+        if transaction is not None:
+            self._in_flight += 1
+            outcome = self._run(
+                lambda started: self._evaluate_response(parsed, transaction, received_at, started)
+            )
+            self._in_flight -= 1
+        elif self.config.orphan_responses == "reject":
             raise TransactionNotFoundError(f"no open transaction {transaction_id!r}")
-        self._in_flight += 1
-        outcome = self._run(
-            lambda started: self._evaluate_response(parsed, transaction, received_at, started)
-        )
-        self._in_flight -= 1
+        else:
+            outcome = self._orphan(parsed, args, received_at, trace)
         if trace is not None:
             trace.started, trace.finished = outcome.started, outcome.finished
         verdict = self._settle(outcome, transaction_id)
         self._log_matches(transaction_id, verdict)
+        if self.observer is not None:
+            self.observer(self.config.name, "coraza-res", transaction is None, verdict)
         return verdict_actions(
             verdict,
             transaction_id=None,
@@ -376,6 +398,59 @@ class Application:
         finally:
             # a no-op when its job closed it (CloseWhen.ALWAYS); not when the call failed early
             self._close_quietly(response.transaction_id, transaction)
+
+    def _orphan(
+        self,
+        parsed: ResponseMessage,
+        args: Mapping[str, Arg],
+        received_at: float,
+        trace: MessageTrace | None,
+    ) -> _Outcome:
+        # Another agent (or process) saw the request, or its transaction expired or was
+        # evicted: inspect the response on its own rather than fail it (docs/operations.md
+        # "Several agents"). The request-side TX state of the other agent is not here.
+        try:
+            request = parse_orphan_request(args, parsed.response.transaction_id)
+        except MalformedArgumentError as exc:
+            raise MalformedMessageError(str(exc)) from exc
+        self._orphans += 1
+        if trace is not None:
+            trace.note = "orphan: inspected without its request"
+        return self._run(
+            lambda started: self._evaluate_orphan(parsed, request, received_at, started)
+        )
+
+    def _evaluate_orphan(
+        self,
+        parsed: ResponseMessage,
+        request: RequestInfo | None,
+        received_at: float,
+        started: float,
+    ) -> _Outcome:
+        # Inside the executor call, like _evaluate_request: never raises. A fresh transaction:
+        # phases 1-2 only with the request facts the message carries (their verdict is not
+        # ours to give: the request was answered elsewhere), then phases 3-4, then closed.
+        if started - received_at > self._processing_budget_s:
+            return _Outcome(shed=True)
+        transaction_id = parsed.response.transaction_id
+        try:
+            transaction = self._engine.new_transaction(transaction_id)
+        except Exception as exc:
+            return _Outcome(error=exc)
+        deadline = self._deadline(received_at)
+        try:
+            if request is not None:
+                transaction.process_request(request, deadline=deadline)
+            verdict = transaction.process_response(
+                parsed.response, deadline=deadline, close_when=CloseWhen.ALWAYS
+            )
+        except DeadlineExceededError:
+            return _Outcome(opened=True, closed=True, shed=True)
+        except Exception as exc:
+            return _Outcome(opened=True, closed=True, error=exc)
+        finally:
+            self._close_quietly(transaction_id, transaction)
+        return _Outcome(verdict=verdict, opened=True, closed=True)
 
     # ---- lifetime -----------------------------------------------------------------------
 

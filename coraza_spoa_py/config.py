@@ -331,6 +331,7 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
             response_check=item.get("response_check", False),
             transaction_ttl_ms=item.get("transaction_ttl_ms", DEFAULT_TTL_MS),
             transaction_active_limit=item.get("transaction_active_limit", 100_000),
+            orphan_responses=item.get("orphan_responses", "inspect"),
             export_rule_ids=item.get("export_rule_ids", False),
             log=_log(item, top_log) if any(key in item for key in _APP_LOG_KEYS) else None,
             base_dir=base_dir,

@@ -50,6 +50,11 @@ REQUEST_ARGS = frozenset(
         ARG_DETECT_ONLY,
     }
 )  # fmt: skip
+# request-side facts a coraza-res may carry for the orphan path (docs/operations.md "Several
+# agents"): only read when the response's transaction is not in this agent
+ORPHAN_REQUEST_ARGS = frozenset(
+    {ARG_SRC_IP, ARG_SRC_PORT, ARG_DST_IP, ARG_DST_PORT, ARG_METHOD, ARG_PATH, ARG_QUERY}
+)
 RESPONSE_ARGS = frozenset(
     {
         ARG_APP, ARG_ID, ARG_VERSION, ARG_STATUS, ARG_HEADERS, ARG_BODY, ARG_EXPORT_RULE_IDS,
@@ -229,4 +234,22 @@ def parse_response_message(
         response=response,
         export_rule_ids=_bool_arg(args.get(ARG_EXPORT_RULE_IDS)),
         detect_only=_bool_arg(args.get(ARG_DETECT_ONLY)),
+    )
+
+
+def parse_orphan_request(args: Mapping[str, Arg], transaction_id: str) -> RequestInfo | None:
+    """The request-side facts of a ``coraza-res`` whose transaction is not here: method, path,
+    query and the addresses when the message carries them (no request headers or body: the
+    response's ``headers``/``body`` are the response's). None when it carries none of them."""
+    if not any(name in args for name in ORPHAN_REQUEST_ARGS):
+        return None
+    return RequestInfo(
+        transaction_id=transaction_id,
+        method=text_arg(args.get(ARG_METHOD)) or b"GET",
+        path=text_arg(args.get(ARG_PATH)) or b"/",
+        query=text_arg(args.get(ARG_QUERY)),
+        src_ip=_address_arg(args.get(ARG_SRC_IP)),
+        src_port=_int_arg(args.get(ARG_SRC_PORT), low=0, high=_MAX_PORT) or 0,
+        dst_ip=_address_arg(args.get(ARG_DST_IP)),
+        dst_port=_int_arg(args.get(ARG_DST_PORT), low=0, high=_MAX_PORT) or 0,
     )

@@ -57,6 +57,9 @@ class AppConfig:
     transaction_ttl_ms: int = 60_000
     # max open transactions kept for the response phase; oldest evicted first
     transaction_active_limit: int = 100_000
+    # a coraza-res whose transaction is not here (another agent saw the request, or it expired):
+    # "inspect" runs phases 3-4 on a fresh transaction, "reject" answers error 1004
+    orphan_responses: Literal["inspect", "reject"] = "inspect"
     # turn on txn.coraza.rule_ids for every message of this app (the exportRuleIDs arg does it
     # per message)
     export_rule_ids: bool = False
