@@ -423,13 +423,15 @@ class Application:
     def _evaluate_orphan(
         self,
         parsed: ResponseMessage,
-        request: RequestInfo | None,
+        request: RequestInfo,
         received_at: float,
         started: float,
     ) -> _Outcome:
         # Inside the executor call, like _evaluate_request: never raises. A fresh transaction:
-        # phases 1-2 only with the request facts the message carries (their verdict is not
-        # ours to give: the request was answered elsewhere), then phases 3-4, then closed.
+        # phases 1-2 with the request facts the message carries, because rule sets initialise
+        # their TX variables there (CRS 901xxx: paranoia level, outbound threshold; without
+        # them its 95x rules skip themselves); their verdict is not ours to give, the request
+        # was answered elsewhere. Then phases 3-4, then closed.
         if started - received_at > self._processing_budget_s:
             return _Outcome(shed=True)
         transaction_id = parsed.response.transaction_id
@@ -439,8 +441,7 @@ class Application:
             return _Outcome(error=exc)
         deadline = self._deadline(received_at)
         try:
-            if request is not None:
-                transaction.process_request(request, deadline=deadline)
+            transaction.process_request(request, deadline=deadline)
             verdict = transaction.process_response(
                 parsed.response, deadline=deadline, close_when=CloseWhen.ALWAYS
             )

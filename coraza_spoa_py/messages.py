@@ -50,11 +50,6 @@ REQUEST_ARGS = frozenset(
         ARG_DETECT_ONLY,
     }
 )  # fmt: skip
-# request-side facts a coraza-res may carry for the orphan path (docs/operations.md "Several
-# agents"): only read when the response's transaction is not in this agent
-ORPHAN_REQUEST_ARGS = frozenset(
-    {ARG_SRC_IP, ARG_SRC_PORT, ARG_DST_IP, ARG_DST_PORT, ARG_METHOD, ARG_PATH, ARG_QUERY}
-)
 RESPONSE_ARGS = frozenset(
     {
         ARG_APP, ARG_ID, ARG_VERSION, ARG_STATUS, ARG_HEADERS, ARG_BODY, ARG_EXPORT_RULE_IDS,
@@ -237,12 +232,10 @@ def parse_response_message(
     )
 
 
-def parse_orphan_request(args: Mapping[str, Arg], transaction_id: str) -> RequestInfo | None:
+def parse_orphan_request(args: Mapping[str, Arg], transaction_id: str) -> RequestInfo:
     """The request-side facts of a ``coraza-res`` whose transaction is not here: method, path,
-    query and the addresses when the message carries them (no request headers or body: the
-    response's ``headers``/``body`` are the response's). None when it carries none of them."""
-    if not any(name in args for name in ORPHAN_REQUEST_ARGS):
-        return None
+    query and the addresses when the message carries them, else ``GET /`` from nowhere. Never
+    request headers or body: the message's ``headers``/``body`` are the response's."""
     return RequestInfo(
         transaction_id=transaction_id,
         method=text_arg(args.get(ARG_METHOD)) or b"GET",
