@@ -146,7 +146,7 @@ class Metrics:
         self._orphans = Counter(
             "coraza_spoa_py_orphan_responses",
             "coraza-res messages inspected without their request's transaction (orphans).",
-            ("app",),
+            ("app", "verdict"),
             registry=self.registry,
         )
         self._rule_matches = Counter(
@@ -179,7 +179,7 @@ class Metrics:
         outcome = "interrupted" if verdict.interrupted else "passed"
         self._child(self._messages, app, message, outcome).inc()
         if orphan:
-            self._child(self._orphans, app).inc()
+            self._child(self._orphans, app, outcome).inc()
         for match in verdict.matches:
             self._child(self._rule_matches, app, str(match.rule_id)).inc()
 

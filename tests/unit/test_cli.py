@@ -339,7 +339,7 @@ def test_per_app_and_per_rule_counters() -> None:
     for line in (
         'coraza_spoa_py_messages_total{app="shop",message="coraza-res",verdict="interrupted"} 2.0',
         'coraza_spoa_py_messages_total{app="shop",message="coraza-req",verdict="passed"} 1.0',
-        'coraza_spoa_py_orphan_responses_total{app="shop"} 1.0',
+        'coraza_spoa_py_orphan_responses_total{app="shop",verdict="interrupted"} 1.0',
         'coraza_spoa_py_rule_matches_total{app="shop",rule_id="951230"} 2.0',
         'coraza_spoa_py_rule_matches_total{app="shop",rule_id="959100"} 2.0',
     ):
