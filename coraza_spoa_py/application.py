@@ -19,7 +19,7 @@ import random
 import string
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, ClassVar
 
@@ -107,6 +107,19 @@ def rule_match_level(matches: Sequence[RuleMatch]) -> str:
     at ``error`` still sees a record containing a critical match."""
     levels = (_LEVEL_BY_SEVERITY.get(match.severity, "ERROR") for match in matches)
     return max(levels, key=_LEVEL_ORDER.index, default="ERROR")
+
+
+def _response_side(verdict: Verdict, before: Verdict) -> Verdict:
+    """An orphan's response verdict without what its stand-in request phases matched: the
+    transaction-wide ids and counts (models.Verdict) would otherwise report rules like CRS
+    920280 "missing Host header" that only the stand-in ``GET /`` triggered, and its inbound
+    score. The score stays only if the response phases reported one of their own."""
+    return replace(
+        verdict,
+        matched_rule_ids=verdict.matched_rule_ids[len(before.matched_rule_ids) :],
+        rules_hit=verdict.rules_hit - before.rules_hit,
+        anomaly_score=0 if verdict.anomaly_score == before.anomaly_score else verdict.anomaly_score,
+    )
 
 
 def generate_transaction_id() -> str:
@@ -441,7 +454,7 @@ class Application:
             return _Outcome(error=exc)
         deadline = self._deadline(received_at)
         try:
-            transaction.process_request(request, deadline=deadline)
+            before = transaction.process_request(request, deadline=deadline)
             verdict = transaction.process_response(
                 parsed.response, deadline=deadline, close_when=CloseWhen.ALWAYS
             )
@@ -451,7 +464,7 @@ class Application:
             return _Outcome(opened=True, closed=True, error=exc)
         finally:
             self._close_quietly(transaction_id, transaction)
-        return _Outcome(verdict=verdict, opened=True, closed=True)
+        return _Outcome(verdict=_response_side(verdict, before), opened=True, closed=True)
 
     # ---- lifetime -----------------------------------------------------------------------
 

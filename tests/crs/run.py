@@ -3,6 +3,8 @@
     python -m tests.crs.run                      # both modes, v3.3.4 tests, HAProxy 2.6
     python -m tests.crs.run --mode direct        # engine only (seconds)
     python -m tests.crs.run --only '^9201' -v    # stage ids matching a regex, with reasons
+    python -m tests.crs.run --mode orphan --tests tests/crs/response-tests   # every response
+                                                 # inspected without its request's transaction
 
 Exit status 0 when every failure is listed in expected-failures.yaml for its mode and no
 listed entry passes; 1 otherwise. The last line is ``N passed, N failed, N skipped``.
@@ -19,13 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from coraza_spoa_py.settings import DEFAULT_CRS_RULES_DIR, DEFAULT_CRS_SETUP_FILE, RulePaths
-from tests.crs import direct, loader, results, through_haproxy
+from tests.crs import direct, loader, orphan, results, through_haproxy
 from tests.crs.crs_setup import DEFAULT_TESTS_DIR, EXPECTED_FAILURES_FILE
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.crs.run", description=__doc__)
-    parser.add_argument("--mode", choices=("both", "direct", "haproxy"), default="both")
+    parser.add_argument("--mode", choices=("both", "direct", "haproxy", "orphan"), default="both")
     parser.add_argument("--tests", type=Path, default=DEFAULT_TESTS_DIR, help="test files root")
     parser.add_argument("--only", default="", help="regex on stage ids (e.g. '^920')")
     parser.add_argument("--haproxy", default="2.6", help="HAProxy version for the run")
@@ -60,6 +62,9 @@ def run(args: argparse.Namespace) -> list[results.ModeResult]:
         if mode == "direct":
             engine = direct.load_crs_engine(_rule_paths(args))
             observations = direct.run_direct(stages, engine=engine)
+        elif mode == "orphan":
+            engine = direct.load_crs_engine(_rule_paths(args))
+            observations = orphan.run_orphan(stages, engine=engine)
         else:
             observations = _run_haproxy(stages, args)
         out.write(f"{mode}: ran in {time.monotonic() - started:.1f}s\n")

@@ -328,6 +328,20 @@ def test_orphan_response_is_inspected_on_a_fresh_transaction_and_closed():
     assert_counters_agree(app)
 
 
+def test_orphan_response_verdict_leaves_out_what_the_stand_in_request_matched():
+    # the fake's verdicts are transaction-wide like the engine's (models.Verdict)
+    engine = FakeEngine(
+        decide_request=lambda r: Verdict(matched_rule_ids=(920280,), rules_hit=1, anomaly_score=3),
+        decide_response=lambda r: Verdict(
+            matched_rule_ids=(920280, 951230), rules_hit=2, anomaly_score=3
+        ),
+    )
+    app, clock = make_app(engine, response_check=True, export_rule_ids=True)
+    actions = as_dict(app.handle_response(response_message("elsewhere"), clock()))
+    assert actions["rule_ids"] == "951230"
+    assert (actions["rules_hit"], actions["anomaly_score"]) == (1, 0)
+
+
 def test_orphan_response_feeds_the_request_facts_the_message_carries():
     engine = FakeEngine()
     app, clock = make_app(engine, response_check=True)
