@@ -10,6 +10,7 @@ packages=(
   python3-venv python3-dev
   gcc libc6-dev        # the compiled engine binding (coraza_spoa_py/native/)
   ca-certificates
+  systemd              # systemd-analyze verify: the unit test of etc/systemd/
 )
 missing=()
 for p in "${packages[@]}"; do
