@@ -57,7 +57,13 @@ from coraza_spoa_py.models import (
 )
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Action, Arg, Message
-from coraza_spoa_py.verdicts import ErrorCode, verdict_actions
+from coraza_spoa_py.verdicts import (
+    VAR_ANOMALY_SCORE,
+    VAR_RULE_IDS,
+    VAR_RULES_HIT,
+    ErrorCode,
+    verdict_actions,
+)
 
 
 class MessageError(Exception):
@@ -86,6 +92,9 @@ class TransactionNotFoundError(MessageError):
 class OverloadedError(MessageError):
     code = ErrorCode.OVERLOADED
 
+
+# the variables that describe the whole transaction so far (models.Verdict), not one message
+_TRANSACTION_TOTALS = frozenset({VAR_RULES_HIT, VAR_ANOMALY_SCORE, VAR_RULE_IDS})
 
 # coraza-spoa generates 16 random uppercase letters when HAProxy sends no id (Part 2 §2.2)
 GENERATED_ID_LENGTH = 16
@@ -381,12 +390,18 @@ class Application:
         self._log_matches(transaction_id, verdict)
         if self.observer is not None:
             self.observer(self.config.name, "coraza-res", transaction is None, verdict)
-        return verdict_actions(
+        actions = verdict_actions(
             verdict,
             transaction_id=None,
             export_rule_ids=parsed.export_rule_ids or self.config.export_rule_ids,
             detect_only=parsed.detect_only,
         )
+        if transaction is None and not verdict.matched_rule_ids:
+            # an orphan that matched nothing leaves the request's transaction-wide variables
+            # as its agent set them (HAProxy's log line keeps the request's ids and score);
+            # one that matched reports its own (docs/operations.md "Several agents")
+            actions = [a for a in actions if a.name not in _TRANSACTION_TOTALS]
+        return actions
 
     def _evaluate_response(
         self,

@@ -40,6 +40,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crs-rules-dir", default=DEFAULT_CRS_RULES_DIR, help="CRS rules")
     parser.add_argument("--crs-setup-file", default=DEFAULT_CRS_SETUP_FILE, help="crs-setup")
     parser.add_argument("--jobs", type=int, default=4, help="stages in flight through HAProxy")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=1,
+        help="agents behind HAProxy, round robin (> 1: responses become orphans)",
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait per stage")
     parser.add_argument("--expected", type=Path, default=EXPECTED_FAILURES_FILE)
     parser.add_argument("--workdir", type=Path, default=None, help="keep configs and logs here")
@@ -84,6 +90,7 @@ def _run_haproxy(stages: Sequence[loader.Stage], args: argparse.Namespace) -> di
             version=args.haproxy,
             haproxy_dir=args.haproxy_dir,
             rule_paths=_rule_paths(args),
+            agents=args.agents,
         ) as stack:
             return through_haproxy.run_through_haproxy(
                 stages,

@@ -64,21 +64,31 @@ def crs_stack(
     version: str = "2.6",
     haproxy_dir: Path = SHIPPED_HAPROXY_DIR,
     rule_paths: RulePaths | None = None,
+    agents: int = 1,
 ) -> Iterator[Stack]:
-    """albedo + agent (CRS test config) + HAProxy ``version`` with the shipped config."""
+    """albedo + agent (CRS test config) + HAProxy ``version`` with the shipped config.
+    ``agents`` > 1: that many agents, round robin (``tests.support.shipped.several_agents``),
+    so that responses reach other agents than their requests (orphans); ``Stack.agent`` is the
+    first."""
     workdir.mkdir(parents=True, exist_ok=True)
-    agent_port, frontend_port = free_port(), free_port()
+    agent_ports = [free_port() for _ in range(agents)]
+    agent_port, frontend_port = agent_ports[0], free_port()
     with ExitStack() as stack:
         backend = stack.enter_context(AlbedoServer())
-        config = write_agent_config(
-            workdir / "config.yml",
-            bind=f"127.0.0.1:{agent_port}",
-            log_file=workdir / "agent.log",
-            rule_paths=rule_paths,
-        )
-        agent = cli_agent(config, port=agent_port, log_path=workdir / "agent-output.log")
-        stack.enter_context(agent)
-        agent.wait_ready(timeout=60)
+        started: list[AgentProcess] = []
+        for index, port in enumerate(agent_ports):
+            suffix = f"-{index}" if index else ""
+            config = write_agent_config(
+                workdir / f"config{suffix}.yml",
+                bind=f"127.0.0.1:{port}",
+                log_file=workdir / f"agent{suffix}.log",
+                rule_paths=rule_paths,
+            )
+            agent_log = workdir / f"agent-output{suffix}.log"
+            started.append(stack.enter_context(cli_agent(config, port=port, log_path=agent_log)))
+        for agent in started:
+            agent.wait_ready(timeout=60)
+        agent = started[0]
 
         haproxy = stack.enter_context(
             shipped_haproxy(
@@ -90,6 +100,7 @@ def crs_stack(
                 frontend_lines=FRONTEND_OVERLAY,
                 shipped_dir=haproxy_dir,
                 overlays=[OVERLAY_FILE],
+                more_agent_ports=agent_ports[1:],
             )
         )
         yield Stack(haproxy, agent, frontend_port)

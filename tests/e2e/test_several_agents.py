@@ -5,7 +5,8 @@ message, so a transaction's ``coraza-res`` often reaches an agent that never saw
 inspect``, the default): leaks are still blocked and clean responses never fail.
 
 The SHIPPED haproxy.cfg + coraza.cfg, with the agent backend's one ``server`` line replaced by
-``balance roundrobin`` and three server lines (the only change), in front of the test backend's
+``balance roundrobin`` and three server lines (``tests.support.shipped.several_agents``, the
+only change), in front of the test backend's
 albedo-style ``/reflect``; each agent is the product on config.example.yml with
 ``-metrics-addr``, whose counters show how many responses were orphans and what they got.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,10 +22,9 @@ import pytest
 
 from tests.e2e.waf_stack import agent_config
 from tests.support.agent import AgentProcess, cli_agent
-from tests.support.haproxy import start_haproxy
 from tests.support.httpclient import Response, concurrent_requests, request
 from tests.support.ports import free_port, wait_for_port
-from tests.support.shipped import render_shipped
+from tests.support.shipped import shipped_haproxy
 
 AGENTS = 3
 # HAProxy 3.1+ sends SPOE messages through its SPOP mux, which picks a connection per message
@@ -50,21 +49,6 @@ LEAKS = (
     "<html>ORA-01756: quoted string not properly terminated</html>",
 )
 LEAK_ROUNDS = 10  # each leak this many times: the responses spread over the agents
-
-
-def three_agent_backend(text: str, ports: list[int]) -> str:
-    """The rendered shipped haproxy.cfg with its one agent server line made three."""
-    line = re.search(
-        r"(?m)^(\s+)server (\S+) 127\.0\.0\.1:\d+(.*)$", text.split("backend coraza-spoa")[1]
-    )
-    assert line is not None, "the shipped agent backend has no server line"
-    indent, name, rest = line.group(1), line.group(2), line.group(3)
-    servers = [f"{indent}balance roundrobin"] + [
-        f"{indent}server {name}-{n} 127.0.0.1:{port}{rest}" for n, port in enumerate(ports)
-    ]
-    head, tail = text.split("backend coraza-spoa", 1)
-    tail = tail.replace(line.group(0), "\n".join(servers), 1)
-    return head + "backend coraza-spoa" + tail
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -127,22 +111,14 @@ def test_three_agents_round_robin_block_attacks_and_leaks_with_no_5xx(
         for agent, metrics_port in zip(agents, metrics_ports, strict=True):
             agent.wait_ready(timeout=90)
             wait_for_port("127.0.0.1", metrics_port, process=agent)
-        shipped = render_shipped(
-            tmp_path / "haproxy-files",
-            frontend_port=frontend,
-            agent_port=agent_ports[0],
-            backend_port=http_backend.port,
-        )
-        shipped.haproxy_cfg.write_text(
-            three_agent_backend(shipped.haproxy_cfg.read_text(), agent_ports)
-        )
         stack.enter_context(
-            start_haproxy(
+            shipped_haproxy(
                 version,
-                shipped.haproxy_cfg,
                 tmp_path / "haproxy",
-                substitutions={"SPOE_CFG": shipped.spoe_cfg},
-                wait_ports=[frontend],
+                frontend_port=frontend,
+                agent_port=agent_ports[0],
+                more_agent_ports=agent_ports[1:],
+                backend_port=http_backend.port,
             )
         )
 

@@ -223,10 +223,7 @@ def test_orphan_response_line_says_inspected_without_its_request(log_records):
     app = world.app(world.engine(), response_check=True)
     app.handle_response(response_message("elsewhere"), world.clock())
     (line,) = message_lines(log_records, "coraza-res")
-    assert (
-        "-> fail=0 rules_hit=0 anomaly_score=0 (orphan: inspected without its request)"
-        in (line["message"])
-    )
+    assert "-> fail=0 (orphan: inspected without its request)" in line["message"]
     assert " cache=not-found " in line["message"] and line["extra"]["tx"] == "elsewhere"
 
 
