@@ -32,17 +32,33 @@ def load_crs_engine(rule_paths: RulePaths | None = None) -> WafEngine:
     return waf.load_engine(app, rule_paths or RulePaths())
 
 
-def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation:
-    """Run one stage through the engine; ``status`` is what albedo would have answered."""
+def read_stage(stage: Stage) -> rawparse.ParsedRequest | Observation:
+    """The stage's request as a server reads it, or the observation when there is none."""
     try:
         raw = builder.build_request(stage)
     except builder.BuildError as exc:
         return Observation(error=f"build: {exc}")
     try:
-        parsed = rawparse.parse_request(raw)
+        return rawparse.parse_request(raw)
     except rawparse.UnparseableError:
         # a server answers 400 before any WAF hook runs: no rule can have matched
         return Observation(status=400)
+
+
+def albedo_reply(parsed: rawparse.ParsedRequest) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """What albedo answers ``parsed``: status, headers (with content-length), body."""
+    status, headers, body = albedo_response(
+        parsed.method.decode("latin-1"), parsed.target.decode("latin-1"), parsed.body
+    )
+    encoded = [(n.encode(), v.encode()) for n, v in headers]
+    return status, [*encoded, (b"content-length", str(len(body)).encode())], body
+
+
+def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation:
+    """Run one stage through the engine; ``status`` is what albedo would have answered."""
+    parsed = read_stage(stage)
+    if isinstance(parsed, Observation):
+        return parsed
     request = RequestInfo(
         transaction_id=transaction_id,
         method=parsed.method,
@@ -56,14 +72,9 @@ def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation
         dst_ip=LOOPBACK,
         dst_port=80,
     )
-    status, headers, body = albedo_response(
-        parsed.method.decode("latin-1"), parsed.target.decode("latin-1"), parsed.body
-    )
-    response_headers = tuple((n.encode(), v.encode()) for n, v in headers) + (
-        (b"content-length", str(len(body)).encode()),
-    )
+    status, response_headers, body = albedo_reply(parsed)
     response = ResponseInfo(
-        transaction_id=transaction_id, status=status, headers=response_headers, body=body
+        transaction_id=transaction_id, status=status, headers=tuple(response_headers), body=body
     )
     transaction = engine.new_transaction(transaction_id)
     try:

@@ -23,9 +23,8 @@ from coraza_spoa_py.application import Application
 from coraza_spoa_py.models import Verdict, WafEngine
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Arg, DataType, Message
-from tests.crs import builder, rawparse
-from tests.crs.albedo import albedo_response
 from tests.crs.crs_setup import APP_NAME, CRS_TEST_DIRECTIVES
+from tests.crs.direct import albedo_reply, read_stage
 from tests.crs.judge import Observation
 from tests.crs.loader import Stage
 
@@ -57,14 +56,9 @@ class OrphanPair:
             app.observer = lambda _app, _message, _orphan, verdict: self._verdicts.append(verdict)
 
     def observe(self, stage: Stage, transaction_id: str) -> Observation:
-        try:
-            raw = builder.build_request(stage)
-        except builder.BuildError as exc:
-            return Observation(error=f"build: {exc}")
-        try:
-            parsed = rawparse.parse_request(raw)
-        except rawparse.UnparseableError:
-            return Observation(status=400)
+        parsed = read_stage(stage)
+        if isinstance(parsed, Observation):
+            return parsed
         self._verdicts.clear()
         path, has_query, query = parsed.target.partition(b"?")
         request_args = [
@@ -82,11 +76,7 @@ class OrphanPair:
             Arg("body", DataType.BINARY, parsed.body),
         ]
         self.requests.handle_request(Message("coraza-req", tuple(request_args)), time.monotonic())
-        status, headers, body = albedo_response(
-            parsed.method.decode("latin-1"), parsed.target.decode("latin-1"), parsed.body
-        )
-        response_headers = [(n.encode(), v.encode()) for n, v in headers]
-        response_headers.append((b"content-length", str(len(body)).encode()))
+        status, response_headers, body = albedo_reply(parsed)
         response_args = (
             _text("app", APP_NAME.encode()),
             _text("id", transaction_id.encode()),

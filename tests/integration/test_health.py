@@ -10,7 +10,6 @@ rules into it (as often as the loader opens it: it reads the file more than once
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import socket
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentProcess
+from tests.support.httpclient import request
 from tests.support.ports import free_port, wait_for_port
 from tests.support.process import python_module_argv
 
@@ -27,13 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 def get(port: int, path: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
+    response = request(port, path)
+    return response.status, response.body.decode()
 
 
 def spop_port_open(port: int) -> bool:
