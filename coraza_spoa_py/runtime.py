@@ -315,8 +315,9 @@ class Runtime:
             self._heap_trim.kill(block=False)
         if self._metrics is not None:
             self._metrics.readiness.set_not_ready("stopping")
-        _stop_metrics(self._metrics_server)
+        # the health listener stays up while the messages drain: /healthz alive, /readyz 503
         self.server.stop(self.config.graceful_timeout_s)
+        _stop_metrics(self._metrics_server)
         # logging phase of every transaction still open, current and retired applications;
         # the agent logs the final "transactions opened=N closed=N ..." line
         try:

@@ -10,7 +10,9 @@ rules into it (as often as the loader opens it: it reads the file more than once
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import signal
 import socket
 import threading
 import time
@@ -18,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from coraza_spoa_py.spop import frames
 from tests.support.agent import AgentProcess
 from tests.support.httpclient import request
 from tests.support.ports import free_port, wait_for_port
 from tests.support.process import python_module_argv
+from tests.support.spop_client import SpopClient, message
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +97,56 @@ def test_readyz_waits_for_the_rules_and_the_listener(tmp_path: Path) -> None:
         assert agent.terminate() == 0
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", metrics_port)) != 0
+
+
+def test_readyz_says_stopping_while_the_messages_drain(tmp_path: Path) -> None:
+    """1. A request held inside its engine call (a rule's script reads a FIFO). 2. SIGTERM.
+    3. While that message drains: /healthz 200, /readyz 503 "stopping". 4. Release it: its
+    ACK arrives, the agent exits 0."""
+    agent_port, metrics_port = free_port(), free_port()
+    fifo = tmp_path / "gate"
+    os.mkfifo(fifo)
+    script = Path(__file__).resolve().parents[1] / "data" / "rules" / "wait_for_fifo.sh"
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        f"bind: 127.0.0.1:{agent_port}\napplications:\n  - name: a\n    directives: |\n"
+        "      SecRuleEngine On\n"
+        f'      SecRule ARGS:fifo "@inspectFile {script}" "id:1,phase:1,pass,log"\n'
+    )
+    argv = python_module_argv(
+        "coraza_spoa_py", "-config", str(cfg), "-metrics-addr", f"127.0.0.1:{metrics_port}"
+    )
+    with AgentProcess(argv, log_path=tmp_path / "agent.log", port=agent_port) as agent:
+        agent.wait_ready(timeout=60)
+        wait_for_port("127.0.0.1", metrics_port, process=agent)
+        with SpopClient.connect(("127.0.0.1", agent_port), green=False, timeout=30) as client:
+            client.hello()
+            held = message("coraza-req", app="a", id="held", path="/", query=f"fifo={fifo}")
+            client.notify(1, 1, [held])
+            gate = _open_when_read(fifo)  # the script is reading: the message is in flight
+            try:
+                agent.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while get(metrics_port, "/readyz") != (503, "not ready: stopping\n"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                assert get(metrics_port, "/healthz") == (200, "ok\n")
+            finally:
+                os.write(gate, b"go\n")
+                os.close(gate)
+            ack = client.read_frame()
+            assert ack.type == frames.FrameType.ACK and ack.stream_id == 1
+        assert agent.wait(timeout=30) == 0
+
+
+def _open_when_read(fifo: Path, timeout_s: float = 15.0) -> int:
+    # O_NONBLOCK: succeeds only once the script has the FIFO open for reading; the fd is kept,
+    # so the script keeps waiting for the line
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO
+            assert time.monotonic() < deadline, "the engine call never reached the script"
+            time.sleep(0.01)
