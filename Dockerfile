@@ -10,7 +10,8 @@
 FROM debian:bookworm-slim AS builder
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3-venv python3-dev gcc libc6-dev libmodsecurity3 ca-certificates \
+        python3-venv python3-dev gcc g++ libc6-dev libmodsecurity3 libmodsecurity-dev \
+        ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md /src/
 COPY coraza_spoa_py /src/coraza_spoa_py

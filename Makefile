@@ -7,7 +7,7 @@ STAMPS := .cache/stamps
 HAPROXY_NEXT := .cache/haproxy
 CONFIG ?= config.example.yml
 
-.PHONY: install install-run run demo test test-fast coverage-spop lint fmt crs bench docs clean
+.PHONY: install install-run run demo test test-fast coverage-spop lint fmt crs fuzz bench docs clean
 
 # what running the agent needs
 install-run: $(STAMPS)/system $(STAMPS)/venv $(STAMPS)/native
@@ -25,7 +25,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/system
 	touch $@
 
 # the compiled engine binding (coraza_spoa_py/native/): rebuilt when its sources change
-$(STAMPS)/native: coraza_spoa_py/native/msc_glue.c coraza_spoa_py/native/msc_glue.h coraza_spoa_py/native/build.py $(STAMPS)/venv
+$(STAMPS)/native: coraza_spoa_py/native/msc_glue.c coraza_spoa_py/native/msc_glue.h coraza_spoa_py/native/msc_glue_rm.cc coraza_spoa_py/native/build.py $(STAMPS)/venv
 	$(PY) -m coraza_spoa_py.native.build
 	touch $@
 
@@ -58,6 +58,11 @@ fmt: install
 
 crs: install
 	$(PY) -m tests.crs.run
+
+# a million mutated SPOP inputs against the agent process: no crash, no hang, RSS bounded
+# (tests/fuzz/run.py; a few minutes, so not part of `test`)
+fuzz: install
+	$(PY) -m tests.fuzz.run --inputs 1000000
 
 bench: install
 	$(PY) -m pip install -q -e '.[test,bench]'

@@ -94,8 +94,9 @@ def run_modes(
     if "profile" in args.modes:
         yield "profile", _profile(args, log)
     if "floor" in args.modes:
-        yield "floor", run_floor(
-            transactions=args.floor_transactions, rounds=args.floor_rounds, progress=log
+        yield (
+            "floor",
+            run_floor(transactions=args.floor_transactions, rounds=args.floor_rounds, progress=log),
         )
     if "soak" in args.modes:
         yield (

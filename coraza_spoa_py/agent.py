@@ -1,18 +1,25 @@
 """Routes each SPOE message to its application and never leaves HAProxy without an answer.
 
-``coraza-req`` / ``coraza-res`` go to the application named by the ``app`` argument (absent or
-unknown: ``default_application``; none set and exactly one application: that one). Unknown
-message names are ignored (debug log, no actions), like coraza-spoa. Every failure of one
-message becomes ``error`` = our code at once (compat.md Part 1): never silence, never a crash,
-never a silent pass. At debug, a message that reaches no application gets its one line
-(``message_log``) here; the application writes that line for all others.
+``coraza-req`` / ``coraza-res`` go to the application named by the ``app`` argument (unknown:
+``default_application``, else error 1002; absent: the default, else the only application). An
+``app`` with a port (``echo.domain:8080``, from a Host header) routes like the bare host name.
+``check-request``, the ModSecurity SPOAs' message, is rewritten by ``modsec_messages`` into a
+request message and answered with ``code`` (docs/migrating-from-modsecurity-spoa.md); its
+``ignorerules`` go to ``check_request_app`` (a copy of the application without those rules).
+An unknown message name is answered with ``error`` = 1006 (and ``code``, so the ModSecurity
+dialect's deny rule fires too), logged at warning once per name per interval and counted per
+name for the metrics. Every failure of one message becomes ``error`` = our code at once
+(compat.md Part 1): never silence, never a crash, never a silent pass. At debug, a message that
+reaches no application gets its one line (``message_log``) here; the application writes that
+line for all others.
 
 ``replace`` swaps the applications atomically on reload and keeps the previous generations
 ("retired") readable: a response whose request was seen before the reload is still found in
 the old application's cache (compat.md Part 2 §11.5). Retired generations are swept with the
 current one and dropped once their caches are empty.
 
-Must not parse arguments beyond ``app``/``id``, touch the engine, sockets or gevent.
+Must not parse arguments beyond ``app``/``id`` (``modsec_messages`` reads ``check-request``),
+touch the engine, sockets or gevent.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from loguru import logger
 
 from coraza_spoa_py.application import (
     Application,
+    MalformedMessageError,
     MessageError,
     NoApplicationError,
     TransactionStats,
@@ -35,8 +44,18 @@ from coraza_spoa_py.messages import (
     ARG_ID,
     REQUEST_ARGS,
     RESPONSE_ARGS,
+    MalformedArgumentError,
     app_name_arg,
     args_by_name,
+)
+from coraza_spoa_py.modsec_messages import (
+    ARG_IGNORE_RULES,
+    CHECK_REQUEST_ARGS,
+    MESSAGE_CHECK_REQUEST,
+    error_to_code,
+    ignored_rule_ids,
+    to_request_message,
+    verdict_to_code,
 )
 from coraza_spoa_py.spop.events import Action, Arg, DataType, Message
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
@@ -47,6 +66,22 @@ MESSAGE_RESPONSE = "coraza-res"
 # one log line per error code per interval at most: under overload every message fails the
 # same way and the log must stay readable
 ERROR_LOG_INTERVAL_S = 1.0
+# unknown message names / application names counted one by one for the metrics; beyond that
+# many distinct names (an ``app`` taken from a client's Host header has no bound), "other"
+MAX_COUNTED_NAMES = 100
+OTHER_NAMES = "other"
+
+
+class CheckRequestApp(Protocol):
+    """The application for a check-request message, given the routed application and the rule
+    ids to remove (empty: none): the application itself when it needs no copy
+    (``check_request_apps.CheckRequestApps``, which runtime builds)."""
+
+    dropped: TransactionStats  # counters of copies no longer kept
+
+    def __call__(self, application: Application, removed: tuple[str, ...]) -> Application: ...
+
+    def copies(self) -> list[Application]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +99,19 @@ class _ErrorLog:
     # Rate-limited warnings per error code; counts what it did not print.
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._last: dict[ErrorCode, float] = {}
-        self._suppressed: dict[ErrorCode, int] = {}
+        self._last: dict[tuple[ErrorCode, str], float] = {}
+        self._suppressed: dict[tuple[ErrorCode, str], int] = {}
 
-    def report(self, code: ErrorCode, message_name: str, detail: str) -> None:
+    def report(self, code: ErrorCode, message_name: str, detail: str, key: str = "") -> None:
+        # one line per code (and per ``key``, e.g. an unknown message's name) per interval
         now = self._clock()
-        last = self._last.get(code)
+        slot = (code, key)
+        last = self._last.get(slot)
         if last is not None and now - last < ERROR_LOG_INTERVAL_S:
-            self._suppressed[code] = self._suppressed.get(code, 0) + 1
+            self._suppressed[slot] = self._suppressed.get(slot, 0) + 1
             return
-        self._last[code] = now
-        suppressed = self._suppressed.pop(code, 0)
+        self._last[slot] = now
+        suppressed = self._suppressed.pop(slot, 0)
         logger.bind(message=message_name, error=int(code)).warning(
             "message answered with error {}: {}{}",
             int(code),
@@ -93,6 +130,7 @@ class Agent:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_retired: Callable[[Application], None] | None = None,
+        check_request_app: CheckRequestApp | None = None,
     ) -> None:
         _validate(applications, default_application)
         self._current = _Generation(dict(applications), default_application)
@@ -103,6 +141,10 @@ class Agent:
         self._errors = _ErrorLog(clock)
         # counters of retired applications already dropped, so totals never go backwards
         self._dropped = TransactionStats()
+        self._check_request_app = check_request_app
+        # messages answered with an error because of their name / their app, by that name
+        self.unknown_messages: dict[str, int] = {}
+        self.unknown_applications: dict[str, int] = {}
 
     @property
     def applications(self) -> Mapping[str, Application]:
@@ -117,6 +159,8 @@ class Agent:
         found = list(self._current.applications.values())
         for generation in self._retired:
             found.extend(a for a in generation.applications.values() if a not in found)
+        if self._check_request_app is not None:
+            found.extend(self._check_request_app.copies())
         return found
 
     # ---- messages -----------------------------------------------------------------------
@@ -129,50 +173,111 @@ class Agent:
         return actions
 
     def _handle_one(self, message: Message, received_at: float) -> list[Action]:
+        if message.name == MESSAGE_CHECK_REQUEST:
+            return self._check_request(message, received_at)
         if message.name not in (MESSAGE_REQUEST, MESSAGE_RESPONSE):
-            if debug_enabled():
-                # every name counts as known: none is "missing" from a message we do not know
-                described = describe_message(message, frozenset(a.name for a in message.args))
-                logger.debug(f"{described} -> nothing (unknown SPOE message, ignored)")
-            return []
+            return self._unknown_message(message)
         # once per message, for routing, parsing and the debug line alike
         args = args_by_name(message)
-        try:
+        known = REQUEST_ARGS if message.name == MESSAGE_REQUEST else RESPONSE_ARGS
+
+        def run() -> list[Action]:
             if message.name == MESSAGE_REQUEST:
                 application = self._route(self._current, args)
                 return application.handle_request(message, received_at, args)
             application = self._route_response(args)
             return application.handle_response(message, received_at, args)
+
+        actions, code = self._guarded(message, received_at, args, known, run)
+        return actions if code is None else error_actions(code)
+
+    def _check_request(self, message: Message, received_at: float) -> list[Action]:
+        # the ModSecurity dialect: the same request handling, answered with `code`
+        try:
+            request = to_request_message(message)
+        except MalformedArgumentError as exc:
+            self._errors.report(ErrorCode.MALFORMED_MESSAGE, message.name, str(exc))
+            return error_to_code(ErrorCode.MALFORMED_MESSAGE)
+        args = args_by_name(request)
+
+        def run() -> list[Action]:
+            try:
+                removed = ignored_rule_ids(args.get(ARG_IGNORE_RULES))
+            except MalformedArgumentError as exc:
+                raise MalformedMessageError(str(exc)) from exc
+            application = self._route(self._current, args)
+            started = self._clock()
+            if self._check_request_app is not None:
+                application = self._check_request_app(application, removed)
+            elif removed:
+                raise MessageError(f"{ARG_IGNORE_RULES} is not available in this agent")
+            # the one-time compile of an exclusion set is not a wait for an engine thread: it
+            # does not count against the processing budget (load shedding)
+            compiled_for = self._clock() - started
+            return application.handle_request(request, received_at + compiled_for, args)
+
+        actions, code = self._guarded(request, received_at, args, CHECK_REQUEST_ARGS, run)
+        return verdict_to_code(actions) if code is None else error_to_code(code)
+
+    def _guarded(
+        self,
+        message: Message,
+        received_at: float,
+        args: Mapping[str, Arg],
+        known: frozenset[str],
+        run: Callable[[], list[Action]],
+    ) -> tuple[list[Action], ErrorCode | None]:
+        # the actions of ``run()``, or the error code every failure of it is answered with
+        try:
+            return run(), None
         except NoApplicationError as exc:
             # the application writes the debug line of every message it handles; this one
             # never reached one
             if debug_enabled():
-                known = REQUEST_ARGS if message.name == MESSAGE_REQUEST else RESPONSE_ARGS
                 trace = MessageTrace.of(message, known, args)
                 answer = f"error={int(exc.code)} ({exc})"
                 logger.bind(tx=trace.transaction_id).debug(
                     trace.line(answer, received_at, self._clock())
                 )
+            _count(self.unknown_applications, app_name_arg(args.get(ARG_APP)) or "")
             self._errors.report(exc.code, message.name, str(exc))
-            return error_actions(exc.code)
+            return [], exc.code
         except MessageError as exc:
             self._errors.report(exc.code, message.name, str(exc))
-            return error_actions(exc.code)
+            return [], exc.code
         except Exception:
             # a bug of ours: still answer at once, so HAProxy's `error > 0` rule fires now
             logger.bind(message=message.name).exception("message handling failed")
-            return error_actions(ErrorCode.ENGINE_FAILURE)
+            return [], ErrorCode.ENGINE_FAILURE
+
+    def _unknown_message(self, message: Message) -> list[Action]:
+        # coraza-spoa ignores it; that is a silent pass for whoever mistyped a message name
+        # (or runs another agent's SPOE config): answer with the error, in both dialects
+        _count(self.unknown_messages, message.name)
+        code = ErrorCode.UNKNOWN_MESSAGE
+        detail = f"unknown SPOE message {message.name!r} (known: {MESSAGE_REQUEST}, "
+        detail += f"{MESSAGE_RESPONSE}, {MESSAGE_CHECK_REQUEST})"
+        if debug_enabled():
+            # every name counts as known: none is "missing" from a message we do not know
+            described = describe_message(message, frozenset(a.name for a in message.args))
+            logger.debug(f"{described} -> error={int(code)} (unknown SPOE message)")
+        self._errors.report(code, message.name, detail, key=message.name)
+        return error_to_code(code)
 
     def _route(self, generation: _Generation, args: Mapping[str, Arg]) -> Application:
         name = app_name_arg(args.get(ARG_APP))
         applications = generation.applications
-        if name is not None and name in applications:
-            return applications[name]
+        if name is not None:
+            found = applications.get(name) or applications.get(_without_port(name))
+            if found is not None:
+                return found
         if generation.default_application is not None:
             if name is not None:
                 logger.debug("application {!r} not found, using the default", name)
             return applications[generation.default_application]
-        if len(applications) == 1:
+        if name is None and len(applications) == 1:
+            # no `app` argument at all: the only application; a NAMED unknown app is an error
+            # even then (a typo must not pass through another application's rules)
             return next(iter(applications.values()))
         raise NoApplicationError(
             f"no application {name!r} and no default_application"
@@ -255,6 +360,8 @@ class Agent:
     def stats(self) -> TransactionStats:
         """Counters summed over every application the agent still knows."""
         totals = [app.stats for app in self.all_applications()]
+        if self._check_request_app is not None:
+            totals.append(self._check_request_app.dropped)
         return TransactionStats(
             opened=sum(s.opened for s in totals) + self._dropped.opened,
             closed=sum(s.closed for s in totals) + self._dropped.closed,
@@ -291,3 +398,17 @@ def _id_of(args: Mapping[str, Arg]) -> str | None:
     if not isinstance(arg.value, bytes) or not arg.value:
         return None
     return arg.value.decode("latin-1")
+
+
+def _without_port(name: str) -> str:
+    # "echo.domain:8080" -> "echo.domain", "[::1]:80" -> "[::1]"; a name without a port as is
+    host, colon, port = name.rpartition(":")
+    if colon and port.isdigit() and host and (not host.startswith("[") or host.endswith("]")):
+        return host
+    return name
+
+
+def _count(counts: dict[str, int], name: str) -> None:
+    if name not in counts and len(counts) >= MAX_COUNTED_NAMES:
+        name = OTHER_NAMES
+    counts[name] = counts.get(name, 0) + 1

@@ -214,6 +214,10 @@ class Application:
         return self.config.name
 
     @property
+    def engine(self) -> WafEngine:
+        return self._engine
+
+    @property
     def stats(self) -> TransactionStats:
         return TransactionStats(
             opened=self._opened,

@@ -27,11 +27,11 @@ monkey.patch_all()
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 
 from loguru import logger  # noqa: E402
 
-from coraza_spoa_py import __version__, config, logs  # noqa: E402
+from coraza_spoa_py import __version__, config, logs, modsec_config  # noqa: E402
 from coraza_spoa_py.options import Options, parse_args  # noqa: E402
 
 EXIT_OK = 0
@@ -89,12 +89,12 @@ def validate(options: Options) -> int:
     """-validate: load the config and compile every application's rules; never bind."""
     from coraza_spoa_py import reload
 
-    assert options.config is not None
+    name = _config_name(options)
     try:
-        loaded = config.load_with_notices(options.config)
+        loaded = _loader(options)()
     except config.ConfigError as exc:
         _log_config_error(exc)
-        logger.error("configuration file {} is invalid", options.config)
+        logger.error("configuration file {} is invalid", name)
         return EXIT_FAILURE
     for notice in loaded.notices:
         logger.warning(notice)
@@ -103,11 +103,11 @@ def validate(options: Options) -> int:
     except reload.RuleLoadError as exc:
         for problem in exc.problems:
             logger.error("rules: {}", problem)
-        logger.error("configuration file {} is invalid", options.config)
+        logger.error("configuration file {} is invalid", name)
         return EXIT_FAILURE
     out = sys.stdout
     cfg = loaded.config
-    out.write(f"config {options.config}: generation {loaded.generation}, bind {cfg.bind}\n")
+    out.write(f"config {name}: generation {loaded.generation}, bind {cfg.bind}\n")
     for item in engines:
         out.write(f"application {item.name}: {item.rule_count} rules")
         out.write(f", {len(item.warnings)} directive(s) dropped\n" if item.warnings else "\n")
@@ -117,6 +117,22 @@ def validate(options: Options) -> int:
     out.write("Configuration file is valid\n")
     out.flush()
     return EXIT_OK
+
+
+def _config_name(options: Options) -> str:
+    if options.modsec is not None:
+        return modsec_config.describe(options.modsec)
+    assert options.config is not None
+    return options.config
+
+
+def _loader(options: Options) -> Callable[[], config.LoadedConfig]:
+    # the YAML file of -config, or the C ModSecurity agent's -f files (modsec_config)
+    modsec = options.modsec
+    if modsec is not None:
+        return lambda: modsec_config.load(modsec)
+    path = _config_name(options)
+    return lambda: config.load_with_notices(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,14 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGHUP's default action ends the process; until the runtime handles it (after the
     # rules compiled), a reload or logrotate signal must not kill a starting agent
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    assert options.config is not None
+    name = _config_name(options)
     try:
         runtime = Runtime.start(
-            options.config, autoreload=options.autoreload, metrics_addr=options.metrics_addr
+            name,
+            autoreload=options.autoreload,
+            metrics_addr=options.metrics_addr,
+            load=_loader(options) if options.modsec is not None else None,
         )
     except config.ConfigError as exc:
         _log_config_error(exc)
-        logger.error("failed loading config {}", options.config)
+        logger.error("failed loading config {}", name)
         return EXIT_FAILURE
     except StartupError as exc:
         lines = [*exc.problems, f"failed starting: {exc.reason}"]

@@ -36,7 +36,14 @@ from coraza_spoa_py.config_shapes import (
     gen1_to_gen3,
     gen2_to_gen3,
 )
-from coraza_spoa_py.settings import AppConfig, BindAddress, Config, LogConfig, RulePaths
+from coraza_spoa_py.settings import (
+    DEFAULT_TRANSACTION_ACTIVE_LIMIT,
+    AppConfig,
+    BindAddress,
+    Config,
+    LogConfig,
+    RulePaths,
+)
 
 SCHEMA_RESOURCE = "config.schema.json"
 # zerolog's numeric level strings (compat.md Part 2 §1.2) → the names we store
@@ -330,7 +337,9 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
             directives=item.get("directives", ""),
             response_check=item.get("response_check", False),
             transaction_ttl_ms=item.get("transaction_ttl_ms", DEFAULT_TTL_MS),
-            transaction_active_limit=item.get("transaction_active_limit", 100_000),
+            transaction_active_limit=item.get(
+                "transaction_active_limit", DEFAULT_TRANSACTION_ACTIVE_LIMIT
+            ),
             orphan_responses=item.get("orphan_responses", "inspect"),
             export_rule_ids=item.get("export_rule_ids", False),
             log=_log(item, top_log) if any(key in item for key in _APP_LOG_KEYS) else None,
@@ -353,6 +362,11 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
         max_frame_size=data.get("max_frame_size", defaults.max_frame_size),
         max_connections=data.get("max_connections", defaults.max_connections),
         idle_timeout_s=float(data.get("idle_timeout_s", defaults.idle_timeout_s)),
+        max_connections_per_source=data.get(
+            "max_connections_per_source", defaults.max_connections_per_source
+        ),
+        hello_timeout_s=float(data.get("hello_timeout_s", defaults.hello_timeout_s)),
+        frame_timeout_s=float(data.get("frame_timeout_s", defaults.frame_timeout_s)),
         processing_budget_ms=data.get("processing_budget_ms", defaults.processing_budget_ms),
         graceful_timeout_s=float(data.get("graceful_timeout_s", defaults.graceful_timeout_s)),
         source_file=source,

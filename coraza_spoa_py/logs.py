@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,41 @@ FILE_BUFFER_BYTES = 65536
 GEN1_SERVER_LOG = "server.log"
 GEN1_ERROR_LOG = "error.log"
 ERROR_LEVEL_NO = 40
+
+
+# What could end or rewrite a log line (issue 15): C0 controls (\n, \r, ESC ...), DEL, C1
+# controls (U+0085 NEL) and the Unicode line and paragraph separators, which str.splitlines()
+# and some viewers treat as line breaks. Client-controlled text (the HAPROXY-DISCONNECT message,
+# transaction ids, message and argument names, rule match data) reaches records as it was sent;
+# the renderers escape it, so a record is always exactly one line.
+_LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(found: re.Match[str]) -> str:
+    char = found.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_text(text: str) -> str:
+    """``text`` with every character that could break or rewrite a log line escaped: a
+    newline becomes backslash-n, ESC backslash-x1b, U+2028 backslash-u2028; printable text is
+    returned unchanged."""
+    if text.isprintable():  # the common case: one C call, no regex
+        return text
+    return _LINE_BREAKERS.sub(_escape_char, text)
+
+
+def _escape_json_line(text: str) -> str:
+    # json.dumps escapes C0 controls; with ensure_ascii=False it writes DEL, C1 and U+2028/9
+    # as they are, and those are valid JSON escaped as \uXXXX too
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _LINE_BREAKERS.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 class LoggingSetupError(Exception):
@@ -202,7 +238,9 @@ def _extras(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _console_value(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    if " " in text or not text:
+        return escape_text(json.dumps(text, ensure_ascii=False))
+    return escape_text(text)
 
 
 def render_console(record: Mapping[str, Any]) -> str:
@@ -218,10 +256,10 @@ def render_console(record: Mapping[str, Any]) -> str:
         lines = []
         for match in matches:
             raw = match.get("raw") if isinstance(match, Mapping) else None
-            text = raw if raw else json.dumps(match, default=str)
+            text = escape_text(str(raw)) if raw else json.dumps(match, default=str)
             lines.append(f"{head}{fields} {text}".rstrip() + "\n")
         return "".join(lines)
-    line = f"{head}{record['message']}"
+    line = f"{head}{escape_text(record['message'])}"
     if fields:
         line += f" {fields}"
     line += "\n"
@@ -279,12 +317,12 @@ def render_json(record: Mapping[str, Any]) -> str:
             entry = dict(base)
             entry["match"] = _json_safe(match)
             entry["message"] = record["message"]
-            lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+            lines.append(_escape_json_line(json.dumps(entry, ensure_ascii=False)) + "\n")
         return "".join(lines)
     base["message"] = record["message"]
     if record["exception"] is not None:
         base["error"] = _exception_text(record)
-    return json.dumps(base, ensure_ascii=False) + "\n"
+    return _escape_json_line(json.dumps(base, ensure_ascii=False)) + "\n"
 
 
 class LogSetup:

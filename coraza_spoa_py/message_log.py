@@ -25,6 +25,7 @@ from coraza_spoa_py.messages import (
     ARG_DETECT_ONLY,
     ARG_EXPORT_RULE_IDS,
     ARG_ID,
+    ARG_URL,
     args_by_name,
     unknown_arg_names,
 )
@@ -39,7 +40,8 @@ DEBUG_LEVEL_NO = 10
 _LOGURU_CORE = getattr(logger, "_core", None)
 # the two flags are optional (coraza-spoa's own coraza.cfg does not send them); any other known
 # argument that is absent changes what the rules see, so the line names it
-OPTIONAL_ARGS = frozenset({ARG_EXPORT_RULE_IDS, ARG_DETECT_ONLY})
+# optional: none of the agents we replace sends url (docs/haproxy.md "Absolute-form")
+OPTIONAL_ARGS = frozenset({ARG_EXPORT_RULE_IDS, ARG_DETECT_ONLY, ARG_URL})
 _TEXT_TYPES = frozenset({DataType.STRING, DataType.BINARY})
 # Enum.name goes through a descriptor: a plain dict keeps describing a message cheap at debug
 _TYPE_NAMES = {data_type: data_type.name for data_type in DataType}

@@ -36,6 +36,7 @@ ARG_DST_PORT = "dst-port"
 ARG_METHOD = "method"
 ARG_PATH = "path"
 ARG_QUERY = "query"
+ARG_URL = "url"
 ARG_VERSION = "version"
 ARG_HEADERS = "headers"
 ARG_BODY = "body"
@@ -47,7 +48,7 @@ REQUEST_ARGS = frozenset(
     {
         ARG_APP, ARG_ID, ARG_SRC_IP, ARG_SRC_PORT, ARG_DST_IP, ARG_DST_PORT, ARG_METHOD,
         ARG_PATH, ARG_QUERY, ARG_VERSION, ARG_HEADERS, ARG_BODY, ARG_EXPORT_RULE_IDS,
-        ARG_DETECT_ONLY,
+        ARG_DETECT_ONLY, ARG_URL,
     }
 )  # fmt: skip
 RESPONSE_ARGS = frozenset(
@@ -195,6 +196,7 @@ def parse_request_message(
         # NULL path: HAProxy had none (`*`, CONNECT); the engine still needs a URI
         path=text_arg(args.get(ARG_PATH)) or b"/",
         query=text_arg(args.get(ARG_QUERY)),
+        target=text_arg(args.get(ARG_URL)),
         version=_version_arg(args.get(ARG_VERSION)) or b"1.1",
         headers=_headers_arg(args.get(ARG_HEADERS)),
         body=text_arg(args.get(ARG_BODY)) or b"",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,9 @@ class Sources:
     connections: Callable[[], int]
     reloads: Callable[[], tuple[int, int]]  # (succeeded, failed)
     engine: str = ""
+    # messages answered with an error because their name / their `app` is unknown, by name
+    unknown_messages: Callable[[], Mapping[str, int]] = dict
+    unknown_applications: Callable[[], Mapping[str, int]] = dict
 
 
 class Readiness:
@@ -110,6 +113,24 @@ class _AgentCollector(Collector):
         reloads.add_metric(("success",), succeeded)
         reloads.add_metric(("failure",), failed)
         yield reloads
+        for name, label, counts, text in (
+            (
+                "coraza_spoa_py_unknown_messages",
+                "message",
+                sources.unknown_messages(),
+                "SPOE messages answered with error 1006: the agent does not know their name.",
+            ),
+            (
+                "coraza_spoa_py_unknown_applications",
+                "app",
+                sources.unknown_applications(),
+                "Messages answered with error 1002: their app names no application.",
+            ),
+        ):
+            family = CounterMetricFamily(name, text, labels=(label,))
+            for key, count in counts.items():
+                family.add_metric((key,), count)
+            yield family
 
 
 def _info(engine: str) -> GaugeMetricFamily:

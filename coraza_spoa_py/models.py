@@ -9,6 +9,7 @@ pass fakes. Every field that came from the client is ``bytes`` and is never deco
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -16,6 +17,10 @@ from typing import Protocol, TypeVar
 
 Header = tuple[bytes, bytes]
 IPAddress = IPv4Address | IPv6Address
+
+
+# RFC 9112 §3.2.2: scheme "://" authority ...
+_ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +38,21 @@ class RequestInfo:
     src_port: int = 0
     dst_ip: IPAddress | None = None
     dst_port: int = 0
+    # the request target as HAProxy's ``url`` gives it (the optional ``url`` argument)
+    target: bytes | None = None
 
     @property
     def uri(self) -> bytes:
+        # An HTTP/1 client that sent the absolute form (``GET http://host/p?q``) gets it to the
+        # rules whole, scheme and host included, as the C agent builds its URI: HAProxy's
+        # ``path`` has dropped them. (HTTP/2 targets are always absolute in HAProxy, whatever
+        # the client sent, so only HTTP/1 ones are taken.) docs/haproxy.md "Absolute-form".
+        if (
+            self.target is not None
+            and _ABSOLUTE_FORM.match(self.target)
+            and self.version.startswith(b"1")
+        ):
+            return self.target
         return self.path if self.query is None else self.path + b"?" + self.query
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 PROG = "coraza-spoa-py"
 # Go's flag package prints usage and exits 2 on an unknown flag (compat.md Part 2 §1.6).
@@ -33,6 +34,23 @@ class Options:
     memprofile: str = ""
     # set when the Gen1 spelling ``-config-file`` was used (a deprecation line is logged)
     legacy_config_flag: bool = False
+    # the C spoa-modsecurity agent's flags (compat.md §9; docs/migrating-from-modsecurity-
+    # spoa.md): ModSecurity config files instead of a YAML config
+    modsec: ModSecOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModSecOptions:
+    """``-f FILE`` (repeatable) ``-p PORT`` ``-n WORKERS`` ``-d`` ``-m SIZE`` ``-c CAP`` ``-t
+    DELAY``: one application running the rules of the files, on every address."""
+
+    files: tuple[str, ...]
+    port: int = 12345  # the C agent's default
+    workers: int | None = None  # engine threads; None: our default (one per core)
+    debug: bool = False
+    max_frame_size: int | None = None
+    capabilities: tuple[str, ...] = ()  # accepted; we negotiate pipelining ourselves
+    delay: str = ""  # accepted and ignored (the C agent's artificial processing delay)
 
 
 def _go_bool(text: str) -> bool:
@@ -43,6 +61,67 @@ def _go_bool(text: str) -> bool:
     if lowered in _FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65_535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is above 65535")
+    return value
+
+
+# the C agent's getopt flags (compat.md §9): flag, destination, argparse settings
+_MODSEC_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("-f", "modsec_files", {
+        "action": "append", "metavar": "FILE",
+        "help": "ModSecurity config file (Include lines allowed); repeatable",
+    }),
+    ("-p", "modsec_port", {
+        "type": _port, "metavar": "PORT", "help": "TCP port on every address (default 12345)",
+    }),
+    ("-n", "modsec_workers", {
+        "type": _positive, "metavar": "N", "help": "engine threads (default: one per CPU core)",
+    }),
+    ("-d", "modsec_debug", {"action": "store_true", "help": "debug logging"}),
+    ("-m", "modsec_max_frame_size", {
+        "type": _positive, "metavar": "SIZE",
+        "help": "largest SPOP frame accepted (default: 4 MiB)",
+    }),
+    ("-c", "modsec_capabilities", {
+        "action": "append", "metavar": "CAP", "choices": ("fragmentation", "pipelining", "async"),
+        "help": "accepted for compatibility; pipelining is negotiated with HAProxy",
+    }),
+    ("-t", "modsec_delay", {
+        "metavar": "TIME", "help": "accepted for compatibility (the C agent's test delay); ignored",
+    }),
+)  # fmt: skip
+
+
+def _modsec_flags_given(namespace: argparse.Namespace) -> list[str]:
+    unset = (None, False)
+    return [flag for flag, dest, _ in _MODSEC_FLAGS if getattr(namespace, dest) not in unset]
+
+
+def _modsec_options(namespace: argparse.Namespace) -> ModSecOptions:
+    return ModSecOptions(
+        files=tuple(namespace.modsec_files),
+        port=namespace.modsec_port if namespace.modsec_port is not None else 12345,
+        workers=namespace.modsec_workers,
+        debug=namespace.modsec_debug,
+        max_frame_size=namespace.modsec_max_frame_size,
+        capabilities=tuple(namespace.modsec_capabilities or ()),
+        delay=namespace.modsec_delay or "",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="serve Prometheus metrics on ADDR (host:port) at /metrics",
     )
+    modsec = parser.add_argument_group(
+        "spoa-modsecurity flags",
+        "the C ModSecurity agent's command line: rules from ModSecurity config files, no YAML "
+        "(not with -config)",
+    )
+    for flag, dest, settings in _MODSEC_FLAGS:
+        modsec.add_argument(flag, dest=dest, **settings)
     for name in ("cpuprofile", "memprofile"):
         parser.add_argument(
             f"-{name}",
@@ -120,6 +206,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
         memprofile=namespace.memprofile,
         legacy_config_flag=legacy,
     )
+    modsec_flags = _modsec_flags_given(namespace)
+    if modsec_flags:
+        if config is not None:
+            parser.error(
+                f"{' '.join(modsec_flags)}: the ModSecurity SPOA's flags (rules from -f, no "
+                "YAML) cannot be mixed with -config (rules from the YAML file); use either "
+                "-config FILE.yml or -f modsecurity.conf [-p PORT ...]"
+            )
+        if not namespace.modsec_files:
+            parser.error("-f is required with the ModSecurity SPOA's flags (a rules file)")
+        options = replace(options, modsec=_modsec_options(namespace))
+        return parser, options
     if not options.version and not options.config:
         # coraza-spoa: fatal "Configuration file is not set"; a usage error is clearer
         parser.error("the -config flag is required (path to the configuration file)")

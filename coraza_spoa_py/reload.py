@@ -59,12 +59,17 @@ def load_engines(config: Config, run: Callable[[Callable[[], Any]], Any]) -> lis
     for app_config in config.applications:
 
         def compile_one(app_config: Any = app_config) -> Any:
-            return waf.load_engine(app_config, config.rule_paths)
+            # handed back, not raised: an exception leaving a gevent pool thread is printed
+            # with its traceback by the hub before the caller sees it; a rules error is the
+            # user's, and gets our one line per problem only (issue 15)
+            try:
+                return waf.load_engine(app_config, config.rule_paths)
+            except waf.RulesError as exc:
+                return exc
 
-        try:
-            engine = run(compile_one)
-        except waf.RulesError as exc:
-            problems.extend(f"application {app_config.name!r}: {p}" for p in exc.problems)
+        engine = run(compile_one)
+        if isinstance(engine, waf.RulesError):
+            problems.extend(f"application {app_config.name!r}: {p}" for p in engine.problems)
             continue
         loaded.append(
             LoadedEngine(

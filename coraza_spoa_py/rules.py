@@ -8,6 +8,8 @@ load the engine or log: warnings are returned for the caller to log (compat.md P
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,29 @@ CORAZA_ONLY_VALUES = {
 
 _DIRECTIVE = re.compile(r"^\s*(?P<name>[A-Za-z]+)(?:\s+(?P<rest>.*))?$")
 _SEVERAL_SPACES = re.compile(r"\s+")
+_GLOB_CHARACTERS = re.compile(r"[*?\[]")
+# a double-quoted argument (backslash escapes inside) or a bare word
+_ARGUMENT = re.compile(r'"(?:[^"\\]|\\.)*"?|\S+')
+_SINGLE_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
+_CHAIN = re.compile(r"(?:^|,)\s*chain\s*(?:,|$)", re.IGNORECASE)
+# Directives whose last argument is an action list (Coraza's rule parser reads these).
+ACTION_LIST_DIRECTIVES = frozenset({"secrule", "secaction", "secdefaultaction"})
+RULE_DIRECTIVES = frozenset({"secrule", "secaction"})
+# Coraza refuses more nested includes than this (and so do we: a file including itself)
+MAX_INCLUDE_DEPTH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """One directive as the engine gets it, wherever it was written: ``file`` (an absolute
+    path, or the directives' label) and the ``line`` it starts on there."""
+
+    file: str
+    line: int
+    text: str
+    rules: int = 0  # rules it defines: a SecRule/SecAction that does not continue a chain
+    markers: int = 0  # SecMarker: the engine counts one per phase
+    continues_chain: bool = False  # a SecRule after one with the "chain" action
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,73 +89,198 @@ class ResolvedRules:
     """Directives ready for ``msc_rules_add``.
 
     ``source_lines[i]`` is the line of the app's ``directives`` that output line ``i + 1``
-    came from, so engine errors can name the line the user wrote.
+    came from, so engine errors can name the line the user wrote; ``origins[i]`` is the
+    (file, line) of that output line when a file's text had to be passed inline (a file
+    that needed a change). ``directives`` is every directive the engine loads, through all
+    the includes, in order: what the rule-count guard counts (waf.py).
     """
 
     text: str
     source_lines: tuple[int, ...]
     warnings: tuple[str, ...]
     label: str  # how problems in the directives text are named: "<app NAME directives>"
+    origins: tuple[tuple[str, int], ...] = ()
+    directives: tuple[Directive, ...] = ()
+    problems: tuple[str, ...] = ()
 
     def source_line(self, output_line: int) -> int:
         if 1 <= output_line <= len(self.source_lines):
             return self.source_lines[output_line - 1]
         return output_line
 
+    def origin(self, output_line: int) -> tuple[str, int]:
+        """Where output line ``output_line`` was written: (file or label, line)."""
+        if 1 <= output_line <= len(self.origins):
+            return self.origins[output_line - 1]
+        return self.label, self.source_line(output_line)
+
+    @property
+    def rules_defined(self) -> int:
+        return sum(d.rules for d in self.directives)
+
+    @property
+    def markers_defined(self) -> int:
+        return sum(d.markers for d in self.directives)
+
 
 def resolve(app: AppConfig, paths: RulePaths) -> ResolvedRules:
     """Rewrite ``app.directives`` for libmodsecurity (see the module docstring)."""
     label = f"<app {app.name} directives>"
-    out_lines: list[str] = []
-    origins: list[int] = []
-    warnings: list[str] = []
-    for first_line, directive_lines in _logical_lines(app.directives):
-        joined = " ".join(line.rstrip("\\").strip() for line in directive_lines)
-        found = _DIRECTIVE.match(joined)
-        name = found["name"].lower() if found else ""
-        rest = (found["rest"] or "").strip() if found else ""
-        replacement: list[str] | None = None
-        if name in CORAZA_ONLY_DIRECTIVES or (
-            name in CORAZA_ONLY_VALUES and _unquote(rest).lower() in CORAZA_ONLY_VALUES[name]
-        ):
-            warnings.append(
-                f"{label}:{first_line}: dropped {found['name'] if found else name}: "
-                "a Coraza-only directive that libmodsecurity does not accept"
-            )
-            replacement = []
-        elif name == "include":
-            replacement = [
-                f"Include {_quote(target)}"
-                for target in _include_targets(_unquote(rest), app, paths)
-            ]
-        if replacement is None:  # unchanged: each line keeps its own number
-            out_lines.extend(directive_lines)
-            origins.extend(range(first_line, first_line + len(directive_lines)))
-            continue
-        out_lines.extend(replacement)
-        origins.extend([first_line] * len(replacement))
+    resolver = _Resolver(app, paths)
+    text = resolver.text(app.directives, label, Path(app.base_dir), depth=0)
     return ResolvedRules(
-        text="\n".join(out_lines) + "\n",
-        source_lines=tuple(origins),
-        warnings=tuple(warnings),
+        text="\n".join(text.lines) + "\n",
+        source_lines=tuple(line for _, line in text.origins),
+        warnings=tuple(resolver.warnings),
         label=label,
+        origins=tuple(text.origins),
+        directives=tuple(text.directives),
+        problems=tuple(resolver.problems),
     )
 
 
+@dataclass(slots=True)
+class _Text:
+    """One text (the directives or a file) rewritten: its output lines, where each came
+    from, the directives it loads (through its includes) and whether anything changed."""
+
+    lines: list[str]
+    origins: list[tuple[str, int]]
+    directives: list[Directive]
+    changed: bool = False
+
+
+class _Resolver:
+    def __init__(self, app: AppConfig, paths: RulePaths) -> None:
+        self._app = app
+        self._paths = paths
+        self.warnings: list[str] = []
+        self.problems: list[str] = []
+        self._in_chain = False
+
+    def text(self, source: str, where: str, folder: Path, depth: int) -> _Text:
+        out = _Text([], [], [])
+        for first_line, directive_lines in _logical_lines(source):
+            joined = _joined(directive_lines)
+            found = _DIRECTIVE.match(joined)
+            name = found["name"].lower() if found else ""
+            rest = (found["rest"] or "").strip() if found else ""
+            origin = f"{where}:{first_line}"
+            if name in CORAZA_ONLY_DIRECTIVES or (
+                name in CORAZA_ONLY_VALUES and _unquote(rest).lower() in CORAZA_ONLY_VALUES[name]
+            ):
+                self.warnings.append(
+                    f"{origin}: dropped {found['name'] if found else name}: "
+                    "a Coraza-only directive that libmodsecurity does not accept"
+                )
+                out.changed = True
+                continue
+            if name == "include":
+                self._include(out, _unquote(rest), where, first_line, folder, depth)
+                continue
+            if name in ACTION_LIST_DIRECTIVES:
+                closed = _close_open_quote(directive_lines)
+                if closed is not None:
+                    self.warnings.append(
+                        f"{origin}: closed the single quote left open in the actions of "
+                        f"{found['name'] if found else name}, where Coraza ends that value "
+                        "(libmodsecurity would read on into the next rules and lose them)"
+                    )
+                    directive_lines = closed
+                    out.changed = True
+            if name:
+                out.directives.append(self._directive(where, first_line, name, joined))
+            out.lines.extend(directive_lines)
+            out.origins.extend(
+                (where, n) for n in range(first_line, first_line + len(directive_lines))
+            )
+        return out
+
+    def _directive(self, where: str, line: int, name: str, joined: str) -> Directive:
+        rules = markers = 0
+        continues_chain = False
+        if name in RULE_DIRECTIVES:
+            continues_chain = self._in_chain
+            rules = 0 if continues_chain else 1
+            arguments = _arguments(joined)
+            actions = _unquote(arguments[-1]) if len(arguments) > 1 else ""
+            # "chain" as an action of its own, not inside a quoted value such as a msg
+            self._in_chain = bool(_CHAIN.search(_SINGLE_QUOTED.sub("''", actions)))
+        elif name == "secmarker":
+            markers = 1
+        return Directive(where, line, joined, rules, markers, continues_chain)
+
+    def _include(
+        self, out: _Text, target: str, where: str, line: int, folder: Path, depth: int
+    ) -> None:
+        origin = (where, line)
+        targets = _include_targets(target, self._paths, folder)
+        if depth >= MAX_INCLUDE_DEPTH:
+            self.problems.append(
+                f"{where}:{line}: more than {MAX_INCLUDE_DEPTH} nested includes "
+                "(does a file include itself?)"
+            )
+            return
+        for pattern in targets:
+            files = _matching_files(pattern)
+            if not files:  # missing: the engine names the path in its error
+                out.lines.append(f"Include {_quote(pattern)}")
+                out.origins.append(origin)
+                continue
+            texts = [(f, self._file(f, depth + 1)) for f in files]
+            if not any(text.changed for _, text in texts):
+                # unchanged files load by name, so rule matches name them as they are
+                out.lines.append(f"Include {_quote(pattern)}")
+                out.origins.append(origin)
+                for _, text in texts:
+                    out.directives.extend(text.directives)
+                continue
+            out.changed = True
+            for file, text in texts:
+                if text.changed:  # passed inline: its lines keep their file and number
+                    out.lines.extend(text.lines)
+                    out.origins.extend(text.origins)
+                else:
+                    out.lines.append(f"Include {_quote(file)}")
+                    out.origins.append(origin)
+                out.directives.extend(text.directives)
+        if target.startswith("@"):
+            # libmodsecurity knows no @ names: a file that has one is passed inline. (It
+            # resolves a relative path against the including file's folder, as we do.)
+            out.changed = True
+
+    def _file(self, path: str, depth: int) -> _Text:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as source:
+                content = source.read()
+        except OSError as exc:
+            self.problems.append(f"{path}:0: cannot read it: {exc.strerror or exc}")
+            return _Text([], [], [])
+        return self.text(content, path, Path(path).parent, depth)
+
+
 def _logical_lines(text: str) -> list[tuple[int, list[str]]]:
-    # A SecLang directive continues on the next line when a line ends with a backslash, and
-    # Coraza's SecDataset spans lines between backticks.
+    # As Coraza's parser splits directives: a line ending with a backslash continues on the
+    # next; Coraza's SecDataset opens a block with a line ending in a backtick, closed by a
+    # line starting with one. A comment or blank line outside those is a unit of its own
+    # (a backtick in a comment opens nothing).
     result: list[tuple[int, list[str]]] = []
     current: list[str] = []
     start = 0
     in_backticks = False
     for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
         if not current:
             start = number
+            if not stripped or stripped.startswith("#"):
+                result.append((number, [line]))
+                continue
         current.append(line)
-        if line.count("`") % 2 == 1:
-            in_backticks = not in_backticks
-        if not in_backticks and not line.rstrip().endswith("\\"):
+        if in_backticks:
+            in_backticks = not stripped.startswith("`")
+        elif stripped.endswith("`"):
+            in_backticks = True
+        if not in_backticks and not stripped.endswith("\\"):
             result.append((start, current))
             current = []
     if current:
@@ -138,7 +288,7 @@ def _logical_lines(text: str) -> list[tuple[int, list[str]]]:
     return result
 
 
-def _include_targets(target: str, app: AppConfig, paths: RulePaths) -> list[str]:
+def _include_targets(target: str, paths: RulePaths, folder: Path) -> list[str]:
     if target == BASE_CONFIG_NAME:
         return [str(BASE_CONFIG_FILE)]
     if target == CRS_SETUP_NAME:
@@ -158,8 +308,54 @@ def _include_targets(target: str, app: AppConfig, paths: RulePaths) -> list[str]
         return targets
     path = Path(target)
     if not path.is_absolute():
-        path = Path(app.base_dir) / path
+        # relative to the file that has the Include (the app's config folder for directives),
+        # as both libmodsecurity and Coraza resolve it
+        path = folder / path
     return [str(path)]
+
+
+def _matching_files(pattern: str) -> list[str]:
+    """The files an Include pattern loads, in the engine's order (glob(3) sorts names)."""
+    if _GLOB_CHARACTERS.search(pattern):
+        return sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
+    return [pattern] if os.path.isfile(pattern) else []
+
+
+def _joined(directive_lines: list[str]) -> str:
+    # one directive on one line; comment lines inside a continuation are skipped, as Coraza
+    # skips them
+    kept = [directive_lines[0]] + [
+        line for line in directive_lines[1:] if not line.lstrip().startswith("#")
+    ]
+    return " ".join(line.strip().removesuffix("\\").strip() for line in kept)
+
+
+def _arguments(directive: str) -> list[str]:
+    return _ARGUMENT.findall(directive)
+
+
+def _close_open_quote(directive_lines: list[str]) -> list[str] | None:
+    """The directive with the single quote its action list leaves open closed at the end of
+    that list, or None when every quote is closed.
+
+    Coraza reads an action value whose quote is never closed up to the end of the action list
+    (Coraza's own coraza.conf-recommended has one: rule 200003's msg). libmodsecurity's lexer
+    instead reads on into the following lines, even past the end of the file, and stops
+    loading without an error: every rule after it is lost.
+    """
+    arguments = _arguments(_joined(directive_lines))
+    if len(arguments) < 2:
+        return None
+    actions = arguments[-1]
+    if len(actions) < 2 or not (actions.startswith('"') and actions.endswith('"')):
+        return None
+    inner = re.sub(r"\\.", "", actions[1:-1])
+    if inner.count("'") % 2 == 0:
+        return None
+    last = directive_lines[-1].rstrip()
+    if not last.endswith('"'):
+        return None
+    return [*directive_lines[:-1], last[:-1] + "'\""]
 
 
 def _unquote(value: str) -> str:

@@ -30,9 +30,11 @@ from loguru import logger
 from coraza_spoa_py import __version__, config, logs, metrics, reload, waf
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
+from coraza_spoa_py.check_request_apps import CheckRequestApps
 from coraza_spoa_py.engine_pool import EnginePool
+from coraza_spoa_py.models import WafEngine
 from coraza_spoa_py.server import AgentServer
-from coraza_spoa_py.settings import Config
+from coraza_spoa_py.settings import AppConfig, Config
 
 EXIT_OK = 0
 EXIT_FORCED = 1
@@ -78,6 +80,7 @@ class Runtime:
         self.reloads_failed = 0
         self._stop = gevent.event.Event()
         self._stop_reason = ""
+        self._stop_requested_at: float | None = None
         self._reloading = False
         self._reload_again = False
         self._greenlets: list[gevent.Greenlet[Any, Any]] = []
@@ -85,15 +88,25 @@ class Runtime:
         self._watcher: reload.FileWatcher | None = None
         self._metrics_server: WSGIServer | None = None
         self._metrics: metrics.Metrics | None = None
+        self._load: Callable[[], config.LoadedConfig] | None = None
 
     # ---- startup ----------------------------------------------------------------------------
 
     @classmethod
     def start(
-        cls, config_path: str, *, autoreload: bool = False, metrics_addr: str = ""
+        cls,
+        config_path: str,
+        *,
+        autoreload: bool = False,
+        metrics_addr: str = "",
+        load: Callable[[], config.LoadedConfig] | None = None,
     ) -> Runtime:
-        """Load, compile, bind. Raises ``config.ConfigError`` or ``StartupError``."""
-        loaded = config.load_with_notices(config_path)
+        """Load, compile, bind. Raises ``config.ConfigError`` or ``StartupError``.
+
+        ``load``: builds the config instead of reading ``config_path`` as YAML (the C
+        ModSecurity agent's ``-f`` flags, ``modsec_config``); ``config_path`` is then only how
+        logs name it, and reloads call ``load`` again."""
+        loaded = load() if load is not None else config.load_with_notices(config_path)
         cfg = loaded.config
         try:
             logs.configure_logging(cfg)
@@ -130,12 +143,18 @@ class Runtime:
         applications = reload.build_applications(cfg, engines, scheduler)
         if metrics_server is not None:
             _observe(applications, stats)
-        agent = Agent(applications, cfg.default_application)
+        agent = Agent(
+            applications,
+            cfg.default_application,
+            check_request_app=_check_request_apps(lambda: runtime.config, pool, scheduler),
+        )
         stats.sources = metrics.Sources(
             transactions=agent.stats,
             connections=lambda: server.connection_count,
             reloads=lambda: (runtime.reloads_done, runtime.reloads_failed),
             engine=_engine_version(),
+            unknown_messages=lambda: agent.unknown_messages,
+            unknown_applications=lambda: agent.unknown_applications,
         )
         server = AgentServer(
             cfg.bind,
@@ -143,6 +162,9 @@ class Runtime:
             max_frame_size=cfg.max_frame_size,
             max_connections=cfg.max_connections,
             idle_timeout_s=cfg.idle_timeout_s,
+            max_connections_per_source=cfg.max_connections_per_source,
+            hello_timeout_s=cfg.hello_timeout_s,
+            frame_timeout_s=cfg.frame_timeout_s,
         )
         try:
             server.start()
@@ -152,6 +174,7 @@ class Runtime:
             _stop_metrics(metrics_server)
             raise StartupError(f"cannot listen on {cfg.bind}: {exc.strerror or exc}") from exc
         runtime = cls(config_path, cfg, pool, agent, applications, server)
+        runtime._load = load
         runtime.scheduler = scheduler
         runtime._metrics_server = metrics_server
         runtime._metrics = stats if metrics_server is not None else None
@@ -176,6 +199,7 @@ class Runtime:
             logs.shutdown_logging()
             os._exit(EXIT_FORCED)
         self._stop_reason = reason
+        self._stop_requested_at = time.monotonic()
         logger.info("received {}, shutting down", reason)
         self._stop.set()
 
@@ -253,7 +277,7 @@ class Runtime:
 
     def _try_reload(self) -> list[str]:
         try:
-            loaded = config.load_with_notices(self.config_path)
+            loaded = self._load() if self._load else config.load_with_notices(self.config_path)
         except config.ConfigError as exc:
             return [p.render(exc.source) for p in exc.problems]
         cfg = loaded.config
@@ -289,11 +313,16 @@ class Runtime:
         self.applications = applications
         self.config = cfg
         if self._watcher is not None:
-            self._watcher.watch([self.config_path, *reload.rule_files(cfg)])
+            self._watcher.watch(self._watched_files())
         return []
 
+    def _watched_files(self) -> list[str]:
+        # with -f there is no YAML file: the -f files are the config's Include lines
+        own = [] if self._load is not None else [self.config_path]
+        return [*own, *reload.rule_files(self.config)]
+
     def _start_watcher(self) -> None:
-        self._watcher = reload.FileWatcher([self.config_path, *reload.rule_files(self.config)])
+        self._watcher = reload.FileWatcher(self._watched_files())
         logger.info("autoreload: watching {} file(s)", len(self._watcher.paths))
         watcher = self._watcher
 
@@ -307,6 +336,16 @@ class Runtime:
 
     # ---- shutdown ---------------------------------------------------------------------------
 
+    def _wait_for_closes(self, deadline: float) -> int:
+        """Wait until the engine threads took every queued job (the closes) or ``deadline``;
+        returns how many are still queued."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return 0
+        while scheduler.waiting and time.monotonic() < deadline:
+            gevent.sleep(CLOSE_POLL_INTERVAL_S)
+        return scheduler.waiting
+
     def shutdown(self) -> int:
         """Stop accepting, drain, log every open transaction, report the counters."""
         for greenlet in self._greenlets:
@@ -315,8 +354,10 @@ class Runtime:
             self._heap_trim.kill(block=False)
         if self._metrics is not None:
             self._metrics.readiness.set_not_ready("stopping")
-        # the health listener stays up while the messages drain: /healthz alive, /readyz 503
-        self.server.stop(self.config.graceful_timeout_s)
+        # one budget for the whole shutdown, from the signal: the drain, then the closes; the
+        # health listener stays up while the messages drain (/healthz alive, /readyz 503)
+        deadline = (self._stop_requested_at or time.monotonic()) + self.config.graceful_timeout_s
+        self.server.stop(max(0.0, deadline - time.monotonic()))
         _stop_metrics(self._metrics_server)
         # logging phase of every transaction still open, current and retired applications;
         # the agent logs the final "transactions opened=N closed=N ..." line
@@ -326,6 +367,22 @@ class Runtime:
             logger.exception("closing open transactions failed")
         else:
             logger.info("closed {} open transaction(s) at shutdown", closed)
+        unfinished = self._wait_for_closes(deadline)
+        if unfinished:
+            # 100 k open transactions take the engine threads ~10 s to close (their logging
+            # phase, then freeing them: docs/performance.md); past the budget the process
+            # leaves without them, the kernel frees their memory (issue 15)
+            logger.warning(
+                "graceful_timeout_s ({}s) reached: {} transaction close(s) not run (no logging "
+                "phase for them); exiting",
+                self.config.graceful_timeout_s,
+                unfinished,
+            )
+            logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
+            logs.shutdown_logging()
+            # not a return: the engine threads are still inside the library, and the
+            # interpreter's and C++'s exit handlers must not free it under them
+            os._exit(EXIT_OK)
         self.pool.kill()
         if self.scheduler is not None:
             self.scheduler.close()
@@ -360,6 +417,27 @@ def _observe(applications: dict[str, Application], stats: metrics.Metrics) -> No
         application.observer = stats.observe
 
 
+def _check_request_apps(
+    current: Callable[[], Config], pool: ThreadPool, scheduler: EnginePool
+) -> CheckRequestApps:
+    # check-request copies of the applications (ignorerules): compiled on the pool like a
+    # reload, run on the engine threads like every application
+    def compile_rules(app: AppConfig) -> WafEngine:
+        engine: Any = pool.apply(waf.load_engine, (app, current().rule_paths))
+        engine.runner = scheduler
+        return engine  # type: ignore[no-any-return]
+
+    def build(app: AppConfig, engine: WafEngine) -> Application:
+        budget_s = current().processing_budget_ms / 1000
+        return Application(app, engine, scheduler, processing_budget_s=budget_s)
+
+    return CheckRequestApps(compile_rules, build)
+
+
+# how often shutdown looks whether the engine threads took the last close
+CLOSE_POLL_INTERVAL_S = 0.05
+
+
 def _executor(pool: ThreadPool) -> Callable[[Callable[[], Any]], Any]:
     def run(work: Callable[[], Any]) -> Any:
         return pool.apply(work)
@@ -382,6 +460,13 @@ def _engine_version() -> str:
 
 
 def _warn_restart_only(old: Config, new: Config) -> None:
-    for name in ("max_frame_size", "max_connections", "idle_timeout_s"):
+    for name in (
+        "max_frame_size",
+        "max_connections",
+        "max_connections_per_source",
+        "idle_timeout_s",
+        "hello_timeout_s",
+        "frame_timeout_s",
+    ):
         if getattr(old, name) != getattr(new, name):
             logger.warning("{} changed: it takes effect when the agent restarts", name)

@@ -25,7 +25,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import gevent
@@ -62,15 +62,26 @@ class _StopReadingError(Exception):
     """Thrown into a reader parked in ``recv`` when the server stops (graceful drain)."""
 
 
-class _IdleError(Exception):
-    """Thrown into a reader parked in ``recv`` by the idle watchdog: nothing read or written
-    for ``idle_timeout_s`` and nothing in flight."""
+class _DeadlineError(Exception):
+    """Thrown into a reader parked in ``recv`` by the watchdog: a deadline of the connection
+    passed (``reason``, ``status``: what the log and the AGENT-DISCONNECT say)."""
+
+    def __init__(self, reason: str, status: spop.StatusCode = spop.StatusCode.TIMEOUT) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
 
 
-# How often the idle watchdog looks, at most: an idle connection is closed between
-# idle_timeout_s and idle_timeout_s + this. A per-recv socket timeout would be exact, but
-# costs a gevent Timeout and a libev timer on every message (docs/performance.md change 14).
+# How often the watchdog looks, at most: a connection is closed between its deadline and the
+# deadline + this. A per-recv socket timeout would be exact, but costs a gevent Timeout and a
+# libev timer on every message (docs/performance.md change 14).
 IDLE_CHECK_INTERVAL_S = 1.0
+# Until HELLO, a connection is someone's, not yet HAProxy's: HAProxy sends its HELLO as soon
+# as it connects (its `timeout hello` is 100 ms-ish, SPOE.txt §3.4), so a few seconds is ample.
+DEFAULT_HELLO_TIMEOUT_S = 5.0
+# From a frame's first byte to its last: HAProxy writes a frame whole, so only a peer that
+# trickles bytes (each read reset the idle timer before) takes this long.
+DEFAULT_FRAME_TIMEOUT_S = 10.0
 
 
 class AgentServer:
@@ -89,7 +100,10 @@ class AgentServer:
         *,
         max_frame_size: int = 4 * 1024 * 1024,
         max_connections: int = 1024,
+        max_connections_per_source: int | None = None,
         idle_timeout_s: float = 600.0,
+        hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S,
+        frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
         max_inflight_per_connection: int = 64,
     ) -> None:
         # the codec checks the cap (256 .. 2^32-1); fail here, not at the first connection
@@ -98,11 +112,24 @@ class AgentServer:
         self.handler = handler
         self.max_frame_size = max_frame_size
         self.idle_timeout_s = idle_timeout_s
+        self.hello_timeout_s = hello_timeout_s
+        self.frame_timeout_s = frame_timeout_s
         self.max_inflight_per_connection = max_inflight_per_connection
-        # Bounded: when every slot is taken StreamServer stops accepting until one frees up, and
-        # further connections wait in the listen backlog (style.md rule 4).
-        self._connection_pool = gevent.pool.Pool(max_connections)
+        self.max_connections = max_connections
+        self.max_connections_per_source = max_connections_per_source or max_connections
+        # Not bounded by the pool: a full pool would stop accepting, and HAProxy's new
+        # connections would wait behind idle ones in the backlog (issue 15). The caps are
+        # enforced on accept instead (``_make_room``): the oldest idle connection is closed, or
+        # the new one is when every connection is busy, so the bound still holds (style.md
+        # rule 4) give or take the connections closing in this loop turn.
+        self._connection_pool = gevent.pool.Pool()
         self._connections: set[_AgentConnection] = set()
+        # what the caps count: every connection not being evicted. Insertion order = accept
+        # order, so the oldest connection awaiting HELLO comes first.
+        self._counted: dict[_AgentConnection, None] = {}
+        self._per_source: dict[str, int] = {}
+        self.evicted = 0  # connections closed to make room for a new one
+        self.refused = 0  # new connections closed because every connection was busy
         self._stream_server: StreamServer | None = None
         self._address: BindAddress | None = None
         self._stopping = False
@@ -118,7 +145,7 @@ class AgentServer:
             listener, self._serve_connection, spawn=self._connection_pool
         )
         self._stream_server.start()
-        self._idle_watchdog = gevent.spawn(self._close_idle_connections)
+        self._idle_watchdog = gevent.spawn(self._enforce_deadlines)
         logger.info("listening on {}", self._address)
 
     @property
@@ -165,31 +192,75 @@ class AgentServer:
         logger.info("stopped listening on {}", self._address or self.bind)
         self._stopped.set()
 
-    def _close_idle_connections(self) -> None:
-        interval = min(IDLE_CHECK_INTERVAL_S, self.idle_timeout_s / 4)
+    def _enforce_deadlines(self) -> None:
+        shortest = min(self.idle_timeout_s, self.hello_timeout_s, self.frame_timeout_s)
+        interval = min(IDLE_CHECK_INTERVAL_S, shortest / 4)
         while True:
             gevent.sleep(interval)
+            now = time.monotonic()
             for connection in list(self._connections):
-                connection.interrupt_if_idle(self.idle_timeout_s)
+                connection.interrupt_if_past_deadline(now)
 
     # ---- per connection ---------------------------------------------------------------------
 
     def _serve_connection(self, sock: socket.socket, peer: Any) -> None:
-        connection = _AgentConnection(self, sock, _peer_name(peer, self.bind))
+        source = _source_of(peer)
+        connection = _AgentConnection(self, sock, _peer_name(peer, self.bind), source)
+        if not self._make_room(source):
+            self.refused += 1
+            connection.log.warning(
+                "every connection is busy ({} open, {} from {}): new connection refused",
+                len(self._connections),
+                self._per_source.get(source, 0),
+                source,
+            )
+            connection.close_unserved()
+            return
         self._connections.add(connection)
+        self._counted[connection] = None
+        self._per_source[source] = self._per_source.get(source, 0) + 1
         try:
             connection.run()
         finally:
             self._connections.discard(connection)
+            self._uncount(connection)
+
+    def _uncount(self, connection: _AgentConnection) -> None:
+        if connection in self._counted:
+            del self._counted[connection]
+            left = self._per_source[connection.source] - 1
+            if left:
+                self._per_source[connection.source] = left
+            else:
+                del self._per_source[connection.source]
+
+    def _make_room(self, source: str) -> bool:
+        """Under the caps, or one connection closed to get there: the oldest that never said
+        HELLO, else the one idle the longest. False when every connection is busy."""
+        candidates: Iterable[_AgentConnection]
+        if len(self._counted) >= self.max_connections:
+            candidates = self._counted
+        elif self._per_source.get(source, 0) >= self.max_connections_per_source:
+            candidates = (c for c in self._counted if c.source == source)
+        else:
+            return True
+        victim = _eviction_victim(candidates)
+        if victim is None:
+            return False
+        self.evicted += 1
+        self._uncount(victim)
+        victim.evict()
+        return True
 
 
 class _AgentConnection:
     """One HAProxy connection: the reader loop, the NOTIFY greenlets and the write lock."""
 
-    def __init__(self, server: AgentServer, sock: socket.socket, peer: str) -> None:
+    def __init__(self, server: AgentServer, sock: socket.socket, peer: str, source: str) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer
+        self.source = source
         self.log = logger.bind(peer=peer)
         self.codec = spop.Connection(max_frame_size=server.max_frame_size)
         self.write_lock = gevent.lock.Semaphore()
@@ -201,8 +272,13 @@ class _AgentConnection:
         self.stop_requested = False
         self.reader: greenlet.greenlet | None = None
         self.parked_in_recv = False
-        # the last read or write (time.monotonic()), for the idle watchdog
-        self.active_at = time.monotonic()
+        # the last whole frame read, or the last write (time.monotonic()), for the idle
+        # deadline and the eviction order; bytes of an unfinished frame do not count, so a
+        # trickle cannot keep a connection alive
+        self.accepted_at = self.active_at = time.monotonic()
+        # when the first byte of the frame being received arrived; None between frames
+        self.frame_started_at: float | None = None
+        self.evicting = False  # closed to make room for a newer connection
 
     def request_stop(self) -> None:
         """Stop reading, finish in-flight NOTIFYs, say AGENT-DISCONNECT 0, close."""
@@ -210,7 +286,7 @@ class _AgentConnection:
         if self.reader is not None:
             gevent.get_hub().loop.run_callback(self._interrupt_recv, _StopReadingError)
 
-    def _interrupt_recv(self, error: type[Exception]) -> None:
+    def _interrupt_recv(self, error: type[Exception] | Exception) -> None:
         # Runs in the hub, so the reader is switched out: either parked inside recv (then it
         # is safe to throw there), or anywhere else, possibly in the middle of writing a frame,
         # where it must not be interrupted; it checks ``stop_requested`` before its next read.
@@ -221,22 +297,49 @@ class _AgentConnection:
         if self.parked_in_recv and reader is not None and not reader.dead:
             reader.throw(error)
 
-    def interrupt_if_idle(self, idle_timeout_s: float) -> None:
-        """Called by the idle watchdog; the reader is interrupted from the hub, as for a stop.
-        Waiting on our own in-flight work is not idleness."""
-        if self._is_idle(idle_timeout_s):
-            gevent.get_hub().loop.run_callback(self._interrupt_if_still_idle, idle_timeout_s)
+    def interrupt_if_past_deadline(self, now: float) -> None:
+        """Called by the watchdog; the reader is interrupted from the hub, as for a stop.
+        Waiting on our own in-flight work is never past a deadline."""
+        if self._past_deadline(now) is not None:
+            gevent.get_hub().loop.run_callback(self._interrupt_if_still_past_deadline)
 
-    def _interrupt_if_still_idle(self, idle_timeout_s: float) -> None:
-        if self._is_idle(idle_timeout_s):  # a read may have come between the two
-            self._interrupt_recv(_IdleError)
+    def _interrupt_if_still_past_deadline(self) -> None:
+        error = self._past_deadline(time.monotonic())  # a frame may have come between the two
+        if error is not None:
+            self._interrupt_recv(error)
 
-    def _is_idle(self, idle_timeout_s: float) -> bool:
-        return (
-            time.monotonic() - self.active_at >= idle_timeout_s
-            and self.parked_in_recv
-            and len(self.inflight) == 0
+    def _past_deadline(self, now: float) -> _DeadlineError | None:
+        if not self.parked_in_recv or len(self.inflight) != 0:
+            return None
+        server = self.server
+        if self.codec.state is spop.ConnectionState.AWAIT_HELLO:
+            if now - self.accepted_at >= server.hello_timeout_s:
+                return _DeadlineError(f"no HELLO within {server.hello_timeout_s}s")
+            return None
+        started = self.frame_started_at
+        if started is not None and now - started >= server.frame_timeout_s:
+            return _DeadlineError(f"frame unfinished after {server.frame_timeout_s}s")
+        if now - self.active_at >= server.idle_timeout_s:
+            return _DeadlineError(f"idle for {server.idle_timeout_s}s")
+        return None
+
+    def is_idle(self) -> bool:
+        """Nothing in flight and waiting for bytes: closing it loses no message."""
+        return self.parked_in_recv and len(self.inflight) == 0
+
+    def evict(self) -> None:
+        """Closed to make room for a newer connection (``AgentServer._make_room``)."""
+        # if a frame arrives before the callback runs, the reader ends before its next read
+        self.evicting = True
+        gevent.get_hub().loop.run_callback(
+            self._interrupt_recv,
+            _DeadlineError("closed to make room for a new connection", spop.StatusCode.NORMAL),
         )
+
+    def close_unserved(self) -> None:
+        """A new connection refused because every connection is busy: closed at once."""
+        self.flusher.stop()
+        self._close()
 
     def run(self) -> None:
         self.reader = gevent.getcurrent()
@@ -271,7 +374,7 @@ class _AgentConnection:
 
     def _read_loop(self) -> str:
         """Read until the connection ends; returns why (for the debug log)."""
-        while not self.stop_requested:
+        while not (self.stop_requested or self.evicting):
             try:
                 self.parked_in_recv = True
                 try:
@@ -280,19 +383,27 @@ class _AgentConnection:
                     self.parked_in_recv = False
             except _StopReadingError:
                 return "stopping"
-            except _IdleError:
-                self.log.debug("idle for {}s", self.server.idle_timeout_s)
-                self._send_disconnect(spop.StatusCode.TIMEOUT, "idle timeout")
-                return "idle timeout"
+            except _DeadlineError as deadline:
+                self.log.debug("closing: {}", deadline.reason)
+                self._send_disconnect(deadline.status, "timeout")
+                return deadline.reason
             except OSError as exc:
                 if exc.errno in PEER_GONE_ERRNOS:
                     return f"peer gone ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
                 self.log.warning("read failed: {}", exc)
                 return "read error"
-            received_at = self.active_at = time.monotonic()
+            received_at = time.monotonic()
             self.codec.receive_data(chunk)
             try:
                 outcome = self._handle_events(received_at)
+                # the deadlines (``_past_deadline``): a whole frame is activity, a part of one
+                # starts the frame's clock, which only the frame's end stops
+                if self.codec.pending_bytes:
+                    if self.frame_started_at is None:
+                        self.frame_started_at = received_at
+                else:
+                    self.frame_started_at = None
+                    self.active_at = received_at
             except spop.SpopError as exc:
                 self.log.warning("protocol error: {}", exc)
                 self._send_disconnect(exc.status, exc.detail)
@@ -523,6 +634,27 @@ def _bound_address(bind: BindAddress, sock: socket.socket) -> BindAddress:
         return bind
     host, port = sock.getsockname()[:2]
     return BindAddress(kind="tcp", host=str(host), port=int(port))
+
+
+def _eviction_victim(connections: Iterable[_AgentConnection]) -> _AgentConnection | None:
+    """The oldest idle connection still awaiting HELLO (in accept order), else the idle one
+    whose last whole frame or write is the oldest; None when none is idle."""
+    oldest: _AgentConnection | None = None
+    for connection in connections:
+        if not connection.is_idle():
+            continue
+        if connection.codec.state is spop.ConnectionState.AWAIT_HELLO:
+            return connection
+        if oldest is None or connection.active_at < oldest.active_at:
+            oldest = connection
+    return oldest
+
+
+def _source_of(peer: Any) -> str:
+    """The per-source cap's key: the peer's address without its port (one key for unix)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0])
+    return "unix"
 
 
 def _peer_name(peer: Any, bind: BindAddress) -> str:

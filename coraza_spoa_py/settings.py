@@ -14,6 +14,9 @@ from typing import Literal
 # Debian 12's modsecurity-crs package (harness.md §4); configurable for CRS 4 or other distros.
 DEFAULT_CRS_RULES_DIR = "/usr/share/modsecurity-crs/rules"
 DEFAULT_CRS_SETUP_FILE = "/etc/modsecurity/crs/crs-setup.conf"
+# 2 GiB of open transactions per application at the ~62 KiB each that CRS costs
+# (bench/open_transactions.py, docs/performance.md "Memory per open transaction")
+DEFAULT_TRANSACTION_ACTIVE_LIMIT = 32_768
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +58,9 @@ class AppConfig:
     directives: str = ""
     response_check: bool = False
     transaction_ttl_ms: int = 60_000
-    # max open transactions kept for the response phase; oldest evicted first
-    transaction_active_limit: int = 100_000
+    # max open transactions kept for the response phase; oldest evicted first. From a memory
+    # budget: 2 GiB / 64 KiB per open transaction under CRS (docs/performance.md, "Memory")
+    transaction_active_limit: int = DEFAULT_TRANSACTION_ACTIVE_LIMIT
     # a coraza-res whose transaction is not here (another agent saw the request, or it expired):
     # "inspect" runs phases 3-4 on a fresh transaction, "reject" answers error 1004
     orphan_responses: Literal["inspect", "reject"] = "inspect"
@@ -84,6 +88,12 @@ class Config:
     # HAProxy <= 3.0 closes idle connections after `timeout idle` (2m in coraza-spoa's sample),
     # 3.1+ after the backend's `timeout server`; ours must be longer than either.
     idle_timeout_s: float = 600.0
+    # 0: as many as max_connections
+    max_connections_per_source: int = 0
+    # a new connection must say HELLO within this; HAProxy does at once (its `timeout hello`)
+    hello_timeout_s: float = 5.0
+    # a frame's bytes must all arrive within this of its first one: a trickle cannot reset it
+    frame_timeout_s: float = 10.0
     # load shedding: a message that waited longer than this before an engine thread took it is
     # answered with error 1005 (compat.md Part 1). 80 % of the 500 ms `timeout processing` that
     # every coraza-spoa sample ships.

@@ -23,6 +23,7 @@ class ErrorCode(IntEnum):
     ENGINE_FAILURE = 1003
     TRANSACTION_NOT_FOUND = 1004
     OVERLOADED = 1005
+    UNKNOWN_MESSAGE = 1006
 
 
 # ---- variables we set (names without the `txn.coraza.` prefix HAProxy adds, spop.md §9) ----

@@ -12,6 +12,8 @@ or touch gevent.
 from __future__ import annotations
 
 import _thread
+import os
+import re
 import struct
 import sys
 import weakref
@@ -170,8 +172,9 @@ class _Native:
         self.lib: Any = _lib
         self.msc: Any = _lib.msc_init()
         _lib.msc_set_connector_info(self.msc, CONNECTOR_INFO.encode())
-        # Without a log callback the library prints every match to stderr (engine.md). Ours is
-        # C (msc_glue.c): it stores the lines in the transaction's cs_log without the GIL.
+        # Without a log callback the library prints every match to stderr (engine.md). Ours
+        # (msc_glue_rm.cc) does nothing: the glue copies the transaction's rule messages after
+        # each engine step, without the GIL.
         _lib.cs_install_log_callback(self.msc)
 
 
@@ -212,6 +215,8 @@ def load_engine(app: AppConfig, rule_paths: RulePaths) -> ModSecEngine:
     Raises ``RulesError`` listing every problem as "file:line: message".
     """
     resolved = rules.resolve(app, rule_paths)
+    if resolved.problems:
+        raise RulesError(list(resolved.problems))
     return ModSecEngine(resolved)
 
 
@@ -227,13 +232,10 @@ class ModSecEngine:
         self._finalizer = weakref.finalize(self, lib.msc_rules_cleanup, self._rules)
         self._finalizer.atexit = False
         self.warnings: tuple[str, ...] = resolved.warnings
-        self._directive_lines = resolved.text.splitlines()
-        self._drop_cache: dict[tuple[str, int], bool] = {}
-        self._drop_lock = _new_lock()
         # where this engine's jobs run: here by default, the engine threads in the agent
         self.runner: JobRunner = RUN_HERE
         count = self._add(resolved.text, resolved)
-        self._add(waf_text.SCORE_RULE, None)
+        _check_rule_count(count, resolved, self._finalizer)
         self.rule_count: int = count
 
     def _add(self, text: str, resolved: rules.ResolvedRules | None) -> int:
@@ -252,35 +254,113 @@ class ModSecEngine:
     def new_transaction(self, transaction_id: str) -> ModSecTransaction:
         return ModSecTransaction(self, transaction_id)
 
-    def is_drop_rule(self, file: str, line: int) -> bool:
-        """Whether the rule that starts at ``file``:``line`` has the ``drop`` action.
-
-        libmodsecurity reports ``drop`` and ``deny`` alike (status 403, "Access denied"), so
-        we read the disruptive rule's own text once (engine.md "Gotchas").
-        """
-        key = (file, line)
-        with self._drop_lock:
-            cached = self._drop_cache.get(key)
-        if cached is None:
-            cached = waf_text.has_drop_action(self._rule_source(file, line))
-            with self._drop_lock:
-                self._drop_cache[key] = cached
-        return cached
-
-    def _rule_source(self, file: str, line: int) -> list[str]:
-        if file.startswith("/"):
-            try:
-                with open(file, encoding="utf-8", errors="replace") as source:
-                    lines = source.read().splitlines()
-            except OSError:
-                return []
-        else:  # rules added as text (the app's directives) name no file
-            lines = self._directive_lines
-        return waf_text.directive_at(lines, line)
-
     def close(self) -> None:
         """Free the rule set now; only once no transaction uses it any more."""
         self._finalizer()
+
+
+def _count_loaded(text: str) -> int | None:
+    """How many rules (and markers) the engine loads from ``text`` in a rule set of its
+    own; None when it refuses the text."""
+    lib = _native().lib
+    scratch = lib.msc_create_rules_set()
+    error = _ffi.new(_CHAR_PTR_PTR)
+    try:
+        count = int(lib.msc_rules_add(scratch, text.encode(errors="surrogateescape"), error))
+    finally:
+        failed = error[0] != _ffi.NULL
+        if failed:
+            lib.free(error[0])
+        lib.msc_rules_cleanup(scratch)
+    return None if failed or count < 0 else count
+
+
+_marker_weight_cache: list[int] = []
+
+
+def _marker_weight() -> int:
+    # libmodsecurity adds a SecMarker to every phase and counts each copy as a rule
+    if not _marker_weight_cache:
+        _marker_weight_cache.append(_count_loaded("SecMarker RULE_COUNT_PROBE\n") or 0)
+    return _marker_weight_cache[0]
+
+
+def _expected_count(directives: Sequence[rules.Directive]) -> int:
+    return sum(d.rules for d in directives) + sum(d.markers for d in directives) * _marker_weight()
+
+
+def _check_rule_count(
+    loaded: int, resolved: rules.ResolvedRules, release: Callable[[], Any]
+) -> None:
+    """Refuse a rule set that loaded fewer rules than its files define (docs/engine.md
+    "Rule-count guard"): libmodsecurity's parser can stop early without an error (a quote
+    left open runs to the end of the file), and a WAF that silently lost its rules must
+    never start or validate."""
+    expected = _expected_count(resolved.directives)
+    if loaded >= expected:
+        return
+    release()
+    raise RulesError([_where_loading_stopped(resolved.directives, loaded, expected)])
+
+
+# operators that read a data file, which the engine looks for beside the rule file
+_DATA_FILE = re.compile(r"(@(?:pmFromFile|pmf|ipMatchFromFile|ipMatchF)\s+)([^\s\"/][^\s\"]*)")
+
+
+def _standalone(directive: rules.Directive) -> str:
+    # one directive loaded as text, away from its file: its data files by absolute path
+    if not directive.file.startswith("/"):
+        return directive.text
+    folder = os.path.dirname(directive.file)
+    return _DATA_FILE.sub(lambda m: m[1] + os.path.join(folder, m[2]), directive.text)
+
+
+def _continues_chain(directives: Sequence[rules.Directive], end: int) -> bool:
+    return end < len(directives) and directives[end].continues_chain
+
+
+def _where_loading_stopped(
+    directives: Sequence[rules.Directive], loaded: int, expected: int
+) -> str:
+    # Binary search for the first directive whose prefix loads short (or not at all): once a
+    # directive has swallowed what follows it, every longer prefix stays short.
+    def short(end: int) -> bool:
+        prefix = directives[:end]
+        # a blank line between directives: a SecRule without actions takes the next line as
+        # its actions otherwise
+        count = _count_loaded("\n\n".join(_standalone(d) for d in prefix) + "\n")
+        return count is None or count < _expected_count(prefix)
+
+    # a prefix may only end where a rule ends: after the whole chain
+    ends = [i for i in range(1, len(directives) + 1) if not _continues_chain(directives, i)]
+    culprit = None  # when only the files together load short: name no line
+    if ends and short(ends[-1]):
+        low, high = 0, len(ends) - 1
+        while low < high:
+            middle = (low + high) // 2
+            if short(ends[middle]):
+                high = middle
+            else:
+                low = middle + 1
+        # the first rule lost: it starts after the previous prefix
+        first = ends[low - 1] if low > 0 else 0
+        culprit = next(
+            (d for d in directives[first : ends[low]] if d.rules or d.markers),
+            directives[ends[low] - 1],
+        )
+    summary = (
+        f"the rules stop loading here: libmodsecurity loaded {loaded} of the {expected} rules "
+        "and markers the files define, without an error"
+    )
+    if culprit is None:
+        return f"<rules>:0: {summary}"
+    before = directives.index(culprit) - 1
+    if before >= 0:
+        previous = directives[before]
+        summary += (
+            f"; does the directive before it ({previous.file}:{previous.line}) leave a quote open?"
+        )
+    return f"{culprit.file}:{culprit.line}: {summary}"
 
 
 def _ip_text(address: IPAddress | None) -> bytes:
@@ -323,7 +403,7 @@ class ModSecTransaction:
         self._matches: list[RuleMatch] = []
         self._anomaly_score = 0
         self._client = ""
-        # the engine's log lines for this transaction (filled in C, read after each call)
+        # the engine's rule messages for this transaction (copied in C++, read after each call)
         self._log: Any = _ffi.new(_LOG_PTR)
         self._id_buffer = _ffi.new(_CHAR_ARRAY, transaction_id.encode())
         # created by the first phase group's job, on an engine thread (msc_glue.c)
@@ -469,40 +549,45 @@ class ModSecTransaction:
             raise EngineError(f"transaction {self._id} is closed")
 
     def _settle_outcome(self, job: Any) -> _Intervention | None:
-        # After a phase group: record what the rules logged (each line with the phase of the
-        # step that logged it), then the disruptive intervention if there was one.
-        for phase, raw in _log_records(self._log):
-            self._record(raw, phase)
+        # After a phase group: record the rule messages the engine kept (msc_glue_rm.cc: every
+        # field from the engine's RuleMessage, never from its text), then the disruptive
+        # intervention if there was one.
         out = _ffi.addressof(job, "out")
+        if job.kind == _lib.CS_REQUEST and out.anomaly_score >= 0:
+            # TX's inbound score where the request phases ended (docs/engine.md)
+            self._anomaly_score = int(out.anomaly_score)
+        disruptive = None
+        for match, action in _match_records(self._log, self._client, self._id):
+            self._matches.append(match)
+            if match.disruptive:
+                disruptive = (match, action)
         if not out.disruptive:
             return None
         phase = int(out.phase)
         url = _c_string(out.url) if out.url != _ffi.NULL else ""
         log = _c_string(out.log) if out.log != _ffi.NULL else ""
         status = int(out.status)
+        body_limit = bool(out.body_limit)
         _lib.cs_outcome_clear(out)
-        # The disruptive rule's line never reaches the log callback (libmodsecurity 3.0.9
-        # hands it over only here), so it joins the matches from the intervention.
-        match = None
-        if log:
-            match = self._record(log.encode(), phase, disruptive=True)
-        if waf_text.is_body_limit(log):
+        if body_limit:
             # no rule: the body limit itself. Report it as coraza-spoa does (compat.md
             # Part 2 §3.1): 413 for a request body, 500 for a response body.
             status = 413 if phase <= 2 else 500
-        return _Intervention(status=status, url=url, match=match)
-
-    def _record(self, raw: bytes, phase: int, disruptive: bool = False) -> RuleMatch | None:
-        score_data = waf_text.score_line_data(raw)
-        if score_data is not None:
-            self._anomaly_score = waf_text.reported_score(score_data, self._anomaly_score)
-            return None
-        match = waf_text.parse_match(raw, phase, self._client, disruptive)
-        total = waf_text.total_score(match.msg)
-        if total is not None:
-            self._anomaly_score = total
-        self._matches.append(match)
-        return match
+        if disruptive is None:
+            # no rule message: a body limit, or a rule with `nolog` (docs/engine.md); the
+            # intervention's own text is kept for display, and names no rule
+            match = RuleMatch(
+                rule_id=0,
+                client=self._client,
+                disruptive=True,
+                phase_id=phase,
+                phase=_PHASE_NAMES.get(phase, ""),
+                raw=log,
+            )
+            if log:
+                self._matches.append(match)
+            return _Intervention(status=status, url=url, match=match, action=_lib.CS_ACTION_OTHER)
+        return _Intervention(status=status, url=url, match=disruptive[0], action=disruptive[1])
 
     def _verdict(
         self, intervention: _Intervention | None, start: int, engine_times: tuple[float, float]
@@ -510,9 +595,7 @@ class ModSecTransaction:
         new_matches = tuple(self._matches[start:])
         # id 0: an intervention that no rule made (the body limits)
         matched_ids = tuple(m.rule_id for m in self._matches if m.rule_id)
-        rules_hit = sum(
-            1 for m in self._matches if m.msg and waf_text.in_rules_hit_ranges(m.rule_id)
-        )
+        rules_hit = sum(1 for m in self._matches if m.msg and in_rules_hit_ranges(m.rule_id))
         common: dict[str, Any] = {
             "matched_rule_ids": matched_ids,
             "rules_hit": rules_hit,
@@ -526,9 +609,9 @@ class ModSecTransaction:
         return Verdict(
             interrupted=True,
             status=intervention.status,
-            action=_action_of(intervention.match, intervention.url, self._engine),
+            action=_action_of(intervention),
             redirect_url=intervention.url,
-            rule_id=intervention.match.rule_id if intervention.match else 0,
+            rule_id=intervention.match.rule_id,
             **common,
         )
 
@@ -543,33 +626,99 @@ def _bytes_field(job: Any, field: str, value: bytes) -> Any:
     return buffer
 
 
-def _log_records(log: Any) -> list[tuple[int, bytes]]:
-    """The lines msc_glue.c stored since the last call, as (phase, line); empties the log."""
+_MATCH_HEAD = struct.Struct("<qIIIIII")  # msc_glue.h "cs_log records"
+_STRING_FIELDS = 8  # file, msg, data, rev, ver, server, uri, raw
+# severity numbers of the SecLang severity action, in order (ModSecurity reference manual)
+_SEVERITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
+_PHASE_NAMES = {
+    1: "request-headers",
+    2: "request-body",
+    3: "response-headers",
+    4: "response-body",
+    5: "logging",
+}
+# rules_hit / rule_ids count matches with a msg and an id in these ranges (compat.md Part 2
+# §3.1): the CRS attack and blocking-evaluation rules, and the "custom attack" range.
+RULES_HIT_RANGES = ((910_000, 960_000), (190_000, 200_000))
+
+
+def in_rules_hit_ranges(rule_id: int) -> bool:
+    """Whether coraza-spoa counts this id in ``rules_hit`` / ``rule_ids``."""
+    return any(low <= rule_id < high for low, high in RULES_HIT_RANGES)
+
+
+def _match_records(log: Any, client: str, unique_id: str) -> list[tuple[RuleMatch, int]]:
+    """The rule messages msc_glue_rm.cc copied since the last call, as ``RuleMatch`` and the
+    disruptive action (``CS_ACTION_*``); empties the log. Field names as compat.md Part 2 §5."""
     if not log.len:
         return []
     raw = bytes(_ffi.buffer(log.buf, log.len))
     log.len = 0
     records = []
+    head_size = _MATCH_HEAD.size
+    unpack_head = _MATCH_HEAD.unpack_from
+    unpack_length = _LENGTH.unpack_from  # the tag count
     at, end = 0, len(raw)
-    while at + 5 <= end:
-        length = _LENGTH.unpack_from(raw, at + 1)[0]
-        records.append((raw[at], raw[at + 5 : at + 5 + length]))
-        at += 5 + length
+    while at + head_size <= end:
+        rule_id, line, phase, severity_id, maturity, accuracy, action = unpack_head(raw, at)
+        at += head_size
+        texts, at = _strings(raw, at, _STRING_FIELDS)
+        tags, at = _strings(raw, at + 4, unpack_length(raw, at)[0])
+        file, msg, data, revision, version, server, uri, text = texts
+        match = RuleMatch(
+            rule_id=rule_id,
+            msg=msg,
+            data=data,
+            # 3.0.9 has 0 for a rule without `severity`, so those read as emergency
+            severity=_SEVERITIES[severity_id] if severity_id < len(_SEVERITIES) else "",
+            severity_id=severity_id if severity_id < len(_SEVERITIES) else -1,
+            file=file,
+            line=line,
+            revision=revision,
+            version=version,
+            maturity=str(maturity),
+            accuracy=str(accuracy),
+            tags=tuple(tags),
+            server=server,
+            uri=uri,
+            unique_id=unique_id,
+            client=client,
+            disruptive=action != _lib.CS_ACTION_NONE,
+            phase_id=phase,
+            phase=_PHASE_NAMES.get(phase, ""),
+            raw=text,
+        )
+        records.append((match, action))
     return records
 
 
-class _Intervention:
-    __slots__ = ("status", "url", "match")
+def _strings(raw: bytes, at: int, count: int) -> tuple[list[str], int]:
+    """``count`` length-prefixed strings of a record from ``at``; and where they end."""
+    texts = []
+    unpack_length = _LENGTH.unpack_from
+    for _ in range(count):
+        length = unpack_length(raw, at)[0]
+        at += 4
+        texts.append(raw[at : at + length].decode("utf-8", "replace"))
+        at += length
+    return texts, at
 
-    def __init__(self, status: int, url: str, match: RuleMatch | None) -> None:
+
+class _Intervention:
+    __slots__ = ("status", "url", "match", "action")
+
+    def __init__(self, status: int, url: str, match: RuleMatch, action: int) -> None:
         self.status = status
         self.url = url
         self.match = match
+        self.action = action  # CS_ACTION_* of the disruptive rule
 
 
-def _action_of(disruptive: RuleMatch | None, url: str, engine: ModSecEngine) -> str:
-    if url:
+def _action_of(intervention: _Intervention) -> str:
+    # redirect: the intervention has the URL; drop or deny: the rule's own actions (libmodsecurity
+    # 3.0.9 reports both as 403 "Access denied"; msc_glue_rm.cc reads which one ran)
+    if intervention.url:
         return "redirect"
-    if disruptive is not None and engine.is_drop_rule(disruptive.file, disruptive.line):
+    if intervention.action == _lib.CS_ACTION_DROP:
         return "drop"
     return "deny"

@@ -8,7 +8,8 @@ packages=(
   haproxy              # HAProxy 2.6: e2e tests, make demo, make bench
   wrk                  # make bench
   python3-venv python3-dev
-  gcc libc6-dev        # the compiled engine binding (coraza_spoa_py/native/)
+  gcc g++ libc6-dev    # the compiled engine binding (coraza_spoa_py/native/)
+  libmodsecurity-dev   # its C++ part reads the engine's rule messages (native/msc_glue_rm.cc)
   ca-certificates
   systemd              # systemd-analyze verify: the unit test of etc/systemd/
 )

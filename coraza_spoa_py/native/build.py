@@ -1,6 +1,7 @@
 """Build ``coraza_spoa_py/_msc*.so``: our cffi binding (API mode) of libmodsecurity plus the
-glue of ``msc_glue.c``. ``make install`` runs it (``python -m coraza_spoa_py.native.build``);
-it needs gcc and the Python headers, never libmodsecurity-dev.
+glue of ``msc_glue.c`` and ``msc_glue_rm.cc``. ``make install`` runs it (``python -m
+coraza_spoa_py.native.build``); it needs gcc, g++, the Python headers and Debian's
+``libmodsecurity-dev`` (the C++ headers of the rule messages: msc_glue_rm.cc).
 
 Why compiled (docs/performance.md, changes 7 and 8): a phase group is one C call that releases
 the GIL once, where the ABI-mode binding made one GIL round trip per engine step and header.
@@ -18,6 +19,8 @@ from cffi import FFI
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 GLUE = Path(__file__).resolve().parent / "msc_glue.c"
 HEADER = GLUE.with_suffix(".h")
+# C++: reads the engine's rule messages (docs/engine.md "Rule matches")
+RULE_MESSAGES = GLUE.with_name("msc_glue_rm.cc")
 MODULE = "coraza_spoa_py._msc"
 
 
@@ -37,10 +40,13 @@ def builder() -> FFI:
     ffi.set_source(
         MODULE,
         GLUE.read_text(encoding="utf-8"),
+        sources=[str(RULE_MESSAGES)],
         include_dirs=[str(HEADER.parent)],
-        # Debian's libmodsecurity3 ships only libmodsecurity.so.3 (the .so symlink is in -dev)
-        extra_link_args=["-l:libmodsecurity.so.3"],
-        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        # by file name: the library we run is Debian's libmodsecurity3 (-dev adds the headers
+        # and a .so symlink to the same file); libstdc++ for the C++ part
+        extra_link_args=["-l:libmodsecurity.so.3", "-lstdc++"],
+        # (msc_glue.c makes an undeclared function an error itself: a C-only flag)
+        extra_compile_args=["-O2", "-Wall", "-Wextra"],
     )
     return ffi
 

@@ -4,8 +4,9 @@
  * ~30 calls per transaction (one per header) each engine thread handed the GIL back and forth
  * with the gevent hub ~60 times per HTTP request, and the handoffs (futex wake-ups, context
  * switches on 2 cores) cost more CPU than the agent's own Python. Here a phase group is one
- * call that releases the GIL once, and the engine's log lines are collected in C instead of
- * calling back into Python (a callback retakes the GIL for every matched rule).
+ * call that releases the GIL once, and the engine's rule messages are copied in C++
+ * (msc_glue_rm.cc) instead of calling back into Python (a callback retakes the GIL for every
+ * matched rule).
  *
  * The behaviour is the one waf.py documents (engine.md "The C API we need"): one engine step
  * at a time, an intervention check after each, the first disruptive intervention ends the
@@ -13,47 +14,13 @@
  * build.py also hands to cffi's cdef, and the library is linked by file name (Debian ships no
  * .so symlink without libmodsecurity-dev).
  */
+#pragma GCC diagnostic error "-Wimplicit-function-declaration"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "msc_glue.h"
 
-
-static void cs_log_line(void *data, const void *message) {
-    cs_log *log = (cs_log *)data;
-    if (log == NULL || message == NULL) {
-        return;
-    }
-    size_t n = strlen((const char *)message);
-    if (n > UINT32_MAX) {
-        n = UINT32_MAX;
-    }
-    size_t need = log->len + 5 + n;
-    if (need > log->cap) {
-        size_t cap = log->cap ? log->cap : 1024;
-        while (cap < need) {
-            cap *= 2;
-        }
-        unsigned char *grown = (unsigned char *)realloc(log->buf, cap);
-        if (grown == NULL) {
-            return; /* a line lost is better than a crash; the verdict does not depend on it */
-        }
-        log->buf = grown;
-        log->cap = cap;
-    }
-    unsigned char *at = log->buf + log->len;
-    uint32_t len32 = (uint32_t)n;
-    at[0] = (unsigned char)log->phase;
-    at[1] = (unsigned char)(len32 & 0xff);
-    at[2] = (unsigned char)((len32 >> 8) & 0xff);
-    at[3] = (unsigned char)((len32 >> 16) & 0xff);
-    at[4] = (unsigned char)((len32 >> 24) & 0xff);
-    memcpy(at + 5, message, n);
-    log->len = need;
-}
-
-void cs_install_log_callback(void *msc) { msc_set_log_cb(msc, cs_log_line); }
 
 void cs_log_free(cs_log *log) {
     free(log->buf);
@@ -68,10 +35,12 @@ void cs_outcome_clear(cs_outcome *out) {
 }
 
 /* After each engine step (engine.md): status reset to 200 before asking, url/log freed after
- * unless the intervention is disruptive (then the outcome owns them). */
-static int cs_intervened(void *tx, int phase, cs_outcome *out) {
+ * unless the intervention is disruptive (then the outcome owns them); the step's rule messages
+ * copied into the log (the disruptive one's text line with the intervention's status). */
+static int cs_intervened(void *tx, cs_log *log, int phase, cs_outcome *out) {
     ModSecurityIntervention it = {200, 0, NULL, NULL, 0};
     msc_intervention(tx, &it);
+    cs_read_messages(tx, log, it.status);
     if (!it.disruptive) {
         free(it.url);
         free(it.log);
@@ -118,46 +87,58 @@ typedef int (*cs_process_body)(void *tx);
 
 /* Phase 2 or 4: the body, then the phase's rules. Returns 1 when a disruptive intervention
  * ended it. */
-static int cs_body_phase(void *tx, cs_append_body append, cs_process_body process, int phase,
-                         const unsigned char *body, size_t body_len, cs_outcome *out) {
+static int cs_body_phase(void *tx, cs_log *log, cs_append_body append, cs_process_body process,
+                         int phase, const unsigned char *body, size_t body_len, cs_outcome *out) {
     if (body_len > 0) {
         /* the body limit (Sec*BodyLimitAction Reject) intervenes right after the append, and
-         * msc_process_*_body would forget it */
+         * msc_process_*_body would forget it; no rule runs in an append */
         append(tx, body, body_len);
-        if (cs_intervened(tx, phase, out)) {
+        if (cs_intervened(tx, log, phase, out)) {
+            out->body_limit = 1;
             return 1;
         }
     }
     /* the phase runs even without a body: CRS scores and blocks there (949110, 959100) */
     process(tx);
-    return cs_intervened(tx, phase, out);
+    return cs_intervened(tx, log, phase, out);
 }
 
 /* Phases 1 and 2. Returns 1 when a disruptive intervention ended the group. */
+static int cs_request_phases(void *tx, cs_log *log, const char *client_ip, int client_port,
+                       const char *server_ip, int server_port, const char *uri,
+                       const char *method, const char *version,
+                       const unsigned char *headers, size_t headers_len,
+                       const unsigned char *body, size_t body_len, cs_outcome *out) {
+    msc_process_connection(tx, client_ip, client_port, server_ip, server_port);
+    if (cs_intervened(tx, log, 1, out)) {
+        return 1;
+    }
+    /* the library prefixes the version with "HTTP/" itself (REQUEST_PROTOCOL) */
+    msc_process_uri(tx, uri, method, version);
+    if (cs_intervened(tx, log, 1, out)) {
+        return 1;
+    }
+    cs_add_headers(tx, msc_add_n_request_header, headers, headers_len);
+    msc_process_request_headers(tx);
+    if (cs_intervened(tx, log, 1, out)) {
+        return 1;
+    }
+    return cs_body_phase(tx, log, msc_append_request_body, msc_process_request_body, 2, body,
+                         body_len, out);
+}
+
 int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
                        const char *server_ip, int server_port, const char *uri,
                        const char *method, const char *version,
                        const unsigned char *headers, size_t headers_len,
                        const unsigned char *body, size_t body_len, cs_outcome *out) {
     memset(out, 0, sizeof *out);
-    log->phase = 1;
-    msc_process_connection(tx, client_ip, client_port, server_ip, server_port);
-    if (cs_intervened(tx, 1, out)) {
-        return 1;
-    }
-    /* the library prefixes the version with "HTTP/" itself (REQUEST_PROTOCOL) */
-    msc_process_uri(tx, uri, method, version);
-    if (cs_intervened(tx, 1, out)) {
-        return 1;
-    }
-    cs_add_headers(tx, msc_add_n_request_header, headers, headers_len);
-    msc_process_request_headers(tx);
-    if (cs_intervened(tx, 1, out)) {
-        return 1;
-    }
-    log->phase = 2;
-    return cs_body_phase(tx, msc_append_request_body, msc_process_request_body, 2, body,
-                         body_len, out);
+    int interrupted = cs_request_phases(tx, log, client_ip, client_port, server_ip, server_port,
+                                        uri, method, version, headers, headers_len, body,
+                                        body_len, out);
+    /* CRS's inbound score where the request phases ended (TX, docs/engine.md) */
+    out->anomaly_score = cs_anomaly_score(tx);
+    return interrupted;
 }
 
 /* Phases 3 and 4. */
@@ -165,21 +146,20 @@ int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
                         const unsigned char *headers, size_t headers_len,
                         const unsigned char *body, size_t body_len, cs_outcome *out) {
     memset(out, 0, sizeof *out);
-    log->phase = 3;
+    out->anomaly_score = -1;
     cs_add_headers(tx, msc_add_n_response_header, headers, headers_len);
     /* here the library takes the protocol as given (RESPONSE_PROTOCOL) */
     msc_process_response_headers(tx, status, protocol);
-    if (cs_intervened(tx, 3, out)) {
+    if (cs_intervened(tx, log, 3, out)) {
         return 1;
     }
-    log->phase = 4;
-    return cs_body_phase(tx, msc_append_response_body, msc_process_response_body, 4, body,
+    return cs_body_phase(tx, log, msc_append_response_body, msc_process_response_body, 4, body,
                          body_len, out);
 }
 
-/* The logging phase (audit log), then free the native transaction. */
-void cs_close(void *tx, cs_log *log) {
-    log->phase = 5;
+/* The logging phase (audit log), then free the native transaction. Its rule messages are not
+ * read: nobody reports them. */
+void cs_close(void *tx) {
     msc_process_logging(tx);
     msc_transaction_cleanup(tx);
 }
@@ -205,8 +185,8 @@ static double cs_monotonic(void) {
 }
 
 /* The logging phase and the free of a request or response job's transaction, when the caller
- * asked for it. The lines of phases 1-4 stay in the log for the caller; phase 5's are dropped,
- * as a close job's are (nobody reads them). */
+ * asked for it. The matches of phases 1-4 stay in the log for the caller; phase 5's are never
+ * read, as a close job's are not (nobody reports them). */
 static void cs_close_after(cs_job *job) {
     int wanted = job->close_when == CS_CLOSE_ALWAYS ||
                  (job->close_when == CS_CLOSE_IF_INTERRUPTED && job->interrupted);
@@ -214,9 +194,7 @@ static void cs_close_after(cs_job *job) {
         return;
     }
     if (job->tx != NULL) {
-        size_t kept = job->log->len;
-        cs_close(job->tx, job->log);
-        job->log->len = kept;
+        cs_close(job->tx);
         job->tx = NULL;
     }
     job->closed = 1;
@@ -232,9 +210,9 @@ void cs_job_run(cs_job *job) {
     job->started_at = cs_monotonic();
     if (job->kind == CS_CLOSE) {
         if (job->tx != NULL) {
-            cs_close(job->tx, job->log);
+            cs_close(job->tx);
         }
-        /* nobody reads the phase-5 lines; freeing the buffer here keeps the free() (and the
+        /* nobody reads the log any more; freeing the buffer here keeps the free() (and the
          * malloc arena lock it may wait for: the buffer grew on an engine thread) off the hub */
         cs_log_free(job->log);
         job->finished_at = cs_monotonic();

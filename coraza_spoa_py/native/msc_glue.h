@@ -1,10 +1,14 @@
-/* The interface of msc_glue.c: the libmodsecurity prototypes we call (no libmodsecurity header
- * or -dev package needed), the structs Python fills and reads, and the functions it calls.
- * build.py feeds this file to cffi's cdef as well, so the two can never disagree. Nothing here
- * but declarations cdef can parse (no macros; the '#' lines are dropped for it). */
+/* The interface of msc_glue.c and msc_glue_rm.cc: the libmodsecurity C prototypes msc_glue.c
+ * calls, the structs Python fills and reads, and the functions it calls. build.py feeds this
+ * file to cffi's cdef as well, so the two can never disagree. Nothing here but declarations
+ * cdef can parse (no macros; the '#' lines are dropped for it). The C++ file includes
+ * libmodsecurity's own headers instead of the prototypes (C++ refuses two declarations of one
+ * C function with different pointer types). */
 #ifndef CORAZA_SPOA_PY_MSC_GLUE_H
 #define CORAZA_SPOA_PY_MSC_GLUE_H
 #include <stddef.h>
+
+#ifndef __cplusplus
 
 typedef struct ModSecurityIntervention_t {
     int status;
@@ -18,7 +22,6 @@ typedef void (*ModSecLogCb)(void *, const void *);
 void *msc_init(void);
 const char *msc_who_am_i(void *msc);
 void msc_set_connector_info(void *msc, const char *connector);
-void msc_set_log_cb(void *msc, ModSecLogCb cb);
 void *msc_create_rules_set(void);
 int msc_rules_add(void *rules, const char *plain_rules, const char **error);
 int msc_rules_cleanup(void *rules);
@@ -38,21 +41,34 @@ int msc_process_response_body(void *t);
 int msc_process_logging(void *t);
 int msc_intervention(void *t, ModSecurityIntervention *it);
 void msc_transaction_cleanup(void *t);
+#endif
 
-/* What the engine logged for one transaction since the last reset: records of
- * [phase: 1 byte][length: 4 bytes, little endian][line]. One per transaction, passed to the
- * engine as the transaction's log callback data. */
+/* What action the rule that made a disruptive rule message ran (msc_glue_rm.cc, from the rule's
+ * actions, SecDefaultAction for `block`, SecRuleUpdateActionById); NONE for other messages */
+enum { CS_ACTION_NONE = 0, CS_ACTION_DENY = 1, CS_ACTION_DROP = 2, CS_ACTION_REDIRECT = 3,
+       CS_ACTION_OTHER = 4 };
+
+/* The rule matches of one transaction since the hub last read them, copied from the engine's
+ * rule messages (msc_glue_rm.cc) after every engine step. One record per message, integers
+ * little endian, each string as [length: u32][bytes]:
+ *   rule id: i64; line, phase, severity, maturity, accuracy, action (CS_ACTION_*): u32 each;
+ *   file, msg, data (first 200 bytes), rev, ver, server address, uri (path, first 200 bytes),
+ *   raw (the engine's text line, for display only): strings; tag count: u32; the tags: strings.
+ * waf.py reads them (_match_records). One per transaction, also passed to the engine as the
+ * transaction's log callback data. */
 typedef struct cs_log {
     unsigned char *buf;
     size_t len;
     size_t cap;
-    int phase; /* the phase of the step running now: the phase of the lines it logs */
+    size_t seen; /* the transaction's rule messages already copied */
 } cs_log;
 
 typedef struct cs_outcome {
     int disruptive;
     int phase;
     int status;
+    int body_limit;       /* the intervention came from a body limit, not from a rule */
+    long long anomaly_score; /* TX's inbound score after a request group; -1: not set */
     char *url; /* malloc'd by the engine; the caller frees them (cs_outcome_clear) */
     char *log;
 } cs_outcome;
@@ -102,6 +118,8 @@ typedef struct cs_job {
 typedef struct cs_pool cs_pool;
 
 void cs_install_log_callback(void *msc);
+void cs_read_messages(void *tx, cs_log *log, int disruptive_status);
+long long cs_anomaly_score(void *tx);
 void cs_log_free(cs_log *log);
 void cs_outcome_clear(cs_outcome *out);
 int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
@@ -112,7 +130,7 @@ int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_
 int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
                         const unsigned char *headers, size_t headers_len,
                         const unsigned char *body, size_t body_len, cs_outcome *out);
-void cs_close(void *tx, cs_log *log);
+void cs_close(void *tx);
 
 void cs_job_run(cs_job *job);
 cs_pool *cs_pool_new(void);

@@ -136,6 +136,12 @@ class Connection:
     def state(self) -> ConnectionState:
         return self._state
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received but not yet consumed: the start of a frame still being received.
+        The server's per-frame deadline runs while this is not 0."""
+        return len(self._buffer) - self._offset
+
     # ---- input ---------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:

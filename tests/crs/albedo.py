@@ -5,9 +5,12 @@
   RESPONSE-95x tests make the backend "leak" an error page the response rules must catch.
 - Anything else (any method, any path, any body) answers 200 with an empty body.
 
-``albedo_response`` is the pure part, also used by the direct mode so both modes see the same
-response. ``AlbedoServer`` serves it over HTTP/1.1 keep-alive on a thread per connection
-(HAProxy reuses backend connections). It must not judge or log test results.
+``albedo_response`` is the pure part and ``wire_headers`` the headers it goes out with
+(``Server``, ``Date``, ``Content-Type``, ``Content-Length``), both also used by the direct mode
+so both modes see the same response, headers included (the response rules read them:
+``Content-Type`` decides whether the body is inspected at all). ``AlbedoServer`` serves it
+over HTTP/1.1 keep-alive on a thread per connection (HAProxy reuses backend connections). It
+must not judge or log test results.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ import base64
 import binascii
 import json
 import threading
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 REFLECT_PATH = "/reflect"
+SERVER_NAME = "albedo-py"
+# hop-by-hop or framing headers a reflect spec may name: the server sets its own
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 
 # (status, headers, body)
 Reply = tuple[int, tuple[tuple[str, str], ...], bytes]
@@ -33,6 +40,16 @@ def albedo_response(method: str, path: str, body: bytes) -> Reply:
             return reflected
         return 400, (("Content-Type", "text/plain"),), b"invalid reflect spec\n"
     return 200, (), b""
+
+
+def wire_headers(headers: tuple[tuple[str, str], ...], payload: bytes) -> list[tuple[str, str]]:
+    """The header lines of one reply, in the order the server sends them."""
+    lines = [("Server", SERVER_NAME), ("Date", formatdate(usegmt=True))]
+    lines += [(n, v) for n, v in headers if n.lower() not in _FRAMING_HEADERS]
+    if payload and not any(name.lower() == "content-type" for name, _ in headers):
+        lines.append(("Content-Type", "text/plain"))
+    lines.append(("Content-Length", str(len(payload))))
+    return lines
 
 
 def _reflect(body: bytes) -> Reply | None:
@@ -56,7 +73,7 @@ def _reflect(body: bytes) -> Reply | None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, HAProxy reuses the connection
-    server_version = "albedo-py"
+    server_version = SERVER_NAME
 
     def __getattr__(self, name: str) -> Any:
         # BaseHTTPRequestHandler dispatches to do_<METHOD>; CRS sends any method at all
@@ -67,14 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         body = self._read_body()
         status, headers, payload = albedo_response(self.command, self.path, body)
-        self.send_response(status)
-        names = {name.lower() for name, _ in headers}
-        for name, value in headers:
-            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(name, value)
-        if "content-type" not in names and payload:
-            self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_response_only(status)  # Server and Date come from wire_headers
+        for name, value in wire_headers(headers, payload):
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)

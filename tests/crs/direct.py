@@ -19,16 +19,18 @@ from coraza_spoa_py import waf
 from coraza_spoa_py.models import RequestInfo, ResponseInfo, WafEngine
 from coraza_spoa_py.settings import AppConfig, RulePaths
 from tests.crs import builder, rawparse
-from tests.crs.albedo import albedo_response
+from tests.crs.albedo import albedo_response, wire_headers
 from tests.crs.crs_setup import APP_NAME, CRS_TEST_DIRECTIVES
-from tests.crs.judge import Observation
+from tests.crs.judge import Observation, observe_with_retry
 from tests.crs.loader import Stage
 
 LOOPBACK = IPv4Address("127.0.0.1")
 
 
-def load_crs_engine(rule_paths: RulePaths | None = None) -> WafEngine:
-    app = AppConfig(name=APP_NAME, directives=CRS_TEST_DIRECTIVES + "\n", response_check=True)
+def load_crs_engine(
+    rule_paths: RulePaths | None = None, directives: str = CRS_TEST_DIRECTIVES
+) -> WafEngine:
+    app = AppConfig(name=APP_NAME, directives=directives + "\n", response_check=True)
     return waf.load_engine(app, rule_paths or RulePaths())
 
 
@@ -39,19 +41,23 @@ def read_stage(stage: Stage) -> rawparse.ParsedRequest | Observation:
     except builder.BuildError as exc:
         return Observation(error=f"build: {exc}")
     try:
-        return rawparse.parse_request(raw)
+        parsed = rawparse.parse_request(raw)
+        rawparse.check_framing(raw, parsed)
     except rawparse.UnparseableError:
         # a server answers 400 before any WAF hook runs: no rule can have matched
         return Observation(status=400)
+    except rawparse.IncompleteBodyError as exc:
+        # the server waits for the rest of the body: the client's read times out
+        return Observation(error=f"timeout: {exc}")
+    return parsed
 
 
 def albedo_reply(parsed: rawparse.ParsedRequest) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """What albedo answers ``parsed``: status, headers (with content-length), body."""
+    """What albedo answers ``parsed``: status, headers as on the wire, body."""
     status, headers, body = albedo_response(
         parsed.method.decode("latin-1"), parsed.target.decode("latin-1"), parsed.body
     )
-    encoded = [(n.encode(), v.encode()) for n, v in headers]
-    return status, [*encoded, (b"content-length", str(len(body)).encode())], body
+    return status, [(n.encode(), v.encode()) for n, v in wire_headers(headers, body)], body
 
 
 def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation:
@@ -78,11 +84,15 @@ def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation
     )
     transaction = engine.new_transaction(transaction_id)
     try:
-        transaction.process_request(request)
+        request_verdict = transaction.process_request(request)
         verdict = transaction.process_response(response)
     finally:
         transaction.close()
-    return Observation(status=status, rule_ids=verdict.matched_rule_ids, response=body)
+    # each verdict's matches are its own phase group's: the request's, then the response's
+    messages = tuple(m.msg for m in (*request_verdict.matches, *verdict.matches) if m.msg)
+    return Observation(
+        status=status, rule_ids=verdict.matched_rule_ids, response=body, messages=messages
+    )
 
 
 def run_direct(
@@ -98,7 +108,11 @@ def run_direct(
 
     def one(item: tuple[int, Stage]) -> tuple[str, Observation]:
         index, stage = item
-        return stage.stage_id, observe(engine, stage, f"direct-{index}")
+        attempts = iter(range(2))
+        seen = observe_with_retry(
+            lambda: observe(engine, stage, f"direct-{index}-{next(attempts)}"), stage.output
+        )
+        return stage.stage_id, seen
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for count, (stage_id, seen) in enumerate(pool.map(one, enumerate(stages)), start=1):

@@ -5,13 +5,18 @@ the stage's transaction — request and response phases — instead of a scraped
 go-ftw search log lines with regexes such as ``id "920100"``; we give them one synthetic line
 per matched rule in ModSecurity's own form, ``[id "920100"]``, so the files' regexes work
 unchanged (and a regex that never matched a real ModSecurity line, like ``id:921140``, still
-never matches). A log regex that names no rule id cannot be judged from ids: such a stage is
+never matches). A log regex that names no rule id (a message text, e.g. ``Invalid HTTP
+Request Line``) is searched in the messages of the rules that matched, one ``[msg "..."]``
+line each, when the mode knows them (``Observation.messages``); when it does not, the stage is
 *skipped*, never passed.
+
+``observe_with_retry`` is go-ftw's ``retry_once``: a failing stage is observed once more.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,6 +34,10 @@ class Observation:
     # txn.coraza.error seen on the response: the agent (>= 1000) or HAProxy's SPOE (< 256,
     # 256 + N) could not process the stage, so its rule ids are not the rules' answer
     agent_error: int | None = None
+    # the messages (``msg``) of the rules that matched in this transaction, when the mode can
+    # tell them (the engine's verdict; the agent's rule-match log); None: not known
+    messages: tuple[str, ...] | None = None
+    transaction_id: str = ""  # the agent's id of the transaction (through HAProxy)
 
 
 @dataclass(frozen=True)
@@ -37,11 +46,19 @@ class Judgement:
     reasons: tuple[str, ...] = field(default=())
 
 
-_RULE_ID = re.compile(r"\d{6}")
+RULE_ID_PATTERN = re.compile(r"\d{6}")
 
 
-def log_lines(rule_ids: tuple[int, ...]) -> list[str]:
-    return [f'[id "{rule_id}"]' for rule_id in rule_ids]
+def log_lines(rule_ids: Sequence[int], messages: Sequence[str] = ()) -> list[str]:
+    return [f'[id "{rule_id}"]' for rule_id in rule_ids] + [f'[msg "{m}"]' for m in messages]
+
+
+def observe_with_retry(observe: Callable[[], Observation], expected: StageOutput) -> Observation:
+    """go-ftw ``retry_once``: a stage that fails is observed again, and the second try counts."""
+    seen = observe()
+    if expected.retry_once and judge(expected, seen).outcome == "failed":
+        seen = observe()
+    return seen
 
 
 def judge(expected: StageOutput, seen: Observation) -> Judgement:
@@ -54,12 +71,14 @@ def judge(expected: StageOutput, seen: Observation) -> Judgement:
         return Judgement("failed", (f"request failed: {seen.error}",))
     if seen.agent_error is not None:
         return Judgement("failed", (f"txn.coraza.error = {seen.agent_error}",))
-    for regex in (*expected.log_regexes, *expected.no_log_regexes):
-        if not _RULE_ID.search(regex):
-            return Judgement("skipped", (f"log regex {regex!r} names no rule id",))
+    if seen.messages is None:
+        for regex in (*expected.log_regexes, *expected.no_log_regexes):
+            if not RULE_ID_PATTERN.search(regex):
+                reason = f"log regex {regex!r} names no rule id and this mode logs no messages"
+                return Judgement("skipped", (reason,))
 
     reasons: list[str] = []
-    lines = log_lines(seen.rule_ids)
+    lines = log_lines(seen.rule_ids, seen.messages or ())
     for regex in expected.log_regexes:
         if not any(re.search(regex, line) for line in lines):
             reasons.append(f"log_contains {regex!r} not found")

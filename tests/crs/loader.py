@@ -6,7 +6,7 @@
   ``expect_error``; ``input.raw_request`` / ``encoded_request`` / ``stop_magic``.
 - **go-ftw** (CRS 4.x, ftw-tests-schema v2, harness.md §3): ``tests[]{test_id, stages[]{input,
   output}}``, ``output.log{expect_ids, no_expect_ids, match_regex, no_match_regex}``, ``status``,
-  ``expect_error``, ``input.autocomplete_headers``, ``encoded_request``.
+  ``expect_error``, ``retry_once``, ``input.autocomplete_headers``, ``encoded_request``.
 
 Both become the same ``Stage``; the format is kept because the request builder copies each
 tool's own quirks. This module only reads: it never builds bytes and never judges.
@@ -56,6 +56,8 @@ class StageOutput:
     no_log_regexes: tuple[str, ...] = ()
     response_contains: str | None = None
     expect_error: bool = False
+    # go-ftw ``output.retry_once``: a stage that fails is sent once more, and judged on that
+    retry_once: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def _goftw_stages(document: Mapping[str, Any], relative: str) -> Iterator[Stage]
                 rule_file=rule_file,
                 format="goftw",
                 input=_goftw_input(body.get("input") or {}),
-                output=_goftw_output(body.get("output") or {}),
+                output=goftw_output(body.get("output") or {}),
                 description=str(test.get("desc") or test.get("description") or ""),
             )
 
@@ -233,7 +235,8 @@ def _goftw_input(raw: Mapping[str, Any]) -> StageInput:
     )
 
 
-def _goftw_output(raw: Mapping[str, Any]) -> StageOutput:
+def goftw_output(raw: Mapping[str, Any]) -> StageOutput:
+    """A go-ftw ``output`` mapping (also what an overrides file's ``output`` holds)."""
     log = raw.get("log") or {}
     # go-ftw 1.x spelled these at the top level of output
     expect_ids = log.get("expect_ids", raw.get("expect_ids")) or ()
@@ -246,6 +249,7 @@ def _goftw_output(raw: Mapping[str, Any]) -> StageOutput:
         no_log_regexes=_regex_list(log.get("no_match_regex", raw.get("no_log_contains"))),
         response_contains=raw.get("response_contains"),
         expect_error=bool(raw.get("expect_error", False)),
+        retry_once=bool(raw.get("retry_once", False)),
     )
 
 

@@ -87,7 +87,8 @@ class OrphanPair:
         )
         self.responses.handle_response(Message("coraza-res", response_args), time.monotonic())
         rule_ids = tuple(i for verdict in self._verdicts for i in verdict.matched_rule_ids)
-        return Observation(status=status, rule_ids=rule_ids, response=body)
+        messages = tuple(m.msg for verdict in self._verdicts for m in verdict.matches if m.msg)
+        return Observation(status=status, rule_ids=rule_ids, response=body, messages=messages)
 
 
 def run_orphan(stages: Sequence[Stage], *, engine: WafEngine) -> dict[str, Observation]:

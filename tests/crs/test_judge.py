@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.crs.judge import Observation, judge, log_lines
+from tests.crs.judge import Observation, judge, log_lines, observe_with_retry
 from tests.crs.loader import StageOutput
 
 
@@ -39,6 +39,47 @@ def test_expect_error_and_errors() -> None:
     assert judge(StageOutput(status=(200,)), agent_failed).outcome == "failed"
 
 
-def test_a_regex_without_rule_id_is_skipped_not_passed() -> None:
+def test_a_regex_without_rule_id_is_skipped_when_messages_are_unknown() -> None:
     expected = StageOutput(log_regexes=("Matched Data: evil",))
     assert judge(expected, Observation(status=200)).outcome == "skipped"
+
+
+def test_a_message_pattern_is_judged_on_the_rule_messages() -> None:
+    """go-ftw/ftw patterns that name no id (a message text) are searched in one
+    ``[msg "..."]`` line per matched rule, when the mode knows the messages."""
+    expected = StageOutput(log_regexes=("Invalid HTTP Request Line",))
+    seen = Observation(status=200, rule_ids=(920100,), messages=("Invalid HTTP Request Line",))
+    assert judge(expected, seen).outcome == "passed"
+    other = Observation(status=200, rule_ids=(920100,), messages=("Method is not allowed",))
+    assert judge(expected, other).reasons == ("log_contains 'Invalid HTTP Request Line' not found",)
+    negative = StageOutput(no_log_regexes=(r"Request Line",))
+    assert judge(negative, seen).outcome == "failed"
+    assert judge(negative, other).outcome == "passed"
+    # known to be none (the engine matched nothing) is not the same as unknown
+    assert judge(expected, Observation(status=200, messages=())).outcome == "failed"
+    assert log_lines((1,), ("m",)) == ['[id "1"]', '[msg "m"]']
+
+
+def test_retry_once_observes_a_failing_stage_again() -> None:
+    answers = iter((Observation(status=502), Observation(status=200)))
+    calls: list[int] = []
+
+    def observe() -> Observation:
+        calls.append(1)
+        return next(answers)
+
+    expected = StageOutput(status=(200,), retry_once=True)
+    assert observe_with_retry(observe, expected).status == 200
+    assert len(calls) == 2
+
+
+def test_without_retry_once_or_when_passing_there_is_one_try() -> None:
+    calls: list[int] = []
+
+    def observe() -> Observation:
+        calls.append(1)
+        return Observation(status=502)
+
+    assert observe_with_retry(observe, StageOutput(status=(200,))).status == 502
+    assert observe_with_retry(observe, StageOutput(status=(502,), retry_once=True)).status == 502
+    assert len(calls) == 2  # one each

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.crs.crs_setup import DEFAULT_TESTS_DIR
+from tests.crs.crs_setup import crs_tests_dir
 from tests.crs.loader import LoadError, detect_format, load_file, load_tree
 
 LEGACY = """\
@@ -161,7 +161,7 @@ def test_duplicate_titles_stay_distinct(tmp_path: Path) -> None:
 def test_v3_3_4_tree_counts() -> None:
     """The shared v3.3.4 tests: 178 files, 2396 enabled stages (ftw 1.3.0 counts 2396 tests),
     every one legacy, ids unique (941160-10 appears twice in the files)."""
-    stages = load_tree(DEFAULT_TESTS_DIR)
+    stages = load_tree(crs_tests_dir())
     assert len(stages) == 2396
     assert {s.format for s in stages} == {"legacy"}
     assert len({s.stage_id for s in stages}) == 2396

@@ -18,7 +18,10 @@ It owns the processes it starts and stops them on every exit path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -27,8 +30,8 @@ from pathlib import Path
 from coraza_spoa_py.settings import RulePaths
 from tests.crs import builder
 from tests.crs.albedo import AlbedoServer
-from tests.crs.crs_setup import write_agent_config
-from tests.crs.judge import Observation
+from tests.crs.crs_setup import CRS_TEST_DIRECTIVES, write_agent_config
+from tests.crs.judge import RULE_ID_PATTERN, Observation, observe_with_retry
 from tests.crs.loader import Stage
 from tests.crs.sender import SendError, send_raw
 from tests.support.agent import AgentProcess, cli_agent
@@ -40,7 +43,12 @@ SHIPPED_HAPROXY_DIR = SHIPPED_DIR
 OVERLAY_FILE = Path(__file__).with_name("overlay.cfg")
 RULE_IDS_HEADER = "X-Coraza-Rule-Ids"
 ERROR_HEADER = "X-Coraza-Error"
+# HAProxy's unique-id, the agent's transaction id (coraza.cfg ``id=unique-id``): finds the
+# stage's records in the agent's rule-match log
+TRANSACTION_HEADER = "X-Coraza-Tx"
+MATCH_LOG_NAME = "agent-matches.jsonl"
 FRONTEND_OVERLAY = (
+    f"    http-after-response set-header {TRANSACTION_HEADER} %[unique-id]",
     f"    http-after-response set-header {RULE_IDS_HEADER} %[var(txn.coraza.rule_ids)]"
     " if { var(txn.coraza.rule_ids) -m found }",
     f"    http-after-response set-header {ERROR_HEADER} %[var(txn.coraza.error)]"
@@ -64,25 +72,35 @@ def crs_stack(
     version: str = "2.6",
     haproxy_dir: Path = SHIPPED_HAPROXY_DIR,
     rule_paths: RulePaths | None = None,
+    directives: str = CRS_TEST_DIRECTIVES,
+    log_messages: bool = False,
     agents: int = 1,
 ) -> Iterator[Stack]:
     """albedo + agent (CRS test config) + HAProxy ``version`` with the shipped config.
+    ``log_messages``: the agent writes its rule matches to ``workdir/MATCH_LOG_NAME``, for
+    ``attach_messages`` once the stack is stopped (its log is flushed then).
     ``agents`` > 1: that many agents, round robin (``tests.support.shipped.several_agents``),
     so that responses reach other agents than their requests (orphans); ``Stack.agent`` is the
-    first."""
+    first, and the others' match logs are appended to the first's once they stopped."""
     workdir.mkdir(parents=True, exist_ok=True)
     agent_ports = [free_port() for _ in range(agents)]
     agent_port, frontend_port = agent_ports[0], free_port()
+    match_logs = [
+        workdir / (MATCH_LOG_NAME if index == 0 else f"agent{index}-{MATCH_LOG_NAME}")
+        for index in range(agents)
+    ]
     with ExitStack() as stack:
         backend = stack.enter_context(AlbedoServer())
         started: list[AgentProcess] = []
-        for index, port in enumerate(agent_ports):
+        for index, (port, match_log) in enumerate(zip(agent_ports, match_logs, strict=True)):
             suffix = f"-{index}" if index else ""
             config = write_agent_config(
                 workdir / f"config{suffix}.yml",
                 bind=f"127.0.0.1:{port}",
                 log_file=workdir / f"agent{suffix}.log",
                 rule_paths=rule_paths,
+                directives=directives,
+                match_log_file=match_log if log_messages else None,
             )
             agent_log = workdir / f"agent-output{suffix}.log"
             started.append(stack.enter_context(cli_agent(config, port=port, log_path=agent_log)))
@@ -104,6 +122,11 @@ def crs_stack(
             )
         )
         yield Stack(haproxy, agent, frontend_port)
+    if log_messages:
+        with match_logs[0].open("ab") as merged:
+            for other in match_logs[1:]:
+                if other.exists():
+                    merged.write(other.read_bytes())
 
 
 def observe(address: tuple[str, int], stage: Stage, *, timeout_s: float) -> Observation:
@@ -112,10 +135,14 @@ def observe(address: tuple[str, int], stage: Stage, *, timeout_s: float) -> Obse
     except builder.BuildError as exc:
         return Observation(error=f"build: {exc}")
     head = stage.input.method == "HEAD"
-    seen = _send(address, raw, timeout_s, head)
-    if seen.agent_error in RETRYABLE_AGENT_ERRORS:
+
+    def attempt() -> Observation:
         seen = _send(address, raw, timeout_s, head)
-    return seen
+        if seen.agent_error in RETRYABLE_AGENT_ERRORS:
+            seen = _send(address, raw, timeout_s, head)
+        return seen
+
+    return observe_with_retry(attempt, stage.output)
 
 
 def _send(address: tuple[str, int], raw: bytes, timeout_s: float, head: bool) -> Observation:
@@ -128,8 +155,48 @@ def _send(address: tuple[str, int], raw: bytes, timeout_s: float, head: bool) ->
     error_text = response.header(ERROR_HEADER)
     agent_error = int(error_text) if error_text and error_text.isdigit() else None
     return Observation(
-        status=response.status, rule_ids=rule_ids, response=response.raw, agent_error=agent_error
+        status=response.status,
+        rule_ids=rule_ids,
+        response=response.raw,
+        agent_error=agent_error,
+        transaction_id=response.header(TRANSACTION_HEADER) or "",
     )
+
+
+def needs_messages(stages: Sequence[Stage]) -> bool:
+    """Whether some stage's log regex names no rule id (a message text)."""
+    return any(
+        not RULE_ID_PATTERN.search(regex)
+        for stage in stages
+        for regex in (*stage.output.log_regexes, *stage.output.no_log_regexes)
+    )
+
+
+def read_match_log(path: Path) -> dict[str, list[str]]:
+    """``tx`` -> the ``msg`` of each rule the agent logged for it (JSON rule-match lines)."""
+    messages: dict[str, list[str]] = defaultdict(list)
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        match = record.get("match") if isinstance(record, dict) else None
+        if isinstance(match, dict) and record.get("tx") and match.get("msg"):
+            messages[str(record["tx"])].append(str(match["msg"]))
+    return messages
+
+
+def attach_messages(
+    observations: Mapping[str, Observation], log_path: Path
+) -> dict[str, Observation]:
+    """The observations with the messages the agent logged for each one's transaction."""
+    by_tx = read_match_log(log_path)
+    return {
+        stage_id: dataclasses.replace(seen, messages=tuple(by_tx.get(seen.transaction_id, ())))
+        if seen.transaction_id
+        else seen
+        for stage_id, seen in observations.items()
+    }
 
 
 def run_through_haproxy(

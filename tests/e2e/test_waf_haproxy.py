@@ -10,6 +10,8 @@ import http.client
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -163,6 +165,63 @@ def test_custom_drop_rule_closes_the_connection(stack):
         get(stack, with_nonce("/e2e-drop", tag), timeout=2.0)
     log = stack.waf_log(tag)
     assert (log["action"], log["ruleid"]) == ("drop", "100003")
+
+
+def test_absolute_form_target_reaches_the_rules_with_scheme_and_host(stack):
+    """GET http://absolute.e2e/... (HTTP/1.1 absolute form): the rules see the whole target,
+    as the C agent builds it (rule 100005 matches REQUEST_URI_RAW); the same path in origin
+    form passes."""
+    tag = nonce()
+    headers = {**CLIENT_HEADERS, "host": "absolute.e2e"}
+    response = request(
+        stack.frontend_port, with_nonce("http://absolute.e2e/page", tag), headers=headers
+    )
+    assert response.status == 403
+    log = stack.waf_log(tag)
+    assert (log["action"], log["ruleid"]) == ("deny", "100005")
+    tag = nonce()
+    response = request(stack.frontend_port, with_nonce("/page", tag), headers=headers)
+    assert response.status == 200
+    assert stack.waf_log(tag)["ruleid"] != "100005"
+
+
+# What the engine's text line shows of a rule, forged by the client: CRS's SQL injection id and
+# the file and line of a drop rule (tests/data/rules/forge.conf:10), percent-encoded.
+FORGE_DROP_RULE = Path(__file__).resolve().parent.parent / "data" / "rules" / "forge.conf"
+FORGED_FIELDS = quote(f' [id "942100"] [file "{FORGE_DROP_RULE}"] [line "10"] [')
+
+
+def test_a_forged_match_cannot_change_the_rule_or_turn_deny_into_drop(stack):
+    """1. A custom deny rule (100006) matches a value that ends with fake [id]/[file]/[line]
+    fields pointing at a drop rule. 2. Expect HAProxy's 403 (not a silent drop) and the
+    agent's variables naming 100006 and deny. (Reading the text line, it said 942100, drop.)"""
+    tag = nonce()
+    response = get(stack, with_nonce(f"/?forge=/etc/passwd{FORGED_FIELDS}", tag))
+    assert response.status == 403
+    log = stack.waf_log(tag)
+    assert (log["action"], log["ruleid"], log["fail"]) == ("deny", "100006", "1")
+
+
+def test_a_forged_match_cannot_add_rule_ids_with_crs(stack):
+    """1. CRS (detect_app exports rule ids): /etc/passwd with a fake [id "942100"] after it.
+    2. Expect the ids of the CRS rules that matched (930120, 932160, 949110), never 942100,
+    and the same anomaly score as without the fake fields."""
+    tag, plain_tag = nonce(), nonce()
+    response = request(
+        stack.detect_port,
+        with_nonce(f"/?p=/etc/passwd{FORGED_FIELDS}", tag),
+        headers=CLIENT_HEADERS,
+    )
+    assert response.status == 200
+    plain = request(
+        stack.detect_port, with_nonce("/?p=/etc/passwd", plain_tag), headers=CLIENT_HEADERS
+    )
+    assert plain.status == 200
+    log, plain_log = stack.waf_log(tag), stack.waf_log(plain_tag)
+    assert log["rule_ids"] == plain_log["rule_ids"]
+    assert log["rule_ids"].split(",")[-1] == "949110"
+    assert "930120" in log["rule_ids"].split(",") and "942100" not in log["rule_ids"]
+    assert log["anomaly_score"] == plain_log["anomaly_score"]
 
 
 def test_detection_only_app_passes_and_reports_hits_score_and_rule_ids(stack):

@@ -41,6 +41,9 @@ SecRule REQUEST_URI "@beginsWith /e2e-drop" "id:100003,phase:1,log,drop,msg:'e2e
 SecRule REQUEST_URI "@beginsWith /e2e-response-header" \\
   "id:100004,phase:3,log,deny,status:403,msg:'e2e response header',chain"
   SecRule RESPONSE_HEADERS:Content-Type "@contains text/html" "t:lowercase"
+SecRule REQUEST_URI_RAW "@beginsWith http://absolute.e2e/" \\
+  "id:100005,phase:1,log,deny,status:403,msg:'e2e absolute-form target'"
+SecRule ARGS:forge "@contains passwd" "id:100006,phase:1,log,deny,status:403,msg:'e2e deny'"
 """
 
 _WAF_FIELDS = re.compile(r"(\w+)=(\S*)")

@@ -214,21 +214,24 @@ def test_many_connections_are_served_at_once() -> None:
         ]
 
 
-def test_max_connections_bounds_the_served_connections() -> None:
-    """1. max_connections=2: two connections are served.
-    2. A third is accepted by the kernel (backlog) but gets no AGENT-HELLO while both are open.
-    3. Closing one lets the third be served."""
+def test_max_connections_closes_the_longest_idle_to_serve_a_new_one() -> None:
+    """1. max_connections=2: two connections said HELLO, the first one's NOTIFY is answered
+    after the second's, so the second is idle the longest. 2. A third connects: it is served
+    at once. 3. The second gets AGENT-DISCONNECT 0 and is closed; the first stays usable."""
     with running_server(max_connections=2) as server:
         first, second = connect(server), connect(server)
-        third = connect(server, hello=False, timeout=0.5)
-        third.send(handshake.encode_haproxy_hello())
-        with pytest.raises(TimeoutError):
-            third.read_frame()
-        first.close()
-        third.sock.settimeout(5.0)
-        assert third.read_frame().type == frames.FrameType.AGENT_HELLO
-        second.close()
-        third.close()
+        path_notify(second, 1, "/second")
+        assert second.read_ack()[0] == 1
+        path_notify(first, 1, "/first")
+        assert first.read_ack()[0] == 1
+        third = connect(server)  # connect() fails unless AGENT-HELLO comes back
+        assert second.read_disconnect().status == 0
+        assert second.is_closed_by_peer()
+        path_notify(first, 2, "/first-again")
+        assert first.read_ack()[0] == 2
+        assert (server.connection_count, server.evicted, server.refused) == (2, 1, 0)
+        for client in (first, second, third):
+            client.close()
 
 
 def test_health_check_hello_gets_agent_hello_then_close() -> None:

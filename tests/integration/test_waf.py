@@ -11,10 +11,8 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from coraza_spoa_py import rules, waf, waf_text
+from coraza_spoa_py import rules, waf
 from coraza_spoa_py.models import (
     CloseWhen,
     DeadlineExceededError,
@@ -176,7 +174,7 @@ def test_coraza_only_directive_is_dropped_with_a_warning() -> None:
     )
 
 
-def test_rule_count_excludes_our_score_rule() -> None:
+def test_rule_count_counts_the_app_rules() -> None:
     engine = load('SecRule ARGS "@rx a" "id:1,phase:1,pass,nolog"\n')
     assert engine.rule_count == 1
 
@@ -194,7 +192,7 @@ def test_score_report_reads_crs3_and_crs4_variables(setvars: str, expected: int)
     engine = load(f'SecRuleEngine On\nSecAction "id:1,phase:2,pass,nolog,{setvars}"\n')
     verdict = run_request(engine, go(b"x"))
     assert verdict.anomaly_score == expected
-    assert verdict.matched_rule_ids == ()  # our report rule is never a match
+    assert verdict.matched_rule_ids == ()  # read from TX: no rule is reported for it
     assert verdict.log_lines == ()
 
 
@@ -402,31 +400,35 @@ def test_response_body_over_the_limit_is_rejected_like_coraza() -> None:
     assert (verdict.interrupted, verdict.status, verdict.rule_id) == (True, 500, 0)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300), st.integers(min_value=1, max_value=5))
-def test_any_engine_line_parses_without_error(raw: bytes, phase: int) -> None:
-    match = waf_text.parse_match(raw, phase, "192.0.2.1")
-    assert match.raw == raw.decode("utf-8", errors="replace")
-    assert match.rule_id >= 0
+FIELDS_RULE = (
+    'SecRule ARGS:x "@rx a.b" "id:942100,phase:2,t:none,pass,log,rev:2,ver:\'OWASP_CRS/3.3.4\','
+    "maturity:'9',accuracy:'8',severity:'CRITICAL',tag:'attack-sqli',tag:'paranoia-level/1',"
+    "msg:'SQL Injection Attack',logdata:'Matched Data: %{MATCHED_VAR}'\""
+)
 
 
-def test_engine_line_fields() -> None:
-    raw = (
-        b"ModSecurity: Warning. Matched \"Operator `Rx' with parameter `a\"b' against variable "
-        b'`ARGS:x\' (Value: `a"b\' ) [file "/r/x.conf"] [line "12"] [id "942100"] [rev "2"] '
-        b'[msg "SQL Injection Attack"] [data "Matched Data: a\\"b"] [severity "2"] '
-        b'[ver "OWASP_CRS/3.3.4"] [maturity "9"] [accuracy "8"] [tag "attack-sqli"] '
-        b'[tag "paranoia-level/1"] [hostname "10.0.0.1"] [uri "/q"] [unique_id "abc"] [ref "v1"]'
+def test_match_fields_come_from_the_rule_message() -> None:
+    """Every field of a match, from the engine's RuleMessage (msc_glue_rm.cc)."""
+    engine = load("SecRuleEngine On\n" + FIELDS_RULE + "\n")
+    request = RequestInfo(
+        "abc",
+        path=b"/q",
+        query=b'x=a"b',
+        src_ip=IPv4Address("192.0.2.1"),
+        dst_ip=IPv4Address("10.0.0.1"),
     )
-    match = waf_text.parse_match(raw, 2, "192.0.2.1")
-    assert match.to_dict() == {
+    verdict = run_request(engine, request)
+    (match,) = verdict.matches
+    fields = match.to_dict()
+    raw = fields.pop("raw")
+    assert fields == {
         "client": "192.0.2.1",
-        "file": "/r/x.conf",
-        "line": 12,
+        "file": "<<reference missing or not informed>>",  # the engine's words for directives
+        "line": 2,
         "rule_id": 942100,
         "revision": "2",
         "msg": "SQL Injection Attack",
-        "data": 'Matched Data: a\\"b',
+        "data": 'Matched Data: a"b',
         "severity": "critical",
         "severity_id": 2,
         "version": "OWASP_CRS/3.3.4",
@@ -439,25 +441,65 @@ def test_engine_line_fields() -> None:
         "disruptive": False,
         "phase_id": 2,
         "phase": "request-body",
-        "raw": raw.decode(),
     }
+    assert raw.startswith("ModSecurity: Warning. Matched ")  # the engine's line, for display
+    assert '[id "942100"]' in raw
+
+
+def test_a_long_matched_value_is_cut_in_data() -> None:
+    """data keeps the engine's own text limit (200 bytes), cut at a character boundary."""
+    engine = load("SecRuleEngine On\n" + FIELDS_RULE + "\n")
+    verdict = run_request(engine, RequestInfo("long", query=b"x=a.b" + "é".encode() * 300))
+    (match,) = verdict.matches
+    assert match.data.startswith("Matched Data: a.bé")
+    assert len(match.data.encode()) <= 200
+    assert "\ufffd" not in match.data
+
+
+@pytest.fixture(scope="module")
+def forge_engine() -> waf.ModSecEngine:
+    return load("Include forge.conf\n")
+
+
+def forged_fields(drop_line: int = 10) -> bytes:
+    """What the engine's text line would show of a rule: the file and line of forge.conf's drop
+    rule (10102) and CRS's SQL injection id, percent-encoded as a client would send them."""
+    fields = f'[id "942100"] [file "{RULES_DIR / "forge.conf"}"] [line "{drop_line}"] ['
+    return fields.replace(" ", "%20").replace('"', "%22").encode()
+
+
+def test_a_forged_match_reports_the_real_rule_and_action(
+    forge_engine: waf.ModSecEngine,
+) -> None:
+    """1. p=/etc/passwd followed by fake [id]/[file]/[line] fields pointing at a drop rule.
+    2. Expect the deny rule that matched (10101): its id, file, line, and action deny.
+    (Reading the text line, the agent reported 942100 and drop.)"""
+    verdict = run_request(
+        forge_engine, RequestInfo("forged", query=b"p=/etc/passwd%20" + forged_fields())
+    )
+    assert (verdict.interrupted, verdict.action, verdict.status) == (True, "deny", 403)
+    assert verdict.rule_id == 10101
+    assert verdict.matched_rule_ids == (10101,)
+    (match,) = verdict.matches
+    assert (match.rule_id, match.file, match.line) == (10101, str(RULES_DIR / "forge.conf"), 6)
+    assert match.msg == "passwd in an argument"
+    assert match.disruptive
+    assert '[id "942100"]' in match.raw  # the client's text is still shown, never read
 
 
 @pytest.mark.parametrize(
     "line", ["SecRxPreFilter On", "SecRequestBodyInMemoryLimit 131072", "SecSensorId x"]
 )
-def test_coraza_only_directive_in_an_included_file_fails_with_a_hint(
+def test_coraza_only_directive_in_an_included_file_is_dropped_with_its_file_and_line(
     tmp_path: Path, line: str
 ) -> None:
-    """Only the app's directives are filtered; an included file must be v3-clean, and the
-    error says where and what to do."""
+    """Included files get the same Coraza-only handling as the directives (issue 13)."""
     included = tmp_path / "coraza.conf"
-    included.write_text("SecRuleEngine On\n" + line + "\n")
-    with pytest.raises(waf.RulesError) as caught:
-        load("Include coraza.conf\n", base_dir=tmp_path)
-    (problem,) = caught.value.problems
-    assert problem.startswith(f"{included}:2: ")
-    assert problem.endswith("(a Coraza-only directive: remove it from this file)")
+    included.write_text("SecRuleEngine On\n" + line + "\n" + 'SecAction "id:7,pass,nolog"\n')
+    engine = load("Include coraza.conf\n", base_dir=tmp_path)
+    assert engine.rule_count == 1
+    (warning,) = engine.warnings
+    assert warning.startswith(f"{included}:2: dropped {line.split()[0]}: a Coraza-only")
 
 
 def test_unsupported_directive_in_the_directives_names_its_line() -> None:

@@ -1,8 +1,8 @@
 """The binding with the real OWASP CRS 3.3.4 (Debian's modsecurity-crs) and our base config.
 
-The anomaly score must equal CRS's own total, the "Total Score" in 949110's message, whether
-949110 blocked (phase 2, our report rule never runs) or only logged (DetectionOnly), and our
-report rule must give the same number when nothing reaches the threshold.
+The anomaly score (read from TX where the request phases end) must equal CRS's own total, the
+"Total Score" in 949110's message, whether 949110 blocked (phase 2) or only logged
+(DetectionOnly), and be the same number when nothing reaches the threshold.
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ def test_lfi_score_is_exactly_two_critical_rules(crs_on: waf.ModSecEngine) -> No
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_detection_only_reports_without_blocking(attack: str) -> None:
-    """1. DetectionOnly: 949110 matches and logs but does not block, and our report rule
-    runs after it. 2. Same hits and the same score as the blocking engine."""
+    """1. DetectionOnly: 949110 matches and logs but does not block, and phase 2 runs to its
+    end. 2. Same hits and the same score as the blocking engine."""
     verdict = request_verdict(load_crs("DetectionOnly"), **ATTACKS[attack])
     assert not verdict.interrupted
     assert verdict.rules_hit > 0
@@ -139,8 +139,8 @@ def test_detection_only_reports_without_blocking(attack: str) -> None:
 def test_report_rule_score_below_threshold_matches_blocking_total(
     crs_on: waf.ModSecEngine, attack: str
 ) -> None:
-    """1. Thresholds raised: nothing blocks and 949110 never matches; only our report rule
-    can give the score. 2. It equals the total 949110 reports on the default engine."""
+    """1. Thresholds raised: nothing blocks and 949110 never matches; only TX can give the
+    score. 2. It equals the total 949110 reports on the default engine."""
     blocked = request_verdict(crs_on, **ATTACKS[attack])
     relaxed = request_verdict(load_crs("On", HIGH_THRESHOLDS), **ATTACKS[attack])
     assert not relaxed.interrupted

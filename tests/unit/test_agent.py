@@ -68,11 +68,35 @@ def test_null_or_non_string_app_counts_as_absent():
     assert len(engine_a.transactions) == 2
 
 
-def test_single_application_without_default_takes_everything():
+def test_single_application_without_default_takes_messages_without_app():
     only, engine = make("only")
     agent = Agent({"only": only}, default_application=None)
-    agent.handle([request_message(app="other"), request_message(app=None)], NOW)
+    agent.handle([request_message(app=None), request_message(app=None)], NOW)
     assert len(engine.transactions) == 2
+
+
+def test_a_named_unknown_app_is_1002_even_with_one_application(records):
+    # a typo in `app` must not pass through whatever application happens to be the only one
+    only, engine = make("only")
+    agent = Agent({"only": only}, default_application=None)
+    for _ in range(2):
+        assert as_dict(agent.handle([request_message(app="other")], NOW)) == {"error": 1002}
+    assert engine.transactions == []
+    assert agent.unknown_applications == {"other": 2}
+    warnings = [r for r in records if r["level"].name == "WARNING"]
+    assert len(warnings) == 1 and "no application 'other'" in warnings[0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("app_arg", "routed"),
+    [("echo.domain:8080", "echo.domain"), ("echo.domain", "echo.domain"), ("[::1]:80", "[::1]")],
+)
+def test_a_host_with_a_port_routes_like_the_bare_host(app_arg, routed):
+    echo, engine = make(routed)
+    other, other_engine = make("other")
+    agent = Agent({routed: echo, "other": other}, default_application=None)
+    assert as_dict(agent.handle([request_message(app=app_arg)], NOW))["fail"] == 0
+    assert len(engine.transactions) == 1 and other_engine.transactions == []
 
 
 def test_no_application_is_error_1002_at_once():
@@ -88,12 +112,20 @@ def test_no_applications_at_all_is_1002():
     assert as_dict(agent.handle([request_message()], NOW)) == {"error": 1002}
 
 
-def test_unknown_message_names_are_ignored_with_a_debug_log(records):
+def test_an_unknown_message_name_is_error_1006_warned_once_and_counted(records):
     a, engine = make("a")
     agent = Agent({"a": a}, default_application="a")
-    assert agent.handle([Message("check-request", (s("x", "y"),))], NOW) == []
+    for _ in range(3):
+        actions = agent.handle([Message("coraza-request", (s("x", "y"),))], NOW)
+        # `code` too: the ModSecurity dialect's `code gt 0` deny rule fires as well
+        assert as_dict(actions) == {"error": 1006, "code": 1006}
+    agent.handle([Message("other", ())], NOW)
     assert engine.transactions == []
-    assert any(r["level"].name == "DEBUG" and "check-request" in r["message"] for r in records)
+    assert agent.unknown_messages == {"coraza-request": 3, "other": 1}
+    warnings = [r["message"] for r in records if r["level"].name == "WARNING"]
+    # rate-limited per name: one line for each of the two names within the interval
+    assert len(warnings) == 2
+    assert "'coraza-request'" in warnings[0] and "'other'" in warnings[1]
 
 
 @pytest.mark.parametrize(
@@ -154,7 +186,8 @@ def test_messages_of_one_frame_are_all_answered_in_order():
         [request_message(s("id", "one")), Message("other", ()), response_message("one")], NOW
     )
     assert [a.name for a in actions] == [
-        "id", "fail", "rules_hit", "anomaly_score", "fail", "rules_hit", "anomaly_score",
+        "id", "fail", "rules_hit", "anomaly_score", "error", "code", "fail", "rules_hit",
+        "anomaly_score",
     ]  # fmt: skip
 
 

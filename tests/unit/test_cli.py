@@ -6,6 +6,7 @@ the pytest process).
 from __future__ import annotations
 
 import ast
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from coraza_spoa_py.options import Options, parse_args
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CORPUS = PROJECT_ROOT / "tests" / "data" / "configs"
+RULES = PROJECT_ROOT / "tests" / "data" / "rules"
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -110,11 +112,11 @@ def test_missing_config_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_unknown_flag_exits_2_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        parse_args(["-config", "c", "-f", "x"])
+        parse_args(["-config", "c", "-x", "y"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: coraza-spoa-py")
-    assert "unrecognized arguments: -f x" in err
+    assert "unrecognized arguments: -x y" in err
 
 
 def test_abbreviations_are_not_accepted() -> None:
@@ -185,6 +187,35 @@ def test_validate_broken_rule_file_names_file_and_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{rules}:3:" in result.stderr
     assert "application 'a'" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["gen1.yml", "gen3.yml"])
+def test_validate_coraza_recommended_file_loads_the_crs(name: str) -> None:
+    """1. A Gen1 and a Gen3 config.yml that include a Coraza-style recommended file
+    unchanged, then the CRS. 2. -validate. Result: exit 0, >= 900 rules, the two Coraza-isms
+    warned about with file:line (issue 13)."""
+    result = run_cli("-validate", "-config", str(RULES / "coraza" / name))
+    assert result.returncode == 0, result.stderr
+    count = re.search(r"application \S+: (\d+) rules", result.stdout)
+    assert count and int(count[1]) >= 900, result.stdout
+    assert f"{RULES / 'coraza' / 'coraza.conf'}:21: dropped SecRequestBodyInMemoryLimit" in (
+        result.stdout + result.stderr
+    )
+    assert "Configuration file is valid" in result.stdout
+
+
+def test_validate_refuses_a_rules_file_that_stops_loading_early(tmp_path: Path) -> None:
+    """1. A rules file libmodsecurity stops reading early without an error. 2. -validate.
+    Result: exit 1 naming the file and the line where loading stopped, never "valid"."""
+    stops = RULES / "coraza" / "stops-early.conf"
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        f"bind: 127.0.0.1:0\napplications:\n  - name: a\n    directives: |\n      Include {stops}\n"
+    )
+    result = run_cli("-validate", "-config", str(cfg))
+    assert result.returncode == 1
+    assert f"{stops}:7: the rules stop loading here" in result.stderr
+    assert "Configuration file is valid" not in result.stdout
 
 
 def test_validate_never_binds(tmp_path: Path) -> None:
@@ -458,3 +489,21 @@ def test_startup_failure_is_shown_on_stderr_even_when_logging_to_a_file(tmp_path
     assert result.returncode == 1
     assert "failed starting: rules did not load" in result.stderr
     assert "failed starting: rules did not load" in log_file.read_text()
+
+
+def test_a_rules_syntax_error_at_startup_prints_only_our_lines(tmp_path: Path) -> None:
+    """1. Console log; the rules of an application have a syntax error. Result: exit 1 and
+    stderr is exactly our three lines (start, the rule error with its place, failed
+    starting): no traceback from the engine thread the rules were compiled on (issue 15)."""
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        "bind: 127.0.0.1:0\nlog_file: /dev/stderr\napplications:\n  - name: a\n"
+        '    directives: SecRule ARGS "@rx x" "id:1,phase:2,bogus"\n'
+    )
+    result = run_cli("-config", str(cfg))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert " INF starting coraza-spoa-py " in lines[0]
+    assert lines[1].endswith('bogus"') and " ERR application 'a': <app a directives>:1:" in lines[1]
+    assert lines[2].endswith(" ERR failed starting: rules did not load")

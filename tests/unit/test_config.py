@@ -110,15 +110,20 @@ def test_schema_defaults_agree_with_settings() -> None:
     """The documented defaults (schema) and the dataclass defaults must be the same values."""
     gen3 = config.schema()["$defs"]["gen3"]["properties"]
     defaults = Config(bind=BindAddress("tcp"))
-    for key in ("max_frame_size", "max_connections", "processing_budget_ms"):
+    for key in (
+        "max_frame_size",
+        "max_connections",
+        "max_connections_per_source",
+        "processing_budget_ms",
+    ):
         assert gen3[key]["default"] == getattr(defaults, key), key
-    for key in ("idle_timeout_s", "graceful_timeout_s"):
+    for key in ("idle_timeout_s", "graceful_timeout_s", "hello_timeout_s", "frame_timeout_s"):
         assert float(gen3[key]["default"]) == getattr(defaults, key), key
     assert gen3["crs_rules_dir"]["default"] == defaults.rule_paths.crs_rules_dir
     assert gen3["crs_setup_file"]["default"] == defaults.rule_paths.crs_setup_file
     app = config.schema()["$defs"]["application"]["properties"]
     assert app["transaction_ttl_ms"]["default"] == 60_000
-    assert app["transaction_active_limit"]["default"] == 100_000
+    assert app["transaction_active_limit"]["default"] == 32_768
 
 
 def test_schema_is_a_valid_json_schema_with_a_description_on_every_key() -> None:

@@ -293,12 +293,12 @@ def test_message_for_no_application_gets_its_line_from_the_agent(log_records):
     assert line["extra"]["tx"] == "abc-1" and "app" not in line["extra"]
 
 
-def test_unknown_message_is_described_and_ignored(log_records):
+def test_unknown_message_is_described_and_answered_with_1006(log_records):
     agent = Agent({}, default_application=None)
-    agent.handle([Message("check-request", (s("x", "yz"), null("n")))], 0.0)
-    (line,) = message_lines(log_records, "check-request")
+    agent.handle([Message("check-requests", (s("x", "yz"), null("n")))], 0.0)
+    (line,) = message_lines(log_records, "check-requests")
     assert line["message"] == (
-        "check-request args=[x:STRING(2) n:NULL] -> nothing (unknown SPOE message, ignored)"
+        "check-requests args=[x:STRING(2) n:NULL] -> error=1006 (unknown SPOE message)"
     )
 
 

@@ -133,3 +133,20 @@ def test_request_uri_has_no_question_mark_without_query():
     assert RequestInfo("t", path=b"/p").uri == b"/p"
     assert RequestInfo("t", path=b"/p", query=b"").uri == b"/p?"
     assert RequestInfo("t", path=b"/p", query=b"a=1").uri == b"/p?a=1"
+
+
+@pytest.mark.parametrize(
+    ("target", "version", "uri"),
+    [
+        (b"http://host.example/p?q=1", b"1.1", b"http://host.example/p?q=1"),
+        (b"HTTPS://h/p", b"1.0", b"HTTPS://h/p"),
+        (b"/p?q=1", b"1.1", b"/p?q=1"),  # origin form: path and query as before
+        (b"https://h/p", b"2.0", b"/p?q=1"),  # HAProxy makes every HTTP/2 target absolute
+        (None, b"1.1", b"/p?q=1"),  # a config that does not send url
+    ],
+)
+def test_uri_keeps_an_absolute_form_target_whole(
+    target: bytes | None, version: bytes, uri: bytes
+) -> None:
+    request = RequestInfo("t", path=b"/p", query=b"q=1", version=version, target=target)
+    assert request.uri == uri

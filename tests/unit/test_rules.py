@@ -154,3 +154,56 @@ def test_unfinished_continuation_at_the_end_is_kept() -> None:
     resolved = resolve('SecRule ARGS "@rx x" \\\n')
     assert resolved.text == 'SecRule ARGS "@rx x" \\\n'
     assert resolved.source_lines == (1,)
+
+
+def test_included_file_that_needs_a_change_is_passed_inline_with_its_lines(
+    tmp_path: Path,
+) -> None:
+    """A Coraza-only directive or a quote left open in an included file: the file's text is
+    passed inline, each line mapped back to that file and line; unchanged files stay Includes."""
+    (tmp_path / "clean.conf").write_text('SecAction "id:1,pass"\n')
+    coraza = tmp_path / "coraza.conf"
+    coraza.write_text(
+        "# it's a comment with a ` backtick\n"
+        "SecRequestBodyInMemoryLimit 131072\n"
+        'SecRule ARGS "x" \\\n'
+        '    "id:2,deny, \\\n'
+        "    msg:'left open\"\n"
+    )
+    resolved = resolve("Include clean.conf\nInclude coraza.conf\n", base_dir=str(tmp_path))
+    assert resolved.text.splitlines() == [
+        f"Include {tmp_path}/clean.conf",
+        "# it's a comment with a ` backtick",
+        'SecRule ARGS "x" \\',
+        '    "id:2,deny, \\',
+        "    msg:'left open'\"",
+    ]
+    assert resolved.origins == (
+        ("<app shop directives>", 1),
+        (str(coraza), 1),
+        (str(coraza), 3),
+        (str(coraza), 4),
+        (str(coraza), 5),
+    )
+    assert [w.split(": ")[0] for w in resolved.warnings] == [f"{coraza}:2", f"{coraza}:3"]
+    assert [(d.file, d.line, d.rules) for d in resolved.directives] == [
+        (str(tmp_path / "clean.conf"), 1, 1),
+        (str(coraza), 3, 1),
+    ]
+
+
+def test_chained_rules_and_markers_are_counted_as_the_engine_counts_them() -> None:
+    resolved = resolve(
+        'SecRule ARGS "a" "id:1,msg:\'not a chain\',chain"\n'
+        '    SecRule ARGS "b" "t:none"\n'
+        "SecMarker END\n"
+        "SecAction \"id:3,msg:'chain',pass\"\n"
+        'SecRule ARGS "c" "id:4,pass"\n'
+    )
+    assert (resolved.rules_defined, resolved.markers_defined) == (3, 1)
+
+
+def test_an_include_cycle_is_a_problem_not_a_hang(tmp_path: Path) -> None:
+    (tmp_path / "self.conf").write_text("Include self.conf\n")
+    resolved = resolve("Include self.conf\n", base_dir=str(tmp_path))
+    assert resolved.problems and "nested includes" in resolved.problems[0]

@@ -473,3 +473,16 @@ def test_send_disconnect_after_error_keeps_error_state() -> None:
 def test_public_names() -> None:
     assert repr(spop.NEED_DATA) == "NEED_DATA"
     assert {"Connection", "ConnectionState", "NEED_DATA", "SpopError"} <= set(spop.__all__)
+
+
+def test_pending_bytes_counts_the_unfinished_frame() -> None:
+    """1. Feed HAProxy's HELLO in two parts, then whole. 2. Expect ``pending_bytes`` to be the
+    part received while the frame is unfinished, and 0 once the frame is consumed."""
+    conn = Connection()
+    assert conn.pending_bytes == 0
+    conn.receive_data(helpers.V1_HELLO_31[:10])
+    assert conn.next_event() is NEED_DATA
+    assert conn.pending_bytes == 10
+    conn.receive_data(helpers.V1_HELLO_31[10:])
+    assert isinstance(conn.next_event(), HaproxyHello)
+    assert conn.pending_bytes == 0
