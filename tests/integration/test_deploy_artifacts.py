@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.haproxy import haproxy_binary
+from tests.unit.test_cli import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -103,14 +104,7 @@ def test_every_shipped_config_compiles_with_validate(name: str, text: str, tmp_p
     text = text.replace("/var/log/coraza-spoa/", f"{tmp_path}/")
     config_file = tmp_path / "config.yml"
     config_file.write_text(text)
-    result = subprocess.run(
-        [sys.executable, "-m", "coraza_spoa_py", "-validate", "-config", str(config_file)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=PROJECT_ROOT,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_cli("-validate", "-config", str(config_file), timeout=120)
     assert result.returncode == 0, f"{name}:\n{result.stdout}{result.stderr}"
     assert "Configuration file is valid" in result.stdout + result.stderr
     assert re.search(r"application sample_app: \d{3,} rules", result.stdout + result.stderr)
