@@ -40,6 +40,7 @@ from coraza_spoa_py.messages import (
     RequestMessage,
     ResponseMessage,
     args_by_name,
+    parse_orphan_request,
     parse_request_message,
     parse_response_message,
 )
@@ -56,7 +57,13 @@ from coraza_spoa_py.models import (
 )
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Action, Arg, Message
-from coraza_spoa_py.verdicts import ErrorCode, verdict_actions
+from coraza_spoa_py.verdicts import (
+    VAR_ANOMALY_SCORE,
+    VAR_RULE_IDS,
+    VAR_RULES_HIT,
+    ErrorCode,
+    verdict_actions,
+)
 
 
 class MessageError(Exception):
@@ -78,12 +85,16 @@ class EngineFailureError(MessageError):
 
 
 class TransactionNotFoundError(MessageError):
+    # only with ``orphan_responses: reject``; otherwise such a response is inspected on its own
     code = ErrorCode.TRANSACTION_NOT_FOUND
 
 
 class OverloadedError(MessageError):
     code = ErrorCode.OVERLOADED
 
+
+# the variables that describe the whole transaction so far (models.Verdict), not one message
+_TRANSACTION_TOTALS = frozenset({VAR_RULES_HIT, VAR_ANOMALY_SCORE, VAR_RULE_IDS})
 
 # coraza-spoa generates 16 random uppercase letters when HAProxy sends no id (Part 2 §2.2)
 GENERATED_ID_LENGTH = 16
@@ -107,6 +118,19 @@ def rule_match_level(matches: Sequence[RuleMatch]) -> str:
     return max(levels, key=_LEVEL_ORDER.index, default="ERROR")
 
 
+def _response_side(verdict: Verdict, before: Verdict) -> Verdict:
+    """An orphan's response verdict without what its stand-in request phases matched: the
+    transaction-wide ids and counts (models.Verdict) would otherwise report rules like CRS
+    920280 "missing Host header" that only the stand-in ``GET /`` triggered, and its inbound
+    score. The score stays only if the response phases reported one of their own."""
+    return replace(
+        verdict,
+        matched_rule_ids=verdict.matched_rule_ids[len(before.matched_rule_ids) :],
+        rules_hit=verdict.rules_hit - before.rules_hit,
+        anomaly_score=0 if verdict.anomaly_score == before.anomaly_score else verdict.anomaly_score,
+    )
+
+
 def generate_transaction_id() -> str:
     return "".join(random.choices(string.ascii_uppercase, k=GENERATED_ID_LENGTH))
 
@@ -122,6 +146,11 @@ class TransactionStats:
     shed: int = 0
     open: int = 0
     in_flight: int = 0
+
+
+# What a message came to, for the metrics (``Application.observer``): the message name, whether
+# it was inspected without its request's transaction, the verdict
+Observer = Callable[[str, str, bool, Verdict], None]
 
 
 @dataclass(slots=True)
@@ -171,6 +200,9 @@ class Application:
         self._evicted = 0
         self._shed = 0
         self._in_flight = 0
+        self._orphans = 0
+        # set by the runtime when metrics are served: called with every verdict (hub only)
+        self.observer: Observer | None = None
         self._warned_at: dict[str, float] = {}
         # Transactions kept for the response inside an executor call, until they are cached. If
         # the waiting greenlet is killed (forced shutdown), close_all() still finds them here.
@@ -196,6 +228,11 @@ class Application:
             open=len(self._cache),
             in_flight=self._in_flight,
         )
+
+    @property
+    def orphan_responses(self) -> int:
+        """``coraza-res`` messages inspected without their request's transaction."""
+        return self._orphans
 
     def has_open_transaction(self, transaction_id: str) -> bool:
         return transaction_id in self._cache
@@ -262,6 +299,8 @@ class Application:
                 )
                 self._close_entries(pushed_out)
         self._log_matches(parsed.request.transaction_id, verdict)
+        if self.observer is not None:
+            self.observer(self.config.name, "coraza-req", False, verdict)
         return verdict_actions(
             verdict,
             transaction_id=parsed.request.transaction_id,
@@ -359,23 +398,34 @@ class Application:
         transaction = self._cache.pop(transaction_id)
         if trace is not None:
             trace.cache = "not-found" if transaction is None else "found"
-        if transaction is None:
+        if transaction is not None:
+            self._in_flight += 1
+            outcome = self._run(
+                lambda started: self._evaluate_response(parsed, transaction, received_at, started)
+            )
+            self._in_flight -= 1
+        elif self.config.orphan_responses == "reject":
             raise TransactionNotFoundError(f"no open transaction {transaction_id!r}")
-        self._in_flight += 1
-        outcome = self._run(
-            lambda started: self._evaluate_response(parsed, transaction, received_at, started)
-        )
-        self._in_flight -= 1
+        else:
+            outcome = self._orphan(parsed, args, received_at, trace)
         if trace is not None:
             trace.started, trace.finished = outcome.started, outcome.finished
         verdict = self._settle(outcome, transaction_id)
         self._log_matches(transaction_id, verdict)
-        return verdict_actions(
+        if self.observer is not None:
+            self.observer(self.config.name, "coraza-res", transaction is None, verdict)
+        actions = verdict_actions(
             verdict,
             transaction_id=None,
             export_rule_ids=parsed.export_rule_ids or self.config.export_rule_ids,
             detect_only=parsed.detect_only,
         )
+        if transaction is None and not verdict.matched_rule_ids:
+            # an orphan that matched nothing leaves the request's transaction-wide variables
+            # as its agent set them (HAProxy's log line keeps the request's ids and score);
+            # one that matched reports its own (docs/operations.md "Several agents")
+            actions = [a for a in actions if a.name not in _TRANSACTION_TOTALS]
+        return actions
 
     def _evaluate_response(
         self,
@@ -400,6 +450,60 @@ class Application:
         finally:
             # a no-op when its job closed it (CloseWhen.ALWAYS); not when the call failed early
             self._close_quietly(response.transaction_id, transaction)
+
+    def _orphan(
+        self,
+        parsed: ResponseMessage,
+        args: Mapping[str, Arg],
+        received_at: float,
+        trace: MessageTrace | None,
+    ) -> _Outcome:
+        # Another agent (or process) saw the request, or its transaction expired or was
+        # evicted: inspect the response on its own rather than fail it (docs/operations.md
+        # "Several agents"). The request-side TX state of the other agent is not here.
+        try:
+            request = parse_orphan_request(args, parsed.response.transaction_id)
+        except MalformedArgumentError as exc:
+            raise MalformedMessageError(str(exc)) from exc
+        self._orphans += 1
+        if trace is not None:
+            trace.note = "orphan: inspected without its request"
+        return self._run(
+            lambda started: self._evaluate_orphan(parsed, request, received_at, started)
+        )
+
+    def _evaluate_orphan(
+        self,
+        parsed: ResponseMessage,
+        request: RequestInfo,
+        received_at: float,
+        started: float,
+    ) -> _Outcome:
+        # Inside the executor call, like _evaluate_request: never raises. A fresh transaction:
+        # phases 1-2 with the request facts the message carries, because rule sets initialise
+        # their TX variables there (CRS 901xxx: paranoia level, outbound threshold; without
+        # them its 95x rules skip themselves); their verdict is not ours to give, the request
+        # was answered elsewhere. Then phases 3-4, then closed.
+        if started - received_at > self._processing_budget_s:
+            return _Outcome(shed=True)
+        transaction_id = parsed.response.transaction_id
+        try:
+            transaction = self._engine.new_transaction(transaction_id)
+        except Exception as exc:
+            return _Outcome(error=exc)
+        deadline = self._deadline(received_at)
+        try:
+            before = transaction.process_request(request, deadline=deadline)
+            verdict = transaction.process_response(
+                parsed.response, deadline=deadline, close_when=CloseWhen.ALWAYS
+            )
+        except DeadlineExceededError:
+            return _Outcome(opened=True, closed=True, shed=True)
+        except Exception as exc:
+            return _Outcome(opened=True, closed=True, error=exc)
+        finally:
+            self._close_quietly(transaction_id, transaction)
+        return _Outcome(verdict=_response_side(verdict, before), opened=True, closed=True)
 
     # ---- lifetime -----------------------------------------------------------------------
 

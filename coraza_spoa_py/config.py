@@ -340,6 +340,7 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
             transaction_active_limit=item.get(
                 "transaction_active_limit", DEFAULT_TRANSACTION_ACTIVE_LIMIT
             ),
+            orphan_responses=item.get("orphan_responses", "inspect"),
             export_rule_ids=item.get("export_rule_ids", False),
             log=_log(item, top_log) if any(key in item for key in _APP_LOG_KEYS) else None,
             base_dir=base_dir,

@@ -237,3 +237,19 @@ def parse_response_message(
         export_rule_ids=_bool_arg(args.get(ARG_EXPORT_RULE_IDS)),
         detect_only=_bool_arg(args.get(ARG_DETECT_ONLY)),
     )
+
+
+def parse_orphan_request(args: Mapping[str, Arg], transaction_id: str) -> RequestInfo:
+    """The request-side facts of a ``coraza-res`` whose transaction is not here: method, path,
+    query and the addresses when the message carries them, else ``GET /`` from nowhere. Never
+    request headers or body: the message's ``headers``/``body`` are the response's."""
+    return RequestInfo(
+        transaction_id=transaction_id,
+        method=text_arg(args.get(ARG_METHOD)) or b"GET",
+        path=text_arg(args.get(ARG_PATH)) or b"/",
+        query=text_arg(args.get(ARG_QUERY)),
+        src_ip=_address_arg(args.get(ARG_SRC_IP)),
+        src_port=_int_arg(args.get(ARG_SRC_PORT), low=0, high=_MAX_PORT) or 0,
+        dst_ip=_address_arg(args.get(ARG_DST_IP)),
+        dst_port=_int_arg(args.get(ARG_DST_PORT), low=0, high=_MAX_PORT) or 0,
+    )

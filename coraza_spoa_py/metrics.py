@@ -1,56 +1,45 @@
-"""Prometheus metrics for ``-metrics-addr``: the text exposition format, written by hand.
+"""Prometheus metrics and health for ``-metrics-addr``, through ``prometheus_client``.
 
 What coraza-spoa exports (compat.md Part 2 §1.6): the histogram
 ``coraza_handle_spoe_duration_seconds`` with the Go client's default buckets, and the process
-collector's ``process_*`` series. We add the transaction counters of every application, the
-open HAProxy connections and the reload outcomes. No client library: a dozen series do not need
-one, and the format is a few lines of text (prometheus.io "Exposition formats").
+collector's ``process_*`` series (prometheus_client's ``ProcessCollector`` gives the same names:
+``process_cpu_seconds_total``, ``process_open_fds``, ``process_max_fds``,
+``process_virtual_memory_bytes``, ``process_resident_memory_bytes``,
+``process_start_time_seconds``; the Go runtime's ``go_*`` have ``python_*`` in their place). We
+add the transaction counters, the open HAProxy connections, the reload outcomes, and per
+application and per rule: messages by verdict, orphan responses, rule matches.
 
-Must not touch the engine or SPOP; the runtime hands it callables that read the counters.
+The same listener answers ``/healthz`` (the process serves HTTP) and ``/readyz`` (the rules are
+loaded, the SPOP listener is bound and the agent is not stopping): docs/operations.md "Health".
+
+Must not touch the engine or SPOP; the runtime hands it callables that read the counters, and
+the applications call ``Metrics.observe`` with each verdict (on the hub).
 """
 
 from __future__ import annotations
 
-import bisect
-import os
 import resource
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from coraza_spoa_py import __version__
 from coraza_spoa_py.application import TransactionStats
+from coraza_spoa_py.models import Verdict
 
-# prometheus client_golang DefBuckets, which coraza-spoa's histogram uses
+# prometheus client_golang DefBuckets, which coraza-spoa's histogram uses (prometheus_client's
+# own defaults have more buckets)
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HEALTH_CONTENT_TYPE = "text/plain; charset=utf-8"
 
-
-class Histogram:
-    """Cumulative buckets, a sum and a count; observed on the hub only (no lock needed)."""
-
-    def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
-        self.bounds = tuple(buckets)
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        index = bisect.bisect_left(self.bounds, seconds)
-        if index < len(self.counts):
-            self.counts[index] += 1
-        self.total += seconds
-        self.count += 1
-
-    def lines(self, name: str) -> Iterator[str]:
-        running = 0
-        for bound, count in zip(self.bounds, self.counts, strict=True):
-            running += count
-            yield f'{name}_bucket{{le="{_number(bound)}"}} {running}'
-        yield f'{name}_bucket{{le="+Inf"}} {self.count}'
-        yield f"{name}_sum {_number(self.total)}"
-        yield f"{name}_count {self.count}"
+# coraza-spoa exports no ``*_created`` series; neither do we
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -66,129 +55,186 @@ class Sources:
     unknown_applications: Callable[[], Mapping[str, int]] = dict
 
 
+class Readiness:
+    """Why the agent is not ready yet (or no longer); ``None`` = ready."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = "starting"
+
+    @property
+    def ready(self) -> bool:
+        return self.reason is None
+
+    def set_ready(self) -> None:
+        self.reason = None
+
+    def set_not_ready(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _AgentCollector(Collector):
+    # the counters the agent keeps itself, read at scrape time
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        sources = self._metrics.sources
+        yield _info(sources.engine if sources is not None else "")
+        yield GaugeMetricFamily(
+            "process_max_resident_memory_bytes",
+            "Peak resident memory size in bytes.",
+            value=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        )
+        if sources is None:
+            return  # still starting: only what needs no application
+        stats = sources.transactions()
+        for word, value, text in (
+            ("opened", stats.opened, "WAF transactions opened."),
+            ("closed", stats.closed, "WAF transactions closed (logging phase run)."),
+            ("expired", stats.expired, "Transactions closed because their TTL passed."),
+            ("evicted", stats.evicted, "Transactions closed by transaction_active_limit."),
+            ("shed", stats.shed, "Messages answered with error 1005 (processing budget)."),
+        ):
+            yield CounterMetricFamily(f"coraza_spoa_py_transactions_{word}", text, value=value)
+        yield GaugeMetricFamily(
+            "coraza_spoa_py_transactions_open",
+            "Transactions waiting for their response.",
+            value=stats.open,
+        )
+        yield GaugeMetricFamily(
+            "coraza_spoa_py_connections",
+            "HAProxy connections open now.",
+            value=sources.connections(),
+        )
+        succeeded, failed = sources.reloads()
+        reloads = CounterMetricFamily(
+            "coraza_spoa_py_reloads", "Configuration reloads by outcome.", labels=("result",)
+        )
+        reloads.add_metric(("success",), succeeded)
+        reloads.add_metric(("failure",), failed)
+        yield reloads
+        for name, label, counts, text in (
+            (
+                "coraza_spoa_py_unknown_messages",
+                "message",
+                sources.unknown_messages(),
+                "SPOE messages answered with error 1006: the agent does not know their name.",
+            ),
+            (
+                "coraza_spoa_py_unknown_applications",
+                "app",
+                sources.unknown_applications(),
+                "Messages answered with error 1002: their app names no application.",
+            ),
+        ):
+            family = CounterMetricFamily(name, text, labels=(label,))
+            for key, count in counts.items():
+                family.add_metric((key,), count)
+            yield family
+
+
+def _info(engine: str) -> GaugeMetricFamily:
+    info = GaugeMetricFamily(
+        "coraza_spoa_py_info", "Agent and engine versions.", labels=("version", "engine")
+    )
+    info.add_metric((__version__, engine), 1)
+    return info
+
+
 class Metrics:
-    def __init__(self, sources: Sources, clock: Callable[[], float] = time.perf_counter) -> None:
+    """One registry: coraza-spoa's histogram, the process collector, our counters."""
+
+    def __init__(
+        self, sources: Sources | None = None, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        # None until the applications exist (the listener answers /healthz while rules load)
         self.sources = sources
-        self.handle_duration = Histogram()
+        self.readiness = Readiness()
+        self.registry = CollectorRegistry(auto_describe=False)
         self._clock = clock
-        self._started = time.time()
+        self.handle_duration = Histogram(
+            "coraza_handle_spoe_duration_seconds",
+            "Time spent answering one SPOE NOTIFY frame.",
+            buckets=DEFAULT_BUCKETS,
+            registry=self.registry,
+        )
+        self._messages = Counter(
+            "coraza_spoa_py_messages",
+            "Messages answered with a verdict, per application, message and verdict.",
+            ("app", "message", "verdict"),
+            registry=self.registry,
+        )
+        self._orphans = Counter(
+            "coraza_spoa_py_orphan_responses",
+            "coraza-res messages inspected without their request's transaction (orphans).",
+            ("app", "verdict"),
+            registry=self.registry,
+        )
+        self._rule_matches = Counter(
+            "coraza_spoa_py_rule_matches",
+            "Rules that matched, per application and rule id.",
+            ("app", "rule_id"),
+            registry=self.registry,
+        )
+        # label children by key: .labels() parses its arguments on every call
+        self._children: dict[tuple[Any, ...], Any] = {}
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        self.registry.register(_AgentCollector(self))
 
     def timed(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap the server's handler: one observation per NOTIFY frame, as coraza-spoa."""
+        observe = self.handle_duration.observe
 
         def run(*args: Any) -> Any:
             start = self._clock()
             try:
                 return handler(*args)
             finally:
-                self.handle_duration.observe(self._clock() - start)
+                observe(self._clock() - start)
 
         return run
 
+    def observe(self, app: str, message: str, orphan: bool, verdict: Verdict) -> None:
+        """One message's verdict (``application.Observer``), on the hub."""
+        outcome = "interrupted" if verdict.interrupted else "passed"
+        self._child(self._messages, app, message, outcome).inc()
+        if orphan:
+            self._child(self._orphans, app, outcome).inc()
+        for match in verdict.matches:
+            self._child(self._rule_matches, app, str(match.rule_id)).inc()
+
+    def _child(self, family: Counter, *labels: str) -> Any:
+        key = (id(family), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
     def render(self) -> str:
-        stats = self.sources.transactions()
-        succeeded, failed = self.sources.reloads()
-        out: list[str] = []
-
-        def metric(name: str, kind: str, text: str, samples: Sequence[str]) -> None:
-            out.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples))
-
-        metric(
-            "coraza_handle_spoe_duration_seconds",
-            "histogram",
-            "Time spent answering one SPOE NOTIFY frame.",
-            list(self.handle_duration.lines("coraza_handle_spoe_duration_seconds")),
-        )
-        counters = (
-            ("opened", stats.opened, "WAF transactions opened."),
-            ("closed", stats.closed, "WAF transactions closed (logging phase run)."),
-            ("expired", stats.expired, "Transactions closed because their TTL passed."),
-            ("evicted", stats.evicted, "Transactions closed by transaction_active_limit."),
-            ("shed", stats.shed, "Messages answered with error 1005 (processing budget)."),
-        )
-        for word, value, text in counters:
-            name = f"coraza_spoa_py_transactions_{word}_total"
-            metric(name, "counter", text, [f"{name} {value}"])
-        name = "coraza_spoa_py_transactions_open"
-        metric(name, "gauge", "Transactions waiting for their response.", [f"{name} {stats.open}"])
-        name = "coraza_spoa_py_connections"
-        text = "HAProxy connections open now."
-        metric(name, "gauge", text, [f"{name} {self.sources.connections()}"])
-        name = "coraza_spoa_py_reloads_total"
-        samples = [
-            f'{name}{{result="success"}} {succeeded}',
-            f'{name}{{result="failure"}} {failed}',
-        ]
-        metric(name, "counter", "Configuration reloads by outcome.", samples)
-        for name, label, counts, text in (
-            (
-                "coraza_spoa_py_unknown_messages_total",
-                "message",
-                self.sources.unknown_messages(),
-                "SPOE messages answered with error 1006: the agent does not know their name.",
-            ),
-            (
-                "coraza_spoa_py_unknown_applications_total",
-                "app",
-                self.sources.unknown_applications(),
-                "Messages answered with error 1002: their app names no application.",
-            ),
-        ):
-            samples = [f'{name}{{{label}="{_label(key)}"}} {n}' for key, n in counts.items()]
-            metric(name, "counter", text, samples)
-        name = "coraza_spoa_py_info"
-        labels = f'version="{__version__}",engine="{_label(self.sources.engine)}"'
-        metric(name, "gauge", "Agent and engine versions.", [f"{name}{{{labels}}} 1"])
-        out.extend(self._process_lines())
-        return "\n".join(out) + "\n"
-
-    def _process_lines(self) -> list[str]:
-        # the process collector's series that dashboards use (client_golang process_collector)
-        times = os.times()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        try:
-            open_fds = len(os.listdir("/proc/self/fd"))
-        except OSError:
-            open_fds = 0
-        values = (
-            ("process_cpu_seconds_total", "counter", times.user + times.system),
-            ("process_open_fds", "gauge", open_fds),
-            ("process_max_resident_memory_bytes", "gauge", usage.ru_maxrss * 1024),
-            ("process_resident_memory_bytes", "gauge", _resident_bytes()),
-            ("process_start_time_seconds", "gauge", self._started),
-        )
-        lines: list[str] = []
-        for name, kind, value in values:
-            lines += [f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
-        return lines
-
-
-def _resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def _number(value: float) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-def _label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return prometheus_client.generate_latest(self.registry).decode()
 
 
 def wsgi_app(metrics: Metrics) -> Callable[..., Any]:
-    """GET /metrics → the exposition text; anything else → 404."""
+    """GET /metrics → the exposition text; /healthz → 200 while the process serves;
+    /readyz → 200 once ready, 503 with the reason before (and while stopping); else 404."""
+    exposition = prometheus_client.make_wsgi_app(metrics.registry)
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if environ.get("PATH_INFO") != "/metrics":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found; metrics are at /metrics\n"]
-        body = metrics.render().encode()
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE)])
-        return [body]
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO")
+        if path == "/metrics":
+            return exposition(environ, start_response)
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
+            return [b"ok\n"]
+        if path == "/readyz":
+            reason = metrics.readiness.reason
+            if reason is None:
+                start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
+                return [b"ready\n"]
+            start_response("503 Service Unavailable", [("Content-Type", HEALTH_CONTENT_TYPE)])
+            return [f"not ready: {reason}\n".encode()]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found; metrics are at /metrics, health at /healthz and /readyz\n"]
 
     return app

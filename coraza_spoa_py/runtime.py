@@ -87,6 +87,7 @@ class Runtime:
         self._heap_trim: gevent.Greenlet[Any, Any] | None = None
         self._watcher: reload.FileWatcher | None = None
         self._metrics_server: WSGIServer | None = None
+        self._metrics: metrics.Metrics | None = None
         self._load: Callable[[], config.LoadedConfig] | None = None
 
     # ---- startup ----------------------------------------------------------------------------
@@ -124,6 +125,11 @@ class Runtime:
             logger.warning("no applications defined: every message will be answered with error")
         pool = ThreadPool(cfg.engine_threads)
         scheduler = EnginePool(cfg.engine_threads)
+        # the metrics listener comes first: /healthz answers while the rules compile, /readyz
+        # says 503 until the SPOP listener is bound (docs/operations.md "Health")
+        stats = metrics.Metrics()
+        metrics_server = _start_metrics(metrics_addr, stats) if metrics_addr else None
+        stats.readiness.set_not_ready("loading rules")
         try:
             # compiling goes straight to the pool: seconds of it must not enter the
             # scheduler's average engine time per message
@@ -131,23 +137,24 @@ class Runtime:
         except reload.RuleLoadError as exc:
             pool.kill()
             scheduler.close()
+            _stop_metrics(metrics_server)
             raise StartupError("rules did not load", exc.problems) from exc
         reload.log_loaded(engines)
         applications = reload.build_applications(cfg, engines, scheduler)
+        if metrics_server is not None:
+            _observe(applications, stats)
         agent = Agent(
             applications,
             cfg.default_application,
             check_request_app=_check_request_apps(lambda: runtime.config, pool, scheduler),
         )
-        stats = metrics.Metrics(
-            metrics.Sources(
-                transactions=agent.stats,
-                connections=lambda: server.connection_count,
-                reloads=lambda: (runtime.reloads_done, runtime.reloads_failed),
-                engine=_engine_version(),
-                unknown_messages=lambda: agent.unknown_messages,
-                unknown_applications=lambda: agent.unknown_applications,
-            )
+        stats.sources = metrics.Sources(
+            transactions=agent.stats,
+            connections=lambda: server.connection_count,
+            reloads=lambda: (runtime.reloads_done, runtime.reloads_failed),
+            engine=_engine_version(),
+            unknown_messages=lambda: agent.unknown_messages,
+            unknown_applications=lambda: agent.unknown_applications,
         )
         server = AgentServer(
             cfg.bind,
@@ -164,12 +171,14 @@ class Runtime:
         except OSError as exc:
             pool.kill()
             scheduler.close()
+            _stop_metrics(metrics_server)
             raise StartupError(f"cannot listen on {cfg.bind}: {exc.strerror or exc}") from exc
         runtime = cls(config_path, cfg, pool, agent, applications, server)
         runtime._load = load
         runtime.scheduler = scheduler
-        if metrics_addr:
-            runtime._start_metrics(metrics_addr, stats)
+        runtime._metrics_server = metrics_server
+        runtime._metrics = stats if metrics_server is not None else None
+        stats.readiness.set_ready()
         runtime._install_signal_handlers()
         runtime._greenlets.append(gevent.spawn(runtime._sweep_forever))
         if autoreload:
@@ -295,6 +304,8 @@ class Runtime:
                 self.scheduler.resize(cfg.engine_threads)
         executor: Callable[[Callable[[], Any]], Any] = self.scheduler or _executor(self.pool)
         applications = reload.build_applications(cfg, engines, executor)
+        if self._metrics is not None:
+            _observe(applications, self._metrics)
         # the agent keeps the old applications for the responses of requests they saw and
         # sweeps them until they are empty (compat.md Part 2 §11.5)
         self.agent.replace(applications, cfg.default_application)
@@ -323,21 +334,6 @@ class Runtime:
             gevent.spawn(reload.watch_forever, watcher, on_change, gevent.sleep, WATCH_INTERVAL_S)
         )
 
-    def _start_metrics(self, address: str, stats: metrics.Metrics) -> None:
-        # like coraza-spoa, a metrics server that cannot start is logged, not fatal
-        try:
-            bind = config.parse_bind(address)
-            if bind.kind != "tcp":
-                raise ValueError("use host:port")
-            server = WSGIServer((bind.host, bind.port), metrics.wsgi_app(stats), log=None)
-            server.start()
-        except (OSError, ValueError) as exc:
-            logger.error("-metrics-addr {}: cannot serve metrics: {}", address, exc)
-            return
-        self._metrics_server = server
-        host = server.server_host or "0.0.0.0"
-        logger.info("metrics on http://{}:{}/metrics", host, server.server_port)
-
     # ---- shutdown ---------------------------------------------------------------------------
 
     def _wait_for_closes(self, deadline: float) -> int:
@@ -356,11 +352,13 @@ class Runtime:
             greenlet.kill(block=False)
         if self._heap_trim is not None:
             self._heap_trim.kill(block=False)
-        if self._metrics_server is not None:
-            self._metrics_server.stop(timeout=1)
-        # one budget for the whole shutdown, from the signal: the drain, then the closes
+        if self._metrics is not None:
+            self._metrics.readiness.set_not_ready("stopping")
+        # one budget for the whole shutdown, from the signal: the drain, then the closes; the
+        # health listener stays up while the messages drain (/healthz alive, /readyz 503)
         deadline = (self._stop_requested_at or time.monotonic()) + self.config.graceful_timeout_s
         self.server.stop(max(0.0, deadline - time.monotonic()))
+        _stop_metrics(self._metrics_server)
         # logging phase of every transaction still open, current and retired applications;
         # the agent logs the final "transactions opened=N closed=N ..." line
         try:
@@ -390,6 +388,33 @@ class Runtime:
             self.scheduler.close()
         logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
         return EXIT_OK
+
+
+def _start_metrics(address: str, stats: metrics.Metrics) -> WSGIServer | None:
+    # like coraza-spoa, a metrics server that cannot start is logged, not fatal
+    try:
+        bind = config.parse_bind(address)
+        if bind.kind != "tcp":
+            raise ValueError("use host:port")
+        server = WSGIServer((bind.host, bind.port), metrics.wsgi_app(stats), log=None)
+        server.start()
+    except (OSError, ValueError) as exc:
+        logger.error("-metrics-addr {}: cannot serve metrics: {}", address, exc)
+        return None
+    host = server.server_host or "0.0.0.0"
+    logger.info("metrics on http://{}:{}/metrics", host, server.server_port)
+    return server
+
+
+def _stop_metrics(server: WSGIServer | None) -> None:
+    if server is not None:
+        server.stop(timeout=1)
+
+
+def _observe(applications: dict[str, Application], stats: metrics.Metrics) -> None:
+    # per-application and per-rule counters (docs/operations.md "Metrics")
+    for application in applications.values():
+        application.observer = stats.observe
 
 
 def _check_request_apps(

@@ -61,6 +61,9 @@ class AppConfig:
     # max open transactions kept for the response phase; oldest evicted first. From a memory
     # budget: 2 GiB / 64 KiB per open transaction under CRS (docs/performance.md, "Memory")
     transaction_active_limit: int = DEFAULT_TRANSACTION_ACTIVE_LIMIT
+    # a coraza-res whose transaction is not here (another agent saw the request, or it expired):
+    # "inspect" runs phases 3-4 on a fresh transaction, "reject" answers error 1004
+    orphan_responses: Literal["inspect", "reject"] = "inspect"
     # turn on txn.coraza.rule_ids for every message of this app (the exportRuleIDs arg does it
     # per message)
     export_rule_ids: bool = False

@@ -11,6 +11,7 @@ packages=(
   gcc g++ libc6-dev    # the compiled engine binding (coraza_spoa_py/native/)
   libmodsecurity-dev   # its C++ part reads the engine's rule messages (native/msc_glue_rm.cc)
   ca-certificates
+  systemd              # systemd-analyze verify: the unit test of etc/systemd/
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -34,8 +34,8 @@ def load_crs_engine(
     return waf.load_engine(app, rule_paths or RulePaths())
 
 
-def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation:
-    """Run one stage through the engine; ``status`` is what albedo would have answered."""
+def read_stage(stage: Stage) -> rawparse.ParsedRequest | Observation:
+    """The stage's request as a server reads it, or the observation when there is none."""
     try:
         raw = builder.build_request(stage)
     except builder.BuildError as exc:
@@ -49,6 +49,22 @@ def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation
     except rawparse.IncompleteBodyError as exc:
         # the server waits for the rest of the body: the client's read times out
         return Observation(error=f"timeout: {exc}")
+    return parsed
+
+
+def albedo_reply(parsed: rawparse.ParsedRequest) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """What albedo answers ``parsed``: status, headers as on the wire, body."""
+    status, headers, body = albedo_response(
+        parsed.method.decode("latin-1"), parsed.target.decode("latin-1"), parsed.body
+    )
+    return status, [(n.encode(), v.encode()) for n, v in wire_headers(headers, body)], body
+
+
+def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation:
+    """Run one stage through the engine; ``status`` is what albedo would have answered."""
+    parsed = read_stage(stage)
+    if isinstance(parsed, Observation):
+        return parsed
     request = RequestInfo(
         transaction_id=transaction_id,
         method=parsed.method,
@@ -62,12 +78,9 @@ def observe(engine: WafEngine, stage: Stage, transaction_id: str) -> Observation
         dst_ip=LOOPBACK,
         dst_port=80,
     )
-    status, headers, body = albedo_response(
-        parsed.method.decode("latin-1"), parsed.target.decode("latin-1"), parsed.body
-    )
-    response_headers = tuple((n.encode(), v.encode()) for n, v in wire_headers(headers, body))
+    status, response_headers, body = albedo_reply(parsed)
     response = ResponseInfo(
-        transaction_id=transaction_id, status=status, headers=response_headers, body=body
+        transaction_id=transaction_id, status=status, headers=tuple(response_headers), body=body
     )
     transaction = engine.new_transaction(transaction_id)
     try:

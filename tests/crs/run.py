@@ -4,6 +4,8 @@
     python -m tests.crs.run --mode direct        # engine only (seconds)
     python -m tests.crs.run --only '^9201' -v    # stage ids matching a regex, with reasons
     python -m tests.crs.run --setup FILE --overrides FILE --tests DIR --crs-rules-dir DIR
+    python -m tests.crs.run --mode orphan        # every response without its request's transaction
+    python -m tests.crs.run --mode haproxy --agents 3   # three agents behind HAProxy, round robin
 
 Exit status 0 when every failure is listed in expected-failures.yaml for its mode and no
 listed entry passes; 1 otherwise. The last line is ``N passed, N failed, N skipped``.
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from coraza_spoa_py.settings import DEFAULT_CRS_RULES_DIR, DEFAULT_CRS_SETUP_FILE, RulePaths
-from tests.crs import direct, loader, overrides, results, through_haproxy
+from tests.crs import direct, loader, orphan, overrides, results, through_haproxy
 from tests.crs.crs_setup import (
     DEFAULT_SETUP_FILE,
     EXPECTED_FAILURES_FILE,
@@ -33,7 +35,7 @@ from tests.crs.judge import Observation
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.crs.run", description=__doc__)
-    parser.add_argument("--mode", choices=("both", "direct", "haproxy"), default="both")
+    parser.add_argument("--mode", choices=("both", "direct", "haproxy", "orphan"), default="both")
     parser.add_argument(
         "--tests",
         type=Path,
@@ -60,6 +62,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crs-rules-dir", default=DEFAULT_CRS_RULES_DIR, help="CRS rules")
     parser.add_argument("--crs-setup-file", default=DEFAULT_CRS_SETUP_FILE, help="crs-setup")
     parser.add_argument("--jobs", type=int, default=4, help="stages in flight through HAProxy")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=1,
+        help="agents behind HAProxy, round robin (> 1: responses become orphans)",
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait per stage")
     parser.add_argument("--expected", type=Path, default=EXPECTED_FAILURES_FILE)
     parser.add_argument("--workdir", type=Path, default=None, help="keep configs and logs here")
@@ -90,6 +98,9 @@ def run(args: argparse.Namespace) -> list[results.ModeResult]:
         if mode == "direct":
             engine = direct.load_crs_engine(_rule_paths(args), directives)
             observations = direct.run_direct(stages, engine=engine)
+        elif mode == "orphan":
+            engine = direct.load_crs_engine(_rule_paths(args), directives)
+            observations = orphan.run_orphan(stages, engine=engine)
         else:
             observations = _run_haproxy(stages, args, directives)
         out.write(f"{mode}: ran in {time.monotonic() - started:.1f}s\n")
@@ -114,6 +125,7 @@ def _run_haproxy(
             rule_paths=_rule_paths(args),
             directives=directives,
             log_messages=log_messages,
+            agents=args.agents,
         ) as stack:
             observations = through_haproxy.run_through_haproxy(
                 stages,

@@ -74,25 +74,39 @@ def crs_stack(
     rule_paths: RulePaths | None = None,
     directives: str = CRS_TEST_DIRECTIVES,
     log_messages: bool = False,
+    agents: int = 1,
 ) -> Iterator[Stack]:
     """albedo + agent (CRS test config) + HAProxy ``version`` with the shipped config.
     ``log_messages``: the agent writes its rule matches to ``workdir/MATCH_LOG_NAME``, for
-    ``attach_messages`` once the stack is stopped (its log is flushed then)."""
+    ``attach_messages`` once the stack is stopped (its log is flushed then).
+    ``agents`` > 1: that many agents, round robin (``tests.support.shipped.several_agents``),
+    so that responses reach other agents than their requests (orphans); ``Stack.agent`` is the
+    first, and the others' match logs are appended to the first's once they stopped."""
     workdir.mkdir(parents=True, exist_ok=True)
-    agent_port, frontend_port = free_port(), free_port()
+    agent_ports = [free_port() for _ in range(agents)]
+    agent_port, frontend_port = agent_ports[0], free_port()
+    match_logs = [
+        workdir / (MATCH_LOG_NAME if index == 0 else f"agent{index}-{MATCH_LOG_NAME}")
+        for index in range(agents)
+    ]
     with ExitStack() as stack:
         backend = stack.enter_context(AlbedoServer())
-        config = write_agent_config(
-            workdir / "config.yml",
-            bind=f"127.0.0.1:{agent_port}",
-            log_file=workdir / "agent.log",
-            rule_paths=rule_paths,
-            directives=directives,
-            match_log_file=workdir / MATCH_LOG_NAME if log_messages else None,
-        )
-        agent = cli_agent(config, port=agent_port, log_path=workdir / "agent-output.log")
-        stack.enter_context(agent)
-        agent.wait_ready(timeout=60)
+        started: list[AgentProcess] = []
+        for index, (port, match_log) in enumerate(zip(agent_ports, match_logs, strict=True)):
+            suffix = f"-{index}" if index else ""
+            config = write_agent_config(
+                workdir / f"config{suffix}.yml",
+                bind=f"127.0.0.1:{port}",
+                log_file=workdir / f"agent{suffix}.log",
+                rule_paths=rule_paths,
+                directives=directives,
+                match_log_file=match_log if log_messages else None,
+            )
+            agent_log = workdir / f"agent-output{suffix}.log"
+            started.append(stack.enter_context(cli_agent(config, port=port, log_path=agent_log)))
+        for agent in started:
+            agent.wait_ready(timeout=60)
+        agent = started[0]
 
         haproxy = stack.enter_context(
             shipped_haproxy(
@@ -104,9 +118,15 @@ def crs_stack(
                 frontend_lines=FRONTEND_OVERLAY,
                 shipped_dir=haproxy_dir,
                 overlays=[OVERLAY_FILE],
+                more_agent_ports=agent_ports[1:],
             )
         )
         yield Stack(haproxy, agent, frontend_port)
+    if log_messages:
+        with match_logs[0].open("ab") as merged:
+            for other in match_logs[1:]:
+                if other.exists():
+                    merged.write(other.read_bytes())
 
 
 def observe(address: tuple[str, int], stage: Stage, *, timeout_s: float) -> Observation:

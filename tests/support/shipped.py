@@ -187,10 +187,12 @@ def shipped_haproxy(
     substitutions: Mapping[str, object] | None = None,
     overlays: Sequence[Path] = (),
     wait_ports: Sequence[int] = (),
+    more_agent_ports: Sequence[int] = (),
 ) -> Iterator[HAProxy]:
     """``render_shipped`` into ``workdir``, then ``start_haproxy`` on it (plus ``overlays``);
     waits for ``frontend_port`` and ``wait_ports``. ``SPOE_CFG`` (the copied coraza.cfg) is
-    defined for the overlays."""
+    defined for the overlays. ``more_agent_ports``: agents beside ``agent_port`` in the SPOE
+    backend (``several_agents``)."""
     shipped = render_shipped(
         workdir,
         frontend_port=frontend_port,
@@ -201,6 +203,12 @@ def shipped_haproxy(
         frontend_lines=frontend_lines,
         shipped_dir=shipped_dir,
     )
+    if more_agent_ports:
+        text = shipped.haproxy_cfg.read_text()
+        spoe_backend = spoe_backend_name(shipped.spoe_cfg.read_text())
+        shipped.haproxy_cfg.write_text(
+            several_agents(text, spoe_backend, [agent_port, *more_agent_ports])
+        )
     with start_haproxy(
         version,
         shipped.haproxy_cfg,
@@ -210,3 +218,30 @@ def shipped_haproxy(
         wait_ports=[frontend_port, *wait_ports],
     ) as haproxy:
         yield haproxy
+
+
+def several_agents(text: str, spoe_backend: str, ports: Sequence[int]) -> str:
+    """A rendered haproxy.cfg with the agent backend's one ``server`` line made one per port,
+    and ``balance roundrobin``: several agents as several ``server`` lines (or replicas behind
+    one Service), the setup where a response can reach another agent than its request."""
+    out: list[str] = []
+    name = ""
+    done = 0
+    for line in text.splitlines(keepends=True):
+        section = _SECTION.match(line)
+        if section:
+            name = section.group(2) if section.group(1) == "backend" else ""
+        server = _SERVER.match(line.rstrip("\n"))
+        if server and name == spoe_backend:
+            head, rest = server.group(1), server.group(2)
+            indent, server_name = re.match(r"^(\s+)server\s+(\S+)", head).groups()
+            out.append(f"{indent}balance roundrobin\n")
+            out.extend(
+                f"{indent}server {server_name}-{n} 127.0.0.1:{port}{rest}\n"
+                for n, port in enumerate(ports)
+            )
+            done += 1
+            continue
+        out.append(line)
+    _expect(done, 1, f"'server' line in backend {spoe_backend!r}")
+    return "".join(out)

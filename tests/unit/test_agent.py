@@ -139,7 +139,9 @@ def test_an_unknown_message_name_is_error_1006_warned_once_and_counted(records):
 )
 def test_every_failure_is_answered_with_our_code(setup, message, code):
     engine = FakeEngine(fail_new=setup == "broken")
-    app, _ = make("sample_app", engine, response_check=setup == "response")
+    app, _ = make(
+        "sample_app", engine, response_check=setup == "response", orphan_responses="reject"
+    )
     agent = Agent({"sample_app": app}, default_application="sample_app")
     assert as_dict(agent.handle([message], NOW)) == {"error": code}
 
@@ -167,7 +169,7 @@ def test_a_bug_in_the_application_is_still_answered_with_1003(records):
 
 def test_repeated_errors_are_logged_once_per_second(records):
     clock = FakeClock()
-    app, _ = make("a", response_check=True)
+    app, _ = make("a", response_check=True, orphan_responses="reject")
     agent = Agent({"a": app}, default_application="a", clock=clock)
     for _ in range(10):
         agent.handle([response_message("missing")], NOW)

@@ -284,15 +284,95 @@ def test_response_finds_its_request_processes_and_closes():
 
 
 @pytest.mark.parametrize("transaction_id", [None, "", "never-seen"])
-def test_response_without_open_transaction_is_1004(transaction_id):
-    app, clock = make_app(response_check=True)
+def test_response_without_open_transaction_is_1004_when_orphans_are_rejected(transaction_id):
+    engine = FakeEngine()
+    app, clock = make_app(engine, response_check=True, orphan_responses="reject")
     with pytest.raises(TransactionNotFoundError) as caught:
         app.handle_response(response_message(transaction_id), clock())
     assert caught.value.code == 1004
+    assert engine.transactions == [] and app.orphan_responses == 0
+
+
+@pytest.mark.parametrize("transaction_id", [None, ""])
+def test_response_without_id_is_1004_even_when_orphans_are_inspected(transaction_id):
+    app, clock = make_app(response_check=True)
+    with pytest.raises(TransactionNotFoundError):
+        app.handle_response(response_message(transaction_id), clock())
+
+
+def test_orphan_response_is_inspected_on_a_fresh_transaction_and_closed():
+    leak = RuleMatch(rule_id=951220, msg="SQL error leak", severity="critical")
+    engine = FakeEngine(
+        decide_response=lambda r: (
+            replace(interrupted(), matches=(leak,)) if b"SQL" in r.body else Verdict()
+        )
+    )
+    app, clock = make_app(engine, response_check=True)
+    seen = []
+    app.observer = lambda *event: seen.append(event)
+    body = b("body", b"You have an error in your SQL syntax")
+    actions = as_dict(app.handle_response(response_message("elsewhere", body), clock()))
+    assert actions["fail"] == 1 and actions["status"] == 403
+    (tx,) = engine.transactions
+    assert tx.transaction_id == "elsewhere"
+    # no request facts in the message: phases 1-2 see GET / (CRS initialises its TX there)
+    assert [(r.method, r.uri, r.headers) for r in tx.requests] == [(b"GET", b"/", ())]
+    assert tx.close_whens == [CloseWhen.NEVER, CloseWhen.ALWAYS]
+    assert tx.responses[0].body == b"You have an error in your SQL syntax"
+    assert tx.closed == 1 and app.orphan_responses == 1
+    assert seen == [("sample_app", "coraza-res", True, seen[0][3])] and seen[0][3].interrupted
+    st = app.stats
+    assert (st.opened, st.closed, st.open) == (1, 1, 0)
+    clean_actions = as_dict(app.handle_response(response_message("other"), clock()))
+    assert clean_actions == {"fail": 0} and app.orphan_responses == 2
+    assert_counters_agree(app)
+
+
+def test_orphan_response_verdict_leaves_out_what_the_stand_in_request_matched():
+    # the fake's verdicts are transaction-wide like the engine's (models.Verdict)
+    engine = FakeEngine(
+        decide_request=lambda r: Verdict(matched_rule_ids=(920280,), rules_hit=1, anomaly_score=3),
+        decide_response=lambda r: Verdict(
+            matched_rule_ids=(920280, 951230), rules_hit=2, anomaly_score=3
+        ),
+    )
+    app, clock = make_app(engine, response_check=True, export_rule_ids=True)
+    actions = as_dict(app.handle_response(response_message("elsewhere"), clock()))
+    assert actions["rule_ids"] == "951230"
+    assert (actions["rules_hit"], actions["anomaly_score"]) == (1, 0)
+
+
+def test_orphan_response_feeds_the_request_facts_the_message_carries():
+    engine = FakeEngine()
+    app, clock = make_app(engine, response_check=True)
+    extra = (s("method", "POST"), s("path", "/login"), s("query", "a=1"),
+             Arg("src-ip", DataType.IPV4, IPv4Address("192.0.2.9")))  # fmt: skip
+    app.handle_response(response_message("elsewhere", *extra), clock())
+    (tx,) = engine.transactions
+    (request,) = tx.requests
+    assert request.method == b"POST" and request.uri == b"/login?a=1"
+    assert request.src_ip == IPv4Address("192.0.2.9")
+    assert request.headers == () and request.body == b""  # the response's are not the request's
+    assert len(tx.responses) == 1 and tx.closed == 1
+
+
+def test_orphan_response_with_a_bad_request_fact_is_1001():
+    app, clock = make_app(response_check=True)
+    with pytest.raises(MalformedMessageError):
+        app.handle_response(response_message("x", i64("path", 3)), clock())
+
+
+def test_orphan_response_engine_failure_is_1003_and_counted_closed():
+    engine = FakeEngine(decide_response=lambda r: (_ for _ in ()).throw(RuntimeError("boom")))
+    app, clock = make_app(engine, response_check=True)
+    with pytest.raises(EngineFailureError):
+        app.handle_response(response_message("x"), clock())
+    assert engine.transactions[0].closed == 1
+    assert_counters_agree(app)
 
 
 def test_response_twice_is_1004_the_second_time():
-    app, clock = make_app(response_check=True)
+    app, clock = make_app(response_check=True, orphan_responses="reject")
     app.handle_request(request_message(s("id", "x")), clock())
     app.handle_response(response_message("x"), clock())
     with pytest.raises(TransactionNotFoundError):
@@ -489,7 +569,9 @@ def test_executor_failure_is_an_engine_failure():
 
 def test_sweep_closes_expired_transactions():
     engine = FakeEngine()
-    app, clock = make_app(engine, response_check=True, transaction_ttl_ms=2000)
+    app, clock = make_app(
+        engine, response_check=True, transaction_ttl_ms=2000, orphan_responses="reject"
+    )
     for n in range(3):
         app.handle_request(request_message(s("id", f"t{n}")), clock())
     clock.advance(1.0)
@@ -508,7 +590,9 @@ def test_sweep_closes_expired_transactions():
 
 def test_transaction_active_limit_evicts_and_closes_the_oldest(records):
     engine = FakeEngine()
-    app, clock = make_app(engine, response_check=True, transaction_active_limit=2)
+    app, clock = make_app(
+        engine, response_check=True, transaction_active_limit=2, orphan_responses="reject"
+    )
     for n in range(4):
         app.handle_request(request_message(s("id", f"t{n}")), clock())
         clock.advance(0.1)

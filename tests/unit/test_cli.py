@@ -330,20 +330,51 @@ def test_gevent_monkey_patches_before_any_other_import() -> None:
 # ---- -metrics-addr ------------------------------------------------------------------------
 
 
-def test_histogram_buckets_are_cumulative() -> None:
-    from coraza_spoa_py.metrics import Histogram
+def test_histogram_has_the_go_clients_default_buckets_cumulative() -> None:
+    from coraza_spoa_py.metrics import Metrics
 
-    histogram = Histogram((0.01, 0.1, 1.0))
-    for seconds in (0.005, 0.05, 0.05, 2.0):
-        histogram.observe(seconds)
-    assert list(histogram.lines("h")) == [
-        'h_bucket{le="0.01"} 1',
-        'h_bucket{le="0.1"} 3',
-        'h_bucket{le="1.0"} 3',
-        'h_bucket{le="+Inf"} 4',
-        "h_sum 2.105",
-        "h_count 4",
+    metrics = Metrics()
+    for seconds in (0.004, 0.05, 0.05, 20.0):
+        metrics.handle_duration.observe(seconds)
+    buckets = [
+        line.split("{")[1]
+        for line in metrics.render().splitlines()
+        if line.startswith("coraza_handle_spoe_duration_seconds_bucket")
     ]
+    assert buckets == [
+        'le="0.005"} 1.0',
+        'le="0.01"} 1.0',
+        'le="0.025"} 1.0',
+        'le="0.05"} 3.0',
+        'le="0.1"} 3.0',
+        'le="0.25"} 3.0',
+        'le="0.5"} 3.0',
+        'le="1.0"} 3.0',
+        'le="2.5"} 3.0',
+        'le="5.0"} 3.0',
+        'le="10.0"} 3.0',
+        'le="+Inf"} 4.0',
+    ]
+
+
+def test_per_app_and_per_rule_counters() -> None:
+    from coraza_spoa_py.metrics import Metrics
+    from coraza_spoa_py.models import RuleMatch, Verdict
+
+    metrics = Metrics()
+    leak = Verdict(interrupted=True, matches=(RuleMatch(rule_id=951230), RuleMatch(959100)))
+    metrics.observe("shop", "coraza-res", True, leak)
+    metrics.observe("shop", "coraza-res", False, leak)
+    metrics.observe("shop", "coraza-req", False, Verdict())
+    lines = metrics.render().splitlines()
+    for line in (
+        'coraza_spoa_py_messages_total{app="shop",message="coraza-res",verdict="interrupted"} 2.0',
+        'coraza_spoa_py_messages_total{app="shop",message="coraza-req",verdict="passed"} 1.0',
+        'coraza_spoa_py_orphan_responses_total{app="shop",verdict="interrupted"} 1.0',
+        'coraza_spoa_py_rule_matches_total{app="shop",rule_id="951230"} 2.0',
+        'coraza_spoa_py_rule_matches_total{app="shop",rule_id="959100"} 2.0',
+    ):
+        assert line in lines, line
 
 
 def test_metrics_text_has_coraza_spoas_histogram_and_our_counters() -> None:
@@ -362,22 +393,30 @@ def test_metrics_text_has_coraza_spoas_histogram_and_our_counters() -> None:
     )
     assert metrics.timed(lambda messages, received_at: ["ack"])((), 0.0) == ["ack"]
     text = metrics.render()
-    assert 'coraza_handle_spoe_duration_seconds_bucket{le="0.025"} 1' in text
-    assert 'coraza_handle_spoe_duration_seconds_bucket{le="0.01"} 0' in text
-    assert "coraza_handle_spoe_duration_seconds_count 1" in text
+    assert 'coraza_handle_spoe_duration_seconds_bucket{le="0.025"} 1.0' in text
+    assert 'coraza_handle_spoe_duration_seconds_bucket{le="0.01"} 0.0' in text
+    assert "coraza_handle_spoe_duration_seconds_count 1.0" in text
     assert "# TYPE coraza_handle_spoe_duration_seconds histogram" in text
     for line in (
-        "coraza_spoa_py_transactions_opened_total 5",
-        "coraza_spoa_py_transactions_closed_total 4",
-        "coraza_spoa_py_transactions_expired_total 1",
-        "coraza_spoa_py_transactions_open 1",
-        "coraza_spoa_py_connections 3",
-        'coraza_spoa_py_reloads_total{result="success"} 2',
-        'coraza_spoa_py_reloads_total{result="failure"} 1',
-        'coraza_spoa_py_info{version="0.1.0",engine="ModSecurity \\"v3\\""} 1',
+        "coraza_spoa_py_transactions_opened_total 5.0",
+        "coraza_spoa_py_transactions_closed_total 4.0",
+        "coraza_spoa_py_transactions_expired_total 1.0",
+        "coraza_spoa_py_transactions_open 1.0",
+        "coraza_spoa_py_connections 3.0",
+        'coraza_spoa_py_reloads_total{result="success"} 2.0',
+        'coraza_spoa_py_reloads_total{result="failure"} 1.0',
+        'coraza_spoa_py_info{engine="ModSecurity \\"v3\\"",version="0.1.0"} 1.0',
     ):
         assert line in text.splitlines(), line
-    assert "process_resident_memory_bytes " in text
+    for name in (
+        "process_resident_memory_bytes",
+        "process_max_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ):
+        assert any(line.startswith(f"{name} ") for line in text.splitlines()), name
+    assert "_created" not in text
 
 
 def test_metrics_addr_serves_metrics_from_the_running_agent(tmp_path: Path) -> None:
@@ -420,14 +459,20 @@ def test_metrics_addr_serves_metrics_from_the_running_agent(tmp_path: Path) -> N
 
         deadline = time.monotonic() + 10
         status, text = scrape("/metrics")
-        while "coraza_handle_spoe_duration_seconds_count 1" not in text:
+        while "coraza_handle_spoe_duration_seconds_count 1.0" not in text:
             assert time.monotonic() < deadline, text
             time.sleep(0.05)
             status, text = scrape("/metrics")
         assert status == 200
-        assert "coraza_spoa_py_transactions_opened_total 1" in text
-        assert re.search(r"(?m)^coraza_spoa_py_connections [01]$", text)
+        assert "coraza_spoa_py_transactions_opened_total 1.0" in text
+        assert (
+            'coraza_spoa_py_messages_total{app="a",message="coraza-req",verdict="passed"} 1.0'
+            in (text)
+        )
+        assert re.search(r"(?m)^coraza_spoa_py_connections [01]\.0$", text)
         assert scrape("/other")[0] == 404
+        assert scrape("/healthz") == (200, "ok\n")
+        assert scrape("/readyz") == (200, "ready\n")
         assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in agent.logs()
 
 

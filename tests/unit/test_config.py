@@ -96,6 +96,14 @@ def test_defaults_of_a_minimal_gen3_file() -> None:
     app = cfg.applications[0]
     assert (app.response_check, app.transaction_ttl_ms, app.log) == (False, 60_000, None)
     assert cfg.default_application is None
+    assert app.orphan_responses == "inspect"
+
+
+def test_orphan_responses_reject_and_a_bad_value() -> None:
+    text = "bind: :0\napplications:\n  - name: a\n    orphan_responses: {}\n"
+    assert config.parse(text.format("reject")).config.applications[0].orphan_responses == ("reject")
+    with pytest.raises(config.ConfigError, match="orphan_responses"):
+        config.parse(text.format("ignore"))
 
 
 def test_schema_defaults_agree_with_settings() -> None:

@@ -208,7 +208,7 @@ def test_generated_id_is_the_lines_tx_and_said(log_records):
 
 def test_response_without_its_transaction_is_1004_cache_not_found(log_records):
     world = Timed()
-    app = world.app(world.engine(), response_check=True)
+    app = world.app(world.engine(), response_check=True, orphan_responses="reject")
     with pytest.raises(Exception, match="no open transaction"):
         app.handle_response(response_message("never"), world.clock())
     (line,) = message_lines(log_records, "coraza-res")
@@ -216,6 +216,15 @@ def test_response_without_its_transaction_is_1004_cache_not_found(log_records):
         "-> error=1004 (no open transaction 'never') cache=not-found total=0.000ms"
     )
     assert line["extra"]["tx"] == "never"
+
+
+def test_orphan_response_line_says_inspected_without_its_request(log_records):
+    world = Timed()
+    app = world.app(world.engine(), response_check=True)
+    app.handle_response(response_message("elsewhere"), world.clock())
+    (line,) = message_lines(log_records, "coraza-res")
+    assert "-> fail=0 (orphan: inspected without its request)" in line["message"]
+    assert " cache=not-found " in line["message"] and line["extra"]["tx"] == "elsewhere"
 
 
 def test_response_with_response_check_off_says_so(log_records):
@@ -295,7 +304,7 @@ def test_unknown_message_is_described_and_answered_with_1006(log_records):
 
 def test_routed_message_has_exactly_one_line(log_records):
     world = Timed()
-    app = world.app(world.engine(), name="a", response_check=True)
+    app = world.app(world.engine(), name="a", response_check=True, orphan_responses="reject")
     agent = Agent({"a": app}, default_application="a", clock=world.clock)
     agent.handle([request_message(s("id", "t1"), app="a")], world.clock())
     agent.handle([response_message("t1", app="a")], world.clock())

@@ -114,5 +114,5 @@ def test_metrics_count_unknown_messages_and_apps_by_name():
         )
     )
     lines = metrics.render().splitlines()
-    assert 'coraza_spoa_py_unknown_messages_total{message="check-requests"} 3' in lines
-    assert 'coraza_spoa_py_unknown_applications_total{app="a\\"b"} 1' in lines
+    assert 'coraza_spoa_py_unknown_messages_total{message="check-requests"} 3.0' in lines
+    assert 'coraza_spoa_py_unknown_applications_total{app="a\\"b"} 1.0' in lines
