@@ -278,3 +278,16 @@ def test_the_image_config_listens_on_every_interface_on_an_exposed_port() -> Non
     exposed = {port for k, a in stage if k == "EXPOSE" for port in a.split()}
     metrics_port = flag_value(cmd, "-metrics-addr").rsplit(":", 1)[1]
     assert {str(cfg.bind.port), metrics_port} <= exposed
+
+
+def test_the_sidecar_haproxy_has_the_shipped_buffer_size() -> None:
+    """coraza.cfg's body cap is sized for the shipped tune.bufsize: the sidecar must match it,
+    or HAProxy fails (or, before 3.1, splits) every message whose body reaches the cap."""
+    docs = documents(K8S_DIR / "haproxy-sidecar.yaml")
+    (haproxy_files,) = [
+        d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == "haproxy-config"
+    ]
+    bufsize = re.compile(r"(?m)^\s*tune\.bufsize\s+(\d+)")
+    shipped = (PROJECT_ROOT / "etc" / "haproxy" / "haproxy.cfg").read_text()
+    assert bufsize.findall(haproxy_files["data"]["haproxy.cfg"]) == bufsize.findall(shipped)
+    assert bufsize.findall(shipped) == ["131072"]
