@@ -23,9 +23,9 @@ SecAuditEngine Off
 """
 
 # The soak's cheap rule set: one request rule and one response rule. A million transactions
-# through CRS take ~25 min of both cores here (engine.md costs); what leaks is the agent's
-# per-transaction bookkeeping, which these rules exercise the same way (open, cache, respond,
-# expire, close). `--soak-rules crs` runs the real set.
+# through CRS take ~25 min of both cores here (docs/engine.md "Engine facts" costs); what leaks is
+# the agent's per-transaction bookkeeping, which these rules exercise the same way (open, cache,
+# respond, expire, close). `--soak-rules crs` runs the real set.
 SMALL_DIRECTIVES = """\
 SecRuleEngine On
 SecRequestBodyAccess On

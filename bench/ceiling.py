@@ -1,9 +1,10 @@
 """The ceiling: the bare engine, in-process, on native threads over one loaded rule set.
 
 Run as its own process (``python -m bench.ceiling``) so its CPU time and memory are its own. It
-does per transaction exactly what the agent does for one request of a scenario (engine.md: new
-transaction, request phases, response phases unless the request was blocked, close) and prints
-one JSON object: transactions, wall and CPU seconds, latency percentiles, wrong verdicts.
+does per transaction exactly what the agent does for one request of a scenario (docs/engine.md
+"Engine facts": new transaction, request phases, response phases unless the request was blocked,
+close) and prints one JSON object: transactions, wall and CPU seconds, latency percentiles, wrong
+verdicts.
 
 It must not start HAProxy, the agent or any socket: it is the number the agent is compared with.
 """
@@ -76,9 +77,9 @@ def run_ceiling(
 ) -> dict[str, Any]:
     """Drive ``threads`` native threads for ``duration_s`` after a warm-up; report the numbers.
 
-    The engine releases the GIL in every call (engine.md), so N threads use N cores; the Python
-    loop around the calls is the binding's own per-call cost, which the agent pays too.
-    """
+    The engine releases the GIL in every call (docs/engine.md "Engine facts"), so N threads use N
+    cores; the Python loop around the calls is the binding's own per-call cost, which the agent pays
+    too."""
     stop = threading.Event()
     measuring = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(threads)]

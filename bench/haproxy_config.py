@@ -20,7 +20,7 @@ from bench.scenarios import BIG_PAGE_PATH, LEAK_PAGE_PATH
 SECTION_RE = re.compile(r"^(global|defaults|frontend|backend|listen|peers|resolvers|userlist)\b")
 SPOE_SECTION_RE = re.compile(r"^\s*(\[[^\]]+\]|spoe-agent|spoe-message|spoe-group)\b")
 # tune.bufsize must hold the 50 KB page with its headers, and HAProxy truncates bodies at the
-# buffer silently (harness.md §2 "Bodies larger than the buffer"); 128 KiB is what our e2e and
+# buffer silently (docs/haproxy.md "Request bodies"); 128 KiB is what our e2e and
 # CRS runs use.
 BENCH_BUFSIZE = 131072
 BENCH_PROCESSING_TIMEOUT = "2s"

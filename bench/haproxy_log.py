@@ -1,8 +1,8 @@
 """Count what HAProxy saw: one log line per request, written by the bench overlay's log-format.
 
 HAProxy is the only witness of requests the agent never answered: a SPOE timeout or I/O error
-leaves no trace in the agent, only ``txn.coraza.error`` set by ``option set-on-error`` (spop.md
-§7.3). Pure parsing; the overlay that writes the lines lives in ``haproxy_stack``.
+leaves no trace in the agent, only ``txn.coraza.error`` set by ``option set-on-error``
+(docs/protocol.md "HAProxy on agent errors"). Pure parsing; the overlay that writes the lines lives in ``haproxy_stack``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 
 LOG_MARK = "BENCHLOG"
 # %[var()] prints "-" for an absent variable. `fail` is the verdict variable every request ACK
-# sets (compat.md Part 1, "Variables we set"); `error` holds HAProxy's own codes (< 1000: 1 =
+# sets (docs/compatibility.md "Variables we set"); `error` holds HAProxy's own codes (< 1000: 1 =
 # processing timeout, 256+N = SPOP status N) or ours (1001-1005).
 # ts = termination state (HAProxy's %tsc): "C" first means the client aborted (wrk closing its
 # connections at the end of a run), which is no failure of the agent.
 LOG_FORMAT = (
     LOG_MARK + " st=%ST fail=%[var(txn.coraza.fail)] err=%[var(txn.coraza.error)] ta=%Ta ts=%tsc"
 )
-SHED_ERROR = 1005  # compat.md Part 1: the message waited longer than the processing budget
+# docs/compatibility.md "Errors": the message waited longer than the processing budget
+SHED_ERROR = 1005
 AGENT_ERROR_FLOOR = 1000  # our codes are 1001..1005; HAProxy's are below 1000
 
 
@@ -61,7 +62,8 @@ def _int_or_none(text: str | None) -> int | None:
     try:
         return int(text)
     except ValueError:
-        # a boolean-typed variable (set-on-error stores the code as a bool, spop.md §7.3)
+        # a boolean-typed variable (set-on-error stores the code as a bool, docs/protocol.md
+        # "HAProxy on agent errors")
         return 1 if text.lower() == "true" else 0 if text.lower() == "false" else None
 
 

@@ -13,7 +13,8 @@ measured with it. A report, not a test: it asserts only that every answer was ri
 
 from __future__ import annotations
 
-import cffi  # noqa: F401  (before gevent patches _thread, as cli.py: engine.md, cffi's lock)
+# before gevent patches _thread, as cli.py (docs/engine.md "Threads": cffi's lock)
+import cffi  # noqa: F401
 from gevent import monkey
 
 monkey.patch_all()

@@ -13,7 +13,8 @@ Run: ``.venv/bin/python -m bench.open_transactions [--transactions 100000] [--ru
 
 from __future__ import annotations
 
-import cffi  # noqa: F401  (before gevent patches _thread, as cli.py: engine.md, cffi's lock)
+# before gevent patches _thread, as cli.py (docs/engine.md "Threads": cffi's lock)
+import cffi  # noqa: F401
 from gevent import monkey
 
 monkey.patch_all()

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from urllib.parse import quote_plus
 
 # A browser-like header set: CRS 3.3.4 at paranoia 1 scores a request without Accept or
-# User-Agent (920300/920320), which would turn "clean GET" into a detection. engine.md measured
-# its costs with 6 headers; so do we. Names are lower-case because HAProxy's req.hdrs sends
-# them so (harness.md §2, "What HAProxy sends").
+# User-Agent (920300/920320), which would turn "clean GET" into a detection. docs/engine.md "Engine
+# facts" measured its costs with 6 headers; so do we. Names are lower-case because HAProxy's
+# req.hdrs sends them so (docs/protocol.md "What HAProxy sends").
 BROWSER_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"host", b"bench.example"),
     (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
@@ -136,7 +136,8 @@ class Scenario:
 
     @property
     def blocked(self) -> bool:
-        """A blocked request never reaches the response phase (harness.md §2)."""
+        """A blocked request never reaches the response phase (docs/protocol.md "What HAProxy
+        sends")."""
         return self.expect_status == 403
 
     @property

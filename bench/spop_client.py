@@ -3,7 +3,8 @@
 Encoding goes through ``coraza_spoa_py.spop.frames`` once per message kind; each NOTIFY is then
 the template with its transaction id spliced in (fixed length), so the generator spends its CPU
 on sockets, not on encoding. Several connections, each with a window of pipelined NOTIFYs (at
-most 20 in flight, HAProxy's limit, spop.md §10 pitfall 25), one thread, ``selectors``.
+most 20 in flight, HAProxy's limit, docs/protocol.md "At most 20 in flight"), one thread,
+``selectors``.
 
 It checks every ACK (verdict or error) and counts; it does not measure the agent's memory:
 the caller does that between batches.
@@ -34,12 +35,14 @@ RESPONSE_MESSAGE = "coraza-res"
 
 
 def _header_block(headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
-    # req.hdrs / res.hdrs: "name: value\r\n" per header and a final "\r\n" (harness.md §2)
+    # req.hdrs / res.hdrs: "name: value\r\n" per header and a final "\r\n" (docs/protocol.md "What
+    # HAProxy sends")
     return b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n"
 
 
 def request_message(scenario: Scenario, tx_id: bytes) -> Message:
-    """coraza-req with the arguments and SPOP types HAProxy really sends (harness.md §2)."""
+    """coraza-req with the arguments and SPOP types HAProxy really sends (docs/protocol.md "What
+    HAProxy sends")."""
     query = (
         Arg("query", DataType.NULL, None)
         if scenario.query is None
@@ -93,7 +96,8 @@ class Template:
 
     def frame(self, tx_id: bytes, stream_id: int) -> bytes:
         payload = self.payload[: self.id_at] + tx_id + self.payload[self.id_at + ID_WIDTH :]
-        # 3.2 style ids: a new stream per NOTIFY, frame-id 1 (spop.md §6)
+        # 3.2 style ids: a new stream per NOTIFY, frame-id 1 (docs/protocol.md "Stream and frame ids
+        # by version")
         return frames.encode_frame(frames.FrameType.NOTIFY, payload, stream_id, 1)
 
 

@@ -26,7 +26,8 @@ from tests.support.process import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_HAPROXY_DIR = ROOT / "etc" / "haproxy"  # haproxy.cfg + coraza.cfg, what users run
-DEFAULT_HAPROXY = "/usr/sbin/haproxy"  # 2.6 from Debian 12: the CI baseline (harness.md §1)
+# 2.6 from Debian 12: the CI baseline (docs/development.md "HAProxy versions")
+DEFAULT_HAPROXY = "/usr/sbin/haproxy"
 # loading CRS takes a few seconds, more while other work shares the two cores
 AGENT_START_TIMEOUT_S = 120.0
 

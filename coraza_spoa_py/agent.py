@@ -9,14 +9,14 @@ request message and answered with ``code`` (docs/migrating-from-modsecurity-spoa
 An unknown message name is answered with ``error`` = 1006 (and ``code``, so the ModSecurity
 dialect's deny rule fires too), logged at warning once per name per interval and counted per
 name for the metrics. Every failure of one message becomes ``error`` = our code at once
-(compat.md Part 1): never silence, never a crash, never a silent pass. At debug, a message that
-reaches no application gets its one line (``message_log``) here; the application writes that
-line for all others.
+(docs/compatibility.md "Errors"): never silence, never a crash, never a silent pass. At debug, a
+message that reaches no application gets its one line (``message_log``) here; the application writes
+that line for all others.
 
 ``replace`` swaps the applications atomically on reload and keeps the previous generations
 ("retired") readable: a response whose request was seen before the reload is still found in
-the old application's cache (compat.md Part 2 §11.5). Retired generations are swept with the
-current one and dropped once their caches are empty.
+the old application's cache (docs/compatibility.md "Signals and reload"). Retired generations are
+swept with the current one and dropped once their caches are empty.
 
 Must not parse arguments beyond ``app``/``id`` (``modsec_messages`` reads ``check-request``),
 touch the engine, sockets or gevent.
@@ -60,7 +60,7 @@ from coraza_spoa_py.modsec_messages import (
 from coraza_spoa_py.spop.events import Action, Arg, DataType, Message
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
 
-# message names of coraza-spoa's shipped coraza.cfg (compat.md Part 2 §2.2, §2.3)
+# message names of coraza-spoa's shipped coraza.cfg (docs/compatibility.md "Messages and arguments")
 MESSAGE_REQUEST = "coraza-req"
 MESSAGE_RESPONSE = "coraza-res"
 # one log line per error code per interval at most: under overload every message fails the

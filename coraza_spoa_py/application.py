@@ -1,9 +1,9 @@
 """One configured application: its rule engine, its open-transaction cache, its counters.
 
 ``handle_request`` / ``handle_response`` turn one ``coraza-req`` / ``coraza-res`` message into
-the SET-VAR actions of compat.md Part 1. All engine work of a message runs as ONE call through
-the injected executor (a native thread in production), never on the gevent hub; the cache and
-the counters are only touched on the hub, between those calls, so they need no lock.
+the SET-VAR actions of docs/compatibility.md "Errors". All engine work of a message runs as ONE call
+through the injected executor (a native thread in production), never on the gevent hub; the cache
+and the counters are only touched on the hub, between those calls, so they need no lock.
 
 Failures are raised as ``MessageError`` subclasses carrying our error code (1001-1005);
 ``agent`` turns them into ``error``. At debug, each message gets one line (``message_log``),
@@ -105,7 +105,7 @@ WARNING_INTERVAL_S = 60.0
 CLOSE_BATCH_SIZE = 64
 
 
-# coraza-spoa's severity -> log level mapping (compat.md Part 2 §5): warning -> warn,
+# coraza-spoa's severity -> log level mapping (docs/compatibility.md "Logging"): warning -> warn,
 # notice/info -> info, debug -> debug, everything else (and no severity) -> error
 _LEVEL_BY_SEVERITY = {"warning": "WARNING", "notice": "INFO", "info": "INFO", "debug": "DEBUG"}
 _LEVEL_ORDER = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -358,9 +358,9 @@ class Application:
         )
 
     def _request_close_when(self, detect_only: bool) -> CloseWhen:
-        # compat.md Part 1: an interrupted request is closed at once, unless detect-only asks
-        # to keep it so that its response can still be correlated (coraza-spoa PR #374); the
-        # request's own engine job does it (no close job of its own)
+        # docs/compatibility.md "Errors": an interrupted request is closed at once, unless
+        # detect-only asks to keep it so that its response can still be correlated (coraza-spoa PR
+        # #374); the request's own engine job does it (no close job of its own)
         if not self.config.response_check:
             return CloseWhen.ALWAYS
         return CloseWhen.NEVER if detect_only else CloseWhen.IF_INTERRUPTED

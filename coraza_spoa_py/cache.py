@@ -1,6 +1,6 @@
 """The per-application cache of open transactions waiting for their response.
 
-A TTL cache with a size limit over ``cachetools.TTLCache`` (compat.md Part 1 "Transactions":
+A TTL cache with a size limit over ``cachetools.TTLCache`` (docs/compatibility.md "Transactions":
 ``transaction_ttl_ms``, ``transaction_active_limit``, oldest evicted first). Every entry that
 leaves the cache other than through ``pop`` -- expired, evicted by the size limit, replaced by a
 new entry with the same id -- is handed back to the caller, who must close it: a transaction is
@@ -72,7 +72,8 @@ class TransactionCache(Generic[V]):
         """Store ``transaction``; return the entries pushed out, for the caller to close."""
         pushed_out: list[Entry[V]] = []
         # cachetools would overwrite a live entry with the same id silently, leaking the old
-        # transaction (coraza-spoa's behaviour, compat.md Part 2 §3.3): take it out first.
+        # transaction (coraza-spoa's behaviour, docs/compatibility.md "Transactions"): take it out
+        # first.
         replaced = self._entries.pop(transaction_id, None)
         if replaced is not None:
             pushed_out.append((transaction_id, replaced))

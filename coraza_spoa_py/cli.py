@@ -2,8 +2,9 @@
 running the agent (``runtime``), and the process exit code.
 
 gevent must patch socket, threading, ssl … before anything imports them, so the patching is the
-first statement of this module (style.md rule 6; ``coraza_spoa_py/__init__.py`` imports nothing
-to make that possible, and a subprocess test checks the order).
+first statement of this module (docs/development.md "Monkey-patch first";
+``coraza_spoa_py/__init__.py`` imports nothing to make that possible, and a subprocess test checks
+the order).
 
 Exit codes (docs/operations.md): 0 normal stop, ``-validate`` success, ``-version``, ``-h``;
 1 invalid config, rules that do not compile, unopenable log file, unbindable address, or a

@@ -1,10 +1,11 @@
-"""YAML config file → ``settings.Config``: the one pipeline (style.md rule 5).
+"""YAML config file → ``settings.Config``: the one pipeline (docs/development.md "One config
+pipeline").
 
 Steps: YAML ``safe_load`` keeping each key's line → detect the generation by shape (Gen1
-``log:``/``spoa:``, Gen2 ``applications:`` map, Gen3 ``applications:`` list; compat.md Part 2
-§1.1) → JSON Schema (``config.schema.json``, every error at once) → Gen1/Gen2 mapped to the Gen3
-shape (compat.md Part 2 §11.3) → cross-field checks → frozen dataclasses. Every problem found
-is reported together in one ``ConfigError``, each with its YAML path and line.
+``log:``/``spoa:``, Gen2 ``applications:`` map, Gen3 ``applications:`` list; docs/compatibility.md
+"Config generations") → JSON Schema (``config.schema.json``, every error at once) → Gen1/Gen2
+mapped to the Gen3 shape (same section) → cross-field checks → frozen dataclasses. Every
+problem found is reported together in one ``ConfigError``, each with its YAML path and line.
 
 Must not load rules, open sockets or configure logging: it only reads and checks the file.
 ``cli`` logs the deprecation notices once logging is configured.
@@ -46,7 +47,7 @@ from coraza_spoa_py.settings import (
 )
 
 SCHEMA_RESOURCE = "config.schema.json"
-# zerolog's numeric level strings (compat.md Part 2 §1.2) → the names we store
+# zerolog's numeric level strings (docs/compatibility.md "Gen3 keys") → the names we store
 _NUMERIC_LEVELS = {"-1": "trace", "0": "debug", "1": "info", "2": "warn", "3": "error"}
 _NUMERIC_LEVELS |= {"4": "fatal", "5": "panic", "7": "disabled", "warning": "warn"}
 
@@ -225,7 +226,7 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
 
 
 def parse_bind(text: str) -> BindAddress:
-    """``bind`` → ``BindAddress`` (compat.md Part 2 §1.2, fixed per §11.3).
+    """``bind`` → ``BindAddress`` (docs/compatibility.md "Gen3 keys", fixed per §11.3).
 
     Accepts ``host:port``, ``:port``, ``[v6]:port``, ``tcp://host:port``, ``unix:///path`` and
     ``unix:/path``. Raises ``ValueError`` with what is wrong.
@@ -277,7 +278,7 @@ _APP_LOG_KEYS = ("log_level", "log_file", "log_format", "log_dir")
 
 def cross_problems(data: Mapping[str, Any], locate: _Locator) -> list[ConfigProblem]:
     """Checks that span keys or need code: ``bind`` forms, unique names, ``default_application``
-    exists, TTL > 0 where responses are checked (style.md rule 5).
+    exists, TTL > 0 where responses are checked (docs/development.md "One config pipeline").
 
     Defensive about types, so it also runs on data the schema rejected: one run of the
     agent (or of -validate) lists every problem of the file.

@@ -1,8 +1,9 @@
 """The three coraza-spoa config generations: detection by shape, and Gen1/Gen2 → Gen3 shape.
 
-compat.md Part 2 §1.1 (generations), §1.4 (Gen2 keys), §1.5 (Gen1 keys) and §11.3 (mapping).
-The converters work on schema-valid data only and return, besides the Gen3-shaped dict, where
-each new path came from, so a cross-field problem still names the user's own key and line.
+docs/compatibility.md "Config generations" (generations), §1.4 (Gen2 keys), §1.5 (Gen1 keys) and
+§11.3 (mapping). The converters work on schema-valid data only and return, besides the Gen3-shaped
+dict, where each new path came from, so a cross-field problem still names the user's own key and
+line.
 
 Must not validate or build dataclasses: ``config`` does that, once, for every generation.
 """
@@ -21,7 +22,8 @@ Path = tuple[str | int, ...]
 PathMap = dict[Path, Path]
 # Gen1 had a single WAF; it becomes this application, also the default one
 GEN1_APP_NAME = "default"
-# Gen1 `log.level` and Gen2's zap app loggers defaulted to warn (compat.md Part 2 §1.4, §1.5)
+# Gen1 `log.level` and Gen2's zap app loggers defaulted to warn (docs/compatibility.md "Gen2 keys",
+# "Gen1 keys")
 LEGACY_LOG_LEVEL = "warn"
 DEFAULT_TTL_MS = 60_000
 # zap's level words (Gen2 app loggers); anything else meant info
@@ -55,7 +57,7 @@ def _include_lines(files: list[str]) -> list[str]:
 
 
 def gen1_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[str]]:
-    """``log:`` + ``spoa:`` → one application ``default`` (compat.md Part 2 §1.5)."""
+    """``log:`` + ``spoa:`` → one application ``default`` (docs/compatibility.md "Gen1 keys")."""
     log = data.get("log") or {}
     spoa = data["spoa"]
     app: dict[str, Any] = {
@@ -103,7 +105,7 @@ def _gen2_ttl(settings: dict[str, Any]) -> tuple[int, str | None]:
 
 
 def gen2_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[str]]:
-    """``applications:`` map → list (compat.md Part 2 §1.4, §11.3)."""
+    """``applications:`` map → list (docs/compatibility.md "Gen2 keys", "Config generations")."""
     notices: list[str] = []
     origins: PathMap = {}
     apps: list[dict[str, Any]] = []

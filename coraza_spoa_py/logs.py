@@ -1,14 +1,15 @@
-"""Logging setup: the ONLY place loguru sinks are added or removed (style.md rule 7).
+"""Logging setup: the ONLY place loguru sinks are added or removed (docs/development.md "Logging in
+one place").
 
-Two kinds of log, as in coraza-spoa (compat.md Part 2 §5): the agent log (top-level
+Two kinds of log, as in coraza-spoa (docs/compatibility.md "Logging"): the agent log (top-level
 ``log_*`` keys: startup, signals, reload, connections, routing) and one log per application
 (per-app ``log_*`` keys: rule matches and the app's own lines). A record belongs to an
 application when it was bound with an ``app`` extra; an application without log settings of its
 own writes to the agent log.
 
 Every sink is one of our ``_Sink`` objects writing to a file handle we own, so SIGHUP can
-reopen files after logrotate moved them (compat.md Part 2 §11.5). ``enqueue=True`` is never
-used: its queue thread hangs under gevent (loguru #258, #284).
+reopen files after logrotate moved them (docs/compatibility.md "Signals and reload").
+``enqueue=True`` is never used: its queue thread hangs under gevent (loguru #258, #284).
 
 Must not decide what is logged or at which level: modules do that with
 ``logger.bind(...)``. This module only decides where records go and how they look.
@@ -80,7 +81,8 @@ STDERR_NAMES = frozenset({"/dev/stderr", "stderr"})
 DEVNULL_NAMES = frozenset({"/dev/null"})
 # a log file's write buffer: flushed when full, every second (runtime sweeper) and on close
 FILE_BUFFER_BYTES = 65536
-# Gen1 ``log.dir`` (compat.md Part 2 §1.5): below error → server.log, error and up → error.log
+# Gen1 ``log.dir`` (docs/compatibility.md "Gen1 keys"): below error → server.log, error and up →
+# error.log
 GEN1_SERVER_LOG = "server.log"
 GEN1_ERROR_LOG = "error.log"
 ERROR_LEVEL_NO = 40
@@ -303,7 +305,7 @@ def render_json(record: Mapping[str, Any]) -> str:
     """One object per line: ``level``, ``time`` (RFC 3339), ``message`` and the bound extras.
 
     A rule-match record becomes one line per matched rule with a nested ``match`` object in
-    coraza-spoa's field names (compat.md Part 2 §5).
+    coraza-spoa's field names (docs/compatibility.md "Logging").
     """
     base: dict[str, Any] = {
         "level": _JSON_LEVEL_WORDS.get(record["level"].name, record["level"].name.lower()),

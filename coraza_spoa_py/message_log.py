@@ -11,7 +11,7 @@ attribute read when the level is above debug.
 
 Must not log by itself, decide levels or sinks, or show an argument's value: header values and
 bodies never reach a log from here (issue 4; the rule engine's own match lines are another
-matter, compat.md Part 2 §5).
+matter, docs/compatibility.md "Logging").
 """
 
 from __future__ import annotations

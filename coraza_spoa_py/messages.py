@@ -1,10 +1,11 @@
 """The arguments of ``coraza-req`` / ``coraza-res`` messages, read into ``RequestInfo`` /
-``ResponseInfo`` (compat.md Part 1 "Messages and arguments").
+``ResponseInfo`` (docs/compatibility.md "Messages and arguments").
 
 Arguments are looked up by NAME, in any order; unknown names are ignored. Types are accepted as
-HAProxy really sends them (harness.md §2, spop.md §8): any integer type for ports and status,
-STRING or BINARY for text, IPV4/IPV6 for addresses (IPv4-mapped IPv6 is unmapped), NULL for an
-absent sample. Anything else raises ``MalformedArgumentError`` (error 1001).
+HAProxy really sends them (docs/protocol.md "What HAProxy sends", docs/protocol.md "What HAProxy
+sends"): any integer type for ports and status, STRING or BINARY for text, IPV4/IPV6 for addresses
+(IPv4-mapped IPv6 is unmapped), NULL for an absent sample. Anything else raises
+``MalformedArgumentError`` (error 1001).
 
 Pure: no logging, no engine, no I/O; the id generator is passed in.
 """
@@ -26,7 +27,8 @@ from coraza_spoa_py.models import (
 )
 from coraza_spoa_py.spop.events import Arg, DataType, Message
 
-# argument names of coraza-spoa's shipped coraza.cfg (compat.md Part 2 §2.2, §2.3)
+# argument names of coraza-spoa's shipped coraza.cfg (docs/compatibility.md "Messages and
+# arguments")
 ARG_APP = "app"
 ARG_ID = "id"
 ARG_SRC_IP = "src-ip"
@@ -64,7 +66,7 @@ _TEXT_TYPES = frozenset({DataType.STRING, DataType.BINARY})
 _INTEGER_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
 _HTTP_VERSION_PREFIX = b"HTTP/"
 _MAX_PORT = 65_535
-# req.body_size is a signed 64-bit sample (spop.md §8)
+# req.body_size is a signed 64-bit sample (docs/protocol.md "What HAProxy sends")
 _MAX_BODY_SIZE = 2**63 - 1
 
 
@@ -142,7 +144,7 @@ def _bool_arg(arg: Arg | None) -> bool:
 
 def _address_arg(arg: Arg | None) -> IPAddress | None:
     if arg is None or arg.type is DataType.NULL:
-        return None  # unix-socket clients have no address (spop.md §8)
+        return None  # unix-socket clients have no address (docs/protocol.md "What HAProxy sends")
     address: IPAddress
     if arg.type in (DataType.IPV4, DataType.IPV6) and isinstance(
         arg.value, IPv4Address | IPv6Address
@@ -155,16 +157,17 @@ def _address_arg(arg: Arg | None) -> IPAddress | None:
             raise MalformedArgumentError(f"argument {arg.name!r}: not an IP address") from exc
     else:
         raise _wrong_type(arg, "an address")
-    # spop.md §8: a v4 client on a dual-stack listener arrives as ::ffff:a.b.c.d
+    # docs/protocol.md "What HAProxy sends": a v4 client on a dual-stack listener arrives as
+    # ::ffff:a.b.c.d
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
 
 
 def _headers_arg(arg: Arg | None) -> tuple[Header, ...]:
-    # compat.md Part 1: the text block (req.hdrs) or the binary one (req.hdrs_bin), chosen by
-    # the SPOP type. NULL (an unset variable, or a binary block that did not fit HAProxy's
-    # buffer, spop.md §8) is treated like an absent argument.
+    # docs/compatibility.md "Errors": the text block (req.hdrs) or the binary one (req.hdrs_bin),
+    # chosen by the SPOP type. NULL (an unset variable, or a binary block that did not fit HAProxy's
+    # buffer, docs/protocol.md "What HAProxy sends") is treated like an absent argument.
     if arg is None or arg.type is DataType.NULL:
         return ()
     try:

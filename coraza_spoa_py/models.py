@@ -3,7 +3,7 @@ and the ``WafEngine`` protocol that ``application`` codes against.
 
 Pure: standard library only. ``waf`` implements the protocol over libmodsecurity; unit tests
 pass fakes. Every field that came from the client is ``bytes`` and is never decoded
-(engine.md "Gotchas": decoding and re-encoding changes what rules see).
+(docs/engine.md "Bytes, not text": decoding and re-encoding changes what rules see).
 """
 
 from __future__ import annotations
@@ -78,9 +78,8 @@ class ResponseInfo:
 class RuleMatch:
     """One rule that matched and logged, as the engine reported it.
 
-    Field names follow coraza-spoa's JSON rule-match object (compat.md Part 2 §5); ``raw`` is
-    the engine's own text line.
-    """
+    Field names follow coraza-spoa's JSON rule-match object (docs/compatibility.md "Logging");
+    ``raw`` is the engine's own text line."""
 
     rule_id: int
     msg: str = ""
@@ -134,8 +133,8 @@ class Verdict:
 
     ``matched_rule_ids`` are the ids of every rule that matched and logged in the whole
     transaction so far, in match order. ``rules_hit`` counts those in coraza-spoa's ranges
-    (compat.md Part 2 §3.1). ``anomaly_score`` is CRS's inbound blocking score, exact.
-    """
+    (docs/compatibility.md "Variables we set"). ``anomaly_score`` is CRS's inbound blocking score,
+    exact."""
 
     interrupted: bool = False
     status: int = 0
@@ -212,14 +211,14 @@ Executor = Callable[[Callable[[], T]], T]
 
 _HEADER_LINE_END = b"\r\n"
 _OPTIONAL_WHITESPACE = b" \t"
-# spop.md §2.1: a varint never needs more than 10 bytes for a 64-bit value
+# docs/protocol.md "Varints": a varint never needs more than 10 bytes for a 64-bit value
 _VARINT_MAX_BYTES = 10
 
 
 class HeaderBlockError(ValueError):
     """A ``req.hdrs``/``res.hdrs`` or ``req.hdrs_bin``/``res.hdrs_bin`` block is malformed.
 
-    ``application`` answers such a message with error 1001 (compat.md Part 1).
+    ``application`` answers such a message with error 1001 (docs/compatibility.md "Errors").
     """
 
 
@@ -228,17 +227,17 @@ def parse_text_header_block(block: bytes) -> tuple[Header, ...]:
 
     Lines are split at the first ``:``; the optional whitespace around name and value is
     removed, nothing else is touched. Duplicates and their order are kept. An empty block means
-    no headers. A block without its final empty line is truncated (spop.md §8) and, like a line
-    without ``:`` or with an empty name, raises ``HeaderBlockError``: a partial header set must
-    not be evaluated as if it were complete.
-    """
+    no headers. A block without its final empty line is truncated (docs/protocol.md "What HAProxy
+    sends") and, like a line without ``:`` or with an empty name, raises ``HeaderBlockError``: a
+    partial header set must not be evaluated as if it were complete."""
     if not block:
         return ()
     if not block.endswith(_HEADER_LINE_END):
         raise HeaderBlockError("header block is truncated (no final CRLF)")
     lines = block[: -len(_HEADER_LINE_END)].split(_HEADER_LINE_END)
     if lines[-1] != b"":
-        # spop.md §8: the block ends with an extra CRLF; without it the block is incomplete.
+        # docs/protocol.md "What HAProxy sends": the block ends with an extra CRLF; without it the
+        # block is incomplete.
         raise HeaderBlockError("header block is truncated (no final empty line)")
     headers: list[Header] = []
     for number, line in enumerate(lines[:-1], start=1):
@@ -253,8 +252,9 @@ def parse_text_header_block(block: bytes) -> tuple[Header, ...]:
 
 
 def _read_varint(block: bytes, offset: int) -> tuple[int, int]:
-    # spop.md §2.1 ("peers" encoding): values < 240 fit in one byte; otherwise the first byte
-    # carries the low 4 bits above 240 and each next byte 7 more bits, high bit = continue.
+    # docs/protocol.md "Varints" ("peers" encoding): values < 240 fit in one byte; otherwise the
+    # first byte carries the low 4 bits above 240 and each next byte 7 more bits, high bit =
+    # continue.
     if offset >= len(block):
         raise HeaderBlockError("binary header block ends inside a length")
     first = block[offset]
@@ -284,7 +284,8 @@ def _read_string(block: bytes, offset: int) -> tuple[bytes, int]:
 
 
 def parse_binary_header_block(block: bytes) -> tuple[Header, ...]:
-    """Parse HAProxy's binary header block (``req.hdrs_bin``, spop.md §8).
+    """Parse HAProxy's binary header block (``req.hdrs_bin``, docs/protocol.md "What HAProxy
+    sends").
 
     Pairs of varint-length-prefixed name and value, terminated by two empty strings (bytes
     ``00 00``). A missing terminator, a length running past the end, an empty name before the

@@ -46,7 +46,7 @@ ARG_IGNORE_RULES = "ignorerules"
 VAR_CODE = "code"
 VAR_INTERVENTION = "intervention"
 
-# the positional layouts of compat.md's two C agents; None = an argument we do not use
+# the positional layouts of docs/compatibility.md's two C agents; None = an argument we do not use
 # (req.body_size: HAProxy's own count of the body it buffered, the body itself tells us)
 POSITIONAL_8: tuple[str | None, ...] = (
     m.ARG_ID, m.ARG_METHOD, m.ARG_PATH, m.ARG_QUERY, m.ARG_VERSION, m.ARG_HEADERS, None,

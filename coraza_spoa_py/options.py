@@ -1,9 +1,11 @@
 """Command-line flags → ``Options``: parsing only, testable without starting anything.
 
 Go's ``flag`` syntax is what coraza-spoa users have in their unit files and Dockerfiles
-(compat.md Part 2 §1.6): ``-config PATH``, ``--config PATH``, ``-config=PATH``, booleans as
+(docs/compatibility.md "Command line"): ``-config PATH``, ``--config PATH``, ``-config=PATH``,
+booleans as
 ``-validate`` or ``-validate=true``. argparse handles all of those once every long option is
-declared with both one and two dashes and abbreviations are off (style.md §6).
+declared with both one and two dashes and abbreviations are off (docs/compatibility.md "Command
+line").
 
 Must not import gevent, loguru or anything that does I/O: ``cli`` imports this after
 monkey-patching, and unit tests import it directly.
@@ -17,7 +19,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 PROG = "coraza-spoa-py"
-# Go's flag package prints usage and exits 2 on an unknown flag (compat.md Part 2 §1.6).
+# Go's flag package prints usage and exits 2 on an unknown flag (docs/compatibility.md "Command
+# line").
 EXIT_USAGE = 2
 _TRUE_WORDS = frozenset({"1", "t", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "f", "false", "no", "off"})
@@ -34,8 +37,8 @@ class Options:
     memprofile: str = ""
     # set when the Gen1 spelling ``-config-file`` was used (a deprecation line is logged)
     legacy_config_flag: bool = False
-    # the C spoa-modsecurity agent's flags (compat.md §9; docs/migrating-from-modsecurity-
-    # spoa.md): ModSecurity config files instead of a YAML config
+    # the C spoa-modsecurity agent's flags (docs/compatibility.md "The C ModSecurity agents";
+    # docs/migrating-from-modsecurity- spoa.md): ModSecurity config files instead of a YAML config
     modsec: ModSecOptions | None = None
 
 
@@ -80,7 +83,8 @@ def _port(text: str) -> int:
     return value
 
 
-# the C agent's getopt flags (compat.md §9): flag, destination, argparse settings
+# the C agent's getopt flags (docs/compatibility.md "The C ModSecurity agents"): flag, destination,
+# argparse settings
 _MODSEC_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("-f", "modsec_files", {
         "action": "append", "metavar": "FILE",

@@ -2,13 +2,14 @@
 
 Engine loading is slow (the CRS takes about a second) and blocking C work, so it runs on the
 engine thread pool, never on the gevent hub: HAProxy keeps being answered while a reload
-compiles (compat.md Part 2 §11.5). A reload either swaps every application at once through
+compiles (docs/compatibility.md "Signals and reload"). A reload either swaps every application at
+once through
 ``agent.replace`` or changes nothing.
 
 The watcher polls once a second: the config file and every rule file it includes, by
 (realpath, inode, size, mtime). A Kubernetes ConfigMap update swaps a ``..data`` symlink, which
 changes the realpath; an in-place edit changes mtime and size (coraza-spoa's fsnotify watcher
-only saw the former, compat.md Part 2 §1.6).
+only saw the former, docs/compatibility.md "Command line").
 
 Must not touch sockets or signals: ``cli`` owns the process lifecycle.
 """

@@ -2,8 +2,9 @@
 relative ``Include`` paths absolute, and drop Coraza-only directives the engine would reject.
 
 Text work only (plus reading the files it points at and checking they exist); it must not
-load the engine or log: warnings are returned for the caller to log (compat.md Part 1,
-"Config and CLI"; docs/engine.md "Includes").
+load the engine or log: warnings are returned for the caller to log (docs/compatibility.md "Config
+and CLI"
+ ; docs/engine.md "Includes").
 """
 
 from __future__ import annotations

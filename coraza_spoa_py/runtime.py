@@ -3,11 +3,11 @@
 Wiring (docs/architecture.md "cli wiring"): ``Config`` → logging → one engine per application,
 compiled on the engine thread pool → ``Application`` → ``Agent`` → ``AgentServer``.
 
-Signals (compat.md Part 2 §1.7 and §11.5, style.md §2.4/§2.6): handlers only spawn a greenlet
-or set an event. SIGHUP reopens the log files (logrotate) and reloads; SIGTERM/SIGINT stop
-accepting, finish the messages in flight within ``graceful_timeout_s``, run the logging phase of
-every open transaction, log "transactions opened=N closed=N" and exit 0; a second SIGTERM/SIGINT
-exits at once with status 1.
+Signals (docs/compatibility.md "Signals and reload", docs/development.md "Corpus tests"): handlers
+only spawn a greenlet or set an event. SIGHUP reopens the log files (logrotate) and reloads;
+SIGTERM/SIGINT stop accepting, finish the messages in flight within ``graceful_timeout_s``, run the
+logging phase of every open transaction, log "transactions opened=N closed=N" and exit 0; a second
+SIGTERM/SIGINT exits at once with status 1.
 
 Must not parse flags or YAML, nor speak SPOP: it only composes the modules that do.
 """
@@ -204,7 +204,8 @@ class Runtime:
         self._stop.set()
 
     def _install_signal_handlers(self) -> None:
-        # gevent runs these in the hub's loop: only set flags or spawn (style.md rule 6)
+        # gevent runs these in the hub's loop: only set flags or spawn (docs/development.md
+        # "Monkey-patch first")
         gevent.signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         gevent.signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         gevent.signal_handler(signal.SIGHUP, self._on_sighup)
@@ -307,7 +308,7 @@ class Runtime:
         if self._metrics is not None:
             _observe(applications, self._metrics)
         # the agent keeps the old applications for the responses of requests they saw and
-        # sweeps them until they are empty (compat.md Part 2 §11.5)
+        # sweeps them until they are empty (docs/compatibility.md "Signals and reload")
         self.agent.replace(applications, cfg.default_application)
         logger.info(reload.swap_report(self.applications, applications))
         self.applications = applications

@@ -2,20 +2,20 @@
 
 Its job is I/O only: accept HAProxy's connections (TCP over IPv4/IPv6, or a unix socket), feed
 the bytes to the sans-IO codec (``spop.Connection``), run the injected handler for every
-NOTIFY concurrently (pipelining, spop.md §3.3), write each ACK as one whole frame, and stop
-gracefully. It must not decode frames itself, know about applications or the WAF, or configure
-logging sinks (``logs`` does that); ``cli`` wires it to ``agent.handle``.
+NOTIFY concurrently (pipelining, docs/protocol.md "Capabilities by version"), write each ACK as one
+whole frame, and stop gracefully. It must not decode frames itself, know about applications or the
+WAF, or configure logging sinks (``logs`` does that); ``cli`` wires it to ``agent.handle``.
 
-Per connection (spop.md §11.3):
+Per connection (docs/protocol.md "Agent design"):
 - one reader greenlet: ``recv`` → ``receive_data`` → every complete frame of that read;
 - each NOTIFY runs concurrently on a per-connection set of at most
   ``max_inflight_per_connection`` reused greenlets (``workers.Workers``); when all are busy the
-  reader waits for one and stops reading, so TCP back-pressure reaches HAProxy (spop.md §10
-  pitfall 25);
+  reader waits for one and stops reading, so TCP back-pressure reaches HAProxy
+  (docs/protocol.md "At most 20 in flight");
 - every frame is built whole by the codec and never split across writes; writes happen under
-  the connection's lock, so concurrent ACKs never interleave (spop.md §10 pitfall 1,
-  coraza-spoa#217, haproxy#3478). ACKs go out in completion order (spop.md §6); those that
-  complete in the same loop turn share one ``sendall``.
+  the connection's lock, so concurrent ACKs never interleave (docs/protocol.md "One frame, one
+  write", coraza-spoa#217, haproxy#3478). ACKs go out in completion order (docs/protocol.md "Stream
+  and frame ids by version"); those that complete in the same loop turn share one ``sendall``.
 """
 
 from __future__ import annotations
@@ -44,17 +44,19 @@ from coraza_spoa_py.workers import Flusher, Workers
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
 
-# The agent's own error code for "the rule engine failed on this transaction" (compat.md
-# Part 1, "Variables we set"): a handler exception is answered with it at once, never silence.
+# The agent's own error code for "the rule engine failed on this transaction" (docs/compatibility.md
+# "Variables we set"): a handler exception is answered with it at once, never silence.
 ENGINE_FAILURE_ERROR = 1003
 ERROR_VARIABLE = "error"
 
 # 64 KiB reads: several small NOTIFYs per read; a big frame (tune.bufsize 131072) takes a few.
 RECV_SIZE = 64 * 1024
 LISTEN_BACKLOG = 1024
-# HAPROXY-DISCONNECT statuses that are routine: normal, I/O, idle timeout (spop.md §5.3).
+# HAPROXY-DISCONNECT statuses that are routine: normal, I/O, idle timeout (docs/protocol.md
+# "Disconnect").
 ROUTINE_DISCONNECT_STATUSES = frozenset({0, 1, 2})
-# errnos of a peer that went away: a normal close, not an error (spop.md §10 pitfall 17).
+# errnos of a peer that went away: a normal close, not an error (docs/protocol.md "Abrupt closes are
+# normal").
 PEER_GONE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN})
 
 
@@ -120,8 +122,9 @@ class AgentServer:
         # Not bounded by the pool: a full pool would stop accepting, and HAProxy's new
         # connections would wait behind idle ones in the backlog (issue 15). The caps are
         # enforced on accept instead (``_make_room``): the oldest idle connection is closed, or
-        # the new one is when every connection is busy, so the bound still holds (style.md
-        # rule 4) give or take the connections closing in this loop turn.
+        # the new one is when every connection is busy, so the bound still holds
+        # (docs/development.md "Bounded input") give or take the connections closing in this loop
+        # turn.
         self._connection_pool = gevent.pool.Pool()
         self._connections: set[_AgentConnection] = set()
         # what the caps count: every connection not being evicted. Insertion order = accept
@@ -440,16 +443,17 @@ class _AgentConnection:
                 )
                 self._flush_codec()
                 if self.codec.state is spop.ConnectionState.CLOSING:
-                    return "health check"  # spop.md §3.4: reply AGENT-HELLO, then close
+                    # docs/protocol.md "Health checks": reply AGENT-HELLO, then close
+                    return "health check"
             elif isinstance(event, spop.HaproxyDisconnect):
                 text = event.message.decode("latin-1")
                 if event.status in ROUTINE_DISCONNECT_STATUSES:
                     self.log.debug("haproxy disconnect {} ({})", event.status, text)
                 else:
                     self.log.warning("haproxy disconnect {} ({})", event.status, text)
-                # spop.md §10 pitfall 19: the NOTIFYs still running will not be ACKed; ≤3.0
-                # ignores ACKs from now on. They finish (their transactions must be closed)
-                # but write nothing.
+                # docs/protocol.md "NOTIFYs after a HAPROXY-DISCONNECT": the NOTIFYs still running
+                # will not be ACKed; ≤3.0 ignores ACKs from now on. They finish (their transactions
+                # must be closed) but write nothing.
                 self._flush_codec()
                 self.closed = True
                 return f"haproxy disconnect {event.status}"
@@ -469,7 +473,8 @@ class _AgentConnection:
             else:
                 actions = self.server.handler(notify.messages, received_at)
         except Exception:
-            # Never silence (compat.md Part 1): HAProxy's `error > 0` rule fires at once.
+            # Never silence (docs/compatibility.md "Errors"): HAProxy's `error > 0` rule fires at
+            # once.
             self.log.bind(stream_id=notify.stream_id, frame_id=notify.frame_id).exception(
                 "handler failed"
             )
@@ -489,10 +494,10 @@ class _AgentConnection:
 
     # ---- writing ----------------------------------------------------------------------------
     # Every frame is built whole by the codec and only the holder of ``write_lock`` writes, so
-    # frames never interleave or split (spop.md §10 pitfall 1, coraza-spoa#217, haproxy#3478).
-    # ACKs are queued and sent by the connection's flusher: the ACKs that complete in the same
-    # loop turn (typically a pipelined batch from one read) leave in ONE sendall instead of one
-    # syscall each (spop.md §11.3).
+    # frames never interleave or split (docs/protocol.md "One frame, one write", coraza-spoa#217,
+    # haproxy#3478). ACKs are queued and sent by the connection's flusher: the ACKs that complete in
+    # the same loop turn (typically a pipelined batch from one read) leave in ONE sendall instead of
+    # one syscall each (docs/protocol.md "Agent design").
 
     def _queue_ack(self, frame: bytes) -> None:
         if self.closed:
@@ -544,7 +549,8 @@ class _AgentConnection:
         self.closed = True
 
     def _drain_and_disconnect(self) -> None:
-        """Graceful stop: finish in-flight NOTIFYs, then AGENT-DISCONNECT 0 (spop.md §5.3)."""
+        """Graceful stop: finish in-flight NOTIFYs, then AGENT-DISCONNECT 0 (docs/protocol.md
+        "Disconnect")."""
         self.inflight.join()
         if self.codec.state is spop.ConnectionState.READY:
             self._send_disconnect(spop.StatusCode.NORMAL, "normal")

@@ -1,5 +1,6 @@
 """The validated configuration as frozen dataclasses: what every module downstream of
-``config`` receives. Nothing downstream touches raw YAML dicts (style.md rule 5).
+``config`` receives. Nothing downstream touches raw YAML dicts (docs/development.md "One config
+pipeline").
 
 Pure: standard library only, so ``server``, ``application`` and tests can import these types
 without pulling in yaml or jsonschema.
@@ -11,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-# Debian 12's modsecurity-crs package (harness.md §4); configurable for CRS 4 or other distros.
+# Debian 12's modsecurity-crs package (docs/crs.md "The setup the tests expect"); configurable for
+# CRS 4 or other distros.
 DEFAULT_CRS_RULES_DIR = "/usr/share/modsecurity-crs/rules"
 DEFAULT_CRS_SETUP_FILE = "/etc/modsecurity/crs/crs-setup.conf"
 # 2 GiB of open transactions per application at the ~62 KiB each that CRS costs
@@ -46,7 +48,7 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class RulePaths:
-    """Where ``Include @...`` resolves (compat.md Part 1, "Config and CLI")."""
+    """Where ``Include @...`` resolves (docs/compatibility.md "Config and CLI")."""
 
     crs_rules_dir: str = DEFAULT_CRS_RULES_DIR
     crs_setup_file: str = DEFAULT_CRS_SETUP_FILE
@@ -79,7 +81,8 @@ class Config:
     default_application: str | None = None
     log: LogConfig = field(default_factory=LogConfig)
     rule_paths: RulePaths = field(default_factory=RulePaths)
-    # engine worker threads; libmodsecurity releases the GIL, so one per core (engine.md)
+    # engine worker threads; libmodsecurity releases the GIL, so one per core (docs/engine.md
+    # "Engine facts")
     engine_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     # our cap on the negotiated max-frame-size; HAProxy's offer (tune.bufsize - 4) is usually
     # lower. No 64 KiB cap (coraza-spoa#194).
@@ -95,8 +98,8 @@ class Config:
     # a frame's bytes must all arrive within this of its first one: a trickle cannot reset it
     frame_timeout_s: float = 10.0
     # load shedding: a message that waited longer than this before an engine thread took it is
-    # answered with error 1005 (compat.md Part 1). 80 % of the 500 ms `timeout processing` that
-    # every coraza-spoa sample ships.
+    # answered with error 1005 (docs/compatibility.md "Errors"). 80 % of the 500 ms `timeout
+    # processing` that every coraza-spoa sample ships.
     processing_budget_ms: int = 400
     graceful_timeout_s: float = 10.0
     source_file: str = ""

@@ -1,8 +1,8 @@
 """What the agent answers HAProxy: a ``Verdict`` as SET-VAR actions, and our error codes.
 
-Variable names, SPOP types and order are coraza-spoa's (compat.md Part 2 §3.1) plus ``fail``
-and ``error`` (Part 1); HAProxy adds the ``txn.coraza.`` prefix (spop.md §9). docs/haproxy.md
-documents every one of them.
+Variable names, SPOP types and order are coraza-spoa's (docs/compatibility.md "Variables we set")
+plus ``fail`` and ``error`` (Part 1); HAProxy adds the ``txn.coraza.`` prefix (docs/protocol.md
+"Variable names"). docs/haproxy.md documents every one of them.
 
 Pure: no logging, no engine; ``application`` decides what happened, this module only spells it.
 """
@@ -16,7 +16,7 @@ from coraza_spoa_py.spop.events import Action, DataType, SetVar, VarScope
 
 
 class ErrorCode(IntEnum):
-    """What we put in ``txn.coraza.error`` (compat.md Part 1; docs/haproxy.md)."""
+    """What we put in ``txn.coraza.error`` (docs/compatibility.md "Errors"; docs/haproxy.md)."""
 
     MALFORMED_MESSAGE = 1001
     NO_APPLICATION = 1002
@@ -26,7 +26,8 @@ class ErrorCode(IntEnum):
     UNKNOWN_MESSAGE = 1006
 
 
-# ---- variables we set (names without the `txn.coraza.` prefix HAProxy adds, spop.md §9) ----
+# ---- variables we set (names without the `txn.coraza.` prefix HAProxy adds, docs/protocol.md
+# "Variable names") ----
 VAR_ID = "id"
 VAR_FAIL = "fail"
 VAR_RULES_HIT = "rules_hit"
@@ -40,11 +41,11 @@ VAR_ERROR = "error"
 
 ACTION_DENY = "deny"
 ACTION_REDIRECT = "redirect"
-# Coraza's defaults, which coraza-spoa users see (compat.md Part 2 §3.1)
+# Coraza's defaults, which coraza-spoa users see (docs/compatibility.md "Variables we set")
 DEFAULT_DENY_STATUS = 403
 DEFAULT_REDIRECT_STATUS = 302
-# compat.md Part 2 §3.1: rules_hit / rule_ids count only the CRS attack and blocking-evaluation
-# ranges and the "custom attack" range; 100000-189999 is deliberately left out.
+# docs/compatibility.md "Variables we set": rules_hit / rule_ids count only the CRS attack and
+# blocking-evaluation ranges and the "custom attack" range; 100000-189999 is deliberately left out.
 COUNTED_RULE_ID_RANGES = ((910_000, 960_000), (190_000, 200_000))
 
 
@@ -53,8 +54,8 @@ def is_counted_rule_id(rule_id: int) -> bool:
 
 
 def _set(name: str, value: int | str | bytes) -> SetVar:
-    # compat.md Part 1: numbers as INT64 (coraza-spoa's types), text as STRING, even when we
-    # hold it as bytes (the id HAProxy sent, returned byte for byte)
+    # docs/compatibility.md "Errors": numbers as INT64 (coraza-spoa's types), text as STRING, even
+    # when we hold it as bytes (the id HAProxy sent, returned byte for byte)
     data_type = DataType.INT64 if isinstance(value, int) else DataType.STRING
     return SetVar(VarScope.TRANSACTION, name, value, data_type)
 
@@ -70,7 +71,8 @@ def verdict_actions(
     export_rule_ids: bool,
     detect_only: bool,
 ) -> list[Action]:
-    """SET-VAR actions for a verdict, in coraza-spoa's order (compat.md Part 2 §3.1) plus
+    """SET-VAR actions for a verdict, in coraza-spoa's order (docs/compatibility.md "Variables we
+    set") plus
     ``fail`` (Part 1). ``transaction_id`` is given on the request only; ``detect_only`` reports
     the metrics but never a blocking verdict."""
     actions: list[Action] = []

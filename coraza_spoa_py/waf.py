@@ -172,9 +172,9 @@ class _Native:
         self.lib: Any = _lib
         self.msc: Any = _lib.msc_init()
         _lib.msc_set_connector_info(self.msc, CONNECTOR_INFO.encode())
-        # Without a log callback the library prints every match to stderr (engine.md). Ours
-        # (msc_glue_rm.cc) does nothing: the glue copies the transaction's rule messages after
-        # each engine step, without the GIL.
+        # Without a log callback the library prints every match to stderr (docs/engine.md "Engine
+        # facts"). Ours (msc_glue_rm.cc) does nothing: the glue copies the transaction's rule
+        # messages after each engine step, without the GIL.
         _lib.cs_install_log_callback(self.msc)
 
 
@@ -571,8 +571,8 @@ class ModSecTransaction:
         body_limit = bool(out.body_limit)
         _lib.cs_outcome_clear(out)
         if body_limit:
-            # no rule: the body limit itself. Report it as coraza-spoa does (compat.md
-            # Part 2 §3.1): 413 for a request body, 500 for a response body.
+            # no rule: the body limit itself. Report it as coraza-spoa does (docs/compatibility.md
+            # "Variables we set"): 413 for a request body, 500 for a response body.
             status = 413 if phase <= 2 else 500
         if disruptive is None:
             # no rule message: a body limit, or a rule with `nolog` (docs/engine.md); the
@@ -638,8 +638,8 @@ _PHASE_NAMES = {
     4: "response-body",
     5: "logging",
 }
-# rules_hit / rule_ids count matches with a msg and an id in these ranges (compat.md Part 2
-# §3.1): the CRS attack and blocking-evaluation rules, and the "custom attack" range.
+# rules_hit / rule_ids count matches with a msg and an id in these ranges (docs/compatibility.md
+# "Variables we set"): the CRS attack and blocking-evaluation rules, and the "custom attack" range.
 RULES_HIT_RANGES = ((910_000, 960_000), (190_000, 200_000))
 
 
@@ -650,7 +650,8 @@ def in_rules_hit_ranges(rule_id: int) -> bool:
 
 def _match_records(log: Any, client: str, unique_id: str) -> list[tuple[RuleMatch, int]]:
     """The rule messages msc_glue_rm.cc copied since the last call, as ``RuleMatch`` and the
-    disruptive action (``CS_ACTION_*``); empties the log. Field names as compat.md Part 2 §5."""
+    disruptive action (``CS_ACTION_*``); empties the log. Field names as docs/compatibility.md
+    "Logging"."""
     if not log.len:
         return []
     raw = bytes(_ffi.buffer(log.buf, log.len))

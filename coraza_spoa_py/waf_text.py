@@ -21,7 +21,7 @@ def rules_problems(message: str, resolved: rules.ResolvedRules | None) -> list[s
     """The engine's load error text → "file:line: message" strings, lines as the user wrote
     them (``resolved`` maps lines of the directives text)."""
     # libmodsecurity reports "Rules error. File: F. Line: N. Column: C. text" for parse errors
-    # (engine.md "Rule loading facts"); errors in the directives text itself name no file.
+    # (docs/engine.md "Rule loading facts"); errors in the directives text itself name no file.
     problems = []
     for raw_line in message.splitlines() or ["rules failed to load"]:
         line = raw_line.strip()

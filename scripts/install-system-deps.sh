@@ -3,7 +3,7 @@
 # Run as root on Debian 12 (what `make install` does); anywhere else it says what is missing.
 set -euo pipefail
 packages=(
-  libmodsecurity3      # the engine (engine.md: Debian's 3.0.9, PCRE2 JIT)
+  libmodsecurity3      # the engine (docs/engine.md "Engine facts": Debian's 3.0.9, PCRE2 JIT)
   modsecurity-crs      # OWASP CRS 3.3.4, the rules config.example.yml includes
   haproxy              # HAProxy 2.6: e2e tests, make demo, make bench
   wrk                  # make bench

@@ -8,7 +8,7 @@
  * (msc_glue_rm.cc) instead of calling back into Python (a callback retakes the GIL for every
  * matched rule).
  *
- * The behaviour is the one waf.py documents (engine.md "The C API we need"): one engine step
+ * The behaviour is the one waf.py documents (docs/engine.md "The C API we call"): one engine step
  * at a time, an intervention check after each, the first disruptive intervention ends the
  * group. No libmodsecurity header is needed: the prototypes we call are in msc_glue.h, which
  * build.py also hands to cffi's cdef, and the library is linked by file name (Debian ships no
@@ -34,7 +34,8 @@ void cs_outcome_clear(cs_outcome *out) {
     memset(out, 0, sizeof *out);
 }
 
-/* After each engine step (engine.md): status reset to 200 before asking, url/log freed after
+/* After each engine step (docs/engine.md "Engine facts"): status reset to 200 before asking,
+url/log freed after
  * unless the intervention is disruptive (then the outcome owns them); the step's rule messages
  * copied into the log (the disruptive one's text line with the intervention's status). */
 static int cs_intervened(void *tx, cs_log *log, int phase, cs_outcome *out) {

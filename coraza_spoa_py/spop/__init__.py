@@ -1,7 +1,7 @@
 """Sans-IO SPOP (HAProxy SPOE <-> agent protocol), version 2.0.
 
 Bytes in, events out; ``send_*`` return bytes. Standard library only: no sockets, no logging, no
-clock, no gevent (a test enforces it). Reference: ../shared/docs/spop.md.
+clock, no gevent (a test enforces it). Reference: docs/protocol.md.
 """
 
 from __future__ import annotations

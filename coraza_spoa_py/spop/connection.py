@@ -1,8 +1,8 @@
 """The agent side of one SPOP connection, sans-IO: bytes in, events out.
 
 ``Connection`` buffers what the transport read, cuts it into frames, enforces the protocol
-rules of spop.md (HELLO first, FIN on every frame, size limits, version 2.0) and answers the
-handshake and HAProxy's DISCONNECT itself (the replies wait in ``data_to_send()``). It never
+rules of docs/protocol.md (HELLO first, FIN on every frame, size limits, version 2.0) and answers
+the handshake and HAProxy's DISCONNECT itself (the replies wait in ``data_to_send()``). It never
 touches a socket, a clock, a logger or gevent; the caller (``server``) owns all of that.
 
 Usage (docs/architecture.md)::
@@ -52,13 +52,14 @@ from coraza_spoa_py.spop.handshake import (
     encode_agent_hello,
 )
 
-# HAProxy's own default: tune.bufsize (16384) - 4 (spop.md §3.1). Production passes its
-# configured cap (settings.Config.max_frame_size); the negotiated size is min(offer, cap).
+# HAProxy's own default: tune.bufsize (16384) - 4 (docs/protocol.md "HELLO keys"). Production passes
+# its configured cap (settings.Config.max_frame_size); the negotiated size is min(offer, cap).
 DEFAULT_MAX_FRAME_SIZE = 16380
 # Before the HELLO nothing is negotiated; HAProxy's HELLO is ~130 bytes, and haproxy-go uses
-# the same 64 KiB bound until negotiation (style.md §2.2).
+# the same 64 KiB bound until negotiation (docs/protocol.md "Frame size").
 PRE_HELLO_FRAME_LIMIT = 64 * 1024
-SUPPORTED_MAJOR_VERSION = 2  # "2.0"; announcing a major implies all its minors (spop.md §3.1)
+# "2.0"; announcing a major implies all its minors (docs/protocol.md "HELLO keys")
+SUPPORTED_MAJOR_VERSION = 2
 _NORMAL_AGENT_DISCONNECT = encode_agent_disconnect(
     StatusCode.NORMAL, STATUS_MESSAGES[StatusCode.NORMAL]
 )
@@ -88,7 +89,8 @@ NEED_DATA: Final = _NeedData.NEED_DATA
 
 
 def supports_our_version(supported_versions: str) -> bool:
-    """True if the comma list of ``Major.Minor`` (spaces allowed) has any 2.x (spop.md §3.1).
+    """True if the comma list of ``Major.Minor`` (spaces allowed) has any 2.x (docs/protocol.md
+    "HELLO keys").
     Entries that do not parse are ignored rather than fatal: only "no 2.x at all" is an error."""
     for entry in supported_versions.split(","):
         major, dot, minor = entry.strip().partition(".")
@@ -99,7 +101,7 @@ def supports_our_version(supported_versions: str) -> bool:
 
 class Connection:
     """One SPOP connection seen from the agent. ``max_frame_size`` is our cap: the negotiated
-    size is min(HAProxy's offer, cap), with no 64 KiB ceiling (compat.md Part 1 "Protocol")."""
+    size is min(HAProxy's offer, cap), with no 64 KiB ceiling (docs/compatibility.md "Protocol")."""
 
     __slots__ = (
         "_buffer",
@@ -178,7 +180,8 @@ class Connection:
                 raise
         if state is ConnectionState.CLOSING:
             # After our AGENT-HELLO to a healthcheck or our AGENT-DISCONNECT, nothing HAProxy
-            # sends matters any more (spop.md §3.4, §5.3): drop it and wait for the close.
+            # sends matters any more (docs/protocol.md "Health checks", "Disconnect"): drop it and
+            # wait for the close.
             self._buffer, self._offset = b"", 0
             return self._closed() if self._eof else NEED_DATA
         if state is ConnectionState.CLOSED:
@@ -187,8 +190,8 @@ class Connection:
         raise self._error
 
     def _closed(self) -> ConnectionClosed:
-        # spop.md §5.3: EOF (or RST) is a normal close; mid-frame we only report how much of
-        # the unfinished frame was dropped.
+        # docs/protocol.md "Disconnect": EOF (or RST) is a normal close; mid-frame we only report
+        # how much of the unfinished frame was dropped.
         unparsed = len(self._buffer) - self._offset
         self._buffer, self._offset = b"", 0
         self._state = ConnectionState.CLOSED
@@ -209,7 +212,8 @@ class Connection:
         if available < LENGTH_PREFIX_SIZE:
             return None
         (length,) = LENGTH.unpack_from(buffer, offset)
-        # spop.md §10 pitfall 2: judge LENGTH before waiting for (or buffering) the payload
+        # docs/protocol.md "Judge the length first": judge LENGTH before waiting for (or buffering)
+        # the payload
         if length < MIN_FRAME_LENGTH:
             raise SpopError(StatusCode.INVALID, f"frame length {length} is below 7")
         if length > self._frame_limit:
@@ -230,8 +234,8 @@ class Connection:
 
     def _handle(self, frame: RawFrame) -> Event | None:
         frame_type = frame.type
-        # spop.md §3.3: we never announce fragmentation, so a continuation (type 0) or a frame
-        # without FIN is an error 10 (what HAProxy 3.1+ does too)
+        # docs/protocol.md "Capabilities by version": we never announce fragmentation, so a
+        # continuation (type 0) or a frame without FIN is an error 10 (what HAProxy 3.1+ does too)
         if frame_type == FrameType.UNSET or not frame.flags & FrameFlags.FIN:
             raise SpopError(StatusCode.FRAG_NOT_SUPPORTED)
         if self._state is ConnectionState.AWAIT_HELLO:
@@ -246,20 +250,20 @@ class Connection:
             raise SpopError(StatusCode.INVALID, "second HELLO")
         if frame_type in _AGENT_SIDE_TYPES:
             raise SpopError(StatusCode.INVALID, f"agent frame type {frame_type} from HAProxy")
-        # docs/protocol.md "Unknown frame types": skipped (spop.md §4.3, forward compatible);
-        # it was already bounded by the negotiated size and had FIN
+        # docs/protocol.md "Unknown frame types": skipped (docs/protocol.md "Unknown frame types",
+        # forward compatible); it was already bounded by the negotiated size and had FIN
         return None
 
     @staticmethod
     def _check_zero_ids(frame: RawFrame) -> None:
-        # spop.md §1: HELLO and DISCONNECT carry stream-id = frame-id = 0
+        # docs/protocol.md "Frame layout": HELLO and DISCONNECT carry stream-id = frame-id = 0
         if frame.stream_id or frame.frame_id:
             raise SpopError(StatusCode.INVALID, "stream-id/frame-id must be 0")
 
     def _on_hello(self, frame: RawFrame) -> HaproxyHello:
         self._check_zero_ids(frame)
         hello = decode_haproxy_hello(frame.payload)
-        # status codes of spop.md §5.2 / §5.3 "During the handshake"
+        # status codes of docs/protocol.md "Status codes" / §5.3 "During the handshake"
         if hello.supported_versions is None:
             raise SpopError(StatusCode.NO_VSN)
         if not supports_our_version(hello.supported_versions):
@@ -274,7 +278,8 @@ class Connection:
         self.max_frame_size = self._frame_limit = negotiated
         self.pipelining = pipelining
         self._outgoing.append(encode_agent_hello(negotiated, pipelining))
-        # spop.md §3.4: answer a healthcheck, then close; it never sends a NOTIFY
+        # docs/protocol.md "Health checks": answer a healthcheck, then close; it never sends a
+        # NOTIFY
         healthcheck = hello.healthcheck
         self._state = ConnectionState.CLOSING if healthcheck else ConnectionState.READY
         return HaproxyHello(
@@ -290,7 +295,8 @@ class Connection:
     def _on_disconnect(self, frame: RawFrame) -> HaproxyDisconnect:
         self._check_zero_ids(frame)
         disconnect = decode_disconnect(frame.payload)
-        # spop.md §5.3: answer AGENT-DISCONNECT, then close; in-flight ACKs no longer matter
+        # docs/protocol.md "Disconnect": answer AGENT-DISCONNECT, then close; in-flight ACKs no
+        # longer matter
         self._outgoing.append(_NORMAL_AGENT_DISCONNECT)
         self._state = ConnectionState.CLOSING
         return HaproxyDisconnect(disconnect.status, disconnect.message)
@@ -306,11 +312,12 @@ class Connection:
         return data
 
     def send_ack(self, stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:
-        """One whole ACK frame (never empty: spop.md §4.2). Raises ``SpopError`` without
-        changing the state when this ACK cannot be sent: TOO_BIG when it would exceed the
-        negotiated max-frame-size (HAProxy would drop the whole connection, spop.md §10
-        pitfall 2), UNKNOWN when an action cannot be encoded (bad name, value out of range).
-        The connection is still usable: answer the NOTIFY with a smaller ACK."""
+        """One whole ACK frame (never empty: docs/protocol.md "NOTIFY and ACK"). Raises
+        ``SpopError`` without changing the state when this ACK cannot be sent: TOO_BIG when it
+        would exceed the negotiated max-frame-size (HAProxy would drop the whole connection,
+        docs/protocol.md "Judge the length first"), UNKNOWN when an action cannot be encoded (bad
+        name, value out of range). The connection is still usable: answer the NOTIFY with a
+        smaller ACK."""
         try:
             frame = encode_ack(stream_id, frame_id, actions)
         except (TypeError, ValueError) as error:
@@ -325,7 +332,7 @@ class Connection:
 
     def send_disconnect(self, status: StatusCode | int, message: str | bytes = "") -> bytes:
         """An AGENT-DISCONNECT frame; the caller sends it and closes. ``message`` defaults to
-        HAProxy's text for the status and is cut to 255 bytes (spop.md §5.1)."""
+        HAProxy's text for the status and is cut to 255 bytes (docs/protocol.md "Disconnect")."""
         if not message:
             message = STATUS_MESSAGES[StatusCode(status)] if status in _STATUSES else ""
         if self._state is ConnectionState.AWAIT_HELLO or self._state is ConnectionState.READY:

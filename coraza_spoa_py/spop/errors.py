@@ -12,7 +12,8 @@ from enum import IntEnum
 
 
 class StatusCode(IntEnum):
-    """SPOE.txt §3.5 / our spop.md §5.2 (verified against HAProxy's ``spop_err_reasons``)."""
+    """SPOE.txt §3.5 / our docs/protocol.md "Status codes" (verified against HAProxy's
+    ``spop_err_reasons``)."""
 
     NORMAL = 0
     IO = 1

@@ -1,9 +1,9 @@
 """Events the codec produces and the actions an agent answers with.
 
 All are frozen, slotted dataclasses. Strings and binaries from the wire stay ``bytes`` and are
-never decoded (spop.md §10 pitfall 4); only names that HAProxy's config spells (message and
-argument names, KV keys) are turned into ``str``, with latin-1 so that no byte can fail.
-"""
+never decoded (docs/protocol.md "Strings are bytes"); only names that HAProxy's config spells
+(message and argument names, KV keys) are turned into ``str``, with latin-1 so that no byte can
+fail."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from coraza_spoa_py.spop.errors import StatusCode
 
 
 class DataType(IntEnum):
-    """Typed-data type ids, spop.md §2.2 (the low nibble of the type byte)."""
+    """Typed-data type ids, docs/protocol.md "Typed data" (the low nibble of the type byte)."""
 
     NULL = 0
     BOOL = 1
@@ -30,7 +30,7 @@ class DataType(IntEnum):
 
 
 class VarScope(IntEnum):
-    """SET-VAR / UNSET-VAR scopes, spop.md §2.3."""
+    """SET-VAR / UNSET-VAR scopes, docs/protocol.md "Payload shapes"."""
 
     PROCESS = 0
     SESSION = 1
@@ -52,7 +52,8 @@ class TypedValue:
 
 @dataclass(frozen=True, slots=True)
 class Arg:
-    """One NOTIFY message argument. ``name`` may be empty and may repeat (spop.md §2.3)."""
+    """One NOTIFY message argument. ``name`` may be empty and may repeat (docs/protocol.md "Payload
+    shapes")."""
 
     name: str
     type: DataType
@@ -91,7 +92,8 @@ class Notify:
 
 @dataclass(frozen=True, slots=True)
 class HaproxyDisconnect:
-    """HAProxy closes; the AGENT-DISCONNECT reply is already queued (spop.md §5.3)."""
+    """HAProxy closes; the AGENT-DISCONNECT reply is already queued (docs/protocol.md
+    "Disconnect")."""
 
     status: int
     message: bytes
@@ -100,7 +102,8 @@ class HaproxyDisconnect:
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer closed the TCP stream (``receive_data(b"")``). ``unparsed_bytes`` > 0 means it
-    closed in the middle of a frame: those bytes were dropped (a quiet close, spop.md §5.3)."""
+    closed in the middle of a frame: those bytes were dropped (a quiet close, docs/protocol.md
+    "Disconnect")."""
 
     unparsed_bytes: int = 0
 
@@ -111,8 +114,8 @@ class ConnectionClosed:
 @dataclass(frozen=True, slots=True)
 class SetVar:
     """SET-VAR. ``type`` None picks one from the Python value: bool -> BOOL (checked before int,
-    spop.md §10.15), int -> INT64, bytes -> BINARY, str -> STRING (utf-8), None -> NULL,
-    IPv4Address/IPv6Address -> IPV4/IPV6."""
+    docs/protocol.md "Booleans before integers"), int -> INT64, bytes -> BINARY, str -> STRING
+    (utf-8), None -> NULL, IPv4Address/IPv6Address -> IPV4/IPV6."""
 
     scope: VarScope
     name: str

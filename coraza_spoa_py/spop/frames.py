@@ -39,7 +39,7 @@ from coraza_spoa_py.spop.wire import (
 
 
 class FrameType(IntEnum):
-    """Frame type ids, spop.md §1."""
+    """Frame type ids, docs/protocol.md "Frame layout"."""
 
     UNSET = 0
     HAPROXY_HELLO = 1
@@ -51,14 +51,14 @@ class FrameType(IntEnum):
 
 
 class FrameFlags(IntFlag):
-    """spop.md §1 "Flags": bit 0 FIN, bit 1 ABORT; bits 2-31 reserved."""
+    """docs/protocol.md "Frame layout" "Flags": bit 0 FIN, bit 1 ABORT; bits 2-31 reserved."""
 
     FIN = 1
     ABORT = 2
 
 
 class ActionType(IntEnum):
-    """ACK action ids, spop.md §2.3."""
+    """ACK action ids, docs/protocol.md "Payload shapes"."""
 
     SET_VAR = 1
     UNSET_VAR = 2
@@ -67,17 +67,19 @@ class ActionType(IntEnum):
 LENGTH = struct.Struct(">I")
 TYPE_AND_FLAGS = struct.Struct(">BI")
 LENGTH_PREFIX_SIZE = LENGTH.size
-# type (1) + flags (4) + stream-id (>= 1) + frame-id (>= 1): HAProxy rejects less (spop.md §1)
+# type (1) + flags (4) + stream-id (>= 1) + frame-id (>= 1): HAProxy rejects less (docs/protocol.md
+# "Frame layout")
 MIN_FRAME_LENGTH = 7
 MAX_FRAME_LENGTH = (1 << 32) - 1
-# SPOE.txt / spop.md §3.1: both peers must accept frames of at least 256 bytes
+# SPOE.txt / docs/protocol.md "HELLO keys": both peers must accept frames of at least 256 bytes
 MIN_MAX_FRAME_SIZE = 256
-MAX_ARGS_PER_MESSAGE = 255  # NB-ARGS is one raw byte (spop.md §2.3)
+MAX_ARGS_PER_MESSAGE = 255  # NB-ARGS is one raw byte (docs/protocol.md "Payload shapes")
 _STRING, _BINARY = int(DataType.STRING), int(DataType.BINARY)
 _INT64, _IPV4 = int(DataType.INT64), int(DataType.IPV4)
 _BYTES_TYPES = (_STRING, _BINARY)
 _TYPES = {t: DataType(t) for t in (_STRING, _BINARY, _INT64, _IPV4)}
-# spop.md §9: HAProxy silently ignores an action whose name has any other character
+# docs/protocol.md "Variable names": HAProxy silently ignores an action whose name has any other
+# character
 _VAR_NAME = re.compile(r"[A-Za-z0-9_.]{1,63}")
 
 # an ACK always starts with these 5 bytes (type 103, FIN): built once
@@ -100,7 +102,7 @@ class RawFrame:
 
 
 def parse_frame(body: bytes | memoryview) -> RawFrame:
-    """Parse the LENGTH bytes that follow the 4-byte prefix (spop.md §1)."""
+    """Parse the LENGTH bytes that follow the 4-byte prefix (docs/protocol.md "Frame layout")."""
     view = body if isinstance(body, memoryview) else memoryview(body)
     if len(view) < MIN_FRAME_LENGTH:
         raise invalid_frame(f"frame of {len(view)} bytes is shorter than {MIN_FRAME_LENGTH}")
@@ -118,7 +120,8 @@ def encode_frame(
     frame_id: int = 0,
     flags: int = FrameFlags.FIN,
 ) -> bytes:
-    """Length prefix + header + payload, ready for one ``sendall`` (spop.md §10 pitfall 1)."""
+    """Length prefix + header + payload, ready for one ``sendall`` (docs/protocol.md "One frame, one
+    write")."""
     body = TYPE_AND_FLAGS.pack(frame_type, flags) + encode_varint(stream_id)
     body += encode_varint(frame_id) + payload
     return LENGTH.pack(len(body)) + body
@@ -149,8 +152,10 @@ def decode_frame(wire: bytes | memoryview) -> RawFrame:
 
 
 def decode_messages(payload: memoryview) -> tuple[Message, ...]:
-    """LIST-OF-MESSAGES (spop.md §2.3). NB-ARGS is honoured, so the next message starts right
-    after the last arg (spop.md §10 pitfall 5). An empty payload is legal (spop.md §4.1)."""
+    """LIST-OF-MESSAGES (docs/protocol.md "Payload shapes"). NB-ARGS is honoured, so the next
+    message starts right
+    after the last arg (docs/protocol.md "Honour NB-ARGS"). An empty payload is legal
+    (docs/protocol.md "NOTIFY and ACK")."""
     reader = Reader(payload)
     buf, end = reader.buf, reader.end
     messages: list[Message] = []
@@ -159,12 +164,13 @@ def decode_messages(payload: memoryview) -> tuple[Message, ...]:
         args: list[Arg] = []
         for _ in range(reader.byte()):
             pos = reader.pos
-            # Hot path, taken by every arg HAProxy sends (spop.md §2.2 "What HAProxy sends"): a
-            # name shorter than 240 bytes, then a STRING/BINARY whose length, or an INT64 whose
-            # value, is a varint of one to three bytes (below 264432: ports, header blocks,
-            # bodies up to 258 KiB; spop.md §2.1), or an IPV4. It reads the same bytes as the
-            # Reader, with the bounds checks written out; anything else (longer varints, other
-            # types, a frame cut short) goes through the Reader, which also raises the errors.
+            # Hot path, taken by every arg HAProxy sends (docs/protocol.md "Typed data" "What
+            # HAProxy sends"): a name shorter than 240 bytes, then a STRING/BINARY whose length, or
+            # an INT64 whose value, is a varint of one to three bytes (below 264432: ports, header
+            # blocks, bodies up to 258 KiB; docs/protocol.md "Varints"), or an IPV4. It reads the
+            # same bytes as the Reader, with the bounds checks written out; anything else (longer
+            # varints, other types, a frame cut short) goes through the Reader, which also raises
+            # the errors.
             if (
                 pos < end
                 and (name_size := buf[pos]) < 240
@@ -174,7 +180,8 @@ def decode_messages(payload: memoryview) -> tuple[Message, ...]:
                 number = buf[value_at]
                 after = value_at + 1
                 if number >= 240:
-                    # spop.md §2.1: every byte is added whole, shifted by 4 then 7 more bits
+                    # docs/protocol.md "Varints": every byte is added whole, shifted by 4 then 7
+                    # more bits
                     if after < end and (second := buf[after]) < 128:
                         number += second << 4
                         after += 1
@@ -203,7 +210,7 @@ def decode_messages(payload: memoryview) -> tuple[Message, ...]:
 
 
 # src-ip / dst-ip repeat from message to message: IPv4Address() costs more than the rest of
-# the arg; bounded, as everything a peer controls (style.md rule 4)
+# the arg; bounded, as everything a peer controls (docs/development.md "Bounded input")
 @lru_cache(maxsize=4096)
 def _ipv4(packed: bytes) -> IPv4Address:
     return IPv4Address(packed)
@@ -229,8 +236,8 @@ def encode_notify(stream_id: int, frame_id: int, messages: Iterable[Message]) ->
 
 # ---- ACK -----------------------------------------------------------------------------------
 
-# spop.md §4.2: some 3.1.x builds never wake the stream on an empty ACK, so an ACK always
-# carries at least this harmless action (txn.<prefix>.noop is never set by anyone).
+# docs/protocol.md "NOTIFY and ACK": some 3.1.x builds never wake the stream on an empty ACK, so an
+# ACK always carries at least this harmless action (txn.<prefix>.noop is never set by anyone).
 NOOP_ACTION = UnsetVar(VarScope.TRANSACTION, "noop")
 
 
@@ -241,7 +248,8 @@ def _check_var_name(name: str) -> None:
 
 @lru_cache(maxsize=512)
 def _set_var_head(scope: VarScope, name: str) -> bytes:
-    # ACTION-TYPE, NB-ARGS = 3, scope byte, untyped name (spop.md §2.3): constant per variable
+    # ACTION-TYPE, NB-ARGS = 3, scope byte, untyped name (docs/protocol.md "Payload shapes"):
+    # constant per variable
     _check_var_name(name)
     return bytes((ActionType.SET_VAR, 3, VarScope(scope))) + encode_name(name)
 
@@ -280,7 +288,7 @@ def _small_set_var(
 
 
 def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes:
-    """A whole ACK frame echoing the NOTIFY's ids (spop.md §4.2)."""
+    """A whole ACK frame echoing the NOTIFY's ids (docs/protocol.md "NOTIFY and ACK")."""
     body = bytearray(LENGTH_PREFIX_SIZE)
     body += _ACK_TYPE_AND_FLAGS
     body += encode_varint(stream_id)
@@ -299,7 +307,8 @@ def _scope(reader: Reader) -> VarScope:
 
 def decode_actions(payload: memoryview) -> tuple[Action, ...]:
     """LIST-OF-ACTIONS as HAProxy would read it; for test peers. Stricter than HAProxy,
-    which stops silently at the first malformed action (spop.md §4.2): here it is an error."""
+    which stops silently at the first malformed action (docs/protocol.md "NOTIFY and ACK"): here it
+    is an error."""
     reader = Reader(payload)
     actions: list[Action] = []
     while not reader.at_end():

@@ -1,9 +1,8 @@
 """SPOP handshake and goodbye frames: HELLO and DISCONNECT in both directions (KV lists).
 
-It reads and writes the keys of spop.md §3.1, §3.2 and §5.1 and checks their types (a known
-key with the wrong type is an invalid frame). It does not negotiate: which version, size or
-capability is acceptable, and which status to answer, is ``connection``'s job.
-"""
+It reads and writes the keys of docs/protocol.md "HELLO keys", "Disconnect" and checks their types
+(a known key with the wrong type is an invalid frame). It does not negotiate: which version, size or
+capability is acceptable, and which status to answer, is ``connection``'s job."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from coraza_spoa_py.spop.events import DataType, TypedValue
 from coraza_spoa_py.spop.frames import FrameType, encode_frame
 from coraza_spoa_py.spop.wire import Reader, encode_kv_list, invalid_frame
 
-# KV keys of HELLO and DISCONNECT frames (spop.md §3.1, §3.2, §5.1)
+# KV keys of HELLO and DISCONNECT frames (docs/protocol.md "HELLO keys", "Disconnect")
 KEY_SUPPORTED_VERSIONS = "supported-versions"
 KEY_VERSION = "version"
 KEY_MAX_FRAME_SIZE = "max-frame-size"
@@ -28,14 +27,16 @@ KEY_MESSAGE = "message"
 CAPABILITY_PIPELINING = "pipelining"
 SPOP_VERSION = "2.0"
 
-# spop.md §5.1: HAProxy <= 3.0 rejects an agent DISCONNECT message longer than 255 bytes
+# docs/protocol.md "Disconnect": HAProxy <= 3.0 rejects an agent DISCONNECT message longer than 255
+# bytes
 MAX_DISCONNECT_MESSAGE = 255
 _INTEGER_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
 
 
 @dataclass(frozen=True, slots=True)
 class HaproxyHelloFrame:
-    """What a HAPROXY-HELLO carried; None means the key was absent (spop.md §3.1)."""
+    """What a HAPROXY-HELLO carried; None means the key was absent (docs/protocol.md "HELLO
+    keys")."""
 
     supported_versions: str | None
     max_frame_size: int | None
@@ -46,7 +47,8 @@ class HaproxyHelloFrame:
 
 @dataclass(frozen=True, slots=True)
 class AgentHelloFrame:
-    """What an AGENT-HELLO carried; None means the key was absent (spop.md §3.2)."""
+    """What an AGENT-HELLO carried; None means the key was absent (docs/protocol.md "HELLO
+    keys")."""
 
     version: str | None
     max_frame_size: int | None
@@ -60,12 +62,13 @@ class DisconnectFrame:
 
 
 def split_capabilities(value: bytes) -> tuple[str, ...]:
-    """A comma list; spaces around tokens are ignored (spop.md §3.2)."""
+    """A comma list; spaces around tokens are ignored (docs/protocol.md "HELLO keys")."""
     return tuple(t for t in (p.strip() for p in value.decode("latin-1").split(",")) if t)
 
 
 def _kv(payload: memoryview) -> dict[str, TypedValue]:
-    # duplicate keys are tolerated, the last one wins; unknown keys are skipped (spop.md §3.1)
+    # duplicate keys are tolerated, the last one wins; unknown keys are skipped (docs/protocol.md
+    # "HELLO keys")
     return dict(Reader(payload).kv_list())
 
 
@@ -116,7 +119,8 @@ def decode_agent_hello(payload: memoryview) -> AgentHelloFrame:
 
 
 def decode_disconnect(payload: memoryview) -> DisconnectFrame:
-    """Either DISCONNECT (spop.md §5.1). A missing status reads as 99, a missing message as
+    """Either DISCONNECT (docs/protocol.md "Disconnect"). A missing status reads as 99, a missing
+    message as
     empty: the peer is leaving anyway and we only report what it said."""
     items = _kv(payload)
     status = _integer(items, KEY_STATUS_CODE)
@@ -133,9 +137,10 @@ def _kv_frame(frame_type: FrameType, items: Iterable[tuple[str, TypedValue]]) ->
 
 @lru_cache(maxsize=64)
 def encode_agent_hello(max_frame_size: int, pipelining: bool) -> bytes:
-    """AGENT-HELLO (spop.md §3.2). ``capabilities`` is always present, even empty: the 3.1+
+    """AGENT-HELLO (docs/protocol.md "HELLO keys"). ``capabilities`` is always present, even empty:
+    the 3.1+
     health check requires it. Never ``async`` or ``fragmentation``. Cached: the bytes only
-    depend on the two arguments (spop.md §11.3)."""
+    depend on the two arguments (docs/protocol.md "Agent design")."""
     return _kv_frame(
         FrameType.AGENT_HELLO,
         [
@@ -157,7 +162,7 @@ def encode_haproxy_hello(
     engine_id: str | None = None,
     healthcheck: bool = False,
 ) -> bytes:
-    """HAPROXY-HELLO with HAProxy's key order (spop.md §3.1); for test peers."""
+    """HAPROXY-HELLO with HAProxy's key order (docs/protocol.md "HELLO keys"); for test peers."""
     items = [
         (KEY_SUPPORTED_VERSIONS, TypedValue(DataType.STRING, supported_versions.encode())),
         (KEY_MAX_FRAME_SIZE, TypedValue(DataType.UINT32, max_frame_size)),
@@ -182,7 +187,7 @@ def _disconnect(frame_type: FrameType, status: int, message: str | bytes) -> byt
 
 
 def encode_agent_disconnect(status: int, message: str | bytes) -> bytes:
-    """AGENT-DISCONNECT; the message is cut to 255 bytes (spop.md §5.1)."""
+    """AGENT-DISCONNECT; the message is cut to 255 bytes (docs/protocol.md "Disconnect")."""
     return _disconnect(FrameType.AGENT_DISCONNECT, status, message)
 
 

@@ -1,11 +1,12 @@
 """SPOP primitive encodings: the "peers" varint, typed data, untyped strings and KV lists.
 
 Everything here is a pure function of bytes, plus ``Reader``, a cursor over a ``memoryview``
-whose every read checks the bytes left (Python slicing would silently truncate, style.md
-rule 4). It knows nothing about frames or connection state; ``frames`` builds on it.
+whose every read checks the bytes left (Python slicing would silently truncate, docs/development.md
+"Bounded input"). It knows nothing about frames or connection state; ``frames`` builds on it.
 
 Decoding errors raise ``SpopError(StatusCode.INVALID)``: a malformed field means an invalid
-frame (spop.md §5.3). Encoding a value that cannot be represented raises ``TypeError`` or
+frame (docs/protocol.md "Disconnect"). Encoding a value that cannot be represented raises
+``TypeError`` or
 ``ValueError``: that is a bug in the caller, not a protocol event.
 """
 
@@ -17,14 +18,15 @@ from ipaddress import IPv4Address, IPv6Address
 from coraza_spoa_py.spop.errors import SpopError, StatusCode
 from coraza_spoa_py.spop.events import DataType, TypedValue, Value
 
-# spop.md §2.1: a 64-bit value needs at most 10 bytes; HAProxy's decoder has no cap, ours does
-# so that crafted input cannot make it loop (spop.md §10 pitfall 24).
+# docs/protocol.md "Varints": a 64-bit value needs at most 10 bytes; HAProxy's decoder has no cap,
+# ours does so that crafted input cannot make it loop (docs/protocol.md "Bounded varints").
 MAX_VARINT_BYTES = 10
 UINT64_LIMIT = 1 << 64
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 
-# spop.md §2.2: BOOL carries its value in the flag nibble; HAProxy tests (byte & 0xF0) == 0x10
+# docs/protocol.md "Typed data": BOOL carries its value in the flag nibble; HAProxy tests (byte &
+# 0xF0) == 0x10
 BOOL_TRUE_BYTE = 0x11
 BOOL_FALSE_BYTE = 0x01
 TYPE_MASK = 0x0F
@@ -48,11 +50,13 @@ _FALSE_BYTES = bytes((BOOL_FALSE_BYTE,))
 
 
 def invalid_frame(detail: str) -> SpopError:
-    """The error for any malformed field: an invalid frame, status 4 (spop.md §5.3)."""
+    """The error for any malformed field: an invalid frame, status 4 (docs/protocol.md
+    "Disconnect")."""
     return SpopError(StatusCode.INVALID, f"invalid frame received: {detail}")
 
 
-# ---- varint (spop.md §2.1) -------------------------------------------------------------------
+# ---- varint (docs/protocol.md "Varints")
+# -------------------------------------------------------------------
 
 
 def encode_varint(value: int) -> bytes:
@@ -82,7 +86,7 @@ def decode_varint(data: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
 
 
 def to_signed64(value: int) -> int:
-    """Reinterpret a decoded uint64 as HAProxy does for INT32/INT64 (spop.md §2.1)."""
+    """Reinterpret a decoded uint64 as HAProxy does for INT32/INT64 (docs/protocol.md "Varints")."""
     return value - UINT64_LIMIT if value > INT64_MAX else value
 
 
@@ -130,7 +134,7 @@ class Reader:
         if first < 240:
             self.pos = pos
             return first
-        # spop.md §2.1: the whole byte, marker bits included, is added (not LEB128)
+        # docs/protocol.md "Varints": the whole byte, marker bits included, is added (not LEB128)
         value = first
         shift = 4
         stop = min(end, pos + MAX_VARINT_BYTES - 1)
@@ -149,7 +153,8 @@ class Reader:
         raise invalid_frame("truncated varint")
 
     def bytes_field(self) -> bytes:
-        """An untyped string (spop.md §2.3) as bytes: varint length then the bytes."""
+        """An untyped string (docs/protocol.md "Payload shapes") as bytes: varint length then the
+        bytes."""
         size = self.varint()
         return bytes(self.take(size))
 
@@ -159,9 +164,10 @@ class Reader:
         return str(self.take(size), "latin-1")
 
     def typed(self) -> tuple[DataType, Value]:
-        """One TYPED-DATA (spop.md §2.2). Type ids 10-15 cannot be skipped (their length is
-        unknown), so they are an invalid frame (spop.md §10 pitfall 23); so is a flag bit on
-        anything but BOOL, which HAProxy never sends and which we could not re-encode."""
+        """One TYPED-DATA (docs/protocol.md "Typed data"). Type ids 10-15 cannot be skipped (their
+        length is
+        unknown), so they are an invalid frame (docs/protocol.md "Unknown type ids"); so is a flag
+        bit on anything but BOOL, which HAProxy never sends and which we could not re-encode."""
         type_byte = self.byte()
         data_type = _TYPE_BY_BYTE[type_byte]
         if data_type is None:
@@ -182,7 +188,8 @@ class Reader:
         return data_type, None
 
     def kv_list(self) -> list[tuple[str, TypedValue]]:
-        """KV-LIST (spop.md §2.3): name/typed-value pairs up to the end of the reader."""
+        """KV-LIST (docs/protocol.md "Payload shapes"): name/typed-value pairs up to the end of the
+        reader."""
         items: list[tuple[str, TypedValue]] = []
         while self.pos < self.end:
             key = self.name()
@@ -208,7 +215,7 @@ def decode_kv_list(data: bytes | memoryview) -> list[tuple[str, TypedValue]]:
 
 
 def encode_bytes_field(data: bytes) -> bytes:
-    """An untyped string: varint length + bytes (spop.md §2.3)."""
+    """An untyped string: varint length + bytes (docs/protocol.md "Payload shapes")."""
     return encode_varint(len(data)) + data
 
 
@@ -244,7 +251,7 @@ def encode_typed(data_type: DataType, value: object) -> bytes:
     if data_type == DataType.BOOL:
         if not isinstance(value, bool):
             raise TypeError(f"BOOL needs a bool, not {type(value).__name__}")
-        # spop.md §2.2: exactly 0x11 / 0x01
+        # docs/protocol.md "Typed data": exactly 0x11 / 0x01
         return _TRUE_BYTES if value else _FALSE_BYTES
     if data_type == DataType.IPV4:
         if not isinstance(value, IPv4Address):
@@ -263,7 +270,7 @@ def encode_typed(data_type: DataType, value: object) -> bytes:
 
 def infer_type(value: object) -> DataType:
     """The SPOP type for a Python value (events.SetVar). ``bool`` is checked before ``int``
-    because bool is an int subclass (spop.md §10 pitfall 15)."""
+    because bool is an int subclass (docs/protocol.md "Booleans before integers")."""
     if isinstance(value, bool):
         return DataType.BOOL
     if isinstance(value, int):
@@ -287,7 +294,7 @@ def encode_value(value: object, data_type: DataType | None = None) -> bytes:
 
 
 def encode_kv_list(items: Iterable[tuple[str, TypedValue]]) -> bytes:
-    """KV-LIST: untyped key, typed value, repeated (spop.md §2.3)."""
+    """KV-LIST: untyped key, typed value, repeated (docs/protocol.md "Payload shapes")."""
     out = bytearray()
     for key, typed in items:
         out += encode_name(key)

@@ -1,4 +1,5 @@
-"""A backend that behaves like albedo, the CRS project's test backend (harness.md §3).
+"""A backend that behaves like albedo, the CRS project's test backend (docs/crs.md "Test file
+formats").
 
 - ``POST /reflect`` with a JSON body ``{"status", "headers", "body" | "encodedBody"}`` answers
   with that status, those headers and that body (``encodedBody`` is base64): this is how the

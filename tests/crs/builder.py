@@ -11,7 +11,8 @@ project's results if the request is the same byte for byte):
   appended as ``len(data)`` counted in *characters*. The body is encoded in the charset named
   by the Content-Type. No ``Connection: close`` is added. ``raw_request`` goes through
   ``unicode_escape``; ``encoded_request`` is base64.
-- **go-ftw** (CRS 4 format; harness.md §3): headers sorted by name; with autocomplete on, the
+- **go-ftw** (CRS 4 format; docs/crs.md "Test file formats"): headers sorted by name; with
+autocomplete on, the
   form Content-Type is added when absent and form data is URL-encoded (Go's ``url.Values``
   encoding: keys sorted), multipart ``\\n`` becomes ``\\r\\n``, ``Connection: close`` is added,
   and ``Content-Length`` (bytes) when there is data or the method is POST/PUT/PATCH/DELETE.

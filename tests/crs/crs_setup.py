@@ -1,6 +1,6 @@
 """The WAF setup the CRS regression tests expect, as one ``directives`` text both modes load.
 
-From ``../shared/crs-tests/README.md`` (the CRS 3.3 test environment): DetectionOnly so every
+From the CRS 3.3 test environment (docs/crs.md "The setup the tests expect"): DetectionOnly so every
 stage runs to the end, request and response bodies inspected (text/plain, text/html, text/xml,
 application/json). Paranoia level, the removed 910000 and every tx value come from a setup
 file (``setup-v3.3.4.conf`` beside this module by default, ``--setup FILE`` for another, e.g.
@@ -22,7 +22,8 @@ import yaml
 from coraza_spoa_py.settings import RulePaths
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# CI and every developer have ../shared beside the project (harness.md; crs-tests/README.md)
+# the test files are data read at run time, never copied in: CI and every developer have them
+# in ../shared beside the project (docs/crs.md "The setup the tests expect")
 DEFAULT_TESTS_DIR = PROJECT_ROOT.parent / "shared" / "crs-tests" / "v3.3.4"
 # a checkout elsewhere (a git worktree) names the test tree here, or passes ``--tests``
 TESTS_DIR_ENV = "CRS_TESTS_DIR"

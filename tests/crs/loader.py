@@ -4,7 +4,8 @@
   ``tests[]{test_title, stages[]{stage{input, output}}}``, ``output.log_contains`` /
   ``no_log_contains`` regexes (``id "920100"``), ``status`` (int or list), ``response_contains``,
   ``expect_error``; ``input.raw_request`` / ``encoded_request`` / ``stop_magic``.
-- **go-ftw** (CRS 4.x, ftw-tests-schema v2, harness.md §3): ``tests[]{test_id, stages[]{input,
+- **go-ftw** (CRS 4.x, ftw-tests-schema v2, docs/crs.md "Test file formats"): ``tests[]{test_id,
+stages[]{input,
   output}}``, ``output.log{expect_ids, no_expect_ids, match_regex, no_match_regex}``, ``status``,
   ``expect_error``, ``retry_once``, ``input.autocomplete_headers``, ``encoded_request``.
 

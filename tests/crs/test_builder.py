@@ -1,7 +1,7 @@
 """The request builder reproduces ftw 1.x and go-ftw byte for byte (pure, no sockets).
 
 Each expected request below was derived from the tool's own code path (ftw 1.3.0's
-``ruleset.Input`` + ``http.HttpUA.build_request``; go-ftw per harness.md §3).
+``ruleset.Input`` + ``http.HttpUA.build_request``; go-ftw per docs/crs.md "Test file formats").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The loader reads both test formats into the same ``Stage`` (no engine, no sockets).
 
 The go-ftw (CRS 4) files are not available here: the go-ftw cases are small YAML written in the
-test, shaped like CRS 4's tests/regression/tests files (harness.md §3).
+test, shaped like CRS 4's tests/regression/tests files (docs/crs.md "Test file formats").
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ agent's and albedo's addresses). The test overlay (``overlay.cfg`` beside this f
 ``FRONTEND_OVERLAY`` lines added to the shipped frontend because HAProxy cannot reopen a proxy
 from a second ``-f`` file):
 - ``tune.bufsize 131072``: CRS stages send ~64 KB bodies; HAProxy truncates silently to the
-  buffer (harness.md §2 "bodies");
+  buffer (docs/haproxy.md "Request bodies");
 - the rule ids the agent exported (``export_rule_ids: true`` → ``txn.coraza.rule_ids``, set on
   the request and the response ACK) copied into ``X-Coraza-Rule-Ids`` on every response, and
   ``txn.coraza.error`` into ``X-Coraza-Error``. Each stage is judged by those ids — no log

@@ -1,9 +1,9 @@
 """The reload and shutdown e2e stack: the agent (``python -m coraza_spoa_py -config``), a real
 HAProxy running the SHIPPED etc/haproxy/haproxy.cfg + coraza.cfg (only its fixed ports, the
 agent's check interval and the coraza.cfg path rewritten by ``tests.support.shipped``, so drift
-in the shipped files shows up here, style.md rule 10), and a slow backend (``python -m
-tests.e2e.lifecycle_stack --port N``) whose responses can be delayed (``?delay_ms=N``) and can
-carry ``X-Leak: yes`` (``?leak=1``) for a response-phase rule.
+in the shipped files shows up here, docs/development.md "Shipped files, not copies"), and a slow
+backend (``python -m tests.e2e.lifecycle_stack --port N``) whose responses can be delayed
+(``?delay_ms=N``) and can carry ``X-Leak: yes`` (``?leak=1``) for a response-phase rule.
 
 Rule files are tiny and deterministic: v1 blocks paths with "old-attack" and responses with
 ``X-Leak: yes``; v2 blocks "new-attack" and has no response rule, so a 403 on a leaking response

@@ -74,7 +74,7 @@ def main() -> None:
         idle_timeout_s=args.idle_timeout,
     )
     server.start()
-    # signal handlers only spawn the work (style.md rule 6)
+    # signal handlers only spawn the work (docs/development.md "Monkey-patch first")
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, gevent.spawn, server.stop, args.graceful_timeout)
     server.serve_forever()

@@ -33,7 +33,7 @@ def assert_blocked(response: Response, phase: str = "request") -> None:
     assert response.header("waf-block") == phase
 
 
-# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (harness.md §2)
+# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (docs/protocol.md "What HAProxy sends")
 @pytest.mark.parametrize("version", ["2.6", "3.2"])
 def test_sighup_under_steady_traffic_changes_the_rule_with_no_error(
     tmp_path: Path, version: str

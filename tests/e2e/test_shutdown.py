@@ -19,7 +19,7 @@ FINAL_COUNTS = re.compile(r"transactions opened=(\d+) closed=(\d+) .* open=(\d+)
 CLOSED_AT_SHUTDOWN = re.compile(r"closed (\d+) open transaction\(s\) at shutdown")
 
 
-# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (harness.md §2)
+# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (docs/protocol.md "What HAProxy sends")
 @pytest.mark.parametrize("version", ["2.6", "3.2"])
 def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
     tmp_path: Path, version: str

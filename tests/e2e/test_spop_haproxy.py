@@ -61,8 +61,8 @@ def spop_stack(
 ) -> Iterator[Stack]:
     """The test agent, then HAProxy ``version`` in front of ``backend``; both stopped after.
     ``idle_timeout`` is the SPOE `timeout idle` (≤3.0), ``agent_server_timeout`` the agents
-    backend's `timeout server` (the idle lifetime in 3.1+, spop.md §7.1). ``unix_socket``: the
-    agent listens on a unix socket in ``workdir`` instead of TCP."""
+    backend's `timeout server` (the idle lifetime in 3.1+, docs/protocol.md "HAProxy settings by
+    version"). ``unix_socket``: the agent listens on a unix socket in ``workdir`` instead of TCP."""
     agent_port, frontend_port = free_port(), free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -198,7 +198,7 @@ def test_haproxy_closing_idle_connections_is_routine(
 ) -> None:
     """1. `timeout idle 1s` in the SPOE agent section.
     2. After one request the agent connection idles: HAProxy closes it with
-       HAPROXY-DISCONNECT 2 (spop.md §5.3), which the agent answers.
+       HAPROXY-DISCONNECT 2 (docs/protocol.md "Disconnect"), which the agent answers.
     3. The agent logs that close at debug level only (no WARNING/ERROR line), and the next
        request opens a new connection and passes."""
     with spop_stack(
@@ -275,7 +275,8 @@ def _dropped_logs(haproxy: HAProxy) -> int:
 
 
 def _eventually_status(port: int, path: str, wanted: int, timeout: float = 10.0) -> int:
-    # Right after an agent restart the first request may still fail (harness.md §2).
+    # Right after an agent restart the first request may still fail (docs/protocol.md "What HAProxy
+    # sends").
     deadline = time.monotonic() + timeout
     status = request(port, path).status
     while status != wanted and time.monotonic() < deadline:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 # a plain client: CRS 920350 flags a numeric Host, so talk to "localhost" like coraza-spoa's
-# detect-only e2e case does (compat.md Part 2 §6)
+# detect-only e2e case does (docs/compatibility.md "coraza-spoa's tests")
 CLIENT_HEADERS = {"host": "localhost", "user-agent": "e2e-test/1.0", "accept": "*/*"}
 
 

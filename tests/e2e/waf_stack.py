@@ -1,7 +1,7 @@
 """The product end to end: ``python -m coraza_spoa_py`` on a config derived from
 ``config.example.yml``, and real HAProxy on the SHIPPED ``etc/haproxy/haproxy.cfg`` +
 ``coraza.cfg`` with only their addresses substituted (``tests.support.shipped``; never inline
-copies, style.md rule 10).
+copies, docs/development.md "Shipped files, not copies").
 
 Test-only additions are ADDED, never copied: extra SecRules appended to the example app's
 ``directives``, extra applications appended to its list, extra HAProxy frontends in an overlay

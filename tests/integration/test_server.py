@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 def test_handshake_negotiates_version_frame_size_and_pipelining() -> None:
     """1. HELLO offering 16380 and pipelining to a server capped at 8192.
     2. AGENT-HELLO: version 2.0, max-frame-size = min(offer, cap) = 8192, pipelining.
-    3. A HELLO without pipelining gets capabilities "" (spop.md §3.2)."""
+    3. A HELLO without pipelining gets capabilities "" (docs/protocol.md "HELLO keys")."""
     with running_server(max_frame_size=8192) as server:
         with connect(server, hello=False) as client:
             hello = client.hello()
@@ -70,7 +70,8 @@ def test_notify_is_acked_with_the_handler_actions_and_the_same_ids() -> None:
 
 def test_empty_notify_and_empty_actions_still_get_a_non_empty_ack() -> None:
     """An empty NOTIFY payload (3.1.0–3.3-dev6) and a handler returning [] are ACKed with the
-    codec's harmless UNSET-VAR, never an empty ACK (spop.md §4.2, §10 pitfalls 6-7)."""
+    codec's harmless UNSET-VAR, never an empty ACK (docs/protocol.md "Every NOTIFY gets a non-empty
+    ACK")."""
     with running_server(lambda messages, received_at: []) as server, connect(server) as client:
         client.notify(1, 1, [])
         assert client.read_ack() == (1, 1, (frames.NOOP_ACTION,))
@@ -125,7 +126,8 @@ def test_an_ack_the_codec_refuses_becomes_error_1003(bad_action, log_records) ->
 def test_pipelined_notifies_run_concurrently_and_are_acked_in_completion_order() -> None:
     """1. Three NOTIFYs in ONE write (sid 1, 3, 5): all three handlers start (concurrency).
     2. The test finishes them in the order 5, 1, 3.
-    3. ACKs arrive in that completion order, each with its own ids (spop.md §6)."""
+    3. ACKs arrive in that completion order, each with its own ids (docs/protocol.md "Stream and
+    frame ids by version")."""
     handler = GatedHandler()
     with running_server(handler) as server, connect(server) as client:
         client.send(
@@ -235,7 +237,8 @@ def test_max_connections_closes_the_longest_idle_to_serve_a_new_one() -> None:
 
 
 def test_health_check_hello_gets_agent_hello_then_close() -> None:
-    """`option spop-check` (spop.md §3.4, vector V3): AGENT-HELLO with capabilities, then the
+    """`option spop-check` (docs/protocol.md "Health checks", vector V3): AGENT-HELLO with
+    capabilities, then the
     agent closes the connection."""
     with running_server() as server, connect(server, hello=False) as client:
         client.send(handshake.encode_haproxy_hello(capabilities="", healthcheck=True))
@@ -262,7 +265,8 @@ def test_haproxy_disconnect_is_answered_and_inflight_acks_are_dropped(log_record
 
 
 def test_peer_reset_is_a_quiet_close(log_records) -> None:
-    """HAProxy 3.1+ drops idle connections with RST (spop.md §5.3): the server closes its side
+    """HAProxy 3.1+ drops idle connections with RST (docs/protocol.md "Disconnect"): the server
+    closes its side
     and logs nothing at warning or above; other connections are unaffected."""
     with running_server() as server:
         victim, other = connect(server), connect(server)

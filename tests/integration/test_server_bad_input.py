@@ -1,4 +1,5 @@
-"""Bad input from a raw-socket client: the right AGENT-DISCONNECT status (spop.md §5.2), only
+"""Bad input from a raw-socket client: the right AGENT-DISCONNECT status (docs/protocol.md "Status
+codes"), only
 that connection closes, and another live connection keeps being served."""
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ BAD_INPUTS = {
         struct.pack(">I", 8) + bytes.fromhex("aa00000001 0000 aa"),
         S.INVALID,
     ),
-    # garbage flags without FIN → fragmentation not supported (spop.md §1)
+    # garbage flags without FIN → fragmentation not supported (docs/protocol.md "Frame layout")
     "garbage-without-fin": (False, struct.pack(">I", 8) + b"\xaa" * 8, S.FRAG_NOT_SUPPORTED),
     "length-below-7": (False, struct.pack(">I", 3) + b"\x01\x00\x00", S.INVALID),
     "notify-before-hello": (
@@ -82,7 +83,8 @@ def test_bad_input_gets_disconnect_with_status_and_only_that_connection_closes(
 ) -> None:
     """1. A live connection (HELLO done) and a bad one.
     2. The bad one sends its bytes (after its own HELLO offering 1024 when after_hello).
-    3. It gets AGENT-DISCONNECT with the status of spop.md §5.2, then EOF; a warning is logged.
+    3. It gets AGENT-DISCONNECT with the status of docs/protocol.md "Status codes", then EOF; a
+    warning is logged.
     4. The live connection still gets its NOTIFY answered."""
     with running_server(max_frame_size=4096) as server, connect(server) as live:
         with connect(server, hello=False) as bad:

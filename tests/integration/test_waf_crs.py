@@ -180,8 +180,8 @@ def test_mysql_error_in_html_response_is_blocked_in_phase_4(crs_on: waf.ModSecEn
 
 
 def test_engine_off_reports_nothing() -> None:
-    """SecRuleEngine Off: no rule runs, ours included, so the metrics are zeros (compat.md
-    Part 2 §3.2)."""
+    """SecRuleEngine Off: no rule runs, ours included, so the metrics are zeros
+    (docs/compatibility.md "Variables we set")."""
     assert request_verdict(load_crs("Off"), **ATTACKS["lfi-query"]) == Verdict()
 
 

@@ -27,7 +27,8 @@ from tests.support.process import ManagedProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_VERSIONS = ("2.6", "2.8", "3.0", "3.2", "3.4")
-# ≤3.0: the applet SPOE; 3.1+: the SPOP mux (spop.md §6). Handy for version-specific asserts.
+# ≤3.0: the applet SPOE; 3.1+: the SPOP mux (docs/protocol.md "Stream and frame ids by version").
+# Handy for version-specific asserts.
 LEGACY_SPOE_VERSIONS = ("2.6", "2.8", "3.0")
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

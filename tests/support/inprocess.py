@@ -1,5 +1,6 @@
 """In-process ``AgentServer`` for integration tests: start one on an ephemeral port and
-talk to it with gevent sockets (a blocking stdlib socket would stall the hub, style.md §3.3)."""
+talk to it with gevent sockets (a blocking stdlib socket would stall the hub, docs/development.md
+"Blocking calls in tests")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The SHIPPED ``etc/haproxy/haproxy.cfg`` + ``coraza.cfg``, rendered for a test (style.md
-rule 10: tests run what users run, never an inline copy).
+"""The SHIPPED ``etc/haproxy/haproxy.cfg`` + ``coraza.cfg``, rendered for a test
+(docs/development.md "Shipped files, not copies"
+ : tests run what users run, never an inline copy).
 
 The shipped files are runnable as is, so they have no ``${NAME}`` placeholders: fixed ports
 (frontend 8080, agent 9000, demo app 8081) and a relative SPOE path. ``render_shipped`` rewrites

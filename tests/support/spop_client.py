@@ -13,7 +13,7 @@ from typing import Any
 from coraza_spoa_py import spop
 from coraza_spoa_py.spop import frames, handshake
 
-# the HAPROXY-HELLO every version sends, minus the engine-id (spop.md §12 V4)
+# the HAPROXY-HELLO every version sends, minus the engine-id (docs/protocol.md "Test vectors" V4)
 DEFAULT_HELLO = handshake.encode_haproxy_hello(max_frame_size=16380, capabilities="pipelining")
 
 

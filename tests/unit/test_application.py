@@ -454,7 +454,8 @@ def test_failing_close_is_logged_and_still_counted(records):
 def test_the_request_job_closes_what_the_response_will_not_need(
     response_check, detect_only, attack, close_when, kept
 ):
-    """compat.md Part 1: a request is kept for its response only with response_check on and
+    """docs/compatibility.md "Errors": a request is kept for its response only with response_check
+    on and
     when it was not blocked, or in detect-only mode. The request's own engine call is told to
     close the rest (one engine job less than a separate close), and the counters agree."""
     engine = FakeEngine(decide_request=lambda r: Verdict(interrupted=b"evil" in (r.query or b"")))

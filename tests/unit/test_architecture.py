@@ -1,4 +1,5 @@
-"""The dependency rules of docs/architecture.md and style.md §3.1, enforced rather than reviewed.
+"""The dependency rules of docs/architecture.md and docs/architecture.md "Modules and the
+contracts", enforced rather than reviewed.
 
 1. Pure modules (layer 0 in docs/architecture.md's table) import, in a fresh interpreter, none
    of gevent, loguru, yaml, jsonschema, cffi or socket (gunicorn's import-order test idea).
@@ -24,8 +25,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "coraza_spoa_py"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
-# what a pure module must not pull in (style.md §3.1 / rule 1); socket is listed so that the
-# codec can never grow I/O, and because gevent must patch it before anyone imports it
+# what a pure module must not pull in (docs/architecture.md "Modules and the contracts"); socket is
+# listed so that the codec can never grow I/O, and because gevent must patch it before anyone
+# imports it
 FORBIDDEN_IN_PURE = ("gevent", "loguru", "yaml", "jsonschema", "cffi", "_cffi_backend", "socket")
 _TABLE_ROW = re.compile(r"^\|\s*(\d)\s+[\w/ ]+\|\s*([^|]+)\|", re.MULTILINE)
 _NAME = re.compile(r"`([\w.]+?)(?:\.py|/)`")
@@ -137,8 +139,9 @@ def _upward_imports(module: str, imported: list[str]) -> list[str]:
 
 
 def test_imports_point_down() -> None:
-    """A module listed in the table imports only modules of its own layer or below (style.md
-    §3.1). Modules the table does not list are not judged here."""
+    """A module listed in the table imports only modules of its own layer or below
+    (docs/architecture.md "Modules and the contracts"). Modules the table does not list are not
+    judged here."""
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
@@ -176,7 +179,8 @@ def test_relative_import_resolution() -> None:
 
 @pytest.mark.parametrize("name", ["application", "agent"])
 def test_domain_modules_load_neither_binding_nor_gevent(name: str) -> None:
-    """style.md §3.1: the engine is injected by cli, so unit tests run without the binding."""
+    """docs/architecture.md "Modules and the contracts": the engine is injected by cli, so unit
+    tests run without the binding."""
     assert _existing(name)
     loaded = _loaded_after_import(
         f"coraza_spoa_py.{name}", ("gevent", "cffi", "_cffi_backend", "coraza_spoa_py.waf")
@@ -185,5 +189,6 @@ def test_domain_modules_load_neither_binding_nor_gevent(name: str) -> None:
 
 
 def test_package_root_imports_nothing_to_patch() -> None:
-    """cli must monkey-patch before socket/ssl/threading are imported (style.md rule 6)."""
+    """cli must monkey-patch before socket/ssl/threading are imported (docs/development.md
+    "Monkey-patch first")."""
     assert _loaded_after_import("coraza_spoa_py", ("gevent", "socket", "ssl", "threading")) == []

@@ -2,7 +2,7 @@
 
 Each ``NAME.yml`` has a ``NAME.json`` beside it: for a valid file the values it must produce,
 for an invalid one every error it must produce (path, line, a part of the message), no more
-and no fewer (gunicorn's tests/requests idea, style.md §2.4).
+and no fewer (gunicorn's tests/requests idea, docs/development.md "Corpus tests").
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from coraza_spoa_py.models import (
 
 
 def varint(n: int) -> bytes:
-    # spop.md §2.1 encoder, written independently of the decoder under test
+    # docs/protocol.md "Varints" encoder, written independently of the decoder under test
     if n < 240:
         return bytes([n])
     out = [(n | 240) & 0xFF]
@@ -33,7 +33,8 @@ def binary_block(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 def test_varint_helper_matches_the_spec_vector():
-    assert varint(0x1234) == bytes.fromhex("f49401")  # spop.md §2.1 / haproxy-go golden vector
+    # docs/protocol.md "Varints" / haproxy-go golden vector
+    assert varint(0x1234) == bytes.fromhex("f49401")
 
 
 def test_text_block_as_haproxy_sends_it():
@@ -69,7 +70,8 @@ def test_text_block_without_headers(block):
 @pytest.mark.parametrize(
     ("block", "why"),
     [
-        (b"host: a\r\n", "truncated"),  # final empty line missing (spop.md §8)
+        # final empty line missing (docs/protocol.md "What HAProxy sends")
+        (b"host: a\r\n", "truncated"),
         (b"host: a", "truncated"),
         (b"host: a\r\nbroken line\r\n\r\n", "no ':'"),
         (b": value\r\n\r\n", "empty name"),

@@ -1,5 +1,6 @@
 """A fake rule engine for unit tests of ``application`` and ``agent`` (the models.WafEngine
-protocol), and helpers to build SPOE messages the way HAProxy sends them (harness.md §2)."""
+protocol), and helpers to build SPOE messages the way HAProxy sends them (docs/protocol.md "What
+HAProxy sends")."""
 
 from __future__ import annotations
 
@@ -158,7 +159,8 @@ def null(name: str) -> Arg:
 
 
 def request_message(*extra: Arg, app: str | None = "sample_app", path: str = "/") -> Message:
-    """A coraza-req as the shipped coraza.cfg sends it (types of harness.md §2)."""
+    """A coraza-req as the shipped coraza.cfg sends it (types of docs/protocol.md "What HAProxy
+    sends")."""
     args = [
         Arg("src-ip", DataType.IPV4, IPv4Address("192.0.2.10")),
         i64("src-port", 40000),

@@ -1,4 +1,5 @@
-"""Shared test helpers for the SPOP codec: the spop.md §12 vectors, a HELLO'd connection, and
+"""Shared test helpers for the SPOP codec: the docs/protocol.md "Test vectors" vectors, a HELLO'd
+connection, and
 h11's three feeding strategies (whole, byte by byte, with trailing bytes)."""
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import pytest
 from coraza_spoa_py import spop
 from coraza_spoa_py.spop import frames, wire
 
-# ---- spop.md §12 hex vectors (wire bytes, length prefix included) ----------------------------
+# ---- docs/protocol.md "Test vectors" hex vectors (wire bytes, length prefix included)
+# ----------------------------
 ENGINE_ID = "3f1c2a5e-8b9d-4e7f-a012-3456789abcde"
 V1_HELLO_31 = bytes.fromhex(
     "0000007b0100000001000012737570706f727465642d76657273696f6e730803322e300e6d61782d6672616d65"

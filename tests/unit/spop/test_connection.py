@@ -89,7 +89,7 @@ def test_hello_v2_answers_pipelining_but_never_async() -> None:
 
 
 def test_hello_without_pipelining_answers_empty_capabilities() -> None:
-    """spop.md §3.2: the capabilities key is always sent, even empty."""
+    """docs/protocol.md "HELLO keys": the capabilities key is always sent, even empty."""
     conn = Connection()
     feed_events(conn, _hello(capabilities=""), "whole")
     assert conn.data_to_send() == helpers.V5_AGENT_HELLO_NO_CAPS
@@ -117,7 +117,8 @@ def test_max_frame_size_is_the_minimum_of_both(offered: int, ours: int, negotiat
 
 @pytest.mark.parametrize("feed", FEEDS)
 def test_healthcheck_hello_answers_then_closes(feed: str) -> None:
-    """spop.md §3.4: 1. V3 arrives. 2. AGENT-HELLO is queued, state CLOSING. 3. Whatever
+    """docs/protocol.md "Health checks": 1. V3 arrives. 2. AGENT-HELLO is queued, state CLOSING. 3.
+    Whatever
     follows is dropped; EOF gives ConnectionClosed and state CLOSED."""
     conn = Connection()
     (event,) = feed_events(conn, helpers.V3_HEALTHCHECK, feed)
@@ -321,7 +322,7 @@ def test_notify_v6(feed: str) -> None:
 @pytest.mark.parametrize("feed", FEEDS)
 def test_several_frames_in_one_chunk(feed: str) -> None:
     """Handshake, two NOTIFYs (3.0 ids: stream-id 300, and stream-id 0, which is valid in
-    NOTIFY, spop.md §10 pitfall 9) and an empty NOTIFY, all in one read."""
+    NOTIFY, docs/protocol.md "Stream-id 0 in a NOTIFY") and an empty NOTIFY, all in one read."""
     data = (
         helpers.V4_HELLO_MIN
         + helpers.V6_NOTIFY_30
@@ -337,7 +338,8 @@ def test_several_frames_in_one_chunk(feed: str) -> None:
 
 @pytest.mark.parametrize("feed", FEEDS)
 def test_haproxy_disconnect_answers_and_closes(feed: str) -> None:
-    """spop.md §5.3: V11 gives HaproxyDisconnect, AGENT-DISCONNECT V10 queued, then CLOSING."""
+    """docs/protocol.md "Disconnect": V11 gives HaproxyDisconnect, AGENT-DISCONNECT V10 queued, then
+    CLOSING."""
     conn = ready_connection()
     events = feed_events(conn, helpers.V11_HAPROXY_DISCONNECT, feed)
     assert events == [HaproxyDisconnect(2, b"a timeout occurred")]
@@ -360,7 +362,8 @@ def test_agent_frame_types_from_haproxy_are_invalid(frame_type: FrameType) -> No
 
 @pytest.mark.parametrize("feed", FEEDS)
 def test_unknown_frame_type_after_hello_is_skipped(feed: str) -> None:
-    """docs/protocol.md: forward compatible (spop.md §4.3); the next frame still parses."""
+    """docs/protocol.md: forward compatible (docs/protocol.md "Unknown frame types"); the next frame
+    still parses."""
     data = (
         frames.encode_frame(4, b"future", 1, 1) + frames.encode_frame(200, b"") + helpers.V6_NOTIFY
     )
@@ -387,7 +390,8 @@ def test_eof_after_frames_still_delivers_them() -> None:
 
 @pytest.mark.parametrize("cut", [1, 4, 10, len(helpers.V6_NOTIFY) - 1])
 def test_eof_mid_frame_is_a_quiet_close(cut: int) -> None:
-    """spop.md §5.3: a RST or EOF mid-frame is no protocol error; the dropped byte count is
+    """docs/protocol.md "Disconnect": a RST or EOF mid-frame is no protocol error; the dropped byte
+    count is
     reported."""
     conn = ready_connection()
     conn.receive_data(helpers.V6_NOTIFY[:cut])

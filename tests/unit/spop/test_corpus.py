@@ -127,7 +127,7 @@ def test_hand_checked_values() -> None:
 
 
 def test_health_check_hello_is_v3_in_every_version() -> None:
-    """spop.md §3.4: the same bytes in every version (3.1+ hard-codes them)."""
+    """docs/protocol.md "Health checks": the same bytes in every version (3.1+ hard-codes them)."""
     checks = [f["hex"] for _, f in CAPTURES if f["name"] == "hello-healthcheck"]
     assert len(checks) == 4
     assert {bytes.fromhex(h) for h in checks} == {helpers.V3_HEALTHCHECK}

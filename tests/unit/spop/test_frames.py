@@ -1,4 +1,5 @@
-"""frames.py: header, NOTIFY and ACK; the spop.md §12 vectors V6-V9 byte-exact, round trips of
+"""frames.py: header, NOTIFY and ACK; the docs/protocol.md "Test vectors" vectors V6-V9 byte-exact,
+round trips of
 both frame kinds, and limits (7-byte frames, 255 args, 63-character names)."""
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ _actions = st.one_of(
 _text = st.text(alphabet=st.characters(max_codepoint=127), max_size=40)
 
 
-# ---- spop.md §12 vectors -------------------------------------------------------------------------
+# ---- docs/protocol.md "Test vectors" vectors
+# -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,8 @@ def test_v9_with_inferred_types_is_the_same_bytes() -> None:
 
 
 def test_v8_empty_ack_decodes_but_we_never_send_it() -> None:
-    """spop.md §4.2: an empty ACK is legal but stalls some 3.1.x builds; ours carries a
+    """docs/protocol.md "NOTIFY and ACK": an empty ACK is legal but stalls some 3.1.x builds; ours
+    carries a
     harmless UNSET-VAR of txn.<prefix>.noop instead."""
     frame = frames.decode_frame(helpers.V8_EMPTY_ACK)
     assert frames.decode_actions(frame.payload) == ()
@@ -132,7 +135,7 @@ def test_v8_empty_ack_decodes_but_we_never_send_it() -> None:
 
 
 def test_minimum_frame_is_seven_bytes() -> None:
-    """N = 7 parses (empty payload); N - 1 is invalid (spop.md §1)."""
+    """N = 7 parses (empty payload); N - 1 is invalid (docs/protocol.md "Frame layout")."""
     frame = frames.parse_frame(bytes.fromhex("03000000010000"))
     assert (frame.type, frame.stream_id, frame.frame_id, bytes(frame.payload)) == (3, 0, 0, b"")
     with pytest.raises(SpopError, match="shorter than 7"):
@@ -174,7 +177,8 @@ def test_flags_and_ids_are_written_as_given() -> None:
 
 
 def test_notify_with_several_messages_and_odd_args() -> None:
-    """Two messages, NB-ARGS 0, an empty arg name and a repeated one (spop.md §2.3, §12)."""
+    """Two messages, NB-ARGS 0, an empty arg name and a repeated one (docs/protocol.md "Payload
+    shapes", "Test vectors")."""
     messages = (
         Message("coraza-req", (Arg("", DataType.NULL, None), Arg("", DataType.INT64, 1))),
         Message("empty", ()),
@@ -185,7 +189,7 @@ def test_notify_with_several_messages_and_odd_args() -> None:
 
 
 def test_empty_notify_payload_has_no_messages() -> None:
-    """spop.md §4.1: some 3.1+ builds send it; it still needs an ACK."""
+    """docs/protocol.md "NOTIFY and ACK": some 3.1+ builds send it; it still needs an ACK."""
     assert frames.decode_messages(memoryview(b"")) == ()
 
 
@@ -255,7 +259,8 @@ HOT_PATH_CASES = {
     "no-arg-bytes": b"\x01m\x01",
     "flagged-string": b"\x01m\x01\x01a\x18\x01x",
     "two-messages": b"\x01m\x01\x01a\x04\x01\x01n\x01\x00\x09\x01z",
-    # varints of two and three bytes (spop.md §2.1 table): lengths and values on the hot path
+    # varints of two and three bytes (docs/protocol.md "Varints" table): lengths and values on the
+    # hot path
     "string-2287": b"\x01m\x01\x01a\x08\xff\x7f" + b"h" * 2287,
     "string-2288": b"\x01m\x01\x01a\x08\xf0\x80\x00" + b"h" * 2288,
     "string-264431-cut": b"\x01m\x01\x01a\x08\xff\xff\x7f" + b"h" * 100,
@@ -309,7 +314,7 @@ def test_notify_hot_path_matches_the_reader_on_valid_payloads(messages: list[Mes
 
 @pytest.mark.parametrize("name", ["", "a-b", "txn.coraza:fail", "x" * 64, "é"])
 def test_ack_refuses_variable_names_haproxy_would_ignore(name: str) -> None:
-    """spop.md §9: only [A-Za-z0-9_.], at most 63 characters."""
+    """docs/protocol.md "Variable names": only [A-Za-z0-9_.], at most 63 characters."""
     with pytest.raises(ValueError, match="variable name"):
         frames.encode_ack(1, 1, [UnsetVar(VarScope.TRANSACTION, name)])
     with pytest.raises(ValueError, match="variable name"):

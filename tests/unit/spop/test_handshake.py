@@ -134,7 +134,7 @@ def test_disconnect_defaults_when_keys_are_missing() -> None:
 
 
 def test_disconnect_message_is_cut_to_255_bytes() -> None:
-    """spop.md §5.1: HAProxy <= 3.0 rejects a longer message."""
+    """docs/protocol.md "Disconnect": HAProxy <= 3.0 rejects a longer message."""
     frame = frames.decode_frame(handshake.encode_agent_disconnect(StatusCode.INVALID, "x" * 300))
     assert handshake.decode_disconnect(frame.payload) == handshake.DisconnectFrame(4, b"x" * 255)
 

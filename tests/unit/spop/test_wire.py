@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from coraza_spoa_py.spop import DataType, SpopError, StatusCode, TypedValue, wire
 from tests.unit.spop import helpers
 
-# spop.md §2.1 worked examples, plus haproxy-go's golden 0x1234 -> F4 94 01 (style.md §3.3)
+# docs/protocol.md "Varints" worked examples, plus haproxy-go's golden 0x1234 -> F4 94 01
+# (docs/development.md "Blocking calls in tests")
 VARINTS = [
     (0, "00"),
     (239, "ef"),
@@ -45,7 +46,7 @@ def test_varint_vectors(value: int, hex_bytes: str) -> None:
 
 
 def test_varint_negative_is_twos_complement() -> None:
-    """spop.md §2.1: -1 as int64 is 2^64-1, 10 bytes; the minimum int64 still fits."""
+    """docs/protocol.md "Varints": -1 as int64 is 2^64-1, 10 bytes; the minimum int64 still fits."""
     assert wire.encode_varint(-1) == bytes.fromhex("fff0fefefefefefefe0e")
     assert wire.encode_varint(-5) == bytes.fromhex("fbf0fefefefefefefe0e")
     value, _ = wire.decode_varint(wire.encode_varint(-(2**63)))
@@ -61,7 +62,7 @@ def test_varint_out_of_range_is_refused(value: int) -> None:
 
 def test_varint_limit_is_ten_bytes() -> None:
     """N = 10 bytes decodes; N + 1 (a tenth byte still carrying the continuation bit) is an
-    invalid frame, even though more bytes follow (spop.md §10 pitfall 24)."""
+    invalid frame, even though more bytes follow (docs/protocol.md "Bounded varints")."""
     ten = bytes.fromhex("fff0fefefefefefefe0e")
     assert wire.decode_varint(ten) == (2**64 - 1, 10)
     eleven = bytes.fromhex("f0" + "80" * 9 + "00")
@@ -119,7 +120,7 @@ TYPED = [
     ("0800", DataType.STRING, b""),
     ("0900", DataType.BINARY, b""),
     ("0902ff00", DataType.BINARY, b"\xff\x00"),
-    # not UTF-8, and stays bytes (spop.md §10 pitfall 4)
+    # not UTF-8, and stays bytes (docs/protocol.md "Strings are bytes")
     ("0802c328", DataType.STRING, b"\xc3\x28"),
 ]
 
@@ -134,7 +135,8 @@ def test_typed_vectors(hex_bytes: str, data_type: DataType, value: object) -> No
 
 
 def test_v12_argument_encodings() -> None:
-    """spop.md §12 V12: req.hdrs_bin as BINARY, req.hdrs as STRING, IPv6, status, NULL."""
+    """docs/protocol.md "Test vectors" V12: req.hdrs_bin as BINARY, req.hdrs as STRING, IPv6,
+    status, NULL."""
     hdrs_bin = wire.decode_typed(helpers.V12_HDRS_BIN)
     assert hdrs_bin.type is DataType.BINARY
     assert hdrs_bin.value == b"\x04host\x0bexample.com\x0auser-agent\x08curl/8.0\x00\x00"
@@ -149,7 +151,7 @@ def test_v12_argument_encodings() -> None:
 
 @pytest.mark.parametrize("type_byte", [0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F])
 def test_reserved_type_ids_are_invalid(type_byte: int) -> None:
-    """spop.md §10 pitfall 23: ids 10-15 cannot be skipped, so the frame is invalid."""
+    """docs/protocol.md "Unknown type ids": ids 10-15 cannot be skipped, so the frame is invalid."""
     with pytest.raises(SpopError) as info:
         wire.decode_typed(bytes((type_byte, 0)))
     assert info.value.status is StatusCode.INVALID
@@ -178,7 +180,8 @@ def test_trailing_bytes_after_typed_data_are_invalid() -> None:
 
 
 def test_string_length_past_the_end_is_invalid_without_truncation() -> None:
-    """A length that runs past the end must not be silently sliced short (style.md rule 4)."""
+    """A length that runs past the end must not be silently sliced short (docs/development.md
+    "Bounded input")."""
     reader = wire.Reader(bytes.fromhex("0805616263"))
     with pytest.raises(SpopError, match="runs past the end"):
         reader.typed()
@@ -199,7 +202,7 @@ def test_reader_bounds() -> None:
 
 
 def test_infer_type_checks_bool_before_int() -> None:
-    """spop.md §10 pitfall 15: True is BOOL 0x11, not INT64 1."""
+    """docs/protocol.md "Booleans before integers": True is BOOL 0x11, not INT64 1."""
     assert wire.encode_value(True) == b"\x11"
     assert wire.encode_value(False) == b"\x01"
     assert wire.encode_value(1) == b"\x04\x01"
