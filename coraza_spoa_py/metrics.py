@@ -1,6 +1,6 @@
 """Prometheus metrics and health for ``-metrics-addr``, through ``prometheus_client``.
 
-What coraza-spoa exports (docs/compatibility.md "Command line"): the histogram
+What coraza-spoa exports (docs/compatibility.md "Metrics"): the histogram
 ``coraza_handle_spoe_duration_seconds`` with the Go client's default buckets, and the process
 collector's ``process_*`` series (prometheus_client's ``ProcessCollector`` gives the same names:
 ``process_cpu_seconds_total``, ``process_open_fds``, ``process_max_fds``,

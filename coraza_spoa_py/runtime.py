@@ -3,7 +3,7 @@
 Wiring (docs/architecture.md "cli wiring"): ``Config`` → logging → one engine per application,
 compiled on the engine thread pool → ``Application`` → ``Agent`` → ``AgentServer``.
 
-Signals (docs/compatibility.md "Signals and reload", docs/development.md "Corpus tests"): handlers
+Signals (docs/compatibility.md "Signals and reload", docs/operations.md "Signals"): handlers
 only spawn a greenlet or set an event. SIGHUP reopens the log files (logrotate) and reloads;
 SIGTERM/SIGINT stop accepting, finish the messages in flight within ``graceful_timeout_s``, run the
 logging phase of every open transaction, log "transactions opened=N closed=N" and exit 0; a second
