@@ -51,6 +51,7 @@ lint: install
 	$(VENV)/bin/ruff format --check coraza_spoa_py tests
 	$(VENV)/bin/ruff check coraza_spoa_py tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fmt: install
 	$(VENV)/bin/ruff format coraza_spoa_py tests

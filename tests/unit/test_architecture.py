@@ -192,3 +192,22 @@ def test_package_root_imports_nothing_to_patch() -> None:
     """cli must monkey-patch before socket/ssl/threading are imported (docs/development.md
     "Monkey-patch first")."""
     assert _loaded_after_import("coraza_spoa_py", ("gevent", "socket", "ssl", "threading")) == []
+
+
+def test_the_import_linter_layers_are_the_docs_table() -> None:
+    """``make lint`` runs import-linter on the layers in pyproject.toml: they must be the
+    table of docs/architecture.md, module for module, so the two checks can never disagree."""
+    import tomllib
+
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (contract,) = [
+        c for c in settings["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
+    ]
+    highest_first = [sorted(n.strip() for n in layer.split(":")) for layer in contract["layers"]]
+    from_docs = [
+        sorted(name for name, layer in LAYERS.items() if layer == number)
+        for number in sorted(set(LAYERS.values()), reverse=True)
+    ]
+    assert highest_first == from_docs
+    (pure,) = [c for c in settings["tool"]["importlinter"]["contracts"] if c["id"] == "pure"]
+    assert sorted(pure["source_modules"]) == [f"coraza_spoa_py.{n}" for n in PURE_MODULES]
