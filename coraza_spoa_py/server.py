@@ -105,6 +105,7 @@ class AgentServer:
         hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S,
         frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
         max_inflight_per_connection: int = 64,
+        listener: socket.socket | None = None,
     ) -> None:
         # the codec checks the cap (256 .. 2^32-1); fail here, not at the first connection
         spop.Connection(max_frame_size=max_frame_size)
@@ -115,6 +116,9 @@ class AgentServer:
         self.hello_timeout_s = hello_timeout_s
         self.frame_timeout_s = frame_timeout_s
         self.max_inflight_per_connection = max_inflight_per_connection
+        # a socket bound by someone else (the master process, docs/architecture.md "Process
+        # model"): served as is, and its unix socket file is its owner's to remove
+        self._inherited_listener = listener
         self.max_connections = max_connections
         self.max_connections_per_source = max_connections_per_source or max_connections
         # Not bounded by the pool: a full pool would stop accepting, and HAProxy's new
@@ -139,7 +143,7 @@ class AgentServer:
     # ---- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        listener = _listen(self.bind)
+        listener = self._inherited_listener or _listen(self.bind)
         self._address = _bound_address(self.bind, listener)
         self._stream_server = StreamServer(
             listener, self._serve_connection, spawn=self._connection_pool
@@ -187,7 +191,7 @@ class AgentServer:
                 len(self._connections),
             )
             self._connection_pool.kill(block=True, timeout=1)
-        if self.bind.kind == "unix":
+        if self.bind.kind == "unix" and self._inherited_listener is None:
             _remove_stale_unix_socket(self.bind.path)
         logger.info("stopped listening on {}", self._address or self.bind)
         self._stopped.set()
@@ -562,6 +566,16 @@ def _engine_failure_actions() -> list[spop.Action]:
 # ---- listeners --------------------------------------------------------------------------------
 
 
+def open_listener(bind: BindAddress) -> socket.socket:
+    """Bind and listen on ``bind`` as ``AgentServer.start`` does (the master process binds
+    once for its workers); a unix socket file left by a dead agent is replaced."""
+    return _listen(bind)
+
+
+def remove_unix_socket(path: str) -> None:
+    _remove_stale_unix_socket(path)
+
+
 def _listen(bind: BindAddress) -> socket.socket:
     if bind.kind == "unix":
         return _listen_unix(bind.path)
@@ -664,4 +678,4 @@ def _peer_name(peer: Any, bind: BindAddress) -> str:
     return f"unix:{bind.path}"
 
 
-__all__ = ["ENGINE_FAILURE_ERROR", "AgentServer", "Handler"]
+__all__ = ["ENGINE_FAILURE_ERROR", "AgentServer", "Handler", "open_listener", "remove_unix_socket"]
