@@ -136,9 +136,7 @@ def _loader(options: Options) -> Callable[[], config.LoadedConfig]:
     return lambda: config.load_with_notices(path)
 
 
-def _run_master(
-    cfg: Config, count: int, options: Options, argv: Sequence[str] | None
-) -> int:
+def _run_master(cfg: Config, count: int, options: Options, argv: Sequence[str] | None) -> int:
     """``workers`` > 1: this process binds and supervises, the workers serve (``master``)."""
     from coraza_spoa_py import master
 

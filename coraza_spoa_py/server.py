@@ -148,6 +148,11 @@ class AgentServer:
         self._stream_server = StreamServer(
             listener, self._serve_connection, spawn=self._connection_pool
         )
+        if self._inherited_listener is not None:
+            # the workers share this socket, and every idle one wakes for a connection:
+            # accepting one per wake-up lets them take turns, where gevent's default (up to
+            # 100 per wake-up) hands a burst of HAProxy's connections to one worker
+            self._stream_server.max_accept = 1
         self._stream_server.start()
         self._idle_watchdog = gevent.spawn(self._enforce_deadlines)
         logger.info("listening on {}", self._address)
