@@ -73,7 +73,7 @@ def test_responses_reach_the_worker_holding_their_transaction(tmp_path: Path) ->
             assert actions_by_name(requester.read_ack()[2]).get("action") is None
             started = time.perf_counter()
             responder.notify(2, n, [message("coraza-res", app="shop", id=tx, version="1.1",
-                                            headers="content-type: text/html\r\n\r\n")])  # fmt: skip
+                                            headers="content-type: text/html\r\n\r\n")])  # noqa: E501  # fmt: skip
             answers.append((path, actions_by_name(responder.read_ack()[2]).get("action")))
             took.append(time.perf_counter() - started)
         for client in clients:
