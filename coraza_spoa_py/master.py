@@ -286,10 +286,11 @@ class Master:
                 start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
                 return [b"ok\n"]
             if path == "/readyz":
+                # 200 says "ready" as one process does; a 503 names each worker's state
                 states = ", ".join(f"worker {w.index} {w.state}" for w in self.workers)
                 if not self.stopping and any(w.state == "ready" for w in self.workers):
                     start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
-                    return [f"ready: {states}\n".encode()]
+                    return [b"ready\n"]
                 start_response("503 Service Unavailable", [("Content-Type", HEALTH_CONTENT_TYPE)])
                 reason = "stopping" if self.stopping else "no worker ready"
                 return [f"not ready: {reason}: {states}\n".encode()]

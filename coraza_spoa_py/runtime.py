@@ -63,6 +63,10 @@ class StartupError(Exception):
 class Runtime:
     """One running agent. ``start()`` builds and binds it, ``run()`` serves until a signal."""
 
+    # one worker of several (master.py); None: the only process
+    worker: WorkerContext | None = None
+    _handoff_server: AgentServer | None = None
+
     def __init__(
         self,
         config_path: str,
@@ -92,8 +96,6 @@ class Runtime:
         self._metrics_server: WSGIServer | None = None
         self._metrics: metrics.Metrics | None = None
         self._load: Callable[[], config.LoadedConfig] | None = None
-        # one worker of several (master.py): its hand-off server and its master's pid
-        self.worker: WorkerContext | None = None
         self._handoff_server: AgentServer | None = None
 
     # ---- startup ----------------------------------------------------------------------------
