@@ -235,7 +235,8 @@ class Master:
         # no new connection may wait in a backlog nobody accepts from any more
         with contextlib.suppress(OSError):
             self.listener.close()
-        self._signal_workers(signal.SIGTERM)
+        # the same signal: each worker logs what the operator sent
+        self._signal_workers(signal.SIGINT if reason == "SIGINT" else signal.SIGTERM)
         self._stop.set()
 
     def _signal_workers(self, signum: int) -> None:

@@ -144,6 +144,10 @@ class AgentServer:
 
     def start(self) -> None:
         listener = self._inherited_listener or _listen(self.bind)
+        if self._inherited_listener is not None:
+            # the master binds without listening: connections are refused, as by a single
+            # process, until the first worker has compiled its rules and serves
+            listener.listen(LISTEN_BACKLOG)
         self._address = _bound_address(self.bind, listener)
         self._stream_server = StreamServer(
             listener, self._serve_connection, spawn=self._connection_pool
@@ -572,22 +576,23 @@ def _engine_failure_actions() -> list[spop.Action]:
 
 
 def open_listener(bind: BindAddress) -> socket.socket:
-    """Bind and listen on ``bind`` as ``AgentServer.start`` does (the master process binds
-    once for its workers); a unix socket file left by a dead agent is replaced."""
-    return _listen(bind)
+    """Bind ``bind`` as ``AgentServer.start`` does, without listening (the master process binds
+    once for its workers, the first worker that serves listens); a unix socket file left by a
+    dead agent is replaced."""
+    return _listen(bind, listen=False)
 
 
 def remove_unix_socket(path: str) -> None:
     _remove_stale_unix_socket(path)
 
 
-def _listen(bind: BindAddress) -> socket.socket:
+def _listen(bind: BindAddress, listen: bool = True) -> socket.socket:
     if bind.kind == "unix":
-        return _listen_unix(bind.path)
-    return _listen_tcp(bind.host, bind.port)
+        return _listen_unix(bind.path, listen)
+    return _listen_tcp(bind.host, bind.port, listen)
 
 
-def _listen_tcp(host: str, port: int) -> socket.socket:
+def _listen_tcp(host: str, port: int, listen: bool = True) -> socket.socket:
     if host in ("", "*"):
         # ":9000" (coraza-spoa's Go form) means every interface: dual-stack when possible.
         candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
@@ -602,7 +607,8 @@ def _listen_tcp(host: str, port: int) -> socket.socket:
             if family == socket.AF_INET6 and address == "::":
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((address, port))
-            sock.listen(LISTEN_BACKLOG)
+            if listen:
+                sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
             sock.close()
             last_error = exc
@@ -611,14 +617,15 @@ def _listen_tcp(host: str, port: int) -> socket.socket:
     raise last_error or OSError(f"cannot listen on {host}:{port}")
 
 
-def _listen_unix(path: str) -> socket.socket:
+def _listen_unix(path: str, listen: bool = True) -> socket.socket:
     if _unix_socket_is_live(path):
         raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
     _remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(LISTEN_BACKLOG)
+        if listen:
+            sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise

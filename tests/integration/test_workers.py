@@ -39,7 +39,13 @@ TRANSACTIONS = 400
 
 def wait_ready(metrics_port: int) -> None:
     deadline = time.monotonic() + 60
-    while request(metrics_port, "/readyz").status != 200:
+    # both workers: the first one ready accepts every connection until the second serves
+    while (
+        metric_sum(
+            request(metrics_port, "/metrics").body.decode(), "coraza_spoa_py_workers", state="ready"
+        )
+        != 2
+    ):
         assert time.monotonic() < deadline, "workers not ready"
         time.sleep(0.1)
 
