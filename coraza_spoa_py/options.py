@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="worker processes sharing the listening address (default: the config's "
-        "`workers`, else one per CPU core; 1 = a single process)",
+        "`workers`, else 1 = a single process)",
     )
     modsec = parser.add_argument_group(
         "spoa-modsecurity flags",
