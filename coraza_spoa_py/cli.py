@@ -34,6 +34,7 @@ from loguru import logger  # noqa: E402
 
 from coraza_spoa_py import __version__, config, logs, modsec_config  # noqa: E402
 from coraza_spoa_py.options import Options, parse_args  # noqa: E402
+from coraza_spoa_py.settings import Config  # noqa: E402
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -136,6 +137,22 @@ def _loader(options: Options) -> Callable[[], config.LoadedConfig]:
     return lambda: config.load_with_notices(path)
 
 
+def _run_master(cfg: Config, count: int, options: Options, argv: Sequence[str] | None) -> int:
+    """``workers`` > 1: this process binds and supervises, the workers serve (``master``)."""
+    from coraza_spoa_py import master
+
+    logger.configure(extra={"worker": "master"})
+    try:
+        logs.configure_logging(cfg)
+    except logs.LoggingSetupError as exc:
+        logger.error("failed starting: cannot set up logging: {}", exc)
+        return EXIT_FAILURE
+    flags = list(sys.argv[1:] if argv is None else argv)
+    code = master.Master(cfg, flags, count, options.metrics_addr).run()
+    logs.shutdown_logging()
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``coraza-spoa-py``: returns the process exit code (2 for usage errors via argparse)."""
     _, options = parse_args(argv)
@@ -146,18 +163,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     _warn_go_only_flags(options)
     if options.validate:
         return validate(options)
+    from coraza_spoa_py import master
     from coraza_spoa_py.runtime import Runtime, StartupError
 
     # SIGHUP's default action ends the process; until the runtime handles it (after the
     # rules compiled), a reload or logrotate signal must not kill a starting agent
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     name = _config_name(options)
+    worker = master.WorkerContext.from_environment()
     try:
+        if worker is None:
+            cfg = _loader(options)().config
+            count = master.worker_count(cfg, options.workers)
+            if count > 1:
+                return _run_master(cfg, count, options, argv)
         runtime = Runtime.start(
             name,
             autoreload=options.autoreload,
             metrics_addr=options.metrics_addr,
             load=_loader(options) if options.modsec is not None else None,
+            worker=worker,
         )
     except config.ConfigError as exc:
         _log_config_error(exc)

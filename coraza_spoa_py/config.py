@@ -360,6 +360,7 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
             crs_setup_file=data.get("crs_setup_file", defaults.rule_paths.crs_setup_file),
         ),
         engine_threads=data.get("engine_threads", defaults.engine_threads),
+        workers=data.get("workers", defaults.workers),
         max_frame_size=data.get("max_frame_size", defaults.max_frame_size),
         max_connections=data.get("max_connections", defaults.max_connections),
         idle_timeout_s=float(data.get("idle_timeout_s", defaults.idle_timeout_s)),

@@ -53,6 +53,8 @@ class Sources:
     # messages answered with an error because their name / their `app` is unknown, by name
     unknown_messages: Callable[[], Mapping[str, int]] = dict
     unknown_applications: Callable[[], Mapping[str, int]] = dict
+    # a worker of several (handoff.Router.counts): coraza-res answered here or by their owner
+    routes: Callable[[], Mapping[str, int]] = dict
 
 
 class Readiness:
@@ -129,6 +131,19 @@ class _AgentCollector(Collector):
         ):
             family = CounterMetricFamily(name, text, labels=(label,))
             for key, count in counts.items():
+                family.add_metric((key,), count)
+            yield family
+        routes = sources.routes()
+        if routes:
+            family = CounterMetricFamily(
+                "coraza_spoa_py_responses_routed",
+                "coraza-res messages of a worker by route: local (its transaction is here, or "
+                "no worker claimed it), handed_off (answered by the worker that holds it), "
+                "fallback (that worker did not answer: inspected here), received (answered "
+                "here for another worker).",
+                labels=("route",),
+            )
+            for key, count in routes.items():
                 family.add_metric((key,), count)
             yield family
 

@@ -33,6 +33,8 @@ class Options:
     version: bool = False
     autoreload: bool = False
     metrics_addr: str = ""
+    # -workers N: worker processes (overrides the config's `workers`); None: the config's
+    workers: int | None = None
     cpuprofile: str = ""
     memprofile: str = ""
     # set when the Gen1 spelling ``-config-file`` was used (a deprecation line is logged)
@@ -170,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="serve Prometheus metrics on ADDR (host:port) at /metrics",
     )
+    parser.add_argument(
+        "-workers",
+        "--workers",
+        dest="workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="worker processes sharing the listening address (default: the config's "
+        "`workers`, else 1 = a single process)",
+    )
     modsec = parser.add_argument_group(
         "spoa-modsecurity flags",
         "the C ModSecurity agent's command line: rules from ModSecurity config files, no YAML "
@@ -206,6 +218,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
         version=namespace.version,
         autoreload=namespace.autoreload,
         metrics_addr=namespace.metrics_addr,
+        workers=namespace.workers,
         cpuprofile=namespace.cpuprofile,
         memprofile=namespace.memprofile,
         legacy_config_flag=legacy,

@@ -14,6 +14,7 @@ Must not parse flags or YAML, nor speak SPOP: it only composes the modules that 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -23,18 +24,20 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.monkey
+from gevent import socket
 from gevent.pywsgi import WSGIServer
 from gevent.threadpool import ThreadPool
 from loguru import logger
 
-from coraza_spoa_py import __version__, config, logs, metrics, reload, waf
+from coraza_spoa_py import __version__, config, handoff, logs, metrics, reload, waf
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.check_request_apps import CheckRequestApps
 from coraza_spoa_py.engine_pool import EnginePool
+from coraza_spoa_py.master import WorkerContext
 from coraza_spoa_py.models import WafEngine
 from coraza_spoa_py.server import AgentServer
-from coraza_spoa_py.settings import AppConfig, Config
+from coraza_spoa_py.settings import AppConfig, BindAddress, Config
 
 EXIT_OK = 0
 EXIT_FORCED = 1
@@ -59,6 +62,10 @@ class StartupError(Exception):
 
 class Runtime:
     """One running agent. ``start()`` builds and binds it, ``run()`` serves until a signal."""
+
+    # one worker of several (master.py); None: the only process
+    worker: WorkerContext | None = None
+    _handoff_server: AgentServer | None = None
 
     def __init__(
         self,
@@ -89,6 +96,7 @@ class Runtime:
         self._metrics_server: WSGIServer | None = None
         self._metrics: metrics.Metrics | None = None
         self._load: Callable[[], config.LoadedConfig] | None = None
+        self._handoff_server: AgentServer | None = None
 
     # ---- startup ----------------------------------------------------------------------------
 
@@ -100,12 +108,20 @@ class Runtime:
         autoreload: bool = False,
         metrics_addr: str = "",
         load: Callable[[], config.LoadedConfig] | None = None,
+        worker: WorkerContext | None = None,
     ) -> Runtime:
         """Load, compile, bind. Raises ``config.ConfigError`` or ``StartupError``.
 
         ``load``: builds the config instead of reading ``config_path`` as YAML (the C
         ModSecurity agent's ``-f`` flags, ``modsec_config``); ``config_path`` is then only how
-        logs name it, and reloads call ``load`` again."""
+        logs name it, and reloads call ``load`` again.
+
+        ``worker``: this process is one of a master's workers (docs/architecture.md "Process
+        model"): it serves the master's listening socket, hands responses to the worker that
+        holds their transaction (``handoff``), serves its metrics on a unix socket for the
+        master to sum, and every log line says ``worker=N``."""
+        if worker is not None:
+            logger.configure(extra={"worker": worker.index})
         loaded = load() if load is not None else config.load_with_notices(config_path)
         cfg = loaded.config
         try:
@@ -128,7 +144,13 @@ class Runtime:
         # the metrics listener comes first: /healthz answers while the rules compile, /readyz
         # says 503 until the SPOP listener is bound (docs/operations.md "Health")
         stats = metrics.Metrics()
-        metrics_server = _start_metrics(metrics_addr, stats) if metrics_addr else None
+        metrics_server = None
+        if metrics_addr:
+            metrics_server = (
+                _start_metrics(metrics_addr, stats)
+                if worker is None
+                else _start_worker_metrics(worker.metrics_socket(), stats)
+            )
         stats.readiness.set_not_ready("loading rules")
         try:
             # compiling goes straight to the pool: seconds of it must not enter the
@@ -148,6 +170,11 @@ class Runtime:
             cfg.default_application,
             check_request_app=_check_request_apps(lambda: runtime.config, pool, scheduler),
         )
+        handler: Callable[..., Any] = agent.handle
+        router: handoff.Router | None = None
+        if worker is not None:
+            router = _router(worker, agent)
+            handler = router.handle
         stats.sources = metrics.Sources(
             transactions=agent.stats,
             connections=lambda: server.connection_count,
@@ -155,19 +182,31 @@ class Runtime:
             engine=_engine_version(),
             unknown_messages=lambda: agent.unknown_messages,
             unknown_applications=lambda: agent.unknown_applications,
+            routes=(lambda: router.counts) if router is not None else dict,
         )
         server = AgentServer(
             cfg.bind,
-            stats.timed(agent.handle),
+            stats.timed(handler),
             max_frame_size=cfg.max_frame_size,
             max_connections=cfg.max_connections,
             idle_timeout_s=cfg.idle_timeout_s,
             max_connections_per_source=cfg.max_connections_per_source,
             hello_timeout_s=cfg.hello_timeout_s,
             frame_timeout_s=cfg.frame_timeout_s,
+            listener=socket.socket(fileno=worker.listen_fd) if worker is not None else None,
         )
+        handoff_server = None
+        if worker is not None and router is not None:
+            handoff_server = AgentServer(
+                BindAddress(kind="unix", path=worker.handoff_socket(worker.index)),
+                router.handle_handed_off,
+                max_frame_size=cfg.max_frame_size,
+                idle_timeout_s=cfg.idle_timeout_s,
+            )
         try:
             server.start()
+            if handoff_server is not None:
+                handoff_server.start()
         except OSError as exc:
             pool.kill()
             scheduler.close()
@@ -178,7 +217,13 @@ class Runtime:
         runtime.scheduler = scheduler
         runtime._metrics_server = metrics_server
         runtime._metrics = stats if metrics_server is not None else None
+        runtime.worker = worker
+        runtime._handoff_server = handoff_server
         stats.readiness.set_ready()
+        if worker is not None:
+            # the master counts this worker as started (master._watch_ready)
+            os.write(worker.ready_fd, b"r")
+            os.close(worker.ready_fd)
         runtime._install_signal_handlers()
         runtime._greenlets.append(gevent.spawn(runtime._sweep_forever))
         if autoreload:
@@ -193,6 +238,11 @@ class Runtime:
         return self.shutdown()
 
     def request_stop(self, reason: str) -> None:
+        if self._stop.is_set() and self.worker is not None:
+            # a worker gets the signal from its master and often from whoever signalled the
+            # whole group (a terminal's Ctrl-C, systemd's control-group kill): the operator's
+            # second signal reaches the master, which kills the workers (master.py)
+            return
         if self._stop.is_set():
             # second SIGTERM/SIGINT: the operator does not want to wait (uvicorn force_exit)
             logger.warning("{} again: exiting at once", reason)
@@ -219,6 +269,10 @@ class Runtime:
         sweeps = 0
         while True:
             gevent.sleep(SWEEP_INTERVAL_S)
+            if self.worker is not None and os.getppid() != self.worker.master_pid:
+                # the master is gone (killed): nobody restarts or stops this worker any more
+                self.request_stop("the master process exited")
+                return
             self.sweep_once()
             # log files are block buffered (logs.py): a line reaches the file within a second
             logs.flush_log_files()
@@ -359,6 +413,9 @@ class Runtime:
         # health listener stays up while the messages drain (/healthz alive, /readyz 503)
         deadline = (self._stop_requested_at or time.monotonic()) + self.config.graceful_timeout_s
         self.server.stop(max(0.0, deadline - time.monotonic()))
+        if self._handoff_server is not None:
+            # after the drain: the other workers hand this one responses until they drained
+            self._handoff_server.stop(max(0.0, deadline - time.monotonic()))
         _stop_metrics(self._metrics_server)
         # logging phase of every transaction still open, current and retired applications;
         # the agent logs the final "transactions opened=N closed=N ..." line
@@ -405,6 +462,32 @@ def _start_metrics(address: str, stats: metrics.Metrics) -> WSGIServer | None:
     host = server.server_host or "0.0.0.0"
     logger.info("metrics on http://{}:{}/metrics", host, server.server_port)
     return server
+
+
+def _start_worker_metrics(path: str, stats: metrics.Metrics) -> WSGIServer | None:
+    # a worker's metrics, for its master to sum (master.Master.render_metrics)
+    try:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener.bind(path)
+        listener.listen(16)
+        server = WSGIServer(listener, metrics.wsgi_app(stats), log=None)
+        server.start()
+    except OSError as exc:
+        logger.error("cannot serve this worker's metrics on {}: {}", path, exc)
+        return None
+    return server
+
+
+def _router(worker: WorkerContext, agent: Agent) -> handoff.Router:
+    table = handoff.OwnerTable(worker.owner_table)
+    peers = {
+        index: handoff.HandoffClient(worker.handoff_socket(index))
+        for index in range(1, worker.count + 1)
+        if index != worker.index
+    }
+    return handoff.Router(agent.handle, table, worker.index, peers.get)
 
 
 def _stop_metrics(server: WSGIServer | None) -> None:

@@ -107,6 +107,7 @@ class AgentServer:
         hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S,
         frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
         max_inflight_per_connection: int = 64,
+        listener: socket.socket | None = None,
     ) -> None:
         # the codec checks the cap (256 .. 2^32-1); fail here, not at the first connection
         spop.Connection(max_frame_size=max_frame_size)
@@ -117,6 +118,9 @@ class AgentServer:
         self.hello_timeout_s = hello_timeout_s
         self.frame_timeout_s = frame_timeout_s
         self.max_inflight_per_connection = max_inflight_per_connection
+        # a socket bound by someone else (the master process, docs/architecture.md "Process
+        # model"): served as is, and its unix socket file is its owner's to remove
+        self._inherited_listener = listener
         self.max_connections = max_connections
         self.max_connections_per_source = max_connections_per_source or max_connections
         # Not bounded by the pool: a full pool would stop accepting, and HAProxy's new
@@ -142,11 +146,20 @@ class AgentServer:
     # ---- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        listener = _listen(self.bind)
+        listener = self._inherited_listener or _listen(self.bind)
+        if self._inherited_listener is not None:
+            # the master binds without listening: connections are refused, as by a single
+            # process, until the first worker has compiled its rules and serves
+            listener.listen(LISTEN_BACKLOG)
         self._address = _bound_address(self.bind, listener)
         self._stream_server = StreamServer(
             listener, self._serve_connection, spawn=self._connection_pool
         )
+        if self._inherited_listener is not None:
+            # the workers share this socket, and every idle one wakes for a connection:
+            # accepting one per wake-up lets them take turns, where gevent's default (up to
+            # 100 per wake-up) hands a burst of HAProxy's connections to one worker
+            self._stream_server.max_accept = 1
         self._stream_server.start()
         self._idle_watchdog = gevent.spawn(self._enforce_deadlines)
         logger.info("listening on {}", self._address)
@@ -190,7 +203,7 @@ class AgentServer:
                 len(self._connections),
             )
             self._connection_pool.kill(block=True, timeout=1)
-        if self.bind.kind == "unix":
+        if self.bind.kind == "unix" and self._inherited_listener is None:
             _remove_stale_unix_socket(self.bind.path)
         logger.info("stopped listening on {}", self._address or self.bind)
         self._stopped.set()
@@ -568,13 +581,24 @@ def _engine_failure_actions() -> list[spop.Action]:
 # ---- listeners --------------------------------------------------------------------------------
 
 
-def _listen(bind: BindAddress) -> socket.socket:
+def open_listener(bind: BindAddress) -> socket.socket:
+    """Bind ``bind`` as ``AgentServer.start`` does, without listening (the master process binds
+    once for its workers, the first worker that serves listens); a unix socket file left by a
+    dead agent is replaced."""
+    return _listen(bind, listen=False)
+
+
+def remove_unix_socket(path: str) -> None:
+    _remove_stale_unix_socket(path)
+
+
+def _listen(bind: BindAddress, listen: bool = True) -> socket.socket:
     if bind.kind == "unix":
-        return _listen_unix(bind.path)
-    return _listen_tcp(bind.host, bind.port)
+        return _listen_unix(bind.path, listen)
+    return _listen_tcp(bind.host, bind.port, listen)
 
 
-def _listen_tcp(host: str, port: int) -> socket.socket:
+def _listen_tcp(host: str, port: int, listen: bool = True) -> socket.socket:
     if host in ("", "*"):
         # ":9000" (coraza-spoa's Go form) means every interface: dual-stack when possible.
         candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
@@ -589,7 +613,8 @@ def _listen_tcp(host: str, port: int) -> socket.socket:
             if family == socket.AF_INET6 and address == "::":
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((address, port))
-            sock.listen(LISTEN_BACKLOG)
+            if listen:
+                sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
             sock.close()
             last_error = exc
@@ -598,14 +623,15 @@ def _listen_tcp(host: str, port: int) -> socket.socket:
     raise last_error or OSError(f"cannot listen on {host}:{port}")
 
 
-def _listen_unix(path: str) -> socket.socket:
+def _listen_unix(path: str, listen: bool = True) -> socket.socket:
     if _unix_socket_is_live(path):
         raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
     _remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(LISTEN_BACKLOG)
+        if listen:
+            sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -670,4 +696,4 @@ def _peer_name(peer: Any, bind: BindAddress) -> str:
     return f"unix:{bind.path}"
 
 
-__all__ = ["ENGINE_FAILURE_ERROR", "AgentServer", "Handler"]
+__all__ = ["ENGINE_FAILURE_ERROR", "AgentServer", "Handler", "open_listener", "remove_unix_socket"]

@@ -1,0 +1,402 @@
+"""The master process of a multi-worker agent (``workers`` > 1): binds, starts, supervises.
+
+docs/architecture.md "Process model". The master binds the listening address once (TCP or a
+unix socket) and starts ``workers`` copies of the agent (``python -m coraza_spoa_py`` with the
+same flags) that inherit the listening socket: the kernel spreads HAProxy's connections over the
+workers' accept calls. Each worker is a whole agent (its own gevent hub, engine threads and rule
+engines); ``WORKER_ENV`` tells it its number, the inherited descriptors and the run directory
+(the ``handoff.OwnerTable`` file, each worker's hand-off and metrics sockets).
+
+Supervision: a worker that exits is started again after a backoff (0.5 s doubling to 30 s,
+reset once a worker stayed up ``STABLE_AFTER_S``); one that fails before its first start is
+complete stops the agent with status 1 (rules that do not compile, as with one process).
+SIGHUP is forwarded (every worker reloads) and reopens the master's own log files; SIGTERM /
+SIGINT close the master's copy of the listener and are forwarded, the workers drain within
+``graceful_timeout_s`` (a worker still running 2 s later is killed) and the master exits 0 when
+every worker did; a second SIGTERM/SIGINT exits at once with status 1.
+
+``-metrics-addr`` is the master's: ``/metrics`` sums the workers' series (each worker serves
+its own on a unix socket in the run directory) and adds the master's, ``/healthz`` answers while
+the master runs, ``/readyz`` is 200 while at least one worker is ready and lists each worker's
+state.
+
+Must not load rules or speak SPOP: the workers do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.os
+import gevent.pool
+import gevent.subprocess
+from gevent import socket
+from gevent.pywsgi import WSGIServer
+from loguru import logger
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from coraza_spoa_py import config, handoff, logs
+from coraza_spoa_py.server import open_listener, remove_unix_socket
+from coraza_spoa_py.settings import Config
+
+WORKER_ENV = "CORAZA_SPOA_PY_WORKER"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+STABLE_AFTER_S = 10.0
+# after graceful_timeout_s, how long a worker gets to finish exiting before SIGKILL
+KILL_MARGIN_S = 2.0
+SCRAPE_TIMEOUT_S = 5.0
+HEALTH_CONTENT_TYPE = "text/plain; charset=utf-8"
+OWNER_TABLE_FILE = "owners"
+# series that are not summed over the workers: the earliest start, the largest limit
+_KEEP_MIN = ("process_start_time_seconds",)
+_KEEP_MAX = ("process_max_fds", "coraza_spoa_py_info", "python_info")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerContext:
+    """What a worker is told by its master (through ``WORKER_ENV``)."""
+
+    index: int  # 1 .. count
+    count: int
+    listen_fd: int
+    ready_fd: int
+    rundir: str
+    master_pid: int
+
+    @property
+    def owner_table(self) -> str:
+        return os.path.join(self.rundir, OWNER_TABLE_FILE)
+
+    def handoff_socket(self, index: int) -> str:
+        return os.path.join(self.rundir, f"handoff-{index}.sock")
+
+    def metrics_socket(self, index: int | None = None) -> str:
+        return os.path.join(self.rundir, f"metrics-{index or self.index}.sock")
+
+    @staticmethod
+    def from_environment() -> WorkerContext | None:
+        text = os.environ.pop(WORKER_ENV, None)
+        return None if not text else WorkerContext(**json.loads(text))
+
+
+def worker_count(cfg: Config, flag: int | None) -> int:
+    return flag if flag is not None else cfg.workers
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any = None
+    state: str = "starting"  # starting, ready, restarting, stopped
+    started_at: float = 0.0
+    ever_ready: bool = False
+    failures: int = 0
+    restarts: int = 0
+
+
+class Master:
+    def __init__(self, cfg: Config, argv: Sequence[str], count: int, metrics_addr: str) -> None:
+        self.config = cfg
+        self.argv = list(argv)
+        self.count = count
+        self.metrics_addr = metrics_addr
+        self.workers = [_Worker(i) for i in range(1, count + 1)]
+        self.rundir = ""
+        self.listener: Any = None
+        self.stopping = False
+        self._stop = gevent.event.Event()
+        self._failed_start = False
+        self._metrics_server: WSGIServer | None = None
+
+    # ---- startup ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.listener = open_listener(self.config.bind)
+        except OSError as exc:
+            logger.error("failed starting: cannot listen on {}: {}", self.config.bind, exc)
+            return EXIT_FAILURE
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.rundir = tempfile.mkdtemp(prefix="coraza-spoa-py-", dir=base)
+        handoff.OwnerTable.create(os.path.join(self.rundir, OWNER_TABLE_FILE))
+        logger.info(
+            "master: listening on {}, starting {} worker process(es)", self.config.bind, self.count
+        )
+        if self.metrics_addr:
+            self._metrics_server = _serve(self.metrics_addr, self._wsgi_app())
+        gevent.signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
+        gevent.signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
+        gevent.signal_handler(signal.SIGHUP, self._on_sighup)
+        for worker in self.workers:
+            gevent.spawn(self._supervise, worker)
+        self._stop.wait()
+        return self._shutdown()
+
+    def _spawn(self, worker: _Worker) -> int:
+        """Start ``worker``'s process; returns the read end of its readiness pipe."""
+        read_fd, write_fd = os.pipe()
+        context = WorkerContext(
+            index=worker.index,
+            count=self.count,
+            listen_fd=self.listener.fileno(),
+            ready_fd=write_fd,
+            rundir=self.rundir,
+            master_pid=os.getpid(),
+        )
+        env = dict(os.environ, **{WORKER_ENV: json.dumps(asdict(context))})
+        worker.process = gevent.subprocess.Popen(
+            [sys.executable, "-m", "coraza_spoa_py", *self.argv],
+            pass_fds=(context.listen_fd, write_fd),
+            env=env,
+        )
+        os.close(write_fd)
+        worker.started_at = time.monotonic()
+        worker.state = "starting"
+        logger.info("master: worker {} started (pid {})", worker.index, worker.process.pid)
+        return read_fd
+
+    def _supervise(self, worker: _Worker) -> None:
+        while not self.stopping:
+            read_fd = self._spawn(worker)
+            gevent.spawn(self._watch_ready, worker, read_fd)
+            code = worker.process.wait()
+            if self.stopping:
+                break
+            worker.state = "restarting"
+            if not worker.ever_ready and not any(w.ever_ready for w in self.workers):
+                # the first start failed (rules, log file): as one process would, stop
+                logger.error("master: worker {} failed to start (exit {})", worker.index, code)
+                self._failed_start = True
+                self._request_stop("a worker failed to start")
+                break
+            if time.monotonic() - worker.started_at >= STABLE_AFTER_S:
+                worker.failures = 0
+            worker.failures += 1
+            worker.restarts += 1
+            delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (worker.failures - 1))
+            logger.error(
+                "master: worker {} (pid {}) exited with {}; restarting in {:.1f}s",
+                worker.index,
+                worker.process.pid,
+                _exit_text(code),
+                delay,
+            )
+            self._stop.wait(delay)
+        worker.state = "stopped"
+
+    def _watch_ready(self, worker: _Worker, read_fd: int) -> None:
+        try:
+            gevent.os.make_nonblocking(read_fd)
+            if gevent.os.nb_read(read_fd, 1) == b"r":
+                worker.state = "ready"
+                worker.ever_ready = True
+                logger.debug("master: worker {} is ready", worker.index)
+        except OSError:
+            pass
+        finally:
+            os.close(read_fd)
+
+    # ---- signals ----------------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        if self.stopping:
+            return
+        logs.reopen_log_files()
+        logger.info("master: SIGHUP: reloading every worker")
+        self._signal_workers(signal.SIGHUP)
+
+    def _request_stop(self, reason: str) -> None:
+        if self.stopping:
+            logger.warning("{} again: exiting at once", reason)
+            self._signal_workers(signal.SIGKILL)
+            logs.shutdown_logging()
+            os._exit(EXIT_FAILURE)
+        logger.info("master: received {}, stopping the workers", reason)
+        self.stopping = True
+        self._stop_requested_at = time.monotonic()
+        # no new connection may wait in a backlog nobody accepts from any more
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        # the same signal: each worker logs what the operator sent
+        self._signal_workers(signal.SIGINT if reason == "SIGINT" else signal.SIGTERM)
+        self._stop.set()
+
+    def _signal_workers(self, signum: int) -> None:
+        for worker in self.workers:
+            process = worker.process
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(OSError):
+                    process.send_signal(signum)
+
+    # ---- shutdown ---------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        deadline = self._stop_requested_at + self.config.graceful_timeout_s + KILL_MARGIN_S
+        codes = []
+        for worker in self.workers:
+            process = worker.process
+            if process is None:
+                continue
+            try:
+                code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except gevent.subprocess.TimeoutExpired:
+                logger.warning("master: worker {} still running: killed", worker.index)
+                process.kill()
+                code = process.wait()
+            codes.append(code)
+            worker.state = "stopped"
+        if self._metrics_server is not None:
+            self._metrics_server.stop(timeout=1)
+        if self.config.bind.kind == "unix":
+            remove_unix_socket(self.config.bind.path)
+        shutil.rmtree(self.rundir, ignore_errors=True)
+        if self._failed_start:
+            return EXIT_FAILURE
+        clean = all(code == 0 for code in codes)
+        logger.info("master: stopped ({} worker(s) {})", len(codes), "clean" if clean else codes)
+        return EXIT_OK if clean else EXIT_FAILURE
+
+    # ---- metrics and health -----------------------------------------------------------------
+
+    def _wsgi_app(self) -> Callable[..., Any]:
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            path = environ.get("PATH_INFO")
+            if path == "/metrics":
+                body = self.render_metrics()
+                start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4")])
+                return [body]
+            if path == "/healthz":
+                start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
+                return [b"ok\n"]
+            if path == "/readyz":
+                # 200 says "ready" as one process does; a 503 names each worker's state
+                states = ", ".join(f"worker {w.index} {w.state}" for w in self.workers)
+                if not self.stopping and any(w.state == "ready" for w in self.workers):
+                    start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
+                    return [b"ready\n"]
+                start_response("503 Service Unavailable", [("Content-Type", HEALTH_CONTENT_TYPE)])
+                reason = "stopping" if self.stopping else "no worker ready"
+                return [f"not ready: {reason}: {states}\n".encode()]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found; metrics are at /metrics, health at /healthz and /readyz\n"]
+
+        return app
+
+    def render_metrics(self) -> bytes:
+        ready = [w for w in self.workers if w.state == "ready"]
+        texts = [t for t in gevent.pool.Group().map(self._scrape, ready) if t is not None]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Summed(texts, self))
+        return generate_latest(registry)
+
+    def _scrape(self, worker: _Worker) -> str | None:
+        path = os.path.join(self.rundir, f"metrics-{worker.index}.sock")
+        try:
+            return _http_get_unix(path, "/metrics")
+        except (OSError, gevent.Timeout, ValueError) as exc:
+            logger.debug("master: worker {} metrics unavailable: {}", worker.index, exc)
+            return None
+
+
+class _Summed(Collector):
+    """The workers' series summed by name and labels, plus the master's own."""
+
+    def __init__(self, texts: list[str], master: Master) -> None:
+        self._texts = texts
+        self._master = master
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for text in self._texts:
+            for family in text_string_to_metric_families(text):
+                if family.name not in families:
+                    families[family.name] = Metric(family.name, family.documentation, family.type)
+                    values[family.name] = {}
+                samples = values[family.name]
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if key not in samples:
+                        samples[key] = sample.value
+                    elif family.name in _KEEP_MIN:
+                        samples[key] = min(samples[key], sample.value)
+                    elif family.name in _KEEP_MAX:
+                        samples[key] = max(samples[key], sample.value)
+                    else:
+                        samples[key] += sample.value
+        for name, family in families.items():
+            for (sample_name, labels), value in values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family
+        workers = GaugeMetricFamily(
+            "coraza_spoa_py_workers", "Worker processes by state.", labels=("state",)
+        )
+        for state in ("ready", "starting", "restarting"):
+            count = sum(1 for w in self._master.workers if w.state == state)
+            workers.add_metric((state,), count)
+        yield workers
+        yield CounterMetricFamily(
+            "coraza_spoa_py_worker_restarts",
+            "Worker processes started again after they exited.",
+            value=sum(w.restarts for w in self._master.workers),
+        )
+
+
+def _http_get_unix(path: str, target: str) -> str:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(SCRAPE_TIMEOUT_S)
+        sock.connect(path)
+        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: worker\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
+        raise ValueError(f"unexpected answer {head[:40]!r}")
+    return body.decode()
+
+
+def _serve(address: str, app: Callable[..., Any]) -> WSGIServer | None:
+    try:
+        bind = config.parse_bind(address)
+        if bind.kind != "tcp":
+            raise ValueError("use host:port")
+        server = WSGIServer((bind.host, bind.port), app, log=None)
+        server.start()
+    except (OSError, ValueError) as exc:
+        logger.error("-metrics-addr {}: cannot serve metrics: {}", address, exc)
+        return None
+    host = server.server_host or "0.0.0.0"
+    logger.info("metrics on http://{}:{}/metrics (every worker)", host, server.server_port)
+    return server
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+__all__ = ["WORKER_ENV", "Master", "WorkerContext", "worker_count"]

@@ -1,0 +1,102 @@
+"""One agent with two worker processes, played by a SPOP client: a response sent on another
+connection than its request reaches the other worker half the time, and is handed to the
+worker holding its transaction (docs/architecture.md "Process model").
+
+The rule that proves it needs the request: a phase-3 rule on ``REQUEST_URI`` (an orphan
+inspection, without the request, cannot match it, docs/operations.md "Several agents"). Every
+``/admin`` response must be denied, whichever worker the response reached.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_several_agents import metric_sum
+from tests.support.agent import cli_agent
+from tests.support.httpclient import request
+from tests.support.ports import free_port, wait_for_port
+from tests.support.spop_client import SpopClient, actions_by_name, message
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """\
+bind: 127.0.0.1:{port}
+log_level: warn
+applications:
+  - name: shop
+    response_check: true
+    directives: |
+      SecRuleEngine On
+      SecRule REQUEST_URI "@beginsWith /admin" "id:100010,phase:3,deny,status:403,chain"
+        SecRule RESPONSE_HEADERS:Content-Type "@contains text/html"
+"""
+CONNECTIONS = 16
+TRANSACTIONS = 400
+
+
+def wait_ready(metrics_port: int) -> None:
+    deadline = time.monotonic() + 60
+    # both workers: the first one ready accepts every connection until the second serves
+    while (
+        metric_sum(
+            request(metrics_port, "/metrics").body.decode(), "coraza_spoa_py_workers", state="ready"
+        )
+        != 2
+    ):
+        assert time.monotonic() < deadline, "workers not ready"
+        time.sleep(0.1)
+
+
+def test_responses_reach_the_worker_holding_their_transaction(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(CONFIG.format(port=port))
+    agent = cli_agent(
+        config,
+        port=port,
+        log_path=tmp_path / "agent.log",
+        extra_args=("-workers", "2", "-metrics-addr", f"127.0.0.1:{metrics_port}"),
+    )
+    with agent:
+        agent.wait_ready(timeout=60)
+        wait_for_port("127.0.0.1", metrics_port, process=agent)
+        wait_ready(metrics_port)
+        clients = [SpopClient.connect(("127.0.0.1", port), green=False) for _ in range(CONNECTIONS)]
+        for client in clients:
+            client.hello()
+        answers = []
+        took: list[float] = []
+        for n in range(TRANSACTIONS):
+            tx = f"tx-{n}"
+            path = "/admin/users" if n % 2 else "/shop"
+            requester, responder = clients[n % CONNECTIONS], clients[(n * 7 + 3) % CONNECTIONS]
+            requester.notify(1, n, [message("coraza-req", app="shop", id=tx, method="GET",
+                                            path=path, version="1.1",
+                                            headers="host: shop\r\n\r\n")])  # fmt: skip
+            assert actions_by_name(requester.read_ack()[2]).get("action") is None
+            started = time.perf_counter()
+            responder.notify(2, n, [message("coraza-res", app="shop", id=tx, version="1.1",
+                                            headers="content-type: text/html\r\n\r\n")])  # noqa: E501  # fmt: skip
+            answers.append((path, actions_by_name(responder.read_ack()[2]).get("action")))
+            took.append(time.perf_counter() - started)
+        for client in clients:
+            client.close()
+        text = request(metrics_port, "/metrics").body.decode()
+    routed = {
+        route: metric_sum(text, "coraza_spoa_py_responses_routed_total", route=route)
+        for route in ("local", "handed_off", "fallback", "received")
+    }
+    # the rule needs the request: a response judged without it would pass
+    assert [a for p, a in answers if p.startswith("/admin")] == [b"deny"] * (TRANSACTIONS // 2)
+    assert [a for p, a in answers if p == "/shop"] == [None] * (TRANSACTIONS // 2)
+    assert routed["handed_off"] > 0 and routed["local"] > 0, routed
+    assert routed["handed_off"] == routed["received"], routed
+    assert routed["local"] + routed["handed_off"] == TRANSACTIONS, routed
+    assert routed["fallback"] == 0, routed
+    assert metric_sum(text, "coraza_spoa_py_orphan_responses_total") == 0
+    (tmp_path / "routes.txt").write_text(
+        f"{routed}; mean response round trip {sum(took) / len(took) * 1e6:.0f} us\n"
+    )
