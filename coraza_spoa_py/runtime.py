@@ -124,21 +124,7 @@ class Runtime:
             logger.configure(extra={"worker": worker.index})
         loaded = load() if load is not None else config.load_with_notices(config_path)
         cfg = loaded.config
-        try:
-            logs.configure_logging(cfg)
-        except logs.LoggingSetupError as exc:
-            raise StartupError("cannot set up logging", [str(exc)]) from exc
-        for notice in loaded.notices:
-            logger.warning(notice)
-        logger.info(
-            "starting coraza-spoa-py {}: config {} ({} application(s), {} engine thread(s))",
-            __version__,
-            config_path,
-            len(cfg.applications),
-            cfg.engine_threads,
-        )
-        if not cfg.applications:
-            logger.warning("no applications defined: every message will be answered with error")
+        _start_logging(loaded, config_path)
         pool = ThreadPool(cfg.engine_threads)
         scheduler = EnginePool(cfg.engine_threads)
         # the metrics listener comes first: /healthz answers while the rules compile, /readyz
@@ -195,18 +181,9 @@ class Runtime:
             frame_timeout_s=cfg.frame_timeout_s,
             listener=socket.socket(fileno=worker.listen_fd) if worker is not None else None,
         )
-        handoff_server = None
-        if worker is not None and router is not None:
-            handoff_server = AgentServer(
-                BindAddress(kind="unix", path=worker.handoff_socket(worker.index)),
-                router.handle_handed_off,
-                max_frame_size=cfg.max_frame_size,
-                idle_timeout_s=cfg.idle_timeout_s,
-            )
+        handoff_server = _handoff_server(cfg, worker, router)
         try:
-            server.start()
-            if handoff_server is not None:
-                handoff_server.start()
+            _listen(server, handoff_server)
         except OSError as exc:
             pool.kill()
             scheduler.close()
@@ -220,15 +197,19 @@ class Runtime:
         runtime.worker = worker
         runtime._handoff_server = handoff_server
         stats.readiness.set_ready()
-        if worker is not None:
-            # the master counts this worker as started (master._watch_ready)
-            os.write(worker.ready_fd, b"r")
-            os.close(worker.ready_fd)
-        runtime._install_signal_handlers()
-        runtime._greenlets.append(gevent.spawn(runtime._sweep_forever))
-        if autoreload:
-            runtime._start_watcher()
+        runtime._serving(autoreload)
         return runtime
+
+    def _serving(self, autoreload: bool) -> None:
+        # bound and ready: tell the master, then the signals, the sweeper and the watcher
+        if self.worker is not None:
+            # the master counts this worker as started (master._watch_ready)
+            os.write(self.worker.ready_fd, b"r")
+            os.close(self.worker.ready_fd)
+        self._install_signal_handlers()
+        self._greenlets.append(gevent.spawn(self._sweep_forever))
+        if autoreload:
+            self._start_watcher()
 
     # ---- serving ----------------------------------------------------------------------------
 
@@ -499,6 +480,47 @@ def _observe(applications: dict[str, Application], stats: metrics.Metrics) -> No
     # per-application and per-rule counters (docs/operations.md "Metrics")
     for application in applications.values():
         application.observer = stats.observe
+
+
+def _start_logging(loaded: config.LoadedConfig, config_path: str) -> None:
+    """Logging as the config says, then the config's notices and the start line."""
+    cfg = loaded.config
+    try:
+        logs.configure_logging(cfg)
+    except logs.LoggingSetupError as exc:
+        raise StartupError("cannot set up logging", [str(exc)]) from exc
+    for notice in loaded.notices:
+        logger.warning(notice)
+    logger.info(
+        "starting coraza-spoa-py {}: config {} ({} application(s), {} engine thread(s))",
+        __version__,
+        config_path,
+        len(cfg.applications),
+        cfg.engine_threads,
+    )
+    if not cfg.applications:
+        logger.warning("no applications defined: every message will be answered with error")
+
+
+def _listen(server: AgentServer, handoff_server: AgentServer | None) -> None:
+    server.start()
+    if handoff_server is not None:
+        handoff_server.start()
+
+
+def _handoff_server(
+    cfg: Config, worker: WorkerContext | None, router: handoff.Router | None
+) -> AgentServer | None:
+    """A worker's unix socket where the other workers hand it the responses it holds the
+    transaction of (docs/architecture.md "Process model"); none for one process."""
+    if worker is None or router is None:
+        return None
+    return AgentServer(
+        BindAddress(kind="unix", path=worker.handoff_socket(worker.index)),
+        router.handle_handed_off,
+        max_frame_size=cfg.max_frame_size,
+        idle_timeout_s=cfg.idle_timeout_s,
+    )
 
 
 def _check_request_apps(
