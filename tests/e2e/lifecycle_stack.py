@@ -13,6 +13,7 @@ after a reload proves the pre-reload transaction (old rules) inspected it.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import threading
 import time
@@ -36,6 +37,12 @@ STATS_SOCKET_LINE = "    stats socket ${STATS_SOCKET} mode 600 level admin"
 AGENT_CHECK_INTERVAL = "500ms"
 
 APP = "sample_app"  # what the shipped haproxy.cfg sets in txn.coraza.app
+
+# the last line of every process that served (agent.Agent.close_all), and how the console log
+# names a worker of several (runtime.Runtime.start: "worker=N")
+FINAL_COUNTS = re.compile(r"transactions opened=(\d+) closed=(\d+) .* open=(\d+)")
+CLOSED_AT_SHUTDOWN = re.compile(r"closed (\d+) open transaction\(s\) at shutdown")
+WORKER_TAG = re.compile(r" worker=(\S+)$")
 
 RULES_V1 = """\
 SecRuleEngine On
@@ -137,9 +144,12 @@ def lifecycle_stack(
     agent_args: tuple[str, ...] = (),
     config_path: Path | None = None,
     rules: str = RULES_V1,
+    workers: int = 1,
 ) -> Iterator[Stack]:
     """Slow backend + agent + HAProxy ``version``; everything stopped on exit, logs dumped on
-    failure. ``config_path`` (default workdir/config.yml) may be a symlink the test swaps."""
+    failure. ``config_path`` (default workdir/config.yml) may be a symlink the test swaps.
+    ``workers``: the agent's ``-workers`` (1, one process, unless the test says otherwise:
+    the default is the core count, which differs between machines)."""
     workdir.mkdir(parents=True, exist_ok=True)
     agent_port, frontend_port, backend_port = free_port(), free_port(), free_port()
     rules_path = workdir / "rules.conf"
@@ -155,7 +165,10 @@ def lifecycle_stack(
         backend = stack.enter_context(SlowBackend(backend_port, workdir / "backend.log"))
         wait_for_port("127.0.0.1", backend_port, process=backend)
         agent = cli_agent(
-            config_path, port=agent_port, log_path=workdir / "agent.log", extra_args=agent_args
+            config_path,
+            port=agent_port,
+            log_path=workdir / "agent.log",
+            extra_args=("-workers", str(workers), *agent_args),
         )
         stack.enter_context(agent)
         agent.wait_ready(timeout=60)
@@ -172,6 +185,25 @@ def lifecycle_stack(
         )
         haproxy.wait_for_server_status("coraza-spoa", "coraza-agent", "UP")
         yield Stack(workdir, agent, haproxy, frontend_port, config_path, rules_path)
+
+
+def per_process(logs: str, pattern: re.Pattern[str]) -> dict[str, tuple[int, ...]]:
+    """The numbers of ``pattern``'s last match in each process's lines: "" for the only
+    process, "1", "2"... for the workers of a master (docs/architecture.md "Process model")."""
+    found: dict[str, tuple[int, ...]] = {}
+    for line in logs.splitlines():
+        match = pattern.search(line)
+        if match:
+            tag = WORKER_TAG.search(line)
+            found[tag.group(1) if tag else ""] = tuple(map(int, match.groups()))
+    return found
+
+
+def final_counts(logs: str) -> tuple[int, int, int]:
+    """Transactions opened, closed and still open, summed over every process that served."""
+    lines = per_process(logs, FINAL_COUNTS).values()
+    opened, closed, still_open = (sum(values) for values in zip(*lines, strict=True))
+    return opened, closed, still_open
 
 
 @dataclass

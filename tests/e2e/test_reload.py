@@ -33,10 +33,13 @@ def assert_blocked(response: Response, phase: str = "request") -> None:
     assert response.header("waf-block") == phase
 
 
-# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (docs/protocol.md "What HAProxy sends")
+# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (docs/protocol.md "What HAProxy sends");
+# 2 workers: the master forwards SIGHUP to each, and the slow response may reach the worker
+# that did not see its request (handed to the one holding the pre-reload transaction)
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("version", ["2.6", "3.2"])
 def test_sighup_under_steady_traffic_changes_the_rule_with_no_error(
-    tmp_path: Path, version: str
+    tmp_path: Path, version: str, workers: int
 ) -> None:
     """1. 10 s of traffic from 4 clients: clean, "old-attack" and "new-attack" paths.
     2. Before the reload, a slow request whose response (2.5 s later) leaks.
@@ -45,7 +48,7 @@ def test_sighup_under_steady_traffic_changes_the_rule_with_no_error(
     the reload and passes after it, "new-attack" the other way round; the slow response is
     still inspected by its pre-reload transaction (403 from the v1 response rule that v2 no
     longer has)."""
-    with lifecycle_stack(tmp_path, version=version) as stack:
+    with lifecycle_stack(tmp_path, version=version, workers=workers) as stack:
         paths = ["/", "/old-attack", "/new-attack", "/shop?item=1"]
         outcomes, joiner = traffic(stack.frontend_port, paths, duration_s=10.0)
         time.sleep(4.0)
@@ -57,7 +60,7 @@ def test_sighup_under_steady_traffic_changes_the_rule_with_no_error(
         stack.rules_path.write_text(RULES_V2)
         reload_started = time.monotonic()
         stack.sighup()
-        stack.wait_for_log(RELOADED)
+        stack.wait_for_log(RELOADED, count=workers)  # every worker reloaded
         reload_done = time.monotonic()
         joiner.join()
         slow_thread.join(30)
@@ -81,7 +84,7 @@ def test_sighup_under_steady_traffic_changes_the_rule_with_no_error(
         assert_blocked(stack.get("/new-attack"))
         assert stack.get("/old-attack").status == 200
         logs = stack.agent_log()
-        assert "reloading configuration" in logs and "(SIGHUP)" in logs
+        assert logs.count("reloading configuration") == workers and "(SIGHUP)" in logs
         assert "error" not in _lines_between(logs, "reloading configuration", RELOADED).lower()
 
 

@@ -11,18 +11,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.lifecycle_stack import RULES_V1, lifecycle_stack, traffic
+from tests.e2e.lifecycle_stack import (
+    CLOSED_AT_SHUTDOWN,
+    FINAL_COUNTS,
+    RULES_V1,
+    final_counts,
+    lifecycle_stack,
+    per_process,
+    traffic,
+)
 
 pytestmark = pytest.mark.e2e
 
-FINAL_COUNTS = re.compile(r"transactions opened=(\d+) closed=(\d+) .* open=(\d+)")
-CLOSED_AT_SHUTDOWN = re.compile(r"closed (\d+) open transaction\(s\) at shutdown")
 
-
-# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (docs/protocol.md "What HAProxy sends")
+# 2.6: the applet SPOE engine; 3.2: the SPOP multiplexer (docs/protocol.md "What HAProxy sends");
+# 2 workers: the master forwards the signal, each worker drains and logs its own counters
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("version", ["2.6", "3.2"])
 def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
-    tmp_path: Path, version: str
+    tmp_path: Path, version: str, workers: int
 ) -> None:
     """1. Traffic from 4 clients: fast clean and blocked requests, and slow ones whose
     response comes 1.5 s later (their transactions stay open, waiting for the response).
@@ -36,7 +43,8 @@ def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
     # shows which transactions were really closed, not just counted
     audit = "SecAuditEngine On\nSecAuditLogParts ABZ\nSecAuditLogType Serial\n"
     audit += f"SecAuditLog {audit_log}\n"
-    with lifecycle_stack(tmp_path, version=version, rules=RULES_V1 + audit) as stack:
+    rules = RULES_V1 + audit
+    with lifecycle_stack(tmp_path, version=version, rules=rules, workers=workers) as stack:
         paths = ["/", "/old-attack", "/page?delay_ms=1500", "/about"]
         outcomes, joiner = traffic(stack.frontend_port, paths, duration_s=6.0)
         time.sleep(3.0)
@@ -58,13 +66,20 @@ def test_sigterm_under_load_drains_logs_every_open_transaction_and_exits_0(
             assert outcome.status == expected[outcome.path], outcome
 
         logs = stack.agent_log()
-        assert "received SIGTERM, shutting down" in logs
-        opened, closed, still_open = map(int, FINAL_COUNTS.findall(logs)[-1])
-        assert opened == closed and still_open == 0, logs[-2000:]
+        assert logs.count("received SIGTERM, shutting down") == workers
+        # each process's last counters: every worker drained and closed what it held
+        assert len(per_process(logs, FINAL_COUNTS)) == workers, logs[-3000:]
+        opened, closed, still_open = final_counts(logs)
+        assert opened == closed and still_open == 0, logs[-3000:]
         assert opened >= len(finished_before)
-        (closed_at_shutdown,) = map(int, CLOSED_AT_SHUTDOWN.findall(logs))
+        closed_at_shutdown = sum(n for (n,) in per_process(logs, CLOSED_AT_SHUTDOWN).values())
         assert closed_at_shutdown >= 1, "slow requests were waiting for their response"
-        assert logs.rstrip().endswith("coraza-spoa-py stopped (SIGTERM)")
+        assert logs.count("coraza-spoa-py stopped (SIGTERM)") == workers
+        last_line = logs.rstrip().splitlines()[-1]
+        if workers > 1:
+            assert f"master: stopped ({workers} worker(s) clean)" in last_line
+        else:
+            assert last_line.endswith("coraza-spoa-py stopped (SIGTERM)")
         # one audit entry (section A header) per transaction opened, pre-signal ones included
         entries = re.findall(r"(?m)^---\w+---A--$", audit_log.read_text())
         assert len(entries) == opened
@@ -79,7 +94,6 @@ def test_sigint_exits_0_and_haproxy_then_fails_closed(tmp_path: Path) -> None:
         assert stack.agent.wait(timeout=15) == 0
         logs = stack.agent_log()
         assert "received SIGINT, shutting down" in logs
-        opened, closed, still_open = map(int, FINAL_COUNTS.findall(logs)[-1])
-        assert (opened, closed, still_open) == (1, 1, 0)
+        assert final_counts(logs) == (1, 1, 0)
         stack.haproxy.wait_for_server_status("coraza-spoa", "coraza-agent", "DOWN")
         assert stack.get("/").status == 500
