@@ -82,6 +82,9 @@ def write_agent_config(
     # default 400 ms, 128 connections of 5 ms POSTs (~500 ms of queue by Little's law) would be
     # shed although HAProxy would still wait for their answer.
     config["processing_budget_ms"] = 1600
+    # one process: /proc CPU and thread figures are read from the agent's pid; the multi-worker
+    # rows (bench/workers.py) set workers themselves and sum the process tree
+    config["workers"] = 1
     config.update(extra or {})
     path = folder / "agent.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

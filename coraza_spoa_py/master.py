@@ -26,6 +26,7 @@ Must not load rules or speak SPOP: the workers do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -52,7 +53,7 @@ from prometheus_client.registry import Collector
 
 from coraza_spoa_py import config, handoff, logs
 from coraza_spoa_py.server import open_listener, remove_unix_socket
-from coraza_spoa_py.settings import Config
+from coraza_spoa_py.settings import BindAddress, Config
 
 WORKER_ENV = "CORAZA_SPOA_PY_WORKER"
 EXIT_OK = 0
@@ -110,6 +111,8 @@ class _Worker:
     ever_ready: bool = False
     failures: int = 0
     restarts: int = 0
+    # a SIGHUP came while the worker was starting: sent once it is ready
+    reload_pending: bool = False
 
 
 class Master:
@@ -137,9 +140,9 @@ class Master:
         base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self.rundir = tempfile.mkdtemp(prefix="coraza-spoa-py-", dir=base)
         handoff.OwnerTable.create(os.path.join(self.rundir, OWNER_TABLE_FILE))
-        logger.info(
-            "master: listening on {}, starting {} worker process(es)", self.config.bind, self.count
-        )
+        # "bound", not "listening": connections are refused until a worker listens and logs
+        # "listening on", as one process does once its rules compiled
+        logger.info("master: bound {}, starting {} worker process(es)", self._bound(), self.count)
         if self.metrics_addr:
             self._metrics_server = _serve(self.metrics_addr, self._wsgi_app())
         gevent.signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
@@ -149,6 +152,13 @@ class Master:
             gevent.spawn(self._supervise, worker)
         self._stop.wait()
         return self._shutdown()
+
+    def _bound(self) -> BindAddress:
+        # with port 0 the port the kernel picked, as one process logs it
+        bind = self.config.bind
+        if bind.kind != "tcp":
+            return bind
+        return dataclasses.replace(bind, port=self.listener.getsockname()[1])
 
     def _spawn(self, worker: _Worker) -> int:
         """Start ``worker``'s process; returns the read end of its readiness pipe."""
@@ -170,6 +180,7 @@ class Master:
         os.close(write_fd)
         worker.started_at = time.monotonic()
         worker.state = "starting"
+        worker.reload_pending = False  # a process starting now reads the config as it is now
         logger.info("master: worker {} started (pid {})", worker.index, worker.process.pid)
         return read_fd
 
@@ -209,6 +220,10 @@ class Master:
                 worker.state = "ready"
                 worker.ever_ready = True
                 logger.debug("master: worker {} is ready", worker.index)
+                if worker.reload_pending and not self.stopping:
+                    worker.reload_pending = False
+                    logger.info("master: worker {} ready: reloading it as well", worker.index)
+                    worker.process.send_signal(signal.SIGHUP)
         except OSError:
             pass
         finally:
@@ -221,7 +236,13 @@ class Master:
             return
         logs.reopen_log_files()
         logger.info("master: SIGHUP: reloading every worker")
-        self._signal_workers(signal.SIGHUP)
+        for worker in self.workers:
+            if worker.state == "ready":
+                self._signal_worker(worker, signal.SIGHUP)
+            else:
+                # a starting worker has no SIGHUP handler yet (it ignores SIGHUP, or dies of
+                # it before its Python runs): it reloads once it reports ready (_watch_ready)
+                worker.reload_pending = True
 
     def _request_stop(self, reason: str) -> None:
         if self.stopping:
@@ -241,10 +262,14 @@ class Master:
 
     def _signal_workers(self, signum: int) -> None:
         for worker in self.workers:
-            process = worker.process
-            if process is not None and process.poll() is None:
-                with contextlib.suppress(OSError):
-                    process.send_signal(signum)
+            self._signal_worker(worker, signum)
+
+    @staticmethod
+    def _signal_worker(worker: _Worker, signum: int) -> None:
+        process = worker.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(OSError):
+                process.send_signal(signum)
 
     # ---- shutdown ---------------------------------------------------------------------------
 
@@ -287,18 +312,28 @@ class Master:
                 start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
                 return [b"ok\n"]
             if path == "/readyz":
-                # 200 says "ready" as one process does; a 503 names each worker's state
-                states = ", ".join(f"worker {w.index} {w.state}" for w in self.workers)
-                if not self.stopping and any(w.state == "ready" for w in self.workers):
+                reason = self.not_ready_reason()
+                if reason is None:
                     start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
                     return [b"ready\n"]
                 start_response("503 Service Unavailable", [("Content-Type", HEALTH_CONTENT_TYPE)])
-                reason = "stopping" if self.stopping else "no worker ready"
-                return [f"not ready: {reason}: {states}\n".encode()]
+                return [f"not ready: {reason}\n".encode()]
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found; metrics are at /metrics, health at /healthz and /readyz\n"]
 
         return app
+
+    def not_ready_reason(self) -> str | None:
+        """None while a worker is ready; else the reason /readyz gives, in one process's words
+        ("loading rules", "stopping") where they apply, each worker's state otherwise."""
+        if self.stopping:
+            return "stopping"
+        if any(w.state == "ready" for w in self.workers):
+            return None
+        if not any(w.ever_ready for w in self.workers):
+            return "loading rules"
+        states = ", ".join(f"worker {w.index} {w.state}" for w in self.workers)
+        return f"no worker ready: {states}"
 
     def render_metrics(self) -> bytes:
         ready = [w for w in self.workers if w.state == "ready"]

@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="worker processes sharing the listening address (default: the config's "
-        "`workers`, else 1 = a single process)",
+        "`workers`, else the number of CPUs; 1 = a single process, no master)",
     )
     modsec = parser.add_argument_group(
         "spoa-modsecurity flags",

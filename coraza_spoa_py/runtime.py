@@ -201,12 +201,13 @@ class Runtime:
         return runtime
 
     def _serving(self, autoreload: bool) -> None:
-        # bound and ready: tell the master, then the signals, the sweeper and the watcher
+        # bound and ready: the signals first (the master forwards SIGHUP to a worker once it
+        # said ready), then tell the master, then the sweeper and the watcher
+        self._install_signal_handlers()
         if self.worker is not None:
             # the master counts this worker as started (master._watch_ready)
             os.write(self.worker.ready_fd, b"r")
             os.close(self.worker.ready_fd)
-        self._install_signal_handlers()
         self._greenlets.append(gevent.spawn(self._sweep_forever))
         if autoreload:
             self._start_watcher()

@@ -84,9 +84,9 @@ class Config:
     # engine worker threads; libmodsecurity releases the GIL, so one per core (docs/engine.md
     # "Engine facts")
     engine_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # worker processes sharing the listener (master.py); 1 = one process, no master. 1 until
-    # the whole suite passes with several (tests/e2e/test_shutdown.py counts one process's log)
-    workers: int = 1
+    # worker processes sharing the listener (master.py); 1 = one process, no master. One per
+    # core: a process's hub runs its Python work one transaction at a time (docs/performance.md)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     # our cap on the negotiated max-frame-size; HAProxy's offer (tune.bufsize - 4) is usually
     # lower. No 64 KiB cap (coraza-spoa#194).
     max_frame_size: int = 4 * 1024 * 1024

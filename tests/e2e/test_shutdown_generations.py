@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import AgentProcess
+from tests.support.agent import ONE_PROCESS, AgentProcess
 from tests.support.haproxy import PROJECT_ROOT
 from tests.support.process import python_module_argv
 from tests.support.spop_client import SpopClient, actions_by_name, message
@@ -29,7 +29,7 @@ LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 def start_agent(config: Path, log_path: Path) -> tuple[AgentProcess, int]:
     """Start the CLI on a config binding port 0; the port is read from its log line."""
-    argv = python_module_argv("coraza_spoa_py", "-config", str(config))
+    argv = python_module_argv("coraza_spoa_py", "-config", str(config), *ONE_PROCESS)
     agent = AgentProcess(argv, log_path=log_path, port=0, name="coraza-spoa-py")
     agent.start()
     deadline = time.monotonic() + 60

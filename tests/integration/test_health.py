@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from coraza_spoa_py.spop import frames
-from tests.support.agent import AgentProcess
+from tests.support.agent import ONE_PROCESS, AgentProcess
 from tests.support.httpclient import request
 from tests.support.ports import free_port, wait_for_port
 from tests.support.process import python_module_argv
@@ -52,9 +52,8 @@ def test_readyz_waits_for_the_rules_and_the_listener(tmp_path: Path) -> None:
         f"bind: 127.0.0.1:{agent_port}\napplications:\n  - name: a\n"
         f"    directives: |\n      SecRuleEngine On\n      Include {fifo}\n"
     )
-    argv = python_module_argv(
-        "coraza_spoa_py", "-config", str(cfg), "-metrics-addr", f"127.0.0.1:{metrics_port}"
-    )
+    metrics_flag = ("-metrics-addr", f"127.0.0.1:{metrics_port}")
+    argv = python_module_argv("coraza_spoa_py", "-config", str(cfg), *metrics_flag, *ONE_PROCESS)
     stop_writing = threading.Event()
 
     def write_rules() -> None:
@@ -113,9 +112,8 @@ def test_readyz_says_stopping_while_the_messages_drain(tmp_path: Path) -> None:
         "      SecRuleEngine On\n"
         f'      SecRule ARGS:fifo "@inspectFile {script}" "id:1,phase:1,pass,log"\n'
     )
-    argv = python_module_argv(
-        "coraza_spoa_py", "-config", str(cfg), "-metrics-addr", f"127.0.0.1:{metrics_port}"
-    )
+    metrics_flag = ("-metrics-addr", f"127.0.0.1:{metrics_port}")
+    argv = python_module_argv("coraza_spoa_py", "-config", str(cfg), *metrics_flag, *ONE_PROCESS)
     with AgentProcess(argv, log_path=tmp_path / "agent.log", port=agent_port) as agent:
         agent.wait_ready(timeout=60)
         wait_for_port("127.0.0.1", metrics_port, process=agent)

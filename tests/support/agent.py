@@ -62,6 +62,10 @@ class AgentProcess(ManagedProcess):
         return self.wait_ready(timeout)
 
 
+# the product's default is one worker per core (docs/operations.md "Workers")
+ONE_PROCESS = ("-workers", "1")
+
+
 def cli_agent(
     config_path: Path,
     *,
@@ -73,9 +77,11 @@ def cli_agent(
     """The product: ``python -m coraza_spoa_py -config <config_path>`` (not started yet).
 
     ``port``/``unix_path`` must match the ``bind`` in the config; it is what ``wait_ready``
-    polls.
+    polls. One process (``-workers 1``) unless ``extra_args`` says ``-workers``: the default
+    is the core count, and a test must not depend on the machine it runs on.
     """
-    argv = python_module_argv("coraza_spoa_py", "-config", str(config_path), *extra_args)
+    workers = () if "-workers" in extra_args else ONE_PROCESS
+    argv = python_module_argv("coraza_spoa_py", "-config", str(config_path), *workers, *extra_args)
     return AgentProcess(
         argv, log_path=log_path, port=port, unix_path=unix_path, name="coraza-spoa-py"
     )

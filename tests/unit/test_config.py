@@ -89,6 +89,8 @@ def test_defaults_of_a_minimal_gen3_file() -> None:
     assert cfg.log.level == "info" and cfg.log.file == "/dev/stdout"
     assert cfg.log.format == "console"
     assert cfg.engine_threads == (os.cpu_count() or 1)
+    # issue 14: one worker process per core (docs/operations.md "Workers")
+    assert cfg.workers == (os.cpu_count() or 1)
     assert (cfg.max_frame_size, cfg.processing_budget_ms) == (
         defaults.max_frame_size,
         defaults.processing_budget_ms,

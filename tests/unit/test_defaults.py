@@ -38,7 +38,6 @@ TOP_LEVEL: dict[str, Callable[[Config], Any]] = {
     "frame_timeout_s": lambda c: c.frame_timeout_s,
     "processing_budget_ms": lambda c: c.processing_budget_ms,
     "graceful_timeout_s": lambda c: c.graceful_timeout_s,
-    "workers": lambda c: c.workers,
 }
 PER_APPLICATION: dict[str, Callable[[AppConfig], Any]] = {
     "directives": lambda a: a.directives,
