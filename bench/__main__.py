@@ -1,6 +1,7 @@
 """``python -m bench``: run the measurements and write the committed results.
 
-Modes: ``throughput`` (ceiling vs agent per scenario and concurrency), ``overload``,
+Modes: ``throughput`` (ceiling vs agent per scenario and concurrency), ``workers`` (1 worker vs
+2, alternating, with the hand-off share and cost), ``overload``,
 ``profile`` (py-spy on the agent under load), ``floor`` (the hub's CPU per transaction against
 the cheapest agent the architecture allows), ``soak``; ``all`` runs them in that order. Each
 run merges its sections into ``results/bench.json`` and rewrites ``results/bench.md`` and the
@@ -30,7 +31,7 @@ from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 from bench.soak import DEFAULT_BASELINE, DEFAULT_SAMPLE_EVERY, DEFAULT_TRANSACTIONS, DEFAULT_TTL_MS
 from bench.stack import DEFAULT_HAPROXY, ROOT, SHIPPED_HAPROXY_DIR
 
-MODES = ("throughput", "overload", "profile", "floor", "soak")
+MODES = ("throughput", "workers", "overload", "profile", "floor", "soak")
 
 
 def _csv(kind: type, text: str) -> list[Any]:
@@ -97,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="info",
         help="the agent's and its rule-match log level (default info, as shipped)",
     )
+    p.add_argument("--workers-rounds", type=int, default=3,
+                   help="alternating 1-worker / 2-worker rounds")  # fmt: skip
+    p.add_argument("--workers-duration", type=float, default=10.0)
     p.add_argument("--overload-connections", type=int, default=2048)
     p.add_argument(
         "--overload-budget-ms",

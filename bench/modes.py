@@ -1,4 +1,4 @@
-"""The five bench modes wired to their stacks; ``run_modes`` yields (results section, value).
+"""The six bench modes wired to their stacks; ``run_modes`` yields (results section, value).
 
 Each mode that needs HAProxy gets a fresh stack (agent + HAProxy), so the agent's counters and
 memory belong to that mode alone. Orchestration only: the measuring is in ``throughput``,
@@ -21,6 +21,7 @@ from bench.scenarios import SCENARIOS
 from bench.soak import run_soak
 from bench.stack import Stack, running_stack
 from bench.throughput import Progress, measure_agent, run_throughput
+from bench.workers import run_workers
 
 
 def agent_totals(stack: Stack) -> dict[str, int] | None:
@@ -62,6 +63,17 @@ def run_modes(
             throughput["agent_totals"] = agent_totals(s)
         results["throughput"] = throughput
         yield "throughput", throughput
+    if "workers" in args.modes:
+        yield (
+            "workers",
+            run_workers(
+                _stack_options(args),
+                rounds=args.workers_rounds,
+                duration_s=args.workers_duration,
+                wrk_threads=args.wrk_threads,
+                progress=log,
+            ),
+        )
     if "overload" in args.modes:
         # the product's default budget (400 ms), not the throughput runs' 1600 ms: here the
         # point is shedding, and HAProxy's 2 s timeout must leave room for the queueing that

@@ -32,6 +32,30 @@ def sample_cpu(pid: int) -> CpuSample:
     return CpuSample(cpu_seconds(pid), time.monotonic())
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a master and its workers)."""
+    found = [pid]
+    for current in found:
+        for task in os.listdir(f"/proc/{current}/task"):
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    found.extend(int(child) for child in f.read().split())
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, tuple[float, float]]:
+    """Per process of ``pid``'s tree: (CPU seconds of every thread, of its main thread)."""
+    out = {}
+    for process in process_tree(pid):
+        try:
+            out[process] = (cpu_seconds(process), thread_cpu_seconds(process).get(process, 0.0))
+        except FileNotFoundError:
+            continue  # ended meanwhile
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:

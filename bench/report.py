@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.scenarios import SCENARIOS
 from bench.stats import ratio
+from bench.workers import markdown as workers_markdown
 
 # The targets (docs/performance.md): one run, same machine, ratios.
 THROUGHPUT_TARGET = 0.80  # agent req/s >= 0.80 x ceiling ...
@@ -364,6 +365,8 @@ def markdown(results: dict[str, Any]) -> str:
             ]
     if results.get("floor"):
         out += _floor_section(results)
+    if results.get("workers"):
+        out += workers_markdown(results["workers"])
     checks = target_checks(results)
     if checks:
         out += ["", "## Targets", "", "| target | measured | wanted | met |", "|---|--:|---|---|"]

@@ -181,14 +181,7 @@ class SpopLoad:
         sock = socket.create_connection((host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(handshake.encode_haproxy_hello(max_frame_size=131068, engine_id="bench"))
-        reply = b""
-        while (split := frames.split_frame(reply)) is None:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the agent closed during the handshake")
-            reply += chunk
-        if split[0].type != frames.FrameType.AGENT_HELLO:
-            raise ConnectionError(f"expected AGENT-HELLO, got frame type {split[0].type}")
+        handshake.read_agent_hello(lambda: sock.recv(65536))
         sock.setblocking(False)
         conn = _Conn(sock)
         self.selector.register(sock, selectors.EVENT_READ, conn)

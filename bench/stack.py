@@ -87,6 +87,7 @@ def start_agent(
     log_level: str = "info",
     switch_interval_s: float | None = None,
     app_log_level: str | None = None,
+    agent_args: tuple[str, ...] = (),
 ) -> ManagedProcess:
     config = write_agent_config(
         workdir,
@@ -97,7 +98,7 @@ def start_agent(
         app_log_level=app_log_level,
         extra=extra_config,
     )
-    argv = [sys.executable, "-m", "coraza_spoa_py", "-config", str(config)]
+    argv = [sys.executable, "-m", "coraza_spoa_py", "-config", str(config), *agent_args]
     if switch_interval_s is not None:
         # an experiment knob, not a product setting: the GIL switch interval decides how long
         # an engine thread returning from a cffi call waits while the hub runs Python. cffi is
@@ -166,6 +167,7 @@ def running_stack(
     log_level: str = "info",
     keep_dir: Path | None = None,
     switch_interval_s: float | None = None,
+    agent_args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     """Agent + HAProxy up for the block; both stopped after it, whatever happens."""
     with ExitStack() as stack:
@@ -182,6 +184,7 @@ def running_stack(
             extra_config=extra_config,
             log_level=log_level,
             switch_interval_s=switch_interval_s,
+            agent_args=agent_args,
         )
         stack.callback(agent.stop)
         haproxy = start_haproxy(workdir, ports, haproxy_binary, haproxy_dir)

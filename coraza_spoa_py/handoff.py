@@ -159,14 +159,7 @@ class HandoffClient:
                         max_frame_size=HANDOFF_MAX_FRAME_SIZE, capabilities="pipelining"
                     )
                 )
-                buffer = b""
-                while (found := frames.split_frame(buffer)) is None:
-                    chunk = sock.recv(RECV_SIZE)
-                    if not chunk:
-                        raise ConnectionError("closed before AGENT-HELLO")
-                    buffer += chunk
-                if found[0].type != frames.FrameType.AGENT_HELLO:
-                    raise ConnectionError(f"frame type {found[0].type} instead of AGENT-HELLO")
+                _, rest = handshake.read_agent_hello(lambda: sock.recv(RECV_SIZE))
                 sock.settimeout(None)
             except (OSError, spop.SpopError) as exc:
                 sock.close()
@@ -174,7 +167,7 @@ class HandoffClient:
                 logger.debug("hand-off socket {} unavailable: {}", self.path, exc)
                 return None
             self._sock = sock
-            gevent.spawn(self._read_acks, sock, buffer[found[1] :])
+            gevent.spawn(self._read_acks, sock, rest)
             return sock
 
     def _read_acks(self, sock: Any, buffer: bytes) -> None:

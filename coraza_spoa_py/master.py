@@ -51,7 +51,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from coraza_spoa_py import config, handoff, logs
+from coraza_spoa_py import handoff, logs, metrics
 from coraza_spoa_py.server import open_listener, remove_unix_socket
 from coraza_spoa_py.settings import BindAddress, Config
 
@@ -144,7 +144,9 @@ class Master:
         # "listening on", as one process does once its rules compiled
         logger.info("master: bound {}, starting {} worker process(es)", self._bound(), self.count)
         if self.metrics_addr:
-            self._metrics_server = _serve(self.metrics_addr, self._wsgi_app())
+            self._metrics_server = metrics.serve_http(
+                self.metrics_addr, self._wsgi_app(), " (every worker)"
+            )
         gevent.signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
         gevent.signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
         gevent.signal_handler(signal.SIGHUP, self._on_sighup)
@@ -410,21 +412,6 @@ def _http_get_unix(path: str, target: str) -> str:
     if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
         raise ValueError(f"unexpected answer {head[:40]!r}")
     return body.decode()
-
-
-def _serve(address: str, app: Callable[..., Any]) -> WSGIServer | None:
-    try:
-        bind = config.parse_bind(address)
-        if bind.kind != "tcp":
-            raise ValueError("use host:port")
-        server = WSGIServer((bind.host, bind.port), app, log=None)
-        server.start()
-    except (OSError, ValueError) as exc:
-        logger.error("-metrics-addr {}: cannot serve metrics: {}", address, exc)
-        return None
-    host = server.server_host or "0.0.0.0"
-    logger.info("metrics on http://{}:{}/metrics (every worker)", host, server.server_port)
-    return server
 
 
 def _exit_text(code: int) -> str:

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import prometheus_client
+from gevent.pywsgi import WSGIServer
+from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coraza_spoa_py import __version__
+from coraza_spoa_py import __version__, config
 from coraza_spoa_py.application import TransactionStats
 from coraza_spoa_py.models import Verdict
 
@@ -253,3 +255,20 @@ def wsgi_app(metrics: Metrics) -> Callable[..., Any]:
         return [b"not found; metrics are at /metrics, health at /healthz and /readyz\n"]
 
     return app
+
+
+def serve_http(address: str, app: Callable[..., Any], what: str = "") -> WSGIServer | None:
+    """The ``-metrics-addr`` listener (one process's, or the master's for every worker). Like
+    coraza-spoa, one that cannot start is logged, not fatal."""
+    try:
+        bind = config.parse_bind(address)
+        if bind.kind != "tcp":
+            raise ValueError("use host:port")
+        server = WSGIServer((bind.host, bind.port), app, log=None)
+        server.start()
+    except (OSError, ValueError) as exc:
+        logger.error("-metrics-addr {}: cannot serve metrics: {}", address, exc)
+        return None
+    host = server.server_host or "0.0.0.0"
+    logger.info("metrics on http://{}:{}/metrics{}", host, server.server_port, what)
+    return server

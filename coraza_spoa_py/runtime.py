@@ -133,7 +133,7 @@ class Runtime:
         metrics_server = None
         if metrics_addr:
             metrics_server = (
-                _start_metrics(metrics_addr, stats)
+                metrics.serve_http(metrics_addr, metrics.wsgi_app(stats))
                 if worker is None
                 else _start_worker_metrics(worker.metrics_socket(), stats)
             )
@@ -428,22 +428,6 @@ class Runtime:
             self.scheduler.close()
         logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
         return EXIT_OK
-
-
-def _start_metrics(address: str, stats: metrics.Metrics) -> WSGIServer | None:
-    # like coraza-spoa, a metrics server that cannot start is logged, not fatal
-    try:
-        bind = config.parse_bind(address)
-        if bind.kind != "tcp":
-            raise ValueError("use host:port")
-        server = WSGIServer((bind.host, bind.port), metrics.wsgi_app(stats), log=None)
-        server.start()
-    except (OSError, ValueError) as exc:
-        logger.error("-metrics-addr {}: cannot serve metrics: {}", address, exc)
-        return None
-    host = server.server_host or "0.0.0.0"
-    logger.info("metrics on http://{}:{}/metrics", host, server.server_port)
-    return server
 
 
 def _start_worker_metrics(path: str, stats: metrics.Metrics) -> WSGIServer | None:

@@ -6,13 +6,13 @@ capability is acceptable, and which status to answer, is ``connection``'s job.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
 from coraza_spoa_py.spop.errors import StatusCode
 from coraza_spoa_py.spop.events import DataType, TypedValue
-from coraza_spoa_py.spop.frames import FrameType, encode_frame
+from coraza_spoa_py.spop.frames import FrameType, RawFrame, encode_frame, split_frame
 from coraza_spoa_py.spop.wire import Reader, encode_kv_list, invalid_frame
 
 # KV keys of HELLO and DISCONNECT frames (docs/protocol.md "HELLO keys", "Disconnect")
@@ -193,3 +193,19 @@ def encode_agent_disconnect(status: int, message: str | bytes) -> bytes:
 
 def encode_haproxy_disconnect(status: int, message: str | bytes) -> bytes:
     return _disconnect(FrameType.HAPROXY_DISCONNECT, status, message)
+
+
+def read_agent_hello(recv: Callable[[], bytes]) -> tuple[RawFrame, bytes]:
+    """For a peer playing HAProxy, after its HELLO: ``recv()`` (a socket's next bytes, b"" once
+    closed) until one whole frame, which must be AGENT-HELLO (SPOE.txt §3.2.1); returns it and
+    the bytes that came after it. Raises ``ConnectionError`` otherwise."""
+    data = b""
+    while (found := split_frame(data)) is None:
+        chunk = recv()
+        if not chunk:
+            raise ConnectionError("closed before AGENT-HELLO")
+        data += chunk
+    frame, end = found
+    if frame.type != FrameType.AGENT_HELLO:
+        raise ConnectionError(f"frame type {frame.type} instead of AGENT-HELLO")
+    return frame, data[end:]
