@@ -64,7 +64,6 @@ STABLE_AFTER_S = 10.0
 # after graceful_timeout_s, how long a worker gets to finish exiting before SIGKILL
 KILL_MARGIN_S = 2.0
 SCRAPE_TIMEOUT_S = 5.0
-HEALTH_CONTENT_TYPE = "text/plain; charset=utf-8"
 OWNER_TABLE_FILE = "owners"
 # series that are not summed over the workers: the earliest start, the largest limit
 _KEEP_MIN = ("process_start_time_seconds",)
@@ -304,26 +303,12 @@ class Master:
     # ---- metrics and health -----------------------------------------------------------------
 
     def _wsgi_app(self) -> Callable[..., Any]:
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-            path = environ.get("PATH_INFO")
-            if path == "/metrics":
-                body = self.render_metrics()
-                start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4")])
-                return [body]
-            if path == "/healthz":
-                start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
-                return [b"ok\n"]
-            if path == "/readyz":
-                reason = self.not_ready_reason()
-                if reason is None:
-                    start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
-                    return [b"ready\n"]
-                start_response("503 Service Unavailable", [("Content-Type", HEALTH_CONTENT_TYPE)])
-                return [f"not ready: {reason}\n".encode()]
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found; metrics are at /metrics, health at /healthz and /readyz\n"]
+        def exposition(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            body = self.render_metrics()
+            start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4")])
+            return [body]
 
-        return app
+        return metrics.health_and_metrics_app(exposition, self.not_ready_reason)
 
     def not_ready_reason(self) -> str | None:
         """None while a worker is ready; else the reason /readyz gives, in one process's words

@@ -233,9 +233,18 @@ class Metrics:
 
 
 def wsgi_app(metrics: Metrics) -> Callable[..., Any]:
-    """GET /metrics → the exposition text; /healthz → 200 while the process serves;
-    /readyz → 200 once ready, 503 with the reason before (and while stopping); else 404."""
-    exposition = prometheus_client.make_wsgi_app(metrics.registry)
+    """One process's listener: its registry, its readiness."""
+    return health_and_metrics_app(
+        prometheus_client.make_wsgi_app(metrics.registry), lambda: metrics.readiness.reason
+    )
+
+
+def health_and_metrics_app(
+    exposition: Callable[..., Any], not_ready_reason: Callable[[], str | None]
+) -> Callable[..., Any]:
+    """GET /metrics → ``exposition`` (a WSGI app); /healthz → 200 while the process serves;
+    /readyz → 200 once ready, 503 with ``not_ready_reason()`` before (and while stopping);
+    else 404. One process's and a master's (master.py) listener alike."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO")
@@ -245,7 +254,7 @@ def wsgi_app(metrics: Metrics) -> Callable[..., Any]:
             start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
             return [b"ok\n"]
         if path == "/readyz":
-            reason = metrics.readiness.reason
+            reason = not_ready_reason()
             if reason is None:
                 start_response("200 OK", [("Content-Type", HEALTH_CONTENT_TYPE)])
                 return [b"ready\n"]

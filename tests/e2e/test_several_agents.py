@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.waf_stack import agent_config
-from tests.support.agent import AgentProcess, cli_agent
+from tests.support.agent import AgentProcess, cli_agent, metric_sum, scrape
 from tests.support.httpclient import Response, concurrent_requests, request
 from tests.support.ports import free_port, wait_for_port
 from tests.support.shipped import shipped_haproxy
@@ -51,20 +51,21 @@ LEAKS = (
 LEAK_ROUNDS = 10  # each leak this many times: the responses spread over the agents
 
 
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{key}="{value}"' in line for key, value in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def scrape(port: int) -> str:
-    response = request(port, "/metrics")
-    assert response.status == 200
-    return response.body.decode()
+def attacks_leaks_and_clean_requests(frontend: int) -> None:
+    """Every attack → 403 by the request rules, every leak (``LEAK_ROUNDS`` times each) → 403
+    by the response rules, ``CLEAN_REQUESTS`` clean requests → 200 with no 5xx."""
+    for path in ATTACKS:
+        blocked = request(frontend, path)
+        assert (blocked.status, blocked.header("waf-block")) == (403, "request"), path
+    for _ in range(LEAK_ROUNDS):
+        for body in LEAKS:
+            leaked = reflect(frontend, body)
+            assert (leaked.status, leaked.header("waf-block")) == (403, "response"), body
+            assert b"Index of" not in leaked.body and b"SQL syntax" not in leaked.body
+    paths = [f"/clean/{n}?page={n % 7}" for n in range(CLEAN_REQUESTS)]
+    statuses = [r.status for r in concurrent_requests(frontend, paths, concurrency=8)]
+    assert [s for s in statuses if s >= 500] == []
+    assert statuses.count(200) == CLEAN_REQUESTS
 
 
 def reflect(port: int, body: str) -> Response:
@@ -122,20 +123,7 @@ def test_three_agents_round_robin_block_attacks_and_leaks_with_no_5xx(
             )
         )
 
-        for path in ATTACKS:
-            blocked = request(frontend, path)
-            assert (blocked.status, blocked.header("waf-block")) == (403, "request"), path
-
-        for _ in range(LEAK_ROUNDS):
-            for body in LEAKS:
-                leaked = reflect(frontend, body)
-                assert (leaked.status, leaked.header("waf-block")) == (403, "response"), body
-                assert b"Index of" not in leaked.body and b"SQL syntax" not in leaked.body
-
-        paths = [f"/clean/{n}?page={n % 7}" for n in range(CLEAN_REQUESTS)]
-        statuses = [r.status for r in concurrent_requests(frontend, paths, concurrency=8)]
-        assert [s for s in statuses if s >= 500] == []
-        assert statuses.count(200) == CLEAN_REQUESTS
+        attacks_leaks_and_clean_requests(frontend)
 
         texts = [scrape(port) for port in metrics_ports]
         orphans_blocked = sum(

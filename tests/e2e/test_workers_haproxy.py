@@ -23,30 +23,20 @@ import pytest
 from tests.e2e.test_several_agents import (
     ATTACKS,
     CLEAN_REQUESTS,
+    LEAK_ROUNDS,
     LEAKS,
-    metric_sum,
-    reflect,
-    scrape,
+    attacks_leaks_and_clean_requests,
 )
 from tests.e2e.waf_stack import agent_config
-from tests.support.agent import cli_agent
-from tests.support.httpclient import concurrent_requests, request
-from tests.support.ports import free_port, wait_for_port
+from tests.support.agent import metric_sum, scrape, workers_agent
+from tests.support.httpclient import request
+from tests.support.ports import free_port
 from tests.support.shipped import shipped_haproxy
-
-LEAK_ROUNDS = 10
 
 
 def worker_pids(master_pid: int) -> list[int]:
     path = Path(f"/proc/{master_pid}/task/{master_pid}/children")
     return [int(pid) for pid in path.read_text().split()]
-
-
-def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.mark.e2e
@@ -56,16 +46,9 @@ def test_two_workers_block_attacks_and_leaks_hand_off_responses_and_survive_a_ki
 ) -> None:
     port, metrics_port, frontend = free_port(), free_port(), free_port()
     config = agent_config(tmp_path, port, extra_rules="", sample_app={"log_level": "warn"})
-    agent = cli_agent(
-        config,
-        port=port,
-        log_path=tmp_path / "agent.log",
-        extra_args=("-workers", "2", "-metrics-addr", f"127.0.0.1:{metrics_port}"),
-    )
-    with agent:
-        agent.wait_ready(timeout=90)
-        wait_for_port("127.0.0.1", metrics_port, process=agent)
-        wait_until(lambda: request(metrics_port, "/readyz").status == 200, 90, "readyz")
+    log_path = tmp_path / "agent.log"
+    with workers_agent(config, port=port, metrics_port=metrics_port, log_path=log_path) as agent:
+        assert request(metrics_port, "/readyz").status == 200
         assert len(worker_pids(agent.pid)) == 2
         with shipped_haproxy(
             version,
@@ -74,18 +57,7 @@ def test_two_workers_block_attacks_and_leaks_hand_off_responses_and_survive_a_ki
             agent_port=port,
             backend_port=http_backend.port,
         ):
-            for path in ATTACKS:
-                blocked = request(frontend, path)
-                assert (blocked.status, blocked.header("waf-block")) == (403, "request"), path
-            for _ in range(LEAK_ROUNDS):
-                for body in LEAKS:
-                    leaked = reflect(frontend, body)
-                    assert (leaked.status, leaked.header("waf-block")) == (403, "response")
-                    assert b"Index of" not in leaked.body and b"SQL syntax" not in leaked.body
-            paths = [f"/clean/{n}?page={n % 7}" for n in range(CLEAN_REQUESTS)]
-            statuses = [r.status for r in concurrent_requests(frontend, paths, concurrency=8)]
-            assert [s for s in statuses if s >= 500] == []
-            assert statuses.count(200) == CLEAN_REQUESTS
+            attacks_leaks_and_clean_requests(frontend)
 
             text = scrape(metrics_port)
             routed = {
@@ -133,6 +105,6 @@ def test_two_workers_block_attacks_and_leaks_hand_off_responses_and_survive_a_ki
             assert metric_sum(text, "coraza_spoa_py_worker_restarts_total") == 1
             assert metric_sum(text, "coraza_spoa_py_workers", state="ready") == 2
         assert agent.terminate() == 0
-    log = agent.log_path.read_text()
+    log = log_path.read_text()
     assert "worker 1 started" in log or "worker 2 started" in log
     assert "exited with signal SIGKILL; restarting" in log

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_several_agents import metric_sum
-from tests.support.agent import cli_agent
+from tests.support.agent import metric_sum, workers_agent
 from tests.support.httpclient import request
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import free_port
 from tests.support.spop_client import SpopClient, actions_by_name, message
 
 pytestmark = pytest.mark.integration
@@ -37,33 +36,12 @@ CONNECTIONS = 16
 TRANSACTIONS = 400
 
 
-def wait_ready(metrics_port: int) -> None:
-    deadline = time.monotonic() + 60
-    # both workers: the first one ready accepts every connection until the second serves
-    while (
-        metric_sum(
-            request(metrics_port, "/metrics").body.decode(), "coraza_spoa_py_workers", state="ready"
-        )
-        != 2
-    ):
-        assert time.monotonic() < deadline, "workers not ready"
-        time.sleep(0.1)
-
-
 def test_responses_reach_the_worker_holding_their_transaction(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     config = tmp_path / "config.yml"
     config.write_text(CONFIG.format(port=port))
-    agent = cli_agent(
-        config,
-        port=port,
-        log_path=tmp_path / "agent.log",
-        extra_args=("-workers", "2", "-metrics-addr", f"127.0.0.1:{metrics_port}"),
-    )
-    with agent:
-        agent.wait_ready(timeout=60)
-        wait_for_port("127.0.0.1", metrics_port, process=agent)
-        wait_ready(metrics_port)
+    log_path = tmp_path / "agent.log"
+    with workers_agent(config, port=port, metrics_port=metrics_port, log_path=log_path):
         clients = [SpopClient.connect(("127.0.0.1", port), green=False) for _ in range(CONNECTIONS)]
         for client in clients:
             client.hello()

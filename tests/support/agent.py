@@ -5,9 +5,13 @@ waited for on its port, stopped with SIGTERM, output captured.
 from __future__ import annotations
 
 import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.haproxy import PROJECT_ROOT
+from tests.support.httpclient import request
 from tests.support.ports import wait_for_port, wait_for_unix_socket
 from tests.support.process import ManagedProcess, python_module_argv
 
@@ -85,3 +89,40 @@ def cli_agent(
     return AgentProcess(
         argv, log_path=log_path, port=port, unix_path=unix_path, name="coraza-spoa-py"
     )
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` in a /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def scrape(port: int) -> str:
+    response = request(port, "/metrics")
+    assert response.status == 200
+    return response.body.decode()
+
+
+@contextmanager
+def workers_agent(
+    config_path: Path, *, port: int, metrics_port: int, log_path: Path, workers: int = 2
+) -> Iterator[AgentProcess]:
+    """``cli_agent`` with ``-workers N -metrics-addr``, yielded once every worker is ready (the
+    master's ``coraza_spoa_py_workers{state="ready"}``: the first worker ready accepts every
+    connection until the others serve)."""
+    args = ("-workers", str(workers), "-metrics-addr", f"127.0.0.1:{metrics_port}")
+    agent = cli_agent(config_path, port=port, log_path=log_path, extra_args=args)
+    with agent:
+        agent.wait_ready(timeout=90)
+        wait_for_port("127.0.0.1", metrics_port, process=agent)
+        deadline = time.monotonic() + 90
+        while metric_sum(scrape(metrics_port), "coraza_spoa_py_workers", state="ready") != workers:
+            assert time.monotonic() < deadline, f"{workers} workers not ready"
+            agent.raise_if_exited()
+            time.sleep(0.1)
+        yield agent
