@@ -70,20 +70,30 @@ def test_sighup_reopens_a_rotated_log_file_and_applies_new_log_settings(tmp_path
     assert agent.logs() == "", "nothing may go to stdout/stderr when logging to files"
 
 
-def test_sighup_while_the_rules_compile_does_not_kill_the_agent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_while_the_rules_compile_does_not_kill_the_agent(
+    tmp_path: Path, workers: int
+) -> None:
     """1. Start on the CRS config. 2. SIGHUP as soon as "starting" is logged, while the CRS
     compiles. Result: the agent still starts listening (SIGHUP's default action would have
-    ended the process)."""
+    ended the process). With 2 workers the master holds the SIGHUP for each worker until it is
+    ready and then sends it: each reloads once, and the agent stops cleanly."""
     example = Path(__file__).resolve().parents[2] / "config.example.yml"
     config = tmp_path / "config.yml"
     config.write_text(example.read_text().replace("bind: 127.0.0.1:9000", "bind: 127.0.0.1:0"))
-    argv = python_module_argv("coraza_spoa_py", "-config", str(config))
+    argv = python_module_argv("coraza_spoa_py", "-config", str(config), "-workers", str(workers))
     agent = AgentProcess(argv, log_path=tmp_path / "output.log", port=0)
     with agent:
         output = tmp_path / "output.log"
         wait_for(output, "starting coraza-spoa-py", agent)
         agent.send_signal(signal.SIGHUP)
         wait_for(output, "listening on", agent)
+        if workers > 1:
+            deadline = time.monotonic() + 60
+            while output.read_text().count("configuration successfully reloaded") < workers:
+                assert time.monotonic() < deadline, output.read_text()[-3000:]
+                agent.raise_if_exited()
+                time.sleep(0.1)
         assert agent.is_running()
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=20) == 0

@@ -274,3 +274,42 @@ def test_floor_section_sets_the_floor_against_the_cpu_budget():
     text = report.markdown(results)
     assert "Medians: agent 600 us, floor 200 us per transaction, agent / floor 3.00." in text
     assert "leaves" not in text
+
+
+def _workers_run(round_: int, workers: int, rps: float, share: float | None) -> dict:
+    return {
+        "round": round_,
+        "workers": workers,
+        "rps": rps,
+        "p99_ms": 10.0,
+        "uninspected": 0,
+        "spoe_errors": 0,
+        "agent_cpu_us_per_request": 1000.0 + workers,
+        "hub_cpu_us_per_request": 250.0 + workers,
+        "handed_off_share": share,
+    }
+
+
+def test_workers_ratios_are_taken_per_round_and_the_hand_off_weighted_by_its_share():
+    from bench import workers
+
+    runs = [
+        _workers_run(1, 1, 1000, None),
+        _workers_run(1, 2, 1500, 0.2),
+        _workers_run(2, 2, 800, 0.4),  # the order swapped in round 2
+        _workers_run(2, 1, 1000, None),
+    ]
+    cost = {"cpu_us_per_handoff": 50.0, "sender_cpu_us_per_handoff": 30.0,
+            "owner_cpu_us_per_handoff": 20.0}  # fmt: skip
+    summary = workers.summarise(runs, cost)
+    assert summary["ratios"] == [1.5, 0.8]
+    assert summary["ratio_median"] == pytest.approx(1.15)
+    assert summary["handed_off_share"] == pytest.approx(0.3)
+    assert summary["handoff_us_per_request"] == pytest.approx(15.0)
+    assert summary["hub_cpu_us_per_request"] == {1: 251.0, 2: 252.0}
+    text = "\n".join(
+        workers.markdown({"connections": 128, "runs": runs, "handoff": cost, **summary})
+    )
+    assert "1.50, 0.80 (median 1.15x)" in text
+    assert "50 µs CPU per handed-off response (30 sender + 20 owner" in text
+    assert "| 2 | 2 | 800 | 10.0 | 1002 | 252 | 40 % | 0 | 0 |" in text
