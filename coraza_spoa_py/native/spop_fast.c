@@ -1,0 +1,255 @@
+/* The NOTIFY payload decoder of spop/frames.py (`decode_messages`) in C: a CPython extension,
+ * `coraza_spoa_py._spop_fast`, used through `coraza_spoa_py/spop_native.py`.
+ *
+ * Why (docs/performance.md change 22): decoding a coraza-req and building its twelve `Arg`
+ * objects was the biggest piece of the hub's per-message Python after the socket calls; a
+ * frozen dataclass's __init__ alone sets every field through object.__setattr__.
+ *
+ * Scope: exactly the hot path of frames.decode_messages, i.e. what HAProxy sends (spop.md §2.2
+ * "What HAProxy sends"): message and argument names shorter than 240 bytes, STRING/BINARY
+ * values whose length, and INT64 values, are varints of one to three bytes, IPV4 addresses.
+ * On anything else -- another type, a longer varint, a frame cut short, an error -- it returns
+ * None and the caller runs the pure-Python decoder over the same bytes, which produces the
+ * value or raises the SpopError. So the pure codec stays the reference for every error, and
+ * tests/unit/test_spop_native.py feeds both the same bytes and requires the same result.
+ *
+ * Objects are built the way the dataclasses' own __init__ would leave them: an instance of the
+ * class (`Arg`, `Message`) with each slot set, written through the slots' member offsets
+ * (frozen dataclasses refuse __setattr__, object.__setattr__ writes the same offsets). */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { T_STRING_ = 8, T_BINARY_ = 9, T_INT64_ = 4, T_IPV4_ = 6 };
+#define NAME_CACHE_SLOTS 256
+#define NAME_CACHE_MAX_LEN 64
+
+typedef struct {
+    Py_ssize_t len;
+    char bytes[NAME_CACHE_MAX_LEN];
+    PyObject *str;
+} cached_name;
+
+static PyTypeObject *arg_type, *message_type;
+static Py_ssize_t arg_name_at, arg_type_at, arg_value_at, message_name_at, message_args_at;
+static PyObject *data_types[10]; /* DataType members by id */
+static PyObject *ipv4_factory;   /* frames._ipv4: cached IPv4Address from 4 packed bytes */
+/* names repeat from message to message (coraza-req's twelve args): one str each, reused;
+ * only touched with the GIL held */
+static cached_name name_cache[NAME_CACHE_SLOTS];
+
+static PyObject *latin1_name(const unsigned char *at, Py_ssize_t len) {
+    if (len > NAME_CACHE_MAX_LEN)
+        return PyUnicode_DecodeLatin1((const char *)at, len, NULL);
+    uint32_t hash = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < len; i++)
+        hash = (hash ^ at[i]) * 16777619u;
+    cached_name *slot = &name_cache[hash % NAME_CACHE_SLOTS];
+    if (slot->str != NULL && slot->len == len && memcmp(slot->bytes, at, (size_t)len) == 0) {
+        Py_INCREF(slot->str);
+        return slot->str;
+    }
+    PyObject *str = PyUnicode_DecodeLatin1((const char *)at, len, NULL);
+    if (str == NULL)
+        return NULL;
+    Py_XSETREF(slot->str, Py_NewRef(str));
+    slot->len = len;
+    memcpy(slot->bytes, at, (size_t)len);
+    return str;
+}
+
+/* an instance of `type` with two or three slots set; steals the references of the values */
+static PyObject *build(PyTypeObject *type, Py_ssize_t at1, PyObject *v1, Py_ssize_t at2,
+                       PyObject *v2, Py_ssize_t at3, PyObject *v3) {
+    PyObject *self = type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_XDECREF(v1);
+        Py_XDECREF(v2);
+        Py_XDECREF(v3);
+        return NULL;
+    }
+    *(PyObject **)((char *)self + at1) = v1;
+    *(PyObject **)((char *)self + at2) = v2;
+    if (v3 != NULL)
+        *(PyObject **)((char *)self + at3) = v3;
+    return self;
+}
+
+/* spop.md §2.1, one to three bytes (the hot path's range); -1: longer or cut short */
+static long long short_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t end) {
+    Py_ssize_t at = *pos;
+    if (at >= end)
+        return -1;
+    long long number = buf[at++];
+    if (number >= 240) {
+        if (at < end && buf[at] < 128) {
+            number += (long long)buf[at] << 4;
+            at += 1;
+        } else if (at + 1 < end && buf[at + 1] < 128) {
+            number += ((long long)buf[at] << 4) + ((long long)buf[at + 1] << 11);
+            at += 2;
+        } else {
+            return -1;
+        }
+    }
+    *pos = at;
+    return number;
+}
+
+/* decode_messages(payload) -> tuple[Message, ...] | None (None: use the Python decoder) */
+static PyObject *decode_messages(PyObject *module, PyObject *payload) {
+    (void)module;
+    Py_buffer view;
+    if (arg_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_spop_fast.setup() was not called");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t end = view.len, pos = 0;
+    PyObject *messages = PyList_New(0), *args = NULL, *result = NULL;
+    if (messages == NULL)
+        goto done;
+    while (pos < end) {
+        Py_ssize_t size = buf[pos];
+        if (size >= 240 || pos + 1 + size >= end) /* the name, then NB-ARGS */
+            goto fallback;
+        PyObject *name = latin1_name(buf + pos + 1, size);
+        if (name == NULL)
+            goto done;
+        pos += 1 + size;
+        int count = buf[pos++];
+        args = PyTuple_New(count);
+        if (args == NULL) {
+            Py_DECREF(name);
+            goto done;
+        }
+        for (int index = 0; index < count; index++) {
+            if (pos >= end || (size = buf[pos]) >= 240 || pos + 2 + size >= end) {
+                Py_DECREF(name);
+                goto fallback;
+            }
+            const unsigned char *arg_name = buf + pos + 1;
+            int type_byte = buf[pos + 1 + size];
+            Py_ssize_t after = pos + 2 + size, value_at = after;
+            PyObject *value;
+            if (type_byte == T_IPV4_) {
+                if (value_at + 4 > end) {
+                    Py_DECREF(name);
+                    goto fallback;
+                }
+                PyObject *packed = PyBytes_FromStringAndSize((const char *)buf + value_at, 4);
+                value = packed == NULL ? NULL : PyObject_CallOneArg(ipv4_factory, packed);
+                Py_XDECREF(packed);
+                after = value_at + 4;
+            } else {
+                long long number = short_varint(buf, &after, end);
+                if (number >= 0 && (type_byte == T_STRING_ || type_byte == T_BINARY_) &&
+                    after + number <= end) {
+                    value = PyBytes_FromStringAndSize((const char *)buf + after, number);
+                    after += number;
+                } else if (number >= 0 && type_byte == T_INT64_) {
+                    value = PyLong_FromLongLong(number);
+                } else {
+                    Py_DECREF(name);
+                    goto fallback;
+                }
+            }
+            if (value == NULL) {
+                Py_DECREF(name);
+                goto done;
+            }
+            PyObject *key = latin1_name(arg_name, size);
+            if (key == NULL) {
+                Py_DECREF(value);
+                Py_DECREF(name);
+                goto done;
+            }
+            PyObject *arg = build(arg_type, arg_name_at, key, arg_type_at,
+                                  Py_NewRef(data_types[type_byte]), arg_value_at, value);
+            if (arg == NULL) {
+                Py_DECREF(name);
+                goto done;
+            }
+            PyTuple_SET_ITEM(args, index, arg);
+            pos = after;
+        }
+        PyObject *message = build(message_type, message_name_at, name, message_args_at, args,
+                                  0, NULL);
+        args = NULL; /* stolen */
+        if (message == NULL)
+            goto done;
+        int failed = PyList_Append(messages, message);
+        Py_DECREF(message);
+        if (failed < 0)
+            goto done;
+    }
+    result = PyList_AsTuple(messages);
+    goto done;
+fallback:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(args);
+    Py_XDECREF(messages);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static int slot_offset(PyTypeObject *type, const char *field, Py_ssize_t *offset) {
+    PyObject *descr = PyDict_GetItemString(type->tp_dict, field); /* borrowed */
+    if (descr == NULL || !PyObject_TypeCheck(descr, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, field);
+        return -1;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", type->tp_name, field);
+        return -1;
+    }
+    *offset = member->offset;
+    return 0;
+}
+
+/* setup(Arg, Message, DataType, ipv4_factory): the classes to build, read once */
+static PyObject *setup(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *arg, *message, *data_type, *ipv4;
+    if (!PyArg_ParseTuple(args, "O!O!OO", &PyType_Type, &arg, &PyType_Type, &message,
+                          &data_type, &ipv4))
+        return NULL;
+    PyTypeObject *a = (PyTypeObject *)arg, *m = (PyTypeObject *)message;
+    if (slot_offset(a, "name", &arg_name_at) < 0 || slot_offset(a, "type", &arg_type_at) < 0 ||
+        slot_offset(a, "value", &arg_value_at) < 0 ||
+        slot_offset(m, "name", &message_name_at) < 0 ||
+        slot_offset(m, "args", &message_args_at) < 0)
+        return NULL;
+    for (int id = 0; id < 10; id++) {
+        PyObject *member = PyObject_CallFunction(data_type, "i", id);
+        if (member == NULL)
+            return NULL;
+        Py_XSETREF(data_types[id], member);
+    }
+    Py_XSETREF(ipv4_factory, Py_NewRef(ipv4));
+    Py_XSETREF(arg_type, (PyTypeObject *)Py_NewRef(arg));
+    Py_XSETREF(message_type, (PyTypeObject *)Py_NewRef(message));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"setup", setup, METH_VARARGS, "setup(Arg, Message, DataType, ipv4_factory)"},
+    {"decode_messages", decode_messages, METH_O,
+     "decode_messages(payload) -> tuple of Message, or None: decode it in Python"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "coraza_spoa_py._spop_fast",
+    "SPOP NOTIFY decoding in C (coraza_spoa_py/spop_native.py)", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__spop_fast(void) { return PyModule_Create(&module_def); }

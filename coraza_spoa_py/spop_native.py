@@ -1,0 +1,46 @@
+"""The SPOP codec with its NOTIFY decoder in C (``native/spop_fast.c``), for the server.
+
+``NativeConnection`` is ``spop.Connection`` with one difference: a NOTIFY's messages are
+decoded by ``_spop_fast.decode_messages`` (docs/performance.md change 22). That decoder takes
+only the shapes HAProxy sends and hands every other payload, well-formed or not, back to the
+pure-Python ``spop.frames.decode_messages``, which stays the reference: the errors are always
+its own, and tests/unit/test_spop_native.py feeds both the same bytes and requires the same
+result. Without the compiled module (``python -m coraza_spoa_py.native.build`` not run) this is
+the pure codec, and ``NATIVE`` says so.
+"""
+
+from __future__ import annotations
+
+from coraza_spoa_py.spop import Connection
+from coraza_spoa_py.spop.events import Arg, DataType, Message
+from coraza_spoa_py.spop.frames import _ipv4
+from coraza_spoa_py.spop.frames import decode_messages as python_decode_messages
+
+try:
+    from coraza_spoa_py import _spop_fast
+except ImportError:  # pragma: no cover (the build is part of make install)
+    _spop_fast = None
+
+NATIVE = _spop_fast is not None
+if _spop_fast is not None:
+    _spop_fast.setup(Arg, Message, DataType, _ipv4)
+    _native_decode = _spop_fast.decode_messages
+
+
+def decode_messages(payload: memoryview) -> tuple[Message, ...]:
+    """``spop.frames.decode_messages``, in C when the payload has HAProxy's shapes."""
+    if NATIVE:
+        messages: tuple[Message, ...] | None = _native_decode(payload)
+        if messages is not None:
+            return messages
+    return python_decode_messages(payload)
+
+
+class NativeConnection(Connection):
+    """``spop.Connection`` decoding NOTIFYs with ``decode_messages`` above."""
+
+    __slots__ = ()
+    _decode_messages = staticmethod(decode_messages)
+
+
+__all__ = ["NATIVE", "NativeConnection", "decode_messages", "python_decode_messages"]
