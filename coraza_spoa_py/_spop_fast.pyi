@@ -4,6 +4,10 @@ from collections.abc import Callable
 from coraza_spoa_py.spop.events import DataType, Message
 
 def setup(
-    arg: type, message: type, data_type: type[DataType], ipv4_factory: Callable[[bytes], object]
+    arg: type,
+    message: type,
+    data_type: type[DataType],
+    ipv4_factory: Callable[[bytes], object],
+    ipv6_factory: Callable[[bytes], object],
 ) -> None: ...
 def decode_messages(payload: memoryview | bytes) -> tuple[Message, ...] | None: ...

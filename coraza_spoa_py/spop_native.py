@@ -11,6 +11,8 @@ the pure codec, and ``NATIVE`` says so.
 
 from __future__ import annotations
 
+from ipaddress import IPv6Address
+
 from coraza_spoa_py.spop import Connection
 from coraza_spoa_py.spop.events import Arg, DataType, Message
 from coraza_spoa_py.spop.frames import _ipv4
@@ -23,7 +25,7 @@ except ImportError:  # pragma: no cover (the build is part of make install)
 
 NATIVE = _spop_fast is not None
 if _spop_fast is not None:
-    _spop_fast.setup(Arg, Message, DataType, _ipv4)
+    _spop_fast.setup(Arg, Message, DataType, _ipv4, IPv6Address)
     _native_decode = _spop_fast.decode_messages
 
 

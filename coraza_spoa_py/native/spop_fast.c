@@ -5,9 +5,10 @@
  * objects was the biggest piece of the hub's per-message Python after the socket calls; a
  * frozen dataclass's __init__ alone sets every field through object.__setattr__.
  *
- * Scope: exactly the hot path of frames.decode_messages, i.e. what HAProxy sends (spop.md §2.2
- * "What HAProxy sends"): message and argument names shorter than 240 bytes, STRING/BINARY
- * values whose length, and INT64 values, are varints of one to three bytes, IPV4 addresses.
+ * Scope: what HAProxy sends (spop.md §2.2 "What HAProxy sends"): message and argument names
+ * shorter than 240 bytes; NULL, BOOL, IPV4, IPV6; STRING/BINARY values whose length, and
+ * integers whose value, are varints of one to three bytes (below 2^18: signed or not, the
+ * same number).
  * On anything else -- another type, a longer varint, a frame cut short, an error -- it returns
  * None and the caller runs the pure-Python decoder over the same bytes, which produces the
  * value or raises the SpopError. So the pure codec stays the reference for every error, and
@@ -23,7 +24,11 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { T_STRING_ = 8, T_BINARY_ = 9, T_INT64_ = 4, T_IPV4_ = 6 };
+/* type bytes (spop.md §2.2); BOOL carries its value in the flag nibble */
+enum {
+    T_NULL_ = 0, T_BOOL_FALSE_ = 0x01, T_BOOL_TRUE_ = 0x11, T_INT32_ = 2, T_UINT32_ = 3,
+    T_INT64_ = 4, T_UINT64_ = 5, T_IPV4_ = 6, T_IPV6_ = 7, T_STRING_ = 8, T_BINARY_ = 9
+};
 #define NAME_CACHE_SLOTS 256
 #define NAME_CACHE_MAX_LEN 64
 
@@ -37,6 +42,7 @@ static PyTypeObject *arg_type, *message_type;
 static Py_ssize_t arg_name_at, arg_type_at, arg_value_at, message_name_at, message_args_at;
 static PyObject *data_types[10]; /* DataType members by id */
 static PyObject *ipv4_factory;   /* frames._ipv4: cached IPv4Address from 4 packed bytes */
+static PyObject *ipv6_factory;   /* IPv6Address */
 /* names repeat from message to message (coraza-req's twelve args): one str each, reused;
  * only touched with the GIL held */
 static cached_name name_cache[NAME_CACHE_SLOTS];
@@ -129,35 +135,65 @@ static PyObject *decode_messages(PyObject *module, PyObject *payload) {
             goto done;
         }
         for (int index = 0; index < count; index++) {
-            if (pos >= end || (size = buf[pos]) >= 240 || pos + 2 + size >= end) {
+            /* the name (shorter than 240 bytes), then at least the type byte */
+            if (pos >= end || (size = buf[pos]) >= 240 || pos + 1 + size >= end) {
                 Py_DECREF(name);
                 goto fallback;
             }
             const unsigned char *arg_name = buf + pos + 1;
             int type_byte = buf[pos + 1 + size];
             Py_ssize_t after = pos + 2 + size, value_at = after;
-            PyObject *value;
-            if (type_byte == T_IPV4_) {
-                if (value_at + 4 > end) {
+            PyObject *value = NULL;
+            long long number;
+            switch (type_byte) {
+            case T_NULL_:
+                value = Py_NewRef(Py_None);
+                break;
+            case T_BOOL_FALSE_:
+            case T_BOOL_TRUE_: /* spop.md §2.2: the value is the flag bit */
+                value = PyBool_FromLong(type_byte == T_BOOL_TRUE_);
+                break;
+            case T_IPV4_:
+            case T_IPV6_: {
+                Py_ssize_t width = type_byte == T_IPV4_ ? 4 : 16;
+                if (value_at + width > end) {
                     Py_DECREF(name);
                     goto fallback;
                 }
-                PyObject *packed = PyBytes_FromStringAndSize((const char *)buf + value_at, 4);
-                value = packed == NULL ? NULL : PyObject_CallOneArg(ipv4_factory, packed);
+                PyObject *packed = PyBytes_FromStringAndSize((const char *)buf + value_at, width);
+                value = packed == NULL ? NULL
+                                       : PyObject_CallOneArg(
+                                             type_byte == T_IPV4_ ? ipv4_factory : ipv6_factory,
+                                             packed);
                 Py_XDECREF(packed);
-                after = value_at + 4;
-            } else {
-                long long number = short_varint(buf, &after, end);
-                if (number >= 0 && (type_byte == T_STRING_ || type_byte == T_BINARY_) &&
-                    after + number <= end) {
-                    value = PyBytes_FromStringAndSize((const char *)buf + after, number);
-                    after += number;
-                } else if (number >= 0 && type_byte == T_INT64_) {
-                    value = PyLong_FromLongLong(number);
-                } else {
+                after = value_at + width;
+                break;
+            }
+            case T_STRING_:
+            case T_BINARY_:
+                number = short_varint(buf, &after, end);
+                if (number < 0 || after + number > end) {
                     Py_DECREF(name);
                     goto fallback;
                 }
+                value = PyBytes_FromStringAndSize((const char *)buf + after, number);
+                after += number;
+                break;
+            case T_INT32_:
+            case T_UINT32_:
+            case T_INT64_:
+            case T_UINT64_:
+                /* below 2^18: the same int signed or not (spop.md §2.1) */
+                number = short_varint(buf, &after, end);
+                if (number < 0) {
+                    Py_DECREF(name);
+                    goto fallback;
+                }
+                value = PyLong_FromLongLong(number);
+                break;
+            default:
+                Py_DECREF(name);
+                goto fallback;
             }
             if (value == NULL) {
                 Py_DECREF(name);
@@ -170,7 +206,7 @@ static PyObject *decode_messages(PyObject *module, PyObject *payload) {
                 goto done;
             }
             PyObject *arg = build(arg_type, arg_name_at, key, arg_type_at,
-                                  Py_NewRef(data_types[type_byte]), arg_value_at, value);
+                                  Py_NewRef(data_types[type_byte & 0x0F]), arg_value_at, value);
             if (arg == NULL) {
                 Py_DECREF(name);
                 goto done;
@@ -214,12 +250,12 @@ static int slot_offset(PyTypeObject *type, const char *field, Py_ssize_t *offset
     return 0;
 }
 
-/* setup(Arg, Message, DataType, ipv4_factory): the classes to build, read once */
+/* setup(Arg, Message, DataType, ipv4, ipv6): the classes to build, read once */
 static PyObject *setup(PyObject *module, PyObject *args) {
     (void)module;
-    PyObject *arg, *message, *data_type, *ipv4;
-    if (!PyArg_ParseTuple(args, "O!O!OO", &PyType_Type, &arg, &PyType_Type, &message,
-                          &data_type, &ipv4))
+    PyObject *arg, *message, *data_type, *ipv4, *ipv6;
+    if (!PyArg_ParseTuple(args, "O!O!OOO", &PyType_Type, &arg, &PyType_Type, &message,
+                          &data_type, &ipv4, &ipv6))
         return NULL;
     PyTypeObject *a = (PyTypeObject *)arg, *m = (PyTypeObject *)message;
     if (slot_offset(a, "name", &arg_name_at) < 0 || slot_offset(a, "type", &arg_type_at) < 0 ||
@@ -234,13 +270,14 @@ static PyObject *setup(PyObject *module, PyObject *args) {
         Py_XSETREF(data_types[id], member);
     }
     Py_XSETREF(ipv4_factory, Py_NewRef(ipv4));
+    Py_XSETREF(ipv6_factory, Py_NewRef(ipv6));
     Py_XSETREF(arg_type, (PyTypeObject *)Py_NewRef(arg));
     Py_XSETREF(message_type, (PyTypeObject *)Py_NewRef(message));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
-    {"setup", setup, METH_VARARGS, "setup(Arg, Message, DataType, ipv4_factory)"},
+    {"setup", setup, METH_VARARGS, "setup(Arg, Message, DataType, ipv4_factory, ipv6_factory)"},
     {"decode_messages", decode_messages, METH_O,
      "decode_messages(payload) -> tuple of Message, or None: decode it in Python"},
     {NULL, NULL, 0, NULL},
