@@ -38,9 +38,9 @@ from gevent.server import StreamServer
 from loguru import logger
 
 from coraza_spoa_py import spop
-from coraza_spoa_py.spop_native import NativeConnection
 from coraza_spoa_py.message_log import debug_enabled
 from coraza_spoa_py.settings import BindAddress
+from coraza_spoa_py.spop_native import NativeConnection
 from coraza_spoa_py.workers import Flusher, Workers
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]

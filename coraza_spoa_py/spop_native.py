@@ -21,10 +21,9 @@ from coraza_spoa_py.spop.frames import decode_messages as python_decode_messages
 try:
     from coraza_spoa_py import _spop_fast
 except ImportError:  # pragma: no cover (the build is part of make install)
-    _spop_fast = None
-
-NATIVE = _spop_fast is not None
-if _spop_fast is not None:
+    NATIVE = False
+else:
+    NATIVE = True
     _spop_fast.setup(Arg, Message, DataType, _ipv4, IPv6Address)
     _native_decode = _spop_fast.decode_messages
 
