@@ -38,8 +38,9 @@ typedef struct {
     PyObject *str;
 } cached_name;
 
-static PyTypeObject *arg_type, *message_type;
+static PyTypeObject *arg_type, *message_type, *notify_type;
 static Py_ssize_t arg_name_at, arg_type_at, arg_value_at, message_name_at, message_args_at;
+static Py_ssize_t notify_stream_at, notify_frame_at, notify_messages_at;
 static PyObject *data_types[10]; /* DataType members by id */
 static PyObject *ipv4_factory;   /* frames._ipv4: cached IPv4Address from 4 packed bytes */
 static PyObject *ipv6_factory;   /* IPv6Address */
@@ -70,7 +71,7 @@ static PyObject *latin1_name(const unsigned char *at, Py_ssize_t len) {
 /* an instance of `type` with two or three slots set; steals the references of the values */
 static PyObject *build(PyTypeObject *type, Py_ssize_t at1, PyObject *v1, Py_ssize_t at2,
                        PyObject *v2, Py_ssize_t at3, PyObject *v3) {
-    PyObject *self = type->tp_alloc(type, 0);
+    PyObject *self = (v1 == NULL || v2 == NULL) ? NULL : type->tp_alloc(type, 0);
     if (self == NULL) {
         Py_XDECREF(v1);
         Py_XDECREF(v2);
@@ -105,18 +106,8 @@ static long long short_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssiz
     return number;
 }
 
-/* decode_messages(payload) -> tuple[Message, ...] | None (None: use the Python decoder) */
-static PyObject *decode_messages(PyObject *module, PyObject *payload) {
-    (void)module;
-    Py_buffer view;
-    if (arg_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_spop_fast.setup() was not called");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const unsigned char *buf = view.buf;
-    Py_ssize_t end = view.len, pos = 0;
+/* LIST-OF-MESSAGES in buf[pos:end] -> tuple of Message; None: use the Python decoder */
+static PyObject *decode_span(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end) {
     PyObject *messages = PyList_New(0), *args = NULL, *result = NULL;
     if (messages == NULL)
         goto done;
@@ -231,6 +222,77 @@ fallback:
 done:
     Py_XDECREF(args);
     Py_XDECREF(messages);
+    return result;
+}
+
+static int ready(void) {
+    if (arg_type != NULL)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "_spop_fast.setup() was not called");
+    return 0;
+}
+
+/* decode_messages(payload) -> tuple[Message, ...] | None (None: use the Python decoder) */
+static PyObject *decode_messages(PyObject *module, PyObject *payload) {
+    (void)module;
+    Py_buffer view;
+    if (!ready() || PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = decode_span(view.buf, 0, view.len);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* next_notify(buffer, offset, frame_limit) -> (Notify, next offset) | None
+ *
+ * The frame at `offset` when it is a whole NOTIFY that Connection would accept as it is
+ * (spop.md §1, §3.3: LENGTH from 7 to the negotiated limit, type 3, FIN, stream-id and
+ * frame-id as varints of one to three bytes) and whose payload decode_span takes. None for
+ * anything else, including a frame not yet complete: Connection's own path then reads the
+ * same frame, and waits, decodes it or raises its error. */
+static PyObject *next_notify(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
+    (void)module;
+    if (argc != 3) {
+        PyErr_SetString(PyExc_TypeError, "next_notify(buffer, offset, frame_limit)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(argv[1]);
+    long long limit = PyLong_AsLongLong(argv[2]);
+    if ((offset == -1 || limit == -1) && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (!ready() || PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *buf = view.buf;
+    PyObject *result = NULL;
+    if (offset < 0 || view.len - offset < 4 + 7)
+        goto fallback;
+    const unsigned char *at = buf + offset;
+    long long length = ((long long)at[0] << 24) | (at[1] << 16) | (at[2] << 8) | at[3];
+    Py_ssize_t end = offset + 4 + (Py_ssize_t)length;
+    /* type NOTIFY, flags (big endian) with FIN */
+    if (length < 7 || length > limit || end > view.len || at[4] != 3 || !(at[8] & 1))
+        goto fallback;
+    Py_ssize_t pos = offset + 9;
+    long long stream_id = short_varint(buf, &pos, end);
+    long long frame_id = stream_id < 0 ? -1 : short_varint(buf, &pos, end);
+    if (frame_id < 0)
+        goto fallback;
+    PyObject *messages = decode_span(buf, pos, end);
+    if (messages == NULL || messages == Py_None) {
+        result = messages;
+        goto done;
+    }
+    PyObject *notify = build(notify_type, notify_stream_at, PyLong_FromLongLong(stream_id),
+                             notify_frame_at, PyLong_FromLongLong(frame_id), notify_messages_at,
+                             messages);
+    if (notify == NULL)
+        goto done;
+    result = Py_BuildValue("(Nn)", notify, end);
+    goto done;
+fallback:
+    result = Py_NewRef(Py_None);
+done:
     PyBuffer_Release(&view);
     return result;
 }
@@ -250,18 +312,22 @@ static int slot_offset(PyTypeObject *type, const char *field, Py_ssize_t *offset
     return 0;
 }
 
-/* setup(Arg, Message, DataType, ipv4, ipv6): the classes to build, read once */
+/* setup(Arg, Message, Notify, DataType, ipv4, ipv6): the classes to build, read once */
 static PyObject *setup(PyObject *module, PyObject *args) {
     (void)module;
-    PyObject *arg, *message, *data_type, *ipv4, *ipv6;
-    if (!PyArg_ParseTuple(args, "O!O!OOO", &PyType_Type, &arg, &PyType_Type, &message,
-                          &data_type, &ipv4, &ipv6))
+    PyObject *arg, *message, *notify, *data_type, *ipv4, *ipv6;
+    if (!PyArg_ParseTuple(args, "O!O!O!OOO", &PyType_Type, &arg, &PyType_Type, &message,
+                          &PyType_Type, &notify, &data_type, &ipv4, &ipv6))
         return NULL;
     PyTypeObject *a = (PyTypeObject *)arg, *m = (PyTypeObject *)message;
+    PyTypeObject *n = (PyTypeObject *)notify;
     if (slot_offset(a, "name", &arg_name_at) < 0 || slot_offset(a, "type", &arg_type_at) < 0 ||
         slot_offset(a, "value", &arg_value_at) < 0 ||
         slot_offset(m, "name", &message_name_at) < 0 ||
-        slot_offset(m, "args", &message_args_at) < 0)
+        slot_offset(m, "args", &message_args_at) < 0 ||
+        slot_offset(n, "stream_id", &notify_stream_at) < 0 ||
+        slot_offset(n, "frame_id", &notify_frame_at) < 0 ||
+        slot_offset(n, "messages", &notify_messages_at) < 0)
         return NULL;
     for (int id = 0; id < 10; id++) {
         PyObject *member = PyObject_CallFunction(data_type, "i", id);
@@ -273,11 +339,15 @@ static PyObject *setup(PyObject *module, PyObject *args) {
     Py_XSETREF(ipv6_factory, Py_NewRef(ipv6));
     Py_XSETREF(arg_type, (PyTypeObject *)Py_NewRef(arg));
     Py_XSETREF(message_type, (PyTypeObject *)Py_NewRef(message));
+    Py_XSETREF(notify_type, (PyTypeObject *)Py_NewRef(notify));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
-    {"setup", setup, METH_VARARGS, "setup(Arg, Message, DataType, ipv4_factory, ipv6_factory)"},
+    {"setup", setup, METH_VARARGS,
+     "setup(Arg, Message, Notify, DataType, ipv4_factory, ipv6_factory)"},
+    {"next_notify", (PyCFunction)(void (*)(void))next_notify, METH_FASTCALL,
+     "next_notify(buffer, offset, frame_limit) -> (Notify, next offset), or None"},
     {"decode_messages", decode_messages, METH_O,
      "decode_messages(payload) -> tuple of Message, or None: decode it in Python"},
     {NULL, NULL, 0, NULL},

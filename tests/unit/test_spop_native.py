@@ -142,3 +142,88 @@ def test_names_cached_in_c_are_not_confused() -> None:
         ]
         decoded = spop_native.decode_messages(memoryview(frames.encode_messages(messages)))
         assert [a.name for a in decoded[0].args] == names[start : start + 200]
+
+
+# ---- whole frames: NativeConnection against Connection -------------------------------------
+
+
+def _stream_outcome(connection: spop.Connection, chunks: list[bytes]) -> list[object]:
+    seen: list[object] = []
+    try:
+        for chunk in chunks:
+            connection.receive_data(chunk)
+            while (event := connection.next_event()) is not spop.NEED_DATA:
+                seen.append(event)
+                if isinstance(event, spop.ConnectionClosed):
+                    return seen
+        seen.append(("pending", connection.pending_bytes, connection.data_to_send()))
+    except spop.SpopError as error:
+        seen.append(("error", error.status, str(error), connection.state))
+    return seen
+
+
+def _same_stream(chunks: list[bytes]) -> list[object]:
+    expected = _stream_outcome(spop.Connection(), chunks)
+    assert _stream_outcome(spop_native.NativeConnection(), chunks) == expected
+    return expected
+
+
+def _capture_frames() -> list[bytes]:
+    return [
+        bytes.fromhex(frame["hex"])
+        for path in sorted(CAPTURES.glob("haproxy-*.json"))
+        for frame in json.loads(path.read_text(encoding="utf-8"))["frames"]
+    ]
+
+
+NOTIFY_FRAMES = [f for f in _capture_frames() if frames.decode_frame(f).type == 3]
+
+
+@pytest.mark.parametrize("feed", helpers.FEEDS)
+def test_captured_notifies_read_alike_whole_split_and_trailing(feed: str) -> None:
+    stream = helpers.V4_HELLO_MIN + b"".join(NOTIFY_FRAMES) + helpers.V11_HAPROXY_DISCONNECT
+    events = _same_stream(list(helpers.chunks(stream, feed)))
+    assert sum(isinstance(e, spop.Notify) for e in events) == len(NOTIFY_FRAMES)
+    codec = spop_native.NativeConnection()
+    codec.receive_data(helpers.V4_HELLO_MIN)
+    codec.next_event()
+    # the C path is the one taken for HAProxy's frames (not the fallback)
+    assert spop_native._next_notify(NOTIFY_FRAMES[0], 0, codec.max_frame_size) is not None
+
+
+def test_notify_frames_the_c_reader_leaves_to_python_read_alike() -> None:
+    notify = frames.decode_frame(helpers.V6_NOTIFY)
+    payload = bytes(notify.payload)
+    cases = [
+        frames.encode_frame(3, payload, 1, 1, flags=0),  # no FIN: status 10
+        frames.encode_frame(3, payload, 1, 1, flags=3),  # FIN + ABORT
+        frames.encode_frame(3, payload, 2**40, 7),  # a long stream-id varint
+        frames.encode_frame(3, b"", 1, 1),  # no messages
+        frames.encode_frame(0, payload, 1, 1),  # a continuation
+        frames.encode_frame(99, payload, 1, 1),  # an unknown type: skipped
+        bytes.fromhex("00000006") + bytes(6),  # LENGTH below 7
+        helpers.V6_NOTIFY[:3] + b"\xff" + helpers.V6_NOTIFY[4:],  # LENGTH beyond the data
+    ]
+    for case in cases:
+        _same_stream([helpers.V4_HELLO_MIN + case + helpers.V6_NOTIFY])
+    # above the negotiated max-frame-size (256 here): TOO_BIG, from the Python path
+    small = helpers.kv_frame(
+        1,
+        ("supported-versions", DataType.STRING, "2.0"),
+        ("max-frame-size", DataType.UINT32, 256),
+        ("capabilities", DataType.STRING, "pipelining"),
+    )
+    big = frames.encode_notify(1, 1, [Message("m", (Arg("a", DataType.BINARY, b"x" * 300),))])
+    assert _same_stream([small, big])[-1][1] == spop.StatusCode.TOO_BIG
+
+
+def test_a_seeded_corpus_of_mutated_streams_reads_alike() -> None:
+    rng = random.Random(22)
+    for _ in range(3_000):
+        frames_in = [rng.choice(NOTIFY_FRAMES) for _ in range(rng.randint(1, 3))]
+        stream = bytearray(b"".join(frames_in))
+        for _ in range(rng.randint(0, 3)):
+            stream[rng.randrange(len(stream))] = rng.randrange(256)
+        data = helpers.V4_HELLO_MIN + bytes(stream)
+        cut = rng.randint(len(helpers.V4_HELLO_MIN), len(data))
+        _same_stream([data[:cut], data[cut:]] if rng.random() < 0.5 else [data])
