@@ -4,7 +4,7 @@
 their messages decoded by ``_spop_fast`` (docs/performance.md change 22). That decoder takes
 only the shapes HAProxy sends and hands every other payload, well-formed or not, back to the
 pure-Python ``spop.frames.decode_messages``, which stays the reference: the errors are always
-its own, and tests/unit/test_spop_native.py feeds both the same bytes and requires the same
+its own, and tests/integration/test_spop_native.py feeds both the same bytes and requires the same
 result. Without the compiled module (``python -m coraza_spoa_py.native.build`` not run) this is
 the pure codec, and ``NATIVE`` says so.
 """

@@ -12,7 +12,7 @@
  * On anything else -- another type, a longer varint, a frame cut short, an error -- it returns
  * None and the caller runs the pure-Python decoder over the same bytes, which produces the
  * value or raises the SpopError. So the pure codec stays the reference for every error, and
- * tests/unit/test_spop_native.py feeds both the same bytes and requires the same result.
+ * tests/integration/test_spop_native.py feeds both the same bytes and requires the same result.
  *
  * Objects are built the way the dataclasses' own __init__ would leave them: an instance of the
  * class (`Arg`, `Message`) with each slot set, written through the slots' member offsets

@@ -18,7 +18,9 @@ from coraza_spoa_py import spop, spop_native
 from coraza_spoa_py.spop import Arg, DataType, Message, frames
 from tests.unit.spop import helpers
 
-CAPTURES = Path(__file__).parent / "spop" / "data"
+CAPTURES = Path(__file__).parents[1] / "unit" / "spop" / "data"
+# the compiled module: not a unit test (docs/development.md "Layout")
+pytestmark = pytest.mark.integration
 
 
 def _outcome(decode: object, payload: bytes) -> object:
