@@ -73,4 +73,4 @@ docs: install
 	$(PY) -m coraza_spoa_py.schema_doc > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache coraza_spoa_py/_msc.*.so
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache coraza_spoa_py/_msc.*.so coraza_spoa_py/_spop_fast.*.so
