@@ -25,7 +25,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/system
 	touch $@
 
 # the compiled engine binding (coraza_spoa_py/native/): rebuilt when its sources change
-$(STAMPS)/native: coraza_spoa_py/native/msc_glue.c coraza_spoa_py/native/msc_glue.h coraza_spoa_py/native/msc_glue_rm.cc coraza_spoa_py/native/build.py $(STAMPS)/venv
+$(STAMPS)/native: coraza_spoa_py/native/msc_glue.c coraza_spoa_py/native/msc_glue.h coraza_spoa_py/native/msc_glue_rm.cc coraza_spoa_py/native/spop_fast.c coraza_spoa_py/native/build.py $(STAMPS)/venv
 	$(PY) -m coraza_spoa_py.native.build
 	touch $@
 
@@ -73,4 +73,4 @@ docs: install
 	$(PY) -m coraza_spoa_py.schema_doc > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache coraza_spoa_py/_msc.*.so
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache coraza_spoa_py/_msc.*.so coraza_spoa_py/_spop_fast.*.so

@@ -40,6 +40,7 @@ from loguru import logger
 from coraza_spoa_py import spop
 from coraza_spoa_py.message_log import debug_enabled
 from coraza_spoa_py.settings import BindAddress
+from coraza_spoa_py.spop_native import NativeConnection
 from coraza_spoa_py.workers import Flusher, Workers
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
@@ -278,7 +279,8 @@ class _AgentConnection:
         self.peer = peer
         self.source = source
         self.log = logger.bind(peer=peer)
-        self.codec = spop.Connection(max_frame_size=server.max_frame_size)
+        # the codec with its NOTIFY decoder in C (spop_native; the pure one is its reference)
+        self.codec = NativeConnection(max_frame_size=server.max_frame_size)
         self.write_lock = gevent.lock.Semaphore()
         self.outbox: list[bytes] = []  # whole ACK frames waiting for the flusher
         self.flusher = Flusher(self._flush_outbox)

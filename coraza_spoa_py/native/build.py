@@ -22,6 +22,10 @@ HEADER = GLUE.with_suffix(".h")
 # C++: reads the engine's rule messages (docs/engine.md "Rule matches")
 RULE_MESSAGES = GLUE.with_name("msc_glue_rm.cc")
 MODULE = "coraza_spoa_py._msc"
+# the NOTIFY decoder in C (docs/performance.md change 22): a plain CPython extension, since it
+# builds Python objects; coraza_spoa_py/spop_native.py uses it
+SPOP_FAST = GLUE.with_name("spop_fast.c")
+SPOP_FAST_MODULE = "coraza_spoa_py._spop_fast"
 
 
 def cdef_text() -> str:
@@ -54,14 +58,34 @@ def builder() -> FFI:
 def build() -> Path:
     """Compile and place the module next to the package's sources; returns its path."""
     with tempfile.TemporaryDirectory(prefix="coraza-spoa-py-build-") as tmp:
-        built = Path(builder().compile(tmpdir=tmp, verbose=False))
-        target = PACKAGE_DIR / built.name
-        # a new file renamed over the old one: a running agent keeps its mapping intact
-        staged = target.with_name(target.name + ".new")
-        shutil.copyfile(built, staged)
-        staged.replace(target)
+        return _place(Path(builder().compile(tmpdir=tmp, verbose=False)))
+
+
+def build_spop_fast() -> Path:
+    """Compile ``spop_fast.c`` into ``coraza_spoa_py/_spop_fast*.so``; returns its path."""
+    from setuptools import Distribution, Extension  # noqa: PLC0415 (build time only)
+    from setuptools.command.build_ext import build_ext  # noqa: PLC0415
+
+    extension = Extension(
+        SPOP_FAST_MODULE, [str(SPOP_FAST)], extra_compile_args=["-O2", "-Wall", "-Wextra"]
+    )
+    with tempfile.TemporaryDirectory(prefix="coraza-spoa-py-build-") as tmp:
+        command = build_ext(Distribution({"ext_modules": [extension]}))
+        command.build_lib, command.build_temp = tmp, tmp
+        command.ensure_finalized()
+        command.run()
+        return _place(Path(command.get_ext_fullpath(SPOP_FAST_MODULE)))
+
+
+def _place(built: Path) -> Path:
+    target = PACKAGE_DIR / built.name
+    # a new file renamed over the old one: a running agent keeps its mapping intact
+    staged = target.with_name(target.name + ".new")
+    shutil.copyfile(built, staged)
+    staged.replace(target)
     return target
 
 
 if __name__ == "__main__":
     sys.stderr.write(f"built {build()}\n")
+    sys.stderr.write(f"built {build_spop_fast()}\n")

@@ -116,6 +116,10 @@ class Connection:
         "pipelining",
     )
 
+    # the NOTIFY payload decoder; a subclass may swap in one that decodes the same bytes to the
+    # same messages (coraza_spoa_py/spop_native.py: in C, this one as its reference)
+    _decode_messages = staticmethod(decode_messages)
+
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if not MIN_MAX_FRAME_SIZE <= max_frame_size <= MAX_FRAME_LENGTH:
             raise ValueError(f"max_frame_size must be in [256, 2^32-1], not {max_frame_size}")
@@ -243,7 +247,7 @@ class Connection:
                 raise SpopError(StatusCode.INVALID, f"frame type {frame_type} before HELLO")
             return self._on_hello(frame)
         if frame_type == FrameType.NOTIFY:
-            return Notify(frame.stream_id, frame.frame_id, decode_messages(frame.payload))
+            return Notify(frame.stream_id, frame.frame_id, self._decode_messages(frame.payload))
         if frame_type == FrameType.HAPROXY_DISCONNECT:
             return self._on_disconnect(frame)
         if frame_type == FrameType.HAPROXY_HELLO:
