@@ -104,7 +104,7 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         )  # fmt: skip
     if soak and soak.get("rss_growth") is not None:
         checks.append(
-            _check("soak: RSS growth first checkpoint -> end", soak["rss_growth"],
+            _check("soak: RSS growth steady baseline -> end", soak["rss_growth"],
                    f"<= +{SOAK_RSS_TARGET:.0%}", soak["rss_growth"] <= SOAK_RSS_TARGET)
         )  # fmt: skip
     return checks

@@ -117,7 +117,7 @@ def test_ratios_and_targets_from_sample_results():
         "CPU/request clean_get @32": False,
         "uninspected + SPOE errors clean_get @32": True,
         "soak: every transaction answered": True,
-        "soak: RSS growth first checkpoint -> end": True,
+        "soak: RSS growth steady baseline -> end": True,
     }
     text = report.markdown(results)
     assert (
