@@ -62,7 +62,7 @@ def assert_not_forged(path: Path, *, expect: str) -> None:
     lines = raw.splitlines()
     assert lines, "nothing was logged"
     assert raw.count("\n") == len(lines)  # no other separator survived
-    forged = [line for line in lines if line.lstrip("\x1b[2K").startswith("2099-")]
+    forged = [line for line in lines if line.removeprefix("\x1b[2K").startswith("2099-")]
     assert forged == []
     assert not any("\x1b" in line or "\r" in line for line in lines)
     if path.name.endswith("json.log"):
