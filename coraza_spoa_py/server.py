@@ -414,14 +414,10 @@ class _AgentConnection:
             self.codec.receive_data(chunk)
             try:
                 outcome = self._handle_events(received_at)
-                # the deadlines (``_past_deadline``): a whole frame is activity, a part of one
-                # starts the frame's clock, which only the frame's end stops
-                if self.codec.pending_bytes:
-                    if self.frame_started_at is None:
-                        self.frame_started_at = received_at
-                else:
-                    self.frame_started_at = None
-                    self.active_at = received_at
+                # the deadlines (``_past_deadline``): each whole frame is activity and stops
+                # the frame clock (``_handle_events``); a part of one left over starts it
+                if self.codec.pending_bytes and self.frame_started_at is None:
+                    self.frame_started_at = received_at
             except spop.SpopError as exc:
                 self.log.warning("protocol error: {}", exc)
                 self._send_disconnect(exc.status, exc.detail)
@@ -441,6 +437,9 @@ class _AgentConnection:
             event = self.codec.next_event()
             if event is spop.NEED_DATA:
                 return None
+            # a whole frame, even when this read also holds the start of the next one
+            self.active_at = received_at
+            self.frame_started_at = None
             if isinstance(event, spop.Notify):
                 # Blocks while the per-connection pool is full: back-pressure (module docstring).
                 self.inflight.spawn(self._answer, event, received_at)

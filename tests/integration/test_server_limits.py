@@ -147,3 +147,23 @@ def test_whole_frames_keep_a_connection_open_past_the_frame_deadline() -> None:
             assert client.read_ack()[0] == stream_id
             gevent.sleep(0.1)
         client.close()
+
+
+def test_frames_split_across_reads_keep_a_busy_connection_open() -> None:
+    """frame_timeout_s=0.3: for 1.5 s, every write ends in the middle of a NOTIFY (the rest of
+    one frame and the start of the next, as pipelined traffic arrives). Each read completes a
+    frame, so the frame clock restarts at each one: every NOTIFY is answered, never closed."""
+    with running_server(frame_timeout_s=0.3, hello_timeout_s=0.3) as server:
+        client = connect(server)
+        notifies = [
+            frames.encode_notify(n, 1, [message("coraza-req", path=f"/{n}")]) for n in range(1, 16)
+        ]
+        stream = b"".join(notifies)
+        cuts = [sum(map(len, notifies[:n])) + len(notifies[n]) // 2 for n in range(15)]
+        previous = 0
+        for cut in [*cuts, len(stream)]:
+            client.send(stream[previous:cut])
+            previous = cut
+            gevent.sleep(0.1)
+        assert sorted(client.read_ack()[0] for _ in notifies) == list(range(1, 16))
+        client.close()
