@@ -46,20 +46,21 @@ ARG_IGNORE_RULES = "ignorerules"
 VAR_CODE = "code"
 VAR_INTERVENTION = "intervention"
 
-# the positional layouts of docs/compatibility.md's two C agents; None = an argument we do not use
-# (req.body_size: HAProxy's own count of the body it buffered, the body itself tells us)
-POSITIONAL_8: tuple[str | None, ...] = (
-    m.ARG_ID, m.ARG_METHOD, m.ARG_PATH, m.ARG_QUERY, m.ARG_VERSION, m.ARG_HEADERS, None,
-    m.ARG_BODY,
+# the positional layouts of docs/compatibility.md's two C agents; req.body_size is the body's
+# declared size, which tells a body cut to fit the frame from a whole one (docs/haproxy.md
+# "Request bodies"), as the body-size argument of coraza-req does
+POSITIONAL_8: tuple[str, ...] = (
+    m.ARG_ID, m.ARG_METHOD, m.ARG_PATH, m.ARG_QUERY, m.ARG_VERSION, m.ARG_HEADERS,
+    m.ARG_BODY_SIZE, m.ARG_BODY,
 )  # fmt: skip
-POSITIONAL_12: tuple[str | None, ...] = (
+POSITIONAL_12: tuple[str, ...] = (
     m.ARG_ID, m.ARG_SRC_IP, m.ARG_SRC_PORT, m.ARG_DST_IP, m.ARG_DST_PORT, m.ARG_METHOD,
-    m.ARG_PATH, m.ARG_QUERY, m.ARG_VERSION, m.ARG_HEADERS, None, m.ARG_BODY,
+    m.ARG_PATH, m.ARG_QUERY, m.ARG_VERSION, m.ARG_HEADERS, m.ARG_BODY_SIZE, m.ARG_BODY,
 )  # fmt: skip
 _LAYOUTS = {len(POSITIONAL_8): POSITIONAL_8, len(POSITIONAL_12): POSITIONAL_12}
 
-# names a user of the C agents may give the same samples -> our names (None: ignored)
-_ALIASES: dict[str, str | None] = {
+# names a user of the C agents may give the same samples -> our names
+_ALIASES: dict[str, str] = {
     "unique-id": m.ARG_ID,
     "unique_id": m.ARG_ID,
     "src": m.ARG_SRC_IP,
@@ -71,8 +72,8 @@ _ALIASES: dict[str, str | None] = {
     "req.hdrs_bin": m.ARG_HEADERS,
     "req.hdrs": m.ARG_HEADERS,
     "hdrs_bin": m.ARG_HEADERS,
-    "req.body_size": None,
-    "body_size": None,
+    "req.body_size": m.ARG_BODY_SIZE,
+    "body_size": m.ARG_BODY_SIZE,
     "req.body": m.ARG_BODY,
 }
 # what the application's parser knows, plus ours (the debug line calls the rest unknown)
@@ -100,16 +101,13 @@ def to_request_message(message: Message) -> Message:
                 "req.hdrs_bin req.body_size req.body)"
             )
         named.extend(
-            Arg(name, arg.type, arg.value)
-            for name, arg in zip(layout, positional, strict=True)
-            if name is not None
+            Arg(name, arg.type, arg.value) for name, arg in zip(layout, positional, strict=True)
         )
-    for arg in message.args:
-        if not arg.name:
-            continue
-        name = _ALIASES.get(arg.name, arg.name)
-        if name is not None:
-            named.append(Arg(name, arg.type, arg.value))
+    named.extend(
+        Arg(_ALIASES.get(arg.name, arg.name), arg.type, arg.value)
+        for arg in message.args
+        if arg.name
+    )
     # args_by_name keeps the first of a name: a named argument given as well as a positional
     # one is ignored, as the positional layout is what the C agent's users rely on
     return Message(message.name, tuple(named))

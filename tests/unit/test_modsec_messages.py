@@ -62,6 +62,24 @@ def test_eight_positional_arguments_are_read_like_a_coraza_request():
     assert request.body == b"a=b" and request.src_ip is None
 
 
+def test_req_body_size_is_the_declared_size_so_a_cut_body_is_known():
+    """The 7th of 8 (11th of 12) is req.body_size: a body HAProxy cut to fit the frame must
+    be reported as cut (docs/haproxy.md "Request bodies"), never judged as if complete."""
+    whole = parse_request_message(to_request_message(eight()), lambda: "x").request
+    assert (whole.declared_body_size, whole.body_truncated) == (3, False)
+    args = list(eight().args)
+    args[6] = Arg("", DataType.INT32, 1_000_000)
+    cut = parse_request_message(
+        to_request_message(Message("check-request", tuple(args))), lambda: "x"
+    ).request
+    assert (cut.declared_body_size, cut.body_truncated) == (1_000_000, True)
+    named = Message("check-request", (s("unique-id", "u"), Arg("req.body_size", DataType.INT32, 9)))
+    assert (
+        parse_request_message(to_request_message(named), lambda: "x").request.declared_body_size
+        == 9
+    )
+
+
 def test_twelve_positional_arguments_carry_the_addresses():
     request = parse_request_message(to_request_message(twelve()), lambda: "x").request
     assert request.transaction_id == "uid-2" and request.method == b"POST"
