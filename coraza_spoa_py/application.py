@@ -398,16 +398,22 @@ class Application:
         transaction = self._cache.pop(transaction_id)
         if trace is not None:
             trace.cache = "not-found" if transaction is None else "found"
-        if transaction is not None:
-            self._in_flight += 1
-            outcome = self._run(
-                lambda started: self._evaluate_response(parsed, transaction, received_at, started)
-            )
-            self._in_flight -= 1
-        elif self.config.orphan_responses == "reject":
+        if transaction is None and self.config.orphan_responses == "reject":
             raise TransactionNotFoundError(f"no open transaction {transaction_id!r}")
-        else:
-            outcome = self._orphan(parsed, args, received_at, trace)
+        # in flight until answered, found or orphan: a retired application holding none is
+        # dropped (Agent.sweep), and this job's opened/closed counts would go with it
+        self._in_flight += 1
+        try:
+            if transaction is not None:
+                outcome = self._run(
+                    lambda started: self._evaluate_response(
+                        parsed, transaction, received_at, started
+                    )
+                )
+            else:
+                outcome = self._orphan(parsed, args, received_at, trace)
+        finally:
+            self._in_flight -= 1
         if trace is not None:
             trace.started, trace.finished = outcome.started, outcome.finished
         verdict = self._settle(outcome, transaction_id)
