@@ -137,7 +137,12 @@ class HandoffClient:
             with self._write_lock:
                 sock.sendall(frames.encode_notify(stream_id, 1, messages))
             return result.get(timeout=self.timeout_s)
-        except (OSError, gevent.Timeout) as exc:
+        except gevent.Timeout:
+            # one slow answer: the connection and the other calls on it are fine, and a late
+            # ACK finds no waiter (_read_acks)
+            logger.debug("hand-off to {}: no answer within {}s", self.path, self.timeout_s)
+            return None
+        except OSError as exc:
             logger.debug("hand-off to {} failed: {!r}", self.path, exc)
             self._drop(sock)
             return None
