@@ -359,7 +359,7 @@ def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str
             crs_rules_dir=data.get("crs_rules_dir", defaults.rule_paths.crs_rules_dir),
             crs_setup_file=data.get("crs_setup_file", defaults.rule_paths.crs_setup_file),
         ),
-        engine_threads=data.get("engine_threads", defaults.engine_threads),
+        engine_threads=data.get("engine_threads"),
         workers=data.get("workers", defaults.workers),
         max_frame_size=data.get("max_frame_size", defaults.max_frame_size),
         max_connections=data.get("max_connections", defaults.max_connections),

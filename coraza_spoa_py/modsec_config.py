@@ -53,7 +53,7 @@ def load(options: ModSecOptions) -> LoadedConfig:
         ),
         default_application=APPLICATION_NAME,
         log=LogConfig(level="debug" if options.debug else "info", file="/dev/stderr"),
-        engine_threads=options.workers or defaults.engine_threads,
+        engine_threads=options.workers or None,
         max_frame_size=options.max_frame_size or defaults.max_frame_size,
         source_file=describe(options),
     )

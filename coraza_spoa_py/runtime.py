@@ -124,9 +124,10 @@ class Runtime:
             logger.configure(extra={"worker": worker.index})
         loaded = load() if load is not None else config.load_with_notices(config_path)
         cfg = loaded.config
-        _start_logging(loaded, config_path)
-        pool = ThreadPool(cfg.engine_threads)
-        scheduler = EnginePool(cfg.engine_threads)
+        threads = cfg.engine_threads_for(worker.count if worker is not None else 1)
+        _start_logging(loaded, config_path, threads)
+        pool = ThreadPool(threads)
+        scheduler = EnginePool(threads)
         # the metrics listener comes first: /healthz answers while the rules compile, /readyz
         # says 503 until the SPOP listener is bound (docs/operations.md "Health")
         stats = metrics.Metrics()
@@ -337,10 +338,12 @@ class Runtime:
             logger.warning(notice)
         reload.log_loaded(engines)
         _warn_restart_only(self.config, cfg)
-        if cfg.engine_threads != self.config.engine_threads:
-            self.pool.maxsize = cfg.engine_threads
+        processes = self.worker.count if self.worker is not None else 1
+        threads = cfg.engine_threads_for(processes)
+        if threads != self.config.engine_threads_for(processes):
+            self.pool.maxsize = threads
             if self.scheduler is not None:
-                self.scheduler.resize(cfg.engine_threads)
+                self.scheduler.resize(threads)
         executor: Callable[[Callable[[], Any]], Any] = self.scheduler or _executor(self.pool)
         applications = reload.build_applications(cfg, engines, executor)
         if self._metrics is not None:
@@ -469,7 +472,7 @@ def _observe(applications: dict[str, Application], stats: metrics.Metrics) -> No
         application.observer = stats.observe
 
 
-def _start_logging(loaded: config.LoadedConfig, config_path: str) -> None:
+def _start_logging(loaded: config.LoadedConfig, config_path: str, threads: int) -> None:
     """Logging as the config says, then the config's notices and the start line."""
     cfg = loaded.config
     try:
@@ -483,7 +486,7 @@ def _start_logging(loaded: config.LoadedConfig, config_path: str) -> None:
         __version__,
         config_path,
         len(cfg.applications),
-        cfg.engine_threads,
+        threads,
     )
     if not cfg.applications:
         logger.warning("no applications defined: every message will be answered with error")
@@ -560,6 +563,7 @@ def _warn_restart_only(old: Config, new: Config) -> None:
         "idle_timeout_s",
         "hello_timeout_s",
         "frame_timeout_s",
+        "workers",
     ):
         if getattr(old, name) != getattr(new, name):
             logger.warning("{} changed: it takes effect when the agent restarts", name)

@@ -81,9 +81,9 @@ class Config:
     default_application: str | None = None
     log: LogConfig = field(default_factory=LogConfig)
     rule_paths: RulePaths = field(default_factory=RulePaths)
-    # engine worker threads; libmodsecurity releases the GIL, so one per core (docs/engine.md
-    # "Engine facts")
-    engine_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # engine threads per process; libmodsecurity releases the GIL, so the cores are shared
+    # among the worker processes (docs/engine.md "Engine facts"); None: engine_threads_for()
+    engine_threads: int | None = None
     # worker processes sharing the listener (master.py); 1 = one process, no master. One per
     # core: a process's hub runs its Python work one transaction at a time (docs/performance.md)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -106,3 +106,11 @@ class Config:
     processing_budget_ms: int = 400
     graceful_timeout_s: float = 10.0
     source_file: str = ""
+
+    def engine_threads_for(self, processes: int) -> int:
+        """Engine threads of each of ``processes`` serving processes: as configured, else the
+        CPUs divided among them (one worker per core then runs one engine thread, not one
+        per CPU each)."""
+        if self.engine_threads is not None:
+            return self.engine_threads
+        return max(1, (os.cpu_count() or 1) // processes)

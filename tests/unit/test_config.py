@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -88,7 +89,11 @@ def test_defaults_of_a_minimal_gen3_file() -> None:
     defaults = Config(bind=cfg.bind)
     assert cfg.log.level == "info" and cfg.log.file == "/dev/stdout"
     assert cfg.log.format == "console"
-    assert cfg.engine_threads == (os.cpu_count() or 1)
+    # the CPUs shared among the worker processes (docs/operations.md "Workers")
+    assert cfg.engine_threads is None
+    assert cfg.engine_threads_for(1) == (os.cpu_count() or 1)
+    assert cfg.engine_threads_for(cfg.workers) == 1
+    assert replace(cfg, engine_threads=3).engine_threads_for(cfg.workers) == 3
     # issue 14: one worker process per core (docs/operations.md "Workers")
     assert cfg.workers == (os.cpu_count() or 1)
     assert (cfg.max_frame_size, cfg.processing_budget_ms) == (
