@@ -12,6 +12,7 @@ or touch gevent.
 from __future__ import annotations
 
 import _thread
+import functools
 import os
 import re
 import struct
@@ -235,18 +236,12 @@ class ModSecEngine:
         self.rejects_truncated_body: bool = resolved.rejects_truncated_body
         # where this engine's jobs run: here by default, the engine threads in the agent
         self.runner: JobRunner = RUN_HERE
-        count = self._add(resolved.text, resolved)
+        count = self._add(resolved)
         _check_rule_count(count, resolved, self._finalizer)
         self.rule_count: int = count
 
-    def _add(self, text: str, resolved: rules.ResolvedRules | None) -> int:
-        lib = self._native.lib
-        error = _ffi.new(_CHAR_PTR_PTR)
-        count = int(lib.msc_rules_add(self._rules, text.encode(), error))
-        message = ""
-        if error[0] != _ffi.NULL:
-            message = _c_string(error[0]).strip()
-            lib.free(error[0])
+    def _add(self, resolved: rules.ResolvedRules) -> int:
+        count, message = _rules_add(self._native.lib, self._rules, resolved.text)
         if count < 0 or message:
             self._finalizer()
             raise RulesError(waf_text.rules_problems(message, resolved))
@@ -260,30 +255,35 @@ class ModSecEngine:
         self._finalizer()
 
 
+def _rules_add(lib: Any, rules_set: Any, text: str) -> tuple[int, str]:
+    """``msc_rules_add``: the count it returns and its error text ("" when none). Rule files
+    are read with surrogateescape (rules.py: not every file is UTF-8), and go back to the
+    engine as the bytes they were."""
+    error = _ffi.new(_CHAR_PTR_PTR)
+    count = int(lib.msc_rules_add(rules_set, text.encode(errors="surrogateescape"), error))
+    message = ""
+    if error[0] != _ffi.NULL:
+        message = _c_string(error[0]).strip()
+        lib.free(error[0])
+    return count, message
+
+
 def _count_loaded(text: str) -> int | None:
     """How many rules (and markers) the engine loads from ``text`` in a rule set of its
     own; None when it refuses the text."""
     lib = _native().lib
     scratch = lib.msc_create_rules_set()
-    error = _ffi.new(_CHAR_PTR_PTR)
     try:
-        count = int(lib.msc_rules_add(scratch, text.encode(errors="surrogateescape"), error))
+        count, message = _rules_add(lib, scratch, text)
     finally:
-        failed = error[0] != _ffi.NULL
-        if failed:
-            lib.free(error[0])
         lib.msc_rules_cleanup(scratch)
-    return None if failed or count < 0 else count
+    return None if message or count < 0 else count
 
 
-_marker_weight_cache: list[int] = []
-
-
+@functools.cache
 def _marker_weight() -> int:
     # libmodsecurity adds a SecMarker to every phase and counts each copy as a rule
-    if not _marker_weight_cache:
-        _marker_weight_cache.append(_count_loaded("SecMarker RULE_COUNT_PROBE\n") or 0)
-    return _marker_weight_cache[0]
+    return _count_loaded("SecMarker RULE_COUNT_PROBE\n") or 0
 
 
 def _expected_count(directives: Sequence[rules.Directive]) -> int:

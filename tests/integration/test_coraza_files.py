@@ -113,3 +113,25 @@ def test_a_file_that_stops_loading_early_is_refused_with_file_and_line() -> None
     (problem,) = caught.value.problems
     assert problem.startswith(f"{stops}:7: the rules stop loading here: ")
     assert f"({stops}:5) leave a quote open?" in problem
+
+
+def test_an_included_file_that_is_not_utf8_loads_as_its_bytes(tmp_path: Path) -> None:
+    """A Latin-1 rules file (a comment and a rule message with "é" as one byte) that needs a
+    change (a Coraza-only directive dropped) goes to the engine as text: it loads, byte for
+    byte, instead of failing to encode."""
+    (tmp_path / "latin1.conf").write_bytes(
+        b"# r\xe9gles maison\nSecRxPreFilter On\n"
+        b'SecRule ARGS "@contains caf\xe9" "id:9103,phase:2,deny,status:403,msg:\'caf\xe9\'"\n'
+    )
+    engine = waf.load_engine(
+        AppConfig(
+            name="t", directives="SecRuleEngine On\nInclude latin1.conf\n", base_dir=str(tmp_path)
+        ),
+        RulePaths(),
+    )
+    assert engine.rule_count == 1
+    assert "latin1.conf:2: dropped SecRxPreFilter" in engine.warnings[-1]
+    tx = engine.new_transaction("t")
+    verdict = tx.process_request(RequestInfo("t", path=b"/", query=b"q=caf%E9", headers=HEADERS))
+    tx.close()
+    assert verdict.rule_id == 9103
