@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import gevent
@@ -519,7 +520,10 @@ def _check_request_apps(
     # check-request copies of the applications (ignorerules): compiled on the pool like a
     # reload, run on the engine threads like every application
     def compile_rules(app: AppConfig) -> WafEngine:
-        engine: Any = pool.apply(waf.load_engine, (app, current().rule_paths))
+        # reload's compile: a rules error comes back as RuleLoadError, never as a traceback
+        # printed by the pool thread
+        (loaded,) = reload.load_engines(replace(current(), applications=(app,)), _executor(pool))
+        engine: Any = loaded.engine
         engine.runner = scheduler
         return engine  # type: ignore[no-any-return]
 
