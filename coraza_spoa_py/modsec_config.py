@@ -54,6 +54,9 @@ def load(options: ModSecOptions) -> LoadedConfig:
         default_application=APPLICATION_NAME,
         log=LogConfig(level="debug" if options.debug else "info", file="/dev/stderr"),
         engine_threads=options.workers or None,
+        # the C agent is one process whose -n threads are all it runs; -workers N still
+        # starts several
+        workers=1,
         max_frame_size=options.max_frame_size or defaults.max_frame_size,
         source_file=describe(options),
     )

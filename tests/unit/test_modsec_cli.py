@@ -71,6 +71,8 @@ def test_the_config_is_one_application_including_the_files_in_order(tmp_path):
     assert app.directives == f'Include "{first}"\nInclude "{second}"\n'
     assert not app.response_check
     assert config.engine_threads == 3 and config.log.level == "debug"
+    # one process, like the C agent: -n is every engine thread it runs
+    assert config.workers == 1
     assert config.log.file == "/dev/stderr" and loaded.notices == ()
 
 
