@@ -71,6 +71,7 @@ def _explain(message: str) -> str:
     # "Invalid input: SecX …" or "SecX is not supported" / "As of … SecX is no longer …"
     named = {word.lower() for word in re.findall(r"\bSec\w+", message)}
     if named & rules.CORAZA_ONLY_DIRECTIVES:
-        # rules.resolve drops these from the directives, not from files they include
+        # rules.resolve drops these from every file it reads; one the engine still meets came
+        # from somewhere the resolver does not follow
         message += " (a Coraza-only directive: remove it from this file)"
     return message

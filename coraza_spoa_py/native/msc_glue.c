@@ -10,9 +10,9 @@
  *
  * The behaviour is the one waf.py documents (docs/engine.md "The C API we call"): one engine step
  * at a time, an intervention check after each, the first disruptive intervention ends the
- * group. No libmodsecurity header is needed: the prototypes we call are in msc_glue.h, which
- * build.py also hands to cffi's cdef, and the library is linked by file name (Debian ships no
- * .so symlink without libmodsecurity-dev).
+ * group. This file needs no libmodsecurity header: the C prototypes it calls are in msc_glue.h,
+ * which build.py also hands to cffi's cdef. msc_glue_rm.cc reads the engine's C++ RuleMessage
+ * and needs libmodsecurity-dev's headers.
  */
 #pragma GCC diagnostic error "-Wimplicit-function-declaration"
 #include <stdint.h>
@@ -35,8 +35,7 @@ void cs_outcome_clear(cs_outcome *out) {
 }
 
 /* After each engine step (docs/engine.md "Engine facts"): status reset to 200 before asking,
-url/log freed after
- * unless the intervention is disruptive (then the outcome owns them); the step's rule messages
+ * url/log freed after unless the intervention is disruptive (then the outcome owns them); the step's rule messages
  * copied into the log (the disruptive one's text line with the intervention's status). */
 static int cs_intervened(void *tx, cs_log *log, int phase, cs_outcome *out) {
     ModSecurityIntervention it = {200, 0, NULL, NULL, 0};

@@ -17,7 +17,6 @@ typedef struct ModSecurityIntervention_t {
     char *log;
     int disruptive;
 } ModSecurityIntervention;
-typedef void (*ModSecLogCb)(void *, const void *);
 
 void *msc_init(void);
 const char *msc_who_am_i(void *msc);
@@ -54,8 +53,8 @@ enum { CS_ACTION_NONE = 0, CS_ACTION_DENY = 1, CS_ACTION_DROP = 2, CS_ACTION_RED
  *   rule id: i64; line, phase, severity, maturity, accuracy, action (CS_ACTION_*): u32 each;
  *   file, msg, data (first 200 bytes), rev, ver, server address, uri (path, first 200 bytes),
  *   raw (the engine's text line, for display only): strings; tag count: u32; the tags: strings.
- * waf.py reads them (_match_records). One per transaction, also passed to the engine as the
- * transaction's log callback data. */
+ * waf.py reads them (_match_records). One per transaction; it is also the transaction's log
+ * callback data, which the callback (a no-op: msc_glue_rm.cc copies the messages) ignores. */
 typedef struct cs_log {
     unsigned char *buf;
     size_t len;
