@@ -47,6 +47,7 @@ from coraza_spoa_py.messages import (
     MalformedArgumentError,
     app_name_arg,
     args_by_name,
+    transaction_id_arg,
 )
 from coraza_spoa_py.modsec_messages import (
     ARG_IGNORE_RULES,
@@ -57,7 +58,7 @@ from coraza_spoa_py.modsec_messages import (
     to_request_message,
     verdict_to_code,
 )
-from coraza_spoa_py.spop.events import Action, Arg, DataType, Message
+from coraza_spoa_py.spop.events import Action, Arg, Message
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
 
 # message names of coraza-spoa's shipped coraza.cfg (docs/compatibility.md "Messages and arguments")
@@ -392,12 +393,8 @@ def _is_idle(app: Application) -> bool:
 
 
 def _id_of(args: Mapping[str, Arg]) -> str | None:
-    arg = args.get(ARG_ID)
-    if arg is None or arg.type not in (DataType.STRING, DataType.BINARY):
-        return None
-    if not isinstance(arg.value, bytes) or not arg.value:
-        return None
-    return arg.value.decode("latin-1")
+    found = transaction_id_arg(args.get(ARG_ID))
+    return None if found is None else found.decode("latin-1")
 
 
 def _without_port(name: str) -> str:

@@ -35,11 +35,10 @@ from gevent import socket
 from loguru import logger
 
 from coraza_spoa_py import spop
-from coraza_spoa_py.messages import ARG_ID
+from coraza_spoa_py.agent import MESSAGE_REQUEST, MESSAGE_RESPONSE
+from coraza_spoa_py.messages import message_transaction_id
 from coraza_spoa_py.spop import frames, handshake
 
-MESSAGE_REQUEST = "coraza-req"
-MESSAGE_RESPONSE = "coraza-res"
 # 2^18 slots of 8 bytes (2 MiB of shared memory): many times the transactions a worker keeps
 # open at once under load, so a claim is rarely overwritten before its response comes
 DEFAULT_SLOTS = 1 << 18
@@ -98,16 +97,6 @@ class OwnerTable:
     def close(self) -> None:
         self._words.release()
         self._map.close()
-
-
-def _transaction_id(message: spop.Message) -> bytes | None:
-    for arg in message.args:
-        if arg.name == ARG_ID:
-            value = arg.value
-            if isinstance(value, bytes):
-                return value or None
-            return None if value is None else str(value).encode()
-    return None
 
 
 class HandoffClient:
@@ -235,7 +224,7 @@ class Router:
 
     def handle(self, messages: Sequence[spop.Message], received_at: float) -> Sequence[spop.Action]:
         if len(messages) == 1 and messages[0].name == MESSAGE_RESPONSE:
-            tx_id = _transaction_id(messages[0])
+            tx_id = message_transaction_id(messages[0])
             owner = None if tx_id is None else self._table.owner(tx_id)
             if owner is None or owner == self._worker:
                 self.counts["local"] += 1
@@ -250,7 +239,7 @@ class Router:
         else:
             for message in messages:
                 if message.name == MESSAGE_REQUEST:
-                    tx_id = _transaction_id(message)
+                    tx_id = message_transaction_id(message)
                     if tx_id is not None:
                         self._table.claim(tx_id, self._worker)
         return self._local(messages, received_at)

@@ -116,6 +116,20 @@ def text_arg(arg: Arg | None) -> bytes | None:
     raise _wrong_type(arg, "a string")
 
 
+def transaction_id_arg(arg: Arg | None) -> bytes | None:
+    """The ``id`` argument that can find a transaction: a non-empty STRING/BINARY; anything
+    else (absent, NULL, empty, another type) is no id, never an error."""
+    if arg is None or arg.type not in _TEXT_TYPES or not isinstance(arg.value, bytes):
+        return None
+    return arg.value or None
+
+
+def message_transaction_id(message: Message) -> bytes | None:
+    """``transaction_id_arg`` of the message's first ``id``, without building the by-name
+    mapping (the worker router asks it of every message)."""
+    return transaction_id_arg(next((a for a in message.args if a.name == ARG_ID), None))
+
+
 def app_name_arg(arg: Arg | None) -> str | None:
     """The ``app`` argument; like coraza-spoa, a non-string value counts as absent."""
     if arg is None or arg.type not in _TEXT_TYPES or not isinstance(arg.value, bytes):

@@ -11,7 +11,12 @@ import pytest
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.check_request_apps import CheckRequestApps, without_rules
-from coraza_spoa_py.messages import MalformedArgumentError, parse_request_message
+from coraza_spoa_py.messages import (
+    MalformedArgumentError,
+    message_transaction_id,
+    parse_request_message,
+    transaction_id_arg,
+)
 from coraza_spoa_py.modsec_messages import (
     ignored_rule_ids,
     to_request_message,
@@ -297,3 +302,20 @@ def test_counters_of_dropped_copies_stay_in_the_agents_totals():
     assert len(apps.copies()) == 1 and apps.dropped.opened == 2
     stats = agent.stats()
     assert stats.opened == stats.closed == 3
+
+
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        (s("id", "tx-1"), b"tx-1"),
+        (Arg("id", DataType.BINARY, b"tx-2"), b"tx-2"),
+        (s("id", ""), None),
+        (null("id"), None),
+        (Arg("id", DataType.INT32, 7), None),
+    ],
+)
+def test_one_reading_of_the_id_for_the_agent_and_the_worker_router(arg, expected):
+    """messages.transaction_id_arg is what both the agent (finding a response's transaction)
+    and the worker router (claiming and routing it) read: an integer id is no id for either."""
+    assert transaction_id_arg(arg) == expected
+    assert message_transaction_id(Message("coraza-res", (s("app", "a"), arg))) == expected
