@@ -65,10 +65,6 @@ class Readiness:
     def __init__(self) -> None:
         self.reason: str | None = "starting"
 
-    @property
-    def ready(self) -> bool:
-        return self.reason is None
-
     def set_ready(self) -> None:
         self.reason = None
 

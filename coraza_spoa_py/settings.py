@@ -61,7 +61,8 @@ class AppConfig:
     response_check: bool = False
     transaction_ttl_ms: int = 60_000
     # max open transactions kept for the response phase; oldest evicted first. From a memory
-    # budget: 2 GiB / 64 KiB per open transaction under CRS (docs/performance.md, "Memory")
+    # budget: 2 GiB / 64 KiB (62 KiB measured, rounded up) per open transaction under CRS
+    # (docs/performance.md "Memory per open transaction")
     transaction_active_limit: int = DEFAULT_TRANSACTION_ACTIVE_LIMIT
     # a coraza-res whose transaction is not here (another agent saw the request, or it expired):
     # "inspect" runs phases 3-4 on a fresh transaction, "reject" answers error 1004
