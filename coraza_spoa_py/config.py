@@ -27,7 +27,6 @@ import jsonschema
 from coraza_spoa_py.config_checks import cross_problems, parse_bind
 from coraza_spoa_py.config_problems import ConfigError, ConfigProblem, Locator
 from coraza_spoa_py.config_shapes import (
-    DEFAULT_TTL_MS,
     GEN1,
     GEN2,
     GEN3,
@@ -40,7 +39,6 @@ from coraza_spoa_py.config_shapes import (
 )
 from coraza_spoa_py.config_yaml import read_yaml
 from coraza_spoa_py.settings import (
-    DEFAULT_TRANSACTION_ACTIVE_LIMIT,
     AppConfig,
     Config,
     LogConfig,
@@ -135,6 +133,31 @@ def _log(section: Mapping[str, Any], fallback: LogConfig) -> LogConfig:
 
 
 _APP_LOG_KEYS = ("log_level", "log_file", "log_format", "log_dir")
+# keys copied as they are into the dataclass field of the same name; a key the file leaves out
+# is not passed, so the field's default applies (settings.py: the one source of defaults)
+_APP_KEYS = (
+    "directives",
+    "response_check",
+    "transaction_ttl_ms",
+    "transaction_active_limit",
+    "orphan_responses",
+    "export_rule_ids",
+)
+_TOP_KEYS = (
+    "engine_threads",
+    "workers",
+    "max_frame_size",
+    "max_connections",
+    "max_connections_per_source",
+    "processing_budget_ms",
+)
+# seconds: the schema takes integers too, the fields are floats
+_TOP_SECONDS_KEYS = ("idle_timeout_s", "hello_timeout_s", "frame_timeout_s", "graceful_timeout_s")
+_RULE_PATH_KEYS = ("crs_rules_dir", "crs_setup_file")
+
+
+def _given(section: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: section[key] for key in keys if key in section}
 
 
 def _build(data: Mapping[str, Any], locate: Locator, base_dir: str, source: str) -> Config:
@@ -142,48 +165,28 @@ def _build(data: Mapping[str, Any], locate: Locator, base_dir: str, source: str)
     problems = cross_problems(data, locate)
     if problems:
         raise ConfigError(source, problems)
-    bind = parse_bind(data["bind"])
     top_log = _log(data, LogConfig())
     apps = [
         AppConfig(
             name=item["name"],
-            directives=item.get("directives", ""),
-            response_check=item.get("response_check", False),
-            transaction_ttl_ms=item.get("transaction_ttl_ms", DEFAULT_TTL_MS),
-            transaction_active_limit=item.get(
-                "transaction_active_limit", DEFAULT_TRANSACTION_ACTIVE_LIMIT
-            ),
-            orphan_responses=item.get("orphan_responses", "inspect"),
-            export_rule_ids=item.get("export_rule_ids", False),
             log=_log(item, top_log) if any(key in item for key in _APP_LOG_KEYS) else None,
             base_dir=base_dir,
+            **_given(item, _APP_KEYS),
         )
         for item in data.get("applications") or []
     ]
-    default = data.get("default_application") or None
-    defaults = Config(bind=bind)
+    seconds: dict[str, Any] = {
+        key: float(value) for key, value in _given(data, _TOP_SECONDS_KEYS).items()
+    }
     return Config(
-        bind=bind,
+        bind=parse_bind(data["bind"]),
         applications=tuple(apps),
-        default_application=default,
+        default_application=data.get("default_application") or None,
         log=top_log,
-        rule_paths=RulePaths(
-            crs_rules_dir=data.get("crs_rules_dir", defaults.rule_paths.crs_rules_dir),
-            crs_setup_file=data.get("crs_setup_file", defaults.rule_paths.crs_setup_file),
-        ),
-        engine_threads=data.get("engine_threads"),
-        workers=data.get("workers", defaults.workers),
-        max_frame_size=data.get("max_frame_size", defaults.max_frame_size),
-        max_connections=data.get("max_connections", defaults.max_connections),
-        idle_timeout_s=float(data.get("idle_timeout_s", defaults.idle_timeout_s)),
-        max_connections_per_source=data.get(
-            "max_connections_per_source", defaults.max_connections_per_source
-        ),
-        hello_timeout_s=float(data.get("hello_timeout_s", defaults.hello_timeout_s)),
-        frame_timeout_s=float(data.get("frame_timeout_s", defaults.frame_timeout_s)),
-        processing_budget_ms=data.get("processing_budget_ms", defaults.processing_budget_ms),
-        graceful_timeout_s=float(data.get("graceful_timeout_s", defaults.graceful_timeout_s)),
+        rule_paths=RulePaths(**_given(data, _RULE_PATH_KEYS)),
         source_file=source,
+        **_given(data, _TOP_KEYS),
+        **seconds,
     )
 
 

@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from coraza_spoa_py.config_problems import ConfigProblem, Locator
-from coraza_spoa_py.config_shapes import DEFAULT_TTL_MS
-from coraza_spoa_py.settings import BindAddress
+from coraza_spoa_py.settings import DEFAULT_TRANSACTION_TTL_MS, BindAddress
 
 
 def parse_bind(text: str) -> BindAddress:
@@ -75,7 +74,7 @@ def cross_problems(data: Mapping[str, Any], locate: Locator) -> list[ConfigProbl
             )
         if isinstance(name, str):
             names.setdefault(name, index)
-        ttl = item.get("transaction_ttl_ms", DEFAULT_TTL_MS)
+        ttl = item.get("transaction_ttl_ms", DEFAULT_TRANSACTION_TTL_MS)
         if item.get("response_check") is True and isinstance(ttl, int) and ttl <= 0:
             problems.append(
                 locate.problem(

@@ -29,7 +29,7 @@ from typing import IO, Any
 from loguru import logger
 
 from coraza_spoa_py.log_render import render_console, render_json
-from coraza_spoa_py.settings import Config, LogConfig
+from coraza_spoa_py.settings import DEFAULT_LOG_LEVEL, Config, LogConfig
 
 # zerolog / Go level names (what coraza-spoa configs say) → loguru's numeric levels.
 # zerolog also accepts its numeric levels as strings: -1 trace … 5 panic, 7 disabled.
@@ -281,7 +281,7 @@ def _close_unshared(previous: LogSetup, current: LogSetup) -> None:
     previous.close()
 
 
-def configure_bootstrap(level: str = "info") -> None:
+def configure_bootstrap(level: str = DEFAULT_LOG_LEVEL) -> None:
     """Before the config is read: console lines on stderr (coraza-spoa logs there too)."""
     global _current
     logger.remove()

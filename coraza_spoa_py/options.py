@@ -18,12 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from coraza_spoa_py.settings import DEFAULT_MAX_FRAME_SIZE
+
 PROG = "coraza-spoa-py"
 # Go's flag package prints usage and exits 2 on an unknown flag (docs/compatibility.md "Command
 # line").
 EXIT_USAGE = 2
 _TRUE_WORDS = frozenset({"1", "t", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "f", "false", "no", "off"})
+# the C agent's -p default (docs/compatibility.md "The C ModSecurity agents")
+MODSEC_DEFAULT_PORT = 12345
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,7 @@ class ModSecOptions:
     DELAY``: one application running the rules of the files, on every address."""
 
     files: tuple[str, ...]
-    port: int = 12345  # the C agent's default
+    port: int = MODSEC_DEFAULT_PORT
     workers: int | None = None  # engine threads; None: our default (one per core)
     debug: bool = False
     max_frame_size: int | None = None
@@ -93,7 +97,8 @@ _MODSEC_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "help": "ModSecurity config file (Include lines allowed); repeatable",
     }),
     ("-p", "modsec_port", {
-        "type": _port, "metavar": "PORT", "help": "TCP port on every address (default 12345)",
+        "type": _port, "metavar": "PORT",
+        "help": f"TCP port on every address (default {MODSEC_DEFAULT_PORT})",
     }),
     ("-n", "modsec_workers", {
         "type": _positive, "metavar": "N", "help": "engine threads (default: one per CPU core)",
@@ -101,7 +106,7 @@ _MODSEC_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("-d", "modsec_debug", {"action": "store_true", "help": "debug logging"}),
     ("-m", "modsec_max_frame_size", {
         "type": _positive, "metavar": "SIZE",
-        "help": "largest SPOP frame accepted (default: 4 MiB)",
+        "help": f"largest SPOP frame accepted (default: {DEFAULT_MAX_FRAME_SIZE >> 20} MiB)",
     }),
     ("-c", "modsec_capabilities", {
         "action": "append", "metavar": "CAP", "choices": ("fragmentation", "pipelining", "async"),
@@ -121,7 +126,7 @@ def _modsec_flags_given(namespace: argparse.Namespace) -> list[str]:
 def _modsec_options(namespace: argparse.Namespace) -> ModSecOptions:
     return ModSecOptions(
         files=tuple(namespace.modsec_files),
-        port=namespace.modsec_port if namespace.modsec_port is not None else 12345,
+        port=namespace.modsec_port if namespace.modsec_port is not None else MODSEC_DEFAULT_PORT,
         workers=namespace.modsec_workers,
         debug=namespace.modsec_debug,
         max_frame_size=namespace.modsec_max_frame_size,
