@@ -213,7 +213,8 @@ def parse(text: str, source: str = "<config>", base_dir: str = ".") -> LoadedCon
     config = _build(shaped, Locator(lines, origins), base_dir, source)
     if generation != GEN3:
         # one deprecation line: which format, and its mapping to the current one (the
-        # converter's first notice); docs/operations.md "Migrating" has the full tables
+        # converter's first notice); docs/operations.md "Migrating from coraza-spoa" has the
+        # full tables
         mapping = notices.pop(0)
         notices.insert(
             0,

@@ -13,7 +13,8 @@ from coraza_spoa_py.settings import DEFAULT_TRANSACTION_TTL_MS, BindAddress
 
 
 def parse_bind(text: str) -> BindAddress:
-    """``bind`` → ``BindAddress`` (docs/compatibility.md "Gen3 keys", fixed per §11.3).
+    """``bind`` → ``BindAddress``: coraza-spoa's forms and ours (docs/compatibility.md "Gen3
+    keys").
 
     Accepts ``host:port``, ``:port``, ``[v6]:port``, ``tcp://host:port``, ``unix:///path`` and
     ``unix:/path``. Raises ``ValueError`` with what is wrong.

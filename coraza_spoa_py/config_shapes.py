@@ -1,9 +1,10 @@
 """The three coraza-spoa config generations: detection by shape, and Gen1/Gen2 → Gen3 shape.
 
-docs/compatibility.md "Config generations" (generations), §1.4 (Gen2 keys), §1.5 (Gen1 keys) and
-§11.3 (mapping). The converters work on schema-valid data only and return, besides the Gen3-shaped
+docs/compatibility.md "Config generations" (the generations and their mapping), "Gen2 keys" and
+"Gen1 keys". The converters work on schema-valid data only and return, besides the Gen3-shaped
 dict, where each new path came from, so a cross-field problem still names the user's own key and
-line.
+line. A key the old file leaves out stays out, so it gets the ``settings`` default as a Gen3 file
+would.
 
 Must not validate or build dataclasses: ``config`` does that, once, for every generation.
 """

@@ -2,10 +2,8 @@
 
 Go's ``flag`` syntax is what coraza-spoa users have in their unit files and Dockerfiles
 (docs/compatibility.md "Command line"): ``-config PATH``, ``--config PATH``, ``-config=PATH``,
-booleans as
-``-validate`` or ``-validate=true``. argparse handles all of those once every long option is
-declared with both one and two dashes and abbreviations are off (docs/compatibility.md "Command
-line").
+booleans as ``-validate`` or ``-validate=true``. argparse handles all of those once every long
+option is declared with both one and two dashes and abbreviations are off.
 
 Must not import gevent, loguru or anything that does I/O: ``cli`` imports this after
 monkey-patching, and unit tests import it directly.
@@ -44,7 +42,7 @@ class Options:
     # set when the Gen1 spelling ``-config-file`` was used (a deprecation line is logged)
     legacy_config_flag: bool = False
     # the C spoa-modsecurity agent's flags (docs/compatibility.md "The C ModSecurity agents";
-    # docs/migrating-from-modsecurity- spoa.md): ModSecurity config files instead of a YAML config
+    # docs/migrating-from-modsecurity-spoa.md): ModSecurity config files instead of a YAML config
     modsec: ModSecOptions | None = None
 
 
