@@ -714,7 +714,7 @@ def test_close_all_closes_a_transaction_whose_request_greenlet_never_returned():
     with pytest.raises(Killed):
         app.handle_request(request_message(s("id", "orphan")), clock())
     assert engine.transactions[0].closed == 0
-    app._executor = direct
+    app._transactions._executor = direct
     assert app.close_all() == 1
     assert engine.transactions[0].closed == 1
     st = app.stats
