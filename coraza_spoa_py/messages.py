@@ -16,15 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from coraza_spoa_py.models import (
-    Header,
+from coraza_spoa_py.header_blocks import (
     HeaderBlockError,
-    IPAddress,
-    RequestInfo,
-    ResponseInfo,
     parse_binary_header_block,
     parse_text_header_block,
 )
+from coraza_spoa_py.models import Header, IPAddress, RequestInfo, ResponseInfo
 from coraza_spoa_py.spop.events import Arg, DataType, Message
 
 # argument names of coraza-spoa's shipped coraza.cfg (docs/compatibility.md "Messages and

@@ -17,13 +17,13 @@ from coraza_spoa_py.messages import (
     parse_request_message,
     transaction_id_arg,
 )
+from coraza_spoa_py.models import CloseWhen, Verdict
 from coraza_spoa_py.modsec_messages import (
     error_to_code,
     ignored_rule_ids,
     to_request_message,
     verdict_to_code,
 )
-from coraza_spoa_py.models import CloseWhen, Verdict
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Arg, DataType, Message, SetVar
 from tests.unit.waf_fakes import (
