@@ -355,29 +355,14 @@ class Agent:
 
     def stats(self) -> TransactionStats:
         """Counters summed over every application the agent still knows."""
-        totals = [app.stats for app in self.all_applications()]
+        total = sum((app.stats for app in self.all_applications()), self._dropped)
         if self._check_request_app is not None:
-            totals.append(self._check_request_app.dropped)
-        return TransactionStats(
-            opened=sum(s.opened for s in totals) + self._dropped.opened,
-            closed=sum(s.closed for s in totals) + self._dropped.closed,
-            expired=sum(s.expired for s in totals) + self._dropped.expired,
-            evicted=sum(s.evicted for s in totals) + self._dropped.evicted,
-            shed=sum(s.shed for s in totals) + self._dropped.shed,
-            open=sum(s.open for s in totals),
-            in_flight=sum(s.in_flight for s in totals),
-        )
+            total += self._check_request_app.dropped
+        return total
 
     def _drop(self, generation: _Generation) -> None:
         for app in self._retired_only(generation):
-            stats = app.stats
-            self._dropped = TransactionStats(
-                opened=self._dropped.opened + stats.opened,
-                closed=self._dropped.closed + stats.closed,
-                expired=self._dropped.expired + stats.expired,
-                evicted=self._dropped.evicted + stats.evicted,
-                shed=self._dropped.shed + stats.shed,
-            )
+            self._dropped += app.stats.counts()
             if self._on_retired is not None:
                 self._on_retired(app)
 

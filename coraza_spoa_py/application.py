@@ -55,7 +55,7 @@ from coraza_spoa_py.outcome import (
 from coraza_spoa_py.responses import Responses
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Action, Arg, Message
-from coraza_spoa_py.transactions import Transactions, TransactionStats
+from coraza_spoa_py.transactions import Transactions, TransactionStats, Warnings
 from coraza_spoa_py.verdicts import verdict_actions
 
 __all__ = [
@@ -71,8 +71,6 @@ __all__ = [
 
 # coraza-spoa generates 16 random uppercase letters when HAProxy sends no id (Part 2 §2.2)
 GENERATED_ID_LENGTH = 16
-# repeated warnings (response check off, size-limit evictions): at most once a minute
-WARNING_INTERVAL_S = 60.0
 
 
 # coraza-spoa's severity -> log level mapping (docs/compatibility.md "Logging"): warning -> warn,
@@ -119,24 +117,17 @@ class Application:
         self._clock = clock
         self._processing_budget_s = processing_budget_s
         self._log = logger.bind(app=config.name)
+        warnings = self._warnings = Warnings(self._log, clock)
         self._transactions = Transactions(
-            config, executor, clock=clock, on_evicted=self._warn_evicted
-        )
+            config, executor, clock=clock, processing_budget_s=processing_budget_s,
+            warnings=warnings,
+        )  # fmt: skip
         self._responses = Responses(
-            config,
-            engine,
-            self._transactions,
-            processing_budget_s=processing_budget_s,
-            settle=self._settle,
-            report=self._report,
-            warn=self._warn_every_minute,
-        )
+            config, engine, self._transactions, processing_budget_s=processing_budget_s,
+            warnings=warnings,
+        )  # fmt: skip
         # set by the runtime when metrics are served: called with every verdict (hub only)
         self.observer: Observer | None = None
-        self._warned_at: dict[str, float] = {}
-        # the handlers writing their message's debug line, used while debug is on
-        self._traced_request = traced(self._request, REQUEST_ARGS, self._log, clock)
-        self._traced_response = traced(self._responses.handle, RESPONSE_ARGS, self._log, clock)
 
     @property
     def name(self) -> str:
@@ -191,7 +182,9 @@ class Application:
         if args is None:
             args = args_by_name(message)
         if debug_enabled():
-            return self._traced_request(message, received_at, args, keep_for_response)
+            # built per message at debug only: kept on self, it would make a reference cycle
+            handle = traced(self._request, REQUEST_ARGS, self._log, self._clock)
+            return handle(message, received_at, args, keep_for_response)
         return self._request(message, received_at, args, keep_for_response)
 
     def _request(
@@ -235,7 +228,7 @@ class Application:
         )
         if outcome.kept is not None and not self._transactions.take_back(outcome.kept):
             outcome.kept, outcome.opened = None, False
-        verdict = self._settle(outcome, transaction_id)
+        verdict = self._transactions.settle(outcome, transaction_id)
         if request.body_truncated:
             self._report_truncated_body(request, outcome)
         if outcome.kept is not None:
@@ -304,7 +297,7 @@ class Application:
             if self._engine.rejects_truncated_body
             else "judged on that part only (SecRequestBodyLimitAction ProcessPartial)"
         )
-        self._warn_every_minute(
+        self._warnings.every_minute(
             "body_truncated",
             f"a request body reached the agent cut short ({received} of {declared} bytes, "
             f"HAProxy's tune.bufsize or the body argument's cap): {result}",
@@ -320,40 +313,21 @@ class Application:
         if args is None:
             args = args_by_name(message)
         if debug_enabled():
-            return self._traced_response(message, received_at, args).actions
-        return self._responses.handle(message, received_at, args).actions
+            handle = traced(self._response, RESPONSE_ARGS, self._log, self._clock)
+            return handle(message, received_at, args).actions
+        return self._response(message, received_at, args).actions
+
+    def _response(self, message: Message, received_at: float, args: Mapping[str, Arg]) -> Outcome:
+        outcome = self._responses.handle(message, received_at, args)
+        if outcome.verdict is not None:
+            self._report(message.name, outcome.transaction_id, outcome.orphan, outcome.verdict)
+        return outcome
 
     # ---- helpers ------------------------------------------------------------------------
 
     def _deadline(self, received_at: float) -> float:
         # received_at is time.monotonic() in production, the engine threads' clock too
         return received_at + self._processing_budget_s
-
-    def _settle(self, outcome: Outcome, transaction_id: str) -> Verdict:
-        self._transactions.count(outcome)
-        if outcome.shed:
-            raise OverloadedError(f"waited longer than {self._processing_budget_s:.3f}s", outcome)
-        if outcome.error is not None or outcome.verdict is None:
-            self._log.bind(tx=transaction_id).opt(exception=outcome.error).error(
-                "rule engine failed: {}", outcome.error
-            )
-            raise EngineFailureError(str(outcome.error), outcome)
-        return outcome.verdict
-
-    def _warn_evicted(self, evicted: int) -> None:
-        self._warn_every_minute(
-            "evicted",
-            "transaction_active_limit reached: oldest open transactions closed"
-            f" (evicted so far: {evicted})",
-        )
-
-    def _warn_every_minute(self, key: str, text: str) -> None:
-        # conditions that repeat on every message must not flood the log
-        now = self._clock()
-        last = self._warned_at.get(key)
-        if last is None or now - last >= WARNING_INTERVAL_S:
-            self._warned_at[key] = now
-            self._log.warning(text)
 
     def _report(
         self, message_name: str, transaction_id: str, orphan: bool, verdict: Verdict

@@ -90,14 +90,7 @@ class CheckRequestApps:
 
     def _drop(self, copy: Application) -> None:
         # a copy holds no open transaction (check-request keeps none): only its counters remain
-        stats, dropped = copy.stats, self.dropped
-        self.dropped = TransactionStats(
-            opened=dropped.opened + stats.opened,
-            closed=dropped.closed + stats.closed,
-            expired=dropped.expired + stats.expired,
-            evicted=dropped.evicted + stats.evicted,
-            shed=dropped.shed + stats.shed,
-        )
+        self.dropped += copy.stats.counts()
 
     def _make(self, application: Application, removed: tuple[str, ...]) -> Application:
         config = application.config

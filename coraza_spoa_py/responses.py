@@ -15,7 +15,7 @@ Must not route messages, import gevent or the engine binding (the engine is inje
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 
 from coraza_spoa_py.messages import (
@@ -42,17 +42,11 @@ from coraza_spoa_py.outcome import (
 )
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Action, Arg, Message
-from coraza_spoa_py.transactions import Transactions
+from coraza_spoa_py.transactions import Transactions, Warnings
 from coraza_spoa_py.verdicts import VAR_ANOMALY_SCORE, VAR_RULE_IDS, VAR_RULES_HIT, verdict_actions
 
 # the variables that describe the whole transaction so far (models.Verdict), not one message
 _TRANSACTION_TOTALS = frozenset({VAR_RULES_HIT, VAR_ANOMALY_SCORE, VAR_RULE_IDS})
-
-# the application's end of every message: (outcome, transaction id) -> its verdict, counted,
-# or a MessageError (``Application._settle``)
-Settle = Callable[[Outcome, str], Verdict]
-# the application's report of a verdict: (message name, transaction id, orphan, verdict)
-Report = Callable[[str, str, bool, Verdict], None]
 
 
 class Responses:
@@ -65,23 +59,22 @@ class Responses:
         transactions: Transactions,
         *,
         processing_budget_s: float,
-        settle: Settle,
-        report: Report,
-        warn: Callable[[str, str], None],
+        warnings: Warnings,
     ) -> None:
+        # no reference back to the application: it would make a reference cycle, and an
+        # application's engine and transactions must be freed when it is dropped, not by the
+        # garbage collector at some later point
         self._config = config
         self._engine = engine
         self._transactions = transactions
         self._budget_s = processing_budget_s
-        self._settle = settle
-        self._report = report
-        self._warn = warn
+        self._warnings = warnings
         # coraza-res messages inspected without their request's transaction
         self.orphans = 0
 
     def handle(self, message: Message, received_at: float, args: Mapping[str, Arg]) -> Outcome:
         if not self._config.response_check:
-            self._warn(
+            self._warnings.every_minute(
                 "response_check_off",
                 "coraza-res received but response_check is false: answering without a verdict",
             )
@@ -117,8 +110,7 @@ class Responses:
                 self._orphan(parsed, args, outcome, received_at)
         finally:
             self._transactions.in_flight -= 1
-        verdict = self._settle(outcome, transaction_id)
-        self._report(message.name, transaction_id, transaction is None, verdict)
+        verdict = self._transactions.settle(outcome, transaction_id)
         export_rule_ids = parsed.export_rule_ids or self._config.export_rule_ids
         if outcome.before is not None:
             outcome.actions = orphan_actions(

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from coraza_spoa_py.cache import Entry, TransactionCache
 from coraza_spoa_py.message_log import cache_removal, debug_enabled
-from coraza_spoa_py.models import Executor, WafTransaction
-from coraza_spoa_py.outcome import Outcome
+from coraza_spoa_py.models import Executor, Verdict, WafTransaction
+from coraza_spoa_py.outcome import EngineFailureError, Outcome, OverloadedError
 from coraza_spoa_py.settings import AppConfig
 
+if TYPE_CHECKING:
+    from loguru import Logger
+
+# repeated warnings (response check off, size-limit evictions): at most once a minute
+WARNING_INTERVAL_S = 60.0
 # how many transactions one executor call closes at most (sweep, eviction, shutdown), so that a
 # large expiry is handed over in bounded steps
 CLOSE_BATCH_SIZE = 64
@@ -42,6 +47,39 @@ class TransactionStats:
     open: int = 0
     in_flight: int = 0
 
+    def __add__(self, other: TransactionStats) -> TransactionStats:
+        return TransactionStats(
+            opened=self.opened + other.opened,
+            closed=self.closed + other.closed,
+            expired=self.expired + other.expired,
+            evicted=self.evicted + other.evicted,
+            shed=self.shed + other.shed,
+            open=self.open + other.open,
+            in_flight=self.in_flight + other.in_flight,
+        )
+
+    def counts(self) -> TransactionStats:
+        """The counters without the ``open`` / ``in_flight`` gauges: what an application
+        leaves behind when it is dropped, so that totals never go backwards."""
+        return replace(self, open=0, in_flight=0)
+
+
+class Warnings:
+    """Warnings of conditions that repeat on every message: at most one a minute per kind, so
+    they never flood the log."""
+
+    def __init__(self, log: Logger, clock: Callable[[], float]) -> None:
+        self._log = log
+        self._clock = clock
+        self._warned_at: dict[str, float] = {}
+
+    def every_minute(self, key: str, text: str) -> None:
+        now = self._clock()
+        last = self._warned_at.get(key)
+        if last is None or now - last >= WARNING_INTERVAL_S:
+            self._warned_at[key] = now
+            self._log.warning(text)
+
 
 class Transactions:
     """The open transactions of one application and the executor their engine work runs on."""
@@ -52,11 +90,13 @@ class Transactions:
         executor: Executor[Any],
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_evicted: Callable[[int], None] = lambda total: None,
+        processing_budget_s: float,
+        warnings: Warnings,
     ) -> None:
         self._executor = executor
         self._clock = clock
-        self._on_evicted = on_evicted
+        self._processing_budget_s = processing_budget_s
+        self._warnings = warnings
         self._cache: TransactionCache[WafTransaction] = TransactionCache(
             config.transaction_ttl_ms / 1000.0, config.transaction_active_limit, clock=clock
         )
@@ -107,11 +147,20 @@ class Transactions:
             # the executor itself failed (e.g. the pool is gone): nothing ran
             outcome.error = exc
 
-    def count(self, outcome: Outcome) -> None:
+    def settle(self, outcome: Outcome, transaction_id: str) -> Verdict:
+        """On the hub: count what the engine work did; its verdict, or the ``MessageError``."""
         # Counters move here, on the hub, never on engine threads.
         self.opened += outcome.opened
         self.closed += outcome.closed
-        self.shed += outcome.shed
+        if outcome.shed:
+            self.shed += 1
+            raise OverloadedError(f"waited longer than {self._processing_budget_s:.3f}s", outcome)
+        if outcome.error is not None or outcome.verdict is None:
+            self._log.bind(tx=transaction_id).opt(exception=outcome.error).error(
+                "rule engine failed: {}", outcome.error
+            )
+            raise EngineFailureError(str(outcome.error), outcome)
+        return outcome.verdict
 
     # ---- the cache ------------------------------------------------------------------------
 
@@ -128,7 +177,11 @@ class Transactions:
         if pushed_out:
             self._debug_cache_removed(pushed_out, transaction_id)
             self.evicted += len(pushed_out)
-            self._on_evicted(self.evicted)
+            self._warnings.every_minute(
+                "evicted",
+                "transaction_active_limit reached: oldest open transactions closed"
+                f" (evicted so far: {self.evicted})",
+            )
             self.close_entries(pushed_out)
 
     def pop(self, transaction_id: str) -> WafTransaction | None:
