@@ -105,4 +105,7 @@ class CheckRequestApps:
         logger.bind(app=config.name).info(
             "compiled the rules without {} for check-request messages", " ".join(removed)
         )
-        return self._build(config, engine)
+        copy = self._build(config, engine)
+        # its verdicts count with the application's (metrics)
+        copy.observer = application.observer
+        return copy

@@ -292,6 +292,8 @@ def test_the_agent_runs_check_request_in_the_copy_without_the_rules():
         return copies[-1]
 
     app = make("a", base_engine)
+    seen: list[tuple[str, str, bool]] = []
+    app.observer = lambda name, message, orphan, verdict: seen.append((name, message, orphan))
     agent = Agent(
         {"a": app},
         default_application="a",
@@ -302,9 +304,10 @@ def test_the_agent_runs_check_request_in_the_copy_without_the_rules():
     assert len(base_engine.transactions) == 1 and len(copies[0].transactions) == 1
     # the unset variable (NULL) is no exclusion
     assert as_dict(agent.handle([twelve(null("ignorerules"))], NOW))["code"] == 403
-    # the copy's transactions count with the agent's
+    # the copy's transactions count with the agent's, its verdicts with the application's
     stats = agent.stats()
     assert stats.opened == stats.closed == 3
+    assert seen == [("a", "check-request", False)] * 3
 
 
 def test_counters_of_dropped_copies_stay_in_the_agents_totals():
