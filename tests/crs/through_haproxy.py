@@ -92,7 +92,7 @@ def crs_stack(
     ]
     with ExitStack() as stack:
         backend = stack.enter_context(AlbedoServer())
-        agents: list[AgentProcess] = []
+        processes: list[AgentProcess] = []
         for index, (port, match_log) in enumerate(zip(agent_ports, match_logs, strict=True)):
             suffix = f"-{index}" if index else ""
             config = write_agent_config(
@@ -104,12 +104,12 @@ def crs_stack(
                 match_log_file=match_log if log_messages else None,
             )
             agent_log = workdir / f"agent-output{suffix}.log"
-            agents.append(cli_agent(config, port=port, log_path=agent_log))
+            processes.append(cli_agent(config, port=port, log_path=agent_log))
         running = stack.enter_context(
             shipped_stack(
                 version,
                 workdir,
-                agents,
+                processes,
                 frontend_port=frontend_port,
                 backend_port=backend.port,
                 frontend_lines=FRONTEND_OVERLAY,

@@ -13,7 +13,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
@@ -140,9 +140,9 @@ def test_idle_and_trickling_connections_do_not_keep_haproxy_out(tmp_path) -> Non
         flood_started = time.monotonic()
         for _ in range(IDLE):
             idle.append(_open(agent_port))
-        stack.callback(lambda: [sock.close() for sock in idle])
+        stack.callback(_close_all, idle)
         trickler = _Trickler(agent_port)
-        stack.callback(lambda: [sock.close() for sock, _ in trickler.streams])
+        stack.callback(lambda: _close_all(sock for sock, _ in trickler.streams))
         trickler.start()
         stack.callback(trickler.stop_event.set)
 
@@ -174,3 +174,8 @@ def test_idle_and_trickling_connections_do_not_keep_haproxy_out(tmp_path) -> Non
         assert request(frontend_port, "/?q=flood-attack-after").status == 403
         assert request(frontend_port, "/?q=after").status == 200
         assert " 500 " not in haproxy.logs()
+
+
+def _close_all(sockets: Iterable[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()

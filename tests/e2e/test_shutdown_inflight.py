@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from coraza_spoa_py.spop import frames
+from coraza_spoa_py.spop import Message, frames
 from tests.support.agent import AgentProcess
 from tests.support.haproxy import PROJECT_ROOT
 from tests.support.process import python_module_argv
@@ -98,7 +98,7 @@ def frames_hello() -> bytes:
     return handshake.encode_haproxy_hello(max_frame_size=131068, capabilities="pipelining")
 
 
-def _request(stream: int, body: bytes) -> object:
+def _request(stream: int, body: bytes) -> Message:
     return message(
         "coraza-req",
         app="sample_app",
