@@ -23,8 +23,8 @@ from coraza_spoa_py.spop import frames, handshake
 from tests.support.agent import cli_agent
 from tests.support.httpclient import request
 from tests.support.ports import free_port
-from tests.support.shipped import shipped_haproxy
 from tests.support.spop_client import message
+from tests.support.stack import shipped_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -123,18 +123,18 @@ def test_idle_and_trickling_connections_do_not_keep_haproxy_out(tmp_path) -> Non
     idle: list[socket.socket] = []
     with ExitStack() as stack:
         stack.enter_context(_fd_limit(FD_LIMIT))
-        agent = stack.enter_context(cli_agent(config, port=agent_port, log_path=tmp_path / "a"))
-        agent.wait_ready(timeout=60)
-        haproxy = stack.enter_context(
-            shipped_haproxy(
+        agent = cli_agent(config, port=agent_port, log_path=tmp_path / "a")
+        running = stack.enter_context(
+            shipped_stack(
                 "3.2",
                 tmp_path,
+                [agent],
                 frontend_port=frontend_port,
-                agent_port=agent_port,
                 agent_check_interval="500ms",
                 global_lines=["    stats socket ${STATS_SOCKET} level admin"],
             )
         )
+        haproxy = running.haproxy
         haproxy.wait_for_server_status("coraza-spoa", "coraza-agent", "UP")
 
         flood_started = time.monotonic()
