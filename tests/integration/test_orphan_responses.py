@@ -6,7 +6,7 @@ two agents: the request reaches one, its response the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -79,7 +79,7 @@ def response(transaction_id: str, body: bytes, *extra: Arg) -> Message:
     return Message("coraza-res", args)
 
 
-def action(actions: list[Any]) -> str | None:
+def action(actions: Sequence[Any]) -> str | None:
     return next((a.value for a in actions if a.name == VAR_ACTION), None)
 
 
