@@ -24,7 +24,7 @@ import itertools  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 
 import gevent  # noqa: E402
 from loguru import logger  # noqa: E402
@@ -57,11 +57,11 @@ def _payloads(scenario: str, transactions: int) -> Iterator[tuple[memoryview, ..
         yield tuple(frames.decode_frame(t.frame(tx_id, 1)).payload for t in templates)
 
 
-def _failed(actions: list[object]) -> bool:
+def _failed(actions: Sequence[object]) -> bool:
     return any(isinstance(a, SetVar) and a.name == "fail" and a.value for a in actions)
 
 
-def _error(actions: list[object]) -> bool:
+def _error(actions: Sequence[object]) -> bool:
     return any(isinstance(a, SetVar) and a.name == "error" for a in actions)
 
 

@@ -115,7 +115,10 @@ def test_responses_overtake_queued_requests(one_thread: EnginePool, tmp_path: Pa
 
     blocker = gevent.spawn(request, "blocker", b"fifo=" + bytes(fifo))
     gevent.sleep(0.05)  # the thread took the blocker
-    queued = [gevent.spawn(request, "req1", b"a=evil"), gevent.spawn(request, "req2", b"a=1")]
+    queued: list[gevent.Greenlet[..., Verdict]] = [
+        gevent.spawn(request, "req1", b"a=evil"),
+        gevent.spawn(request, "req2", b"a=1"),
+    ]
     queued.append(gevent.spawn(response))
     gevent.sleep(0.05)
     assert one_thread.waiting == 3
@@ -246,7 +249,12 @@ def test_jobs_queued_in_one_loop_turn_wake_the_threads_once():
     pool = EnginePool(2)
     wakes = []
     wake = pool._native.wake
-    pool._native.wake = lambda: (wakes.append(1), wake())[1]  # type: ignore[method-assign]
+
+    def counted_wake() -> None:
+        wakes.append(1)
+        wake()
+
+    pool._native.wake = counted_wake  # type: ignore[method-assign]
     engine = gated_engine(pool)
 
     def judge(index: int) -> bool:

@@ -9,6 +9,7 @@ import json
 import random
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -164,7 +165,7 @@ def _stream_outcome(connection: spop.Connection, chunks: list[bytes]) -> list[ob
     return seen
 
 
-def _same_stream(chunks: list[bytes]) -> list[object]:
+def _same_stream(chunks: list[bytes]) -> list[Any]:
     expected = _stream_outcome(spop.Connection(), chunks)
     assert _stream_outcome(spop_native.NativeConnection(), chunks) == expected
     return expected

@@ -311,7 +311,7 @@ def test_close_frees_the_engine_log_buffer(actions_engine: waf.ModSecEngine) -> 
     log = tx._log
     assert log.cap > 0
     tx.close()
-    assert (log.buf, log.len, log.cap) == (waf._ffi.NULL, 0, 0)
+    assert (log.buf, log.len, log.cap) == (waf._ffi.NULL, 0, 0)  # type: ignore[attr-defined]
 
 
 CORAZA_ONLY_SAMPLES = {
@@ -421,6 +421,7 @@ def test_match_fields_come_from_the_rule_message() -> None:
     (match,) = verdict.matches
     fields = match.to_dict()
     raw = fields.pop("raw")
+    assert isinstance(raw, str)
     assert fields == {
         "client": "192.0.2.1",
         "file": "<<reference missing or not informed>>",  # the engine's words for directives
@@ -531,7 +532,8 @@ def fold_engine(tmp_path: Path) -> tuple[waf.ModSecEngine, Path]:
 
 def assert_closed_by_its_job(tx: waf.ModSecTransaction) -> None:
     log = tx._log
-    assert (log.buf, log.len, log.cap) == (waf._ffi.NULL, 0, 0)  # lines read, buffer freed
+    null = waf._ffi.NULL  # type: ignore[attr-defined]
+    assert (log.buf, log.len, log.cap) == (null, 0, 0)  # lines read, buffer freed
     with pytest.raises(waf.EngineError, match="closed"):
         tx.process_response(ResponseInfo(tx.transaction_id, status=200))
     tx.close()  # idempotent: nothing left to close
@@ -580,7 +582,7 @@ def test_never_keeps_even_an_interrupted_request_open(
     assert tx.process_request(go(b"deny", "fold-never"), close_when=CloseWhen.NEVER).interrupted
     tx.process_response(ResponseInfo("fold-never", status=200))  # still usable
     tx.close()
-    assert tx._log.buf == waf._ffi.NULL
+    assert tx._log.buf == waf._ffi.NULL  # type: ignore[attr-defined]
 
 
 def test_always_closes_a_shed_request_too(fold_engine: tuple[waf.ModSecEngine, Path]) -> None:

@@ -9,6 +9,7 @@ import re
 import weakref
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 import pytest
 from loguru import logger
@@ -726,7 +727,7 @@ def test_close_all_closes_a_transaction_whose_request_greenlet_never_returned():
 def test_transaction_taken_by_close_all_is_not_cached_afterwards():
     """close_all() runs while the engine thread finishes: the late result is not cached."""
     engine = FakeEngine()
-    holder = {}
+    holder: dict[str, Any] = {}
 
     def executor(fn):
         result = fn()

@@ -12,7 +12,7 @@ import gevent
 import gevent.threadpool
 import pytest
 
-from coraza_spoa_py import runtime
+from coraza_spoa_py import runtime, waf
 
 
 class _SweepCounter:
@@ -35,7 +35,7 @@ def _run_sweeper(
         trim()
         return True
 
-    monkeypatch.setattr(runtime.waf, "trim_heap", counted_trim)
+    monkeypatch.setattr(waf, "trim_heap", counted_trim)
     agent = _SweepCounter()
     pool = gevent.threadpool.ThreadPool(1)
     rt = runtime.Runtime("unused.yml", None, pool, agent, {}, None)  # type: ignore[arg-type]

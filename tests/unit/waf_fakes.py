@@ -196,7 +196,7 @@ def response_message(transaction_id: str | None, *extra: Arg, app: str | None = 
     return Message("coraza-res", tuple(args))
 
 
-def as_dict(actions) -> dict[str, object]:
+def as_dict(actions) -> dict[str, Any]:
     """Actions → {name: value}; asserts names are unique (HAProxy keeps the last one)."""
     names = [a.name for a in actions]
     assert len(names) == len(set(names)), names
