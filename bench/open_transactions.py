@@ -33,10 +33,10 @@ from bench.agent_config import APP_NAME, RULE_SETS  # noqa: E402
 from bench.procstat import rss_bytes  # noqa: E402
 from bench.scenarios import SCENARIOS  # noqa: E402
 from bench.spop_client import ID_PLACEHOLDER, Template, request_message  # noqa: E402
-from coraza_spoa_py import waf  # noqa: E402
+from coraza_spoa_py import engine as waf  # noqa: E402
 from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
-from coraza_spoa_py.engine_pool import EnginePool  # noqa: E402
+from coraza_spoa_py.engine.engine_pool import EnginePool  # noqa: E402
 from coraza_spoa_py.settings import (  # noqa: E402
     DEFAULT_TRANSACTION_ACTIVE_LIMIT,
     AppConfig,

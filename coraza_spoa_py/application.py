@@ -1,9 +1,9 @@
 """One configured application: its rule engine, its open-transaction cache, its counters.
 
 ``handle_request`` / ``handle_response`` turn one ``coraza-req`` / ``coraza-res`` message into
-the SET-VAR actions of docs/compatibility.md "Errors". All engine work of a message runs as ONE call
-through the injected executor (a native thread in production), never on the gevent hub; the cache
-and the counters are only touched on the hub, between those calls, so they need no lock.
+the SET-VAR actions of docs/compatibility.md "Errors". The engine's jobs run where the injected
+scheduler runs them (the native engine threads in production, the calling greenlet parked), never
+on the gevent hub; the cache and the counters are only touched on the hub, so they need no lock.
 
 Failures are raised as ``MessageError`` subclasses carrying our error code (1001-1005);
 ``agent`` turns them into ``error``. At debug, each message gets one line (``message_log``),
@@ -20,8 +20,7 @@ import string
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from loguru import logger
 
@@ -47,7 +46,7 @@ from coraza_spoa_py.messages import (
 from coraza_spoa_py.models import (
     CloseWhen,
     DeadlineExceededError,
-    Executor,
+    EngineScheduler,
     RequestInfo,
     ResponseInfo,
     RuleMatch,
@@ -100,8 +99,8 @@ _TRANSACTION_TOTALS = frozenset({VAR_RULES_HIT, VAR_ANOMALY_SCORE, VAR_RULE_IDS}
 GENERATED_ID_LENGTH = 16
 # repeated warnings (response check off, size-limit evictions): at most once a minute
 WARNING_INTERVAL_S = 60.0
-# how many transactions one executor call closes at most (sweep, eviction, shutdown), so that a
-# large expiry is handed over in bounded steps
+# how many transactions one step closes at most (sweep, eviction, shutdown), so that a large
+# expiry is handed over in bounded steps
 CLOSE_BATCH_SIZE = 64
 
 
@@ -155,7 +154,7 @@ Observer = Callable[[str, str, bool, Verdict], None]
 
 @dataclass(slots=True)
 class _Outcome:
-    # What one executor call did; built where the executor runs the work, read on the hub.
+    # What the engine work of one message did; read on the hub.
     verdict: Verdict | None = None
     opened: bool = False
     closed: bool = False
@@ -163,7 +162,7 @@ class _Outcome:
     error: BaseException | None = None
     kept: WafTransaction | None = None
     # when an engine thread picked the message's engine work up, and when it was done (the
-    # verdict's ``engine_times`` when the engine gives them, else the executor's clock)
+    # verdict's ``engine_times`` when the engine gives them, else our clock around the work)
     started: float = 0.0
     finished: float = 0.0
 
@@ -175,19 +174,16 @@ class Application:
         self,
         config: AppConfig,
         engine: WafEngine,
-        executor: Executor[Any],
+        scheduler: EngineScheduler,
         *,
         clock: Callable[[], float] = time.monotonic,
         processing_budget_s: float = 0.4,
     ) -> None:
         self.config = config
         self._engine = engine
-        self._executor = executor
-        # optional executor feature (engine_pool.EnginePool): the expected wait for an engine
-        # thread (docs/performance.md "Overload"); responses go ahead of requests in the pool
-        self._expected_wait_s: Callable[[], float] | None = getattr(
-            executor, "expected_wait_s", None
-        )
+        # the scheduler of the engine's jobs: the expected wait for an engine thread
+        # (docs/performance.md "Overload"); responses go ahead of requests in the pool
+        self._scheduler = scheduler
         self._clock = clock
         self._processing_budget_s = processing_budget_s
         self._cache: TransactionCache[WafTransaction] = TransactionCache(
@@ -204,9 +200,9 @@ class Application:
         # set by the runtime when metrics are served: called with every verdict (hub only)
         self.observer: Observer | None = None
         self._warned_at: dict[str, float] = {}
-        # Transactions kept for the response inside an executor call, until they are cached. If
-        # the waiting greenlet is killed (forced shutdown), close_all() still finds them here.
-        # Single dict operations only: atomic whichever thread an executor runs the work on.
+        # Transactions kept for the response while their request's greenlet waits for the engine,
+        # until they are cached. If that greenlet is killed (forced shutdown), close_all() still
+        # finds them here.
         self._handed_over: dict[int, Entry[WafTransaction]] = {}
 
     @property
@@ -255,20 +251,19 @@ class Application:
         args: Mapping[str, Arg],
         trace: MessageTrace | None,
     ) -> list[Action]:
-        if self._expected_wait_s is not None:
-            # shed on arrival: a request that would wait past the budget is answered now,
-            # before it costs a parse and a thread-pool round trip, and the queue stays about
-            # one budget long (the check at dequeue below stays as the safety net)
-            # plus the time it already spent on the hub since it was read: when the hub is
-            # the bottleneck (thousands of connections), the engine queue stays short while
-            # messages age before they reach it, and their responses would then be shed
-            # after their requests cost engine time (docs/performance.md "Overload")
-            expected = (self._clock() - received_at) + self._expected_wait_s()
-            if expected > self._processing_budget_s:
-                self._shed += 1
-                raise OverloadedError(
-                    f"expected wait {expected:.3f}s exceeds {self._processing_budget_s:.3f}s"
-                )
+        # shed on arrival: a request that would wait past the budget is answered now,
+        # before it costs a parse and an engine job, and the queue stays about one budget
+        # long (the engine threads shed a job still waiting at its deadline: the safety net)
+        # plus the time it already spent on the hub since it was read: when the hub is
+        # the bottleneck (thousands of connections), the engine queue stays short while
+        # messages age before they reach it, and their responses would then be shed
+        # after their requests cost engine time (docs/performance.md "Overload")
+        expected = (self._clock() - received_at) + self._scheduler.expected_wait_s()
+        if expected > self._processing_budget_s:
+            self._shed += 1
+            raise OverloadedError(
+                f"expected wait {expected:.3f}s exceeds {self._processing_budget_s:.3f}s"
+            )
         try:
             parsed = parse_request_message(message, generate_transaction_id, args)
         except MalformedArgumentError as exc:
@@ -311,10 +306,8 @@ class Application:
     def _evaluate_request(
         self, parsed: RequestMessage, received_at: float, started: float
     ) -> _Outcome:
-        # Runs inside the executor call (its engine job on an engine thread). Never raises: the
-        # hub needs to know what was opened.
-        if started - received_at > self._processing_budget_s:
-            return _Outcome(shed=True)
+        # Its engine job runs on an engine thread. Never raises: the hub needs to know what was
+        # opened. (Its budget was checked on arrival, just before.)
         request: RequestInfo = parsed.request
         try:
             transaction = self._engine.new_transaction(request.transaction_id)
@@ -485,7 +478,7 @@ class Application:
         received_at: float,
         started: float,
     ) -> _Outcome:
-        # Inside the executor call, like _evaluate_request: never raises. A fresh transaction:
+        # Like _evaluate_request: never raises. A fresh transaction:
         # phases 1-2 with the request facts the message carries, because rule sets initialise
         # their TX variables there (CRS 901xxx: paranoia level, outbound threshold; without
         # them its 95x rules skip themselves); their verdict is not ours to give, the request
@@ -537,8 +530,8 @@ class Application:
 
     def _run(self, work: Callable[[float], _Outcome]) -> _Outcome:
         def timed() -> _Outcome:
-            # where the executor runs it (the calling greenlet with EnginePool, whose engine
-            # jobs go to the threads): the start also decides load shedding (budget check)
+            # on the calling greenlet, its engine jobs on the scheduler's threads: the start
+            # also decides load shedding of responses (budget check)
             started = self._clock()
             done = work(started)
             verdict = done.verdict
@@ -547,11 +540,10 @@ class Application:
             return done
 
         try:
-            outcome: _Outcome = self._executor(timed)
+            return timed()
         except Exception as exc:
-            # the executor itself failed (e.g. the pool is gone): nothing ran
+            # the work failed outside the engine calls: an engine failure all the same
             return _Outcome(error=exc)
-        return outcome
 
     def _deadline(self, received_at: float) -> float:
         # received_at is time.monotonic() in production, the engine threads' clock too
@@ -576,7 +568,7 @@ class Application:
             batch = entries[start : start + CLOSE_BATCH_SIZE]
             self._in_flight += len(batch)
             try:
-                self._executor(partial(self._close_batch, batch))
+                self._close_batch(batch)
             except Exception:
                 self._log.exception("closing transactions failed")
             finally:

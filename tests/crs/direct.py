@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 
-from coraza_spoa_py import waf
+from coraza_spoa_py import engine as waf
 from coraza_spoa_py.models import RequestInfo, ResponseInfo, WafEngine
 from coraza_spoa_py.settings import AppConfig, RulePaths
 from tests.crs import builder, rawparse
