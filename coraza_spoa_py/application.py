@@ -19,7 +19,7 @@ import random
 import string
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 from loguru import logger
@@ -61,6 +61,8 @@ from coraza_spoa_py.verdicts import (
     VAR_RULE_IDS,
     VAR_RULES_HIT,
     ErrorCode,
+    orphan_response_verdict,
+    truncated_body_verdict,
     verdict_actions,
 )
 
@@ -115,19 +117,6 @@ def rule_match_level(matches: Sequence[RuleMatch]) -> str:
     at ``error`` still sees a record containing a critical match."""
     levels = (_LEVEL_BY_SEVERITY.get(match.severity, "ERROR") for match in matches)
     return max(levels, key=_LEVEL_ORDER.index, default="ERROR")
-
-
-def _response_side(verdict: Verdict, before: Verdict) -> Verdict:
-    """An orphan's response verdict without what its stand-in request phases matched: the
-    transaction-wide ids and counts (models.Verdict) would otherwise report rules like CRS
-    920280 "missing Host header" that only the stand-in ``GET /`` triggered, and its inbound
-    score. The score stays only if the response phases reported one of their own."""
-    return replace(
-        verdict,
-        matched_rule_ids=verdict.matched_rule_ids[len(before.matched_rule_ids) :],
-        rules_hit=verdict.rules_hit - before.rules_hit,
-        anomaly_score=0 if verdict.anomaly_score == before.anomaly_score else verdict.anomaly_score,
-    )
 
 
 def generate_transaction_id() -> str:
@@ -502,7 +491,7 @@ class Application:
             return _Outcome(opened=True, closed=True, error=exc)
         finally:
             self._close_quietly(transaction_id, transaction)
-        return _Outcome(verdict=_response_side(verdict, before), opened=True, closed=True)
+        return _Outcome(verdict=orphan_response_verdict(verdict, before), opened=True, closed=True)
 
     # ---- lifetime -----------------------------------------------------------------------
 
@@ -654,12 +643,3 @@ class Application:
             self._log.bind(tx=transaction_id, kind="rule_match", matches=records).log(
                 rule_match_level(verdict.matches), "rules matched"
             )
-
-
-def truncated_body_verdict(verdict: Verdict) -> Verdict:
-    """A body cut short under ``SecRequestBodyLimitAction Reject``: what Coraza answers past
-    ``SecRequestBodyLimit`` (deny, status 413, rule 0; docs/haproxy.md "Request bodies"),
-    unless a rule already interrupted on the part that arrived (its verdict says more)."""
-    if verdict.interrupted:
-        return verdict
-    return replace(verdict, interrupted=True, status=413, action="deny", rule_id=0)

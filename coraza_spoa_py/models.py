@@ -1,7 +1,7 @@
 """The WAF seam: what a request and a response look like to the engine, what the engine answers,
 and the ``WafEngine`` protocol that ``application`` codes against.
 
-Pure: standard library only. ``waf`` implements the protocol over libmodsecurity; unit tests
+Pure: standard library only. ``engine`` implements the protocol over libmodsecurity; unit tests
 pass fakes. Every field that came from the client is ``bytes`` and is never decoded
 (docs/engine.md "Bytes, not text": decoding and re-encoding changes what rules see).
 """

@@ -13,7 +13,7 @@ engine said; ``application`` decides what happens to a message; this module spel
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 from coraza_spoa_py.models import RuleMatch, Verdict
@@ -121,6 +121,30 @@ def phase_verdict(
         log_lines=log_lines,
         matches=new_matches,
         engine_times=engine_times,
+    )
+
+
+def truncated_body_verdict(verdict: Verdict) -> Verdict:
+    """A body cut short under ``SecRequestBodyLimitAction Reject``: what Coraza answers past
+    ``SecRequestBodyLimit`` (deny, status 413, rule 0; docs/haproxy.md "Request bodies"),
+    unless a rule already interrupted on the part that arrived (its verdict says more)."""
+    if verdict.interrupted:
+        return verdict
+    return replace(
+        verdict, interrupted=True, status=REQUEST_BODY_LIMIT_STATUS, action=ACTION_DENY, rule_id=0
+    )
+
+
+def orphan_response_verdict(verdict: Verdict, before: Verdict) -> Verdict:
+    """An orphan's response verdict without what its stand-in request phases matched
+    (``before``): the transaction-wide ids and counts (models.Verdict) would otherwise report
+    rules like CRS 920280 "missing Host header" that only the stand-in ``GET /`` triggered, and
+    its inbound score. The score stays only if the response phases reported one of their own."""
+    return replace(
+        verdict,
+        matched_rule_ids=verdict.matched_rule_ids[len(before.matched_rule_ids) :],
+        rules_hit=verdict.rules_hit - before.rules_hit,
+        anomaly_score=0 if verdict.anomaly_score == before.anomaly_score else verdict.anomaly_score,
     )
 
 

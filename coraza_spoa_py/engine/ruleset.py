@@ -87,7 +87,7 @@ class ModSecEngine:
 
 def _rules_add(lib: Any, rules_set: Any, text: str) -> tuple[int, str]:
     """``msc_rules_add``: the count it returns and its error text ("" when none). Rule files
-    are read with surrogateescape (rules.py: not every file is UTF-8), and go back to the
+    are read with surrogateescape (rules: not every file is UTF-8), and go back to the
     engine as the bytes they were."""
     error = ffi.new(CHAR_PTR_PTR)
     count = int(lib.msc_rules_add(rules_set, text.encode(errors="surrogateescape"), error))

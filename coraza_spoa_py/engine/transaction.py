@@ -146,7 +146,7 @@ class ModSecTransaction:
             _bytes_field(job, "body", response.body),
         ]
         job.status = _status(response.status)
-        # urgent: the request of this transaction already cost engine time (admission.py)
+        # urgent: the request of this transaction already cost engine time (admission)
         return self._run(job, urgent=True, keep=keep)
 
     def close(self) -> None:
