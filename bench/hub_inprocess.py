@@ -108,8 +108,7 @@ def main() -> None:
         logger.remove()
     pool = EnginePool(2)
     config = AppConfig(name=APP_NAME, directives=RULE_SETS[args.rules], response_check=True)
-    engine = waf.load_engine(config, RulePaths())
-    engine.runner = pool
+    engine = waf.load_engine(config, RulePaths(), pool)
     application = Application(config, engine, pool, processing_budget_s=BUDGET_S)
     agent = Agent({APP_NAME: application}, None)
     try:

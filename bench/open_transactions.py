@@ -96,8 +96,7 @@ def main() -> None:
         transaction_ttl_ms=3_600_000,
         transaction_active_limit=args.active_limit or args.transactions + 1,
     )
-    engine = waf.load_engine(config, RulePaths())
-    engine.runner = pool
+    engine = waf.load_engine(config, RulePaths(), pool)
     application = Application(config, engine, pool, processing_budget_s=BUDGET_S)
     agent = Agent({APP_NAME: application}, None)
     out = sys.stdout

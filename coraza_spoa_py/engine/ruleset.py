@@ -51,7 +51,20 @@ def load_engine(
 class ModSecEngine:
     """One loaded ``RulesSet``; thread-safe, shared by every transaction of an application.
     ``scheduler`` runs its transactions' engine jobs (``RUN_HERE``: on the calling thread; the
-    agent's ``engine_pool.EnginePool``: on the engine threads)."""
+    agent's ``engine_pool.EnginePool``: on the engine threads), fixed when it is built."""
+
+    # nothing can be set on an engine after it is built (an ``engine.runner = ...`` of old
+    # code fails instead of being ignored)
+    __slots__ = (
+        "__weakref__",
+        "_finalizer",
+        "native",
+        "rejects_truncated_body",
+        "rule_count",
+        "rules_set",
+        "scheduler",
+        "warnings",
+    )
 
     def __init__(
         self, resolved: rules.ResolvedRules, scheduler: EngineScheduler = RUN_HERE

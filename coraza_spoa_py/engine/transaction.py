@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from ipaddress import IPv6Address
 from typing import Any, Protocol
 
 from coraza_spoa_py.engine.binding import (
@@ -51,7 +52,7 @@ def _ip_text(address: IPAddress | None) -> bytes:
     if address is None:
         return b""
     # HAProxy maps IPv4 clients into IPv6 on v6 binds; rules (and IP lists) expect dotted quads
-    mapped = getattr(address, "ipv4_mapped", None)
+    mapped = address.ipv4_mapped if isinstance(address, IPv6Address) else None
     return str(mapped or address).encode()
 
 
