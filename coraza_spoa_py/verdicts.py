@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import Any
 
 from coraza_spoa_py.models import RuleMatch, Verdict
 from coraza_spoa_py.spop.events import Action, DataType, SetVar, VarScope
@@ -99,28 +100,23 @@ def phase_verdict(
     # id 0: an intervention that no rule made (the body limits)
     matched_ids = tuple(m.rule_id for m in matches if m.rule_id)
     rules_hit = sum(1 for m in matches if m.msg and is_counted_rule_id(m.rule_id))
-    log_lines = tuple(m.raw for m in new_matches)
+    common: dict[str, Any] = {
+        "matched_rule_ids": matched_ids,
+        "rules_hit": rules_hit,
+        "anomaly_score": anomaly_score,
+        "log_lines": tuple(m.raw for m in new_matches),
+        "matches": new_matches,
+        "engine_times": engine_times,
+    }
     if interruption is None:
-        return Verdict(
-            matched_rule_ids=matched_ids,
-            rules_hit=rules_hit,
-            anomaly_score=anomaly_score,
-            log_lines=log_lines,
-            matches=new_matches,
-            engine_times=engine_times,
-        )
+        return Verdict(**common)
     return Verdict(
         interrupted=True,
         status=_interruption_status(interruption),
         action=_interruption_action(interruption),
         redirect_url=interruption.url,
         rule_id=interruption.rule.rule_id,
-        matched_rule_ids=matched_ids,
-        rules_hit=rules_hit,
-        anomaly_score=anomaly_score,
-        log_lines=log_lines,
-        matches=new_matches,
-        engine_times=engine_times,
+        **common,
     )
 
 
