@@ -4,7 +4,9 @@ load shedding, rule-match records. A fake engine stands in for libmodsecurity.""
 from __future__ import annotations
 
 import contextlib
+import gc
 import re
+import weakref
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
@@ -658,13 +660,14 @@ def test_close_all_closes_a_transaction_whose_request_greenlet_never_returned():
         pass
 
     app, clock = make_app(engine, response_check=True)
-    run = app._run
+    transactions = app._transactions
+    run = transactions.run
 
-    def killed_after_work(work):
-        run(work)
+    def killed_after_work(work, outcome):
+        run(work, outcome)
         raise Killed
 
-    app._run = killed_after_work
+    transactions.run = killed_after_work
     with pytest.raises(Killed):
         app.handle_request(request_message(s("id", "orphan")), clock())
     assert engine.transactions[0].closed == 0
@@ -678,14 +681,14 @@ def test_transaction_taken_by_close_all_is_not_cached_afterwards():
     """close_all() runs while the engine finishes the request: the late result is not cached."""
     engine = FakeEngine()
     app, clock = make_app(engine, response_check=True)
-    run = app._run
+    transactions = app._transactions
+    run = transactions.run
 
-    def close_all_meanwhile(work):
-        result = run(work)
+    def close_all_meanwhile(work, outcome):
+        run(work, outcome)
         app.close_all()
-        return result
 
-    app._run = close_all_meanwhile
+    transactions.run = close_all_meanwhile
     actions = as_dict(app.handle_request(request_message(s("id", "late")), clock()))
     assert actions["fail"] == 0
     assert engine.transactions[0].closed == 1 and not app.has_open_transaction("late")
@@ -772,3 +775,24 @@ def test_malformed_body_size_is_1001(bad):
     app, clock = make_app()
     with pytest.raises(MalformedMessageError):
         app.handle_request(request_message(bad), clock())
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_a_dropped_application_is_freed_at_once_not_by_the_garbage_collector(level):
+    """An application is in no reference cycle (none through its handlers, its trace or its
+    parts): dropped, it goes at once with its cache, so a transaction its cache still holds is
+    freed while its engine is alive, never later in a collection where the engine may be gone
+    first (a crash in the engine binding's finaliser)."""
+    handler = logger.add(lambda _: None, level=level)
+    gc.disable()
+    try:
+        app, clock = make_app(response_check=True)
+        app.handle_request(request_message(s("id", "kept")), clock())
+        app.handle_response(response_message("elsewhere"), clock())  # an orphan
+        assert app.has_open_transaction("kept")
+        gone = weakref.ref(app)
+        del app
+        assert gone() is None
+    finally:
+        gc.enable()
+        logger.remove(handler)
