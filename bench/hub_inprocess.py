@@ -32,10 +32,11 @@ from loguru import logger  # noqa: E402
 from bench.agent_config import APP_NAME, RULE_SETS  # noqa: E402
 from bench.scenarios import SCENARIOS  # noqa: E402
 from bench.spop_client import ID_PLACEHOLDER, Template, request_message, response_message  # noqa: E402
-from coraza_spoa_py import logs, waf  # noqa: E402
+from coraza_spoa_py import engine as waf  # noqa: E402
+from coraza_spoa_py import logs  # noqa: E402
 from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
-from coraza_spoa_py.engine_pool import EnginePool  # noqa: E402
+from coraza_spoa_py.engine.engine_pool import EnginePool  # noqa: E402
 from coraza_spoa_py.settings import AppConfig, RulePaths  # noqa: E402
 from coraza_spoa_py.spop import SetVar, frames  # noqa: E402
 
@@ -107,8 +108,7 @@ def main() -> None:
         logger.remove()
     pool = EnginePool(2)
     config = AppConfig(name=APP_NAME, directives=RULE_SETS[args.rules], response_check=True)
-    engine = waf.load_engine(config, RulePaths())
-    engine.runner = pool
+    engine = waf.load_engine(config, RulePaths(), pool)
     application = Application(config, engine, pool, processing_budget_s=BUDGET_S)
     agent = Agent({APP_NAME: application}, None)
     try:

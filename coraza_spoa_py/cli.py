@@ -53,7 +53,7 @@ def version_text() -> str:
     """What ``-version`` prints: ours, the engine binding's view, and the library's."""
     lines = [f"coraza-spoa-py\t{__version__}"]
     try:
-        from coraza_spoa_py import waf
+        from coraza_spoa_py import engine as waf
 
         lines.append(f"engine\t{waf.engine_version()}")
         library = _loaded_library("libmodsecurity")

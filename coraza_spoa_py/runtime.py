@@ -30,11 +30,12 @@ from gevent.pywsgi import WSGIServer
 from gevent.threadpool import ThreadPool
 from loguru import logger
 
-from coraza_spoa_py import __version__, config, handoff, logs, metrics, reload, waf
+from coraza_spoa_py import __version__, config, handoff, logs, metrics, reload
+from coraza_spoa_py import engine as waf
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.check_request_apps import CheckRequestApps
-from coraza_spoa_py.engine_pool import EnginePool
+from coraza_spoa_py.engine.engine_pool import EnginePool
 from coraza_spoa_py.master import WorkerContext
 from coraza_spoa_py.models import WafEngine
 from coraza_spoa_py.server import AgentServer
@@ -143,7 +144,7 @@ class Runtime:
         try:
             # compiling goes straight to the pool: seconds of it must not enter the
             # scheduler's average engine time per message
-            engines = reload.load_engines(cfg, _executor(pool))
+            engines = reload.load_engines(cfg, _executor(pool), scheduler)
         except reload.RuleLoadError as exc:
             pool.kill()
             scheduler.close()
@@ -328,7 +329,9 @@ class Runtime:
                 "cannot change on reload, restart the agent to change it"
             ]
         try:
-            engines = reload.load_engines(cfg, _executor(self.pool))
+            # the engine threads once started; before (a reload with no agent), the caller
+            scheduler = self.scheduler or waf.RUN_HERE
+            engines = reload.load_engines(cfg, _executor(self.pool), scheduler)
         except reload.RuleLoadError as exc:
             return exc.problems
         try:
@@ -345,8 +348,7 @@ class Runtime:
             self.pool.maxsize = threads
             if self.scheduler is not None:
                 self.scheduler.resize(threads)
-        executor: Callable[[Callable[[], Any]], Any] = self.scheduler or _executor(self.pool)
-        applications = reload.build_applications(cfg, engines, executor)
+        applications = reload.build_applications(cfg, engines, scheduler)
         if self._metrics is not None:
             _observe(applications, self._metrics)
         # the agent keeps the old applications for the responses of requests they saw and
@@ -522,10 +524,9 @@ def _check_request_apps(
     def compile_rules(app: AppConfig) -> WafEngine:
         # reload's compile: a rules error comes back as RuleLoadError, never as a traceback
         # printed by the pool thread
-        (loaded,) = reload.load_engines(replace(current(), applications=(app,)), _executor(pool))
-        engine: Any = loaded.engine
-        engine.runner = scheduler
-        return engine  # type: ignore[no-any-return]
+        only = replace(current(), applications=(app,))
+        (loaded,) = reload.load_engines(only, _executor(pool), scheduler)
+        return loaded.engine
 
     def build(app: AppConfig, engine: WafEngine) -> Application:
         budget_s = current().processing_budget_ms / 1000

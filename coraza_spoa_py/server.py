@@ -41,14 +41,12 @@ from coraza_spoa_py import spop
 from coraza_spoa_py.message_log import debug_enabled
 from coraza_spoa_py.settings import BindAddress
 from coraza_spoa_py.spop_native import NativeConnection
+from coraza_spoa_py.verdicts import ENGINE_FAILURE_ERROR
+from coraza_spoa_py.verdicts import VAR_ERROR as ERROR_VARIABLE
 from coraza_spoa_py.workers import Flusher, Workers
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
 
-# The agent's own error code for "the rule engine failed on this transaction" (docs/compatibility.md
-# "Variables we set"): a handler exception is answered with it at once, never silence.
-ENGINE_FAILURE_ERROR = 1003
-ERROR_VARIABLE = "error"
 
 # 64 KiB reads: several small NOTIFYs per read; a big frame (tune.bufsize 131072) takes a few.
 RECV_SIZE = 64 * 1024

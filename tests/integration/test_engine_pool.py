@@ -15,8 +15,8 @@ from typing import Any
 import gevent
 import pytest
 
-from coraza_spoa_py import waf
-from coraza_spoa_py.engine_pool import EnginePool
+from coraza_spoa_py import engine as waf
+from coraza_spoa_py.engine.engine_pool import EnginePool
 from coraza_spoa_py.models import (
     CloseWhen,
     DeadlineExceededError,
@@ -42,9 +42,7 @@ def gated_engine(pool: EnginePool) -> waf.ModSecEngine:
         'SecRule ARGS "@contains evil" "id:30002,phase:2,deny,status:403,log"\n'
         'SecRule RESPONSE_STATUS "@streq 299" "id:30003,phase:3,deny,status:403,log"\n'
     )
-    engine = waf.load_engine(AppConfig(name="pool", directives=directives), RulePaths())
-    engine.runner = pool
-    return engine
+    return waf.load_engine(AppConfig(name="pool", directives=directives), RulePaths(), pool)
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ two agents: the request reaches one, its response the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from coraza_spoa_py import waf
+from coraza_spoa_py import engine as waf
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.settings import AppConfig, RulePaths
 from coraza_spoa_py.spop.events import Arg, DataType, Message
@@ -35,10 +35,6 @@ BROWSER_HEADERS = (
 SQL_LEAK = b"<p>You have an error in your SQL syntax; check the manual</p>"
 
 
-def run_here(work: Callable[[], Any]) -> Any:
-    return work()
-
-
 @pytest.fixture(scope="module")
 def engine() -> waf.ModSecEngine:
     config = AppConfig(name="shop", directives=DIRECTIVES, response_check=True)
@@ -47,7 +43,7 @@ def engine() -> waf.ModSecEngine:
 
 def two_agents(engine: waf.ModSecEngine) -> tuple[Application, Application]:
     config = AppConfig(name="shop", directives=DIRECTIVES, response_check=True)
-    return Application(config, engine, run_here), Application(config, engine, run_here)
+    return Application(config, engine, waf.RUN_HERE), Application(config, engine, waf.RUN_HERE)
 
 
 def text(name: str, value: bytes) -> Arg:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -36,6 +36,7 @@ from tests.unit.waf_fakes import (
     FakeClock,
     FakeEngine,
     b,
+    direct,
     flag,
     i64,
     interrupted,
@@ -47,7 +48,7 @@ from tests.unit.waf_fakes import (
 
 BUDGET = 0.4
 CLEAN = Verdict()
-THREAD_WAIT = 0.002  # what the fake executor adds before the work starts (queue for a thread)
+THREAD_WAIT = 0.002  # what the fake engine waits before its job starts (queue for a thread)
 ENGINE_TIME = 0.005  # what the fake engine adds while it evaluates
 
 # values that must never reach a log: a header value, a body, a query value, a cookie
@@ -75,19 +76,18 @@ def restore_loguru() -> Iterator[None]:
 
 
 class Timed:
-    """A FakeClock world: the executor waits THREAD_WAIT, the engine takes ENGINE_TIME."""
+    """A FakeClock world: an engine job waits THREAD_WAIT for a thread, then takes ENGINE_TIME;
+    the verdict says when it ran (``engine_times``), as the engine threads do."""
 
     def __init__(self) -> None:
         self.clock = FakeClock()
 
-    def executor(self, work: Callable[[], Any]) -> Any:
-        self.clock.advance(THREAD_WAIT)
-        return work()
-
     def engine(self, verdict: Verdict = CLEAN, response: Verdict = CLEAN) -> FakeEngine:
         def decide(_: object, answer: Verdict) -> Verdict:
+            self.clock.advance(THREAD_WAIT)
+            started = self.clock()
             self.clock.advance(ENGINE_TIME)
-            return answer
+            return replace(answer, engine_times=(started, self.clock()))
 
         return FakeEngine(
             decide_request=lambda r: decide(r, verdict),
@@ -99,7 +99,7 @@ class Timed:
         return Application(
             AppConfig(**config),
             engine,
-            self.executor,
+            direct,
             clock=self.clock,
             processing_budget_s=BUDGET,
         )
@@ -237,15 +237,18 @@ def test_response_with_response_check_off_says_so(log_records):
 
 
 def test_overloaded_message_shows_how_long_it_waited(log_records):
-    """The thread took it 0.5 s after it was read (budget 0.4 s): error 1005, wait=500 ms."""
+    """Read 0.39 s ago (budget 0.4 s), and the engine thread found its deadline passed: error
+    1005, wait=390 ms."""
     world = Timed()
-    app = world.app(world.engine())
-    received_at = world.clock() - 0.5 + THREAD_WAIT
+    engine = world.engine()
+    engine.miss_deadlines = True
+    app = world.app(engine)
+    received_at = world.clock() - 0.39
     with pytest.raises(Exception, match="waited longer"):
         app.handle_request(request_message(s("id", "abc-1")), received_at)
     (line,) = message_lines(log_records, "coraza-req")
     assert "-> error=1005 (waited longer than 0.400s)" in line["message"]
-    assert "wait=500.000ms engine=0.000ms" in line["message"]
+    assert "wait=390.000ms engine=0.000ms" in line["message"]
 
 
 def test_engine_failure_is_1003_on_the_line(log_records):

@@ -12,7 +12,8 @@ import gevent
 import gevent.threadpool
 import pytest
 
-from coraza_spoa_py import runtime, waf
+from coraza_spoa_py import engine as waf
+from coraza_spoa_py import runtime
 
 
 class _SweepCounter:
