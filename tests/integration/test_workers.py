@@ -78,3 +78,28 @@ def test_responses_reach_the_worker_holding_their_transaction(tmp_path: Path) ->
     (tmp_path / "routes.txt").write_text(
         f"{routed}; mean response round trip {sum(took) / len(took) * 1e6:.0f} us\n"
     )
+
+
+GEN2_CONFIG = """\
+bind: 127.0.0.1:{port}
+applications:
+  shop:
+    directives: |
+      SecRuleEngine On
+"""
+
+
+def test_the_config_notices_are_logged_once_by_the_master(tmp_path: Path) -> None:
+    """1. A deprecated (Gen2) config, two workers. 2. Every worker ready. Result: its
+    deprecation notice is in the log once, on the master's line: the workers read the same
+    file and do not repeat it."""
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(GEN2_CONFIG.format(port=port))
+    log_path = tmp_path / "agent.log"
+    with workers_agent(config, port=port, metrics_port=metrics_port, log_path=log_path) as agent:
+        logs = agent.logs()
+    notices = [line for line in logs.splitlines() if "deprecated" in line]
+    assert len(notices) == 1, logs
+    assert "master" in notices[0], notices
+    assert logs.count("starting coraza-spoa-py") == 2, logs  # each worker still says it starts
