@@ -12,8 +12,7 @@ Per connection (docs/protocol.md "Agent design"):
   write", coraza-spoa#217, haproxy#3478). ACKs go out in completion order (docs/protocol.md "Stream
   and frame ids by version"); those that complete in the same loop turn share one ``sendall``.
 
-The server (``server.AgentServer``) accepts, applies the caps and the deadlines' watchdog; this
-module is what happens on one connection.
+The server (``server``) accepts, runs the caps and the deadlines' watchdog; this is one connection.
 """
 
 from __future__ import annotations

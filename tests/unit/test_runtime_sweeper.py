@@ -1,5 +1,5 @@
-"""The sweeper greenlet (sweeper.Sweeper): every sweep expires transactions and flushes the logs, and
-every HEAP_TRIM_EVERY_SWEEPS-th one gives the freed heap back (waf.trim_heap) on a pool thread,
+"""sweeper.Sweeper: every sweep expires transactions and flushes the logs, and every
+HEAP_TRIM_EVERY_SWEEPS-th one gives the freed heap back (waf.trim_heap) on a pool thread,
 never two trims at once. A stub agent and a fast clock; the trim itself is tested in
 tests/integration/test_waf_threads.py."""
 
