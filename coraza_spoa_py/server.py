@@ -10,7 +10,6 @@ wires it to ``agent.handle``.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -21,10 +20,10 @@ from gevent import socket
 from gevent.server import StreamServer
 from loguru import logger
 
-from coraza_spoa_py import listeners, spop
+from coraza_spoa_py import listeners, settings, spop
 from coraza_spoa_py.connection import AgentConnection, Handler, peer_name
 from coraza_spoa_py.connection_caps import ConnectionCaps, source_of
-from coraza_spoa_py.settings import BindAddress, Config
+from coraza_spoa_py.settings import BindAddress
 from coraza_spoa_py.verdicts import ErrorCode
 
 # The agent's own error code for "the rule engine failed on this transaction" (verdicts): a
@@ -35,12 +34,6 @@ ENGINE_FAILURE_ERROR = ErrorCode.ENGINE_FAILURE
 # deadline + this. A per-recv socket timeout would be exact, but costs a gevent Timeout and a
 # libev timer on every message (docs/performance.md change 14).
 IDLE_CHECK_INTERVAL_S = 1.0
-
-
-def _default(name: str) -> Any:
-    """A setting's default (``settings.Config``, the one source) for a server built without a
-    config (tests, benchmarks)."""
-    return next(field.default for field in dataclasses.fields(Config) if field.name == name)
 
 
 class AgentServer:
@@ -57,12 +50,13 @@ class AgentServer:
         bind: BindAddress,
         handler: Handler,
         *,
-        max_frame_size: int = _default("max_frame_size"),
-        max_connections: int = _default("max_connections"),
+        # a server built without a config (tests, benchmarks) has the settings' defaults
+        max_frame_size: int = settings.DEFAULT_MAX_FRAME_SIZE,
+        max_connections: int = settings.DEFAULT_MAX_CONNECTIONS,
         max_connections_per_source: int | None = None,
-        idle_timeout_s: float = _default("idle_timeout_s"),
-        hello_timeout_s: float = _default("hello_timeout_s"),
-        frame_timeout_s: float = _default("frame_timeout_s"),
+        idle_timeout_s: float = settings.DEFAULT_IDLE_TIMEOUT_S,
+        hello_timeout_s: float = settings.DEFAULT_HELLO_TIMEOUT_S,
+        frame_timeout_s: float = settings.DEFAULT_FRAME_TIMEOUT_S,
         max_inflight_per_connection: int = 64,
         listener: socket.socket | None = None,
     ) -> None:
