@@ -104,6 +104,8 @@ class _Worker:
     restarts: int = 0
     # a SIGHUP came while the worker was starting: sent once it is ready
     reload_pending: bool = False
+    # the stop signal came before it was ready: it has no handler yet and dies of the signal
+    stopped_while_starting: bool = False
 
 
 class Master:
@@ -240,6 +242,8 @@ class Master:
             os._exit(EXIT_FAILURE)
         logger.info("master: received {}, stopping the workers", reason)
         self.stopping = True
+        for worker in self.workers:
+            worker.stopped_while_starting = worker.state == "starting"
         self._stop_requested_at = time.monotonic()
         # no new connection may wait in a backlog nobody accepts from any more
         with contextlib.suppress(OSError):
@@ -274,7 +278,7 @@ class Master:
                 logger.warning("master: worker {} still running: killed", worker.index)
                 process.kill()
                 code = process.wait()
-            codes.append(code)
+            codes.append(0 if _stopped_before_ready(worker, code) else code)
             worker.state = "stopped"
         if self._metrics_server is not None:
             self._metrics_server.stop(timeout=1)
@@ -318,6 +322,13 @@ class Master:
             {state: sum(1 for w in self.workers if w.state == state) for state in WORKER_STATES},
             sum(w.restarts for w in self.workers),
         )
+
+
+def _stopped_before_ready(worker: _Worker, code: int) -> bool:
+    """A worker still compiling its rules when the stop came ends by the signal's default
+    action (its handlers come once it serves): a clean stop, as the operator asked."""
+    stop_signals = (-signal.SIGTERM, -signal.SIGINT)
+    return worker.stopped_while_starting and code in stop_signals
 
 
 def _exit_text(code: int) -> str:
