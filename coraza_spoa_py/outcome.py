@@ -38,7 +38,7 @@ class Outcome:
     shed: bool = False
     error: BaseException | None = None
     kept: WafTransaction | None = None
-    # an orphan's verdict of its stand-in request phases (``orphans.orphan_actions``)
+    # an orphan's verdict of its stand-in request phases (``responses.orphan_actions``)
     before: Verdict | None = None
     # when an engine thread picked the message's engine work up, and when it was done (the
     # verdict's ``engine_times`` when the engine gives them, else our clock around the work)

@@ -24,11 +24,10 @@ from coraza_spoa_py import listeners, settings, spop
 from coraza_spoa_py.connection import AgentConnection, Handler, peer_name
 from coraza_spoa_py.connection_caps import ConnectionCaps, source_of
 from coraza_spoa_py.settings import BindAddress
-from coraza_spoa_py.verdicts import ErrorCode
 
-# The agent's own error code for "the rule engine failed on this transaction" (verdicts): a
-# handler exception is answered with it at once, never silence.
-ENGINE_FAILURE_ERROR = ErrorCode.ENGINE_FAILURE
+# the agent's own error code for "the rule engine failed on this transaction": a handler
+# exception is answered with it at once (connection.py), never silence
+from coraza_spoa_py.verdicts import ENGINE_FAILURE_ERROR
 
 # How often the watchdog looks, at most: a connection is closed between its deadline and the
 # deadline + this. A per-recv socket timeout would be exact, but costs a gevent Timeout and a

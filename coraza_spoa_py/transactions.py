@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 
 # repeated warnings (response check off, size-limit evictions): at most once a minute
 WARNING_INTERVAL_S = 60.0
-# how many transactions one step closes at most (sweep, eviction, shutdown), so that a large
-# expiry is handed over in bounded steps
-CLOSE_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,20 +201,11 @@ class Transactions:
     # ---- closing --------------------------------------------------------------------------
 
     def close_entries(self, entries: Sequence[Entry[WafTransaction]]) -> None:
-        for start in range(0, len(entries), CLOSE_BATCH_SIZE):
-            batch = entries[start : start + CLOSE_BATCH_SIZE]
-            self.in_flight += len(batch)
-            try:
-                self._close_batch(batch)
-            except Exception:
-                self._log.exception("closing transactions failed")
-            finally:
-                self.in_flight -= len(batch)
-                self.closed += len(batch)
-
-    def _close_batch(self, batch: Sequence[Entry[WafTransaction]]) -> None:
-        for transaction_id, transaction in batch:
+        # a close only hands the job to an engine thread (EnginePool.detach), it never parks
+        # the hub: nothing can see these transactions between here and ``closed``
+        for transaction_id, transaction in entries:
             self.close_quietly(transaction_id, transaction)
+        self.closed += len(entries)
 
     def close_quietly(self, transaction_id: str, transaction: WafTransaction) -> None:
         try:
