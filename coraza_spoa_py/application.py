@@ -51,7 +51,7 @@ from coraza_spoa_py.outcome import (
     TransactionNotFoundError,
 )
 from coraza_spoa_py.responses import Responses
-from coraza_spoa_py.settings import AppConfig
+from coraza_spoa_py.settings import DEFAULT_PROCESSING_BUDGET_MS, AppConfig
 from coraza_spoa_py.spop.events import Action, Arg, Message
 from coraza_spoa_py.transactions import Transactions, TransactionStats, Warnings
 from coraza_spoa_py.verdicts import truncated_body_verdict, verdict_actions
@@ -103,7 +103,7 @@ class Application:
         scheduler: EngineScheduler,
         *,
         clock: Callable[[], float] = time.monotonic,
-        processing_budget_s: float = 0.4,
+        processing_budget_s: float = DEFAULT_PROCESSING_BUDGET_MS / 1000,
     ) -> None:
         self.config = config
         self._engine = engine

@@ -175,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     name = _config_name(options)
     worker = master.WorkerContext.from_environment()
+    if worker is not None:
+        # before the config is read: its errors, on every restart, say which worker failed
+        logger.configure(extra={"worker": worker.index})
     try:
         # read once: the master's or the only process's, and each worker's own
         loaded = _loader(options)()

@@ -9,7 +9,9 @@ once) → Gen1/Gen2 mapped to the Gen3 shape (``config_shapes``) → cross-field
 in one ``ConfigError`` (``config_problems``), each with its YAML path and line.
 
 Must not load rules, open sockets or configure logging: it only reads and checks the file.
-``cli`` logs the deprecation notices once logging is configured.
+The notices are logged once logging is configured: by the only process or the master at start
+(``wiring.start_logging``, ``cli``), and on a reload by the only process or worker 1
+(``runtime_reload``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ _NUMERIC_LEVELS |= {"4": "fatal", "5": "panic", "7": "disabled", "warning": "war
 class LoadedConfig:
     config: Config
     generation: int
-    # deprecation and other non-fatal notices, logged by cli once logging is set up
+    # deprecation and other non-fatal notices, logged once logging is set up (module doc)
     notices: tuple[str, ...] = ()
 
 

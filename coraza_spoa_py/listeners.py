@@ -3,7 +3,7 @@ then listening; the address it got; a unix socket file removed safely.
 
 One way to listen for every socket the agent serves: the SPOP listener (``server``), the master's
 socket its workers inherit (``master``: bound once, listened on by the first worker that serves),
-a worker's hand-off socket and its metrics socket (``runtime``).
+a worker's hand-off socket (``wiring``) and its metrics socket (``worker_metrics``).
 """
 
 from __future__ import annotations

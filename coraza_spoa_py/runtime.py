@@ -1,6 +1,7 @@
 """The running agent: its parts built (``wiring``), then started; signals and graceful shutdown.
 
-``Runtime.start`` builds every part in ``__init__`` (no I/O there) and then starts them in one
+``Runtime.start`` builds every part in ``__init__`` (no listening, no serving: a worker only maps
+its owner table and wraps its inherited socket there) and then starts them in one
 order: the metrics listener before the rules compile (/healthz answers, /readyz says 503), the
 SPOP listener once they did, then the signal handlers, the master's readiness byte, the sweeper
 (``sweeper``) and the file watcher (``runtime_reload``).
@@ -71,10 +72,9 @@ class Runtime:
         ``worker``: this process is one of a master's workers (docs/architecture.md "Process
         model"): it serves the master's listening socket, hands responses to the worker that
         holds their transaction (``handoff``), serves its metrics on a unix socket for the
-        master to sum, and every log line says ``worker=N``. The master logged the config's
+        master to sum, and every log line says ``worker=N`` (``cli`` labels it before the config
+        is read). The master logged the config's
         notices: a worker does not repeat them."""
-        if worker is not None:
-            logger.configure(extra={"worker": worker.index})
         cfg = loaded.config
         threads = cfg.engine_threads_for(worker.count if worker is not None else 1)
         wiring.start_logging(loaded, config_path, threads, log_notices=worker is None)

@@ -4,8 +4,8 @@ Its job is I/O only: accept HAProxy's connections (TCP over IPv4/IPv6, or a unix
 ``listeners``), feed each to its ``connection.AgentConnection`` (the sans-IO codec, the NOTIFYs
 run concurrently, pipelining, docs/protocol.md "Capabilities by version"), enforce the caps
 (``connection_caps``) and the deadlines, and stop gracefully. It must not decode frames itself,
-know about applications or the WAF, or configure logging sinks (``logs`` does that); ``runtime``
-wires it to ``agent.handle``.
+know about applications or the WAF, or configure logging sinks (``logs`` does that); ``wiring``
+builds it around ``agent.handle``.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class AgentServer:
             self.start()
         self._stopped.wait()
 
-    def stop(self, graceful_timeout_s: float = 10.0) -> None:
+    def stop(self, graceful_timeout_s: float = settings.DEFAULT_GRACEFUL_TIMEOUT_S) -> None:
         if self._stopping:
             self._stopped.wait()
             return

@@ -181,3 +181,27 @@ def test_a_stop_while_the_workers_compile_their_rules_is_a_clean_stop(tmp_path: 
     logs = agent.logs()
     assert "listening on" not in logs, logs
     assert "master: stopped (2 worker(s) clean)" in logs, logs
+
+
+def test_a_restarted_worker_that_cannot_read_the_config_says_which_worker_it_is(
+    tmp_path: Path,
+) -> None:
+    """1. Two workers serving. 2. The config broken on disk, then worker 1 killed (-9): the
+    master restarts it and it fails to read the file. Result: the config error lines of that
+    restart carry ``worker=1``, so the operator knows which process failed."""
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(CONFIG.format(port=port))
+    log_path = tmp_path / "agent.log"
+    with workers_agent(config, port=port, metrics_port=metrics_port, log_path=log_path) as agent:
+        config.write_text(CONFIG.format(port=port) + "bogus_key: 1\n")
+        os.kill(_worker_pids(agent.pid)[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "bogus_key" not in agent.logs():
+            assert time.monotonic() < deadline, agent.logs()
+            time.sleep(0.05)
+        time.sleep(0.2)  # the rest of that attempt's lines
+        logs = agent.logs()
+    errors = [line for line in logs.splitlines() if "bogus_key" in line]
+    assert errors, logs
+    assert all("worker=1" in line for line in errors), errors
