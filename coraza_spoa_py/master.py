@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gevent
 import gevent.event
@@ -46,14 +46,14 @@ import gevent.subprocess
 from gevent import socket
 from gevent.pywsgi import WSGIServer
 from loguru import logger
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from coraza_spoa_py import handoff, logs, metrics
 from coraza_spoa_py.server import open_listener, remove_unix_socket
 from coraza_spoa_py.settings import BindAddress, Config
+
+if TYPE_CHECKING:  # loaded with the metrics only (metrics.prometheus)
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
 WORKER_ENV = "CORAZA_SPOA_PY_WORKER"
 EXIT_OK = 0
@@ -325,9 +325,10 @@ class Master:
     def render_metrics(self) -> bytes:
         ready = [w for w in self.workers if w.state == "ready"]
         texts = [t for t in gevent.pool.Group().map(self._scrape, ready) if t is not None]
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Summed(texts, self))
-        return generate_latest(registry)
+        client = metrics.prometheus()
+        registry = client.CollectorRegistry(auto_describe=False)
+        registry.register(cast("Collector", _Summed(texts, self)))
+        return cast(bytes, client.generate_latest(registry))
 
     def _scrape(self, worker: _Worker) -> str | None:
         path = os.path.join(self.rundir, f"metrics-{worker.index}.sock")
@@ -338,14 +339,18 @@ class Master:
             return None
 
 
-class _Summed(Collector):
-    """The workers' series summed by name and labels, plus the master's own."""
+class _Summed:
+    """The workers' series summed by name and labels, plus the master's own (a collector by
+    its collect(), as metrics._AgentCollector)."""
 
     def __init__(self, texts: list[str], master: Master) -> None:
         self._texts = texts
         self._master = master
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+        from prometheus_client.parser import text_string_to_metric_families
+
         families: dict[str, Metric] = {}
         values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         for text in self._texts:

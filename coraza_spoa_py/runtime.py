@@ -131,15 +131,7 @@ class Runtime:
         scheduler = EnginePool(threads)
         # the metrics listener comes first: /healthz answers while the rules compile, /readyz
         # says 503 until the SPOP listener is bound (docs/operations.md "Health")
-        stats = metrics.Metrics()
-        metrics_server = None
-        if metrics_addr:
-            metrics_server = (
-                metrics.serve_http(metrics_addr, metrics.wsgi_app(stats))
-                if worker is None
-                else _start_worker_metrics(worker.metrics_socket(), stats)
-            )
-        stats.readiness.set_not_ready("loading rules")
+        stats, metrics_server = _start_metrics(metrics_addr, worker)
         try:
             # compiling goes straight to the pool: seconds of it must not enter the
             # scheduler's average engine time per message
@@ -151,7 +143,7 @@ class Runtime:
             raise StartupError("rules did not load", exc.problems) from exc
         reload.log_loaded(engines)
         applications = reload.build_applications(cfg, engines, scheduler)
-        if metrics_server is not None:
+        if stats is not None and metrics_server is not None:
             _observe(applications, stats)
         agent = Agent(
             applications,
@@ -163,20 +155,21 @@ class Runtime:
         if worker is not None:
             router = _router(worker, agent)
             handler = router.handle
-        stats.sources = metrics.Sources(
-            transactions=agent.stats,
-            connections=lambda: server.connection_count,
-            reloads=lambda: (runtime.reloads_done, runtime.reloads_failed),
-            engine=_engine_version(),
-            unknown_messages=lambda: agent.unknown_messages,
-            unknown_applications=lambda: agent.unknown_applications,
-            routes=(lambda: router.counts) if router is not None else dict,
-        )
+        if stats is not None:
+            stats.sources = metrics.Sources(
+                transactions=agent.stats,
+                connections=lambda: server.connection_count,
+                reloads=lambda: (runtime.reloads_done, runtime.reloads_failed),
+                engine=_engine_version(),
+                unknown_messages=lambda: agent.unknown_messages,
+                unknown_applications=lambda: agent.unknown_applications,
+                routes=(lambda: router.counts) if router is not None else dict,
+            )
         server = AgentServer(
             cfg.bind,
             # the NOTIFY histogram only where it is exported: it costs the hub a lock and two
             # clock reads per message (docs/performance.md change 24)
-            stats.timed(handler) if metrics_server is not None else handler,
+            stats.timed(handler) if stats is not None and metrics_server is not None else handler,
             max_frame_size=cfg.max_frame_size,
             max_connections=cfg.max_connections,
             idle_timeout_s=cfg.idle_timeout_s,
@@ -200,7 +193,8 @@ class Runtime:
         runtime._metrics = stats if metrics_server is not None else None
         runtime.worker = worker
         runtime._handoff_server = handoff_server
-        stats.readiness.set_ready()
+        if stats is not None:
+            stats.readiness.set_ready()
         runtime._serving(autoreload)
         return runtime
 
@@ -434,6 +428,22 @@ class Runtime:
             self.scheduler.close()
         logger.info("coraza-spoa-py stopped ({})", self._stop_reason or "stop requested")
         return EXIT_OK
+
+
+def _start_metrics(
+    metrics_addr: str, worker: WorkerContext | None
+) -> tuple[metrics.Metrics | None, WSGIServer | None]:
+    # only when exported: Metrics loads prometheus_client (docs/performance.md change 26)
+    if not metrics_addr:
+        return None, None
+    stats = metrics.Metrics()
+    server = (
+        metrics.serve_http(metrics_addr, metrics.wsgi_app(stats))
+        if worker is None
+        else _start_worker_metrics(worker.metrics_socket(), stats)
+    )
+    stats.readiness.set_not_ready("loading rules")
+    return stats, server
 
 
 def _start_worker_metrics(path: str, stats: metrics.Metrics) -> WSGIServer | None:
