@@ -1,4 +1,5 @@
-# The compiled NOTIFY decoder and ACK encoder (native/spop_fast.c); used through coraza_spoa_py/spop_native.py.
+# The compiled NOTIFY decoder and ACK encoder (native/spop_fast.c); used through
+# coraza_spoa_py/spop_native.py.
 from collections.abc import Callable, Sequence
 
 from coraza_spoa_py.spop.events import Action, DataType, Message, Notify
