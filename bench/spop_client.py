@@ -23,6 +23,7 @@ from ipaddress import IPv4Address
 from bench.agent_config import APP_NAME
 from bench.scenarios import SCENARIOS, Scenario
 from coraza_spoa_py.spop import Arg, DataType, Message, SetVar, frames, handshake
+from coraza_spoa_py.spop_peer import read_agent_hello
 
 ID_WIDTH = 20  # "soak-" + 15 digits: ids are spliced into the templates at a fixed width
 ID_PLACEHOLDER = b"#" * ID_WIDTH
@@ -181,7 +182,7 @@ class SpopLoad:
         sock = socket.create_connection((host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(handshake.encode_haproxy_hello(max_frame_size=131068, engine_id="bench"))
-        handshake.read_agent_hello(lambda: sock.recv(65536))
+        read_agent_hello(lambda: sock.recv(65536))
         sock.setblocking(False)
         conn = _Conn(sock)
         self.selector.register(sock, selectors.EVENT_READ, conn)

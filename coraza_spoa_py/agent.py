@@ -4,7 +4,8 @@
 ``default_application``, else error 1002; absent: the default, else the only application). An
 ``app`` with a port (``echo.domain:8080``, from a Host header) routes like the bare host name.
 ``check-request``, the ModSecurity SPOAs' message, is rewritten by ``modsec_messages`` into a
-request message and answered with ``code`` (docs/migrating-from-modsecurity-spoa.md); its
+request message, evaluated by the application without keeping its transaction (there is no
+response message) and answered with ``code`` (docs/migrating-from-modsecurity-spoa.md); its
 ``ignorerules`` go to ``check_request_app`` (a copy of the application without those rules).
 An unknown message name is answered with ``error`` = 1006 (and ``code``, so the ModSecurity
 dialect's deny rule fires too), logged at warning once per name per interval and counted per
@@ -31,13 +32,7 @@ from typing import Protocol
 
 from loguru import logger
 
-from coraza_spoa_py.application import (
-    Application,
-    MalformedMessageError,
-    MessageError,
-    NoApplicationError,
-    TransactionStats,
-)
+from coraza_spoa_py.application import Application
 from coraza_spoa_py.message_log import MessageTrace, debug_enabled, describe_message
 from coraza_spoa_py.messages import (
     ARG_APP,
@@ -58,7 +53,9 @@ from coraza_spoa_py.modsec_messages import (
     to_request_message,
     verdict_to_code,
 )
+from coraza_spoa_py.outcome import MalformedMessageError, MessageError, NoApplicationError, Outcome
 from coraza_spoa_py.spop.events import Action, Arg, Message
+from coraza_spoa_py.transactions import TransactionStats
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
 
 # message names of coraza-spoa's shipped coraza.cfg (docs/compatibility.md "Messages and arguments")
@@ -75,7 +72,7 @@ OTHER_NAMES = "other"
 
 class CheckRequestApp(Protocol):
     """The application for a check-request message, given the routed application and the rule
-    ids to remove (empty: none): the application itself when it needs no copy
+    ids to remove (never empty): its copy without those rules
     (``check_request_apps.CheckRequestApps``, which runtime builds)."""
 
     dropped: TransactionStats  # counters of copies no longer kept
@@ -173,24 +170,22 @@ class Agent:
             actions.extend(self._handle_one(message, received_at))
         return actions
 
-    def _handle_one(self, message: Message, received_at: float) -> list[Action]:
-        if message.name == MESSAGE_CHECK_REQUEST:
+    def _handle_one(self, message: Message, received_at: float) -> Sequence[Action]:
+        name = message.name
+        if name == MESSAGE_CHECK_REQUEST:
             return self._check_request(message, received_at)
-        if message.name not in (MESSAGE_REQUEST, MESSAGE_RESPONSE):
+        if name != MESSAGE_REQUEST and name != MESSAGE_RESPONSE:
             return self._unknown_message(message)
         # once per message, for routing, parsing and the debug line alike
         args = args_by_name(message)
-        known = REQUEST_ARGS if message.name == MESSAGE_REQUEST else RESPONSE_ARGS
-
-        def run() -> list[Action]:
-            if message.name == MESSAGE_REQUEST:
+        try:
+            if name == MESSAGE_REQUEST:
                 application = self._route(self._current, args)
                 return application.handle_request(message, received_at, args)
-            application = self._route_response(args)
-            return application.handle_response(message, received_at, args)
-
-        actions, code = self._guarded(message, received_at, args, known, run)
-        return actions if code is None else error_actions(code)
+            return self._route_response(args).handle_response(message, received_at, args)
+        except Exception as exc:
+            known = REQUEST_ARGS if name == MESSAGE_REQUEST else RESPONSE_ARGS
+            return error_actions(self._failed(exc, message, received_at, args, known))
 
     def _check_request(self, message: Message, received_at: float) -> list[Action]:
         # the ModSecurity dialect: the same request handling, answered with `code`
@@ -200,38 +195,41 @@ class Agent:
             self._errors.report(ErrorCode.MALFORMED_MESSAGE, message.name, str(exc))
             return error_to_code(ErrorCode.MALFORMED_MESSAGE)
         args = args_by_name(request)
+        try:
+            outcome = self._check(request, received_at, args)
+        except Exception as exc:
+            return error_to_code(self._failed(exc, request, received_at, args, CHECK_REQUEST_ARGS))
+        if outcome.verdict is None:  # never once settled: the application raises instead
+            return error_to_code(ErrorCode.ENGINE_FAILURE)
+        return verdict_to_code(outcome.verdict, detect_only=outcome.detect_only)
 
-        def run() -> list[Action]:
-            try:
-                removed = ignored_rule_ids(args.get(ARG_IGNORE_RULES))
-            except MalformedArgumentError as exc:
-                raise MalformedMessageError(str(exc)) from exc
-            application = self._route(self._current, args)
-            started = self._clock()
-            if self._check_request_app is not None:
-                application = self._check_request_app(application, removed)
-            elif removed:
+    def _check(self, request: Message, received_at: float, args: Mapping[str, Arg]) -> Outcome:
+        try:
+            removed = ignored_rule_ids(args.get(ARG_IGNORE_RULES))
+        except MalformedArgumentError as exc:
+            raise MalformedMessageError(str(exc)) from exc
+        application = self._route(self._current, args)
+        if removed:
+            if self._check_request_app is None:
                 raise MessageError(f"{ARG_IGNORE_RULES} is not available in this agent")
+            started = self._clock()
+            application = self._check_request_app(application, removed)
             # the one-time compile of an exclusion set is not a wait for an engine thread: it
             # does not count against the processing budget (load shedding)
-            compiled_for = self._clock() - started
-            return application.handle_request(request, received_at + compiled_for, args)
+            received_at += self._clock() - started
+        # check-request has no response message: its transaction is closed after the request
+        return application.request(request, received_at, args, keep_for_response=False)
 
-        actions, code = self._guarded(request, received_at, args, CHECK_REQUEST_ARGS, run)
-        return verdict_to_code(actions) if code is None else error_to_code(code)
-
-    def _guarded(
+    def _failed(
         self,
+        exc: Exception,
         message: Message,
         received_at: float,
         args: Mapping[str, Arg],
         known: frozenset[str],
-        run: Callable[[], list[Action]],
-    ) -> tuple[list[Action], ErrorCode | None]:
-        # the actions of ``run()``, or the error code every failure of it is answered with
-        try:
-            return run(), None
-        except NoApplicationError as exc:
+    ) -> ErrorCode:
+        # the error code every failure of a message is answered with
+        if isinstance(exc, NoApplicationError):
             # the application writes the debug line of every message it handles; this one
             # never reached one
             if debug_enabled():
@@ -241,15 +239,12 @@ class Agent:
                     trace.line(answer, received_at, self._clock())
                 )
             _count(self.unknown_applications, app_name_arg(args.get(ARG_APP)) or "")
+        if isinstance(exc, MessageError):
             self._errors.report(exc.code, message.name, str(exc))
-            return [], exc.code
-        except MessageError as exc:
-            self._errors.report(exc.code, message.name, str(exc))
-            return [], exc.code
-        except Exception:
-            # a bug of ours: still answer at once, so HAProxy's `error > 0` rule fires now
-            logger.bind(message=message.name).exception("message handling failed")
-            return [], ErrorCode.ENGINE_FAILURE
+            return exc.code
+        # a bug of ours: still answer at once, so HAProxy's `error > 0` rule fires now
+        logger.bind(message=message.name).opt(exception=exc).error("message handling failed")
+        return ErrorCode.ENGINE_FAILURE
 
     def _unknown_message(self, message: Message) -> list[Action]:
         # coraza-spoa ignores it; that is a silent pass for whoever mistyped a message name
@@ -360,29 +355,14 @@ class Agent:
 
     def stats(self) -> TransactionStats:
         """Counters summed over every application the agent still knows."""
-        totals = [app.stats for app in self.all_applications()]
+        total = sum((app.stats for app in self.all_applications()), self._dropped)
         if self._check_request_app is not None:
-            totals.append(self._check_request_app.dropped)
-        return TransactionStats(
-            opened=sum(s.opened for s in totals) + self._dropped.opened,
-            closed=sum(s.closed for s in totals) + self._dropped.closed,
-            expired=sum(s.expired for s in totals) + self._dropped.expired,
-            evicted=sum(s.evicted for s in totals) + self._dropped.evicted,
-            shed=sum(s.shed for s in totals) + self._dropped.shed,
-            open=sum(s.open for s in totals),
-            in_flight=sum(s.in_flight for s in totals),
-        )
+            total += self._check_request_app.dropped
+        return total
 
     def _drop(self, generation: _Generation) -> None:
         for app in self._retired_only(generation):
-            stats = app.stats
-            self._dropped = TransactionStats(
-                opened=self._dropped.opened + stats.opened,
-                closed=self._dropped.closed + stats.closed,
-                expired=self._dropped.expired + stats.expired,
-                evicted=self._dropped.evicted + stats.evicted,
-                shed=self._dropped.shed + stats.shed,
-            )
+            self._dropped += app.stats.counts()
             if self._on_retired is not None:
                 self._on_retired(app)
 

@@ -1,10 +1,7 @@
-"""The applications ``check-request`` messages run in: per application, a copy without the
-response phase, and per set of ``ignorerules`` a copy whose rules lack those ids.
-
-``check-request`` (the ModSecurity SPOAs' message, ``modsec_messages``) has no response message:
-its transaction is closed right after the request phases, whatever the application's
-``response_check`` says, so such an application gets a copy with ``response_check`` off that
-shares its engine.
+"""The applications ``check-request`` messages with ``ignorerules`` run in: per set of ids, a
+copy of the application whose rules lack those ids. (Without ``ignorerules`` a check-request
+runs in the application itself, which closes its transaction after the request phases:
+``Application.request(keep_for_response=False)``.)
 
 ``ignorerules`` (the small Python ModSecurity SPOA's ``txn.ignorerules``): libmodsecurity's C
 API cannot remove a rule from one transaction (``ctl:ruleRemoveById`` exists only as a rule
@@ -27,9 +24,11 @@ from dataclasses import replace
 
 from loguru import logger
 
-from coraza_spoa_py.application import Application, EngineFailureError, TransactionStats
+from coraza_spoa_py.application import Application
 from coraza_spoa_py.models import WafEngine
+from coraza_spoa_py.outcome import EngineFailureError
 from coraza_spoa_py.settings import AppConfig
+from coraza_spoa_py.transactions import TransactionStats
 
 # distinct (application, removed ids) copies kept; each with ids is a whole compiled rule set
 MAX_COPIES = 16
@@ -65,8 +64,6 @@ class CheckRequestApps:
         return list(self._copies.values())
 
     def __call__(self, application: Application, removed: tuple[str, ...]) -> Application:
-        if not removed and not application.config.response_check:
-            return application
         key = (application, removed)
         while True:
             found = self._copies.get(key)
@@ -92,20 +89,11 @@ class CheckRequestApps:
             done.set()
 
     def _drop(self, copy: Application) -> None:
-        # a copy holds no open transaction (no response phase): only its counters remain
-        stats, dropped = copy.stats, self.dropped
-        self.dropped = TransactionStats(
-            opened=dropped.opened + stats.opened,
-            closed=dropped.closed + stats.closed,
-            expired=dropped.expired + stats.expired,
-            evicted=dropped.evicted + stats.evicted,
-            shed=dropped.shed + stats.shed,
-        )
+        # a copy holds no open transaction (check-request keeps none): only its counters remain
+        self.dropped += copy.stats.counts()
 
     def _make(self, application: Application, removed: tuple[str, ...]) -> Application:
-        config = replace(application.config, response_check=False)
-        if not removed:
-            return self._build(config, application.engine)
+        config = application.config
         try:
             directives = without_rules(config.directives, removed)
             engine = self._compile(replace(config, directives=directives))
@@ -117,4 +105,7 @@ class CheckRequestApps:
         logger.bind(app=config.name).info(
             "compiled the rules without {} for check-request messages", " ".join(removed)
         )
-        return self._build(config, engine)
+        copy = self._build(config, engine)
+        # its verdicts count with the application's (metrics)
+        copy.observer = application.observer
+        return copy

@@ -1,11 +1,12 @@
 """YAML config file → ``settings.Config``: the one pipeline (docs/development.md "One config
 pipeline").
 
-Steps: YAML ``safe_load`` keeping each key's line → detect the generation by shape (Gen1
-``log:``/``spoa:``, Gen2 ``applications:`` map, Gen3 ``applications:`` list; docs/compatibility.md
-"Config generations") → JSON Schema (``config.schema.json``, every error at once) → Gen1/Gen2
-mapped to the Gen3 shape (same section) → cross-field checks → frozen dataclasses. Every
-problem found is reported together in one ``ConfigError``, each with its YAML path and line.
+Steps: YAML ``safe_load`` keeping each key's line (``config_yaml``) → detect the generation by
+shape (Gen1 ``log:``/``spoa:``, Gen2 ``applications:`` map, Gen3 ``applications:`` list;
+docs/compatibility.md "Config generations") → JSON Schema (``config.schema.json``, every error at
+once) → Gen1/Gen2 mapped to the Gen3 shape (``config_shapes``) → cross-field checks
+(``config_checks``) → frozen dataclasses (``settings``). Every problem found is reported together
+in one ``ConfigError`` (``config_problems``), each with its YAML path and line.
 
 Must not load rules, open sockets or configure logging: it only reads and checks the file.
 ``cli`` logs the deprecation notices once logging is configured.
@@ -22,10 +23,10 @@ from importlib import resources
 from typing import Any
 
 import jsonschema
-import yaml
 
+from coraza_spoa_py.config_checks import cross_problems, parse_bind
+from coraza_spoa_py.config_problems import ConfigError, ConfigProblem, Locator
 from coraza_spoa_py.config_shapes import (
-    DEFAULT_TTL_MS,
     GEN1,
     GEN2,
     GEN3,
@@ -33,14 +34,12 @@ from coraza_spoa_py.config_shapes import (
     Path,
     PathMap,
     detect_generation,
-    format_path,
     gen1_to_gen3,
     gen2_to_gen3,
 )
+from coraza_spoa_py.config_yaml import read_yaml
 from coraza_spoa_py.settings import (
-    DEFAULT_TRANSACTION_ACTIVE_LIMIT,
     AppConfig,
-    BindAddress,
     Config,
     LogConfig,
     RulePaths,
@@ -53,92 +52,11 @@ _NUMERIC_LEVELS |= {"4": "fatal", "5": "panic", "7": "disabled", "warning": "war
 
 
 @dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    path: str  # "applications[0].transaction_ttl_ms"; "" for the whole document
-    line: int | None  # 1-based line in the file
-    message: str
-
-    def render(self, source: str) -> str:
-        where = f"{source}:{self.line}" if self.line else source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """Every problem of a config file, each with its YAML path and line."""
-
-    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
-        self.source = source
-        self.problems = sorted(problems, key=lambda p: (p.line or 0, p.path, p.message))
-        lines = "\n".join(f"  {p.render(source)}" for p in self.problems)
-        count = len(self.problems)
-        super().__init__(f"invalid configuration {source} ({count} problem(s)):\n{lines}")
-
-
-@dataclass(frozen=True, slots=True)
 class LoadedConfig:
     config: Config
     generation: int
     # deprecation and other non-fatal notices, logged by cli once logging is set up
     notices: tuple[str, ...] = ()
-
-
-def _read_yaml(text: str, source: str) -> tuple[Any, dict[Path, int]]:
-    """YAML text → (data, line of every key and list item). Duplicate keys are errors, as in
-    yaml.v3 (PyYAML would keep the last one silently)."""
-    try:
-        loader = yaml.SafeLoader(text)
-    except yaml.YAMLError as exc:  # the reader rejects control characters up front
-        raise ConfigError(source, [_yaml_problem(exc, text)]) from exc
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ConfigError(source, [ConfigProblem("", 1, "the file is empty")])
-        lines: dict[Path, int] = {}
-        duplicates: list[ConfigProblem] = []
-        _record_lines(node, (), lines, duplicates)
-        if duplicates:
-            raise ConfigError(source, duplicates)
-        data = loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [_yaml_problem(exc, text)]) from exc
-    except RecursionError as exc:  # PyYAML composes recursively
-        raise ConfigError(source, [ConfigProblem("", None, "nested too deeply")]) from exc
-    finally:
-        loader.dispose()
-    return data, lines
-
-
-def _yaml_problem(exc: yaml.YAMLError, text: str) -> ConfigProblem:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    if mark is not None:
-        line: int | None = mark.line + 1
-    elif isinstance(getattr(exc, "position", None), int):
-        line = text.count("\n", 0, getattr(exc, "position", 0)) + 1
-    else:
-        line = None
-    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
-    return ConfigProblem("", line, f"YAML syntax error: {problem}")
-
-
-def _record_lines(
-    node: yaml.Node, path: Path, lines: dict[Path, int], duplicates: list[ConfigProblem]
-) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            child = (*path, key)
-            if key in seen:
-                duplicates.append(
-                    ConfigProblem(format_path(child), key_node.start_mark.line + 1, "duplicate key")
-                )
-            seen.add(key)
-            lines[child] = key_node.start_mark.line + 1
-            _record_lines(value_node, child, lines, duplicates)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _record_lines(item, (*path, index), lines, duplicates)
 
 
 @cache
@@ -157,33 +75,8 @@ def _validator(generation: int) -> jsonschema.protocols.Validator:
     return validator
 
 
-class _Locator:
-    """Paths and lines of the original file, for problems found on the Gen3-shaped data."""
-
-    def __init__(self, lines: Mapping[Path, int], origins: PathMap) -> None:
-        self.lines = lines
-        self.origins = origins
-
-    def original(self, path: Path) -> Path:
-        for size in range(len(path), -1, -1):
-            prefix = path[:size]
-            if prefix in self.origins:
-                return (*self.origins[prefix], *path[size:])
-        return path
-
-    def line(self, original: Path) -> int | None:
-        for size in range(len(original), -1, -1):
-            if original[:size] in self.lines:
-                return self.lines[original[:size]]
-        return None
-
-    def problem(self, path: Path, message: str) -> ConfigProblem:
-        original = self.original(path)
-        return ConfigProblem(format_path(original), self.line(original), message)
-
-
 def _schema_problems(data: Any, generation: int, lines: Mapping[Path, int]) -> list[ConfigProblem]:
-    locate = _Locator(lines, {})
+    locate = Locator(lines, {})
     problems: list[ConfigProblem] = []
     for error in _validator(generation).iter_errors(data):
         path: Path = tuple(error.absolute_path)
@@ -225,40 +118,6 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
-def parse_bind(text: str) -> BindAddress:
-    """``bind`` → ``BindAddress`` (docs/compatibility.md "Gen3 keys", fixed per §11.3).
-
-    Accepts ``host:port``, ``:port``, ``[v6]:port``, ``tcp://host:port``, ``unix:///path`` and
-    ``unix:/path``. Raises ``ValueError`` with what is wrong.
-    """
-    value = text.strip()
-    if value.startswith("unix:"):
-        path = value[len("unix:") :]
-        if path.startswith("//"):
-            path = path[2:]
-        if not path:
-            raise ValueError("unix socket path is empty")
-        return BindAddress("unix", path=path)
-    for prefix in ("tcp://", "tcp4://", "tcp6://"):
-        if value.startswith(prefix):
-            value = value[len(prefix) :].rstrip("/")
-            break
-    if "://" in value:
-        raise ValueError(f"unsupported scheme in {text!r} (use host:port, tcp:// or unix://)")
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        raise ValueError(f"{text!r} has no port (write host:port, :port or unix:///path)")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ValueError(f"unbalanced brackets in {text!r}")
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"IPv6 addresses need brackets: [{host}]:{port_text}")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
-    return BindAddress("tcp", host=host, port=int(port_text))
-
-
 def _level(value: str) -> str:
     lowered = value.strip().lower()
     return _NUMERIC_LEVELS.get(lowered, lowered)
@@ -274,110 +133,66 @@ def _log(section: Mapping[str, Any], fallback: LogConfig) -> LogConfig:
 
 
 _APP_LOG_KEYS = ("log_level", "log_file", "log_format", "log_dir")
+# keys copied as they are into the dataclass field of the same name; a key the file leaves out
+# is not passed, so the field's default applies (settings.py: the one source of defaults)
+_APP_KEYS = (
+    "directives",
+    "response_check",
+    "transaction_ttl_ms",
+    "transaction_active_limit",
+    "orphan_responses",
+    "export_rule_ids",
+)
+_TOP_KEYS = (
+    "engine_threads",
+    "workers",
+    "max_frame_size",
+    "max_connections",
+    "max_connections_per_source",
+    "processing_budget_ms",
+)
+# seconds: the schema takes integers too, the fields are floats
+_TOP_SECONDS_KEYS = ("idle_timeout_s", "hello_timeout_s", "frame_timeout_s", "graceful_timeout_s")
+_RULE_PATH_KEYS = ("crs_rules_dir", "crs_setup_file")
 
 
-def cross_problems(data: Mapping[str, Any], locate: _Locator) -> list[ConfigProblem]:
-    """Checks that span keys or need code: ``bind`` forms, unique names, ``default_application``
-    exists, TTL > 0 where responses are checked (docs/development.md "One config pipeline").
-
-    Defensive about types, so it also runs on data the schema rejected: one run of the
-    agent (or of -validate) lists every problem of the file.
-    """
-    problems: list[ConfigProblem] = []
-    if isinstance(data.get("bind"), str):
-        try:
-            parse_bind(data["bind"])
-        except ValueError as exc:
-            problems.append(locate.problem(("bind",), str(exc)))
-    items = data.get("applications")
-    names: dict[str, int] = {}
-    for index, item in enumerate(items if isinstance(items, list) else []):
-        if not isinstance(item, dict):
-            continue
-        name = item.get("name")
-        if isinstance(name, str) and name in names:
-            problems.append(
-                locate.problem(
-                    ("applications", index, "name"),
-                    f"duplicate application name {name!r} (also applications[{names[name]}])",
-                )
-            )
-        if isinstance(name, str):
-            names.setdefault(name, index)
-        ttl = item.get("transaction_ttl_ms", DEFAULT_TTL_MS)
-        if item.get("response_check") is True and isinstance(ttl, int) and ttl <= 0:
-            problems.append(
-                locate.problem(
-                    ("applications", index, "transaction_ttl_ms"),
-                    "must be > 0 when response_check is true (responses would never find "
-                    "their request)",
-                )
-            )
-    default = data.get("default_application") or None  # "" means none, as in coraza-spoa
-    if isinstance(default, str) and default not in names:
-        known = ", ".join(repr(n) for n in names) or "none"
-        problems.append(
-            locate.problem(
-                ("default_application",),
-                f"application {default!r} is not defined (defined: {known})",
-            )
-        )
-    return problems
+def _given(section: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: section[key] for key in keys if key in section}
 
 
-def _build(data: Mapping[str, Any], locate: _Locator, base_dir: str, source: str) -> Config:
+def _build(data: Mapping[str, Any], locate: Locator, base_dir: str, source: str) -> Config:
     """Gen3-shaped, schema-valid data → ``Config``; cross-field problems raise ConfigError."""
     problems = cross_problems(data, locate)
     if problems:
         raise ConfigError(source, problems)
-    bind = parse_bind(data["bind"])
     top_log = _log(data, LogConfig())
     apps = [
         AppConfig(
             name=item["name"],
-            directives=item.get("directives", ""),
-            response_check=item.get("response_check", False),
-            transaction_ttl_ms=item.get("transaction_ttl_ms", DEFAULT_TTL_MS),
-            transaction_active_limit=item.get(
-                "transaction_active_limit", DEFAULT_TRANSACTION_ACTIVE_LIMIT
-            ),
-            orphan_responses=item.get("orphan_responses", "inspect"),
-            export_rule_ids=item.get("export_rule_ids", False),
             log=_log(item, top_log) if any(key in item for key in _APP_LOG_KEYS) else None,
             base_dir=base_dir,
+            **_given(item, _APP_KEYS),
         )
         for item in data.get("applications") or []
     ]
-    default = data.get("default_application") or None
-    defaults = Config(bind=bind)
+    seconds: dict[str, Any] = {
+        key: float(value) for key, value in _given(data, _TOP_SECONDS_KEYS).items()
+    }
     return Config(
-        bind=bind,
+        bind=parse_bind(data["bind"]),
         applications=tuple(apps),
-        default_application=default,
+        default_application=data.get("default_application") or None,
         log=top_log,
-        rule_paths=RulePaths(
-            crs_rules_dir=data.get("crs_rules_dir", defaults.rule_paths.crs_rules_dir),
-            crs_setup_file=data.get("crs_setup_file", defaults.rule_paths.crs_setup_file),
-        ),
-        engine_threads=data.get("engine_threads"),
-        workers=data.get("workers", defaults.workers),
-        max_frame_size=data.get("max_frame_size", defaults.max_frame_size),
-        max_connections=data.get("max_connections", defaults.max_connections),
-        idle_timeout_s=float(data.get("idle_timeout_s", defaults.idle_timeout_s)),
-        max_connections_per_source=data.get(
-            "max_connections_per_source", defaults.max_connections_per_source
-        ),
-        hello_timeout_s=float(data.get("hello_timeout_s", defaults.hello_timeout_s)),
-        frame_timeout_s=float(data.get("frame_timeout_s", defaults.frame_timeout_s)),
-        processing_budget_ms=data.get("processing_budget_ms", defaults.processing_budget_ms),
-        graceful_timeout_s=float(data.get("graceful_timeout_s", defaults.graceful_timeout_s)),
+        rule_paths=RulePaths(**_given(data, _RULE_PATH_KEYS)),
         source_file=source,
+        **_given(data, _TOP_KEYS),
+        **seconds,
     )
 
 
 def parse(text: str, source: str = "<config>", base_dir: str = ".") -> LoadedConfig:
     """Config text → ``LoadedConfig``; raises ``ConfigError`` listing every problem."""
-    data, lines = _read_yaml(text, source)
+    data, lines = read_yaml(text, source)
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise ConfigError(source, [ConfigProblem("", 1, f"expected a mapping, got {kind}")])
@@ -386,7 +201,7 @@ def parse(text: str, source: str = "<config>", base_dir: str = ".") -> LoadedCon
     if problems:
         if generation == GEN3:
             # report the cross-field problems of the same file in the same run
-            problems += cross_problems(data, _Locator(lines, {}))
+            problems += cross_problems(data, Locator(lines, {}))
         raise ConfigError(source, problems)
     notices: list[str] = []
     origins: PathMap = {}
@@ -395,10 +210,11 @@ def parse(text: str, source: str = "<config>", base_dir: str = ".") -> LoadedCon
         shaped, origins, notices = gen1_to_gen3(data)
     elif generation == GEN2:
         shaped, origins, notices = gen2_to_gen3(data)
-    config = _build(shaped, _Locator(lines, origins), base_dir, source)
+    config = _build(shaped, Locator(lines, origins), base_dir, source)
     if generation != GEN3:
         # one deprecation line: which format, and its mapping to the current one (the
-        # converter's first notice); docs/operations.md "Migrating" has the full tables
+        # converter's first notice); docs/operations.md "Migrating from coraza-spoa" has the
+        # full tables
         mapping = notices.pop(0)
         notices.insert(
             0,
@@ -424,3 +240,16 @@ def load_with_notices(path: str) -> LoadedConfig:
 def load(path: str) -> Config:
     """The contract of docs/architecture.md: path → ``Config`` or ``ConfigError``."""
     return load_with_notices(path).config
+
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "LoadedConfig",
+    "cross_problems",
+    "load",
+    "load_with_notices",
+    "parse",
+    "parse_bind",
+    "schema",
+]

@@ -1,9 +1,10 @@
 """The three coraza-spoa config generations: detection by shape, and Gen1/Gen2 → Gen3 shape.
 
-docs/compatibility.md "Config generations" (generations), §1.4 (Gen2 keys), §1.5 (Gen1 keys) and
-§11.3 (mapping). The converters work on schema-valid data only and return, besides the Gen3-shaped
+docs/compatibility.md "Config generations" (the generations and their mapping), "Gen2 keys" and
+"Gen1 keys". The converters work on schema-valid data only and return, besides the Gen3-shaped
 dict, where each new path came from, so a cross-field problem still names the user's own key and
-line.
+line. A key the old file leaves out stays out, so it gets the ``settings`` default as a Gen3 file
+would.
 
 Must not validate or build dataclasses: ``config`` does that, once, for every generation.
 """
@@ -25,7 +26,6 @@ GEN1_APP_NAME = "default"
 # Gen1 `log.level` and Gen2's zap app loggers defaulted to warn (docs/compatibility.md "Gen2 keys",
 # "Gen1 keys")
 LEGACY_LOG_LEVEL = "warn"
-DEFAULT_TTL_MS = 60_000
 # zap's level words (Gen2 app loggers); anything else meant info
 _ZAP_LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "error": "error"}
 _ZAP_LEVELS |= {"dpanic": "panic", "panic": "panic", "fatal": "fatal"}
@@ -65,8 +65,9 @@ def gen1_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[st
         "directives": "\n".join(_include_lines(spoa.get("include", []))),
         # Gen1 processed coraza-res for every request: responses were always checked
         "response_check": True,
-        "transaction_ttl_ms": spoa.get("transaction_ttl", DEFAULT_TTL_MS),
     }
+    if "transaction_ttl" in spoa:
+        app["transaction_ttl_ms"] = spoa["transaction_ttl"]
     if "transaction_active_limit" in spoa:
         app["transaction_active_limit"] = spoa["transaction_active_limit"]
     shaped: dict[str, Any] = {
@@ -94,14 +95,15 @@ def gen1_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[st
     return shaped, origins, [notice]
 
 
-def _gen2_ttl(settings: dict[str, Any]) -> tuple[int, str | None]:
+def _gen2_ttl(settings: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The TTL in milliseconds and the key it came from; (None, None): not set, the default."""
     if "transaction_ttl_ms" in settings:
         return settings["transaction_ttl_ms"], "transaction_ttl_ms"
     if "transaction_ttl" in settings:
         return settings["transaction_ttl"], "transaction_ttl"
     if "transaction_ttl_seconds" in settings:
         return settings["transaction_ttl_seconds"] * 1000, "transaction_ttl_seconds"
-    return DEFAULT_TTL_MS, None
+    return None, None
 
 
 def gen2_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[str]]:
@@ -121,8 +123,9 @@ def gen2_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[st
             "name": str(raw_name),
             "directives": "\n".join(parts),
             "response_check": not settings.get("no_response_check", False),
-            "transaction_ttl_ms": ttl,
         }
+        if ttl is not None:
+            app["transaction_ttl_ms"] = ttl
         if "transaction_active_limit" in settings:
             app["transaction_active_limit"] = settings["transaction_active_limit"]
         if "log_level" in settings or "log_file" in settings:
@@ -133,7 +136,8 @@ def gen2_to_gen3(data: dict[str, Any]) -> tuple[dict[str, Any], PathMap, list[st
                     "using info (as coraza-spoa v0.1 did)"
                 )
             app["log_level"] = _ZAP_LEVELS.get(word, "info")
-            app["log_file"] = settings.get("log_file", "/dev/stdout")
+            if "log_file" in settings:
+                app["log_file"] = settings["log_file"]
             # Gen2 application logs were zap's JSON encoder
             app["log_format"] = "json"
         apps.append(app)

@@ -38,6 +38,7 @@ from coraza_spoa_py import spop
 from coraza_spoa_py.agent import MESSAGE_REQUEST, MESSAGE_RESPONSE
 from coraza_spoa_py.messages import message_transaction_id
 from coraza_spoa_py.spop import frames, handshake
+from coraza_spoa_py.spop_peer import read_agent_hello
 
 # 2^18 slots of 8 bytes (2 MiB of shared memory): many times the transactions a worker keeps
 # open at once under load, so a claim is rarely overwritten before its response comes
@@ -153,7 +154,7 @@ class HandoffClient:
                         max_frame_size=HANDOFF_MAX_FRAME_SIZE, capabilities="pipelining"
                     )
                 )
-                _, rest = handshake.read_agent_hello(lambda: sock.recv(RECV_SIZE))
+                _, rest = read_agent_hello(lambda: sock.recv(RECV_SIZE))
                 sock.settimeout(None)
             except (OSError, spop.SpopError) as exc:
                 sock.close()

@@ -1,5 +1,5 @@
-"""Logging setup: the ONLY place loguru sinks are added or removed (docs/development.md "Logging in
-one place").
+"""Logging setup: the ONLY place loguru sinks are added or removed (docs/development.md
+"Logging in one place").
 
 Two kinds of log, as in coraza-spoa (docs/compatibility.md "Logging"): the agent log (top-level
 ``log_*`` keys: startup, signals, reload, connections, routing) and one log per application
@@ -7,30 +7,29 @@ Two kinds of log, as in coraza-spoa (docs/compatibility.md "Logging"): the agent
 application when it was bound with an ``app`` extra; an application without log settings of its
 own writes to the agent log.
 
-Every sink is one of our ``_Sink`` objects writing to a file handle we own, so SIGHUP can
-reopen files after logrotate moved them (docs/compatibility.md "Signals and reload").
-``enqueue=True`` is never used: its queue thread hangs under gevent (loguru #258, #284).
+Every sink is one of our ``_Sink`` objects, rendering with ``log_render`` and writing to a file
+handle we own, so SIGHUP can reopen files after logrotate moved them (docs/compatibility.md
+"Signals and reload"). ``enqueue=True`` is never used: its queue thread hangs under gevent
+(loguru #258, #284).
 
-Must not decide what is logged or at which level: modules do that with
-``logger.bind(...)``. This module only decides where records go and how they look.
+Must not decide what is logged or at which level: modules do that with ``logger.bind(...)``.
+This module decides where records go; ``log_render`` how they look.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import sys
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import IO, Any
 
 from loguru import logger
 
-from coraza_spoa_py.settings import Config, LogConfig
+from coraza_spoa_py.log_render import render_console, render_json
+from coraza_spoa_py.settings import DEFAULT_LOG_LEVEL, Config, LogConfig
 
 # zerolog / Go level names (what coraza-spoa configs say) → loguru's numeric levels.
 # zerolog also accepts its numeric levels as strings: -1 trace … 5 panic, 7 disabled.
@@ -55,27 +54,6 @@ LEVELS: Mapping[str, int | None] = {
     "5": 50,
     "7": None,
 }
-# loguru level name → the lower-case word zerolog writes in JSON ("level":"warn")
-_JSON_LEVEL_WORDS = {
-    "TRACE": "trace",
-    "DEBUG": "debug",
-    "INFO": "info",
-    "SUCCESS": "info",
-    "WARNING": "warn",
-    "ERROR": "error",
-    "CRITICAL": "fatal",
-}
-_CONSOLE_LEVEL_WORDS = {
-    "TRACE": "TRC",
-    "DEBUG": "DBG",
-    "INFO": "INF",
-    "SUCCESS": "INF",
-    "WARNING": "WRN",
-    "ERROR": "ERR",
-    "CRITICAL": "FTL",
-}
-# extras that are rendered specially, not as key=value
-_STRUCTURAL_EXTRAS = frozenset({"kind", "matches"})
 STDOUT_NAMES = frozenset({"", "/dev/stdout", "stdout"})
 STDERR_NAMES = frozenset({"/dev/stderr", "stderr"})
 DEVNULL_NAMES = frozenset({"/dev/null"})
@@ -86,41 +64,6 @@ FILE_BUFFER_BYTES = 65536
 GEN1_SERVER_LOG = "server.log"
 GEN1_ERROR_LOG = "error.log"
 ERROR_LEVEL_NO = 40
-
-
-# What could end or rewrite a log line (issue 15): C0 controls (\n, \r, ESC ...), DEL, C1
-# controls (U+0085 NEL) and the Unicode line and paragraph separators, which str.splitlines()
-# and some viewers treat as line breaks. Client-controlled text (the HAPROXY-DISCONNECT message,
-# transaction ids, message and argument names, rule match data) reaches records as it was sent;
-# the renderers escape it, so a record is always exactly one line.
-_LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(found: re.Match[str]) -> str:
-    char = found.group()
-    named = _NAMED_ESCAPES.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def escape_text(text: str) -> str:
-    """``text`` with every character that could break or rewrite a log line escaped: a
-    newline becomes backslash-n, ESC backslash-x1b, U+2028 backslash-u2028; printable text is
-    returned unchanged."""
-    if text.isprintable():  # the common case: one C call, no regex
-        return text
-    return _LINE_BREAKERS.sub(_escape_char, text)
-
-
-def _escape_json_line(text: str) -> str:
-    # json.dumps escapes C0 controls; with ensure_ascii=False it writes DEL, C1 and U+2028/9
-    # as they are, and those are valid JSON escaped as \uXXXX too
-    if text.isascii() and "\x7f" not in text:
-        return text
-    return _LINE_BREAKERS.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 class LoggingSetupError(Exception):
@@ -226,105 +169,6 @@ class _Sink:
             return
         render = render_json if self.spec.json_format else render_console
         self.spec.handle.write(render(record))
-
-
-def _timestamp(record: Mapping[str, Any]) -> datetime:
-    moment: datetime = record["time"]
-    return moment
-
-
-def _extras(record: Mapping[str, Any]) -> dict[str, Any]:
-    extra: dict[str, Any] = record["extra"]
-    return {key: value for key, value in extra.items() if key not in _STRUCTURAL_EXTRAS}
-
-
-def _console_value(value: Any) -> str:
-    text = str(value)
-    if " " in text or not text:
-        return escape_text(json.dumps(text, ensure_ascii=False))
-    return escape_text(text)
-
-
-def render_console(record: Mapping[str, Any]) -> str:
-    """``2024-05-01 12:00:00.123 INF message key=value …``, rule matches one line each."""
-    stamp = _timestamp(record).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    level = _CONSOLE_LEVEL_WORDS.get(record["level"].name, record["level"].name[:3])
-    fields = " ".join(f"{k}={_console_value(v)}" for k, v in _extras(record).items())
-    head = f"{stamp} {level} "
-    matches = record["extra"].get("matches")
-    if record["extra"].get("kind") == "rule_match" and isinstance(matches, list) and matches:
-        # one line per matched rule, the engine's ModSecurity-style text, like coraza-spoa's
-        # console format; go-ftw style tools grep these for `[id "N"]`
-        lines = []
-        for match in matches:
-            raw = match.get("raw") if isinstance(match, Mapping) else None
-            text = escape_text(str(raw)) if raw else json.dumps(match, default=str)
-            lines.append(f"{head}{fields} {text}".rstrip() + "\n")
-        return "".join(lines)
-    line = f"{head}{escape_text(record['message'])}"
-    if fields:
-        line += f" {fields}"
-    line += "\n"
-    if record["exception"] is not None:
-        line += _exception_text(record)
-    return line
-
-
-def _exception_text(record: Mapping[str, Any]) -> str:
-    import traceback
-
-    exc = record["exception"]
-    return "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
-
-
-# what json.dumps takes as it is: checked by exact type first, because the isinstance chain
-# below (an ABC among it) cost ~1.5 us a value, 187 us for a 3-match record (change 20)
-_JSON_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
-
-
-def _json_safe(value: Any) -> Any:
-    kind = type(value)
-    if kind in _JSON_PLAIN_TYPES:
-        return value
-    if kind is dict:
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [_json_safe(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
-def render_json(record: Mapping[str, Any]) -> str:
-    """One object per line: ``level``, ``time`` (RFC 3339), ``message`` and the bound extras.
-
-    A rule-match record becomes one line per matched rule with a nested ``match`` object in
-    coraza-spoa's field names (docs/compatibility.md "Logging").
-    """
-    base: dict[str, Any] = {
-        "level": _JSON_LEVEL_WORDS.get(record["level"].name, record["level"].name.lower()),
-        "time": _timestamp(record).isoformat(timespec="milliseconds"),
-    }
-    base.update(_json_safe(_extras(record)))
-    matches = record["extra"].get("matches")
-    if record["extra"].get("kind") == "rule_match" and isinstance(matches, list) and matches:
-        lines = []
-        for match in matches:
-            entry = dict(base)
-            entry["match"] = _json_safe(match)
-            entry["message"] = record["message"]
-            lines.append(_escape_json_line(json.dumps(entry, ensure_ascii=False)) + "\n")
-        return "".join(lines)
-    base["message"] = record["message"]
-    if record["exception"] is not None:
-        base["error"] = _exception_text(record)
-    return _escape_json_line(json.dumps(base, ensure_ascii=False)) + "\n"
 
 
 class LogSetup:
@@ -437,7 +281,7 @@ def _close_unshared(previous: LogSetup, current: LogSetup) -> None:
     previous.close()
 
 
-def configure_bootstrap(level: str = "info") -> None:
+def configure_bootstrap(level: str = DEFAULT_LOG_LEVEL) -> None:
     """Before the config is read: console lines on stderr (coraza-spoa logs there too)."""
     global _current
     logger.remove()

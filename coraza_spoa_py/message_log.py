@@ -1,12 +1,14 @@
 """The debug log of each SPOE message: what a user needs to troubleshoot a HAProxy setup from
 the log alone (issue 4), spelled as ONE line per message.
 
-``MessageTrace.of(message, known)`` describes the message as it arrived: name, every argument
-as ``name:TYPE(size)`` in the order HAProxy sent it (sizes of text in bytes, never values),
-the known arguments that are missing and the unknown ones that are ignored. ``application``
-adds what happened (cache event, engine-thread clock readings) and ``line(answer, ...)``
+``traced(handle, known, log, clock)`` wraps an application's message handler (as
+``metrics.timed`` wraps the server's): ``MessageTrace.of(message, known)`` describes the message
+as it arrived: name, every argument as ``name:TYPE(size)`` in the order HAProxy sent it (sizes
+of text in bytes, never values), the known arguments that are missing and the unknown ones that
+are ignored; the ``outcome.Outcome`` the handler returns (or its ``MessageError`` carries) adds
+what happened (cache event, notes, engine-thread clock readings) and ``line(answer, ...)``
 finishes it with the answer HAProxy got and the time spent. ``debug_enabled()`` tells whether
-any sink takes debug records at all: callers build nothing otherwise, so the hot path pays one
+any sink takes debug records at all: the wrapper runs only then, so the hot path pays one
 attribute read when the level is above debug.
 
 Must not log by itself, decide levels or sinks, or show an argument's value: header values and
@@ -16,8 +18,9 @@ matter, docs/compatibility.md "Logging").
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Concatenate, ParamSpec
 
 from loguru import logger
 
@@ -31,7 +34,12 @@ from coraza_spoa_py.messages import (
     unknown_arg_names,
 )
 from coraza_spoa_py.models import Verdict
+from coraza_spoa_py.outcome import MessageError, Outcome
 from coraza_spoa_py.spop.events import Action, Arg, DataType, Message, SetVar
+from coraza_spoa_py.verdicts import ErrorCode
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 # loguru's numeric level of DEBUG (and of zerolog's "debug", logs.LEVELS)
 DEBUG_LEVEL_NO = 10
@@ -50,6 +58,10 @@ _TYPE_NAMES = {data_type: data_type.name for data_type in DataType}
 # the answer's variables in the order the line shows them: the verdict, then the metrics
 _ANSWER_ORDER = ("error", "fail", "action", "status", "ruleid", "rules_hit", "anomaly_score")
 NO_ID = "-"
+
+P = ParamSpec("P")
+# an application's handler: (message, received_at, arguments by name, ...) -> its outcome
+Handler = Callable[Concatenate[Message, float, Mapping[str, Arg], P], Outcome]
 
 
 def debug_enabled() -> bool:
@@ -130,6 +142,16 @@ class MessageTrace:
     ) -> MessageTrace:
         return cls(describe_message(message, known), sent_id(message, args))
 
+    def add(self, outcome: Outcome | None, *, failed: bool = False) -> None:
+        """What the handler reported (``failed``: only as far as it got before its error)."""
+        if outcome is None:
+            return
+        if outcome.id_generated:
+            self.transaction_id = outcome.transaction_id
+        self.cache = outcome.cache
+        self.note = _note(outcome, failed)
+        self.started, self.finished = outcome.started, outcome.finished
+
     def line(self, answer: str, received_at: float, now: float) -> str:
         """``<message> -> <answer> (<note>) cache=… wait=… engine=… total=…``.
 
@@ -146,6 +168,54 @@ class MessageTrace:
             text += f" wait={_ms(self.started - received_at)}"
             text += f" engine={_ms(self.finished - self.started)}"
         return f"{text} total={_ms(now - received_at)}"
+
+
+def _note(outcome: Outcome, failed: bool) -> str:
+    if outcome.response_check_off:
+        return "response_check off"
+    if outcome.orphan:
+        return "orphan: inspected without its request"
+    note = "id generated" if outcome.id_generated else ""
+    if failed:
+        return note
+    if outcome.truncated_body is not None:
+        received, declared = outcome.truncated_body
+        note = f"body truncated: {received} of {declared} bytes"
+    if outcome.detect_only and outcome.verdict is not None:
+        note = detect_only_note(outcome.verdict)
+    return note
+
+
+def traced(
+    handle: Handler[P], known: frozenset[str], log: Logger, clock: Callable[[], float]
+) -> Handler[P]:
+    """``handle`` writing its message's one debug line to ``log``, whatever the outcome."""
+
+    def run(
+        message: Message, received_at: float, args: Mapping[str, Arg], /, *rest: P.args,
+        **options: P.kwargs,
+    ) -> Outcome:  # fmt: skip
+        trace = MessageTrace.of(message, known, args)
+        try:
+            outcome = handle(message, received_at, args, *rest, **options)
+        except Exception as exc:
+            if isinstance(exc, MessageError):
+                code, reached = exc.code, exc.outcome
+            else:
+                code, reached = ErrorCode.ENGINE_FAILURE, None
+            trace.add(reached, failed=True)
+            _write(log, trace, f"error={int(code)} ({exc})", received_at, clock())
+            raise
+        trace.add(outcome)
+        _write(log, trace, describe_answer(outcome.actions), received_at, clock())
+        return outcome
+
+    return run
+
+
+def _write(log: Logger, trace: MessageTrace, answer: str, received_at: float, now: float) -> None:
+    # bound only now: an absent id was generated while the message was handled
+    log.bind(tx=trace.transaction_id).debug(trace.line(answer, received_at, now))
 
 
 def cache_removal(transaction_id: str, new_id: str | None) -> str:

@@ -16,15 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from coraza_spoa_py.models import (
-    Header,
+from coraza_spoa_py.header_blocks import (
     HeaderBlockError,
-    IPAddress,
-    RequestInfo,
-    ResponseInfo,
     parse_binary_header_block,
     parse_text_header_block,
 )
+from coraza_spoa_py.models import Header, IPAddress, RequestInfo, ResponseInfo
 from coraza_spoa_py.spop.events import Arg, DataType, Message
 
 # argument names of coraza-spoa's shipped coraza.cfg (docs/compatibility.md "Messages and
@@ -211,22 +208,7 @@ def parse_request_message(
         args = args_by_name(message)
     given_id = text_arg(args.get(ARG_ID))
     transaction_id = given_id.decode("latin-1") if given_id else new_id()
-    request = RequestInfo(
-        transaction_id=transaction_id,
-        method=text_arg(args.get(ARG_METHOD)) or b"GET",
-        # NULL path: HAProxy had none (`*`, CONNECT); the engine still needs a URI
-        path=text_arg(args.get(ARG_PATH)) or b"/",
-        query=text_arg(args.get(ARG_QUERY)),
-        target=text_arg(args.get(ARG_URL)),
-        version=_version_arg(args.get(ARG_VERSION)) or b"1.1",
-        headers=_headers_arg(args.get(ARG_HEADERS)),
-        body=text_arg(args.get(ARG_BODY)) or b"",
-        src_ip=_address_arg(args.get(ARG_SRC_IP)),
-        src_port=_int_arg(args.get(ARG_SRC_PORT), low=0, high=_MAX_PORT) or 0,
-        dst_ip=_address_arg(args.get(ARG_DST_IP)),
-        dst_port=_int_arg(args.get(ARG_DST_PORT), low=0, high=_MAX_PORT) or 0,
-        declared_body_size=_int_arg(args.get(ARG_BODY_SIZE), low=0, high=_MAX_BODY_SIZE),
-    )
+    request = request_info(args, transaction_id)
     return RequestMessage(
         request=request,
         export_rule_ids=_bool_arg(args.get(ARG_EXPORT_RULE_IDS)),
@@ -256,17 +238,28 @@ def parse_response_message(
     )
 
 
-def parse_orphan_request(args: Mapping[str, Arg], transaction_id: str) -> RequestInfo:
-    """The request-side facts of a ``coraza-res`` whose transaction is not here: method, path,
-    query and the addresses when the message carries them, else ``GET /`` from nowhere. Never
-    request headers or body: the message's ``headers``/``body`` are the response's."""
+def request_info(
+    args: Mapping[str, Arg], transaction_id: str, *, orphan: bool = False
+) -> RequestInfo:
+    """The request a ``coraza-req`` describes. ``orphan``: the request-side facts of a
+    ``coraza-res`` whose transaction is not here: method, path, query and the addresses when
+    the message carries them, else ``GET /`` from nowhere; never the request's headers, body,
+    version or target: the message's ``headers``/``body``/``version`` are the response's."""
     return RequestInfo(
         transaction_id=transaction_id,
         method=text_arg(args.get(ARG_METHOD)) or b"GET",
+        # NULL path: HAProxy had none (`*`, CONNECT); the engine still needs a URI
         path=text_arg(args.get(ARG_PATH)) or b"/",
         query=text_arg(args.get(ARG_QUERY)),
+        target=None if orphan else text_arg(args.get(ARG_URL)),
+        version=b"1.1" if orphan else _version_arg(args.get(ARG_VERSION)) or b"1.1",
+        headers=() if orphan else _headers_arg(args.get(ARG_HEADERS)),
+        body=b"" if orphan else text_arg(args.get(ARG_BODY)) or b"",
         src_ip=_address_arg(args.get(ARG_SRC_IP)),
         src_port=_int_arg(args.get(ARG_SRC_PORT), low=0, high=_MAX_PORT) or 0,
         dst_ip=_address_arg(args.get(ARG_DST_IP)),
         dst_port=_int_arg(args.get(ARG_DST_PORT), low=0, high=_MAX_PORT) or 0,
+        declared_body_size=(
+            None if orphan else _int_arg(args.get(ARG_BODY_SIZE), low=0, high=_MAX_BODY_SIZE)
+        ),
     )

@@ -15,7 +15,14 @@ import os
 
 from coraza_spoa_py.config import ConfigError, ConfigProblem, LoadedConfig
 from coraza_spoa_py.options import ModSecOptions
-from coraza_spoa_py.settings import AppConfig, BindAddress, Config, LogConfig
+from coraza_spoa_py.settings import (
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_MAX_FRAME_SIZE,
+    AppConfig,
+    BindAddress,
+    Config,
+    LogConfig,
+)
 
 # the one application of a -f agent, also what `app` arguments route to (its default)
 APPLICATION_NAME = "modsecurity"
@@ -40,7 +47,6 @@ def load(options: ModSecOptions) -> LoadedConfig:
         raise ConfigError(describe(options), problems)
     files = [os.path.abspath(path) for path in options.files]
     directives = "".join(f'Include "{path}"\n' for path in files)
-    defaults = Config(bind=BindAddress("tcp", "", options.port))
     config = Config(
         bind=BindAddress("tcp", "", options.port),
         applications=(
@@ -52,12 +58,12 @@ def load(options: ModSecOptions) -> LoadedConfig:
             ),
         ),
         default_application=APPLICATION_NAME,
-        log=LogConfig(level="debug" if options.debug else "info", file="/dev/stderr"),
+        log=LogConfig(level="debug" if options.debug else DEFAULT_LOG_LEVEL, file="/dev/stderr"),
         engine_threads=options.workers or None,
         # the C agent is one process whose -n threads are all it runs; -workers N still
         # starts several
         workers=1,
-        max_frame_size=options.max_frame_size or defaults.max_frame_size,
+        max_frame_size=options.max_frame_size or DEFAULT_MAX_FRAME_SIZE,
         source_file=describe(options),
     )
     notices = []

@@ -34,11 +34,16 @@ Pure: no logging, no engine, no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 from coraza_spoa_py import messages as m
+from coraza_spoa_py.models import Verdict
 from coraza_spoa_py.spop.events import Action, Arg, DataType, Message, SetVar, VarScope
-from coraza_spoa_py.verdicts import VAR_ERROR, VAR_FAIL, VAR_STATUS
+from coraza_spoa_py.verdicts import (
+    ACTION_REDIRECT,
+    DEFAULT_DENY_STATUS,
+    DEFAULT_REDIRECT_STATUS,
+    VAR_ERROR,
+)
 
 MESSAGE_CHECK_REQUEST = "check-request"
 ARG_IGNORE_RULES = "ignorerules"
@@ -140,18 +145,14 @@ def _set(name: str, value: int | bool) -> SetVar:
     return SetVar(VarScope.TRANSACTION, name, value, data_type)
 
 
-def verdict_to_code(actions: Sequence[Action]) -> list[Action]:
-    """The application's ``coraza-req`` answer → ``code`` and ``intervention``; an answer that
-    carries ``error`` → ``error`` and ``code`` (both the error code), see the module doc."""
-    values = {a.name: a.value for a in actions if isinstance(a, SetVar)}
-    error = values.get(VAR_ERROR)
-    if isinstance(error, int) and error:
-        return error_to_code(error)
-    if values.get(VAR_FAIL) == 1:
-        status = values.get(VAR_STATUS)
-        code = status if isinstance(status, int) and status > 0 else 403
-        return [_set(VAR_CODE, code), _set(VAR_INTERVENTION, True)]
-    return [_set(VAR_CODE, 0), _set(VAR_INTERVENTION, False)]
+def verdict_to_code(verdict: Verdict, *, detect_only: bool) -> list[Action]:
+    """The application's ``coraza-req`` verdict → ``code`` and ``intervention`` (see the module
+    doc): the status HAProxy's ``status`` variable would carry when it blocks (a deny or drop
+    without one: 403, a redirect: 302), 0 when it passes or only detects."""
+    if not verdict.interrupted or detect_only:
+        return [_set(VAR_CODE, 0), _set(VAR_INTERVENTION, False)]
+    default = DEFAULT_REDIRECT_STATUS if verdict.action == ACTION_REDIRECT else DEFAULT_DENY_STATUS
+    return [_set(VAR_CODE, verdict.status or default), _set(VAR_INTERVENTION, True)]
 
 
 def error_to_code(code: int) -> list[Action]:

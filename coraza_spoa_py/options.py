@@ -2,10 +2,8 @@
 
 Go's ``flag`` syntax is what coraza-spoa users have in their unit files and Dockerfiles
 (docs/compatibility.md "Command line"): ``-config PATH``, ``--config PATH``, ``-config=PATH``,
-booleans as
-``-validate`` or ``-validate=true``. argparse handles all of those once every long option is
-declared with both one and two dashes and abbreviations are off (docs/compatibility.md "Command
-line").
+booleans as ``-validate`` or ``-validate=true``. argparse handles all of those once every long
+option is declared with both one and two dashes and abbreviations are off.
 
 Must not import gevent, loguru or anything that does I/O: ``cli`` imports this after
 monkey-patching, and unit tests import it directly.
@@ -18,12 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from coraza_spoa_py.settings import DEFAULT_MAX_FRAME_SIZE
+
 PROG = "coraza-spoa-py"
 # Go's flag package prints usage and exits 2 on an unknown flag (docs/compatibility.md "Command
 # line").
 EXIT_USAGE = 2
 _TRUE_WORDS = frozenset({"1", "t", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "f", "false", "no", "off"})
+# the C agent's -p default (docs/compatibility.md "The C ModSecurity agents")
+MODSEC_DEFAULT_PORT = 12345
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +42,7 @@ class Options:
     # set when the Gen1 spelling ``-config-file`` was used (a deprecation line is logged)
     legacy_config_flag: bool = False
     # the C spoa-modsecurity agent's flags (docs/compatibility.md "The C ModSecurity agents";
-    # docs/migrating-from-modsecurity- spoa.md): ModSecurity config files instead of a YAML config
+    # docs/migrating-from-modsecurity-spoa.md): ModSecurity config files instead of a YAML config
     modsec: ModSecOptions | None = None
 
 
@@ -50,7 +52,7 @@ class ModSecOptions:
     DELAY``: one application running the rules of the files, on every address."""
 
     files: tuple[str, ...]
-    port: int = 12345  # the C agent's default
+    port: int = MODSEC_DEFAULT_PORT
     workers: int | None = None  # engine threads; None: our default (one per core)
     debug: bool = False
     max_frame_size: int | None = None
@@ -93,7 +95,8 @@ _MODSEC_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "help": "ModSecurity config file (Include lines allowed); repeatable",
     }),
     ("-p", "modsec_port", {
-        "type": _port, "metavar": "PORT", "help": "TCP port on every address (default 12345)",
+        "type": _port, "metavar": "PORT",
+        "help": f"TCP port on every address (default {MODSEC_DEFAULT_PORT})",
     }),
     ("-n", "modsec_workers", {
         "type": _positive, "metavar": "N", "help": "engine threads (default: one per CPU core)",
@@ -101,7 +104,7 @@ _MODSEC_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("-d", "modsec_debug", {"action": "store_true", "help": "debug logging"}),
     ("-m", "modsec_max_frame_size", {
         "type": _positive, "metavar": "SIZE",
-        "help": "largest SPOP frame accepted (default: 4 MiB)",
+        "help": f"largest SPOP frame accepted (default: {DEFAULT_MAX_FRAME_SIZE >> 20} MiB)",
     }),
     ("-c", "modsec_capabilities", {
         "action": "append", "metavar": "CAP", "choices": ("fragmentation", "pipelining", "async"),
@@ -121,7 +124,7 @@ def _modsec_flags_given(namespace: argparse.Namespace) -> list[str]:
 def _modsec_options(namespace: argparse.Namespace) -> ModSecOptions:
     return ModSecOptions(
         files=tuple(namespace.modsec_files),
-        port=namespace.modsec_port if namespace.modsec_port is not None else 12345,
+        port=namespace.modsec_port if namespace.modsec_port is not None else MODSEC_DEFAULT_PORT,
         workers=namespace.modsec_workers,
         debug=namespace.modsec_debug,
         max_frame_size=namespace.modsec_max_frame_size,

@@ -1,8 +1,9 @@
 """``python -m coraza_spoa_py.schema_doc`` prints docs/configuration.md from config.schema.json.
 
-The schema is the one source of truth for the keys (docs/development.md "One config pipeline"):
-their types, defaults and descriptions are written there and only there. ``make docs`` regenerates
-the page and a unit test fails when the committed page is stale.
+The schema is the one description of the keys (docs/development.md "One config pipeline"):
+their types and descriptions are written there and only there; its ``default`` values repeat
+``settings``' (tests/unit/test_defaults.py ties them). ``make docs`` regenerates the page and a
+unit test fails when the committed page is stale.
 
 Must not read a config file or import anything heavier than ``config``.
 """

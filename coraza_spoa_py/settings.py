@@ -2,6 +2,12 @@
 ``config`` receives. Nothing downstream touches raw YAML dicts (docs/development.md "One config
 pipeline").
 
+The one source of the config defaults: a key the file leaves out gets its field's default here
+(``config`` passes only the keys the file has), the schema's ``default`` values that
+docs/configuration.md shows must equal them (tests/unit/test_defaults.py), and code that needs
+a default outside a dataclass (flag help, the server's keyword defaults) reads the ``DEFAULT_*``
+constants below.
+
 Pure: standard library only, so ``server``, ``application`` and tests can import these types
 without pulling in yaml or jsonschema.
 """
@@ -16,9 +22,29 @@ from typing import Literal
 # CRS 4 or other distros.
 DEFAULT_CRS_RULES_DIR = "/usr/share/modsecurity-crs/rules"
 DEFAULT_CRS_SETUP_FILE = "/etc/modsecurity/crs/crs-setup.conf"
-# 2 GiB of open transactions per application at the ~62 KiB each that CRS costs
-# (bench/open_transactions.py, docs/performance.md "Memory per open transaction")
+# max open transactions kept for the response phase, from a memory budget: 2 GiB per
+# application at 64 KiB (62 KiB measured by bench/open_transactions.py, rounded up) per open
+# transaction under CRS (docs/performance.md "Memory per open transaction")
 DEFAULT_TRANSACTION_ACTIVE_LIMIT = 32_768
+DEFAULT_TRANSACTION_TTL_MS = 60_000
+DEFAULT_LOG_LEVEL = "info"
+DEFAULT_LOG_FILE = "/dev/stdout"
+# our cap on the negotiated max-frame-size; HAProxy's offer (tune.bufsize - 4) is usually
+# lower. No 64 KiB cap (coraza-spoa#194).
+DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 1024
+# HAProxy <= 3.0 closes idle connections after `timeout idle` (2m in coraza-spoa's sample),
+# 3.1+ after the backend's `timeout server`; ours must be longer than either.
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+# a new connection must say HELLO within this; HAProxy does at once (its `timeout hello`)
+DEFAULT_HELLO_TIMEOUT_S = 5.0
+# a frame's bytes must all arrive within this of its first one: a trickle cannot reset it
+DEFAULT_FRAME_TIMEOUT_S = 10.0
+# load shedding: a message that waited longer than this before an engine thread took it is
+# answered with error 1005 (docs/compatibility.md "Errors"). 80 % of the 500 ms `timeout
+# processing` that every coraza-spoa sample ships.
+DEFAULT_PROCESSING_BUDGET_MS = 400
+DEFAULT_GRACEFUL_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +65,10 @@ class BindAddress:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    level: str = "info"  # trace debug info warn error fatal panic disabled (loguru names too)
-    file: str = "/dev/stdout"  # "", /dev/stdout, /dev/stderr, /dev/null or a path
+    level: str = (
+        DEFAULT_LOG_LEVEL  # trace debug info warn error fatal panic disabled (loguru names too)
+    )
+    file: str = DEFAULT_LOG_FILE  # "", /dev/stdout, /dev/stderr, /dev/null or a path
     format: Literal["console", "json"] = "console"
     # Gen1 only: log.dir -> server.log (below error) + error.log (error and up)
     dir: str | None = None
@@ -59,10 +87,8 @@ class AppConfig:
     name: str
     directives: str = ""
     response_check: bool = False
-    transaction_ttl_ms: int = 60_000
-    # max open transactions kept for the response phase; oldest evicted first. From a memory
-    # budget: 2 GiB / 64 KiB (62 KiB measured, rounded up) per open transaction under CRS
-    # (docs/performance.md "Memory per open transaction")
+    transaction_ttl_ms: int = DEFAULT_TRANSACTION_TTL_MS
+    # max open transactions kept for the response phase; oldest evicted first
     transaction_active_limit: int = DEFAULT_TRANSACTION_ACTIVE_LIMIT
     # a coraza-res whose transaction is not here (another agent saw the request, or it expired):
     # "inspect" runs phases 3-4 on a fresh transaction, "reject" answers error 1004
@@ -88,24 +114,15 @@ class Config:
     # worker processes sharing the listener (master.py); 1 = one process, no master. One per
     # core: a process's hub runs its Python work one transaction at a time (docs/performance.md)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # our cap on the negotiated max-frame-size; HAProxy's offer (tune.bufsize - 4) is usually
-    # lower. No 64 KiB cap (coraza-spoa#194).
-    max_frame_size: int = 4 * 1024 * 1024
-    max_connections: int = 1024
-    # HAProxy <= 3.0 closes idle connections after `timeout idle` (2m in coraza-spoa's sample),
-    # 3.1+ after the backend's `timeout server`; ours must be longer than either.
-    idle_timeout_s: float = 600.0
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     # 0: as many as max_connections
     max_connections_per_source: int = 0
-    # a new connection must say HELLO within this; HAProxy does at once (its `timeout hello`)
-    hello_timeout_s: float = 5.0
-    # a frame's bytes must all arrive within this of its first one: a trickle cannot reset it
-    frame_timeout_s: float = 10.0
-    # load shedding: a message that waited longer than this before an engine thread took it is
-    # answered with error 1005 (docs/compatibility.md "Errors"). 80 % of the 500 ms `timeout
-    # processing` that every coraza-spoa sample ships.
-    processing_budget_ms: int = 400
-    graceful_timeout_s: float = 10.0
+    hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S
+    frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+    processing_budget_ms: int = DEFAULT_PROCESSING_BUDGET_MS
+    graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S
     source_file: str = ""
 
     def engine_threads_for(self, processes: int) -> int:

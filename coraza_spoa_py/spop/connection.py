@@ -52,8 +52,9 @@ from coraza_spoa_py.spop.handshake import (
     encode_agent_hello,
 )
 
-# HAProxy's own default: tune.bufsize (16384) - 4 (docs/protocol.md "HELLO keys"). Production passes
-# its configured cap (settings.Config.max_frame_size); the negotiated size is min(offer, cap).
+# HAProxy's own default: tune.bufsize (16384) - 4 (docs/protocol.md "HELLO keys"). Production
+# passes its configured cap (settings.Config.max_frame_size); the negotiated size is
+# min(offer, cap).
 DEFAULT_MAX_FRAME_SIZE = 16380
 # Before the HELLO nothing is negotiated; HAProxy's HELLO is ~130 bytes, and haproxy-go uses
 # the same 64 KiB bound until negotiation (docs/protocol.md "Frame size").
@@ -90,8 +91,8 @@ NEED_DATA: Final = _NeedData.NEED_DATA
 
 def supports_our_version(supported_versions: str) -> bool:
     """True if the comma list of ``Major.Minor`` (spaces allowed) has any 2.x (docs/protocol.md
-    "HELLO keys").
-    Entries that do not parse are ignored rather than fatal: only "no 2.x at all" is an error."""
+    "HELLO keys"). Entries that do not parse are ignored rather than fatal: only "no 2.x at all"
+    is an error."""
     for entry in supported_versions.split(","):
         major, dot, minor = entry.strip().partition(".")
         if dot and major.isdigit() and minor.isdigit() and int(major) == SUPPORTED_MAJOR_VERSION:
@@ -185,8 +186,8 @@ class Connection:
                 raise
         if state is ConnectionState.CLOSING:
             # After our AGENT-HELLO to a healthcheck or our AGENT-DISCONNECT, nothing HAProxy
-            # sends matters any more (docs/protocol.md "Health checks", "Disconnect"): drop it and
-            # wait for the close.
+            # sends matters any more (docs/protocol.md "Health checks", "Disconnect"): drop it
+            # and wait for the close.
             self._buffer, self._offset = b"", 0
             return self._closed() if self._eof else NEED_DATA
         if state is ConnectionState.CLOSED:
@@ -195,8 +196,8 @@ class Connection:
         raise self._error
 
     def _closed(self) -> ConnectionClosed:
-        # docs/protocol.md "Disconnect": EOF (or RST) is a normal close; mid-frame we only report
-        # how much of the unfinished frame was dropped.
+        # EOF (or RST) is a normal close (docs/protocol.md "EOF"); mid-frame we only report how
+        # much of the unfinished frame was dropped.
         unparsed = len(self._buffer) - self._offset
         self._buffer, self._offset = b"", 0
         self._state = ConnectionState.CLOSED
@@ -217,8 +218,8 @@ class Connection:
         if available < LENGTH_PREFIX_SIZE:
             return None
         (length,) = LENGTH.unpack_from(buffer, offset)
-        # docs/protocol.md "Judge the length first": judge LENGTH before waiting for (or buffering)
-        # the payload
+        # judge LENGTH before waiting for (or buffering) the payload (docs/protocol.md "Judge
+        # the length first")
         if length < MIN_FRAME_LENGTH:
             raise SpopError(StatusCode.INVALID, f"frame length {length} is below 7")
         if length > self._frame_limit:
@@ -239,8 +240,8 @@ class Connection:
 
     def _handle(self, frame: RawFrame) -> Event | None:
         frame_type = frame.type
-        # docs/protocol.md "Capabilities by version": we never announce fragmentation, so a
-        # continuation (type 0) or a frame without FIN is an error 10 (what HAProxy 3.1+ does too)
+        # we never announce fragmentation, so a continuation (type 0) or a frame without FIN is
+        # an error 10, what HAProxy 3.1+ does too (docs/protocol.md "Capabilities by version")
         if frame_type == FrameType.UNSET or not frame.flags & FrameFlags.FIN:
             raise SpopError(StatusCode.FRAG_NOT_SUPPORTED)
         if self._state is ConnectionState.AWAIT_HELLO:
@@ -255,20 +256,20 @@ class Connection:
             raise SpopError(StatusCode.INVALID, "second HELLO")
         if frame_type in _AGENT_SIDE_TYPES:
             raise SpopError(StatusCode.INVALID, f"agent frame type {frame_type} from HAProxy")
-        # docs/protocol.md "Unknown frame types": skipped (docs/protocol.md "Unknown frame types",
-        # forward compatible); it was already bounded by the negotiated size and had FIN
+        # an unknown frame type is skipped, forward compatible (docs/protocol.md "Unknown frame
+        # types"); it was already bounded by the negotiated size and had FIN
         return None
 
     @staticmethod
     def _check_zero_ids(frame: RawFrame) -> None:
-        # docs/protocol.md "Frame layout": HELLO and DISCONNECT carry stream-id = frame-id = 0
+        # HELLO and DISCONNECT carry stream-id = frame-id = 0 (docs/protocol.md "Frame layout")
         if frame.stream_id or frame.frame_id:
             raise SpopError(StatusCode.INVALID, "stream-id/frame-id must be 0")
 
     def _on_hello(self, frame: RawFrame) -> HaproxyHello:
         self._check_zero_ids(frame)
         hello = decode_haproxy_hello(frame.payload)
-        # status codes of docs/protocol.md "Status codes" / §5.3 "During the handshake"
+        # the handshake's status codes (docs/protocol.md "Status codes")
         if hello.supported_versions is None:
             raise SpopError(StatusCode.NO_VSN)
         if not supports_our_version(hello.supported_versions):
@@ -283,8 +284,8 @@ class Connection:
         self.max_frame_size = self._frame_limit = negotiated
         self.pipelining = pipelining
         self._outgoing.append(encode_agent_hello(negotiated, pipelining))
-        # docs/protocol.md "Health checks": answer a healthcheck, then close; it never sends a
-        # NOTIFY
+        # answer a healthcheck, then close: it never sends a NOTIFY (docs/protocol.md "Health
+        # checks")
         healthcheck = hello.healthcheck
         self._state = ConnectionState.CLOSING if healthcheck else ConnectionState.READY
         return HaproxyHello(
@@ -300,8 +301,8 @@ class Connection:
     def _on_disconnect(self, frame: RawFrame) -> HaproxyDisconnect:
         self._check_zero_ids(frame)
         disconnect = decode_disconnect(frame.payload)
-        # docs/protocol.md "Disconnect": answer AGENT-DISCONNECT, then close; in-flight ACKs no
-        # longer matter
+        # answer AGENT-DISCONNECT, then close; in-flight ACKs no longer matter (docs/protocol.md
+        # "Disconnect")
         self._outgoing.append(_NORMAL_AGENT_DISCONNECT)
         self._state = ConnectionState.CLOSING
         return HaproxyDisconnect(disconnect.status, disconnect.message)

@@ -12,8 +12,8 @@ from enum import IntEnum
 
 
 class StatusCode(IntEnum):
-    """SPOE.txt §3.5 / our docs/protocol.md "Status codes" (verified against HAProxy's
-    ``spop_err_reasons``)."""
+    """The status codes of an AGENT-DISCONNECT (docs/protocol.md "Status codes"; HAProxy's
+    ``spop_err_reasons`` has the same numbers and texts)."""
 
     NORMAL = 0
     IO = 1

@@ -51,7 +51,7 @@ class FrameType(IntEnum):
 
 
 class FrameFlags(IntFlag):
-    """docs/protocol.md "Frame layout" "Flags": bit 0 FIN, bit 1 ABORT; bits 2-31 reserved."""
+    """Bit 0 FIN, bit 1 ABORT; bits 2-31 reserved (docs/protocol.md "Frame layout")."""
 
     FIN = 1
     ABORT = 2
@@ -67,19 +67,19 @@ class ActionType(IntEnum):
 LENGTH = struct.Struct(">I")
 TYPE_AND_FLAGS = struct.Struct(">BI")
 LENGTH_PREFIX_SIZE = LENGTH.size
-# type (1) + flags (4) + stream-id (>= 1) + frame-id (>= 1): HAProxy rejects less (docs/protocol.md
-# "Frame layout")
+# type (1) + flags (4) + stream-id (>= 1) + frame-id (>= 1): HAProxy rejects less
+# (docs/protocol.md "Frame layout")
 MIN_FRAME_LENGTH = 7
 MAX_FRAME_LENGTH = (1 << 32) - 1
-# SPOE.txt / docs/protocol.md "HELLO keys": both peers must accept frames of at least 256 bytes
+# both peers must accept frames of at least 256 bytes (docs/protocol.md "HELLO keys")
 MIN_MAX_FRAME_SIZE = 256
 MAX_ARGS_PER_MESSAGE = 255  # NB-ARGS is one raw byte (docs/protocol.md "Payload shapes")
 _STRING, _BINARY = int(DataType.STRING), int(DataType.BINARY)
 _INT64, _IPV4 = int(DataType.INT64), int(DataType.IPV4)
 _BYTES_TYPES = (_STRING, _BINARY)
 _TYPES = {t: DataType(t) for t in (_STRING, _BINARY, _INT64, _IPV4)}
-# docs/protocol.md "Variable names": HAProxy silently ignores an action whose name has any other
-# character
+# HAProxy silently ignores an action whose name has any other character (docs/protocol.md
+# "Variable names")
 _VAR_NAME = re.compile(r"[A-Za-z0-9_.]{1,63}")
 
 # an ACK always starts with these 5 bytes (type 103, FIN): built once
@@ -120,8 +120,8 @@ def encode_frame(
     frame_id: int = 0,
     flags: int = FrameFlags.FIN,
 ) -> bytes:
-    """Length prefix + header + payload, ready for one ``sendall`` (docs/protocol.md "One frame, one
-    write")."""
+    """Length prefix + header + payload, ready for one ``sendall`` (docs/protocol.md "One
+    frame, one write")."""
     body = TYPE_AND_FLAGS.pack(frame_type, flags) + encode_varint(stream_id)
     body += encode_varint(frame_id) + payload
     return LENGTH.pack(len(body)) + body
@@ -153,9 +153,8 @@ def decode_frame(wire: bytes | memoryview) -> RawFrame:
 
 def decode_messages(payload: memoryview) -> tuple[Message, ...]:
     """LIST-OF-MESSAGES (docs/protocol.md "Payload shapes"). NB-ARGS is honoured, so the next
-    message starts right
-    after the last arg (docs/protocol.md "Honour NB-ARGS"). An empty payload is legal
-    (docs/protocol.md "NOTIFY and ACK")."""
+    message starts right after the last arg (docs/protocol.md "Honour NB-ARGS"). An empty
+    payload is legal (docs/protocol.md "NOTIFY and ACK")."""
     reader = Reader(payload)
     buf, end = reader.buf, reader.end
     messages: list[Message] = []
@@ -164,13 +163,13 @@ def decode_messages(payload: memoryview) -> tuple[Message, ...]:
         args: list[Arg] = []
         for _ in range(reader.byte()):
             pos = reader.pos
-            # Hot path, taken by every arg HAProxy sends (docs/protocol.md "Typed data" "What
-            # HAProxy sends"): a name shorter than 240 bytes, then a STRING/BINARY whose length, or
-            # an INT64 whose value, is a varint of one to three bytes (below 264432: ports, header
-            # blocks, bodies up to 258 KiB; docs/protocol.md "Varints"), or an IPV4. It reads the
-            # same bytes as the Reader, with the bounds checks written out; anything else (longer
-            # varints, other types, a frame cut short) goes through the Reader, which also raises
-            # the errors.
+            # Hot path, taken by every arg HAProxy sends (docs/protocol.md "Typed data", "What
+            # HAProxy sends"): a name shorter than 240 bytes, then a STRING/BINARY whose length,
+            # or an INT64 whose value, is a varint of one to three bytes (below 264432: ports,
+            # header blocks, bodies up to 258 KiB; docs/protocol.md "Varints"), or an IPV4. It
+            # reads the same bytes as the Reader, with the bounds checks written out; anything
+            # else (longer varints, other types, a frame cut short) goes through the Reader,
+            # which also raises the errors.
             if (
                 pos < end
                 and (name_size := buf[pos]) < 240
@@ -180,8 +179,8 @@ def decode_messages(payload: memoryview) -> tuple[Message, ...]:
                 number = buf[value_at]
                 after = value_at + 1
                 if number >= 240:
-                    # docs/protocol.md "Varints": every byte is added whole, shifted by 4 then 7
-                    # more bits
+                    # every byte is added whole, shifted by 4 then 7 more bits
+                    # (docs/protocol.md "Varints")
                     if after < end and (second := buf[after]) < 128:
                         number += second << 4
                         after += 1
@@ -236,8 +235,8 @@ def encode_notify(stream_id: int, frame_id: int, messages: Iterable[Message]) ->
 
 # ---- ACK -----------------------------------------------------------------------------------
 
-# docs/protocol.md "NOTIFY and ACK": some 3.1.x builds never wake the stream on an empty ACK, so an
-# ACK always carries at least this harmless action (txn.<prefix>.noop is never set by anyone).
+# Some 3.1.x builds never wake the stream on an empty ACK (docs/protocol.md "NOTIFY and ACK"), so
+# an ACK always carries at least this harmless action (txn.<prefix>.noop is never set by anyone).
 NOOP_ACTION = UnsetVar(VarScope.TRANSACTION, "noop")
 
 
@@ -248,8 +247,8 @@ def _check_var_name(name: str) -> None:
 
 @lru_cache(maxsize=512)
 def _set_var_head(scope: VarScope, name: str) -> bytes:
-    # ACTION-TYPE, NB-ARGS = 3, scope byte, untyped name (docs/protocol.md "Payload shapes"):
-    # constant per variable
+    # ACTION-TYPE, NB-ARGS = 3, scope byte, untyped name: constant per variable
+    # (docs/protocol.md "Payload shapes")
     _check_var_name(name)
     return bytes((ActionType.SET_VAR, 3, VarScope(scope))) + encode_name(name)
 
@@ -306,9 +305,9 @@ def _scope(reader: Reader) -> VarScope:
 
 
 def decode_actions(payload: memoryview) -> tuple[Action, ...]:
-    """LIST-OF-ACTIONS as HAProxy would read it; for test peers. Stricter than HAProxy,
-    which stops silently at the first malformed action (docs/protocol.md "NOTIFY and ACK"): here it
-    is an error."""
+    """LIST-OF-ACTIONS as HAProxy would read it; for test peers. Stricter than HAProxy, which
+    stops silently at the first malformed action (docs/protocol.md "NOTIFY and ACK"): here it is
+    an error."""
     reader = Reader(payload)
     actions: list[Action] = []
     while not reader.at_end():

@@ -1,18 +1,19 @@
 """SPOP handshake and goodbye frames: HELLO and DISCONNECT in both directions (KV lists).
 
-It reads and writes the keys of docs/protocol.md "HELLO keys", "Disconnect" and checks their types
-(a known key with the wrong type is an invalid frame). It does not negotiate: which version, size or
-capability is acceptable, and which status to answer, is ``connection``'s job."""
+It reads and writes the keys of docs/protocol.md "HELLO keys" and "Disconnect" and checks their
+types (a known key with the wrong type is an invalid frame). It does not negotiate: which
+version, size or capability is acceptable, and which status to answer, is ``connection``'s job.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
 from coraza_spoa_py.spop.errors import StatusCode
 from coraza_spoa_py.spop.events import DataType, TypedValue
-from coraza_spoa_py.spop.frames import FrameType, RawFrame, encode_frame, split_frame
+from coraza_spoa_py.spop.frames import FrameType, encode_frame
 from coraza_spoa_py.spop.wire import Reader, encode_kv_list, invalid_frame
 
 # KV keys of HELLO and DISCONNECT frames (docs/protocol.md "HELLO keys", "Disconnect")
@@ -27,16 +28,15 @@ KEY_MESSAGE = "message"
 CAPABILITY_PIPELINING = "pipelining"
 SPOP_VERSION = "2.0"
 
-# docs/protocol.md "Disconnect": HAProxy <= 3.0 rejects an agent DISCONNECT message longer than 255
-# bytes
+# HAProxy <= 3.0 rejects an agent DISCONNECT message longer than 255 bytes (docs/protocol.md
+# "Disconnect")
 MAX_DISCONNECT_MESSAGE = 255
 _INTEGER_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
 
 
 @dataclass(frozen=True, slots=True)
 class HaproxyHelloFrame:
-    """What a HAPROXY-HELLO carried; None means the key was absent (docs/protocol.md "HELLO
-    keys")."""
+    """What a HAPROXY-HELLO carried; None: the key was absent (docs/protocol.md "HELLO keys")."""
 
     supported_versions: str | None
     max_frame_size: int | None
@@ -47,8 +47,7 @@ class HaproxyHelloFrame:
 
 @dataclass(frozen=True, slots=True)
 class AgentHelloFrame:
-    """What an AGENT-HELLO carried; None means the key was absent (docs/protocol.md "HELLO
-    keys")."""
+    """What an AGENT-HELLO carried; None: the key was absent (docs/protocol.md "HELLO keys")."""
 
     version: str | None
     max_frame_size: int | None
@@ -67,8 +66,8 @@ def split_capabilities(value: bytes) -> tuple[str, ...]:
 
 
 def _kv(payload: memoryview) -> dict[str, TypedValue]:
-    # duplicate keys are tolerated, the last one wins; unknown keys are skipped (docs/protocol.md
-    # "HELLO keys")
+    # duplicate keys are tolerated, the last one wins; unknown keys are skipped
+    # (docs/protocol.md "HELLO keys")
     return dict(Reader(payload).kv_list())
 
 
@@ -119,9 +118,8 @@ def decode_agent_hello(payload: memoryview) -> AgentHelloFrame:
 
 
 def decode_disconnect(payload: memoryview) -> DisconnectFrame:
-    """Either DISCONNECT (docs/protocol.md "Disconnect"). A missing status reads as 99, a missing
-    message as
-    empty: the peer is leaving anyway and we only report what it said."""
+    """Either DISCONNECT (docs/protocol.md "Disconnect"). A missing status reads as 99, a
+    missing message as empty: the peer is leaving anyway and we only report what it said."""
     items = _kv(payload)
     status = _integer(items, KEY_STATUS_CODE)
     message = _string(items, KEY_MESSAGE)
@@ -137,10 +135,9 @@ def _kv_frame(frame_type: FrameType, items: Iterable[tuple[str, TypedValue]]) ->
 
 @lru_cache(maxsize=64)
 def encode_agent_hello(max_frame_size: int, pipelining: bool) -> bytes:
-    """AGENT-HELLO (docs/protocol.md "HELLO keys"). ``capabilities`` is always present, even empty:
-    the 3.1+
-    health check requires it. Never ``async`` or ``fragmentation``. Cached: the bytes only
-    depend on the two arguments (docs/protocol.md "Agent design")."""
+    """AGENT-HELLO (docs/protocol.md "HELLO keys"). ``capabilities`` is always present, even
+    empty: the 3.1+ health check requires it. Never ``async`` or ``fragmentation``. Cached: the
+    bytes only depend on the two arguments (docs/protocol.md "Agent design")."""
     return _kv_frame(
         FrameType.AGENT_HELLO,
         [
@@ -193,19 +190,3 @@ def encode_agent_disconnect(status: int, message: str | bytes) -> bytes:
 
 def encode_haproxy_disconnect(status: int, message: str | bytes) -> bytes:
     return _disconnect(FrameType.HAPROXY_DISCONNECT, status, message)
-
-
-def read_agent_hello(recv: Callable[[], bytes]) -> tuple[RawFrame, bytes]:
-    """For a peer playing HAProxy, after its HELLO: ``recv()`` (a socket's next bytes, b"" once
-    closed) until one whole frame, which must be AGENT-HELLO (SPOE.txt §3.2.1); returns it and
-    the bytes that came after it. Raises ``ConnectionError`` otherwise."""
-    data = b""
-    while (found := split_frame(data)) is None:
-        chunk = recv()
-        if not chunk:
-            raise ConnectionError("closed before AGENT-HELLO")
-        data += chunk
-    frame, end = found
-    if frame.type != FrameType.AGENT_HELLO:
-        raise ConnectionError(f"frame type {frame.type} instead of AGENT-HELLO")
-    return frame, data[end:]

@@ -1,13 +1,13 @@
 """SPOP primitive encodings: the "peers" varint, typed data, untyped strings and KV lists.
 
 Everything here is a pure function of bytes, plus ``Reader``, a cursor over a ``memoryview``
-whose every read checks the bytes left (Python slicing would silently truncate, docs/development.md
-"Bounded input"). It knows nothing about frames or connection state; ``frames`` builds on it.
+whose every read checks the bytes left (Python slicing would silently truncate;
+docs/development.md "Bounded input"). It knows nothing about frames or connection state;
+``frames`` builds on it.
 
 Decoding errors raise ``SpopError(StatusCode.INVALID)``: a malformed field means an invalid
 frame (docs/protocol.md "Disconnect"). Encoding a value that cannot be represented raises
-``TypeError`` or
-``ValueError``: that is a bug in the caller, not a protocol event.
+``TypeError`` or ``ValueError``: that is a bug in the caller, not a protocol event.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from ipaddress import IPv4Address, IPv6Address
 from coraza_spoa_py.spop.errors import SpopError, StatusCode
 from coraza_spoa_py.spop.events import DataType, TypedValue, Value
 
-# docs/protocol.md "Varints": a 64-bit value needs at most 10 bytes; HAProxy's decoder has no cap,
-# ours does so that crafted input cannot make it loop (docs/protocol.md "Bounded varints").
+# A 64-bit value needs at most 10 bytes (docs/protocol.md "Varints"); HAProxy's decoder has no
+# cap, ours does so that crafted input cannot make it loop (docs/protocol.md "Bounded varints").
 MAX_VARINT_BYTES = 10
 UINT64_LIMIT = 1 << 64
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 
-# docs/protocol.md "Typed data": BOOL carries its value in the flag nibble; HAProxy tests (byte &
-# 0xF0) == 0x10
+# BOOL carries its value in the flag nibble; HAProxy tests (byte & 0xF0) == 0x10
+# (docs/protocol.md "Typed data")
 BOOL_TRUE_BYTE = 0x11
 BOOL_FALSE_BYTE = 0x01
 TYPE_MASK = 0x0F
@@ -55,8 +55,7 @@ def invalid_frame(detail: str) -> SpopError:
     return SpopError(StatusCode.INVALID, f"invalid frame received: {detail}")
 
 
-# ---- varint (docs/protocol.md "Varints")
-# -------------------------------------------------------------------
+# ---- varint (docs/protocol.md "Varints") ----------------------------------------------------
 
 
 def encode_varint(value: int) -> bytes:
@@ -86,7 +85,8 @@ def decode_varint(data: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
 
 
 def to_signed64(value: int) -> int:
-    """Reinterpret a decoded uint64 as HAProxy does for INT32/INT64 (docs/protocol.md "Varints")."""
+    """A decoded uint64 read as signed, as HAProxy does for INT32/INT64 (docs/protocol.md
+    "Varints")."""
     return value - UINT64_LIMIT if value > INT64_MAX else value
 
 
@@ -153,8 +153,8 @@ class Reader:
         raise invalid_frame("truncated varint")
 
     def bytes_field(self) -> bytes:
-        """An untyped string (docs/protocol.md "Payload shapes") as bytes: varint length then the
-        bytes."""
+        """An untyped string as bytes: varint length, then the bytes (docs/protocol.md "Payload
+        shapes")."""
         size = self.varint()
         return bytes(self.take(size))
 
@@ -164,10 +164,10 @@ class Reader:
         return str(self.take(size), "latin-1")
 
     def typed(self) -> tuple[DataType, Value]:
-        """One TYPED-DATA (docs/protocol.md "Typed data"). Type ids 10-15 cannot be skipped (their
-        length is
-        unknown), so they are an invalid frame (docs/protocol.md "Unknown type ids"); so is a flag
-        bit on anything but BOOL, which HAProxy never sends and which we could not re-encode."""
+        """One TYPED-DATA (docs/protocol.md "Typed data"). Type ids 10-15 cannot be skipped
+        (their length is unknown), so they are an invalid frame (docs/protocol.md "Unknown type
+        ids"); so is a flag bit on anything but BOOL, which HAProxy never sends and which we
+        could not re-encode."""
         type_byte = self.byte()
         data_type = _TYPE_BY_BYTE[type_byte]
         if data_type is None:
@@ -188,8 +188,8 @@ class Reader:
         return data_type, None
 
     def kv_list(self) -> list[tuple[str, TypedValue]]:
-        """KV-LIST (docs/protocol.md "Payload shapes"): name/typed-value pairs up to the end of the
-        reader."""
+        """KV-LIST: name/typed-value pairs up to the end of the reader (docs/protocol.md
+        "Payload shapes")."""
         items: list[tuple[str, TypedValue]] = []
         while self.pos < self.end:
             key = self.name()

@@ -40,7 +40,7 @@ def _text(name: str, value: bytes) -> Arg:
 
 
 def _header_block(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    # HAProxy's req.hdrs / res.hdrs text block (models.parse_text_header_block)
+    # HAProxy's req.hdrs / res.hdrs text block (header_blocks.parse_text_header_block)
     return b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n"
 
 

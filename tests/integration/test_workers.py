@@ -9,6 +9,7 @@ inspection, without the request, cannot match it, docs/operations.md "Several ag
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -34,6 +35,58 @@ applications:
 """
 CONNECTIONS = 16
 TRANSACTIONS = 400
+MAX_CONNECT_ATTEMPTS = 400
+
+
+def _worker_pids(master_pid: int) -> list[int]:
+    with open(f"/proc/{master_pid}/task/{master_pid}/children") as f:
+        return [int(pid) for pid in f.read().split()]
+
+
+def _server_side_inode(agent_port: int, client_port: int) -> int | None:
+    """The inode of the agent's end of one loopback connection (/proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local_port, remote_port = (int(a.split(":")[1], 16) for a in fields[1:3])
+            if (local_port, remote_port) == (agent_port, client_port):
+                return int(fields[9])
+    return None
+
+
+def _owner(worker_pids: list[int], inode: int) -> int | None:
+    target = f"socket:[{inode}]"
+    for pid in worker_pids:
+        folder = f"/proc/{pid}/fd"
+        for fd in os.listdir(folder):
+            try:
+                if os.readlink(f"{folder}/{fd}") == target:
+                    return pid
+            except FileNotFoundError:
+                continue
+    return None
+
+
+def _connect_on_every_worker(port: int, worker_pids: list[int]) -> list[SpopClient]:
+    """``CONNECTIONS`` clients, half accepted by each worker. The kernel lets whichever worker
+    calls ``accept()`` first take a connection from the shared listener, so on a busy box one
+    worker can take them all; connections that land on a worker with its share are closed."""
+    by_worker: dict[int, list[SpopClient]] = {pid: [] for pid in worker_pids}
+    share = CONNECTIONS // len(worker_pids)
+    for _ in range(MAX_CONNECT_ATTEMPTS):
+        if all(len(clients) == share for clients in by_worker.values()):
+            return [client for clients in by_worker.values() for client in clients]
+        client = SpopClient.connect(("127.0.0.1", port), green=False)
+        client.hello()  # answered, so the connection is accepted and owned
+        inode = _server_side_inode(port, client.sock.getsockname()[1])
+        owner = None if inode is None else _owner(worker_pids, inode)
+        if owner is None or len(by_worker[owner]) == share:
+            client.close()
+        else:
+            by_worker[owner].append(client)
+    raise AssertionError(f"connections per worker after {MAX_CONNECT_ATTEMPTS}: "
+                         f"{ {pid: len(c) for pid, c in by_worker.items()} }")  # fmt: skip
 
 
 def test_responses_reach_the_worker_holding_their_transaction(tmp_path: Path) -> None:
@@ -41,10 +94,10 @@ def test_responses_reach_the_worker_holding_their_transaction(tmp_path: Path) ->
     config = tmp_path / "config.yml"
     config.write_text(CONFIG.format(port=port))
     log_path = tmp_path / "agent.log"
-    with workers_agent(config, port=port, metrics_port=metrics_port, log_path=log_path):
-        clients = [SpopClient.connect(("127.0.0.1", port), green=False) for _ in range(CONNECTIONS)]
-        for client in clients:
-            client.hello()
+    with workers_agent(config, port=port, metrics_port=metrics_port, log_path=log_path) as agent:
+        worker_pids = _worker_pids(agent.pid)
+        assert len(worker_pids) == 2, worker_pids
+        clients = _connect_on_every_worker(port, worker_pids)
         answers = []
         took: list[float] = []
         for n in range(TRANSACTIONS):

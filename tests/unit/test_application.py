@@ -4,7 +4,9 @@ load shedding, rule-match records. A fake engine stands in for libmodsecurity.""
 from __future__ import annotations
 
 import contextlib
+import gc
 import re
+import weakref
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
@@ -714,7 +716,7 @@ def test_close_all_closes_a_transaction_whose_request_greenlet_never_returned():
     with pytest.raises(Killed):
         app.handle_request(request_message(s("id", "orphan")), clock())
     assert engine.transactions[0].closed == 0
-    app._executor = direct
+    app._transactions._executor = direct
     assert app.close_all() == 1
     assert engine.transactions[0].closed == 1
     st = app.stats
@@ -821,3 +823,24 @@ def test_malformed_body_size_is_1001(bad):
     app, clock = make_app()
     with pytest.raises(MalformedMessageError):
         app.handle_request(request_message(bad), clock())
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_a_dropped_application_is_freed_at_once_not_by_the_garbage_collector(level):
+    """An application is in no reference cycle (none through its handlers, its trace or its
+    parts): dropped, it goes at once with its cache, so a transaction its cache still holds is
+    freed while its engine is alive, never later in a collection where the engine may be gone
+    first (a crash in the engine binding's finaliser)."""
+    handler = logger.add(lambda _: None, level=level)
+    gc.disable()
+    try:
+        app, clock = make_app(response_check=True)
+        app.handle_request(request_message(s("id", "kept")), clock())
+        app.handle_response(response_message("elsewhere"), clock())  # an orphan
+        assert app.has_open_transaction("kept")
+        gone = weakref.ref(app)
+        del app
+        assert gone() is None
+    finally:
+        gc.enable()
+        logger.remove(handler)

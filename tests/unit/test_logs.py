@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from coraza_spoa_py import logs
+from coraza_spoa_py import log_render, logs
 from coraza_spoa_py.settings import AppConfig, BindAddress, Config, LogConfig
 
 MATCH = {
@@ -149,7 +149,7 @@ def test_json_values_become_what_json_can_write() -> None:
         "code": Code.DENY,
         "other": Path("/x"),
     }
-    assert logs._json_safe(source) == {
+    assert log_render._json_safe(source) == {
         "text": "é",
         "number": 7,
         "ratio": 0.5,
@@ -162,7 +162,7 @@ def test_json_values_become_what_json_can_write() -> None:
         "code": 403,
         "other": "/x",
     }
-    assert json.dumps(logs._json_safe(source))  # writable
+    assert json.dumps(log_render._json_safe(source))  # writable
 
 
 def test_rule_match_console_prints_the_engine_line(tmp_path: Path) -> None:

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coraza_spoa_py.models import (
+from coraza_spoa_py.header_blocks import (
     HeaderBlockError,
-    RequestInfo,
     parse_binary_header_block,
     parse_text_header_block,
 )
+from coraza_spoa_py.models import RequestInfo
 
 
 def varint(n: int) -> bytes:

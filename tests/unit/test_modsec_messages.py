@@ -17,14 +17,26 @@ from coraza_spoa_py.messages import (
     parse_request_message,
     transaction_id_arg,
 )
+from coraza_spoa_py.models import CloseWhen, Verdict
 from coraza_spoa_py.modsec_messages import (
+    error_to_code,
     ignored_rule_ids,
     to_request_message,
     verdict_to_code,
 )
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Arg, DataType, Message, SetVar
-from tests.unit.waf_fakes import FakeClock, FakeEngine, as_dict, direct, i64, interrupted, null, s
+from tests.unit.waf_fakes import (
+    FakeClock,
+    FakeEngine,
+    as_dict,
+    direct,
+    i64,
+    interrupted,
+    null,
+    request_message,
+    s,
+)
 
 NOW = FakeClock().now
 HEADERS_BIN = b"\x04host\x0bexample.com\x0auser-agent\x06curl/8\x00\x00"
@@ -147,31 +159,27 @@ def test_ignorerules_that_are_not_ids_are_malformed(value):
         ignored_rule_ids(s("ignorerules", value))
 
 
-def _answer(**values: object) -> list[SetVar]:
-    return [SetVar(2, name, value) for name, value in values.items()]  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(
-    ("answer", "expected"),
+    ("verdict", "detect_only", "expected"),
     [
-        (_answer(id="x", fail=0, rules_hit=0), {"code": 0, "intervention": False}),
-        (
-            _answer(id="x", fail=1, status=403, action="deny"),
-            {"code": 403, "intervention": True},
-        ),
-        (
-            _answer(fail=1, status=302, action="redirect"),
-            {"code": 302, "intervention": True},
-        ),
-        (_answer(error=1003), {"error": 1003, "code": 1003}),
+        (Verdict(), False, {"code": 0, "intervention": False}),
+        (interrupted(status=403), False, {"code": 403, "intervention": True}),
+        (interrupted(status=406), False, {"code": 406, "intervention": True}),
+        (interrupted(action="redirect", status=0), False, {"code": 302, "intervention": True}),
+        (interrupted(action="drop", status=0), False, {"code": 403, "intervention": True}),
+        # detect-only never blocks: HAProxy's deny rule must not fire
+        (interrupted(status=403), True, {"code": 0, "intervention": False}),
     ],
 )
-def test_the_answer_is_spelled_as_code(answer, expected):
-    actions = verdict_to_code(answer)
+def test_the_verdict_is_spelled_as_code(verdict, detect_only, expected):
+    actions = verdict_to_code(verdict, detect_only=detect_only)
     assert as_dict(actions) == expected
     types = {a.name: a.type for a in actions if isinstance(a, SetVar)}
-    assert types.get("code") is DataType.INT64
-    assert types.get("intervention", DataType.BOOL) is DataType.BOOL
+    assert types == {"code": DataType.INT64, "intervention": DataType.BOOL}
+
+
+def test_an_error_is_spelled_as_error_and_code():
+    assert as_dict(error_to_code(1003)) == {"error": 1003, "code": 1003}
 
 
 # ---- through the agent ---------------------------------------------------------------------
@@ -229,20 +237,25 @@ def build(config: AppConfig, engine: object) -> Application:
     return Application(config, engine, direct, clock=FakeClock())  # type: ignore[arg-type]
 
 
-def test_no_ids_and_no_response_check_is_the_application_itself():
-    compiler = Compiler()
-    apps = CheckRequestApps(compiler, build)
-    app = make("a", FakeEngine())
-    assert apps(app, ()) is app and compiler.compiled == []
-
-
-def test_response_check_gets_a_copy_sharing_the_engine():
+def test_check_request_runs_in_the_application_itself_and_keeps_no_transaction():
+    """response_check on, no ignorerules: the real application (its counters, its metrics
+    observer with the message's own name), and the transaction closed after the request."""
     engine = FakeEngine()
     app = make("a", engine, response_check=True)
-    apps = CheckRequestApps(Compiler(), build)
-    copy = apps(app, ())
-    assert copy is not app and copy.engine is engine and not copy.config.response_check
-    assert apps(app, ()) is copy
+    seen: list[tuple[str, str, bool]] = []
+    app.observer = lambda name, message, orphan, verdict: seen.append((name, message, orphan))
+    compiler = Compiler()
+    agent = Agent(
+        {"a": app}, default_application="a", check_request_app=CheckRequestApps(compiler, build)
+    )
+    assert as_dict(agent.handle([twelve()], NOW)) == {"code": 0, "intervention": False}
+    assert engine.transactions[0].closed == 1 and compiler.compiled == []
+    assert engine.transactions[0].close_whens == [CloseWhen.ALWAYS]
+    assert app.stats.opened == app.stats.closed == 1 and app.stats.open == 0
+    assert seen == [("a", "check-request", False)]
+    # a coraza-req to the same application is still kept for its response
+    agent.handle([request_message(s("id", "t1"))], NOW)
+    assert app.has_open_transaction("t1")
 
 
 def test_each_set_of_ids_is_compiled_once_with_secruleremovebyid():
@@ -279,6 +292,8 @@ def test_the_agent_runs_check_request_in_the_copy_without_the_rules():
         return copies[-1]
 
     app = make("a", base_engine)
+    seen: list[tuple[str, str, bool]] = []
+    app.observer = lambda name, message, orphan, verdict: seen.append((name, message, orphan))
     agent = Agent(
         {"a": app},
         default_application="a",
@@ -289,9 +304,10 @@ def test_the_agent_runs_check_request_in_the_copy_without_the_rules():
     assert len(base_engine.transactions) == 1 and len(copies[0].transactions) == 1
     # the unset variable (NULL) is no exclusion
     assert as_dict(agent.handle([twelve(null("ignorerules"))], NOW))["code"] == 403
-    # the copy's transactions count with the agent's
+    # the copy's transactions count with the agent's, its verdicts with the application's
     stats = agent.stats()
     assert stats.opened == stats.closed == 3
+    assert seen == [("a", "check-request", False)] * 3
 
 
 def test_counters_of_dropped_copies_stay_in_the_agents_totals():
