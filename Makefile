@@ -47,15 +47,16 @@ coverage-spop: install
 test-fast: install
 	$(PY) -m pytest -m "not e2e and not crs"
 
+# mypy checks the packages listed in pyproject.toml [tool.mypy]: coraza_spoa_py, tests, bench
 lint: install
-	$(VENV)/bin/ruff format --check coraza_spoa_py tests
-	$(VENV)/bin/ruff check coraza_spoa_py tests
+	$(VENV)/bin/ruff format --check coraza_spoa_py tests bench
+	$(VENV)/bin/ruff check coraza_spoa_py tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 fmt: install
-	$(VENV)/bin/ruff format coraza_spoa_py tests
-	$(VENV)/bin/ruff check --fix coraza_spoa_py tests
+	$(VENV)/bin/ruff format coraza_spoa_py tests bench
+	$(VENV)/bin/ruff check --fix coraza_spoa_py tests bench
 
 crs: install
 	$(PY) -m tests.crs.run

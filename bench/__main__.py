@@ -145,7 +145,7 @@ def _version(command: list[str]) -> str:
 
 
 def metadata(args: argparse.Namespace) -> dict[str, Any]:
-    from coraza_spoa_py import waf
+    from coraza_spoa_py import engine as waf
 
     # BENCH_COMMIT: set when running from an exported tree (`git archive HEAD`), which has no
     # .git, so that a run is not disturbed by uncommitted edits in a shared working tree

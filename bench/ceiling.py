@@ -124,7 +124,7 @@ def run_ceiling(
 
 
 def load_bench_engine(directives: str, response_check: bool) -> WafEngine:
-    from coraza_spoa_py import waf  # imported late: only this process needs the binding
+    from coraza_spoa_py import engine as waf  # imported late: only this process needs the binding
 
     app = AppConfig(name="bench", directives=directives, response_check=response_check)
     return waf.load_engine(app, RulePaths())

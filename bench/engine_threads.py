@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 
 from bench.agent_config import BENCH_DIRECTIVES
 from bench.scenarios import BROWSER_HEADERS
-from coraza_spoa_py import waf
+from coraza_spoa_py import engine as waf
 from coraza_spoa_py.models import RequestInfo
 from coraza_spoa_py.settings import AppConfig, RulePaths
 

@@ -99,9 +99,9 @@ def run_floor(
         try:
             floor = start_floor_agent(workdir, floor_port)
             try:
-                measured = []
+                measured: list[dict[str, Any]] = []
                 for number in range(1, rounds + 1):
-                    row = {
+                    row: dict[str, Any] = {
                         "agent": hub_cost(agent.pid, agent_port, transactions),
                         "floor": hub_cost(floor.pid, floor_port, transactions),
                     }

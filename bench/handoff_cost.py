@@ -62,9 +62,9 @@ def response_message(n: int) -> spop.Message:
     return spop.Message(
         "coraza-res",
         (
-            arg("app", types.STRING, "sample_app"),
-            arg("id", types.STRING, f"{n:08x}-4f6c-4c1e-9d3a-5b2e1c0f7a9d"),
-            arg("version", types.STRING, "1.1"),
+            arg("app", types.STRING, b"sample_app"),
+            arg("id", types.STRING, f"{n:08x}-4f6c-4c1e-9d3a-5b2e1c0f7a9d".encode()),
+            arg("version", types.STRING, b"1.1"),
             arg("status", types.INT32, 200),
             arg("headers", types.BINARY, RESPONSE_HEADERS),
             arg("body", types.BINARY, b""),

@@ -2,7 +2,8 @@
 
 HAProxy is the only witness of requests the agent never answered: a SPOE timeout or I/O error
 leaves no trace in the agent, only ``txn.coraza.error`` set by ``option set-on-error``
-(docs/protocol.md "HAProxy on agent errors"). Pure parsing; the overlay that writes the lines lives in ``haproxy_stack``.
+(docs/protocol.md "HAProxy on agent errors"). Pure parsing; the overlay that writes the lines
+lives in ``haproxy_config``.
 """
 
 from __future__ import annotations

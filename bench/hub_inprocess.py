@@ -1,7 +1,8 @@
 """The hub's Python per transaction, without sockets: decode each NOTIFY payload, answer it with
 ``agent.handle`` over the real native engine pool (the soak's two small rules, or CRS), encode
-the ACK (decoder and encoder the server's: ``spop_native``, in C); clean GETs with their responses, or blocked attack GETs, 64 greenlets at once. Prints
-the hub thread's CPU (``time.thread_time``) per transaction, median of the rounds.
+the ACK (decoder and encoder the server's: ``spop_native``, in C); clean GETs with their
+responses, or blocked attack GETs, 64 greenlets at once. Prints the hub thread's CPU
+(``time.thread_time``) per transaction, median of the rounds.
 
 Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]
 [--scenario clean_get|attack_get] [--rules small|crs] [--log]``. Why: through HAProxy a change
@@ -24,7 +25,7 @@ import itertools  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 
 import gevent  # noqa: E402
 from loguru import logger  # noqa: E402
@@ -32,10 +33,11 @@ from loguru import logger  # noqa: E402
 from bench.agent_config import APP_NAME, RULE_SETS  # noqa: E402
 from bench.scenarios import SCENARIOS  # noqa: E402
 from bench.spop_client import ID_PLACEHOLDER, Template, request_message, response_message  # noqa: E402
-from coraza_spoa_py import logs, spop_native, waf  # noqa: E402
+from coraza_spoa_py import engine as waf  # noqa: E402
+from coraza_spoa_py import logs, spop_native  # noqa: E402
 from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
-from coraza_spoa_py.engine_pool import EnginePool  # noqa: E402
+from coraza_spoa_py.engine.engine_pool import EnginePool  # noqa: E402
 from coraza_spoa_py.settings import AppConfig, RulePaths  # noqa: E402
 from coraza_spoa_py.spop import SetVar, frames  # noqa: E402
 
@@ -57,11 +59,11 @@ def _payloads(scenario: str, transactions: int) -> Iterator[tuple[memoryview, ..
         yield tuple(frames.decode_frame(t.frame(tx_id, 1)).payload for t in templates)
 
 
-def _failed(actions: list[object]) -> bool:
+def _failed(actions: Sequence[object]) -> bool:
     return any(isinstance(a, SetVar) and a.name == "fail" and a.value for a in actions)
 
 
-def _error(actions: list[object]) -> bool:
+def _error(actions: Sequence[object]) -> bool:
     return any(isinstance(a, SetVar) and a.name == "error" for a in actions)
 
 
@@ -107,8 +109,7 @@ def main() -> None:
         logger.remove()
     pool = EnginePool(2)
     config = AppConfig(name=APP_NAME, directives=RULE_SETS[args.rules], response_check=True)
-    engine = waf.load_engine(config, RulePaths())
-    engine.runner = pool
+    engine = waf.load_engine(config, RulePaths(), pool)
     application = Application(config, engine, pool, processing_budget_s=BUDGET_S)
     agent = Agent({APP_NAME: application}, None)
     try:

@@ -33,10 +33,10 @@ from bench.agent_config import APP_NAME, RULE_SETS  # noqa: E402
 from bench.procstat import rss_bytes  # noqa: E402
 from bench.scenarios import SCENARIOS  # noqa: E402
 from bench.spop_client import ID_PLACEHOLDER, Template, request_message  # noqa: E402
-from coraza_spoa_py import waf  # noqa: E402
+from coraza_spoa_py import engine as waf  # noqa: E402
 from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
-from coraza_spoa_py.engine_pool import EnginePool  # noqa: E402
+from coraza_spoa_py.engine.engine_pool import EnginePool  # noqa: E402
 from coraza_spoa_py.settings import (  # noqa: E402
     DEFAULT_TRANSACTION_ACTIVE_LIMIT,
     AppConfig,
@@ -96,8 +96,7 @@ def main() -> None:
         transaction_ttl_ms=3_600_000,
         transaction_active_limit=args.active_limit or args.transactions + 1,
     )
-    engine = waf.load_engine(config, RulePaths())
-    engine.runner = pool
+    engine = waf.load_engine(config, RulePaths(), pool)
     application = Application(config, engine, pool, processing_budget_s=BUDGET_S)
     agent = Agent({APP_NAME: application}, None)
     out = sys.stdout

@@ -1,31 +1,39 @@
 """Start and always stop what a bench run needs: the agent (the real CLI on a bench config) and
 HAProxy on the rendered shipped configuration, with HAProxy itself as the web server.
 
-Processes are ``tests.support.process.ManagedProcess`` objects, so they are killed at exit even
-if the bench crashes. This module starts, stops and locates processes; it measures nothing.
+The start-up is the test harness's (``tests.support.stack.running_stack``, docs/development.md
+"One stack start-up"): the same order, waits, teardown and failure dumps as the e2e tests, and
+processes that are killed at exit even if the bench crashes. What is the bench's own is what it
+runs: its agent config (``agent_config``) and its rendering of the shipped HAProxy files
+(``haproxy_config``). This module measures nothing.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bench.agent_config import BENCH_DIRECTIVES, write_agent_config
 from bench.haproxy_config import Ports, render_haproxy
 from bench.scenarios import BROWSER_HEADERS, LEAK_PAGE, SCENARIOS, SMALL_PAGE
-from tests.support.ports import free_port, wait_for_port
-from tests.support.process import ManagedProcess
+from tests.support.agent import AgentProcess
+from tests.support.haproxy import PROJECT_ROOT, HAProxy, start_haproxy
+from tests.support.ports import free_port
+from tests.support.process import python_module_argv
+from tests.support.shipped import SHIPPED_DIR
+from tests.support.stack import running_stack as shared_running_stack
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_HAPROXY_DIR = ROOT / "etc" / "haproxy"  # haproxy.cfg + coraza.cfg, what users run
+ROOT = PROJECT_ROOT
+SHIPPED_HAPROXY_DIR = SHIPPED_DIR  # haproxy.cfg + coraza.cfg, what users run
 # 2.6 from Debian 12: the CI baseline (docs/development.md "HAProxy versions")
 DEFAULT_HAPROXY = "/usr/sbin/haproxy"
 # loading CRS takes a few seconds, more while other work shares the two cores
@@ -36,8 +44,8 @@ AGENT_START_TIMEOUT_S = 120.0
 class Stack:
     workdir: Path
     ports: Ports
-    agent: ManagedProcess
-    haproxy: ManagedProcess
+    agent: AgentProcess
+    haproxy: HAProxy
 
     @property
     def url(self) -> str:
@@ -77,7 +85,7 @@ def write_pages(folder: Path) -> Path:
     return folder
 
 
-def start_agent(
+def bench_agent(
     workdir: Path,
     port: int,
     *,
@@ -88,7 +96,9 @@ def start_agent(
     switch_interval_s: float | None = None,
     app_log_level: str | None = None,
     agent_args: tuple[str, ...] = (),
-) -> ManagedProcess:
+) -> AgentProcess:
+    """The agent on a bench config, not started yet. No ``-workers``: the config's ``workers``
+    (or the product's default) decides, as for a user."""
     config = write_agent_config(
         workdir,
         port=port,
@@ -98,7 +108,7 @@ def start_agent(
         app_log_level=app_log_level,
         extra=extra_config,
     )
-    argv = [sys.executable, "-m", "coraza_spoa_py", "-config", str(config), *agent_args]
+    argv = python_module_argv("coraza_spoa_py", "-config", str(config), *agent_args)
     if switch_interval_s is not None:
         # an experiment knob, not a product setting: the GIL switch interval decides how long
         # an engine thread returning from a cffi call waits while the hub runs Python. cffi is
@@ -111,14 +121,14 @@ def start_agent(
             f"sys.argv = ['coraza_spoa_py', '-config', {str(config)!r}]; "
             "runpy.run_module('coraza_spoa_py', run_name='__main__', alter_sys=True)",
         ]
-    agent = ManagedProcess(
-        "agent",
-        argv,
-        log_path=workdir / "agent.out",
-        cwd=ROOT,
-    ).start()
+    return AgentProcess(argv, log_path=workdir / "agent.out", port=port)
+
+
+def start_agent(workdir: Path, port: int, **options: Any) -> AgentProcess:
+    """``bench_agent`` started and ready, for the modes without HAProxy; the caller stops it."""
+    agent = bench_agent(workdir, port, **options).start()
     try:
-        wait_for_port("127.0.0.1", port, timeout=AGENT_START_TIMEOUT_S, process=agent)
+        agent.wait_ready(timeout=AGENT_START_TIMEOUT_S)
     except BaseException:
         agent.dump()
         agent.stop()
@@ -126,9 +136,11 @@ def start_agent(
     return agent
 
 
-def start_haproxy(
+def bench_haproxy(
     workdir: Path, ports: Ports, binary: str, haproxy_dir: Path = SHIPPED_HAPROXY_DIR
-) -> ManagedProcess:
+) -> AbstractContextManager[HAProxy]:
+    """HAProxy ``binary`` on the shipped config rendered for the bench (``haproxy_config``),
+    started by the test harness's ``start_haproxy`` when entered."""
     spoe_path = workdir / "coraza.cfg"
     rendered = render_haproxy(
         (haproxy_dir / "haproxy.cfg").read_text(),
@@ -138,23 +150,9 @@ def start_haproxy(
         pages_dir=write_pages(workdir / "pages"),
     )
     spoe_path.write_text(rendered.spoe_cfg)
-    cfg = workdir / "haproxy.cfg"
-    cfg.write_text(rendered.haproxy_cfg)
-    check = subprocess.run(
-        [binary, "-c", "-f", str(cfg)], capture_output=True, text=True, check=False
-    )
-    if check.returncode != 0:
-        raise RuntimeError(f"rendered HAProxy config rejected:\n{check.stdout}{check.stderr}")
-    haproxy = ManagedProcess(
-        "haproxy", [binary, "-db", "-f", str(cfg)], log_path=workdir / "haproxy.out"
-    ).start()
-    try:
-        wait_for_port("127.0.0.1", ports.frontend, timeout=15, process=haproxy)
-    except BaseException:
-        haproxy.dump()
-        haproxy.stop()
-        raise
-    return haproxy
+    template = workdir / "bench-haproxy.cfg"
+    template.write_text(rendered.haproxy_cfg)
+    return start_haproxy(binary, template, workdir, wait_ports=[ports.frontend])
 
 
 @contextmanager
@@ -169,7 +167,8 @@ def running_stack(
     switch_interval_s: float | None = None,
     agent_args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
-    """Agent + HAProxy up for the block; both stopped after it, whatever happens."""
+    """Agent + HAProxy up for the block (``tests.support.stack.running_stack``); both stopped
+    after it, whatever happens."""
     with ExitStack() as stack:
         if keep_dir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
@@ -177,7 +176,7 @@ def running_stack(
             keep_dir.mkdir(parents=True, exist_ok=True)
             workdir = keep_dir
         ports = Ports(frontend=free_port(), agent=free_port(), backend=free_port())
-        agent = start_agent(
+        agent = bench_agent(
             workdir,
             ports.agent,
             directives=directives,
@@ -186,7 +185,11 @@ def running_stack(
             switch_interval_s=switch_interval_s,
             agent_args=agent_args,
         )
-        stack.callback(agent.stop)
-        haproxy = start_haproxy(workdir, ports, haproxy_binary, haproxy_dir)
-        stack.callback(haproxy.stop)
-        yield Stack(workdir, ports, agent, haproxy)
+        running = stack.enter_context(
+            shared_running_stack(
+                [agent],
+                partial(bench_haproxy, workdir, ports, haproxy_binary, haproxy_dir),
+                agent_ready_timeout=AGENT_START_TIMEOUT_S,
+            )
+        )
+        yield Stack(workdir, ports, agent, running.haproxy)

@@ -141,7 +141,7 @@ def summarise(runs: list[dict[str, Any]], cost: dict[str, Any]) -> dict[str, Any
     ratios = [r[2]["rps"] / r[1]["rps"] for r in by_round.values() if r[1]["rps"]]
 
     def median(workers: int, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["workers"] == workers)
+        return float(statistics.median(r[key] for r in runs if r["workers"] == workers))
 
     share = statistics.median(r["handed_off_share"] or 0.0 for r in runs if r["workers"] == 2)
     return {

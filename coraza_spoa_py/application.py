@@ -1,7 +1,7 @@
 """One configured application: turns one ``coraza-req`` / ``coraza-res`` message into the
 SET-VAR actions of docs/compatibility.md "Errors", in its rule engine and its open
-transactions (``transactions``). All engine work of a message runs as ONE call through the
-injected executor (a native thread in production), never on the gevent hub.
+transactions (``transactions``). The engine's jobs run where the injected scheduler runs them
+(the native engine threads in production, the calling greenlet parked), never on the gevent hub.
 
 Failures are raised as ``outcome.MessageError`` subclasses carrying our error code
 (1001-1005); ``agent`` turns them into ``error``. Each message's ``outcome.Outcome`` says what
@@ -18,8 +18,6 @@ import random
 import string
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from typing import Any
 
 from loguru import logger
 
@@ -35,7 +33,7 @@ from coraza_spoa_py.messages import (
 from coraza_spoa_py.models import (
     CloseWhen,
     DeadlineExceededError,
-    Executor,
+    EngineScheduler,
     RequestInfo,
     RuleMatch,
     Verdict,
@@ -56,7 +54,7 @@ from coraza_spoa_py.responses import Responses
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Action, Arg, Message
 from coraza_spoa_py.transactions import Transactions, TransactionStats, Warnings
-from coraza_spoa_py.verdicts import verdict_actions
+from coraza_spoa_py.verdicts import truncated_body_verdict, verdict_actions
 
 __all__ = [
     "Application",
@@ -102,24 +100,22 @@ class Application:
         self,
         config: AppConfig,
         engine: WafEngine,
-        executor: Executor[Any],
+        scheduler: EngineScheduler,
         *,
         clock: Callable[[], float] = time.monotonic,
         processing_budget_s: float = 0.4,
     ) -> None:
         self.config = config
         self._engine = engine
-        # optional executor feature (engine_pool.EnginePool): the expected wait for an engine
-        # thread (docs/performance.md "Overload"); responses go ahead of requests in the pool
-        self._expected_wait_s: Callable[[], float] | None = getattr(
-            executor, "expected_wait_s", None
-        )
+        # the scheduler of the engine's jobs: the expected wait for an engine thread
+        # (docs/performance.md "Overload"); responses go ahead of requests in the pool
+        self._scheduler = scheduler
         self._clock = clock
         self._processing_budget_s = processing_budget_s
         self._log = logger.bind(app=config.name)
         warnings = self._warnings = Warnings(self._log, clock)
         self._transactions = Transactions(
-            config, executor, clock=clock, processing_budget_s=processing_budget_s,
+            config, clock=clock, processing_budget_s=processing_budget_s,
             warnings=warnings,
         )  # fmt: skip
         self._responses = Responses(
@@ -194,20 +190,19 @@ class Application:
         args: Mapping[str, Arg],
         keep_for_response: bool,
     ) -> Outcome:
-        if self._expected_wait_s is not None:
-            # shed on arrival: a request that would wait past the budget is answered now,
-            # before it costs a parse and a thread-pool round trip, and the queue stays about
-            # one budget long (the check at dequeue below stays as the safety net)
-            # plus the time it already spent on the hub since it was read: when the hub is
-            # the bottleneck (thousands of connections), the engine queue stays short while
-            # messages age before they reach it, and their responses would then be shed
-            # after their requests cost engine time (docs/performance.md "Overload")
-            expected = (self._clock() - received_at) + self._expected_wait_s()
-            if expected > self._processing_budget_s:
-                self._transactions.shed += 1
-                raise OverloadedError(
-                    f"expected wait {expected:.3f}s exceeds {self._processing_budget_s:.3f}s"
-                )
+        # shed on arrival: a request that would wait past the budget is answered now,
+        # before it costs a parse and an engine job, and the queue stays about one budget
+        # long (the engine threads shed a job still waiting at its deadline: the safety net)
+        # plus the time it already spent on the hub since it was read: when the hub is
+        # the bottleneck (thousands of connections), the engine queue stays short while
+        # messages age before they reach it, and their responses would then be shed
+        # after their requests cost engine time (docs/performance.md "Overload")
+        expected = (self._clock() - received_at) + self._scheduler.expected_wait_s()
+        if expected > self._processing_budget_s:
+            self._transactions.shed += 1
+            raise OverloadedError(
+                f"expected wait {expected:.3f}s exceeds {self._processing_budget_s:.3f}s"
+            )
         try:
             parsed = parse_request_message(message, generate_transaction_id, args)
         except MalformedArgumentError as exc:
@@ -253,11 +248,8 @@ class Application:
         received_at: float,
         started: float,
     ) -> None:
-        # Runs inside the executor call (its engine job on an engine thread). Never raises: the
-        # hub needs to know what was opened.
-        if started - received_at > self._processing_budget_s:
-            outcome.shed = True
-            return
+        # Its engine job runs on an engine thread. Never raises: the hub needs to know what was
+        # opened. (Its budget was checked on arrival, just before.)
         request: RequestInfo = parsed.request
         try:
             transaction = self._engine.new_transaction(request.transaction_id)
@@ -349,12 +341,3 @@ def _request_close_when(keep: bool, detect_only: bool) -> CloseWhen:
     if not keep:
         return CloseWhen.ALWAYS
     return CloseWhen.NEVER if detect_only else CloseWhen.IF_INTERRUPTED
-
-
-def truncated_body_verdict(verdict: Verdict) -> Verdict:
-    """A body cut short under ``SecRequestBodyLimitAction Reject``: what Coraza answers past
-    ``SecRequestBodyLimit`` (deny, status 413, rule 0; docs/haproxy.md "Request bodies"),
-    unless a rule already interrupted on the part that arrived (its verdict says more)."""
-    if verdict.interrupted:
-        return verdict
-    return replace(verdict, interrupted=True, status=413, action="deny", rule_id=0)

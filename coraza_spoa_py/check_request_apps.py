@@ -35,7 +35,7 @@ MAX_COPIES = 16
 
 # an application's config (its directives ending in SecRuleRemoveById) -> a compiled engine
 Compile = Callable[[AppConfig], WafEngine]
-# config and engine -> an application using the agent's executor and processing budget
+# config and engine -> an application using the agent's engine scheduler and processing budget
 Build = Callable[[AppConfig, WafEngine], Application]
 
 

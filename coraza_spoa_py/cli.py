@@ -34,7 +34,6 @@ from loguru import logger  # noqa: E402
 
 from coraza_spoa_py import __version__, config, logs, modsec_config  # noqa: E402
 from coraza_spoa_py.options import Options, parse_args  # noqa: E402
-from coraza_spoa_py.settings import Config  # noqa: E402
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -53,7 +52,7 @@ def version_text() -> str:
     """What ``-version`` prints: ours, the engine binding's view, and the library's."""
     lines = [f"coraza-spoa-py\t{__version__}"]
     try:
-        from coraza_spoa_py import waf
+        from coraza_spoa_py import engine as waf
 
         lines.append(f"engine\t{waf.engine_version()}")
         library = _loaded_library("libmodsecurity")
@@ -137,18 +136,23 @@ def _loader(options: Options) -> Callable[[], config.LoadedConfig]:
     return lambda: config.load_with_notices(path)
 
 
-def _run_master(cfg: Config, count: int, options: Options, argv: Sequence[str] | None) -> int:
-    """``workers`` > 1: this process binds and supervises, the workers serve (``master``)."""
+def _run_master(
+    loaded: config.LoadedConfig, count: int, options: Options, argv: Sequence[str] | None
+) -> int:
+    """``workers`` > 1: this process binds and supervises, the workers serve (``master``).
+    The master logs the config's notices; the workers, which read the same config, do not."""
     from coraza_spoa_py import master
 
     logger.configure(extra={"worker": "master"})
     try:
-        logs.configure_logging(cfg)
+        logs.configure_logging(loaded.config)
     except logs.LoggingSetupError as exc:
         logger.error("failed starting: cannot set up logging: {}", exc)
         return EXIT_FAILURE
+    for notice in loaded.notices:
+        logger.warning(notice)
     flags = list(sys.argv[1:] if argv is None else argv)
-    code = master.Master(cfg, flags, count, options.metrics_addr).run()
+    code = master.Master(loaded.config, flags, count, options.metrics_addr).run()
     logs.shutdown_logging()
     return code
 
@@ -172,13 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = _config_name(options)
     worker = master.WorkerContext.from_environment()
     try:
+        # read once: the master's or the only process's, and each worker's own
+        loaded = _loader(options)()
         if worker is None:
-            cfg = _loader(options)().config
-            count = master.worker_count(cfg, options.workers)
+            count = master.worker_count(loaded.config, options.workers)
             if count > 1:
-                return _run_master(cfg, count, options, argv)
+                return _run_master(loaded, count, options, argv)
         runtime = Runtime.start(
             name,
+            loaded,
             autoreload=options.autoreload,
             metrics_addr=options.metrics_addr,
             load=_loader(options) if options.modsec is not None else None,

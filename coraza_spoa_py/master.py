@@ -26,7 +26,6 @@ Must not load rules or speak SPOP: the workers do.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -34,26 +33,21 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import gevent
 import gevent.event
 import gevent.os
 import gevent.pool
 import gevent.subprocess
-from gevent import socket
 from gevent.pywsgi import WSGIServer
 from loguru import logger
 
-from coraza_spoa_py import handoff, logs, metrics
-from coraza_spoa_py.server import open_listener, remove_unix_socket
-from coraza_spoa_py.settings import BindAddress, Config
-
-if TYPE_CHECKING:  # loaded with the metrics only (metrics.prometheus)
-    from prometheus_client.core import Metric
-    from prometheus_client.registry import Collector
+from coraza_spoa_py import handoff, listeners, logs, metrics
+from coraza_spoa_py.settings import Config
+from coraza_spoa_py.worker_metrics import render_summed, scrape
 
 WORKER_ENV = "CORAZA_SPOA_PY_WORKER"
 EXIT_OK = 0
@@ -63,11 +57,9 @@ MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 10.0
 # after graceful_timeout_s, how long a worker gets to finish exiting before SIGKILL
 KILL_MARGIN_S = 2.0
-SCRAPE_TIMEOUT_S = 5.0
 OWNER_TABLE_FILE = "owners"
-# series that are not summed over the workers: the earliest start, the largest limit
-_KEEP_MIN = ("process_start_time_seconds",)
-_KEEP_MAX = ("process_max_fds", "coraza_spoa_py_info", "python_info")
+# what /metrics counts workers by (coraza_spoa_py_workers{state})
+WORKER_STATES = ("ready", "starting", "restarting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +104,8 @@ class _Worker:
     restarts: int = 0
     # a SIGHUP came while the worker was starting: sent once it is ready
     reload_pending: bool = False
+    # the stop signal came before it was ready: it has no handler yet and dies of the signal
+    stopped_while_starting: bool = False
 
 
 class Master:
@@ -132,7 +126,7 @@ class Master:
 
     def run(self) -> int:
         try:
-            self.listener = open_listener(self.config.bind)
+            self.listener = listeners.bind_socket(self.config.bind)
         except OSError as exc:
             logger.error("failed starting: cannot listen on {}: {}", self.config.bind, exc)
             return EXIT_FAILURE
@@ -141,7 +135,9 @@ class Master:
         handoff.OwnerTable.create(os.path.join(self.rundir, OWNER_TABLE_FILE))
         # "bound", not "listening": connections are refused until a worker listens and logs
         # "listening on", as one process does once its rules compiled
-        logger.info("master: bound {}, starting {} worker process(es)", self._bound(), self.count)
+        # (with port 0 the port the kernel picked, as one process logs it)
+        bound = listeners.bound_address(self.config.bind, self.listener)
+        logger.info("master: bound {}, starting {} worker process(es)", bound, self.count)
         if self.metrics_addr:
             self._metrics_server = metrics.serve_http(
                 self.metrics_addr, self._wsgi_app(), " (every worker)"
@@ -153,13 +149,6 @@ class Master:
             gevent.spawn(self._supervise, worker)
         self._stop.wait()
         return self._shutdown()
-
-    def _bound(self) -> BindAddress:
-        # with port 0 the port the kernel picked, as one process logs it
-        bind = self.config.bind
-        if bind.kind != "tcp":
-            return bind
-        return dataclasses.replace(bind, port=self.listener.getsockname()[1])
 
     def _spawn(self, worker: _Worker) -> int:
         """Start ``worker``'s process; returns the read end of its readiness pipe."""
@@ -253,6 +242,8 @@ class Master:
             os._exit(EXIT_FAILURE)
         logger.info("master: received {}, stopping the workers", reason)
         self.stopping = True
+        for worker in self.workers:
+            worker.stopped_while_starting = worker.state == "starting"
         self._stop_requested_at = time.monotonic()
         # no new connection may wait in a backlog nobody accepts from any more
         with contextlib.suppress(OSError):
@@ -287,12 +278,12 @@ class Master:
                 logger.warning("master: worker {} still running: killed", worker.index)
                 process.kill()
                 code = process.wait()
-            codes.append(code)
+            codes.append(0 if _stopped_before_ready(worker, code) else code)
             worker.state = "stopped"
         if self._metrics_server is not None:
             self._metrics_server.stop(timeout=1)
         if self.config.bind.kind == "unix":
-            remove_unix_socket(self.config.bind.path)
+            listeners.remove_unix_socket(self.config.bind.path)
         shutil.rmtree(self.rundir, ignore_errors=True)
         if self._failed_start:
             return EXIT_FAILURE
@@ -324,84 +315,20 @@ class Master:
 
     def render_metrics(self) -> bytes:
         ready = [w for w in self.workers if w.state == "ready"]
-        texts = [t for t in gevent.pool.Group().map(self._scrape, ready) if t is not None]
-        client = metrics.prometheus()
-        registry = client.CollectorRegistry(auto_describe=False)
-        registry.register(cast("Collector", _Summed(texts, self)))
-        return cast(bytes, client.generate_latest(registry))
-
-    def _scrape(self, worker: _Worker) -> str | None:
-        path = os.path.join(self.rundir, f"metrics-{worker.index}.sock")
-        try:
-            return _http_get_unix(path, "/metrics")
-        except (OSError, gevent.Timeout, ValueError) as exc:
-            logger.debug("master: worker {} metrics unavailable: {}", worker.index, exc)
-            return None
-
-
-class _Summed:
-    """The workers' series summed by name and labels, plus the master's own (a collector by
-    its collect(), as metrics._AgentCollector)."""
-
-    def __init__(self, texts: list[str], master: Master) -> None:
-        self._texts = texts
-        self._master = master
-
-    def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-        from prometheus_client.parser import text_string_to_metric_families
-
-        families: dict[str, Metric] = {}
-        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-        for text in self._texts:
-            for family in text_string_to_metric_families(text):
-                if family.name not in families:
-                    families[family.name] = Metric(family.name, family.documentation, family.type)
-                    values[family.name] = {}
-                samples = values[family.name]
-                for sample in family.samples:
-                    key = (sample.name, tuple(sorted(sample.labels.items())))
-                    if key not in samples:
-                        samples[key] = sample.value
-                    elif family.name in _KEEP_MIN:
-                        samples[key] = min(samples[key], sample.value)
-                    elif family.name in _KEEP_MAX:
-                        samples[key] = max(samples[key], sample.value)
-                    else:
-                        samples[key] += sample.value
-        for name, family in families.items():
-            for (sample_name, labels), value in values[name].items():
-                family.add_sample(sample_name, dict(labels), value)
-            yield family
-        workers = GaugeMetricFamily(
-            "coraza_spoa_py_workers", "Worker processes by state.", labels=("state",)
-        )
-        for state in ("ready", "starting", "restarting"):
-            count = sum(1 for w in self._master.workers if w.state == state)
-            workers.add_metric((state,), count)
-        yield workers
-        yield CounterMetricFamily(
-            "coraza_spoa_py_worker_restarts",
-            "Worker processes started again after they exited.",
-            value=sum(w.restarts for w in self._master.workers),
+        paths = [os.path.join(self.rundir, f"metrics-{w.index}.sock") for w in ready]
+        texts = [t for t in gevent.pool.Group().map(scrape, paths) if t is not None]
+        return render_summed(
+            texts,
+            {state: sum(1 for w in self.workers if w.state == state) for state in WORKER_STATES},
+            sum(w.restarts for w in self.workers),
         )
 
 
-def _http_get_unix(path: str, target: str) -> str:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(SCRAPE_TIMEOUT_S)
-        sock.connect(path)
-        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: worker\r\n\r\n".encode())
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    finally:
-        sock.close()
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
-        raise ValueError(f"unexpected answer {head[:40]!r}")
-    return body.decode()
+def _stopped_before_ready(worker: _Worker, code: int) -> bool:
+    """A worker still compiling its rules when the stop came ends by the signal's default
+    action (its handlers come once it serves): a clean stop, as the operator asked."""
+    stop_signals = (-signal.SIGTERM, -signal.SIGINT)
+    return worker.stopped_while_starting and code in stop_signals
 
 
 def _exit_text(code: int) -> str:

@@ -1,7 +1,7 @@
 """The WAF seam: what a request and a response look like to the engine, what the engine answers,
 and the ``WafEngine`` protocol that ``application`` codes against.
 
-Pure: standard library only. ``waf`` implements the protocol over libmodsecurity; unit tests
+Pure: standard library only. ``engine`` implements the protocol over libmodsecurity; unit tests
 pass fakes. Every field that came from the client is ``bytes`` and is never decoded
 (docs/engine.md "Bytes, not text": decoding and re-encoding changes what rules see).
 """
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
-from typing import Protocol, TypeVar
+from typing import Any, Protocol
 
 Header = tuple[bytes, bytes]
 IPAddress = IPv4Address | IPv6Address
@@ -199,7 +198,20 @@ class WafEngine(Protocol):
     def new_transaction(self, transaction_id: str) -> WafTransaction: ...
 
 
-T = TypeVar("T")
-# Runs a blocking engine call somewhere that does not block the gevent hub (cli injects
-# the gevent thread pool's ``apply``); tests inject ``lambda fn: fn()``.
-Executor = Callable[[Callable[[], T]], T]
+class EngineScheduler(Protocol):
+    """Where a rule engine's jobs run, given to the engine and to its applications when they
+    are built (``engine.RUN_HERE``: on the calling thread; ``engine.engine_pool.EnginePool``:
+    on the native engine threads, the calling greenlet parked)."""
+
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait for an engine thread (load shedding on
+        arrival, docs/performance.md "Overload")."""
+
+    def run(self, job: Any, *, urgent: bool, keep: object) -> None:
+        """Return once ``job`` (a ``cs_job``) has run, or was shed (``job.shed``: it waited past
+        its deadline). ``urgent``: ahead of requests (responses, closes). ``keep`` (what the
+        job points into) stays referenced until the job has run, even if the caller stops
+        waiting (a greenlet killed at a forced shutdown)."""
+
+    def detach(self, job: Any, *, keep: object) -> None:
+        """Run ``job`` some time soon without waiting for it; ``keep`` as for ``run``."""

@@ -28,8 +28,8 @@ CACHE_NOT_FOUND = "not-found"
 
 @dataclass(slots=True)
 class Outcome:
-    """One message's way through an application. The engine fields are set where the executor
-    runs the engine work, the others on the hub."""
+    """One message's way through an application. The engine fields are set by the engine work,
+    the others on the hub."""
 
     # ---- the engine work
     verdict: Verdict | None = None
@@ -41,7 +41,7 @@ class Outcome:
     # an orphan's verdict of its stand-in request phases (``orphans.orphan_actions``)
     before: Verdict | None = None
     # when an engine thread picked the message's engine work up, and when it was done (the
-    # verdict's ``engine_times`` when the engine gives them, else the executor's clock)
+    # verdict's ``engine_times`` when the engine gives them, else our clock around the work)
     started: float = 0.0
     finished: float = 0.0
     # ---- the message, for the answer and the debug line

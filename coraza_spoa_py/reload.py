@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 from loguru import logger
 
-from coraza_spoa_py import rules, waf
 from coraza_spoa_py.application import Application
-from coraza_spoa_py.models import Executor
+from coraza_spoa_py.engine import RUN_HERE, ModSecEngine, RulesError, load_engine, rules
+from coraza_spoa_py.models import EngineScheduler
 from coraza_spoa_py.settings import Config
 
 Fingerprint = tuple[str, int, int, int]  # realpath, inode, size, mtime_ns
@@ -45,13 +45,23 @@ class RuleLoadError(Exception):
 @dataclass(frozen=True, slots=True)
 class LoadedEngine:
     name: str
-    engine: Any  # waf engine: WafEngine plus rule_count / warnings
-    rule_count: int
-    warnings: tuple[str, ...]
+    engine: ModSecEngine
+
+    @property
+    def rule_count(self) -> int:
+        return self.engine.rule_count
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.engine.warnings
 
 
-def load_engines(config: Config, run: Callable[[Callable[[], Any]], Any]) -> list[LoadedEngine]:
-    """Compile every application's rules, each through ``run`` (the thread pool in production).
+def load_engines(
+    config: Config, run: Callable[[Callable[[], Any]], Any], scheduler: EngineScheduler = RUN_HERE
+) -> list[LoadedEngine]:
+    """Compile every application's rules, each through ``run`` (the thread pool in production),
+    into engines whose jobs ``scheduler`` runs (by default on the calling thread: ``-validate``
+    runs none).
 
     Collects the problems of every application before raising, so one run shows them all.
     """
@@ -64,39 +74,29 @@ def load_engines(config: Config, run: Callable[[Callable[[], Any]], Any]) -> lis
             # with its traceback by the hub before the caller sees it; a rules error is the
             # user's, and gets our one line per problem only (issue 15)
             try:
-                return waf.load_engine(app_config, config.rule_paths)
-            except waf.RulesError as exc:
+                return load_engine(app_config, config.rule_paths, scheduler)
+            except RulesError as exc:
                 return exc
 
         engine = run(compile_one)
-        if isinstance(engine, waf.RulesError):
+        if isinstance(engine, RulesError):
             problems.extend(f"application {app_config.name!r}: {p}" for p in engine.problems)
             continue
-        loaded.append(
-            LoadedEngine(
-                app_config.name,
-                engine,
-                int(getattr(engine, "rule_count", 0)),
-                tuple(getattr(engine, "warnings", ())),
-            )
-        )
+        loaded.append(LoadedEngine(app_config.name, engine))
     if problems:
         raise RuleLoadError(problems)
     return loaded
 
 
 def build_applications(
-    config: Config, engines: Iterable[LoadedEngine], executor: Executor[Any]
+    config: Config, engines: Iterable[LoadedEngine], scheduler: EngineScheduler
 ) -> dict[str, Application]:
+    """One ``Application`` per configured application, on the engine ``load_engines`` gave it
+    (loaded with the same ``scheduler``)."""
     by_name = {loaded.name: loaded.engine for loaded in engines}
-    if hasattr(executor, "detach"):
-        # the executor is also where engine jobs run (engine_pool.EnginePool)
-        for engine in by_name.values():
-            if hasattr(engine, "runner"):
-                engine.runner = executor
     budget_s = config.processing_budget_ms / 1000
     return {
-        app.name: Application(app, by_name[app.name], executor, processing_budget_s=budget_s)
+        app.name: Application(app, by_name[app.name], scheduler, processing_budget_s=budget_s)
         for app in config.applications
     }
 

@@ -16,7 +16,6 @@ Must not route messages, import gevent or the engine binding (the engine is inje
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from coraza_spoa_py.messages import (
     MalformedArgumentError,
@@ -43,7 +42,13 @@ from coraza_spoa_py.outcome import (
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Action, Arg, Message
 from coraza_spoa_py.transactions import Transactions, Warnings
-from coraza_spoa_py.verdicts import VAR_ANOMALY_SCORE, VAR_RULE_IDS, VAR_RULES_HIT, verdict_actions
+from coraza_spoa_py.verdicts import (
+    VAR_ANOMALY_SCORE,
+    VAR_RULE_IDS,
+    VAR_RULES_HIT,
+    orphan_response_verdict,
+    verdict_actions,
+)
 
 # the variables that describe the whole transaction so far (models.Verdict), not one message
 _TRANSACTION_TOTALS = frozenset({VAR_RULES_HIT, VAR_ANOMALY_SCORE, VAR_RULE_IDS})
@@ -134,7 +139,7 @@ class Responses:
         received_at: float,
         started: float,
     ) -> None:
-        # inside the executor call (its engine job on an engine thread); never raises
+        # its engine job runs on an engine thread; never raises
         outcome.closed = True
         try:
             if started - received_at > self._budget_s:
@@ -175,7 +180,7 @@ class Responses:
         received_at: float,
         started: float,
     ) -> None:
-        # inside the executor call, like _evaluate: never raises; a fresh transaction, phases
+        # like _evaluate: never raises; a fresh transaction, phases
         # 1-2 then 3-4, then closed
         if started - received_at > self._budget_s:
             outcome.shed = True
@@ -207,14 +212,8 @@ def orphan_actions(
     """The SET-VARs of an orphan's answer. One that matched nothing in its response phases
     leaves the request's transaction-wide variables as its agent set them (HAProxy's log line
     keeps the request's ids and score). One that matched reports its own, without what the
-    stand-in ``GET /`` matched (CRS 920280 "missing Host header") and its inbound score: the
-    score stays only if the response phases reported one of their own."""
-    response_side = replace(
-        verdict,
-        matched_rule_ids=verdict.matched_rule_ids[len(before.matched_rule_ids) :],
-        rules_hit=verdict.rules_hit - before.rules_hit,
-        anomaly_score=0 if verdict.anomaly_score == before.anomaly_score else verdict.anomaly_score,
-    )
+    stand-in ``GET /`` matched (verdicts.orphan_response_verdict)."""
+    response_side = orphan_response_verdict(verdict, before)
     actions = verdict_actions(
         response_side,
         transaction_id=None,

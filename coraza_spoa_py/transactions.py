@@ -1,12 +1,12 @@
 """One application's transaction lifetime: the open transactions waiting for their response
-(a TTL cache), the engine work run through the injected executor, closing what leaves the cache
-without its response (expired, evicted, shutdown), and the counters.
+(a TTL cache), the engine work of a message, closing what leaves the cache without its response
+(expired, evicted, shutdown), and the counters.
 
-The cache and the counters are only touched on the hub, between executor calls, so they need no
-lock; the only state an engine thread touches is the hand-over dict (single dict operations).
+The cache and the counters are only touched on the hub, so they need no lock; the hand-over
+dict is used with single dict operations only.
 At debug, every transaction leaving the cache without its response gets one line.
 
-Must not read messages or know the engine binding (the executor is injected).
+Must not read messages or know the engine binding.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from coraza_spoa_py.cache import Entry, TransactionCache
 from coraza_spoa_py.message_log import cache_removal, debug_enabled
-from coraza_spoa_py.models import Executor, Verdict, WafTransaction
+from coraza_spoa_py.models import Verdict, WafTransaction
 from coraza_spoa_py.outcome import EngineFailureError, Outcome, OverloadedError
 from coraza_spoa_py.settings import AppConfig
 
@@ -30,8 +29,8 @@ if TYPE_CHECKING:
 
 # repeated warnings (response check off, size-limit evictions): at most once a minute
 WARNING_INTERVAL_S = 60.0
-# how many transactions one executor call closes at most (sweep, eviction, shutdown), so that a
-# large expiry is handed over in bounded steps
+# how many transactions one step closes at most (sweep, eviction, shutdown), so that a large
+# expiry is handed over in bounded steps
 CLOSE_BATCH_SIZE = 64
 
 
@@ -82,18 +81,16 @@ class Warnings:
 
 
 class Transactions:
-    """The open transactions of one application and the executor their engine work runs on."""
+    """The open transactions of one application."""
 
     def __init__(
         self,
         config: AppConfig,
-        executor: Executor[Any],
         *,
         clock: Callable[[], float] = time.monotonic,
         processing_budget_s: float,
         warnings: Warnings,
     ) -> None:
-        self._executor = executor
         self._clock = clock
         self._processing_budget_s = processing_budget_s
         self._warnings = warnings
@@ -107,9 +104,9 @@ class Transactions:
         self.evicted = 0
         self.shed = 0
         self.in_flight = 0
-        # Transactions kept for the response inside an executor call, until they are cached. If
-        # the waiting greenlet is killed (forced shutdown), close_all() still finds them here.
-        # Single dict operations only: atomic whichever thread an executor runs the work on.
+        # Transactions kept for the response while their request's greenlet waits for the engine,
+        # until they are cached. If that greenlet is killed (forced shutdown), close_all() still
+        # finds them here.
         self._handed_over: dict[int, Entry[WafTransaction]] = {}
 
     @property
@@ -130,22 +127,18 @@ class Transactions:
     # ---- engine work ----------------------------------------------------------------------
 
     def run(self, work: Callable[[Outcome, float], None], outcome: Outcome) -> None:
-        """One executor call: ``work(outcome, started)`` fills the outcome's engine fields."""
-
-        def timed() -> None:
-            # where the executor runs it (the calling greenlet with EnginePool, whose engine
-            # jobs go to the threads): the start also decides load shedding (budget check)
-            started = self._clock()
-            work(outcome, started)
-            verdict = outcome.verdict
-            times = verdict.engine_times if verdict is not None else None
-            outcome.started, outcome.finished = times or (started, self._clock())
-
+        """The engine work of one message: ``work(outcome, started)`` fills the outcome's engine
+        fields. On the calling greenlet, its engine jobs on the scheduler's threads: the start
+        also decides load shedding of responses (budget check)."""
+        started = self._clock()
         try:
-            self._executor(timed)
+            work(outcome, started)
         except Exception as exc:
-            # the executor itself failed (e.g. the pool is gone): nothing ran
+            # the work failed outside the engine calls: an engine failure all the same
             outcome.error = exc
+        verdict = outcome.verdict
+        times = verdict.engine_times if verdict is not None else None
+        outcome.started, outcome.finished = times or (started, self._clock())
 
     def settle(self, outcome: Outcome, transaction_id: str) -> Verdict:
         """On the hub: count what the engine work did; its verdict, or the ``MessageError``."""
@@ -215,7 +208,7 @@ class Transactions:
             batch = entries[start : start + CLOSE_BATCH_SIZE]
             self.in_flight += len(batch)
             try:
-                self._executor(partial(self._close_batch, batch))
+                self._close_batch(batch)
             except Exception:
                 self._log.exception("closing transactions failed")
             finally:

@@ -119,6 +119,14 @@ const std::string &deref(const std::shared_ptr<std::string> &text) {
     return text ? *text : EMPTY;
 }
 
+/* CS_ACTION_* of a disruptive action's name (`block` aside: action_named). */
+int action_code(const std::string &name) {
+    return name == "deny"       ? CS_ACTION_DENY
+           : name == "drop"     ? CS_ACTION_DROP
+           : name == "redirect" ? CS_ACTION_REDIRECT
+                                : CS_ACTION_OTHER;
+}
+
 /* The disruptive action a `block` stands for: the phase's SecDefaultAction one (Block::evaluate
  * runs each disruptive default action of the rule's phase in turn; the last one's wins). */
 int default_action(Transaction *tx, const RuleWithActions *rule) {
@@ -129,30 +137,14 @@ int default_action(Transaction *tx, const RuleWithActions *rule) {
     }
     for (auto &a : tx->m_rules->m_defaultActions[phase]) {
         if (a && a->isDisruptive() && a->m_name) {
-            const std::string &name = *a->m_name;
-            action = name == "deny"       ? CS_ACTION_DENY
-                     : name == "drop"     ? CS_ACTION_DROP
-                     : name == "redirect" ? CS_ACTION_REDIRECT
-                                          : CS_ACTION_OTHER;
+            action = action_code(*a->m_name);
         }
     }
     return action;
 }
 
 int action_named(Transaction *tx, const RuleWithActions *rule, const std::string &name) {
-    if (name == "deny") {
-        return CS_ACTION_DENY;
-    }
-    if (name == "drop") {
-        return CS_ACTION_DROP;
-    }
-    if (name == "redirect") {
-        return CS_ACTION_REDIRECT;
-    }
-    if (name == "block") {
-        return default_action(tx, rule);
-    }
-    return CS_ACTION_OTHER;
+    return name == "block" ? default_action(tx, rule) : action_code(name);
 }
 
 /* Which disruptive action the rule that made a disruptive message ran, in the order of

@@ -6,7 +6,7 @@ result is the baseline: every stage that passes here and fails through HAProxy p
 HAProxy or at the agent, and the difference table in docs/crs.md explains each one.
 
 Engine calls release the GIL, so a small thread pool uses both cores. This module drives the
-engine through ``coraza_spoa_py.waf`` only (the ``WafEngine`` contract).
+engine through ``coraza_spoa_py.engine`` only (the ``WafEngine`` contract).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 
-from coraza_spoa_py import waf
+from coraza_spoa_py import engine as waf
 from coraza_spoa_py.models import RequestInfo, ResponseInfo, WafEngine
 from coraza_spoa_py.settings import AppConfig, RulePaths
 from tests.crs import builder, rawparse

@@ -13,13 +13,13 @@ come from each message's verdict (``Application.observer``), as the direct mode 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Address
-from typing import Any
 
 from loguru import logger
 
 from coraza_spoa_py.application import Application
+from coraza_spoa_py.engine import RUN_HERE
 from coraza_spoa_py.models import Verdict, WafEngine
 from coraza_spoa_py.settings import AppConfig
 from coraza_spoa_py.spop.events import Arg, DataType, Message
@@ -29,10 +29,6 @@ from tests.crs.judge import Observation
 from tests.crs.loader import Stage
 
 LOOPBACK = IPv4Address("127.0.0.1")
-
-
-def _run_here(work: Callable[[], Any]) -> Any:
-    return work()
 
 
 def _text(name: str, value: bytes) -> Arg:
@@ -49,8 +45,8 @@ class OrphanPair:
 
     def __init__(self, engine: WafEngine) -> None:
         config = AppConfig(name=APP_NAME, directives=CRS_TEST_DIRECTIVES, response_check=True)
-        self.requests = Application(config, engine, _run_here)
-        self.responses = Application(config, engine, _run_here)
+        self.requests = Application(config, engine, RUN_HERE)
+        self.responses = Application(config, engine, RUN_HERE)
         self._verdicts: list[Verdict] = []
         for app in (self.requests, self.responses):
             app.observer = lambda _app, _message, _orphan, verdict: self._verdicts.append(verdict)

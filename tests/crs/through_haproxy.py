@@ -37,7 +37,8 @@ from tests.crs.sender import SendError, send_raw
 from tests.support.agent import AgentProcess, cli_agent
 from tests.support.haproxy import HAProxy
 from tests.support.ports import free_port
-from tests.support.shipped import SHIPPED_DIR, shipped_haproxy
+from tests.support.shipped import SHIPPED_DIR
+from tests.support.stack import shipped_stack
 
 SHIPPED_HAPROXY_DIR = SHIPPED_DIR
 OVERLAY_FILE = Path(__file__).with_name("overlay.cfg")
@@ -84,14 +85,14 @@ def crs_stack(
     first, and the others' match logs are appended to the first's once they stopped."""
     workdir.mkdir(parents=True, exist_ok=True)
     agent_ports = [free_port() for _ in range(agents)]
-    agent_port, frontend_port = agent_ports[0], free_port()
+    frontend_port = free_port()
     match_logs = [
         workdir / (MATCH_LOG_NAME if index == 0 else f"agent{index}-{MATCH_LOG_NAME}")
         for index in range(agents)
     ]
     with ExitStack() as stack:
         backend = stack.enter_context(AlbedoServer())
-        started: list[AgentProcess] = []
+        processes: list[AgentProcess] = []
         for index, (port, match_log) in enumerate(zip(agent_ports, match_logs, strict=True)):
             suffix = f"-{index}" if index else ""
             config = write_agent_config(
@@ -103,25 +104,20 @@ def crs_stack(
                 match_log_file=match_log if log_messages else None,
             )
             agent_log = workdir / f"agent-output{suffix}.log"
-            started.append(stack.enter_context(cli_agent(config, port=port, log_path=agent_log)))
-        for agent in started:
-            agent.wait_ready(timeout=60)
-        agent = started[0]
-
-        haproxy = stack.enter_context(
-            shipped_haproxy(
+            processes.append(cli_agent(config, port=port, log_path=agent_log))
+        running = stack.enter_context(
+            shipped_stack(
                 version,
                 workdir,
+                processes,
                 frontend_port=frontend_port,
-                agent_port=agent_port,
                 backend_port=backend.port,
                 frontend_lines=FRONTEND_OVERLAY,
                 shipped_dir=haproxy_dir,
                 overlays=[OVERLAY_FILE],
-                more_agent_ports=agent_ports[1:],
             )
         )
-        yield Stack(haproxy, agent, frontend_port)
+        yield Stack(running.haproxy, running.agent, frontend_port)
     if log_messages:
         with match_logs[0].open("ab") as merged:
             for other in match_logs[1:]:

@@ -29,7 +29,7 @@ from tests.support.haproxy import PROJECT_ROOT, HAProxy
 from tests.support.httpclient import Response, request
 from tests.support.ports import free_port, wait_for_port
 from tests.support.process import ManagedProcess, python_module_argv
-from tests.support.shipped import shipped_haproxy
+from tests.support.stack import shipped_stack
 
 # the harness talks to HAProxy through this socket (server states)
 STATS_SOCKET_LINE = "    stats socket ${STATS_SOCKET} mode 600 level admin"
@@ -170,19 +170,18 @@ def lifecycle_stack(
             log_path=workdir / "agent.log",
             extra_args=("-workers", str(workers), *agent_args),
         )
-        stack.enter_context(agent)
-        agent.wait_ready(timeout=60)
-        haproxy = stack.enter_context(
-            shipped_haproxy(
+        running = stack.enter_context(
+            shipped_stack(
                 version,
                 workdir,
+                [agent],
                 frontend_port=frontend_port,
-                agent_port=agent_port,
                 backend_port=backend_port,  # the demo app inside HAProxy is not used here
                 agent_check_interval=AGENT_CHECK_INTERVAL,
                 global_lines=[STATS_SOCKET_LINE],
             )
         )
+        haproxy = running.haproxy
         haproxy.wait_for_server_status("coraza-spoa", "coraza-agent", "UP")
         yield Stack(workdir, agent, haproxy, frontend_port, config_path, rules_path)
 

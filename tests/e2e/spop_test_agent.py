@@ -38,6 +38,7 @@ def handle(messages: tuple[spop.Message, ...], received_at: float, max_delay_s: 
         actions: list[spop.Action] = []
         for message in messages:
             path = next((a.value for a in message.args if a.name == "path"), b"") or b""
+            assert isinstance(path, bytes), f"path sent as {path!r}"
             if b"crash" in path:
                 raise RuntimeError("test handler crash requested by the path")
             if b"slow" in path:

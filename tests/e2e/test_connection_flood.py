@@ -13,7 +13,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
@@ -23,8 +23,8 @@ from coraza_spoa_py.spop import frames, handshake
 from tests.support.agent import cli_agent
 from tests.support.httpclient import request
 from tests.support.ports import free_port
-from tests.support.shipped import shipped_haproxy
 from tests.support.spop_client import message
+from tests.support.stack import shipped_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -123,26 +123,26 @@ def test_idle_and_trickling_connections_do_not_keep_haproxy_out(tmp_path) -> Non
     idle: list[socket.socket] = []
     with ExitStack() as stack:
         stack.enter_context(_fd_limit(FD_LIMIT))
-        agent = stack.enter_context(cli_agent(config, port=agent_port, log_path=tmp_path / "a"))
-        agent.wait_ready(timeout=60)
-        haproxy = stack.enter_context(
-            shipped_haproxy(
+        agent = cli_agent(config, port=agent_port, log_path=tmp_path / "a")
+        running = stack.enter_context(
+            shipped_stack(
                 "3.2",
                 tmp_path,
+                [agent],
                 frontend_port=frontend_port,
-                agent_port=agent_port,
                 agent_check_interval="500ms",
                 global_lines=["    stats socket ${STATS_SOCKET} level admin"],
             )
         )
+        haproxy = running.haproxy
         haproxy.wait_for_server_status("coraza-spoa", "coraza-agent", "UP")
 
         flood_started = time.monotonic()
         for _ in range(IDLE):
             idle.append(_open(agent_port))
-        stack.callback(lambda: [sock.close() for sock in idle])
+        stack.callback(_close_all, idle)
         trickler = _Trickler(agent_port)
-        stack.callback(lambda: [sock.close() for sock, _ in trickler.streams])
+        stack.callback(lambda: _close_all(sock for sock, _ in trickler.streams))
         trickler.start()
         stack.callback(trickler.stop_event.set)
 
@@ -174,3 +174,8 @@ def test_idle_and_trickling_connections_do_not_keep_haproxy_out(tmp_path) -> Non
         assert request(frontend_port, "/?q=flood-attack-after").status == 403
         assert request(frontend_port, "/?q=after").status == 200
         assert " 500 " not in haproxy.logs()
+
+
+def _close_all(sockets: Iterable[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,7 +18,7 @@ from tests.e2e.waf_stack import WafStack, agent_config, nonce
 from tests.support.agent import AgentProcess, cli_agent
 from tests.support.httpclient import request
 from tests.support.ports import free_port
-from tests.support.shipped import shipped_haproxy
+from tests.support.stack import shipped_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -68,18 +67,11 @@ def test_debug_log_of_one_blocked_request_explains_the_setup(tmp_path):
     argument as name:TYPE(size), the verdict HAProxy logged and the time spent; the markers
     appear nowhere in the log, so in no line at info level or above."""
     agent_port, frontend = free_port(), free_port()
-    with ExitStack() as stack:
-        agent = stack.enter_context(
-            cli_agent(
-                debug_config(tmp_path, agent_port), port=agent_port, log_path=tmp_path / "agent.log"
-            )
-        )
-        agent.wait_ready(timeout=60)
-        haproxy = stack.enter_context(
-            shipped_haproxy(
-                HAPROXY_VERSION, tmp_path, frontend_port=frontend, agent_port=agent_port
-            )
-        )
+    agent = cli_agent(
+        debug_config(tmp_path, agent_port), port=agent_port, log_path=tmp_path / "agent.log"
+    )
+    with shipped_stack(HAPROXY_VERSION, tmp_path, [agent], frontend_port=frontend) as running:
+        haproxy = running.haproxy
         wait_until(lambda: "healthcheck=True" in agent.logs(), "HAProxy's health check", agent)
         tag = nonce()
         body = f"note={SECRET_BODY}".encode()

@@ -13,8 +13,8 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from tests.support.httpclient import request
 from tests.support.ports import free_port
 from tests.support.process import python_module_argv
 from tests.support.shipped import render_shipped_text
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,7 @@ MODSEC_DIR = Path(__file__).parent / "modsec"
 MODSEC_CONF = MODSEC_DIR / "modsecurity.conf"
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "etc" / "haproxy" / "modsecurity"
 VERSIONS = ("2.6", "3.2", "3.4")
-FRONTENDS = ("fe8", "fe12", "fe_ignore", "fe_plain", "fe_unknown_message")
+FRONTENDS: tuple[str, ...] = ("fe8", "fe12", "fe_ignore", "fe_plain", "fe_unknown_message")
 FRONTENDS += ("fe_unknown_app", "fe_known_app")
 CLIENT = {"host": "localhost", "user-agent": "e2e-test/1.0", "accept": "*/*"}
 FORM = {**CLIENT, "content-type": "application/x-www-form-urlencoded"}
@@ -100,51 +101,46 @@ def stack(
     workdir = tmp_path_factory.mktemp(f"modsec-{request.param}")
     port, yaml_port = free_port(), free_port()
     ports = {frontend: free_port() for frontend in FRONTENDS}
-    with ExitStack() as stack:
-        # only -f and -p, as the C agent's systemd unit passes them
-        agent = AgentProcess(
-            python_module_argv("coraza_spoa_py", "-f", str(MODSEC_CONF), "-p", str(port)),
-            log_path=workdir / "agent.log",
-            port=port,
-        )
-        stack.enter_context(agent)
-        yaml_agent = AgentProcess(
-            python_module_argv(
-                "coraza_spoa_py", "-config", str(_yaml_agent_config(workdir, yaml_port))
-            ),
-            log_path=workdir / "yaml-agent.log",
-            port=yaml_port,
-            name="yaml-agent",
-        )
-        stack.enter_context(yaml_agent)
-        agent.wait_ready(timeout=60)
-        yaml_agent.wait_ready(timeout=60)
-        substitutions: dict[str, object] = {
-            f"{frontend.upper()}_PORT": fe_port for frontend, fe_port in ports.items()
-        }
-        substitutions |= {
-            "AGENT_ADDR": f"127.0.0.1:{port}",
-            "YAML_AGENT_ADDR": f"127.0.0.1:{yaml_port}",
-            "BACKEND_PORT": http_backend.port,
-        }
-        files = {
-            "SPOE_8": MODSEC_DIR / "spoe-8.conf",
-            "SPOE_12": MODSEC_DIR / "spoe-12.conf",
-            "SPOE_EXTRA": MODSEC_DIR / "spoe-extra.conf",
-            "SPOE_UNKNOWN_MESSAGE": MODSEC_DIR / "spoe-unknown-message.conf",
-            "SPOE_UNKNOWN_APP": MODSEC_DIR / "spoe-unknown-app.conf",
-        }
-        haproxy = stack.enter_context(
-            start_haproxy(
-                request.param,
-                MODSEC_DIR / "haproxy.cfg",
-                workdir / "haproxy",
-                substitutions=substitutions,
-                extra_files=files,
-                wait_ports=list(ports.values()),
-            )
-        )
-        yield Stack(haproxy, agent, ports, request.param, workdir)
+    # only -f and -p, as the C agent's systemd unit passes them
+    agent = AgentProcess(
+        python_module_argv("coraza_spoa_py", "-f", str(MODSEC_CONF), "-p", str(port)),
+        log_path=workdir / "agent.log",
+        port=port,
+    )
+    yaml_agent = AgentProcess(
+        python_module_argv(
+            "coraza_spoa_py", "-config", str(_yaml_agent_config(workdir, yaml_port))
+        ),
+        log_path=workdir / "yaml-agent.log",
+        port=yaml_port,
+        name="yaml-agent",
+    )
+    substitutions: dict[str, object] = {
+        f"{frontend.upper()}_PORT": fe_port for frontend, fe_port in ports.items()
+    }
+    substitutions |= {
+        "AGENT_ADDR": f"127.0.0.1:{port}",
+        "YAML_AGENT_ADDR": f"127.0.0.1:{yaml_port}",
+        "BACKEND_PORT": http_backend.port,
+    }
+    files = {
+        "SPOE_8": MODSEC_DIR / "spoe-8.conf",
+        "SPOE_12": MODSEC_DIR / "spoe-12.conf",
+        "SPOE_EXTRA": MODSEC_DIR / "spoe-extra.conf",
+        "SPOE_UNKNOWN_MESSAGE": MODSEC_DIR / "spoe-unknown-message.conf",
+        "SPOE_UNKNOWN_APP": MODSEC_DIR / "spoe-unknown-app.conf",
+    }
+    haproxy = partial(
+        start_haproxy,
+        request.param,
+        MODSEC_DIR / "haproxy.cfg",
+        workdir / "haproxy",
+        substitutions=substitutions,
+        extra_files=files,
+        wait_ports=list(ports.values()),
+    )
+    with running_stack([agent, yaml_agent], haproxy) as running:
+        yield Stack(running.haproxy, agent, ports, request.param, workdir)
 
 
 @pytest.mark.parametrize("frontend", ["fe8", "fe12"])

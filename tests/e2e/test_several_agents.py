@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from tests.e2e.waf_stack import agent_config
 from tests.support.agent import AgentProcess, cli_agent, metric_sum, scrape
 from tests.support.httpclient import Response, concurrent_requests, request
 from tests.support.ports import free_port, wait_for_port
-from tests.support.shipped import shipped_haproxy
+from tests.support.stack import shipped_stack
 
 AGENTS = 3
 # HAProxy 3.1+ sends SPOE messages through its SPOP mux, which picks a connection per message
@@ -96,32 +95,28 @@ def test_three_agents_round_robin_block_attacks_and_leaks_with_no_5xx(
     agent_ports = [free_port() for _ in range(AGENTS)]
     metrics_ports = [free_port() for _ in range(AGENTS)]
     frontend = free_port()
-    with ExitStack() as stack:
-        agents: list[AgentProcess] = []
-        for n, (port, metrics_port) in enumerate(zip(agent_ports, metrics_ports, strict=True)):
-            workdir = tmp_path / f"agent{n}"
-            workdir.mkdir()
-            config = agent_config(workdir, port, extra_rules="", sample_app={"log_level": "warn"})
-            agent = cli_agent(
-                config,
-                port=port,
-                log_path=workdir / "agent.log",
-                extra_args=("-metrics-addr", f"127.0.0.1:{metrics_port}"),
-            )
-            agents.append(stack.enter_context(agent))
-        for agent, metrics_port in zip(agents, metrics_ports, strict=True):
-            agent.wait_ready(timeout=90)
-            wait_for_port("127.0.0.1", metrics_port, process=agent)
-        stack.enter_context(
-            shipped_haproxy(
-                version,
-                tmp_path / "haproxy",
-                frontend_port=frontend,
-                agent_port=agent_ports[0],
-                more_agent_ports=agent_ports[1:],
-                backend_port=http_backend.port,
-            )
+    agents: list[AgentProcess] = []
+    for n, (port, metrics_port) in enumerate(zip(agent_ports, metrics_ports, strict=True)):
+        workdir = tmp_path / f"agent{n}"
+        workdir.mkdir()
+        config = agent_config(workdir, port, extra_rules="", sample_app={"log_level": "warn"})
+        agent = cli_agent(
+            config,
+            port=port,
+            log_path=workdir / "agent.log",
+            extra_args=("-metrics-addr", f"127.0.0.1:{metrics_port}"),
         )
+        agents.append(agent)
+    with shipped_stack(
+        version,
+        tmp_path / "haproxy",
+        agents,
+        frontend_port=frontend,
+        backend_port=http_backend.port,
+        agent_ready_timeout=90,
+    ):
+        for agent, metrics_port in zip(agents, metrics_ports, strict=True):
+            wait_for_port("127.0.0.1", metrics_port, process=agent)
 
         attacks_leaks_and_clean_requests(frontend)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from coraza_spoa_py.spop import frames
-from tests.support.agent import AgentProcess
+from coraza_spoa_py.spop import Message, frames
+from tests.support.agent import ONE_PROCESS, AgentProcess
 from tests.support.haproxy import PROJECT_ROOT
 from tests.support.process import python_module_argv
 from tests.support.spop_client import SpopClient, actions_by_name, message
@@ -65,7 +65,9 @@ def test_sigterm_answers_every_message_already_read(tmp_path: Path) -> None:
 def _sigterm_with_messages_in_flight(run_dir: Path, config: Path, count: int) -> str:
     """Send ``count`` pipelined requests, SIGTERM, check every one is ACKed; return the log."""
     run_dir.mkdir()
-    argv = python_module_argv("coraza_spoa_py", "-config", str(config))
+    # one process: with the default (a worker per core) a SIGTERM can reach a worker still
+    # loading its rules, which then exits by the signal and the master with 1
+    argv = python_module_argv("coraza_spoa_py", "-config", str(config), *ONE_PROCESS)
     agent = AgentProcess(argv, log_path=run_dir / "agent.log", port=0)
     with agent:
         port = _wait_listening(agent)
@@ -98,7 +100,7 @@ def frames_hello() -> bytes:
     return handshake.encode_haproxy_hello(max_frame_size=131068, capabilities="pipelining")
 
 
-def _request(stream: int, body: bytes) -> object:
+def _request(stream: int, body: bytes) -> Message:
     return message(
         "coraza-req",
         app="sample_app",

@@ -12,8 +12,9 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from tests.support.haproxy import HAPROXY_VERSIONS, HAProxy, start_haproxy
 from tests.support.httpclient import concurrent_requests, request
 from tests.support.ports import free_port
 from tests.support.process import python_module_argv
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -65,29 +67,26 @@ def spop_stack(
     version"). ``unix_socket``: the agent listens on a unix socket in ``workdir`` instead of TCP."""
     agent_port, frontend_port = free_port(), free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        unix_path = workdir / "agent.sock" if unix_socket else None
-        agent = test_agent(agent_port, workdir / "agent.log", unix_path)
-        stack.enter_context(agent)
-        agent.wait_ready()
-        haproxy = stack.enter_context(
-            start_haproxy(
-                version,
-                E2E_DIR / "haproxy-spop.cfg",
-                workdir,
-                substitutions={
-                    "FE_PORT": frontend_port,
-                    "BACKEND_PORT": backend.port,
-                    "AGENT_ADDR": agent.address,
-                    "PROCESSING_TIMEOUT": "3s",
-                    "IDLE_TIMEOUT": idle_timeout,
-                    "AGENT_SERVER_TIMEOUT": agent_server_timeout,
-                },
-                extra_files={"SPOE_CFG": E2E_DIR / "spoe-spop.cfg"},
-                wait_ports=[frontend_port],
-            )
-        )
-        yield Stack(haproxy, agent, frontend_port)
+    unix_path = workdir / "agent.sock" if unix_socket else None
+    agent = test_agent(agent_port, workdir / "agent.log", unix_path)
+    haproxy = partial(
+        start_haproxy,
+        version,
+        E2E_DIR / "haproxy-spop.cfg",
+        workdir,
+        substitutions={
+            "FE_PORT": frontend_port,
+            "BACKEND_PORT": backend.port,
+            "AGENT_ADDR": agent.address,
+            "PROCESSING_TIMEOUT": "3s",
+            "IDLE_TIMEOUT": idle_timeout,
+            "AGENT_SERVER_TIMEOUT": agent_server_timeout,
+        },
+        extra_files={"SPOE_CFG": E2E_DIR / "spoe-spop.cfg"},
+        wait_ports=[frontend_port],
+    )
+    with running_stack([agent], haproxy) as running:
+        yield Stack(running.haproxy, agent, frontend_port)
 
 
 @pytest.fixture(

@@ -74,9 +74,9 @@ def test_2000_mixed_requests_at_concurrency_64(tmp_path):
         # HAProxy drops a log line now and then when its threads compete for the log output
         # (it counts them: DroppedLogs); a dropped line is not a lost request: every response
         # status was checked above, and an `error` would have made it a 500
-        dropped = int(
-            re.search(r"^DroppedLogs: (\d+)$", stack.haproxy.command("show info"), re.M).group(1)
-        )
+        found = re.search(r"^DroppedLogs: (\d+)$", stack.haproxy.command("show info"), re.M)
+        assert found, "no DroppedLogs in show info"
+        dropped = int(found.group(1))
         assert len(lines) >= TOTAL - dropped, (len(lines), dropped)
         assert len(lines) > TOTAL * 0.95, len(lines)  # the check below has lines to look at
         errors = [line for line in lines if not re.search(r" error=-$", line)]

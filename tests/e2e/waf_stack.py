@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import yaml
 from tests.support.agent import AgentProcess, cli_agent
 from tests.support.haproxy import PROJECT_ROOT, HAProxy
 from tests.support.ports import free_port
-from tests.support.shipped import shipped_haproxy
+from tests.support.stack import shipped_stack
 
 EXAMPLE_CONFIG = PROJECT_ROOT / "config.example.yml"
 E2E_DIR = Path(__file__).parent
@@ -138,26 +138,21 @@ def waf_stack(
         sample_app=sample_app,
         extra_apps=[detect_only_app(**(detect_app or {}))],
     )
-    with ExitStack() as stack:
-        agent = cli_agent(config, port=agent_port, log_path=workdir / "agent.log")
-        stack.enter_context(agent)
-        agent.wait_ready(timeout=60)
-        haproxy = stack.enter_context(
-            shipped_haproxy(
-                version,
-                workdir,
-                frontend_port=frontend,
-                agent_port=agent_port,
-                substitutions={
-                    "DETECT_PORT": detect,
-                    "BINARY_PORT": binary_headers,
-                    "SPOE_BIN_CFG": BINARY_HEADERS_SPOE_CFG,
-                },
-                overlays=[TEST_FRONTENDS_OVERLAY],
-                wait_ports=[detect, binary_headers],
-            )
-        )
-        yield WafStack(haproxy, agent, frontend, detect, binary_headers, workdir)
+    agent = cli_agent(config, port=agent_port, log_path=workdir / "agent.log")
+    with shipped_stack(
+        version,
+        workdir,
+        [agent],
+        frontend_port=frontend,
+        substitutions={
+            "DETECT_PORT": detect,
+            "BINARY_PORT": binary_headers,
+            "SPOE_BIN_CFG": BINARY_HEADERS_SPOE_CFG,
+        },
+        overlays=[TEST_FRONTENDS_OVERLAY],
+        wait_ports=[detect, binary_headers],
+    ) as running:
+        yield WafStack(running.haproxy, agent, frontend, detect, binary_headers, workdir)
 
 
 def final_counts(agent: AgentProcess) -> dict[str, int]:

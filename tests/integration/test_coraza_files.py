@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from coraza_spoa_py import config, waf
+from coraza_spoa_py import config
+from coraza_spoa_py import engine as waf
 from coraza_spoa_py.models import RequestInfo
 from coraza_spoa_py.settings import AppConfig, RulePaths
 

@@ -15,8 +15,8 @@ from typing import Any
 import gevent
 import pytest
 
-from coraza_spoa_py import waf
-from coraza_spoa_py.engine_pool import EnginePool
+from coraza_spoa_py import engine as waf
+from coraza_spoa_py.engine.engine_pool import EnginePool
 from coraza_spoa_py.models import (
     CloseWhen,
     DeadlineExceededError,
@@ -42,9 +42,7 @@ def gated_engine(pool: EnginePool) -> waf.ModSecEngine:
         'SecRule ARGS "@contains evil" "id:30002,phase:2,deny,status:403,log"\n'
         'SecRule RESPONSE_STATUS "@streq 299" "id:30003,phase:3,deny,status:403,log"\n'
     )
-    engine = waf.load_engine(AppConfig(name="pool", directives=directives), RulePaths())
-    engine.runner = pool
-    return engine
+    return waf.load_engine(AppConfig(name="pool", directives=directives), RulePaths(), pool)
 
 
 @pytest.fixture
@@ -115,7 +113,10 @@ def test_responses_overtake_queued_requests(one_thread: EnginePool, tmp_path: Pa
 
     blocker = gevent.spawn(request, "blocker", b"fifo=" + bytes(fifo))
     gevent.sleep(0.05)  # the thread took the blocker
-    queued = [gevent.spawn(request, "req1", b"a=evil"), gevent.spawn(request, "req2", b"a=1")]
+    queued: list[gevent.Greenlet[..., Verdict]] = [
+        gevent.spawn(request, "req1", b"a=evil"),
+        gevent.spawn(request, "req2", b"a=1"),
+    ]
     queued.append(gevent.spawn(response))
     gevent.sleep(0.05)
     assert one_thread.waiting == 3
@@ -246,7 +247,12 @@ def test_jobs_queued_in_one_loop_turn_wake_the_threads_once():
     pool = EnginePool(2)
     wakes = []
     wake = pool._native.wake
-    pool._native.wake = lambda: (wakes.append(1), wake())[1]  # type: ignore[method-assign]
+
+    def counted_wake() -> None:
+        wakes.append(1)
+        wake()
+
+    pool._native.wake = counted_wake  # type: ignore[method-assign]
     engine = gated_engine(pool)
 
     def judge(index: int) -> bool:

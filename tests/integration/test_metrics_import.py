@@ -28,11 +28,12 @@ monkey.patch_all()
 
 import json, sys, urllib.request
 
-from coraza_spoa_py import runtime
+from coraza_spoa_py import config as config_module, runtime
 from tests.support.spop_client import SpopClient, actions_by_name, message
 
 config, port, metrics_addr = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rt = runtime.Runtime.start(config, metrics_addr=metrics_addr)
+loaded = config_module.load_with_notices(config)
+rt = runtime.Runtime.start(config, loaded, metrics_addr=metrics_addr)
 with SpopClient.connect(("127.0.0.1", port)) as client:
     client.hello()
     client.notify(1, 1, [message("coraza-req", app="a", id="t1", method="GET", path="/")])

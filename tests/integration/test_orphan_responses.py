@@ -6,16 +6,17 @@ two agents: the request reaches one, its response the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from coraza_spoa_py import waf
+from coraza_spoa_py import engine as waf
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.settings import AppConfig, RulePaths
 from coraza_spoa_py.spop.events import Arg, DataType, Message
 from coraza_spoa_py.verdicts import VAR_ACTION
+from tests.support.spop_client import actions_by_name
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +35,6 @@ BROWSER_HEADERS = (
 SQL_LEAK = b"<p>You have an error in your SQL syntax; check the manual</p>"
 
 
-def run_here(work: Callable[[], Any]) -> Any:
-    return work()
-
-
 @pytest.fixture(scope="module")
 def engine() -> waf.ModSecEngine:
     config = AppConfig(name="shop", directives=DIRECTIVES, response_check=True)
@@ -46,7 +43,7 @@ def engine() -> waf.ModSecEngine:
 
 def two_agents(engine: waf.ModSecEngine) -> tuple[Application, Application]:
     config = AppConfig(name="shop", directives=DIRECTIVES, response_check=True)
-    return Application(config, engine, run_here), Application(config, engine, run_here)
+    return Application(config, engine, waf.RUN_HERE), Application(config, engine, waf.RUN_HERE)
 
 
 def text(name: str, value: bytes) -> Arg:
@@ -78,7 +75,7 @@ def response(transaction_id: str, body: bytes, *extra: Arg) -> Message:
     return Message("coraza-res", args)
 
 
-def action(actions: list[Any]) -> str | None:
+def action(actions: Sequence[Any]) -> str | None:
     return next((a.value for a in actions if a.name == VAR_ACTION), None)
 
 
@@ -90,7 +87,7 @@ def test_an_orphan_sql_error_leak_is_blocked_by_crs(engine: waf.ModSecEngine) ->
     assert second.orphan_responses == 1 and first.stats.open == 1
     # 951230 (MySQL error) and 959100 (outbound score); the stand-in request's own matches
     # (no Host or User-Agent header: 920280, 920320) and its inbound score are not reported
-    values = {a.name: a.value for a in actions}
+    values = actions_by_name(actions)
     assert (values["ruleid"], values["rules_hit"], values["anomaly_score"]) == (959100, 2, 0)
 
 
@@ -101,7 +98,7 @@ def test_an_orphan_clean_response_passes_and_leaves_the_requests_totals_alone(
     ``anomaly_score`` and ``rule_ids`` keep the values the request's agent set in HAProxy."""
     _, second = two_agents(engine)
     actions = second.handle_response(response("t2", b"<p>ok</p>"), time.monotonic())
-    assert {a.name: a.value for a in actions} == {"fail": 0}
+    assert actions_by_name(actions) == {"fail": 0}
 
 
 def test_a_rule_needing_the_request_uri_fires_only_with_the_transaction_or_the_path(

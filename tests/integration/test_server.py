@@ -150,10 +150,10 @@ def test_acks_completed_together_leave_in_one_write(monkeypatch) -> None:
     2. All 20 ACKs arrive, each whole and with its own ids.
     3. The server wrote them in a few sendall calls, not 20 (one flush per batch that
        completes in the same loop turn; frames are never split)."""
-    from coraza_spoa_py import server as server_module
+    from coraza_spoa_py import connection as connection_module
 
     sent: list[bytes] = []
-    original_write = server_module._AgentConnection._write
+    original_write = connection_module.AgentConnection._write
 
     def counting_write(self, frame):
         with_outbox = b"".join(self.outbox) + frame
@@ -161,7 +161,7 @@ def test_acks_completed_together_leave_in_one_write(monkeypatch) -> None:
             sent.append(with_outbox)
         original_write(self, frame)
 
-    monkeypatch.setattr(server_module._AgentConnection, "_write", counting_write)
+    monkeypatch.setattr(connection_module.AgentConnection, "_write", counting_write)
     with running_server() as server, connect(server) as client:
         sent.clear()  # the AGENT-HELLO
         sids = list(range(1, 41, 2))

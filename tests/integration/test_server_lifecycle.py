@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import time
+from typing import Any
 
 import gevent
 import pytest
@@ -157,7 +158,8 @@ def test_lifecycle_edges() -> None:
         assert client.read_ack()[0] == 1
     first = gevent.spawn(server.stop, 1.0)
     second = gevent.spawn(server.stop, 1.0)
-    gevent.joinall([first, second, serving], timeout=5, raise_error=True)
+    greenlets: list[gevent.Greenlet[..., Any]] = [first, second, serving]
+    gevent.joinall(greenlets, timeout=5, raise_error=True)
     assert server.stopping and first.ready() and second.ready() and serving.ready()
 
 

@@ -11,6 +11,7 @@ import json
 import random
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -167,7 +168,7 @@ def _stream_outcome(connection: spop.Connection, chunks: list[bytes]) -> list[ob
     return seen
 
 
-def _same_stream(chunks: list[bytes]) -> list[object]:
+def _same_stream(chunks: list[bytes]) -> list[Any]:
     expected = _stream_outcome(spop.Connection(), chunks)
     assert _stream_outcome(spop_native.NativeConnection(), chunks) == expected
     return expected
@@ -347,11 +348,11 @@ _EDGE_ACTIONS = [
     SetVar(_TXN, "n", "1", DataType.INT64),
     SetVar(_TXN, "n", None, DataType.STRING),
     SetVar(_TXN, "n", b"", DataType.NULL),
-    SetVar(_TXN, "n", bytearray(b"x"), None),
+    SetVar(_TXN, "n", bytearray(b"x"), None),  # type: ignore[arg-type]
     SetVar(_TXN, "n", "\ud800", None),
     SetVar(_TXN, "n", IPv4Address("10.0.0.1"), None),
     SetVar(_TXN, "n", IPv6Address("::1"), DataType.IPV6),
-    SetVar(_TXN, "n", 1.5, None),
+    SetVar(_TXN, "n", 1.5, None),  # type: ignore[arg-type]
     SetVar(_TXN, "n", 1, 12),  # type: ignore[arg-type]
     SetVar(_TXN, "", 1),
     SetVar(_TXN, "a" * 64, 1),
@@ -395,7 +396,7 @@ def test_any_generated_acks_encode_alike(
 def test_send_ack_answers_alike_within_the_frame_limit(
     actions: list[Action], max_frame_size: int
 ) -> None:
-    outcomes = []
+    outcomes: list[object] = []
     for codec in (spop.Connection(max_frame_size), spop_native.NativeConnection(max_frame_size)):
         try:
             outcomes.append(codec.send_ack(1, 2, actions))

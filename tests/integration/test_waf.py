@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from coraza_spoa_py import rules, waf
+from coraza_spoa_py import engine as waf
+from coraza_spoa_py.engine import binding, rules
 from coraza_spoa_py.models import (
     CloseWhen,
     DeadlineExceededError,
@@ -311,7 +312,7 @@ def test_close_frees_the_engine_log_buffer(actions_engine: waf.ModSecEngine) -> 
     log = tx._log
     assert log.cap > 0
     tx.close()
-    assert (log.buf, log.len, log.cap) == (waf._ffi.NULL, 0, 0)
+    assert (log.buf, log.len, log.cap) == (binding.ffi.NULL, 0, 0)
 
 
 CORAZA_ONLY_SAMPLES = {
@@ -340,9 +341,7 @@ def test_every_dropped_directive_is_really_rejected_by_libmodsecurity() -> None:
     assert set(CORAZA_ONLY_SAMPLES) == set(rules.CORAZA_ONLY_DIRECTIVES)
     for line in [*CORAZA_ONLY_SAMPLES.values(), "SecAuditLogFormat OCSF"]:
         with pytest.raises(waf.RulesError):
-            waf.ModSecEngine(
-                rules.ResolvedRules(text=line + "\n", source_lines=(), warnings=(), label="t")
-            )
+            waf.ModSecEngine(rules.ResolvedRules(text=line + "\n", warnings=(), label="t"))
     # accepted by the engine (SecHashEngine Off too; we drop it anyway, it is a no-op)
     for accepted in (
         "SecAuditLogFormat JSON",
@@ -351,7 +350,7 @@ def test_every_dropped_directive_is_really_rejected_by_libmodsecurity() -> None:
     ):
         assert (
             waf.ModSecEngine(
-                rules.ResolvedRules(text=accepted + "\n", source_lines=(), warnings=(), label="t")
+                rules.ResolvedRules(text=accepted + "\n", warnings=(), label="t")
             ).rule_count
             == 0
         )
@@ -421,6 +420,7 @@ def test_match_fields_come_from_the_rule_message() -> None:
     (match,) = verdict.matches
     fields = match.to_dict()
     raw = fields.pop("raw")
+    assert isinstance(raw, str)
     assert fields == {
         "client": "192.0.2.1",
         "file": "<<reference missing or not informed>>",  # the engine's words for directives
@@ -531,7 +531,7 @@ def fold_engine(tmp_path: Path) -> tuple[waf.ModSecEngine, Path]:
 
 def assert_closed_by_its_job(tx: waf.ModSecTransaction) -> None:
     log = tx._log
-    assert (log.buf, log.len, log.cap) == (waf._ffi.NULL, 0, 0)  # lines read, buffer freed
+    assert (log.buf, log.len, log.cap) == (binding.ffi.NULL, 0, 0)  # lines read, buffer freed
     with pytest.raises(waf.EngineError, match="closed"):
         tx.process_response(ResponseInfo(tx.transaction_id, status=200))
     tx.close()  # idempotent: nothing left to close
@@ -580,7 +580,7 @@ def test_never_keeps_even_an_interrupted_request_open(
     assert tx.process_request(go(b"deny", "fold-never"), close_when=CloseWhen.NEVER).interrupted
     tx.process_response(ResponseInfo("fold-never", status=200))  # still usable
     tx.close()
-    assert tx._log.buf == waf._ffi.NULL
+    assert tx._log.buf == binding.ffi.NULL
 
 
 def test_always_closes_a_shed_request_too(fold_engine: tuple[waf.ModSecEngine, Path]) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from coraza_spoa_py import rules, waf
+from coraza_spoa_py import engine as waf
+from coraza_spoa_py.engine import rules
 from coraza_spoa_py.models import RequestInfo, ResponseInfo, Verdict
 from coraza_spoa_py.settings import AppConfig, RulePaths
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coraza_spoa_py import waf
+from coraza_spoa_py import engine as waf
 from coraza_spoa_py.models import RequestInfo, Verdict
 from coraza_spoa_py.settings import AppConfig, RulePaths
 from tests.support.fifo_gate import release_fifo_gate
@@ -142,7 +142,7 @@ def test_memory_is_flat_over_many_transactions(crs_engine: waf.ModSecEngine) -> 
 
 TRIM_PROBE = """
 import ctypes, os, sys
-from coraza_spoa_py import waf
+from coraza_spoa_py import engine as waf
 
 def rss():
     with open("/proc/self/statm") as statm:

@@ -10,12 +10,15 @@ inspection, without the request, cannot match it, docs/operations.md "Several ag
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.agent import metric_sum, workers_agent
+from tests.support.agent import cli_agent, metric_sum, workers_agent
+from tests.support.haproxy import PROJECT_ROOT
 from tests.support.httpclient import request
 from tests.support.ports import free_port
 from tests.support.spop_client import SpopClient, actions_by_name, message
@@ -34,6 +37,7 @@ applications:
         SecRule RESPONSE_HEADERS:Content-Type "@contains text/html"
 """
 CONNECTIONS = 16
+WORKERS_2 = ("-workers", "2")
 TRANSACTIONS = 400
 MAX_CONNECT_ATTEMPTS = 400
 
@@ -131,3 +135,49 @@ def test_responses_reach_the_worker_holding_their_transaction(tmp_path: Path) ->
     (tmp_path / "routes.txt").write_text(
         f"{routed}; mean response round trip {sum(took) / len(took) * 1e6:.0f} us\n"
     )
+
+
+GEN2_CONFIG = """\
+bind: 127.0.0.1:{port}
+applications:
+  shop:
+    directives: |
+      SecRuleEngine On
+"""
+
+
+def test_the_config_notices_are_logged_once_by_the_master(tmp_path: Path) -> None:
+    """1. A deprecated (Gen2) config, two workers. 2. Every worker ready. Result: its
+    deprecation notice is in the log once, on the master's line: the workers read the same
+    file and do not repeat it."""
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(GEN2_CONFIG.format(port=port))
+    log_path = tmp_path / "agent.log"
+    with workers_agent(config, port=port, metrics_port=metrics_port, log_path=log_path) as agent:
+        logs = agent.logs()
+    notices = [line for line in logs.splitlines() if "deprecated" in line]
+    assert len(notices) == 1, logs
+    assert "master" in notices[0], notices
+    assert logs.count("starting coraza-spoa-py") == 2, logs  # each worker still says it starts
+
+
+def test_a_stop_while_the_workers_compile_their_rules_is_a_clean_stop(tmp_path: Path) -> None:
+    """1. Two workers compiling the CRS (seconds). 2. SIGTERM before either serves: each dies of
+    the signal (no handler yet). Result: the master exits 0, the stop the operator asked for,
+    and no worker ever listened."""
+    port = free_port()
+    text = (PROJECT_ROOT / "config.example.yml").read_text()
+    config = tmp_path / "config.yml"
+    config.write_text(re.sub(r"(?m)^bind: .*$", f"bind: 127.0.0.1:{port}", text))
+    agent = cli_agent(config, port=port, log_path=tmp_path / "agent.log", extra_args=WORKERS_2)
+    with agent:
+        deadline = time.monotonic() + 30
+        while "master: worker 2 started" not in agent.logs():
+            assert time.monotonic() < deadline, agent.logs()
+            time.sleep(0.01)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0, agent.logs()
+    logs = agent.logs()
+    assert "listening on" not in logs, logs
+    assert "master: stopped (2 worker(s) clean)" in logs, logs

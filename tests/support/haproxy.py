@@ -35,8 +35,11 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def haproxy_binary(version: str) -> Path:
-    """The HAProxy binary for "2.6", "2.8", "3.0", "3.2" or "3.4"; a missing one FAILS the test."""
-    if version == "2.6":
+    """The HAProxy binary for "2.6", "2.8", "3.0", "3.2" or "3.4" (or ``version`` itself when it
+    is a path, e.g. the bench's ``--haproxy``); a missing one FAILS the test."""
+    if "/" in version:
+        path = Path(version)
+    elif version == "2.6":
         path = Path("/usr/sbin/haproxy")
     elif version == "2.8":
         try:

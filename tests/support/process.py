@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 _LIVE: set[ManagedProcess] = set()
 
@@ -49,7 +49,7 @@ class ManagedProcess:
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    def start(self) -> ManagedProcess:
+    def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.popen = subprocess.Popen(
@@ -126,7 +126,7 @@ class ManagedProcess:
         out = stream or sys.stderr
         out.write(f"\n===== {self.name}: {' '.join(self.argv)} =====\n{self.logs()}\n")
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         if self.popen is None:
             self.start()
         return self

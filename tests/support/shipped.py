@@ -235,7 +235,9 @@ def several_agents(text: str, spoe_backend: str, ports: Sequence[int]) -> str:
         server = _SERVER.match(line.rstrip("\n"))
         if server and name == spoe_backend:
             head, rest = server.group(1), server.group(2)
-            indent, server_name = re.match(r"^(\s+)server\s+(\S+)", head).groups()
+            named = re.match(r"^(\s+)server\s+(\S+)", head)
+            assert named is not None  # _SERVER matched this line
+            indent, server_name = named.groups()
             out.append(f"{indent}balance roundrobin\n")
             out.extend(
                 f"{indent}server {server_name}-{n} 127.0.0.1:{port}{rest}\n"

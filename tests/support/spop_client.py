@@ -93,7 +93,7 @@ class SpopClient:
         if self._buffer:
             return False
         try:
-            return self.sock.recv(65536) == b""
+            return bool(self.sock.recv(65536) == b"")
         except ConnectionResetError:
             return True
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from coraza_spoa_py.admission import WaitEstimate
 from coraza_spoa_py.application import Application, OverloadedError
+from coraza_spoa_py.engine.admission import WaitEstimate
 from coraza_spoa_py.settings import AppConfig
 from tests.unit.waf_fakes import (
+    DirectScheduler,
     FakeClock,
     FakeEngine,
     as_dict,
@@ -79,17 +80,11 @@ def test_interval_average_follows_new_samples_gradually():
 # ---- Application: shedding on arrival ----------------------------------------------------------
 
 
-class ScriptedScheduler:
-    """An executor with the pool's expected wait, scripted; runs work at once and counts the
-    calls."""
+class ScriptedScheduler(DirectScheduler):
+    """The engine scheduler with the pool's expected wait, scripted."""
 
     def __init__(self) -> None:
         self.wait_s = 0.0
-        self.calls = 0
-
-    def __call__(self, work):
-        self.calls += 1
-        return work()
 
     def expected_wait_s(self) -> float:
         return self.wait_s
@@ -109,14 +104,14 @@ def make_app(scheduler, engine):
 
 def test_request_is_shed_on_arrival_when_the_expected_wait_exceeds_the_budget():
     """1. the scheduler expects a wait over the budget  2. a request arrives  3. 1005 at once:
-    no executor call, no transaction opened, counted as shed."""
+    no engine call, no transaction opened, counted as shed."""
     scheduler, engine = ScriptedScheduler(), FakeEngine()
     app, clock = make_app(scheduler, engine)
     scheduler.wait_s = BUDGET + 0.001
     with pytest.raises(OverloadedError) as caught:
         app.handle_request(request_message(s("id", "x")), clock())
     assert caught.value.code == 1005
-    assert scheduler.calls == 0 and engine.transactions == []
+    assert engine.transactions == []
     assert app.stats.shed == 1 and app.stats.opened == 0
 
 
@@ -137,7 +132,7 @@ def test_request_within_the_expected_wait_budget_is_judged():
     app, clock = make_app(scheduler, engine)
     scheduler.wait_s = BUDGET
     assert as_dict(app.handle_request(request_message(s("id", "x")), clock()))["fail"] == 0
-    assert scheduler.calls == 1 and app.stats.shed == 0
+    assert len(engine.transactions) == 1 and app.stats.shed == 0
 
 
 def test_response_is_not_shed_on_arrival():
@@ -148,7 +143,7 @@ def test_response_is_not_shed_on_arrival():
     app.handle_request(request_message(s("id", "r")), clock())
     scheduler.wait_s = 10.0
     assert as_dict(app.handle_response(response_message("r"), clock()))["fail"] == 0
-    assert scheduler.calls == 2
+    assert len(engine.transactions[0].responses) == 1
     assert engine.transactions[0].closed == 1 and app.stats.shed == 0
 
 

@@ -161,7 +161,7 @@ def test_a_bug_in_the_application_is_still_answered_with_1003(records):
     def crash(message, received_at):
         raise KeyError("bug")
 
-    app.handle_request = crash  # type: ignore[method-assign]
+    app.handle_request = crash
     agent = Agent({"sample_app": app}, default_application=None)
     assert as_dict(agent.handle([request_message()], NOW)) == {"error": 1003}
     assert any(r["level"].name == "ERROR" for r in records)
@@ -208,7 +208,7 @@ def test_reload_swaps_apps_and_old_responses_still_find_their_transaction():
     5. once the old cache is empty, sweep() drops it and hands it to on_retired."""
     clock = FakeClock()
     old, old_engine = make("a", clock=clock, response_check=True)
-    retired = []
+    retired: list[Application] = []
     agent = Agent({"a": old}, default_application="a", on_retired=retired.append)
     agent.handle([request_message(s("id", "r1"))], clock())
 
@@ -245,7 +245,7 @@ def test_reload_that_removes_the_app_still_answers_its_old_responses():
 def test_retired_generation_is_swept_and_dropped_after_ttl():
     clock = FakeClock()
     old, old_engine = make("a", clock=clock, response_check=True, transaction_ttl_ms=1000)
-    retired = []
+    retired: list[Application] = []
     agent = Agent({"a": old}, default_application="a", on_retired=retired.append)
     agent.handle([request_message(s("id", "late"))], clock())
     agent.replace({"a": make("a", clock=clock)[0]}, default_application="a")
@@ -258,7 +258,7 @@ def test_retired_generation_is_swept_and_dropped_after_ttl():
 
 def test_reload_keeping_the_same_application_object_does_not_retire_it():
     app, _ = make("a", response_check=True)
-    retired = []
+    retired: list[Application] = []
     agent = Agent({"a": app}, default_application="a", on_retired=retired.append)
     agent.handle([request_message(s("id", "k"))], NOW)
     agent.replace({"a": app}, default_application="a")

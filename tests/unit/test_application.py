@@ -43,13 +43,13 @@ from tests.unit.waf_fakes import (
 BUDGET = 0.4
 
 
-def make_app(engine=None, *, clock=None, executor=direct, **config):
+def make_app(engine=None, *, clock=None, scheduler=direct, **config):
     config.setdefault("name", "sample_app")
     clock = clock or FakeClock()
     app = Application(
         AppConfig(**config),
         engine or FakeEngine(),
-        executor,
+        scheduler,
         clock=clock,
         processing_budget_s=BUDGET,
     )
@@ -518,55 +518,6 @@ def test_shed_response_closes_its_transaction():
     assert_counters_agree(app)
 
 
-def test_budget_is_checked_when_the_executor_starts_the_work():
-    """1. message received at t  2. executor queue delay of 1 s  3. shed (1005)."""
-    clock = FakeClock()
-
-    def slow_queue(fn):
-        clock.advance(1.0)
-        return fn()
-
-    app, _ = make_app(clock=clock, executor=slow_queue)
-    with pytest.raises(OverloadedError):
-        app.handle_request(request_message(), clock())
-
-
-# ---- executor -------------------------------------------------------------------------------
-
-
-def test_all_engine_work_of_a_message_is_one_executor_call():
-    inside = []
-    calls = []
-
-    def executor(fn):
-        calls.append(fn)
-        inside.append(True)
-        try:
-            return fn()
-        finally:
-            inside.pop()
-
-    def decide(_):
-        assert inside, "engine called outside the executor"
-        return Verdict()
-
-    engine = FakeEngine(decide_request=decide, decide_response=decide)
-    app, clock = make_app(engine, executor=executor, response_check=True)
-    app.handle_request(request_message(s("id", "e")), clock())
-    assert len(calls) == 1
-    app.handle_response(response_message("e"), clock())
-    assert len(calls) == 2
-
-
-def test_executor_failure_is_an_engine_failure():
-    def broken(fn):
-        raise RuntimeError("pool gone")
-
-    app, clock = make_app(executor=broken)
-    with pytest.raises(EngineFailureError):
-        app.handle_request(request_message(), clock())
-
-
 # ---- lifetime -------------------------------------------------------------------------------
 
 
@@ -701,22 +652,25 @@ def test_error_action_is_a_transaction_scoped_int():
 
 
 def test_close_all_closes_a_transaction_whose_request_greenlet_never_returned():
-    """1. the engine thread keeps a transaction for the response  2. the greenlet waiting for
-    it is killed (forced shutdown) before caching it  3. close_all() still closes it, once."""
+    """1. the engine keeps a transaction for the response  2. the greenlet waiting for it is
+    killed (forced shutdown) before caching it  3. close_all() still closes it, once."""
     engine = FakeEngine()
 
     class Killed(BaseException):
         pass
 
-    def executor_killed_after_work(fn):
-        fn()
+    app, clock = make_app(engine, response_check=True)
+    transactions = app._transactions
+    run = transactions.run
+
+    def killed_after_work(work, outcome):
+        run(work, outcome)
         raise Killed
 
-    app, clock = make_app(engine, executor=executor_killed_after_work, response_check=True)
+    transactions.run = killed_after_work
     with pytest.raises(Killed):
         app.handle_request(request_message(s("id", "orphan")), clock())
     assert engine.transactions[0].closed == 0
-    app._transactions._executor = direct
     assert app.close_all() == 1
     assert engine.transactions[0].closed == 1
     st = app.stats
@@ -724,19 +678,17 @@ def test_close_all_closes_a_transaction_whose_request_greenlet_never_returned():
 
 
 def test_transaction_taken_by_close_all_is_not_cached_afterwards():
-    """close_all() runs while the engine thread finishes: the late result is not cached."""
+    """close_all() runs while the engine finishes the request: the late result is not cached."""
     engine = FakeEngine()
-    holder = {}
+    app, clock = make_app(engine, response_check=True)
+    transactions = app._transactions
+    run = transactions.run
 
-    def executor(fn):
-        result = fn()
-        if "app" in holder and not holder.get("closed"):
-            holder["closed"] = True
-            holder["app"].close_all()
-        return result
+    def close_all_meanwhile(work, outcome):
+        run(work, outcome)
+        app.close_all()
 
-    app, clock = make_app(engine, executor=executor, response_check=True)
-    holder["app"] = app
+    transactions.run = close_all_meanwhile
     actions = as_dict(app.handle_request(request_message(s("id", "late")), clock()))
     assert actions["fail"] == 0
     assert engine.transactions[0].closed == 1 and not app.has_open_transaction("late")

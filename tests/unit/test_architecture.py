@@ -79,7 +79,7 @@ def _imports_of_source(source: str, package: str) -> list[str]:
                 assert node.module is not None
                 module = node.module
             names.append(module)
-            # ``from coraza_spoa_py import waf`` imports the submodule coraza_spoa_py.waf
+            # ``from coraza_spoa_py import engine`` imports the subpackage coraza_spoa_py.engine
             names += [f"{module}.{alias.name}" for alias in node.names]
     return names
 
@@ -150,13 +150,13 @@ def test_imports_point_down() -> None:
 
 
 def test_upward_import_is_reported() -> None:
-    """The judge itself: models (layer 0) importing waf (layer 1) or, through ``from
+    """The judge itself: models (layer 0) importing engine (layer 1) or, through ``from
     coraza_spoa_py import server``, server (layer 4) is reported; the reverse is not."""
     imported = _imports_of_source(
-        "from coraza_spoa_py import waf\nimport coraza_spoa_py.server\n", "coraza_spoa_py"
+        "from coraza_spoa_py import engine\nimport coraza_spoa_py.server\n", "coraza_spoa_py"
     )
     assert _upward_imports("coraza_spoa_py.models", imported) == [
-        "coraza_spoa_py.models: coraza_spoa_py.waf (layer 0 -> 1)",
+        "coraza_spoa_py.models: coraza_spoa_py.engine (layer 0 -> 1)",
         "coraza_spoa_py.models: coraza_spoa_py.server (layer 0 -> 4)",
     ]
     assert _upward_imports("coraza_spoa_py.server", ["coraza_spoa_py.models"]) == []
@@ -183,7 +183,7 @@ def test_domain_modules_load_neither_binding_nor_gevent(name: str) -> None:
     tests run without the binding."""
     assert _existing(name)
     loaded = _loaded_after_import(
-        f"coraza_spoa_py.{name}", ("gevent", "cffi", "_cffi_backend", "coraza_spoa_py.waf")
+        f"coraza_spoa_py.{name}", ("gevent", "cffi", "_cffi_backend", "coraza_spoa_py.engine")
     )
     assert loaded == []
 
@@ -200,9 +200,7 @@ def test_the_import_linter_layers_are_the_docs_table() -> None:
     import tomllib
 
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    (contract,) = [
-        c for c in settings["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
-    ]
+    (contract,) = [c for c in settings["tool"]["importlinter"]["contracts"] if c["id"] == "layers"]
     highest_first = [sorted(n.strip() for n in layer.split(":")) for layer in contract["layers"]]
     from_docs = [
         sorted(name for name, layer in LAYERS.items() if layer == number)
@@ -211,3 +209,21 @@ def test_the_import_linter_layers_are_the_docs_table() -> None:
     assert highest_first == from_docs
     (pure,) = [c for c in settings["tool"]["importlinter"]["contracts"] if c["id"] == "pure"]
     assert sorted(pure["source_modules"]) == [f"coraza_spoa_py.{n}" for n in PURE_MODULES]
+
+
+def test_the_engine_contract_is_the_docs_engine_table() -> None:
+    """Inside ``engine/``, the import-linter layers are the rows of docs/architecture.md's
+    "engine" table, highest first, and name every module of the package."""
+    import tomllib
+
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (contract,) = [c for c in settings["tool"]["importlinter"]["contracts"] if c["id"] == "engine"]
+    layers = [sorted(n.strip() for n in layer.split(":")) for layer in contract["layers"]]
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text[text.index("\n### engine\n") :]
+    section = section[: section.index("\n### ", 1)]
+    rows = re.findall(r"^\|\s*(`[\w.]+\.py`(?:,\s*`[\w.]+\.py`)*)\s*\|", section, re.MULTILINE)
+    from_docs = [sorted(re.findall(r"`(\w+)\.py`", row)) for row in rows]
+    assert layers == from_docs
+    modules = {p.stem for p in (PACKAGE / "engine").glob("*.py")} - {"__init__"}
+    assert modules == {name for layer in layers for name in layer}

@@ -4,6 +4,7 @@ would send, with the spliced transaction id, and its ACK reader finds the verdic
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from typing import Any
 
 from bench import spop_client
 from bench.scenarios import SCENARIOS
@@ -32,7 +33,9 @@ def test_template_splices_the_id_into_a_valid_notify():
     frame, _ = split
     assert (frame.type, frame.stream_id, frame.frame_id) == (frames.FrameType.NOTIFY, 7, 1)
     (message,) = frames.decode_messages(frame.payload)
-    args = {arg.name: (arg.type, arg.value) for arg in message.args}
+    args: dict[str, tuple[DataType, Any]] = {
+        arg.name: (arg.type, arg.value) for arg in message.args
+    }
     assert message.name == "coraza-req"
     assert args["id"] == (DataType.STRING, tx_id)
     assert args["src-ip"] == (DataType.IPV4, IPv4Address("127.0.0.1"))

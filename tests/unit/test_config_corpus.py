@@ -22,7 +22,8 @@ INVALID = sorted((CORPUS / "invalid").glob("*.yml"))
 
 
 def _sidecar(path: Path) -> dict[str, Any]:
-    return json.loads(path.with_suffix(".json").read_text())
+    sidecar: dict[str, Any] = json.loads(path.with_suffix(".json").read_text())
+    return sidecar
 
 
 def _log_dict(log: LogConfig | None) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from typing import Any
 import gevent.event
 import pytest
 
-from coraza_spoa_py import reload, runtime
+from coraza_spoa_py import logs, reload, runtime
 from coraza_spoa_py.settings import AppConfig, BindAddress, Config, RulePaths
 
 
@@ -144,8 +144,8 @@ def test_second_stop_signal_exits_at_once(monkeypatch: pytest.MonkeyPatch) -> No
         exits.append(code)
         raise SystemExit(code)
 
-    monkeypatch.setattr(runtime.os, "_exit", fake_exit)
-    monkeypatch.setattr(runtime.logs, "shutdown_logging", lambda: None)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(logs, "shutdown_logging", lambda: None)
     agent = object.__new__(runtime.Runtime)
     agent._stop = gevent.event.Event()
     agent._stop_reason = ""

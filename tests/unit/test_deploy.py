@@ -173,7 +173,7 @@ def test_the_audit_log_variant_shares_the_audit_file_with_its_streaming_containe
     (deployment,) = of_kind(docs, "Deployment")
     (config_map,) = of_kind(docs, "ConfigMap")
     directives = config.parse(config_map["data"]["config.yml"]).config.applications[0].directives
-    audit_file = Path(re.search(r"(?m)^SecAuditLog (\S+)$", directives).group(1))
+    audit_file = Path(first_group(r"(?m)^SecAuditLog (\S+)$", directives))
     containers = deployment["spec"]["template"]["spec"]["containers"]
     (streamer,) = [c for c in containers if not AGENT_IMAGE.match(c["image"])]
     assert str(audit_file) in streamer["command"]
@@ -217,8 +217,15 @@ def apt_packages(run_arguments: str) -> list[str]:
     return packages
 
 
+def first_group(pattern: str, text: str, flags: int = 0) -> str:
+    """Group 1 of ``pattern``'s first match in ``text``; no match fails the test."""
+    found = re.search(pattern, text, flags)
+    assert found is not None, f"{pattern!r} not found"
+    return found.group(1)
+
+
 def system_deps_packages() -> set[str]:
-    block = re.search(r"packages=\((.*?)\n\)", SYSTEM_DEPS.read_text(), re.DOTALL).group(1)
+    block = first_group(r"packages=\((.*?)\n\)", SYSTEM_DEPS.read_text(), re.DOTALL)
     return {word for line in block.splitlines() for word in line.split("#")[0].split()}
 
 
@@ -252,7 +259,7 @@ def test_healthcheck_and_entrypoint_are_in_the_venv_the_image_copies() -> None:
     instructions = dockerfile_instructions()
     stage = final_stage()
     builder_runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
-    venv = re.search(r"python3 -m venv (\S+)", builder_runs).group(1)
+    venv = first_group(r"python3 -m venv (\S+)", builder_runs)
     copies = [args for keyword, args in stage if keyword == "COPY"]
     assert f"--from=builder {venv} {venv}" in copies
     (healthcheck,) = [args for keyword, args in stage if keyword == "HEALTHCHECK"]

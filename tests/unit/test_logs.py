@@ -171,7 +171,7 @@ def test_rule_match_console_prints_the_engine_line(tmp_path: Path) -> None:
     logger.bind(app="a", tx="t1", kind="rule_match", matches=[MATCH]).warning("rules matched")
     (line,) = lines(out)
     assert "app=a tx=t1" in line
-    assert line.endswith(MATCH["raw"])
+    assert line.endswith(str(MATCH["raw"]))
     assert '[id "942100"]' in line
 
 

@@ -5,6 +5,7 @@ check-request runs in (check_request_apps)."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 import pytest
 
@@ -185,7 +186,7 @@ def test_an_error_is_spelled_as_error_and_code():
 # ---- through the agent ---------------------------------------------------------------------
 
 
-def make(name: str, engine: FakeEngine, **config: object) -> Application:
+def make(name: str, engine: FakeEngine, **config: Any) -> Application:
     return Application(AppConfig(name=name, **config), engine, direct, clock=FakeClock())
 
 

@@ -22,7 +22,8 @@ PROBE = textwrap.dedent(
     import coraza_spoa_py.cli  # patches, as the real entry point does
     import gevent.monkey, gevent.thread
     from gevent.threadpool import ThreadPool
-    from coraza_spoa_py import waf
+    from coraza_spoa_py import engine as waf
+    from coraza_spoa_py.engine import binding
     from coraza_spoa_py.models import RequestInfo, ResponseInfo
     from coraza_spoa_py.settings import AppConfig, RulePaths
 
@@ -46,9 +47,9 @@ PROBE = textwrap.dedent(
     print(json.dumps({
         "gevent_is_patched": gevent.monkey.is_module_patched("threading"),
         # the compiled (API-mode) FFI: C-level type handling, no Python lock to patch
-        "ffi_is_compiled": type(waf._ffi).__module__ == "_cffi_backend",
-        "ffi_has_python_lock": hasattr(waf._ffi, "_lock"),
-        "module_lock_native": type(waf._native_lock) is native_lock_type,
+        "ffi_is_compiled": type(binding.ffi).__module__ == "_cffi_backend",
+        "ffi_has_python_lock": hasattr(binding.ffi, "_lock"),
+        "module_lock_native": type(binding._native_lock) is native_lock_type,
         "results": results,
     }))
     pool.kill()
@@ -82,7 +83,7 @@ def test_lock_factory_without_gevent_is_the_thread_module_lock() -> None:
     Result: it is ``_thread.allocate_lock`` itself."""
     probe = (
         "import _thread, sys\n"
-        "from coraza_spoa_py import waf\n"
+        "from coraza_spoa_py import engine as waf\n"
         "assert 'gevent' not in sys.modules\n"
         "print(waf.native_lock_factory() is _thread.allocate_lock)\n"
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from coraza_spoa_py import rules
+from coraza_spoa_py.engine import rules
 from coraza_spoa_py.settings import AppConfig, RulePaths
 
 
@@ -200,7 +200,7 @@ def test_chained_rules_and_markers_are_counted_as_the_engine_counts_them() -> No
         "SecAction \"id:3,msg:'chain',pass\"\n"
         'SecRule ARGS "c" "id:4,pass"\n'
     )
-    assert (resolved.rules_defined, resolved.markers_defined) == (3, 1)
+    assert rules.count_defined(resolved.directives) == (3, 1)
 
 
 def test_an_include_cycle_is_a_problem_not_a_hang(tmp_path: Path) -> None:

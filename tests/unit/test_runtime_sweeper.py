@@ -1,5 +1,5 @@
-"""The runtime's sweeper greenlet: every sweep expires transactions and flushes the logs, and
-every HEAP_TRIM_EVERY_SWEEPS-th one gives the freed heap back (waf.trim_heap) on a pool thread,
+"""sweeper.Sweeper: every sweep expires transactions and flushes the logs, and every
+HEAP_TRIM_EVERY_SWEEPS-th one gives the freed heap back (waf.trim_heap) on a pool thread,
 never two trims at once. A stub agent and a fast clock; the trim itself is tested in
 tests/integration/test_waf_threads.py."""
 
@@ -12,7 +12,8 @@ import gevent
 import gevent.threadpool
 import pytest
 
-from coraza_spoa_py import runtime
+from coraza_spoa_py import engine as waf
+from coraza_spoa_py import sweeper as sweeper_module
 
 
 class _SweepCounter:
@@ -27,7 +28,7 @@ class _SweepCounter:
 def _run_sweeper(
     monkeypatch: pytest.MonkeyPatch, trim: Any, sweeps: int
 ) -> tuple[_SweepCounter, list[float]]:
-    monkeypatch.setattr(runtime, "SWEEP_INTERVAL_S", 0.005)
+    monkeypatch.setattr(sweeper_module, "SWEEP_INTERVAL_S", 0.005)
     trims: list[float] = []
 
     def counted_trim() -> bool:
@@ -35,27 +36,27 @@ def _run_sweeper(
         trim()
         return True
 
-    monkeypatch.setattr(runtime.waf, "trim_heap", counted_trim)
+    monkeypatch.setattr(waf, "trim_heap", counted_trim)
     agent = _SweepCounter()
     pool = gevent.threadpool.ThreadPool(1)
-    rt = runtime.Runtime("unused.yml", None, pool, agent, {}, None)  # type: ignore[arg-type]
-    sweeper = gevent.spawn(rt._sweep_forever)
+    sweeper = sweeper_module.Sweeper(agent, pool)
+    running = gevent.spawn(sweeper.run)
     try:
         deadline = time.monotonic() + 10
         while agent.sweeps < sweeps:
             assert time.monotonic() < deadline, "the sweeper stopped sweeping"
             gevent.sleep(0.005)
-        if rt._heap_trim is not None:
-            rt._heap_trim.join(timeout=5)
+        if sweeper.heap_trim is not None:
+            sweeper.heap_trim.join(timeout=5)
     finally:
-        sweeper.kill()
+        running.kill()
         pool.kill()
     return agent, trims
 
 
 def test_the_heap_is_trimmed_every_other_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     agent, trims = _run_sweeper(monkeypatch, lambda: None, sweeps=20)
-    assert runtime.HEAP_TRIM_EVERY_SWEEPS == 2
+    assert sweeper_module.HEAP_TRIM_EVERY_SWEEPS == 2
     assert agent.sweeps // 2 - 1 <= len(trims) <= agent.sweeps // 2
 
 

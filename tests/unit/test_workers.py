@@ -22,7 +22,11 @@ def test_at_most_limit_calls_run_and_spawn_blocks_until_a_slot_frees():
         gates[index].wait()
         finished.append(index)
 
-    spawner = gevent.spawn(lambda: [workers.spawn(call, i) for i in range(4)])
+    def spawn_all() -> None:
+        for i in range(4):
+            workers.spawn(call, i)
+
+    spawner = gevent.spawn(spawn_all)
     gevent.sleep(0.01)
     assert running == [0, 1]
     assert not spawner.dead
@@ -59,7 +63,11 @@ def test_concurrent_calls_get_their_own_greenlets_up_to_the_limit():
         seen.append(id(gevent.getcurrent()))
         release.wait()
 
-    spawner = gevent.spawn(lambda: [workers.spawn(call) for _ in range(5)])
+    def spawn_all() -> None:
+        for _ in range(5):
+            workers.spawn(call)
+
+    spawner = gevent.spawn(spawn_all)
     gevent.sleep(0.01)
     release.set()
     spawner.join(timeout=5)

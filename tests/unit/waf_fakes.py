@@ -134,8 +134,21 @@ class FakeClock:
         self.now += seconds
 
 
-def direct(fn: Callable[[], object]) -> object:
-    return fn()
+class DirectScheduler:
+    """``models.EngineScheduler`` for fake engines: nothing ever waits for an engine thread;
+    fakes make no engine jobs."""
+
+    def expected_wait_s(self) -> float:
+        return 0.0
+
+    def run(self, job: Any, *, urgent: bool, keep: object) -> None:
+        raise AssertionError("a fake engine made an engine job")
+
+    def detach(self, job: Any, *, keep: object) -> None:
+        raise AssertionError("a fake engine made an engine job")
+
+
+direct = DirectScheduler()
 
 
 def s(name: str, value: bytes | str) -> Arg:
@@ -196,7 +209,7 @@ def response_message(transaction_id: str | None, *extra: Arg, app: str | None = 
     return Message("coraza-res", tuple(args))
 
 
-def as_dict(actions) -> dict[str, object]:
+def as_dict(actions) -> dict[str, Any]:
     """Actions → {name: value}; asserts names are unique (HAProxy keeps the last one)."""
     names = [a.name for a in actions]
     assert len(names) == len(set(names)), names

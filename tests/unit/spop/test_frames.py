@@ -5,6 +5,7 @@ both frame kinds, and limits (7-byte frames, 255 args, 63-character names)."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -233,7 +234,7 @@ def _reference_messages(payload: bytes) -> object:
         return error.status
 
 
-def _fast_messages(payload: bytes) -> object:
+def _fast_messages(payload: bytes) -> Any:
     try:
         return frames.decode_messages(memoryview(payload))
     except SpopError as error:

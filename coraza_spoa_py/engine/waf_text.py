@@ -1,6 +1,6 @@
 """libmodsecurity's load errors, turned into "file:line: message" strings.
 
-Pure text work for ``waf``: standard library and ``rules`` only. It must not load the library
+Pure text work for ``ruleset``: standard library and ``rules`` only. It must not load the library
 or hold engine state. Rule matches are never read from text: they come from the engine's rule
 messages (native/msc_glue_rm.cc, docs/engine.md "Rule matches").
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from coraza_spoa_py import rules
+from coraza_spoa_py.engine import rules
 
 # "SecX is not supported.", "SecX is not yet supported.", "As of ModSecurity version 3.0,
 # SecX is no longer supported. …"

@@ -1,6 +1,7 @@
-"""The engine threads, seen from the gevent hub: message work runs on the calling greenlet,
-each engine job it makes (``waf`` ``cs_job``: a phase group, or a close) runs on the native
-threads of ``waf.NativePool``, and the greenlet is parked until the job is done.
+"""The engine threads, seen from the gevent hub: the agent's ``models.EngineScheduler``. Message
+work runs on the calling greenlet; each engine job it makes (a ``cs_job`` of
+``engine.transaction``: a phase group, or a close) runs on the native threads of
+``binding.NativePool``, and the greenlet is parked until the job is done.
 
 Why this split (docs/performance.md, changes 7 and 8): the earlier engine threads ran Python
 (the message's closure) and so took the GIL for every step; their GIL handoffs with the hub cost
@@ -8,33 +9,33 @@ more CPU than the agent's own Python. Here only C runs on engine threads. The hu
 finished jobs through the pool's eventfd, watched by its libev loop: one wakeup may carry many
 jobs.
 
-Also the expected wait that ``application`` sheds with (``admission.WaitEstimate`` over the
-pool's queue length), and the executor interface ``application`` calls (``models.Executor``
-plus ``expected_wait_s``).
+Also the expected wait that ``application`` sheds with on arrival (``admission.WaitEstimate``
+over the pool's queue length); a job that still waits past its deadline is shed by the thread
+that takes it (``native/msc_glue.c``).
 
-Must not parse messages or log: a job's meaning is ``waf``'s, its outcome ``application``'s.
+Must not parse messages or log: a job's meaning is ``transaction``'s, its outcome
+``application``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import gevent
 from gevent.hub import Waiter
 
-from coraza_spoa_py import waf
-from coraza_spoa_py.admission import WaitEstimate
+from coraza_spoa_py.engine.admission import WaitEstimate
+from coraza_spoa_py.engine.binding import NativePool
 
-T = TypeVar("T")
 _READ = 1  # libev EV_READ
 
 
 class EnginePool:
-    """``models.Executor`` for ``application`` and ``waf.JobRunner`` for the engines."""
+    """``models.EngineScheduler``: the expected wait for ``application``, the engine threads
+    for the engines' jobs."""
 
     def __init__(self, threads: int) -> None:
-        self._native = waf.NativePool()
+        self._native = NativePool()
         self._estimate = WaitEstimate()
         # token -> (the job and what it points into, which must stay allocated until it ran
         # even if its greenlet was killed meanwhile; the waiting greenlet's waiter, if any)
@@ -47,11 +48,7 @@ class EnginePool:
         self._wake_scheduled = False
         self.threads = self._native.resize(threads)
 
-    # ---- executor (application) -------------------------------------------------------------
-    def __call__(self, work: Callable[[], T]) -> T:
-        # on the calling greenlet: its engine jobs reach the threads through run()
-        return work()
-
+    # ---- admission (application) ------------------------------------------------------------
     def expected_wait_s(self) -> float:
         """How long a request arriving now would wait for an engine thread (behind every
         queued job: requests go to the normal lane)."""
@@ -71,7 +68,7 @@ class EnginePool:
         self._deliver()
         self._watcher.stop()
 
-    # ---- runner (waf) -----------------------------------------------------------------------
+    # ---- engine jobs (transaction) ----------------------------------------------------------
     def run(self, job: Any, *, urgent: bool, keep: object) -> None:
         # a Waiter, not an Event: the hub switches straight into this greenlet when the job is
         # done, with no callback in between (half the cost: 3 against 6.4 us per park)

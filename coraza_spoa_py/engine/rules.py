@@ -12,13 +12,14 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from coraza_spoa_py.settings import AppConfig, RulePaths
 
 # Our ModSecurity v3 base config, shipped in the package (docs/engine.md "Base config").
-BASE_CONFIG_FILE = Path(__file__).parent / "data" / "coraza.conf-recommended"
+BASE_CONFIG_FILE = Path(__file__).parent.parent / "data" / "coraza.conf-recommended"
 
 CRS_RULES_PREFIX = "@owasp_crs/"
 CRS_SETUP_NAME = "@crs-setup.conf.example"
@@ -93,39 +94,32 @@ class Directive:
 class ResolvedRules:
     """Directives ready for ``msc_rules_add``.
 
-    ``source_lines[i]`` is the line of the app's ``directives`` that output line ``i + 1``
-    came from, so engine errors can name the line the user wrote; ``origins[i]`` is the
-    (file, line) of that output line when a file's text had to be passed inline (a file
-    that needed a change). ``directives`` is every directive the engine loads, through all
-    the includes, in order: what the rule-count guard counts (waf.py).
+    ``origins[i]`` is where output line ``i + 1`` was written, (file or label, line), so
+    engine errors can name the line the user wrote (the lines of a file passed inline because
+    it needed a change). ``directives`` is every directive the engine loads, through all the
+    includes, in order: what the rule-count guard counts (``ruleset``).
     """
 
     text: str
-    source_lines: tuple[int, ...]
     warnings: tuple[str, ...]
     label: str  # how problems in the directives text are named: "<app NAME directives>"
     origins: tuple[tuple[str, int], ...] = ()
     directives: tuple[Directive, ...] = ()
     problems: tuple[str, ...] = ()
 
+    @property
+    def source_lines(self) -> tuple[int, ...]:
+        """The line (in its file or in the directives) of every output line."""
+        return tuple(line for _, line in self.origins)
+
     def source_line(self, output_line: int) -> int:
-        if 1 <= output_line <= len(self.source_lines):
-            return self.source_lines[output_line - 1]
-        return output_line
+        return self.origin(output_line)[1]
 
     def origin(self, output_line: int) -> tuple[str, int]:
         """Where output line ``output_line`` was written: (file or label, line)."""
         if 1 <= output_line <= len(self.origins):
             return self.origins[output_line - 1]
-        return self.label, self.source_line(output_line)
-
-    @property
-    def rules_defined(self) -> int:
-        return sum(d.rules for d in self.directives)
-
-    @property
-    def markers_defined(self) -> int:
-        return sum(d.markers for d in self.directives)
+        return self.label, output_line
 
     @property
     def rejects_truncated_body(self) -> bool:
@@ -152,6 +146,12 @@ class ResolvedRules:
         )
 
 
+def count_defined(directives: Sequence[Directive]) -> tuple[int, int]:
+    """How many rules and markers ``directives`` define (the rule-count guard weighs a
+    marker by what the engine counts for one)."""
+    return sum(d.rules for d in directives), sum(d.markers for d in directives)
+
+
 def resolve(app: AppConfig, paths: RulePaths) -> ResolvedRules:
     """Rewrite ``app.directives`` for libmodsecurity (see the module docstring)."""
     label = f"<app {app.name} directives>"
@@ -159,7 +159,6 @@ def resolve(app: AppConfig, paths: RulePaths) -> ResolvedRules:
     text = resolver.text(app.directives, label, Path(app.base_dir), depth=0)
     return ResolvedRules(
         text="\n".join(text.lines) + "\n",
-        source_lines=tuple(line for _, line in text.origins),
         warnings=tuple(resolver.warnings),
         label=label,
         origins=tuple(text.origins),
