@@ -1,7 +1,8 @@
 """The hub's Python per transaction, without sockets: decode each NOTIFY payload, answer it with
 ``agent.handle`` over the real native engine pool (the soak's two small rules, or CRS), encode
-the ACK; clean GETs with their responses, or blocked attack GETs, 64 greenlets at once. Prints
-the hub thread's CPU (``time.thread_time``) per transaction, median of the rounds.
+the ACK (decoder and encoder the server's: ``spop_native``, in C); clean GETs with their
+responses, or blocked attack GETs, 64 greenlets at once. Prints the hub thread's CPU
+(``time.thread_time``) per transaction, median of the rounds.
 
 Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]
 [--scenario clean_get|attack_get] [--rules small|crs] [--log]``. Why: through HAProxy a change
@@ -33,7 +34,7 @@ from bench.agent_config import APP_NAME, RULE_SETS  # noqa: E402
 from bench.scenarios import SCENARIOS  # noqa: E402
 from bench.spop_client import ID_PLACEHOLDER, Template, request_message, response_message  # noqa: E402
 from coraza_spoa_py import engine as waf  # noqa: E402
-from coraza_spoa_py import logs  # noqa: E402
+from coraza_spoa_py import logs, spop_native  # noqa: E402
 from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
 from coraza_spoa_py.engine.engine_pool import EnginePool  # noqa: E402
@@ -76,8 +77,8 @@ def measure(agent: Agent, scenario: str, transactions: int) -> tuple[float, floa
         nonlocal wrong
         for messages in work:
             for index, payload in enumerate(messages):
-                actions = agent.handle(frames.decode_messages(payload), time.monotonic())
-                frames.encode_ack(1, 1, actions)
+                actions = agent.handle(spop_native.decode_messages(payload), time.monotonic())
+                spop_native.encode_ack(1, 1, actions)
                 expected = blocked and index == 0
                 wrong += _error(actions) or _failed(actions) != expected
 

@@ -1,7 +1,8 @@
-# The compiled NOTIFY decoder (native/spop_fast.c); used through coraza_spoa_py/spop_native.py.
-from collections.abc import Callable
+# The compiled NOTIFY decoder and ACK encoder (native/spop_fast.c); used through
+# coraza_spoa_py/spop_native.py.
+from collections.abc import Callable, Sequence
 
-from coraza_spoa_py.spop.events import DataType, Message, Notify
+from coraza_spoa_py.spop.events import Action, DataType, Message, Notify
 
 def setup(
     arg: type,
@@ -15,3 +16,5 @@ def decode_messages(payload: memoryview | bytes) -> tuple[Message, ...] | None: 
 def next_notify(
     buffer: bytes | bytearray, offset: int, frame_limit: int
 ) -> tuple[Notify, int] | None: ...
+def setup_actions(set_var: type, unset_var: type) -> None: ...
+def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> bytes | None: ...

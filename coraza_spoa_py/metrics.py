@@ -18,30 +18,41 @@ the applications call ``Metrics.observe`` with each verdict (on the hub).
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
-import prometheus_client
 from gevent.pywsgi import WSGIServer
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from coraza_spoa_py import __version__, config
 from coraza_spoa_py.application import TransactionStats
 from coraza_spoa_py.models import Verdict
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
 
 # prometheus client_golang DefBuckets, which coraza-spoa's histogram uses (prometheus_client's
 # own defaults have more buckets)
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HEALTH_CONTENT_TYPE = "text/plain; charset=utf-8"
 
-# coraza-spoa exports no ``*_created`` series; neither do we
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+@functools.cache
+def prometheus() -> ModuleType:
+    """``prometheus_client``, imported when something exports metrics: an agent without
+    ``-metrics-addr`` never loads it (~2.5 MiB of RSS, docs/performance.md change 26)."""
+    import prometheus_client
+
+    # coraza-spoa exports no ``*_created`` series; neither do we
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    return prometheus_client
 
 
 @dataclass
@@ -72,12 +83,15 @@ class Readiness:
         self.reason = reason
 
 
-class _AgentCollector(Collector):
-    # the counters the agent keeps itself, read at scrape time
+class _AgentCollector:
+    # the counters the agent keeps itself, read at scrape time; a collector by its collect()
+    # (the registry does not describe it: auto_describe off), so prometheus_client loads late
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         sources = self._metrics.sources
         yield _info(sources.engine if sources is not None else "")
         yield GaugeMetricFamily(
@@ -147,6 +161,8 @@ class _AgentCollector(Collector):
 
 
 def _info(engine: str) -> GaugeMetricFamily:
+    from prometheus_client.core import GaugeMetricFamily
+
     info = GaugeMetricFamily(
         "coraza_spoa_py_info", "Agent and engine versions.", labels=("version", "engine")
     )
@@ -163,27 +179,28 @@ class Metrics:
         # None until the applications exist (the listener answers /healthz while rules load)
         self.sources = sources
         self.readiness = Readiness()
-        self.registry = CollectorRegistry(auto_describe=False)
+        client = prometheus()
+        self.registry = client.CollectorRegistry(auto_describe=False)
         self._clock = clock
-        self.handle_duration = Histogram(
+        self.handle_duration = client.Histogram(
             "coraza_handle_spoe_duration_seconds",
             "Time spent answering one SPOE NOTIFY frame.",
             buckets=DEFAULT_BUCKETS,
             registry=self.registry,
         )
-        self._messages = Counter(
+        self._messages = client.Counter(
             "coraza_spoa_py_messages",
             "Messages answered with a verdict, per application, message and verdict.",
             ("app", "message", "verdict"),
             registry=self.registry,
         )
-        self._orphans = Counter(
+        self._orphans = client.Counter(
             "coraza_spoa_py_orphan_responses",
             "coraza-res messages inspected without their request's transaction (orphans).",
             ("app", "verdict"),
             registry=self.registry,
         )
-        self._rule_matches = Counter(
+        self._rule_matches = client.Counter(
             "coraza_spoa_py_rule_matches",
             "Rules that matched, per application and rule id.",
             ("app", "rule_id"),
@@ -191,9 +208,9 @@ class Metrics:
         )
         # label children by key: .labels() parses its arguments on every call
         self._children: dict[tuple[Any, ...], Any] = {}
-        prometheus_client.ProcessCollector(registry=self.registry)
-        prometheus_client.PlatformCollector(registry=self.registry)
-        self.registry.register(_AgentCollector(self))
+        client.ProcessCollector(registry=self.registry)
+        client.PlatformCollector(registry=self.registry)
+        self.registry.register(cast("Collector", _AgentCollector(self)))
 
     def timed(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap the server's handler: one observation per NOTIFY frame, as coraza-spoa."""
@@ -225,13 +242,13 @@ class Metrics:
         return child
 
     def render(self) -> str:
-        return prometheus_client.generate_latest(self.registry).decode()
+        return cast(bytes, prometheus().generate_latest(self.registry)).decode()
 
 
 def wsgi_app(metrics: Metrics) -> Callable[..., Any]:
     """One process's listener: its registry, its readiness."""
     return health_and_metrics_app(
-        prometheus_client.make_wsgi_app(metrics.registry), lambda: metrics.readiness.reason
+        prometheus().make_wsgi_app(metrics.registry), lambda: metrics.readiness.reason
     )
 
 

@@ -78,7 +78,8 @@ class Runtime:
         cfg = loaded.config
         threads = cfg.engine_threads_for(worker.count if worker is not None else 1)
         wiring.start_logging(loaded, config_path, threads, log_notices=worker is None)
-        stats = metrics.Metrics()
+        # only when exported: Metrics loads prometheus_client (docs/performance.md change 26)
+        stats = metrics.Metrics() if metrics_addr else None
         with contextlib.ExitStack() as undo:
             pool = ThreadPool(threads)
             undo.callback(pool.kill)
@@ -86,8 +87,10 @@ class Runtime:
             undo.callback(scheduler.close)
             # the metrics listener comes first: /healthz answers while the rules compile,
             # /readyz says 503 until the SPOP listener is bound (docs/operations.md "Health")
-            stats.readiness.set_not_ready("loading rules")
-            metrics_server = wiring.start_metrics(metrics_addr, worker, stats)
+            metrics_server = None
+            if stats is not None:
+                stats.readiness.set_not_ready("loading rules")
+                metrics_server = wiring.start_metrics(metrics_addr, worker, stats)
             undo.callback(wiring.stop_metrics, metrics_server)
             engines = wiring.compile_engines(cfg, pool, scheduler)
             runtime = cls(
@@ -106,7 +109,7 @@ class Runtime:
         engines: list[LoadedEngine],
         pool: ThreadPool,
         scheduler: EnginePool,
-        stats: metrics.Metrics,
+        stats: metrics.Metrics | None,
         metrics_server: WSGIServer | None,
         worker: WorkerContext | None,
     ) -> None:
@@ -148,7 +151,8 @@ class Runtime:
         if self._metrics is not None:
             handler = self._metrics.timed(handler)
         self.server = wiring.spop_server(cfg, handler, worker)
-        stats.sources = self._metric_sources()
+        if stats is not None:
+            stats.sources = self._metric_sources()
         self.sweeper = Sweeper(
             self.agent,
             pool,

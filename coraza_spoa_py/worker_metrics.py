@@ -9,18 +9,19 @@ maximum, every other sample the sum.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, cast
 
 import gevent
 from gevent import socket
 from gevent.pywsgi import WSGIServer
 from loguru import logger
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from coraza_spoa_py import listeners, metrics
 from coraza_spoa_py.settings import BindAddress
+
+if TYPE_CHECKING:  # loaded with the metrics only (metrics.prometheus)
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
 SCRAPE_TIMEOUT_S = 5.0
 # series that are not summed over the workers: the earliest start, the largest limit
@@ -52,13 +53,15 @@ def scrape(path: str) -> str | None:
 
 def render_summed(texts: list[str], workers_by_state: Mapping[str, int], restarts: int) -> bytes:
     """The exposition of the workers' ``texts`` summed, plus the master's own series."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Summed(texts, workers_by_state, restarts))
-    return generate_latest(registry)
+    client = metrics.prometheus()  # imported when metrics are exported (change 26)
+    registry = client.CollectorRegistry(auto_describe=False)
+    registry.register(cast("Collector", _Summed(texts, workers_by_state, restarts)))
+    return cast(bytes, client.generate_latest(registry))
 
 
-class _Summed(Collector):
-    """The workers' series summed by name and labels, plus the master's own."""
+class _Summed:
+    """The workers' series summed by name and labels, plus the master's own (a collector by
+    its collect(), as metrics._AgentCollector)."""
 
     def __init__(self, texts: list[str], workers_by_state: Mapping[str, int], restarts: int):
         self._texts = texts
@@ -66,6 +69,9 @@ class _Summed(Collector):
         self._restarts = restarts
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+        from prometheus_client.parser import text_string_to_metric_families
+
         families: dict[str, Metric] = {}
         values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         for text in self._texts:

@@ -253,6 +253,7 @@ typedef struct cs_pool {
     int threads; /* running */
     int target;  /* wanted; a thread above it exits when it next looks for work */
     int idle;    /* threads waiting for work */
+    int waking;  /* of those, signalled and not yet running (cs_wake_one) */
     int fd;      /* eventfd: readable when done holds jobs */
 } cs_pool;
 
@@ -280,6 +281,18 @@ static cs_job *cs_lane_pop(cs_lane *lane) {
     return job;
 }
 
+/* Signal one idle thread if a queued job has no thread on its way yet. With the lock held.
+ * Why count the signalled threads (docs/performance.md change 25): a SCHED_BATCH thread that
+ * was signalled still counts as idle until the scheduler runs it, so the hub's next wake, a
+ * loop turn later, signalled it again: a futex system call per turn for nothing. */
+static void cs_wake_one(cs_pool *pool) {
+    size_t queued = pool->urgent.count + pool->normal.count;
+    if (queued > (size_t)pool->waking && pool->idle > pool->waking) {
+        pool->waking++;
+        pthread_cond_signal(&pool->work_ready);
+    }
+}
+
 static void *cs_worker(void *arg) {
     cs_pool *pool = (cs_pool *)arg;
     /* CPU-bound work (sched(7) SCHED_BATCH): a thread woken for a job then waits for the
@@ -295,6 +308,11 @@ static void *cs_worker(void *arg) {
             pool->idle++;
             pthread_cond_wait(&pool->work_ready, &pool->lock);
             pool->idle--;
+            /* a spurious or broadcast wake-up can make this an undercount: one signal too
+             * many later, never one missing */
+            if (pool->waking > 0) {
+                pool->waking--;
+            }
         }
         if (pool->threads > pool->target) {
             break;
@@ -303,6 +321,8 @@ static void *cs_worker(void *arg) {
         if (!job) {
             job = cs_lane_pop(&pool->normal);
         }
+        /* more work queued: this thread, not the hub, wakes the next idle one */
+        cs_wake_one(pool);
         pthread_mutex_unlock(&pool->lock);
         cs_job_run(job);
         pthread_mutex_lock(&pool->lock);
@@ -377,16 +397,13 @@ void cs_pool_push(cs_pool *pool, cs_job *job, int urgent) {
     pthread_mutex_unlock(&pool->lock);
 }
 
-/* Wake as many idle threads as there are queued jobs (no system call when none is idle). */
+/* Wake one idle thread for the queued jobs unless one is already on its way; a thread that
+ * takes a job wakes the next one itself while work remains (cs_worker), so the hub pays one
+ * futex wake at most per call and none while a signalled thread has not run yet. */
 void cs_pool_wake(cs_pool *pool) {
     pthread_mutex_lock(&pool->lock);
-    size_t queued = pool->urgent.count + pool->normal.count;
-    if (queued >= (size_t)pool->idle) {
-        pthread_cond_broadcast(&pool->work_ready);
-    } else {
-        for (size_t woken = 0; woken < queued; woken++) {
-            pthread_cond_signal(&pool->work_ready);
-        }
+    if (pool->waking == 0) {
+        cs_wake_one(pool);
     }
     pthread_mutex_unlock(&pool->lock);
 }

@@ -343,6 +343,217 @@ static PyObject *setup(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- the ACK encoder ------------------------------------------------------------------------
+ *
+ * spop/frames.py `encode_ack` in C (docs/performance.md change 27): a whole ACK frame (LENGTH,
+ * type, FIN, ids, LIST-OF-ACTIONS) from SetVar/UnsetVar objects, read through their slots.
+ * Scope: the actions the agent sends: exact SetVar/UnsetVar, scopes 0-4, names of 1-63
+ * characters of [A-Za-z0-9_.], values NULL, BOOL, the four integer types (range-checked as
+ * the Python encoder does), STRING/BINARY from bytes or str (utf-8), the type given or
+ * inferred as `infer_type` does; at most ACK_MAX bytes. Anything else, and every error,
+ * returns None: the caller encodes the same actions in Python, which produces the frame or
+ * raises its error. tests/integration/test_spop_native.py compares both. */
+#define ACK_MAX 2048
+
+static PyTypeObject *set_var_type, *unset_var_type;
+static Py_ssize_t set_scope_at, set_name_at, set_value_at, set_type_at;
+static Py_ssize_t unset_scope_at, unset_name_at;
+
+typedef struct {
+    unsigned char bytes[ACK_MAX];
+    Py_ssize_t len;
+} ack_buffer;
+
+static int put(ack_buffer *out, const void *data, Py_ssize_t len) {
+    if (len > ACK_MAX - out->len)
+        return -1;
+    memcpy(out->bytes + out->len, data, (size_t)len);
+    out->len += len;
+    return 0;
+}
+
+/* docs/protocol.md "Varints" (wire.encode_varint for 0 <= value < 2^64) */
+static int put_varint(ack_buffer *out, unsigned long long value) {
+    unsigned char tmp[10];
+    int n = 0;
+    if (value < 240) {
+        tmp[n++] = (unsigned char)value;
+    } else {
+        tmp[n++] = (unsigned char)((value & 0xFF) | 0xF0);
+        value = (value - 240) >> 4;
+        while (value >= 128) {
+            tmp[n++] = (unsigned char)((value & 0xFF) | 0x80);
+            value = (value - 128) >> 7;
+        }
+        tmp[n++] = (unsigned char)value;
+    }
+    return put(out, tmp, n);
+}
+
+static PyObject *slot(PyObject *self, Py_ssize_t at) { return *(PyObject **)((char *)self + at); }
+
+/* action type, arg count, scope, name: the head of SET-VAR (3 args) and UNSET-VAR (2) */
+static int put_head(ack_buffer *out, int action, int nb_args, PyObject *scope, PyObject *name) {
+    if (scope == NULL || !PyLong_Check(scope) || name == NULL || !PyUnicode_CheckExact(name))
+        return -1;
+    long scope_id = PyLong_AsLong(scope);
+    if (scope_id < 0 || scope_id > 4) /* also -1 with an error set: cleared by the caller */
+        return -1;
+    Py_ssize_t len;
+    const char *text = PyUnicode_AsUTF8AndSize(name, &len);
+    if (text == NULL || len < 1 || len > 63)
+        return -1;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.'))
+            return -1;
+    }
+    unsigned char head[4] = {(unsigned char)action, (unsigned char)nb_args,
+                             (unsigned char)scope_id, (unsigned char)len};
+    return put(out, head, 4) < 0 ? -1 : put(out, text, len);
+}
+
+/* the typed value of a SET-VAR (wire.encode_value) */
+static int put_value(ack_buffer *out, PyObject *value, PyObject *type) {
+    long id;
+    if (value == NULL)
+        return -1;
+    if (type == Py_None) { /* wire.infer_type, for the types handled here */
+        if (PyBool_Check(value))
+            id = 1;
+        else if (PyLong_Check(value))
+            id = T_INT64_;
+        else if (PyBytes_Check(value))
+            id = T_BINARY_;
+        else if (PyUnicode_Check(value))
+            id = T_STRING_;
+        else if (value == Py_None)
+            id = T_NULL_;
+        else
+            return -1;
+    } else if (type != NULL && PyLong_Check(type)) {
+        id = PyLong_AsLong(type);
+    } else {
+        return -1;
+    }
+    unsigned char type_byte = (unsigned char)id;
+    if (id == T_STRING_ || id == T_BINARY_) {
+        const char *data;
+        Py_ssize_t len;
+        if (PyBytes_Check(value)) {
+            data = PyBytes_AS_STRING(value);
+            len = PyBytes_GET_SIZE(value);
+        } else if (PyUnicode_Check(value)) {
+            data = PyUnicode_AsUTF8AndSize(value, &len); /* NULL for lone surrogates */
+            if (data == NULL)
+                return -1;
+        } else {
+            return -1;
+        }
+        if (put(out, &type_byte, 1) < 0 || put_varint(out, (unsigned long long)len) < 0)
+            return -1;
+        return put(out, data, len);
+    }
+    if (id == T_INT32_ || id == T_UINT32_ || id == T_INT64_ || id == T_UINT64_) {
+        if (!PyLong_Check(value))
+            return -1;
+        int overflow;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow != 0 || (number == -1 && PyErr_Occurred()))
+            return -1; /* beyond int64 (UINT64's upper half too): the Python encoder's call */
+        int is_signed = id == T_INT32_ || id == T_INT64_;
+        if (!is_signed && number < 0)
+            return -1;
+        if (put(out, &type_byte, 1) < 0)
+            return -1;
+        /* a negative number is sent as its two's complement (wire.encode_varint) */
+        return put_varint(out, (unsigned long long)number);
+    }
+    if (id == 1) { /* BOOL: the value in the flag nibble */
+        if (!PyBool_Check(value))
+            return -1;
+        unsigned char b = value == Py_True ? T_BOOL_TRUE_ : T_BOOL_FALSE_;
+        return put(out, &b, 1);
+    }
+    if (id == T_NULL_ && value == Py_None)
+        return put(out, &type_byte, 1);
+    return -1; /* IPV4/IPV6, unknown ids, mismatched values */
+}
+
+static int put_action(ack_buffer *out, PyObject *action) {
+    if (Py_IS_TYPE(action, unset_var_type))
+        return put_head(out, 2, 2, slot(action, unset_scope_at), slot(action, unset_name_at));
+    if (!Py_IS_TYPE(action, set_var_type))
+        return -1;
+    if (put_head(out, 1, 3, slot(action, set_scope_at), slot(action, set_name_at)) < 0)
+        return -1;
+    return put_value(out, slot(action, set_value_at), slot(action, set_type_at));
+}
+
+/* encode_ack(stream_id, frame_id, actions) -> bytes (the whole frame) | None */
+static PyObject *encode_ack(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
+    (void)module;
+    if (argc != 3) {
+        PyErr_SetString(PyExc_TypeError, "encode_ack(stream_id, frame_id, actions)");
+        return NULL;
+    }
+    if (set_var_type == NULL || !PyLong_Check(argv[0]) || !PyLong_Check(argv[1]))
+        Py_RETURN_NONE;
+    unsigned long long stream_id = PyLong_AsUnsignedLongLong(argv[0]);
+    unsigned long long frame_id = PyLong_AsUnsignedLongLong(argv[1]);
+    if (PyErr_Occurred()) { /* negative or beyond 64 bits */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *actions = PySequence_Fast(argv[2], "actions");
+    if (actions == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    ack_buffer out;
+    /* LENGTH (filled in last), ACK (103), FLAGS = FIN (docs/protocol.md "Frame layout") */
+    static const unsigned char head[9] = {0, 0, 0, 0, 103, 0, 0, 0, 1};
+    memcpy(out.bytes, head, sizeof head);
+    out.len = sizeof head;
+    int failed = put_varint(&out, stream_id) < 0 || put_varint(&out, frame_id) < 0;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(actions);
+    PyObject **items = PySequence_Fast_ITEMS(actions);
+    if (count == 0 && !failed) {
+        /* never an empty list: UNSET-VAR txn.noop, as frames.encode_actions */
+        static const unsigned char noop[8] = {2, 2, 2, 4, 'n', 'o', 'o', 'p'};
+        failed = put(&out, noop, sizeof noop) < 0;
+    }
+    for (Py_ssize_t i = 0; i < count && !failed; i++)
+        failed = put_action(&out, items[i]) < 0;
+    Py_DECREF(actions);
+    if (failed) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    uint32_t length = (uint32_t)(out.len - 4);
+    out.bytes[0] = (unsigned char)(length >> 24);
+    out.bytes[1] = (unsigned char)(length >> 16);
+    out.bytes[2] = (unsigned char)(length >> 8);
+    out.bytes[3] = (unsigned char)length;
+    return PyBytes_FromStringAndSize((const char *)out.bytes, out.len);
+}
+
+static PyObject *setup_actions(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *set_var, *unset_var;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &set_var, &PyType_Type, &unset_var))
+        return NULL;
+    PyTypeObject *s = (PyTypeObject *)set_var, *u = (PyTypeObject *)unset_var;
+    if (slot_offset(s, "scope", &set_scope_at) < 0 || slot_offset(s, "name", &set_name_at) < 0 ||
+        slot_offset(s, "value", &set_value_at) < 0 || slot_offset(s, "type", &set_type_at) < 0 ||
+        slot_offset(u, "scope", &unset_scope_at) < 0 || slot_offset(u, "name", &unset_name_at) < 0)
+        return NULL;
+    Py_XSETREF(set_var_type, (PyTypeObject *)Py_NewRef(set_var));
+    Py_XSETREF(unset_var_type, (PyTypeObject *)Py_NewRef(unset_var));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Arg, Message, Notify, DataType, ipv4_factory, ipv6_factory)"},
@@ -350,12 +561,15 @@ static PyMethodDef methods[] = {
      "next_notify(buffer, offset, frame_limit) -> (Notify, next offset), or None"},
     {"decode_messages", decode_messages, METH_O,
      "decode_messages(payload) -> tuple of Message, or None: decode it in Python"},
+    {"setup_actions", setup_actions, METH_VARARGS, "setup_actions(SetVar, UnsetVar)"},
+    {"encode_ack", (PyCFunction)(void (*)(void))encode_ack, METH_FASTCALL,
+     "encode_ack(stream_id, frame_id, actions) -> the ACK frame, or None: encode it in Python"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "coraza_spoa_py._spop_fast",
-    "SPOP NOTIFY decoding in C (coraza_spoa_py/spop_native.py)", -1, methods,
+    "SPOP NOTIFY decoding and ACK encoding in C (coraza_spoa_py/spop_native.py)", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -117,9 +117,10 @@ class Connection:
         "pipelining",
     )
 
-    # the NOTIFY payload decoder; a subclass may swap in one that decodes the same bytes to the
-    # same messages (coraza_spoa_py/spop_native.py: in C, this one as its reference)
+    # the NOTIFY payload decoder and the ACK encoder; a subclass may swap in ones that give the
+    # same results (coraza_spoa_py/spop_native.py: in C, these as their reference)
     _decode_messages = staticmethod(decode_messages)
+    _encode_ack = staticmethod(encode_ack)
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if not MIN_MAX_FRAME_SIZE <= max_frame_size <= MAX_FRAME_LENGTH:
@@ -324,7 +325,7 @@ class Connection:
         name, value out of range). The connection is still usable: answer the NOTIFY with a
         smaller ACK."""
         try:
-            frame = encode_ack(stream_id, frame_id, actions)
+            frame = self._encode_ack(stream_id, frame_id, actions)
         except (TypeError, ValueError) as error:
             raise SpopError(StatusCode.UNKNOWN, f"cannot encode ACK: {error}") from error
         size = len(frame) - LENGTH_PREFIX_SIZE

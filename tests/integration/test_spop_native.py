@@ -1,7 +1,9 @@
-"""The C NOTIFY decoder (native/spop_fast.c, through spop_native) against the pure-Python
-codec, its reference: the same bytes must give equal messages with the same types, or the
-same SpopError. Fed the captures of real HAProxy, the vectors of docs/protocol.md "Test
-vectors", generated messages of every type, and those messages cut, flipped and garbled."""
+"""The C NOTIFY decoder and ACK encoder (native/spop_fast.c, through spop_native) against the
+pure-Python codec, their reference: the same bytes must give equal messages with the same
+types, or the same SpopError; the same actions the same ACK bytes, or the same error. Fed the
+captures of real HAProxy, the vectors of docs/protocol.md "Test vectors", generated messages of
+every type, and those messages cut, flipped and garbled; the agent's own ACKs and generated
+actions of every kind, valid or not."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coraza_spoa_py import spop, spop_native
-from coraza_spoa_py.spop import Arg, DataType, Message, frames
+from coraza_spoa_py import spop, spop_native, verdicts
+from coraza_spoa_py.models import Verdict
+from coraza_spoa_py.spop import Action, Arg, DataType, Message, SetVar, UnsetVar, VarScope, frames
 from tests.unit.spop import helpers
 
 CAPTURES = Path(__file__).parents[1] / "unit" / "spop" / "data"
@@ -230,3 +233,173 @@ def test_a_seeded_corpus_of_mutated_streams_reads_alike() -> None:
         data = helpers.V4_HELLO_MIN + bytes(stream)
         cut = rng.randint(len(helpers.V4_HELLO_MIN), len(data))
         _same_stream([data[:cut], data[cut:]] if rng.random() < 0.5 else [data])
+
+
+# ---- the ACK encoder (docs/performance.md change 27) ----------------------------------------
+
+
+def _ack_outcome(encode: object, stream_id: int, frame_id: int, actions: list[Action]) -> object:
+    try:
+        return encode(stream_id, frame_id, actions)  # type: ignore[operator]
+    except Exception as error:  # the reference's own error, whatever it is
+        return ("error", type(error), str(error))
+
+
+def _same_ack(stream_id: int, frame_id: int, actions: list[Action]) -> object:
+    expected = _ack_outcome(frames.encode_ack, stream_id, frame_id, actions)
+    assert _ack_outcome(spop_native.encode_ack, stream_id, frame_id, actions) == expected
+    return expected
+
+
+def _agent_acks() -> list[list[Action]]:
+    clean = Verdict(interrupted=False)
+    blocked = Verdict(
+        interrupted=True,
+        status=403,
+        action="deny",
+        rule_id=942100,
+        matched_rule_ids=(920350, 942100),
+        rules_hit=2,
+        anomaly_score=10,
+    )
+    return [
+        verdicts.verdict_actions(
+            clean, transaction_id="tx-1", export_rule_ids=False, detect_only=False
+        ),
+        verdicts.verdict_actions(
+            blocked, transaction_id="tx-\u00e9", export_rule_ids=True, detect_only=False
+        ),
+        verdicts.verdict_actions(
+            blocked, transaction_id=None, export_rule_ids=True, detect_only=True
+        ),
+        verdicts.error_actions(next(iter(verdicts.ErrorCode))),
+        [],
+    ]
+
+
+@pytest.mark.parametrize("actions", _agent_acks())
+def test_the_agents_acks_are_encoded_in_c_alike(actions: list[Action]) -> None:
+    assert spop_native._native_encode_ack(7, 300, actions) is not None  # the agent's shapes
+    frame = _same_ack(7, 300, actions)
+    assert isinstance(frame, bytes)
+    raw = frames.decode_frame(frame)
+    assert (raw.type, raw.stream_id, raw.frame_id) == (frames.FrameType.ACK, 7, 300)
+    decoded = frames.decode_actions(raw.payload)
+    assert [a.name for a in decoded] == [a.name for a in actions or [frames.NOOP_ACTION]]
+
+
+_GOOD_NAMES = st.text("abcXYZ019_.", min_size=1, max_size=63)
+# the shapes the C encoder takes: each value with its type, or with none (inferred)
+_GOOD_VALUES = st.one_of(
+    st.tuples(st.booleans(), st.sampled_from([None, DataType.BOOL])),
+    st.tuples(st.integers(-(2**63), 2**63 - 1), st.sampled_from([None, DataType.INT64])),
+    st.tuples(st.integers(-(2**31), 2**31 - 1), st.just(DataType.INT32)),
+    st.tuples(st.integers(0, 2**63 - 1), st.sampled_from([DataType.UINT32, DataType.UINT64])),
+    st.tuples(st.binary(max_size=300), st.sampled_from([None, DataType.BINARY, DataType.STRING])),
+    st.tuples(st.text(max_size=40), st.sampled_from([None, DataType.STRING, DataType.BINARY])),
+    st.tuples(st.none(), st.sampled_from([None, DataType.NULL])),
+)
+_GOOD_ACTIONS = st.lists(
+    st.one_of(
+        st.builds(
+            lambda scope, name, typed: SetVar(scope, name, typed[0], typed[1]),
+            st.sampled_from(list(VarScope)),
+            _GOOD_NAMES,
+            _GOOD_VALUES,
+        ),
+        st.builds(UnsetVar, st.sampled_from(list(VarScope)), _GOOD_NAMES),
+    ),
+    max_size=6,
+)
+# anything else, mostly what the reference refuses: the C encoder must leave it to Python
+_ANY_NAMES = st.one_of(_GOOD_NAMES, st.text(st.characters(max_codepoint=300), max_size=70))
+_ANY_SCOPES = st.one_of(st.sampled_from(list(VarScope)), st.integers(-2, 7))
+_ANY_VALUES = st.one_of(
+    st.booleans(),
+    st.integers(-(2**64), 2**65),
+    st.binary(max_size=3000),
+    st.text(max_size=40),
+    st.none(),
+    st.binary(min_size=4, max_size=4).map(IPv4Address),
+    st.builds(bytearray, st.binary(max_size=8)),
+    st.floats(allow_nan=False),
+)
+_ANY_TYPES = st.one_of(st.none(), st.sampled_from(list(DataType)), st.integers(-1, 12))
+_ANY_ACTIONS = st.lists(
+    st.one_of(
+        st.builds(SetVar, _ANY_SCOPES, _ANY_NAMES, _ANY_VALUES, _ANY_TYPES),
+        st.builds(UnsetVar, _ANY_SCOPES, _ANY_NAMES),
+    ),
+    max_size=3,
+)
+_IDS = st.one_of(st.integers(0, 2**18), st.integers(-3, 2**64 + 3))
+
+
+_TXN = VarScope.TRANSACTION
+_EDGE_ACTIONS = [
+    SetVar(_TXN, "n", -1, DataType.UINT32),
+    SetVar(_TXN, "n", -1, DataType.UINT64),
+    SetVar(_TXN, "n", 2**63, DataType.UINT64),
+    SetVar(_TXN, "n", 2**64, DataType.UINT64),
+    SetVar(_TXN, "n", -(2**63) - 1, DataType.INT64),
+    SetVar(_TXN, "n", -(2**63), DataType.INT32),
+    SetVar(_TXN, "n", True, DataType.INT64),
+    SetVar(_TXN, "n", 1, DataType.BOOL),
+    SetVar(_TXN, "n", "1", DataType.INT64),
+    SetVar(_TXN, "n", None, DataType.STRING),
+    SetVar(_TXN, "n", b"", DataType.NULL),
+    SetVar(_TXN, "n", bytearray(b"x"), None),  # type: ignore[arg-type]
+    SetVar(_TXN, "n", "\ud800", None),
+    SetVar(_TXN, "n", IPv4Address("10.0.0.1"), None),
+    SetVar(_TXN, "n", IPv6Address("::1"), DataType.IPV6),
+    SetVar(_TXN, "n", 1.5, None),  # type: ignore[arg-type]
+    SetVar(_TXN, "n", 1, 12),  # type: ignore[arg-type]
+    SetVar(_TXN, "", 1),
+    SetVar(_TXN, "a" * 64, 1),
+    SetVar(_TXN, "a-b", 1),
+    SetVar(_TXN, "\u00e9", 1),
+    SetVar(5, "n", 1),  # type: ignore[arg-type]
+    SetVar(-1, "n", 1),  # type: ignore[arg-type]
+    UnsetVar(7, "n"),  # type: ignore[arg-type]
+    UnsetVar(_TXN, "a b"),
+    SetVar(_TXN, "big", b"x" * 5000),
+]
+
+
+@pytest.mark.parametrize("action", _EDGE_ACTIONS, ids=repr)
+def test_edge_actions_encode_alike(action: Action) -> None:
+    """Each beside a valid action: one the C encoder cannot take sends the whole ACK to Python,
+    whose frame or error it must be."""
+    _same_ack(1, 1, [SetVar(_TXN, "fail", 0, DataType.INT64), action])
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1), _GOOD_ACTIONS)
+def test_generated_agent_shaped_acks_are_encoded_in_c_alike(
+    stream_id: int, frame_id: int, actions: list[Action]
+) -> None:
+    if len(frames.encode_ack(stream_id, frame_id, actions)) <= 2048:  # the C buffer
+        assert spop_native._native_encode_ack(stream_id, frame_id, actions) is not None
+    _same_ack(stream_id, frame_id, actions)
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(_IDS, _IDS, _ANY_ACTIONS)
+def test_any_generated_acks_encode_alike(
+    stream_id: int, frame_id: int, actions: list[Action]
+) -> None:
+    _same_ack(stream_id, frame_id, actions)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_GOOD_ACTIONS, _ANY_ACTIONS), st.integers(256, 4096))
+def test_send_ack_answers_alike_within_the_frame_limit(
+    actions: list[Action], max_frame_size: int
+) -> None:
+    outcomes: list[object] = []
+    for codec in (spop.Connection(max_frame_size), spop_native.NativeConnection(max_frame_size)):
+        try:
+            outcomes.append(codec.send_ack(1, 2, actions))
+        except spop.SpopError as error:
+            outcomes.append(("error", error.status, str(error)))
+    assert outcomes[0] == outcomes[1]
