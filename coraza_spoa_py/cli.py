@@ -164,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.version:
         sys.stdout.write(version_text())
         return EXIT_OK
-    _warn_go_only_flags(options)
     if options.validate:
+        _warn_go_only_flags(options)
         return validate(options)
     from coraza_spoa_py import master
     from coraza_spoa_py.runtime import Runtime, StartupError
@@ -178,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if worker is not None:
         # before the config is read: its errors, on every restart, say which worker failed
         logger.configure(extra={"worker": worker.index})
+    else:
+        _warn_go_only_flags(options)  # the master's or the only process's: workers get its argv
     try:
         # read once: the master's or the only process's, and each worker's own
         loaded = _loader(options)()

@@ -205,3 +205,23 @@ def test_a_restarted_worker_that_cannot_read_the_config_says_which_worker_it_is(
     errors = [line for line in logs.splitlines() if "bogus_key" in line]
     assert errors, logs
     assert all("worker=1" in line for line in errors), errors
+
+
+def test_the_go_only_flag_warnings_are_logged_once_by_the_master(tmp_path: Path) -> None:
+    """1. Two workers started with the Go agent's ``-cpuprofile`` (accepted, ignored). 2. Both
+    ready. Result: its warning is in the log once, from the master: the workers are started with
+    the same flags and do not repeat it."""
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(CONFIG.format(port=port).replace("log_level: warn", "log_level: info"))
+    args = (*WORKERS_2, "-cpuprofile", str(tmp_path / "cpu.prof"))
+    agent = cli_agent(config, port=port, log_path=tmp_path / "agent.log", extra_args=args)
+    with agent:
+        deadline = time.monotonic() + 60
+        while agent.logs().count("listening on") < 2:
+            assert time.monotonic() < deadline, agent.logs()
+            agent.raise_if_exited()
+            time.sleep(0.05)
+        logs = agent.logs()
+    warnings = [line for line in logs.splitlines() if "-cpuprofile" in line]
+    assert len(warnings) == 1, logs
