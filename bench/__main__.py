@@ -30,6 +30,7 @@ from bench.floor import DEFAULT_TRANSACTIONS as FLOOR_TRANSACTIONS
 from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 from bench.soak import DEFAULT_BASELINE, DEFAULT_SAMPLE_EVERY, DEFAULT_TRANSACTIONS, DEFAULT_TTL_MS
 from bench.stack import DEFAULT_HAPROXY, ROOT, SHIPPED_HAPROXY_DIR
+from tests.support.haproxy import HAPROXY_VERSIONS, HAProxyNotFoundError, find_haproxy
 
 MODES = ("throughput", "workers", "overload", "profile", "floor", "soak")
 
@@ -71,7 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="ceiling threads (default: cores, as the agent's default pool)",
     )
     p.add_argument("--wrk-threads", type=int, default=2)
-    p.add_argument("--haproxy", default=DEFAULT_HAPROXY, help="HAProxy binary (default 2.6)")
+    p.add_argument(
+        "--haproxy",
+        default=DEFAULT_HAPROXY,
+        help=f"HAProxy: a version ({', '.join(HAPROXY_VERSIONS)}), a binary's path or a command "
+        f"on PATH (default {DEFAULT_HAPROXY})",
+    )
     p.add_argument(
         "--haproxy-dir",
         type=Path,
@@ -133,6 +139,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    try:  # found once, here: a missing binary is a usage error, not a failure mid-run
+        args.haproxy = str(find_haproxy(args.haproxy))
+    except (ValueError, HAProxyNotFoundError) as exc:
+        p.error(f"--haproxy: {exc}")
     return args
 
 

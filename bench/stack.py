@@ -139,8 +139,9 @@ def start_agent(workdir: Path, port: int, **options: Any) -> AgentProcess:
 def bench_haproxy(
     workdir: Path, ports: Ports, binary: str, haproxy_dir: Path = SHIPPED_HAPROXY_DIR
 ) -> AbstractContextManager[HAProxy]:
-    """HAProxy ``binary`` on the shipped config rendered for the bench (``haproxy_config``),
-    started by the test harness's ``start_haproxy`` when entered."""
+    """HAProxy ``binary`` (a version, a path or a command on PATH: ``find_haproxy``) on the
+    shipped config rendered for the bench (``haproxy_config``), started by the test harness's
+    ``start_haproxy`` when entered."""
     spoe_path = workdir / "coraza.cfg"
     rendered = render_haproxy(
         (haproxy_dir / "haproxy.cfg").read_text(),

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_spop_haproxy import spop_stack
 from tests.support.agent import cli_agent
 from tests.support.backend import BackendProcess
-from tests.support.haproxy import start_haproxy
 from tests.support.httpclient import request
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
-
-E2E_DIR = Path(__file__).parent
 
 CONFIG = """\
 bind: 127.0.0.1:{port}
@@ -37,37 +35,23 @@ def test_cli_agent_behind_haproxy_blocks_and_stops_cleanly(
     version: str, http_backend: BackendProcess, tmp_path: Path
 ) -> None:
     """1. Write a config with one rule (deny when the URI contains "attack"); start the CLI.
-    2. HAProxy ``version`` in front: / → 200, /attack → 403 (the engine's verdict, fail=1).
+    2. HAProxy ``version`` in front (``spop_stack``'s config, which copies the SPOE variables
+       into response headers): / → 200, /attack → 403 (the engine's verdict, fail=1).
     3. SIGTERM: the agent drains, logs its shutdown and exits 0."""
-    agent_port, frontend_port = free_port(), free_port()
+    agent_port = free_port()
     config = tmp_path / "config.yml"
     config.write_text(CONFIG.format(port=agent_port))
-    with cli_agent(config, port=agent_port, log_path=tmp_path / "agent.log") as agent:
-        agent.wait_ready()
-        with start_haproxy(
-            version,
-            E2E_DIR / "haproxy-spop.cfg",
-            tmp_path / "haproxy",
-            substitutions={
-                "FE_PORT": frontend_port,
-                "BACKEND_PORT": http_backend.port,
-                "AGENT_ADDR": f"127.0.0.1:{agent_port}",
-                "PROCESSING_TIMEOUT": "3s",
-                "IDLE_TIMEOUT": "2m",
-                "AGENT_SERVER_TIMEOUT": "3m",
-            },
-            extra_files={"SPOE_CFG": E2E_DIR / "spoe-spop.cfg"},
-            wait_ports=[frontend_port],
-        ):
-            ok = request(frontend_port, "/")
-            assert (ok.status, ok.header("X-Coraza-Fail"), ok.header("X-Coraza-Error")) == (
-                200,
-                "0",
-                None,
-            )
-            denied = request(frontend_port, "/attack")
-            assert (denied.status, denied.header("X-Coraza-Fail")) == (403, "1")
+    agent = cli_agent(config, port=agent_port, log_path=tmp_path / "agent.log")
+    with spop_stack(version, tmp_path, http_backend, agent=agent) as running:
+        ok = request(running.frontend_port, "/")
+        assert (ok.status, ok.header("X-Coraza-Fail"), ok.header("X-Coraza-Error")) == (
+            200,
+            "0",
+            None,
+        )
+        denied = request(running.frontend_port, "/attack")
+        assert (denied.status, denied.header("X-Coraza-Fail")) == (403, "1")
         assert agent.terminate() == 0
-        logs = agent.logs()
-        assert "pipelining=True" in logs
-        assert "stopped listening" in logs
+    logs = agent.logs()
+    assert "pipelining=True" in logs
+    assert "stopped listening" in logs

@@ -60,15 +60,18 @@ def spop_stack(
     idle_timeout: str = "2m",
     agent_server_timeout: str = "3m",
     unix_socket: bool = False,
+    agent: AgentProcess | None = None,
 ) -> Iterator[Stack]:
     """The test agent, then HAProxy ``version`` in front of ``backend``; both stopped after.
     ``idle_timeout`` is the SPOE `timeout idle` (≤3.0), ``agent_server_timeout`` the agents
     backend's `timeout server` (the idle lifetime in 3.1+, docs/protocol.md "HAProxy settings by
-    version"). ``unix_socket``: the agent listens on a unix socket in ``workdir`` instead of TCP."""
-    agent_port, frontend_port = free_port(), free_port()
+    version"). ``unix_socket``: the agent listens on a unix socket in ``workdir`` instead of TCP.
+    ``agent``: another agent (built, not started) in place of the test agent, e.g. the CLI."""
+    frontend_port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    unix_path = workdir / "agent.sock" if unix_socket else None
-    agent = test_agent(agent_port, workdir / "agent.log", unix_path)
+    if agent is None:
+        unix_path = workdir / "agent.sock" if unix_socket else None
+        agent = test_agent(free_port(), workdir / "agent.log", unix_path)
     haproxy = partial(
         start_haproxy,
         version,

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tests.support.haproxy import PROJECT_ROOT
 from tests.support.httpclient import request
@@ -108,21 +109,57 @@ def scrape(port: int) -> str:
     return response.body.decode()
 
 
+# every worker loads its rules itself, several at once on a shared machine
+WORKERS_READY_TIMEOUT_S = 90.0
+
+
+class WorkersAgent(AgentProcess):
+    """The product with ``-workers N -metrics-addr``: ``wait_ready`` waits until every worker is
+    ready (the master's ``coraza_spoa_py_workers{state="ready"}``: the first worker ready
+    accepts every connection until the others serve), so ``running_stack`` starts HAProxy in
+    front of all of them."""
+
+    def __init__(self, argv: list[str], *, metrics_port: int, workers: int, **options: Any):
+        super().__init__(argv, **options)
+        self.metrics_port = metrics_port
+        self.workers = workers
+
+    def wait_ready(self, timeout: float = WORKERS_READY_TIMEOUT_S) -> WorkersAgent:
+        deadline = time.monotonic() + timeout
+        super().wait_ready(timeout=timeout)
+        wait_for_port("127.0.0.1", self.metrics_port, timeout=timeout, process=self)
+        ready = scrape(self.metrics_port)
+        while metric_sum(ready, "coraza_spoa_py_workers", state="ready") != self.workers:
+            assert time.monotonic() < deadline, f"{self.workers} workers not ready"
+            self.raise_if_exited()
+            time.sleep(0.1)
+            ready = scrape(self.metrics_port)
+        return self
+
+
+def cli_workers_agent(
+    config_path: Path, *, port: int, metrics_port: int, log_path: Path, workers: int = 2
+) -> WorkersAgent:
+    """``cli_agent`` with ``-workers N -metrics-addr`` (not started yet)."""
+    args = ("-workers", str(workers), "-metrics-addr", f"127.0.0.1:{metrics_port}")
+    argv = python_module_argv("coraza_spoa_py", "-config", str(config_path), *args)
+    return WorkersAgent(
+        argv,
+        metrics_port=metrics_port,
+        workers=workers,
+        log_path=log_path,
+        port=port,
+        name="coraza-spoa-py",
+    )
+
+
 @contextmanager
 def workers_agent(
     config_path: Path, *, port: int, metrics_port: int, log_path: Path, workers: int = 2
-) -> Iterator[AgentProcess]:
-    """``cli_agent`` with ``-workers N -metrics-addr``, yielded once every worker is ready (the
-    master's ``coraza_spoa_py_workers{state="ready"}``: the first worker ready accepts every
-    connection until the others serve)."""
-    args = ("-workers", str(workers), "-metrics-addr", f"127.0.0.1:{metrics_port}")
-    agent = cli_agent(config_path, port=port, log_path=log_path, extra_args=args)
+) -> Iterator[WorkersAgent]:
+    """``cli_workers_agent`` started, yielded once every worker is ready."""
+    agent = cli_workers_agent(
+        config_path, port=port, metrics_port=metrics_port, log_path=log_path, workers=workers
+    )
     with agent:
-        agent.wait_ready(timeout=90)
-        wait_for_port("127.0.0.1", metrics_port, process=agent)
-        deadline = time.monotonic() + 90
-        while metric_sum(scrape(metrics_port), "coraza_spoa_py_workers", state="ready") != workers:
-            assert time.monotonic() < deadline, f"{workers} workers not ready"
-            agent.raise_if_exited()
-            time.sleep(0.1)
-        yield agent
+        yield agent.wait_ready()

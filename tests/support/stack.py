@@ -1,7 +1,8 @@
 """The one start-up of an agent-behind-HAProxy stack, for the e2e tests, the CRS runner and the
-bench: the agents first (each waited for on its port), then HAProxy (waited for on its
-frontends), torn down in the reverse order on every exit path, with every process's output and
-HAProxy's rendered configs written to stderr when the block fails.
+bench: the agents first (each waited for by its own ``wait_ready``: its port, or for an
+``agent.WorkersAgent`` every worker ready), then HAProxy (waited for on its frontends), torn
+down in the reverse order on every exit path, with every process's output and HAProxy's
+rendered configs written to stderr when the block fails.
 
 ``running_stack`` takes agents built but not started (``cli_agent`` or any ``AgentProcess``)
 and a function that starts HAProxy (``start_haproxy`` on any config); ``shipped_stack`` is the

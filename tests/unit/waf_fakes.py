@@ -83,7 +83,7 @@ class FakeTransaction:
             self._close_by_job(close_when, interrupted)
 
     def _close_by_job(self, close_when: CloseWhen, interrupted: bool) -> None:
-        # as the engine job does it (waf.ModSecTransaction): once, whatever happened for
+        # as the engine job does it (engine.ModSecTransaction): once, whatever happened for
         # ALWAYS, and never failing (fail_close is about close())
         if close_when is CloseWhen.ALWAYS or (
             close_when is CloseWhen.IF_INTERRUPTED and interrupted
