@@ -1,7 +1,7 @@
 """The agent configuration every bench run uses, written to a temp dir as a Gen3 config file.
 
 One source for the rules text: the agent (through its config file) and the ceiling (through
-``waf.load_engine``) load the same directives, so the ratio compares like with like. Writes
+``engine.load_engine``) load the same directives, so the ratio compares like with like. Writes
 files only; never starts anything.
 """
 
