@@ -79,9 +79,13 @@ def _c_text(value: bytes) -> bytes:
 
 
 def _packed_headers(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    # the header records msc_glue.c reads: one C call adds them all
+    # the header records msc_glue.c reads: one C call adds them all (joined once, no
+    # intermediate bytes per header)
     pack = _LENGTH.pack
-    return b"".join([pack(len(n)) + n + pack(len(v)) + v for n, v in headers])
+    parts: list[bytes] = []
+    for name, value in headers:
+        parts += (pack(len(name)), name, pack(len(value)), value)
+    return b"".join(parts)
 
 
 class CompiledRules(Protocol):
