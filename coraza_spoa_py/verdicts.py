@@ -68,11 +68,7 @@ COUNTED_RULE_ID_RANGES = ((910_000, 960_000), (190_000, 200_000))
 
 def is_counted_rule_id(rule_id: int) -> bool:
     """Whether coraza-spoa counts this id in ``rules_hit`` / ``rule_ids``."""
-    # a loop, not any(): no generator per rule id
-    for low, high in COUNTED_RULE_ID_RANGES:
-        if low <= rule_id < high:
-            return True
-    return False
+    return any(low <= rule_id < high for low, high in COUNTED_RULE_ID_RANGES)
 
 
 @dataclass(frozen=True, slots=True)
