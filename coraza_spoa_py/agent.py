@@ -282,12 +282,13 @@ class Agent:
         )
 
     def _route_response(self, args: Mapping[str, Arg]) -> Application:
-        transaction_id = _id_of(args)
         try:
             application = self._route(self._current, args)
         except NoApplicationError:
             # the app may be gone from the new config while its old transactions still wait
             application = None
+        # after a reload only: a retired generation may hold its transaction
+        transaction_id = _id_of(args) if self._retired else None
         if transaction_id and (
             application is None or not application.has_open_transaction(transaction_id)
         ):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from loguru import logger
 
-from coraza_spoa_py.message_log import debug_enabled, traced
+from coraza_spoa_py.message_log import debug_enabled, level_enabled, traced
 from coraza_spoa_py.messages import (
     REQUEST_ARGS,
     RESPONSE_ARGS,
@@ -75,6 +75,8 @@ GENERATED_ID_LENGTH = 16
 # notice/info -> info, debug -> debug, everything else (and no severity) -> error
 _LEVEL_BY_SEVERITY = {"warning": "WARNING", "notice": "INFO", "info": "INFO", "debug": "DEBUG"}
 _LEVEL_ORDER = ("DEBUG", "INFO", "WARNING", "ERROR")
+# loguru's numbers of those levels
+_LEVEL_NO = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
 
 def rule_match_level(matches: Sequence[RuleMatch]) -> str:
@@ -324,12 +326,15 @@ class Application:
     def _report(
         self, message_name: str, transaction_id: str, orphan: bool, verdict: Verdict
     ) -> None:
-        # docs/architecture.md "Rule-match log records": at most one record per message
+        # docs/architecture.md "Rule-match log records": at most one record per message, its
+        # dicts built only when a sink takes its level (docs/performance.md change 30)
         if verdict.matches:
-            records = [match.to_dict() for match in verdict.matches]
-            self._log.bind(tx=transaction_id, kind="rule_match", matches=records).log(
-                rule_match_level(verdict.matches), "rules matched"
-            )
+            level = rule_match_level(verdict.matches)
+            if level_enabled(_LEVEL_NO[level]):
+                records = [match.to_dict() for match in verdict.matches]
+                self._log.bind(tx=transaction_id, kind="rule_match", matches=records).log(
+                    level, "rules matched"
+                )
         if self.observer is not None:
             self.observer(self.config.name, message_name, orphan, verdict)
 

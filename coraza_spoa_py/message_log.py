@@ -66,8 +66,14 @@ Handler = Callable[Concatenate[Message, float, Mapping[str, Arg], P], Outcome]
 
 def debug_enabled() -> bool:
     """Whether any sink takes debug records (read on every message: it follows reloads)."""
+    return level_enabled(DEBUG_LEVEL_NO)
+
+
+def level_enabled(level_no: int) -> bool:
+    """Whether any sink takes records of loguru's numeric level ``level_no``: loguru's own
+    first check, made before the caller builds what only the record would carry."""
     min_level = getattr(_LOGURU_CORE, "min_level", 0)
-    return bool(min_level <= DEBUG_LEVEL_NO)
+    return bool(min_level <= level_no)
 
 
 def describe_arg(arg: Arg) -> str:

@@ -61,6 +61,9 @@ RESPONSE_ARGS = frozenset(
 
 _TEXT_TYPES = frozenset({DataType.STRING, DataType.BINARY})
 _INTEGER_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
+_ADDRESS_TYPES = frozenset({DataType.IPV4, DataType.IPV6})
+# a tuple, not ``IPv4Address | IPv6Address``: that expression builds a union object per call
+_ADDRESS_CLASSES = (IPv4Address, IPv6Address)
 _HTTP_VERSION_PREFIX = b"HTTP/"
 _MAX_PORT = 65_535
 # req.body_size is a signed 64-bit sample (docs/protocol.md "What HAProxy sends")
@@ -157,9 +160,7 @@ def _address_arg(arg: Arg | None) -> IPAddress | None:
     if arg is None or arg.type is DataType.NULL:
         return None  # unix-socket clients have no address (docs/protocol.md "What HAProxy sends")
     address: IPAddress
-    if arg.type in (DataType.IPV4, DataType.IPV6) and isinstance(
-        arg.value, IPv4Address | IPv6Address
-    ):
+    if arg.type in _ADDRESS_TYPES and isinstance(arg.value, _ADDRESS_CLASSES):
         address = arg.value
     elif arg.type in _TEXT_TYPES and isinstance(arg.value, bytes):
         try:

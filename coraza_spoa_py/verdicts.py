@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any
 
 from coraza_spoa_py.models import RuleMatch, Verdict
@@ -96,6 +97,10 @@ def phase_verdict(
     """The verdict of a phase group: ``matches`` are every rule match of the transaction so
     far, those from ``new_from`` on this phase group's; ``anomaly_score`` the engine's inbound
     score where the request phases ended."""
+    if not matches and interruption is None:
+        # a clean phase group of a transaction that matched nothing (every clean GET): the
+        # defaults are its ids, counts, lines and matches
+        return Verdict(anomaly_score=anomaly_score, engine_times=engine_times)
     new_matches = tuple(matches[new_from:])
     # id 0: an intervention that no rule made (the body limits)
     matched_ids = tuple(m.rule_id for m in matches if m.rule_id)
@@ -166,8 +171,19 @@ def _interruption_action(interruption: Interruption) -> str:
 def _set(name: str, value: int | str | bytes) -> SetVar:
     # docs/compatibility.md "Errors": numbers as INT64 (coraza-spoa's types), text as STRING, even
     # when we hold it as bytes (the id HAProxy sent, returned byte for byte)
+    if type(value) is int:
+        return _int_set_var(name, value)
     data_type = DataType.INT64 if isinstance(value, int) else DataType.STRING
     return SetVar(VarScope.TRANSACTION, name, value, data_type)
+
+
+@lru_cache(maxsize=1024)
+def _int_set_var(name: str, value: int) -> SetVar:
+    # Most integer SET-VARs repeat (fail=0, rules_hit=0, anomaly_score=0 on every clean
+    # message); a SetVar is frozen, so one object serves them all instead of a frozen
+    # dataclass built per variable (docs/performance.md change 28). Exact ints only: True == 1
+    # would share a key with 1.
+    return SetVar(VarScope.TRANSACTION, name, value, DataType.INT64)
 
 
 def error_actions(code: ErrorCode) -> list[Action]:

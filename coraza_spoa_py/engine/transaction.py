@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from functools import lru_cache
 from ipaddress import IPv6Address
 from typing import Any, Protocol
 
@@ -51,6 +52,13 @@ _LENGTH = struct.Struct("<I")
 def _ip_text(address: IPAddress | None) -> bytes:
     if address is None:
         return b""
+    return _address_text(address)
+
+
+@lru_cache(maxsize=1024)
+def _address_text(address: IPAddress) -> bytes:
+    # ipaddress spells an address in Python (~2 us, twice per request) and the same ones come
+    # back: clients, the agent's own listeners (docs/performance.md change 29)
     # HAProxy maps IPv4 clients into IPv6 on v6 binds; rules (and IP lists) expect dotted quads
     mapped = address.ipv4_mapped if isinstance(address, IPv6Address) else None
     return str(mapped or address).encode()
@@ -71,9 +79,13 @@ def _c_text(value: bytes) -> bytes:
 
 
 def _packed_headers(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    # the header records msc_glue.c reads: one C call adds them all
+    # the header records msc_glue.c reads: one C call adds them all (joined once, no
+    # intermediate bytes per header)
     pack = _LENGTH.pack
-    return b"".join([pack(len(n)) + n + pack(len(v)) + v for n, v in headers])
+    parts: list[bytes] = []
+    for name, value in headers:
+        parts += (pack(len(name)), name, pack(len(value)), value)
+    return b"".join(parts)
 
 
 class CompiledRules(Protocol):
@@ -115,10 +127,11 @@ class ModSecTransaction:
         deadline: float = 0.0,
         close_when: CloseWhen = CloseWhen.NEVER,
     ) -> Verdict:
-        self._client = _ip_text(request.src_ip).decode()
+        client = _ip_text(request.src_ip)
+        self._client = client.decode()
         job = self._job(lib.CS_REQUEST, deadline, close_when)
         keep = [
-            self._text(job, "client_ip", self._client.encode()),
+            self._text(job, "client_ip", client),
             self._text(job, "server_ip", _ip_text(request.dst_ip)),
             self._text(job, "uri", _c_text(request.uri)),
             self._text(job, "method", _c_text(request.method)),
