@@ -2,7 +2,7 @@
 the deadlines.
 
 Per connection (docs/protocol.md "Agent design"):
-- one reader greenlet: ``recv`` → ``receive_data`` → every complete frame of that read;
+- one reader greenlet: ``workers.read_when_ready`` → ``receive_data`` → every frame read;
 - each NOTIFY runs concurrently on a per-connection set of at most
   ``max_inflight_per_connection`` reused greenlets (``workers.Workers``); when all are busy the
   reader waits for one and stops reading, so TCP back-pressure reaches HAProxy
@@ -34,7 +34,7 @@ from coraza_spoa_py.message_log import debug_enabled
 from coraza_spoa_py.settings import BindAddress
 from coraza_spoa_py.spop_native import NativeConnection
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
-from coraza_spoa_py.workers import Flusher, Workers
+from coraza_spoa_py.workers import Flusher, Workers, read_when_ready
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
 
@@ -202,11 +202,12 @@ class AgentConnection:
 
     def _read_loop(self) -> str:
         """Read until the connection ends; returns why (for the debug log)."""
+        chunk_was_full = False
         while not (self.stop_requested or self.evicting):
             try:
                 self.parked_in_recv = True
                 try:
-                    chunk = self.sock.recv(RECV_SIZE)
+                    chunk = read_when_ready(self.sock, RECV_SIZE, try_first=chunk_was_full)
                 finally:
                     self.parked_in_recv = False
             except _StopReadingError:
@@ -221,6 +222,7 @@ class AgentConnection:
                 self.log.warning("read failed: {}", exc)
                 return "read error"
             received_at = time.monotonic()
+            chunk_was_full = len(chunk) == RECV_SIZE
             self.codec.receive_data(chunk)
             try:
                 outcome = self._handle_events(received_at)

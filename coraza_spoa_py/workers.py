@@ -82,6 +82,33 @@ class Workers:
             self._greenlets.discard(current)
 
 
+def read_when_ready(sock: Any, size: int, *, try_first: bool) -> bytes:
+    """``sock.recv(size)`` for a gevent socket, waiting for readability first unless
+    ``try_first`` (the last read filled its buffer, so more is likely there).
+
+    gevent's ``recv`` tries the socket first and waits only after ``EAGAIN``: when the peer
+    sends one small frame at a time (HAProxy, one NOTIFY per connection), the bytes are nearly
+    never there yet, so every message cost a failed ``recvfrom`` system call and a Python
+    exception before the wait (docs/performance.md change 40). This waits on the socket's own
+    read watcher, as gevent's ``recv`` does after its first try, then reads the non-blocking
+    socket: an exception thrown into a greenlet parked here lands in the same wait as in
+    ``recv``, and a socket closed meanwhile raises the same ``OSError``."""
+    if try_first:
+        try:
+            chunk: bytes = sock._sock.recv(size)
+        except BlockingIOError:
+            pass
+        else:
+            return chunk
+    while True:
+        sock._wait(sock._read_event)
+        try:
+            chunk = sock._sock.recv(size)
+        except BlockingIOError:  # a readiness without bytes: wait again, as gevent's recv
+            continue
+        return chunk
+
+
 class Flusher:
     """One long-lived greenlet that calls ``flush()`` after ``request()``; requests made
     before it runs share one call."""
