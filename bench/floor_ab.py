@@ -96,10 +96,11 @@ def main() -> None:
             for name in order:
                 agent = start_tree_agent(trees[name], Path(tmp) / f"{name}{number}", args.rules)
                 try:
-                    assert agent.pid is not None
-                    row: dict[str, Any] = hub_cost(agent.pid, agent.port, args.transactions)
-                    if not args.no_memory:
+                    assert agent.port is not None
+                    row: dict[str, Any] = {}
+                    if not args.no_memory:  # first: at rest means a fresh agent
                         row.update(memory(agent.pid, agent.port, args.transactions // 4))
+                    row.update(hub_cost(agent.pid, agent.port, args.transactions))
                 finally:
                     agent.stop(timeout=30)
                 results[name].append(row)

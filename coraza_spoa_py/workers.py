@@ -110,26 +110,125 @@ def read_when_ready(sock: Any, size: int, *, try_first: bool) -> bytes:
 
 
 class Flusher:
-    """One long-lived greenlet that calls ``flush()`` after ``request()``; requests made
-    before it runs share one call."""
+    """Calls a flush after ``request()``; the requests made before it runs share one call.
 
-    def __init__(self, flush: Callable[[], None]) -> None:
+    With ``try_flush``, the flush is first tried in a hub callback, which must not wait: no
+    greenlet switch per flush (docs/performance.md change 41). When it returns False (it would
+    have to wait), or without it, one long-lived greenlet calls ``flush()``, which may."""
+
+    def __init__(
+        self, flush: Callable[[], None], try_flush: Callable[[], bool] | None = None
+    ) -> None:
         self._flush = flush
+        self._try_flush = try_flush
+        self._scheduled = False
         self._wanted = gevent.event.Event()
         self._greenlet: gevent.Greenlet[Any, Any] | None = None
 
     def request(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
-        self._wanted.set()
+        if self._try_flush is None:
+            self._request_greenlet()
+        elif not self._scheduled:
+            self._scheduled = True
+            gevent.get_hub().loop.run_callback(self._from_hub)
 
     def stop(self) -> None:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
 
+    def _from_hub(self) -> None:
+        self._scheduled = False
+        assert self._try_flush is not None
+        if not self._try_flush():
+            self._request_greenlet()
+
+    def _request_greenlet(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+        self._wanted.set()
+
     def _run(self) -> None:
         while True:
             self._wanted.wait()
             self._wanted.clear()
             self._flush()
+
+
+class FrameWriter:
+    """Writes whole frames to a gevent socket, never interleaved or split: only the holder of
+    ``lock`` writes. ``write(frame)`` sends the queued frames, then ``frame``, in one send and
+    waits for the socket if it must; ``queue(frame)`` leaves it to the flusher, so the frames
+    queued in the same loop turn (a pipelined batch's ACKs) leave in ONE send. The flusher
+    tries from the hub first (``Flusher``'s ``try_flush``), where nothing may wait: what the
+    socket does not take at once is left to its greenlet. ``touch()`` is called on every write
+    (the connection's idle clock)."""
+
+    def __init__(self, sock: Any, log: Any, touch: Callable[[], None]) -> None:
+        self.sock = sock
+        self.log = log
+        self._touch = touch
+        self.lock = gevent.lock.Semaphore()
+        self.outbox: list[bytes] = []  # whole frames waiting for the flusher
+        self.closed = False  # no more frames may be written
+        self.flusher = Flusher(lambda: self.write(b""), self._flush_from_hub)
+
+    def queue(self, frame: bytes) -> None:
+        if not self.closed:
+            self.outbox.append(frame)
+            self.flusher.request()
+
+    def write(self, frame: bytes) -> None:
+        """Send the queued frames, then ``frame``, waiting for the socket if it must."""
+        with self.lock:
+            self._send(self._take(frame), may_wait=True)
+
+    def stop(self) -> None:
+        self.flusher.stop()
+
+    def _flush_from_hub(self) -> bool:
+        if self.lock.locked():  # a write is waiting for the socket: queued behind it
+            return False
+        return self._send(self._take(b""), may_wait=False)
+
+    def _take(self, frame: bytes) -> bytes:
+        """The queued frames, then ``frame``, as one buffer; empty once closed."""
+        if self.closed:
+            self.outbox.clear()
+            return b""
+        if self.outbox:
+            self.outbox.append(frame)
+            frame = b"".join(self.outbox)
+            self.outbox.clear()
+        return frame
+
+    def _send(self, data: bytes, *, may_wait: bool) -> bool:
+        """False when the socket did not take all of ``data`` and ``may_wait`` is not set:
+        the rest goes back to the head of the outbox, before any frame queued later."""
+        if not data:
+            return True
+        self._touch()
+        try:
+            # one send() is nearly always enough; gevent's sendall() would also ask the
+            # socket's buffer size (a getsockopt system call) on every call
+            sent = self.sock.send(data) if may_wait else _send_now(self.sock, data)
+            if sent < len(data):
+                if not may_wait:
+                    self.outbox.insert(0, data[sent:])
+                    return False
+                self.sock.sendall(memoryview(data)[sent:])
+        except OSError as exc:
+            # The peer went away while we answered; the reader sees it too.
+            self.closed = True
+            self.log.debug("write failed: {}", exc)
+        return True
+
+
+def _send_now(sock: Any, data: bytes) -> int:
+    """One ``send`` on a gevent socket's non-blocking socket: the bytes it took, 0 when its
+    buffer is full (where gevent's ``send`` would wait for it)."""
+    try:
+        sent: int = sock._sock.send(data)
+    except BlockingIOError:
+        return 0
+    return sent
