@@ -18,7 +18,6 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.queue
 
 Task = tuple[Callable[..., Any], tuple[Any, ...]]
 
@@ -30,7 +29,11 @@ class Workers:
 
     def __init__(self, limit: int) -> None:
         self._slots = gevent.lock.BoundedSemaphore(limit)
-        self._tasks: gevent.queue.SimpleQueue[Task] = gevent.queue.SimpleQueue()
+        # the queued calls, counted by ``_queued``: a list and a semaphore, not a
+        # gevent.queue.SimpleQueue, whose three deques cost ~2 KiB per connection
+        # (docs/performance.md change 42)
+        self._tasks: list[Task] = []
+        self._queued = gevent.lock.Semaphore(0)
         self._greenlets: set[gevent.Greenlet[Any, Any]] = set()
         # workers waiting for a task, minus the tasks queued for them (negative only while
         # workers just started have not reached their first wait)
@@ -49,7 +52,8 @@ class Workers:
         self._idle -= 1  # this task takes a waiting worker...
         if self._idle < 0:  # ...or a new one, whose first wait counts it back
             self._greenlets.add(gevent.spawn(self._work))
-        self._tasks.put((fn, args))
+        self._tasks.append((fn, args))
+        self._queued.release()
 
     def join(self) -> None:
         """Wait until no call runs or waits."""
@@ -70,7 +74,8 @@ class Workers:
         try:
             while True:
                 self._idle += 1
-                fn, args = self._tasks.get()
+                self._queued.acquire()
+                fn, args = self._tasks.pop(0)
                 try:
                     fn(*args)
                 finally:
@@ -78,6 +83,8 @@ class Workers:
                     self._slots.release()
                     if self._pending == 0:
                         self._all_done.set()
+                # an idle worker holds nothing of its last call (its message, its answer)
+                del fn, args
         finally:
             self._greenlets.discard(current)
 
@@ -122,7 +129,7 @@ class Flusher:
         self._flush = flush
         self._try_flush = try_flush
         self._scheduled = False
-        self._wanted = gevent.event.Event()
+        self._wanted: gevent.event.Event | None = None  # with the greenlet, rarely needed
         self._greenlet: gevent.Greenlet[Any, Any] | None = None
 
     def request(self) -> None:
@@ -144,14 +151,16 @@ class Flusher:
             self._request_greenlet()
 
     def _request_greenlet(self) -> None:
+        if self._wanted is None:
+            self._wanted = gevent.event.Event()
         if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
+            self._greenlet = gevent.spawn(self._run, self._wanted)
         self._wanted.set()
 
-    def _run(self) -> None:
+    def _run(self, wanted: gevent.event.Event) -> None:
         while True:
-            self._wanted.wait()
-            self._wanted.clear()
+            wanted.wait()
+            wanted.clear()
             self._flush()
 
 
