@@ -25,7 +25,7 @@ from bench.agent_config import RULE_SETS
 from bench.floor import clean_get_plan, hub_cost
 from bench.procstat import rss_bytes
 from bench.spop_client import SpopLoad
-from bench.stack import AGENT_START_TIMEOUT_S, ROOT, bench_agent
+from bench.stack import ROOT, start_agent
 from tests.support.agent import AgentProcess
 from tests.support.ports import free_port
 
@@ -34,20 +34,11 @@ MIB = 1024 * 1024
 
 
 def start_tree_agent(tree: Path, workdir: Path, rules: str) -> AgentProcess:
-    port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    agent = bench_agent(
-        workdir, port, directives=RULE_SETS[rules], log_level="info", app_log_level="fatal"
-    )
-    agent.cwd = tree  # ``python -m`` puts the working directory first on sys.path
-    agent.start()
-    try:
-        agent.wait_ready(timeout=AGENT_START_TIMEOUT_S)
-    except BaseException:
-        agent.dump()
-        agent.stop()
-        raise
-    return agent
+    return start_agent(
+        workdir, free_port(), cwd=tree, directives=RULE_SETS[rules], log_level="info",
+        app_log_level="fatal",
+    )  # fmt: skip
 
 
 def memory(pid: int, port: int, transactions: int) -> dict[str, float]:
