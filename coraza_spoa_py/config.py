@@ -4,8 +4,9 @@ pipeline").
 Steps: YAML ``safe_load`` keeping each key's line (``config_yaml``) → detect the generation by
 shape (Gen1 ``log:``/``spoa:``, Gen2 ``applications:`` map, Gen3 ``applications:`` list;
 docs/compatibility.md "Config generations") → JSON Schema (``config.schema.json``, every error at
-once) → Gen1/Gen2 mapped to the Gen3 shape (``config_shapes``) → cross-field checks
-(``config_checks``) → frozen dataclasses (``settings``). Every problem found is reported together
+once; in a short-lived child for the agent's processes, ``validate_in_child``) → Gen1/Gen2
+mapped to the Gen3 shape (``config_shapes``) → cross-field checks (``config_checks``) → frozen
+dataclasses (``settings``). Every problem found is reported together
 in one ``ConfigError`` (``config_problems``), each with its YAML path and line.
 
 Must not load rules, open sockets or configure logging: it only reads and checks the file.
