@@ -124,9 +124,13 @@ def bench_agent(
     return AgentProcess(argv, log_path=workdir / "agent.out", port=port)
 
 
-def start_agent(workdir: Path, port: int, **options: Any) -> AgentProcess:
-    """``bench_agent`` started and ready, for the modes without HAProxy; the caller stops it."""
-    agent = bench_agent(workdir, port, **options).start()
+def start_agent(workdir: Path, port: int, cwd: Path | None = None, **options: Any) -> AgentProcess:
+    """``bench_agent`` started and ready, for the modes without HAProxy; the caller stops it.
+    ``cwd``: the tree whose code runs (``python -m`` puts it first on sys.path)."""
+    agent = bench_agent(workdir, port, **options)
+    if cwd is not None:
+        agent.cwd = cwd
+    agent.start()
     try:
         agent.wait_ready(timeout=AGENT_START_TIMEOUT_S)
     except BaseException:

@@ -170,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from coraza_spoa_py import master
     from coraza_spoa_py.runtime import Runtime, StartupError
 
+    config.validate_in_child()  # no jsonschema in a serving process (docs/performance.md)
+
     # SIGHUP's default action ends the process; until the runtime handles it (after the
     # rules compiled), a reload or logrotate signal must not kill a starting agent
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

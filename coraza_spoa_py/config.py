@@ -4,8 +4,9 @@ pipeline").
 Steps: YAML ``safe_load`` keeping each key's line (``config_yaml``) → detect the generation by
 shape (Gen1 ``log:``/``spoa:``, Gen2 ``applications:`` map, Gen3 ``applications:`` list;
 docs/compatibility.md "Config generations") → JSON Schema (``config.schema.json``, every error at
-once) → Gen1/Gen2 mapped to the Gen3 shape (``config_shapes``) → cross-field checks
-(``config_checks``) → frozen dataclasses (``settings``). Every problem found is reported together
+once; in a short-lived child for the agent's processes, ``validate_in_child``) → Gen1/Gen2
+mapped to the Gen3 shape (``config_shapes``) → cross-field checks (``config_checks``) → frozen
+dataclasses (``settings``). Every problem found is reported together
 in one ``ConfigError`` (``config_problems``), each with its YAML path and line.
 
 Must not load rules, open sockets or configure logging: it only reads and checks the file.
@@ -18,13 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:
+    import jsonschema
 
 from coraza_spoa_py.config_checks import cross_problems, parse_bind
 from coraza_spoa_py.config_problems import ConfigError, ConfigProblem, Locator
@@ -70,6 +75,8 @@ def schema() -> dict[str, Any]:
 
 
 def _validator(generation: int) -> jsonschema.protocols.Validator:
+    import jsonschema  # only where configs are checked in process (validate_in_child)
+
     root = dict(schema())
     root["$ref"] = f"#/$defs/gen{generation}"
     cls = jsonschema.validators.validator_for(root)
@@ -79,17 +86,64 @@ def _validator(generation: int) -> jsonschema.protocols.Validator:
 
 def _schema_problems(data: Any, generation: int, lines: Mapping[Path, int]) -> list[ConfigProblem]:
     locate = Locator(lines, {})
-    problems: list[ConfigProblem] = []
+    if _in_child:
+        errors = _schema_errors_in_child(data, generation)
+    else:
+        errors = schema_errors(data, generation)
+    return [locate.problem(path, message) for path, message in errors]
+
+
+def schema_errors(data: Any, generation: int) -> list[tuple[Path, str]]:
+    """Every schema error of ``data`` (a config of ``generation``): its path and message."""
+    errors: list[tuple[Path, str]] = []
     for error in _validator(generation).iter_errors(data):
         path: Path = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             subschema: Any = error.schema
             known = set(subschema.get("properties", {}))
             for key in sorted(set(error.instance) - known, key=str):
-                problems.append(locate.problem((*path, str(key)), _unknown_key(key, generation)))
+                errors.append(((*path, str(key)), _unknown_key(key, generation)))
             continue
-        problems.append(locate.problem(path, _schema_message(error)))
-    return problems
+        errors.append((path, _schema_message(error)))
+    return errors
+
+
+# Whether configs are checked against the schema in a child process (``validate_in_child``).
+_in_child = False
+# The child: this package (the parent's copy, first on its path), the data in, the errors out.
+_CHILD_CODE = (
+    "import pickle, sys; sys.path.insert(0, sys.argv[1]); "
+    "from coraza_spoa_py.config import schema_errors; "
+    "pickle.dump(schema_errors(*pickle.load(sys.stdin.buffer)), sys.stdout.buffer)"
+)
+CHILD_TIMEOUT_S = 60.0
+
+
+def validate_in_child() -> None:
+    """From now on, check configs against the schema in a short-lived child process, so that
+    ``jsonschema`` and its dependencies (3.4 MiB, which dropping them from ``sys.modules`` does
+    not give back) never enter this long-lived process (docs/performance.md change 35). The
+    agent's processes call it at start (``cli``); tests and tools check in process."""
+    global _in_child
+    _in_child = True
+
+
+def _schema_errors_in_child(data: Any, generation: int) -> list[tuple[Path, str]]:
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD_CODE, package_root],
+            input=pickle.dumps((data, generation)),
+            capture_output=True,
+            timeout=CHILD_TIMEOUT_S,
+            check=True,
+        )
+        errors: list[tuple[Path, str]] = pickle.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, pickle.UnpicklingError, EOFError):
+        # no child (no interpreter to start, or it failed): check here; the memory is what
+        # that costs, never the check
+        return schema_errors(data, generation)
+    return errors
 
 
 # keys of the other generations that people carry over by mistake → what to write instead

@@ -2,7 +2,7 @@
 the deadlines.
 
 Per connection (docs/protocol.md "Agent design"):
-- one reader greenlet: ``recv`` → ``receive_data`` → every complete frame of that read;
+- one reader greenlet: ``workers.read_when_ready`` → ``receive_data`` → every frame read;
 - each NOTIFY runs concurrently on a per-connection set of at most
   ``max_inflight_per_connection`` reused greenlets (``workers.Workers``); when all are busy the
   reader waits for one and stops reading, so TCP back-pressure reaches HAProxy
@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import gevent
-import gevent.lock
 import greenlet
 from gevent import socket
 from loguru import logger
@@ -34,7 +33,7 @@ from coraza_spoa_py.message_log import debug_enabled
 from coraza_spoa_py.settings import BindAddress
 from coraza_spoa_py.spop_native import NativeConnection
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
-from coraza_spoa_py.workers import Flusher, Workers
+from coraza_spoa_py.workers import FrameWriter, Workers, read_when_ready
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
 
@@ -87,12 +86,9 @@ class AgentConnection:
         self.log = logger.bind(peer=peer)
         # the codec with its NOTIFY decoder in C (spop_native; the pure one is its reference)
         self.codec = NativeConnection(max_frame_size=server.max_frame_size)
-        self.write_lock = gevent.lock.Semaphore()
-        self.outbox: list[bytes] = []  # whole ACK frames waiting for the flusher
-        self.flusher = Flusher(self._flush_outbox)
+        self.writer = FrameWriter(sock, self.log, self._touch)
         # reused greenlets, not one per NOTIFY (workers.py: a new greenlet maps a stack)
         self.inflight = Workers(server.max_inflight_per_connection)
-        self.closed = False  # no more frames may be written
         self.stop_requested = False
         self.reader: greenlet.greenlet | None = None
         self.parked_in_recv = False
@@ -166,7 +162,7 @@ class AgentConnection:
 
     def close_unserved(self) -> None:
         """A new connection refused because every connection is busy: closed at once."""
-        self.flusher.stop()
+        self.writer.stop()
         self._close()
 
     def run(self) -> None:
@@ -198,15 +194,16 @@ class AgentConnection:
             self.inflight.kill(block=False)
             raise
         finally:
-            self.flusher.stop()
+            self.writer.stop()
 
     def _read_loop(self) -> str:
         """Read until the connection ends; returns why (for the debug log)."""
+        chunk_was_full = False
         while not (self.stop_requested or self.evicting):
             try:
                 self.parked_in_recv = True
                 try:
-                    chunk = self.sock.recv(RECV_SIZE)
+                    chunk = read_when_ready(self.sock, RECV_SIZE, try_first=chunk_was_full)
                 finally:
                     self.parked_in_recv = False
             except _StopReadingError:
@@ -221,6 +218,7 @@ class AgentConnection:
                 self.log.warning("read failed: {}", exc)
                 return "read error"
             received_at = time.monotonic()
+            chunk_was_full = len(chunk) == RECV_SIZE
             self.codec.receive_data(chunk)
             try:
                 outcome = self._handle_events(received_at)
@@ -316,47 +314,27 @@ class AgentConnection:
             )
         self._queue_ack(frame)
 
-    # ---- writing ----------------------------------------------------------------------------
-    # Every frame is built whole by the codec and only the holder of ``write_lock`` writes, so
-    # frames never interleave or split (docs/protocol.md "One frame, one write", coraza-spoa#217,
-    # haproxy#3478). ACKs are queued and sent by the connection's flusher: the ACKs that complete in
-    # the same loop turn (typically a pipelined batch from one read) leave in ONE sendall instead of
-    # one syscall each (docs/protocol.md "Agent design").
+    # ---- writing: ``workers.FrameWriter`` (whole frames, never interleaved; docs/protocol.md
+    # "One frame, one write", coraza-spoa#217, haproxy#3478; ACKs completed in the same loop turn
+    # leave in one send, docs/protocol.md "Agent design")
 
     def _queue_ack(self, frame: bytes) -> None:
-        if self.closed:
-            return
-        self.outbox.append(frame)
-        self.flusher.request()
-
-    def _flush_outbox(self) -> None:
-        # An ACK queued while this one waits for the lock or for the socket is either taken by
-        # this write or requests the next flush.
-        self._write(b"")
+        self.writer.queue(frame)
 
     def _write(self, frame: bytes) -> None:
-        """Send the queued ACKs, then ``frame`` (whole frames only), in one sendall."""
-        with self.write_lock:
-            if self.closed:
-                self.outbox.clear()
-                return
-            if self.outbox:
-                self.outbox.append(frame)
-                frame = b"".join(self.outbox)
-                self.outbox.clear()
-            if not frame:
-                return
-            self.active_at = time.monotonic()
-            try:
-                # one send() is nearly always enough for ACKs; gevent's sendall() would also
-                # ask the socket's buffer size (a getsockopt system call) on every call
-                sent = self.sock.send(frame)
-                if sent < len(frame):
-                    self.sock.sendall(memoryview(frame)[sent:])
-            except OSError as exc:
-                # The peer went away while we answered; the reader sees it too.
-                self.closed = True
-                self.log.debug("write failed: {}", exc)
+        self.writer.write(frame)
+
+    def _touch(self) -> None:
+        self.active_at = time.monotonic()
+
+    @property
+    def closed(self) -> bool:
+        """No more frames may be written."""
+        return self.writer.closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self.writer.closed = value
 
     def _flush_codec(self) -> None:
         self._write(self.codec.data_to_send())

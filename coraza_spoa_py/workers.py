@@ -18,7 +18,6 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.queue
 
 Task = tuple[Callable[..., Any], tuple[Any, ...]]
 
@@ -30,7 +29,11 @@ class Workers:
 
     def __init__(self, limit: int) -> None:
         self._slots = gevent.lock.BoundedSemaphore(limit)
-        self._tasks: gevent.queue.SimpleQueue[Task] = gevent.queue.SimpleQueue()
+        # the queued calls, counted by ``_queued``: a list and a semaphore, not a
+        # gevent.queue.SimpleQueue, whose three deques cost ~2 KiB per connection
+        # (docs/performance.md change 34)
+        self._tasks: list[Task] = []
+        self._queued = gevent.lock.Semaphore(0)
         self._greenlets: set[gevent.Greenlet[Any, Any]] = set()
         # workers waiting for a task, minus the tasks queued for them (negative only while
         # workers just started have not reached their first wait)
@@ -49,7 +52,8 @@ class Workers:
         self._idle -= 1  # this task takes a waiting worker...
         if self._idle < 0:  # ...or a new one, whose first wait counts it back
             self._greenlets.add(gevent.spawn(self._work))
-        self._tasks.put((fn, args))
+        self._tasks.append((fn, args))
+        self._queued.release()
 
     def join(self) -> None:
         """Wait until no call runs or waits."""
@@ -70,7 +74,8 @@ class Workers:
         try:
             while True:
                 self._idle += 1
-                fn, args = self._tasks.get()
+                self._queued.acquire()
+                fn, args = self._tasks.pop(0)
                 try:
                     fn(*args)
                 finally:
@@ -78,31 +83,161 @@ class Workers:
                     self._slots.release()
                     if self._pending == 0:
                         self._all_done.set()
+                # an idle worker holds nothing of its last call (its message, its answer)
+                del fn, args
         finally:
             self._greenlets.discard(current)
 
 
-class Flusher:
-    """One long-lived greenlet that calls ``flush()`` after ``request()``; requests made
-    before it runs share one call."""
+def read_when_ready(sock: Any, size: int, *, try_first: bool) -> bytes:
+    """``sock.recv(size)`` for a gevent socket, waiting for readability first unless
+    ``try_first`` (the last read filled its buffer, so more is likely there).
 
-    def __init__(self, flush: Callable[[], None]) -> None:
+    gevent's ``recv`` tries the socket first and waits only after ``EAGAIN``: when the peer
+    sends one small frame at a time (HAProxy, one NOTIFY per connection), the bytes are nearly
+    never there yet, so every message cost a failed ``recvfrom`` system call and a Python
+    exception before the wait (docs/performance.md change 32). This waits on the socket's own
+    read watcher, as gevent's ``recv`` does after its first try, then reads the non-blocking
+    socket: an exception thrown into a greenlet parked here lands in the same wait as in
+    ``recv``, and a socket closed meanwhile raises the same ``OSError``."""
+    if try_first:
+        try:
+            chunk: bytes = sock._sock.recv(size)
+        except BlockingIOError:
+            pass
+        else:
+            return chunk
+    while True:
+        sock._wait(sock._read_event)
+        try:
+            chunk = sock._sock.recv(size)
+        except BlockingIOError:  # a readiness without bytes: wait again, as gevent's recv
+            continue
+        return chunk
+
+
+class Flusher:
+    """Calls a flush after ``request()``; the requests made before it runs share one call.
+
+    With ``try_flush``, the flush is first tried in a hub callback, which must not wait: no
+    greenlet switch per flush (docs/performance.md change 33). When it returns False (it would
+    have to wait), or without it, one long-lived greenlet calls ``flush()``, which may."""
+
+    def __init__(
+        self, flush: Callable[[], None], try_flush: Callable[[], bool] | None = None
+    ) -> None:
         self._flush = flush
-        self._wanted = gevent.event.Event()
+        self._try_flush = try_flush
+        self._scheduled = False
+        self._wanted: gevent.event.Event | None = None  # with the greenlet, rarely needed
         self._greenlet: gevent.Greenlet[Any, Any] | None = None
 
     def request(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
-        self._wanted.set()
+        if self._try_flush is None:
+            self._request_greenlet()
+        elif not self._scheduled:
+            self._scheduled = True
+            gevent.get_hub().loop.run_callback(self._from_hub)
 
     def stop(self) -> None:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
 
-    def _run(self) -> None:
+    def _from_hub(self) -> None:
+        self._scheduled = False
+        assert self._try_flush is not None
+        if not self._try_flush():
+            self._request_greenlet()
+
+    def _request_greenlet(self) -> None:
+        if self._wanted is None:
+            self._wanted = gevent.event.Event()
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run, self._wanted)
+        self._wanted.set()
+
+    def _run(self, wanted: gevent.event.Event) -> None:
         while True:
-            self._wanted.wait()
-            self._wanted.clear()
+            wanted.wait()
+            wanted.clear()
             self._flush()
+
+
+class FrameWriter:
+    """Writes whole frames to a gevent socket, never interleaved or split: only the holder of
+    ``lock`` writes. ``write(frame)`` sends the queued frames, then ``frame``, in one send and
+    waits for the socket if it must; ``queue(frame)`` leaves it to the flusher, so the frames
+    queued in the same loop turn (a pipelined batch's ACKs) leave in ONE send. The flusher
+    tries from the hub first (``Flusher``'s ``try_flush``), where nothing may wait: what the
+    socket does not take at once is left to its greenlet. ``touch()`` is called on every write
+    (the connection's idle clock)."""
+
+    def __init__(self, sock: Any, log: Any, touch: Callable[[], None]) -> None:
+        self.sock = sock
+        self.log = log
+        self._touch = touch
+        self.lock = gevent.lock.Semaphore()
+        self.outbox: list[bytes] = []  # whole frames waiting for the flusher
+        self.closed = False  # no more frames may be written
+        self.flusher = Flusher(lambda: self.write(b""), self._flush_from_hub)
+
+    def queue(self, frame: bytes) -> None:
+        if not self.closed:
+            self.outbox.append(frame)
+            self.flusher.request()
+
+    def write(self, frame: bytes) -> None:
+        """Send the queued frames, then ``frame``, waiting for the socket if it must."""
+        with self.lock:
+            self._send(self._take(frame), may_wait=True)
+
+    def stop(self) -> None:
+        self.flusher.stop()
+
+    def _flush_from_hub(self) -> bool:
+        if self.lock.locked():  # a write is waiting for the socket: queued behind it
+            return False
+        return self._send(self._take(b""), may_wait=False)
+
+    def _take(self, frame: bytes) -> bytes:
+        """The queued frames, then ``frame``, as one buffer; empty once closed."""
+        if self.closed:
+            self.outbox.clear()
+            return b""
+        if self.outbox:
+            self.outbox.append(frame)
+            frame = b"".join(self.outbox)
+            self.outbox.clear()
+        return frame
+
+    def _send(self, data: bytes, *, may_wait: bool) -> bool:
+        """False when the socket did not take all of ``data`` and ``may_wait`` is not set:
+        the rest goes back to the head of the outbox, before any frame queued later."""
+        if not data:
+            return True
+        self._touch()
+        try:
+            # one send() is nearly always enough; gevent's sendall() would also ask the
+            # socket's buffer size (a getsockopt system call) on every call
+            sent = self.sock.send(data) if may_wait else _send_now(self.sock, data)
+            if sent < len(data):
+                if not may_wait:
+                    self.outbox.insert(0, data[sent:])
+                    return False
+                self.sock.sendall(memoryview(data)[sent:])
+        except OSError as exc:
+            # The peer went away while we answered; the reader sees it too.
+            self.closed = True
+            self.log.debug("write failed: {}", exc)
+        return True
+
+
+def _send_now(sock: Any, data: bytes) -> int:
+    """One ``send`` on a gevent socket's non-blocking socket: the bytes it took, 0 when its
+    buffer is full (where gevent's ``send`` would wait for it)."""
+    try:
+        sent: int = sock._sock.send(data)
+    except BlockingIOError:
+        return 0
+    return sent

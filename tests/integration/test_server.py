@@ -148,20 +148,19 @@ def test_pipelined_notifies_run_concurrently_and_are_acked_in_completion_order()
 def test_acks_completed_together_leave_in_one_write(monkeypatch) -> None:
     """1. 20 NOTIFYs in one write, answered by an instant handler.
     2. All 20 ACKs arrive, each whole and with its own ids.
-    3. The server wrote them in a few sendall calls, not 20 (one flush per batch that
-       completes in the same loop turn; frames are never split)."""
-    from coraza_spoa_py import connection as connection_module
+    3. The server wrote them in a few sends, not 20 (one flush per batch that completes in
+       the same loop turn; frames are never split)."""
+    from coraza_spoa_py import workers
 
     sent: list[bytes] = []
-    original_write = connection_module.AgentConnection._write
+    original_send = workers.FrameWriter._send
 
-    def counting_write(self, frame):
-        with_outbox = b"".join(self.outbox) + frame
-        if with_outbox and not self.closed:
-            sent.append(with_outbox)
-        original_write(self, frame)
+    def counting_send(self, data, *, may_wait):
+        if data and not self.closed:
+            sent.append(data)
+        return original_send(self, data, may_wait=may_wait)
 
-    monkeypatch.setattr(connection_module.AgentConnection, "_write", counting_write)
+    monkeypatch.setattr(workers.FrameWriter, "_send", counting_send)
     with running_server() as server, connect(server) as client:
         sent.clear()  # the AGENT-HELLO
         sids = list(range(1, 41, 2))

@@ -1,12 +1,17 @@
-"""workers.Workers and workers.Flusher: bounded concurrency with back-pressure, greenlets
-reused between calls, join and kill; one flush for requests made before it runs."""
+"""workers.Workers, workers.Flusher, workers.FrameWriter and workers.read_when_ready: bounded
+concurrency with back-pressure, greenlets reused between calls, join and kill; one flush for
+requests made before it runs; frames whole and in order when the socket is full; a read that
+waits for its bytes."""
 
 from __future__ import annotations
 
+import socket as stdlib_socket
+
 import gevent
 import gevent.event
+from gevent import socket
 
-from coraza_spoa_py.workers import Flusher, Workers
+from coraza_spoa_py.workers import Flusher, FrameWriter, Workers, read_when_ready
 
 
 def test_at_most_limit_calls_run_and_spawn_blocks_until_a_slot_frees():
@@ -113,3 +118,73 @@ def test_flusher_serves_requests_made_before_it_runs_with_one_flush():
     gevent.sleep(0.01)
     assert flushes == [1, 1, 1]
     flusher.stop()
+
+
+class _Log:
+    def debug(self, *args: object) -> None:
+        pass
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    received = bytearray()
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        assert chunk, "closed early"
+        received += chunk
+    return bytes(received)
+
+
+def test_frame_writer_batches_a_turn_and_keeps_order_when_the_socket_is_full():
+    """1. Three frames queued in one loop turn: one send, from the hub (no flusher greenlet).
+    2. A frame far larger than the socket's buffer, then a small one, queued together: the
+    hub's send takes only part, the flusher's greenlet waits for the socket and sends the
+    rest; the peer reads every byte in order and the writer is not closed."""
+    ours, peer = socket.socketpair()
+    ours.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 4096)
+    touched: list[int] = []
+    writer = FrameWriter(ours, _Log(), lambda: touched.append(1))
+    try:
+        for frame in (b"a" * 10, b"b" * 10, b"c" * 10):
+            writer.queue(frame)
+        gevent.sleep(0.01)
+        assert _read_exactly(peer, 30) == b"a" * 10 + b"b" * 10 + b"c" * 10
+        assert touched == [1]  # one send for the three
+        assert writer.flusher._greenlet is None  # sent from the hub
+        big = bytes(range(256)) * 8192  # 2 MiB
+        writer.queue(big)
+        writer.queue(b"tail")
+        received = gevent.spawn(_read_exactly, peer, len(big) + 4)
+        with gevent.Timeout(10):
+            assert received.get() == big + b"tail"
+        assert writer.flusher._greenlet is not None  # the socket was full: the greenlet waited
+        assert not writer.closed
+    finally:
+        writer.stop()
+        ours.close()
+        peer.close()
+
+
+def test_read_when_ready_waits_for_bytes_and_reads_them():
+    """A read with nothing there yet parks until the peer writes, then returns the bytes; an
+    exception thrown into the parked reader comes out of it (graceful stop, deadlines)."""
+    ours, peer = socket.socketpair()
+    try:
+        reader = gevent.spawn(read_when_ready, ours, 1024, try_first=False)
+        gevent.sleep(0.01)
+        assert not reader.ready()
+        peer.sendall(b"hello")
+        with gevent.Timeout(1):
+            assert reader.get() == b"hello"
+        peer.sendall(b"more")
+        gevent.sleep(0.01)
+        assert read_when_ready(ours, 1024, try_first=True) == b"more"
+        parked = gevent.spawn(read_when_ready, ours, 1024, try_first=True)
+        gevent.sleep(0.01)
+        # thrown from the hub, as the connection does (``_interrupt_recv``)
+        gevent.get_hub().loop.run_callback(parked.throw, KeyError("stop"))
+        with gevent.Timeout(1):
+            parked.join()
+        assert isinstance(parked.exception, KeyError)
+    finally:
+        ours.close()
+        peer.close()
