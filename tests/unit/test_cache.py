@@ -74,7 +74,8 @@ def test_same_id_replaces_and_returns_the_old_transaction():
 
 
 def test_entries_expired_while_putting_are_not_lost():
-    """cachetools expires inside __setitem__; those entries come back from expire()."""
+    """An entry that expired before a put is not handed back by the put but by expire(), so
+    the sweeper closes it (the put path hands back only what it evicts or replaces)."""
     cache, clock = make(ttl_s=1.0, limit=10)
     cache.put("a", "tx-a")
     clock.advance(2)
