@@ -48,7 +48,9 @@ test-fast: install
 	$(PY) -m pytest -m "not e2e and not crs"
 
 # mypy checks the packages listed in pyproject.toml [tool.mypy]: coraza_spoa_py, tests, bench
+# (bench imports matplotlib: the bench extra is installed first, as `make bench` does)
 lint: install
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(VENV)/bin/ruff format --check coraza_spoa_py tests bench
 	$(VENV)/bin/ruff check coraza_spoa_py tests bench
 	$(VENV)/bin/mypy

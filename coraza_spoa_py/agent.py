@@ -192,6 +192,11 @@ class Agent:
         try:
             request = to_request_message(message)
         except MalformedArgumentError as exc:
+            if debug_enabled():
+                # positional or named, we cannot tell which argument is which: all are "known"
+                described = describe_message(message, frozenset(a.name for a in message.args))
+                code = int(ErrorCode.MALFORMED_MESSAGE)
+                logger.debug(f"{described} -> error={code} ({exc})")
             self._errors.report(ErrorCode.MALFORMED_MESSAGE, message.name, str(exc))
             return error_to_code(ErrorCode.MALFORMED_MESSAGE)
         args = args_by_name(request)
@@ -207,18 +212,26 @@ class Agent:
         try:
             removed = ignored_rule_ids(args.get(ARG_IGNORE_RULES))
         except MalformedArgumentError as exc:
-            raise MalformedMessageError(str(exc)) from exc
-        application = self._route(self._current, args)
+            malformed = MalformedMessageError(str(exc))
+            self._trace_unhandled(malformed, request, received_at, args, CHECK_REQUEST_ARGS)
+            raise malformed from exc
+        application = self._route(self._current, args)  # _failed writes a routing failure's line
         if removed:
-            if self._check_request_app is None:
-                raise MessageError(f"{ARG_IGNORE_RULES} is not available in this agent")
             started = self._clock()
-            application = self._check_request_app(application, removed)
+            try:
+                if self._check_request_app is None:
+                    raise MessageError(f"{ARG_IGNORE_RULES} is not available in this agent")
+                application = self._check_request_app(application, removed)
+            except Exception as exc:
+                self._trace_unhandled(exc, request, received_at, args, CHECK_REQUEST_ARGS)
+                raise
             # the one-time compile of an exclusion set is not a wait for an engine thread: it
             # does not count against the processing budget (load shedding)
             received_at += self._clock() - started
         # check-request has no response message: its transaction is closed after the request
-        return application.request(request, received_at, args, keep_for_response=False)
+        return application.request(
+            request, received_at, args, keep_for_response=False, known=CHECK_REQUEST_ARGS
+        )
 
     def _failed(
         self,
@@ -230,14 +243,7 @@ class Agent:
     ) -> ErrorCode:
         # the error code every failure of a message is answered with
         if isinstance(exc, NoApplicationError):
-            # the application writes the debug line of every message it handles; this one
-            # never reached one
-            if debug_enabled():
-                trace = MessageTrace.of(message, known, args)
-                answer = f"error={int(exc.code)} ({exc})"
-                logger.bind(tx=trace.transaction_id).debug(
-                    trace.line(answer, received_at, self._clock())
-                )
+            self._trace_unhandled(exc, message, received_at, args, known)
             _count(self.unknown_applications, app_name_arg(args.get(ARG_APP)) or "")
         if isinstance(exc, MessageError):
             self._errors.report(exc.code, message.name, str(exc))
@@ -245,6 +251,23 @@ class Agent:
         # a bug of ours: still answer at once, so HAProxy's `error > 0` rule fires now
         logger.bind(message=message.name).opt(exception=exc).error("message handling failed")
         return ErrorCode.ENGINE_FAILURE
+
+    def _trace_unhandled(
+        self,
+        exc: Exception,
+        message: Message,
+        received_at: float,
+        args: Mapping[str, Arg],
+        known: frozenset[str],
+    ) -> None:
+        # the application writes the debug line of every message it handles; this one failed
+        # before it reached one (docs/troubleshooting.md: one line per message at debug)
+        if not debug_enabled():
+            return
+        trace = MessageTrace.of(message, known, args)
+        code = exc.code if isinstance(exc, MessageError) else ErrorCode.ENGINE_FAILURE
+        answer = f"error={int(code)} ({exc})"
+        logger.bind(tx=trace.transaction_id).debug(trace.line(answer, received_at, self._clock()))
 
     def _unknown_message(self, message: Message) -> list[Action]:
         # coraza-spoa ignores it; that is a silent pass for whoever mistyped a message name

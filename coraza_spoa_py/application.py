@@ -173,15 +173,17 @@ class Application:
         args: Mapping[str, Arg] | None = None,
         *,
         keep_for_response: bool = True,
+        known: frozenset[str] = REQUEST_ARGS,
     ) -> Outcome:
         """``handle_request``'s outcome. ``keep_for_response=False``: close the transaction
         after the request phases whatever ``response_check`` says (``check-request`` has no
-        response message)."""
+        response message). ``known``: the argument names the message's dialect reads (the
+        debug line lists the others as ignored)."""
         if args is None:
             args = args_by_name(message)
         if debug_enabled():
             # built per message at debug only: kept on self, it would make a reference cycle
-            handle = traced(self._request, REQUEST_ARGS, self._log, self._clock)
+            handle = traced(self._request, known, self._log, self._clock)
             return handle(message, received_at, args, keep_for_response)
         return self._request(message, received_at, args, keep_for_response)
 

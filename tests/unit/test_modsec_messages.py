@@ -336,3 +336,51 @@ def test_one_reading_of_the_id_for_the_agent_and_the_worker_router(arg, expected
     and the worker router (claiming and routing it) read: an integer id is no id for either."""
     assert transaction_id_arg(arg) == expected
     assert message_transaction_id(Message("coraza-res", (s("app", "a"), arg))) == expected
+
+
+# ---- the debug line of a check-request --------------------------------------------------------
+
+
+def check_request_lines(records: list[dict[str, Any]]) -> list[str]:
+    return [
+        r["message"]
+        for r in records
+        if r["level"] == "DEBUG" and r["message"].startswith("check-request args=[")
+    ]
+
+
+def test_ignorerules_is_a_known_argument_in_the_debug_line(log_records):
+    app = make("a", FakeEngine())
+    apps = CheckRequestApps(Compiler(), build)
+    agent = Agent({"a": app}, default_application="a", check_request_app=apps)
+    agent.handle([twelve(s("ignorerules", "942100"), s("extra", "x"))], NOW)
+    (line,) = check_request_lines(log_records)
+    assert " ignored=[extra] " in line and "ignorerules" not in line.split(" ignored=")[1]
+    assert "] ignored=[extra] -> fail=0 rules_hit=0 anomaly_score=0 cache=not-stored " in line
+
+
+@pytest.mark.parametrize(
+    ("ignorerules", "provider", "expected"),
+    [
+        ("942100 nope", True, "-> error=1001 (argument 'ignorerules'"),
+        ("942100", False, "-> error=1003 (ignorerules is not available in this agent)"),
+        ("942100", "broken", "-> error=1003 ("),
+    ],
+)
+def test_a_check_request_failing_before_its_application_still_gets_its_line(
+    log_records, ignorerules, provider, expected
+):
+    apps = CheckRequestApps(Compiler(fail=provider == "broken"), build) if provider else None
+    agent = Agent({"a": make("a", FakeEngine())}, default_application="a", check_request_app=apps)
+    agent.handle([twelve(s("ignorerules", ignorerules))], NOW)
+    (line,) = check_request_lines(log_records)
+    assert expected in line, line
+
+
+def test_a_check_request_with_unreadable_arguments_still_gets_its_line(log_records):
+    agent = Agent({"a": make("a", FakeEngine())}, default_application="a")
+    bad = Message("check-request", eight().args + (s("", "x"),))
+    agent.handle([bad], NOW)
+    (line,) = check_request_lines(log_records)
+    assert line.startswith("check-request args=[:STRING(5) :STRING(3)")
+    assert "-> error=1001 (" in line
