@@ -1,5 +1,8 @@
 """The request mix every measurement uses: one definition feeds wrk (through HAProxy), the bare
-engine ceiling (in-process) and the raw SPOP load generator, so all three see the same bytes.
+engine ceiling (in-process) and the raw SPOP load generator. wrk sends ``request_headers`` less
+``connection`` in this order, and the ceiling feeds the engine exactly what HAProxy then hands
+the agent (``forwarded_request_headers``, ``forwarded_response_headers``: docs/performance.md
+change 38). The raw SPOP load generator sends the client's list (``connection`` included).
 
 Pure data and pure functions only: no processes, no clock, no engine import (the ceiling and the
 wrk driver import this, never the other way round).
@@ -148,8 +151,24 @@ class Scenario:
         return headers
 
     @property
+    def forwarded_request_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The request headers as HAProxy 2.6 hands them to the agent (``req.hdrs``), in order:
+        the client's, without ``connection`` (its keep-alive token is HTTP/1.1's default and
+        HAProxy drops it; wrk does not send it either). Checked through HAProxy and wrk by
+        tests/e2e/test_bench_forwarded.py (docs/performance.md change 38)."""
+        return tuple((name, value) for name, value in self.request_headers if name != b"connection")
+
+    @property
     def full_response_headers(self) -> tuple[tuple[bytes, bytes], ...]:
         return self.response_headers + ((b"content-length", str(len(self.response_body)).encode()),)
+
+    @property
+    def forwarded_response_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The response headers as HAProxy hands them to the agent (``res.hdrs``): the bench web
+        server is HAProxy's ``http-request return`` (haproxy_config), which writes
+        ``content-length`` first (docs/performance.md change 38)."""
+        length = ((b"content-length", str(len(self.response_body)).encode()),)
+        return length + self.response_headers
 
 
 FORM_BODY = urlencoded_form(1024)

@@ -48,7 +48,8 @@ def merge_ceilings(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "scenario": runs[0]["scenario"],
         "rps": sum(r["rps"] for r in runs) / n,
-        "cpu_ms_per_request": sum(r["cpu_ms_per_request"] for r in runs) / n,
+        "engine_cpu_ms_per_request": sum(r["engine_cpu_ms_per_request"] for r in runs) / n,
+        "process_cpu_ms_per_request": sum(r["process_cpu_ms_per_request"] for r in runs) / n,
         "rps_spread": max(r["rps"] for r in runs) / min(r["rps"] for r in runs)
         if min(r["rps"] for r in runs) > 0
         else None,

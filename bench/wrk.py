@@ -20,27 +20,32 @@ JSON_MARK = "BENCH_JSON "
 LUA_PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.99)
 
 
-def _lua_string(value: bytes) -> str:
-    # a Lua long-bracket string keeps every byte as is; the level is chosen so it cannot close
-    level = "=" * 4
-    assert f"]{level}]".encode() not in value
-    return f"[{level}[{value.decode('latin-1')}]{level}]"
+def _lua_quoted(value: bytes) -> str:
+    # a quoted Lua string with every byte but plain printable ASCII escaped as \ddd: a long
+    # bracket string would turn the request's CRLFs into LFs
+    plain = set(range(0x20, 0x7F)) - {ord('"'), ord("\\")}
+    return '"' + "".join(chr(b) if b in plain else f"\\{b:03d}" for b in value) + '"'
+
+
+def raw_request(scenario: Scenario) -> bytes:
+    """The request bytes wrk sends for ``scenario``: its headers in the scenario's order, so
+    that HAProxy forwards ``scenario.forwarded_request_headers`` exactly and the ceiling can feed
+    the engine the same list (docs/performance.md change 38). wrk's own ``wrk.format`` writes
+    the headers in Lua table order, which LuaJIT's hash seed shuffles from run to run."""
+    lines = [f"{scenario.method} {scenario.uri} HTTP/1.1".encode()]
+    for name, value in scenario.forwarded_request_headers:
+        # the client's spelling; HAProxy lower-cases names before the agent sees them
+        title = b"-".join(part.capitalize() for part in name.split(b"-"))
+        lines.append(title + b": " + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + scenario.body
 
 
 def lua_script(scenario: Scenario) -> str:
-    """The wrk script for ``scenario``: method, path, headers, body, and the JSON report."""
-    lines = [
-        f"wrk.method = {_lua_string(scenario.method.encode())}",
-        f"wrk.path = {_lua_string(scenario.uri.encode())}",
-    ]
-    for name, value in scenario.request_headers:
-        if name in (b"content-length", b"connection"):
-            continue  # wrk writes Content-Length itself, and keeps connections alive
-        # wrk adds its own Host unless "Host" (this spelling) is set: title-case every name
-        title = b"-".join(part.capitalize() for part in name.split(b"-"))
-        lines.append(f"wrk.headers[ {_lua_string(title)} ] = {_lua_string(value)}")
-    if scenario.body:
-        lines.append(f"wrk.body = {_lua_string(scenario.body)}")
+    """The wrk script for ``scenario``: the request (``raw_request``) and the JSON report."""
+    # wrk.init builds the one request every connection sends by calling wrk.format(); ours
+    # returns the bytes as they are (keep-alive is HTTP/1.1's default: no Connection header)
+    lines = [f"local request_bytes = {_lua_quoted(raw_request(scenario))}"]
+    lines.append("wrk.format = function() return request_bytes end")
     pcts = ", ".join(str(p) for p in LUA_PERCENTILES)
     lines.append(
         f"""
