@@ -6,6 +6,10 @@ maps a fresh 16 KiB frame stack and its end unmaps it (``_PyThreadState_BumpFram
 → ``mmap``/``munmap``, plus the page faults of touching it). With a greenlet per NOTIFY and
 one per ACK flush that was about four map/unmap pairs per HTTP request, the hub's costliest
 system calls (``strace -c`` on the hub, 32 connections). Long-lived greenlets keep their stack.
+But not forever (docs/performance.md change 37): HAProxy pipelines bursts of NOTIFYs on one
+connection, and every greenlet a burst started used to stay parked with its stacks (~72 KiB a
+connection under c=128). A ``Workers`` keeps ``keep_idle`` idle greenlets; one above that
+lingers ``linger_s`` (so a steady burst pattern finds it again) and then ends.
 
 gevent-only plumbing: nothing here knows SPOP.
 """
@@ -22,12 +26,23 @@ import gevent.lock
 Task = tuple[Callable[..., Any], tuple[Any, ...]]
 
 
+KEEP_IDLE = 2  # idle greenlets a ``Workers`` keeps for good (docs/performance.md change 37)
+LINGER_S = 1.0  # how long a greenlet above those waits for a call before it ends
+
+
 class Workers:
     """Runs ``spawn(fn, *args)`` calls concurrently, at most ``limit`` at once, on greenlets
     that stay alive between calls. ``spawn`` blocks while ``limit`` calls run (back-pressure,
-    as ``gevent.pool.Pool.spawn``). ``len()`` counts the calls running or queued."""
+    as ``gevent.pool.Pool.spawn``). ``len()`` counts the calls running or queued.
 
-    def __init__(self, limit: int) -> None:
+    At most ``keep_idle`` greenlets wait for calls indefinitely; the others a burst started
+    end once idle for ``linger_s``."""
+
+    def __init__(
+        self, limit: int, *, keep_idle: int = KEEP_IDLE, linger_s: float = LINGER_S
+    ) -> None:
+        self._keep_idle = keep_idle
+        self._linger_s = linger_s
         self._slots = gevent.lock.BoundedSemaphore(limit)
         # the queued calls, counted by ``_queued``: a list and a semaphore, not a
         # gevent.queue.SimpleQueue, whose three deques cost ~2 KiB per connection
@@ -74,7 +89,8 @@ class Workers:
         try:
             while True:
                 self._idle += 1
-                self._queued.acquire()
+                if not self._next_call():
+                    return
                 fn, args = self._tasks.pop(0)
                 try:
                     fn(*args)
@@ -87,6 +103,29 @@ class Workers:
                 del fn, args
         finally:
             self._greenlets.discard(current)
+
+    def _next_call(self) -> bool:
+        """Wait for a queued call and claim it: True. False when this worker should end: it
+        was above ``keep_idle`` and no call came within ``linger_s`` (it no longer counts as
+        idle then)."""
+        # ``_idle`` counts this worker. Above the floor the wait has a timer; the floor's
+        # workers, the steady state, wait without one.
+        if self._idle > self._keep_idle:
+            if self._queued.acquire(timeout=self._linger_s):
+                return True
+            # A call queued in the loop turn in which the timer fired is counted in the
+            # semaphore but was handed to no waiter yet: claim it here (no switch between the
+            # two acquires, so nothing else can take it meanwhile).
+            if self._queued.acquire(blocking=False):
+                return True
+            # ``_idle`` (waiting workers minus queued calls) also keeps a worker for every call
+            # queued and not yet claimed: one leaves only while the others cover the floor
+            if self._idle > self._keep_idle:
+                self._idle -= 1
+                return False
+            # the others above the floor ended first: this one is part of the floor now
+        self._queued.acquire()
+        return True
 
 
 def read_when_ready(sock: Any, size: int, *, try_first: bool) -> bytes:
