@@ -10,6 +10,7 @@ import time
 
 import gevent
 import gevent.event
+import pytest
 from gevent import socket
 
 from coraza_spoa_py.workers import Flusher, FrameWriter, Workers, read_when_ready
@@ -128,7 +129,8 @@ def _burst(workers: Workers, size: int, ran: list[int]) -> None:
 def test_after_a_burst_the_extra_greenlets_end_once_idle_for_linger_s():
     """1. limit 16, keep 2, linger 0.05 s; a burst of 10 concurrent calls. Result: 10 greenlets
     ran them, every call ran. 2. Right after: they are still there (lingering). 3. After the
-    linger: 2 are left (the floor); another burst of 10 runs in full on new ones."""
+    linger (at most two): 2 are left (the floor), and no reaper timer runs; another burst of 10
+    runs in full on new ones."""
     workers = Workers(16, keep_idle=2, linger_s=0.05)
     ran: list[int] = []
     _burst(workers, 10, ran)
@@ -139,6 +141,7 @@ def test_after_a_burst_the_extra_greenlets_end_once_idle_for_linger_s():
     gevent.sleep(0.2)
     assert len(workers._greenlets) == 2
     assert workers._idle == 2
+    assert workers._reaper is None
     ran.clear()
     _burst(workers, 10, ran)
     assert sorted(ran) == list(range(10))
@@ -162,14 +165,16 @@ def test_a_burst_within_the_linger_reuses_the_lingering_greenlets():
 
 def test_a_call_queued_in_the_turn_the_linger_ends_still_runs():
     """1. keep 0, linger 0.05 s: every idle greenlet lingers and then ends. 2. After a burst
-    of 3, a call is spawned by a timer due before their lingers end, and the hub is held (no
-    switch) past both: the call is queued in the loop turn in which the lingering greenlets'
-    timers fire, before its wake-up reaches any of them. Result: the call runs (a greenlet
-    whose timer fired claims it), nothing is left in the queue, and the rest end."""
+    of 3, a call is spawned by a timer due before the linger ends, and the hub is held (no
+    switch) past both: the call is queued in the loop turn in which the reaper looks, before
+    its wake-up reaches any worker. Result: the call runs (the reaper ends only the workers
+    beyond it), nothing is left in the queue, and the rest end."""
     workers = Workers(16, keep_idle=0, linger_s=0.05)
     ran: list[int] = []
     _burst(workers, 3, ran)
     assert len(workers._greenlets) == 3
+    with pytest.raises(ValueError):
+        Workers(4, linger_s=0)
     spawner = gevent.spawn_later(0.01, workers.spawn, ran.append, 99)
     time.sleep(0.1)  # the hub's clock passes both deadlines without a switch
     with gevent.Timeout(2):
