@@ -7,12 +7,13 @@ maps a fresh 16 KiB frame stack and its end unmaps it (``_PyThreadState_BumpFram
 one per ACK flush that was about four map/unmap pairs per HTTP request, the hub's costliest
 system calls (``strace -c`` on the hub, 32 connections). Long-lived greenlets keep their stack.
 But not forever (docs/performance.md change 37): HAProxy pipelines bursts of NOTIFYs on one
-connection, and every greenlet a burst started used to stay parked with its stacks (~72 KiB a
-connection under c=128). A ``Workers`` keeps ``keep_idle`` idle greenlets; those above that
-which stayed idle through a whole ``linger_s`` (so a steady burst pattern finds them again)
-are then ended. One timer per ``Workers`` looks, only while more than ``keep_idle`` are idle:
-a timed wait per idle greenlet cost a gevent ``Timeout`` (a libev timer started and stopped)
-per call above the floor, on the hub.
+connection, and every greenlet a burst started used to stay parked with its stacks (the
+agent's peak RSS through HAProxy with CRS at c=128 was 94-102 MiB in POST runs, 80-83 since).
+A ``Workers`` keeps ``keep_idle`` idle greenlets; those above that which stayed idle through a
+whole ``linger_s`` (so a steady burst pattern finds them again) are then ended. One timer
+per ``Workers`` looks, only while more than ``keep_idle`` are idle: a timed wait per idle
+greenlet cost a gevent ``Timeout`` (a libev timer started and stopped) per call above the
+floor, on the hub.
 
 gevent-only plumbing: nothing here knows SPOP.
 """
@@ -30,7 +31,10 @@ Task = tuple[Callable[..., Any], tuple[Any, ...]]
 
 
 KEEP_IDLE = 2  # idle greenlets a ``Workers`` keeps for good (docs/performance.md change 37)
-LINGER_S = 1.0  # how long greenlets above those stay idle before they are ended
+# how long greenlets above those stay unneeded before they are ended: the reaper looks every
+# LINGER_S, so a greenlet goes between one and two of them after its last call (0.5 to 1 s);
+# with 1 s (1 to 2 s) POST runs kept ~5 MiB more at their peak (docs/performance.md change 37)
+LINGER_S = 0.5
 
 
 def _end_worker() -> None:
