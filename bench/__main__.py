@@ -93,6 +93,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra top-level agent config, e.g. engine_threads=3",
     )
     p.add_argument(
+        "--agent-tree",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="experiment: run the agent's code from this checkout (A/B runs against another "
+        "tree with this tree's bench; floor_ab does the same over raw SPOP)",
+    )
+    p.add_argument(
         "--agent-switch-interval",
         type=float,
         default=None,
@@ -179,6 +187,7 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
             "config": args.agent_option or {},
             "switch_interval_s": args.agent_switch_interval,
             "log_level": args.agent_log_level,
+            "tree": str(args.agent_tree) if args.agent_tree else "this one",
         },
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from statistics import median
@@ -23,7 +22,7 @@ from typing import Any
 
 from bench.agent_config import RULE_SETS
 from bench.floor import clean_get_plan, hub_cost
-from bench.procstat import rss_bytes
+from bench.procstat import PeakRss, rss_bytes
 from bench.spop_client import SpopLoad
 from bench.stack import ROOT, start_agent
 from tests.support.agent import AgentProcess
@@ -46,28 +45,19 @@ def memory(pid: int, port: int, transactions: int) -> dict[str, float]:
     ``transactions`` clean GETs one at a time each, and with them still open afterwards."""
     time.sleep(1.0)
     rest = rss_bytes(pid)
-    peak = [rest]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes(pid))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    peak = PeakRss(pid).start()  # the sampler the throughput bench uses (change 36)
     load = SpopLoad(
         "127.0.0.1", port, connections=MEMORY_CONNECTIONS, window=1, plan=clean_get_plan
     )
     try:
         load.run(transactions)
-        done.set()
-        sampler.join()
+        peak.stop()
         time.sleep(1.0)
         held = rss_bytes(pid)
     finally:
+        peak.stop()
         load.close()
-    return {"rest": rest / MIB, "peak": peak[0] / MIB, "open": held / MIB}
+    return {"rest": rest / MIB, "peak": peak.peak_bytes / MIB, "open": held / MIB}
 
 
 def main() -> None:

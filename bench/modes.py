@@ -38,6 +38,7 @@ def _stack_options(args: argparse.Namespace) -> dict[str, Any]:
         "extra_config": args.agent_option,
         "switch_interval_s": args.agent_switch_interval,
         "log_level": args.agent_log_level,
+        "agent_cwd": args.agent_tree,
     }
 
 

@@ -7,6 +7,7 @@ Only reads; never signals or waits for a process. CPU is utime + stime of /proc/
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -85,3 +86,71 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
 def main_thread_share(pid: int, before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds the main thread (tid == pid: the gevent hub) used between two samples."""
     return after.get(pid, 0.0) - before.get(pid, 0.0)
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """VmRSS summed over ``pid``'s tree (a master and its workers; pages they share count once
+    per process, as each process's RSS counts them)."""
+    total = 0
+    for process in process_tree(pid):
+        try:
+            total += rss_bytes(process)
+        except FileNotFoundError:
+            continue  # ended meanwhile
+    return total
+
+
+class PeakRss:
+    """The highest RSS of a process seen between ``start()`` and ``stop()``, read every
+    ``interval_s`` by a background thread (docs/performance.md change 36: the RSS after a run
+    hides the peak during it, where the issue's "RSS under c=128" is).
+
+    With ``tree``, each sample is the sum over the process and its descendants at that moment
+    (``tree_rss_bytes``): a master and its workers are one agent, and the peak of the sum is
+    what the deployment needs at once; the per-process peaks need not coincide, so their sum
+    would overstate it. A sample is taken at ``start()`` and at ``stop()`` as well, so a load
+    shorter than one interval is still seen."""
+
+    def __init__(self, pid: int, *, interval_s: float = 0.02, tree: bool = False) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self._read = tree_rss_bytes if tree else rss_bytes
+        self.peak_bytes = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> PeakRss:
+        self._stop.clear()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop sampling (once: a second call changes nothing); the peak in bytes."""
+        if self._thread is None:
+            return self.peak_bytes
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self._sample()
+        return self.peak_bytes
+
+    def __enter__(self) -> PeakRss:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        try:
+            value = self._read(self.pid)
+        except FileNotFoundError:  # the process ended: nothing more to see
+            return
+        self.samples += 1
+        self.peak_bytes = max(self.peak_bytes, value)

@@ -19,6 +19,8 @@ THROUGHPUT_TARGET = 0.80  # agent req/s >= 0.80 x ceiling ...
 THROUGHPUT_TARGET_SCENARIOS = ("clean_get", "attack_get", "post_1k")  # ... for these
 CPU_TARGET = 1.15  # agent CPU per request <= 1.15 x engine CPU per request
 SOAK_RSS_TARGET = 0.05  # RSS after the whole soak <= +5 % of RSS after the first checkpoint
+RSS_TARGET_MIB = 80  # the agent's peak RSS during a run (CRS loaded) <= 80 MiB ...
+RSS_TARGET_CONNECTIONS = 128  # ... at this concurrency (issue 17)
 
 MIB = 1024 * 1024
 
@@ -74,6 +76,11 @@ def throughput_rows(throughput: dict[str, Any]) -> list[dict[str, Any]]:
                 "uninspected": counts["uninspected"],
                 "unexpected_status": counts["unexpected_status"],
                 "agent_rss_mb": run["agent_rss_bytes"] / MIB,
+                # during the run (docs/performance.md change 36); results from before it
+                # have only the RSS after the run
+                "agent_rss_peak_mb": run["agent_rss_peak_bytes"] / MIB
+                if run.get("agent_rss_peak_bytes")
+                else None,
             }
         )
     return rows
@@ -94,6 +101,12 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             checks.append(
                 _check(f"CPU/request {label}", row["cpu_ratio"], f"<= {CPU_TARGET}",
                        row["cpu_ratio"] <= CPU_TARGET)
+            )  # fmt: skip
+        peak = row["agent_rss_peak_mb"]
+        if row["connections"] == RSS_TARGET_CONNECTIONS and peak is not None:
+            checks.append(
+                _check(f"RSS peak MiB {label}", peak, f"<= {RSS_TARGET_MIB}",
+                       peak <= RSS_TARGET_MIB)
             )  # fmt: skip
         bad = row["uninspected"] + row["spoe_errors"]
         checks.append(_check(f"uninspected + SPOE errors {label}", bad, "== 0", bad == 0))
@@ -263,8 +276,8 @@ def markdown(results: dict[str, Any]) -> str:
             "| scenario | conns | agent req/s | ceiling req/s | agent/ceiling | p50 ms | p99 ms "
             "| agent CPU ms/req | of which hub | engine CPU ms/req | CPU ratio "
             "| HAProxy CPU ms/req "
-            "| SPOE errors | uninspected | shed (1005) | agent RSS MiB |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| SPOE errors | uninspected | shed (1005) | RSS after MiB | RSS peak MiB |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for r in throughput_rows(throughput):
             scenario = SCENARIOS.get(r["scenario"])
@@ -275,7 +288,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {r['agent_cpu_ms']:.2f} | {r['hub_cpu_ms']:.2f} | {r['engine_cpu_ms']:.2f}"
                 f" | {_fmt(r['cpu_ratio'])}"
                 f" | {r['haproxy_cpu_ms']:.2f} | {r['spoe_errors']} | {r['uninspected']}"
-                f" | {r['shed']} | {r['agent_rss_mb']:.0f} |"
+                f" | {r['shed']} | {r['agent_rss_mb']:.0f} | {_fmt(r['agent_rss_peak_mb'], 1)} |"
             )
         out += [
             "",
@@ -412,15 +425,15 @@ def summary(results: dict[str, Any]) -> str:
         out.append("")
         out.append(
             "| scenario | conns | agent/ceiling | zero-cost-agent ratio | CPU ratio "
-            "| hub CPU ms/req | p99 ms | SPOE errors | uninspected | shed |"
+            "| hub CPU ms/req | p99 ms | SPOE errors | uninspected | shed | RSS peak MiB |"
         )
-        out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for r in throughput_rows(throughput):
             out.append(
                 f"| {r['scenario']} | {r['connections']} | {_fmt(r['throughput_ratio'])}"
                 f" | {_fmt(r['zero_cost_agent_ratio'])} | {_fmt(r['cpu_ratio'])}"
                 f" | {r['hub_cpu_ms']:.2f} | {r['p99_ms']:.0f} | {r['spoe_errors']}"
-                f" | {r['uninspected']} | {r['shed']} |"
+                f" | {r['uninspected']} | {r['shed']} | {_fmt(r['agent_rss_peak_mb'], 1)} |"
             )
     checks = target_checks(results)
     if checks:

@@ -171,9 +171,11 @@ def running_stack(
     keep_dir: Path | None = None,
     switch_interval_s: float | None = None,
     agent_args: tuple[str, ...] = (),
+    agent_cwd: Path | None = None,
 ) -> Iterator[Stack]:
     """Agent + HAProxy up for the block (``tests.support.stack.running_stack``); both stopped
-    after it, whatever happens."""
+    after it, whatever happens. ``agent_cwd``: the tree whose agent code runs (``start_agent``),
+    this one by default."""
     with ExitStack() as stack:
         if keep_dir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
@@ -190,6 +192,8 @@ def running_stack(
             switch_interval_s=switch_interval_s,
             agent_args=agent_args,
         )
+        if agent_cwd is not None:
+            agent.cwd = agent_cwd.resolve()
         running = stack.enter_context(
             shared_running_stack(
                 [agent],

@@ -6,6 +6,14 @@ maps a fresh 16 KiB frame stack and its end unmaps it (``_PyThreadState_BumpFram
 → ``mmap``/``munmap``, plus the page faults of touching it). With a greenlet per NOTIFY and
 one per ACK flush that was about four map/unmap pairs per HTTP request, the hub's costliest
 system calls (``strace -c`` on the hub, 32 connections). Long-lived greenlets keep their stack.
+But not forever (docs/performance.md change 37): HAProxy pipelines bursts of NOTIFYs on one
+connection, and every greenlet a burst started used to stay parked with its stacks (the
+agent's peak RSS through HAProxy with CRS at c=128 was 94-102 MiB in POST runs, 80-83 since).
+A ``Workers`` keeps ``keep_idle`` idle greenlets; those above that which stayed idle through a
+whole ``linger_s`` (so a steady burst pattern finds them again) are then ended. One timer
+per ``Workers`` looks, only while more than ``keep_idle`` are idle: a timed wait per idle
+greenlet cost a gevent ``Timeout`` (a libev timer started and stopped) per call above the
+floor, on the hub.
 
 gevent-only plumbing: nothing here knows SPOP.
 """
@@ -22,12 +30,33 @@ import gevent.lock
 Task = tuple[Callable[..., Any], tuple[Any, ...]]
 
 
+KEEP_IDLE = 2  # idle greenlets a ``Workers`` keeps for good (docs/performance.md change 37)
+# how long greenlets above those stay unneeded before they are ended: the reaper looks every
+# LINGER_S, so a greenlet goes between one and two of them after its last call (0.5 to 1 s);
+# with 1 s (1 to 2 s) POST runs kept ~5 MiB more at their peak (docs/performance.md change 37)
+LINGER_S = 0.5
+
+
+def _end_worker() -> None:
+    """Not called: a worker that takes this task ends (``Workers._reap``)."""
+
+
 class Workers:
     """Runs ``spawn(fn, *args)`` calls concurrently, at most ``limit`` at once, on greenlets
     that stay alive between calls. ``spawn`` blocks while ``limit`` calls run (back-pressure,
-    as ``gevent.pool.Pool.spawn``). ``len()`` counts the calls running or queued."""
+    as ``gevent.pool.Pool.spawn``). ``len()`` counts the calls running or queued.
 
-    def __init__(self, limit: int) -> None:
+    At most ``keep_idle`` greenlets wait for calls indefinitely; the others a burst started
+    end once they were not needed for ``linger_s`` (between one and two ``linger_s`` after they
+    went idle)."""
+
+    def __init__(
+        self, limit: int, *, keep_idle: int = KEEP_IDLE, linger_s: float = LINGER_S
+    ) -> None:
+        if linger_s <= 0:
+            raise ValueError("linger_s must be > 0")  # the reaper's timer repeats every linger_s
+        self._keep_idle = keep_idle
+        self._linger_s = linger_s
         self._slots = gevent.lock.BoundedSemaphore(limit)
         # the queued calls, counted by ``_queued``: a list and a semaphore, not a
         # gevent.queue.SimpleQueue, whose three deques cost ~2 KiB per connection
@@ -38,6 +67,8 @@ class Workers:
         # workers waiting for a task, minus the tasks queued for them (negative only while
         # workers just started have not reached their first wait)
         self._idle = 0
+        self._fewest_idle = 0  # the lowest ``_idle`` since the reaper last looked
+        self._reaper: Any = None  # a libev timer, running while more than keep_idle are idle
         self._pending = 0
         self._all_done = gevent.event.Event()
         self._all_done.set()
@@ -50,6 +81,8 @@ class Workers:
         self._pending += 1
         self._all_done.clear()
         self._idle -= 1  # this task takes a waiting worker...
+        if self._idle < self._fewest_idle:
+            self._fewest_idle = self._idle
         if self._idle < 0:  # ...or a new one, whose first wait counts it back
             self._greenlets.add(gevent.spawn(self._work))
         self._tasks.append((fn, args))
@@ -62,6 +95,7 @@ class Workers:
     def kill(self, block: bool = False) -> None:
         """End every worker now (a running call gets ``GreenletExit``), and with them the
         queued calls."""
+        self._stop_reaper()
         greenlets = list(self._greenlets)
         self._greenlets.clear()
         for g in greenlets:
@@ -74,8 +108,12 @@ class Workers:
         try:
             while True:
                 self._idle += 1
+                if self._idle > self._keep_idle and self._reaper is None:
+                    self._start_reaper()
                 self._queued.acquire()
                 fn, args = self._tasks.pop(0)
+                if fn is _end_worker:
+                    return  # ``_reap`` already counted it out of ``_idle``
                 try:
                     fn(*args)
                 finally:
@@ -87,6 +125,34 @@ class Workers:
                 del fn, args
         finally:
             self._greenlets.discard(current)
+
+    def _start_reaper(self) -> None:
+        self._fewest_idle = self._idle
+        # not ref'd: idle workers never keep the hub's loop alive
+        self._reaper = gevent.get_hub().loop.timer(self._linger_s, self._linger_s, ref=False)
+        self._reaper.start(self._reap)
+
+    def _stop_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.stop()
+            self._reaper.close()
+            self._reaper = None
+
+    def _reap(self) -> None:
+        """Every ``linger_s`` while more than ``keep_idle`` are idle (a hub callback: never
+        waits): end the workers that were idle through the whole period, beyond the floor."""
+        # ``_idle`` counts waiting workers minus queued calls, and only ``spawn`` lowers it, so
+        # ``_fewest_idle`` workers waited with nothing for them since the last look
+        surplus = min(self._fewest_idle, self._idle) - self._keep_idle
+        for _ in range(surplus):
+            # a task like any other, so the semaphore wakes exactly one waiting worker for
+            # it; queued behind any real call, each of which has its own waiting worker
+            self._idle -= 1
+            self._tasks.append((_end_worker, ()))
+            self._queued.release()
+        self._fewest_idle = self._idle
+        if self._idle <= self._keep_idle:
+            self._stop_reaper()
 
 
 def read_when_ready(sock: Any, size: int, *, try_first: bool) -> bytes:

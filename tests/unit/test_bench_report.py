@@ -1,15 +1,17 @@
 """The bench tooling's pure parts on fixed data: log tallies, percentiles, ratios and target
-checks, the HAProxy config rendering, the wrk script, the profile summary. No process runs."""
+checks, the HAProxy config rendering, the wrk script, the profile summary. No process runs,
+except the peak-RSS sampler's test, which samples this one."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from bench import haproxy_config, haproxy_log, profile, report, scenarios, stats, wrk
+from bench import haproxy_config, haproxy_log, procstat, profile, report, scenarios, stats, wrk
 from bench.haproxy_config import Ports
 
 LOG = """\
@@ -74,6 +76,7 @@ def _sample_results() -> dict:
         "hub_cpu_ms_per_request": 0.5,
         "wrk_cpu_ms_per_request": 0.1,
         "agent_rss_bytes": 64 * 2**20,
+        "agent_rss_peak_bytes": 70 * 2**20,
     }
     return {
         "meta": {"commit": "abc"},
@@ -129,8 +132,58 @@ def test_ratios_and_targets_from_sample_results():
     assert "| CPU/request clean_get @32 | 1.20 | <= 1.15 | NO |" in text
     json.dumps(results)  # the results stay JSON-serialisable
     headline = report.summary(results)
-    assert "| clean_get | 32 | 0.85 | 0.83 | 1.20 | 0.50 | 80 | 0 | 0 | 0 |" in headline
+    assert "| clean_get | 32 | 0.85 | 0.83 | 1.20 | 0.50 | 80 | 0 | 0 | 0 | 70.0 |" in headline
     assert "Targets met: 4 of 5. Missed: CPU/request clean_get @32." in headline
+
+
+def test_rss_peak_is_checked_at_128_connections_and_older_results_still_render():
+    """1. The sample run at 128 connections with peaks of 79 and then 81 MiB: a check row
+    "RSS peak MiB clean_get @128 <= 80", met then missed; the table shows the peak beside
+    the RSS after the run. 2. At 32 connections: no RSS row. 3. A result from before the
+    sampler (no ``agent_rss_peak_bytes``): no RSS row, "n/a" in the table, nothing raises."""
+    results = _sample_results()
+    run = results["throughput"]["agent"][0]
+    run["connections"] = 128
+    run["agent_rss_peak_bytes"] = 79 * 2**20
+    checks = {c["target"]: c for c in report.target_checks(results)}
+    assert checks["RSS peak MiB clean_get @128"]["met"] is True
+    assert checks["RSS peak MiB clean_get @128"]["wanted"] == "<= 80"
+    run["agent_rss_peak_bytes"] = 81 * 2**20
+    checks = {c["target"]: c for c in report.target_checks(results)}
+    assert checks["RSS peak MiB clean_get @128"]["met"] is False
+    assert checks["RSS peak MiB clean_get @128"]["value"] == pytest.approx(81.0)
+    text = report.markdown(results)
+    assert "| RSS after MiB | RSS peak MiB |" in text
+    assert "| 0 | 0 | 0 | 64 | 81.0 |" in text  # SPOE errors, uninspected, shed, after, peak
+    assert "RSS peak MiB clean_get @128 | 81.00 | <= 80 | NO |" in text
+    run["connections"] = 32
+    assert not any(c["target"].startswith("RSS") for c in report.target_checks(results))
+    run["connections"] = 128
+    del run["agent_rss_peak_bytes"]
+    assert not any(c["target"].startswith("RSS") for c in report.target_checks(results))
+    (row,) = report.throughput_rows(results["throughput"])
+    assert row["agent_rss_peak_mb"] is None
+    assert "| 0 | 0 | 0 | 64 | n/a |" in report.markdown(results)
+    assert "| n/a |" in report.summary(results)
+
+
+def test_peak_rss_sees_memory_touched_and_freed_while_it_samples():
+    """1. Sample this process; 2. touch a 50 MiB buffer, wait until a sample saw it, free it.
+    Result: the peak is >= 40 MiB above the RSS before, though the RSS after is not; a second
+    stop() changes nothing. Behaviour, not timing: it waits for samples, not for a duration."""
+    pid = os.getpid()
+    before = procstat.rss_bytes(pid)
+    sampler = procstat.PeakRss(pid, interval_s=0.005).start()
+    buffer = bytearray(50 * 2**20)  # zero-filled: every page touched
+    seen = sampler.samples
+    while sampler.samples < seen + 3:  # the background thread's samples with the buffer
+        os.sched_yield()
+    del buffer
+    peak = sampler.stop()
+    assert peak - before >= 40 * 2**20
+    assert procstat.rss_bytes(pid) < peak - 30 * 2**20  # freed: only the peak remembers it
+    assert sampler.stop() == peak
+    assert procstat.tree_rss_bytes(pid) >= procstat.rss_bytes(pid)
 
 
 SHIPPED = """\

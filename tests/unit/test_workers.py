@@ -6,9 +6,11 @@ waits for its bytes."""
 from __future__ import annotations
 
 import socket as stdlib_socket
+import time
 
 import gevent
 import gevent.event
+import pytest
 from gevent import socket
 
 from coraza_spoa_py.workers import Flusher, FrameWriter, Workers, read_when_ready
@@ -101,6 +103,115 @@ def test_kill_ends_running_calls_and_join_returns():
         workers.join()
     assert cleaned == ["done"]
     assert len(workers) == 0
+
+
+def _burst(workers: Workers, size: int, ran: list[int]) -> None:
+    """``size`` calls that all run at once (each waits for the last to start), from a
+    spawner greenlet, as a pipelined batch of NOTIFYs arrives; returns when all ran."""
+    started = gevent.event.Event()
+    release = gevent.event.Event()
+    count = [0]
+
+    def call(index: int) -> None:
+        count[0] += 1
+        if count[0] == size:
+            started.set()
+        release.wait()
+        ran.append(index)
+
+    for i in range(size):
+        workers.spawn(call, i)
+    started.wait(timeout=5)
+    release.set()
+    workers.join()
+
+
+def test_after_a_burst_the_extra_greenlets_end_once_idle_for_linger_s():
+    """1. limit 16, keep 2, linger 0.05 s; a burst of 10 concurrent calls. Result: 10 greenlets
+    ran them, every call ran. 2. Right after: they are still there (lingering). 3. After the
+    linger (at most two): 2 are left (the floor), and no reaper timer runs; another burst of 10
+    runs in full on new ones."""
+    workers = Workers(16, keep_idle=2, linger_s=0.05)
+    ran: list[int] = []
+    _burst(workers, 10, ran)
+    assert sorted(ran) == list(range(10))
+    assert len(workers._greenlets) == 10
+    gevent.sleep(0.01)
+    assert len(workers._greenlets) == 10  # lingering, not gone yet
+    gevent.sleep(0.2)
+    assert len(workers._greenlets) == 2
+    assert workers._idle == 2
+    assert workers._reaper is None
+    ran.clear()
+    _burst(workers, 10, ran)
+    assert sorted(ran) == list(range(10))
+    gevent.sleep(0.2)
+    assert len(workers._greenlets) == 2
+    workers.kill()
+
+
+def test_a_burst_within_the_linger_reuses_the_lingering_greenlets():
+    """1. A burst of 6 (keep 2, linger 5 s). 2. A second burst of 6 right after. Result: the
+    second ran on the same 6 greenlets, no new one."""
+    workers = Workers(16, keep_idle=2, linger_s=5.0)
+    ran: list[int] = []
+    _burst(workers, 6, ran)
+    first = set(workers._greenlets)
+    _burst(workers, 6, ran)
+    assert set(workers._greenlets) == first
+    assert len(ran) == 12
+    workers.kill()
+
+
+def test_a_call_queued_in_the_turn_the_linger_ends_still_runs():
+    """1. keep 0, linger 0.05 s: every idle greenlet lingers and then ends. 2. After a burst
+    of 3, a call is spawned by a timer due before the linger ends, and the hub is held (no
+    switch) past both: the call is queued in the loop turn in which the reaper looks, before
+    its wake-up reaches any worker. Result: the call runs (the reaper ends only the workers
+    beyond it), nothing is left in the queue, and the rest end."""
+    workers = Workers(16, keep_idle=0, linger_s=0.05)
+    ran: list[int] = []
+    _burst(workers, 3, ran)
+    assert len(workers._greenlets) == 3
+    spawner = gevent.spawn_later(0.01, workers.spawn, ran.append, 99)
+    time.sleep(0.1)  # the hub's clock passes both deadlines without a switch
+    with gevent.Timeout(2):
+        spawner.join()
+        workers.join()
+    assert ran[-1] == 99
+    gevent.sleep(0.2)
+    assert len(workers._greenlets) == 0
+    assert workers._idle == 0
+    assert workers._tasks == []
+    ran.clear()
+    workers.spawn(ran.append, 1)  # and the next call starts a greenlet again
+    with gevent.Timeout(2):
+        workers.join()
+    assert ran == [1]
+    workers.kill()
+
+
+def test_linger_must_be_positive():
+    """The reaper's timer repeats every ``linger_s``: 0 would be a one-shot timer."""
+    with pytest.raises(ValueError):
+        Workers(4, linger_s=0)
+
+
+def test_calls_arriving_around_the_linger_are_all_run():
+    """A burst of 8 (keep 2, linger 0.02 s), then single calls every 2 ms for 0.1 s, through
+    the lingering greenlets' timeouts. Result: every call ran once; 2 greenlets are left."""
+    workers = Workers(16, keep_idle=2, linger_s=0.02)
+    ran: list[int] = []
+    _burst(workers, 8, ran)
+    for i in range(50):
+        workers.spawn(ran.append, 100 + i)
+        gevent.sleep(0.002)
+    with gevent.Timeout(2):
+        workers.join()
+    assert sorted(ran) == list(range(8)) + [100 + i for i in range(50)]
+    gevent.sleep(0.1)
+    assert len(workers._greenlets) == 2
+    workers.kill()
 
 
 def test_flusher_serves_requests_made_before_it_runs_with_one_flush():
