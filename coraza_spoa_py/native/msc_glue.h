@@ -101,7 +101,9 @@ typedef struct cs_job {
     double deadline; /* CLOCK_MONOTONIC seconds, 0 = none: not started by then -> shed */
     int close_when;  /* CS_CLOSE_*; a close keeps the log's lines for the caller to read */
     unsigned long long token;
+    int prefer; /* urgent jobs: the ran_on of this transaction's previous job, 0 = any thread */
     /* set when it ran */
+    int ran_on; /* the engine thread (its index + 1) that took it; 0: not run by the pool */
     int interrupted;
     int closed; /* close_when applied: the transaction is gone (tx is NULL again) */
     int shed;

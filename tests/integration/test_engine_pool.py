@@ -1,6 +1,7 @@
 """engine_pool.EnginePool with the real native engine threads: a job parks only its greenlet
 (the hub keeps running), responses overtake queued requests, a job that waits past its deadline
-is shed without running, closes run detached, and the threads stop on close."""
+is shed without running, closes run detached, the threads stop on close, and a transaction's
+later jobs go to the thread that ran its first (unless that thread is busy or gone)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import gevent
 import pytest
 
 from coraza_spoa_py import engine as waf
+from coraza_spoa_py.engine.binding import lib
 from coraza_spoa_py.engine.engine_pool import EnginePool
 from coraza_spoa_py.models import (
     CloseWhen,
@@ -34,13 +36,16 @@ RULES_DIR = Path(__file__).resolve().parent.parent / "data" / "rules"
 
 def gated_engine(pool: EnginePool) -> waf.ModSecEngine:
     # a request with ARGS:fifo blocks inside its engine job until "go" arrives (the script of
-    # test_waf_threads); ARGS:evil is denied, RESPONSE_STATUS 299 is denied in phase 3
+    # test_waf_threads), its response with ARGS:fifo3 likewise; ARGS:evil is denied,
+    # RESPONSE_STATUS 299 is denied in phase 3
     directives = (
         "SecRuleEngine On\n"
         f'SecRule ARGS:fifo "@inspectFile {RULES_DIR / "wait_for_fifo.sh"}" '
         "\"id:30001,phase:1,t:none,pass,log,msg:'released'\"\n"
         'SecRule ARGS "@contains evil" "id:30002,phase:2,deny,status:403,log"\n'
         'SecRule RESPONSE_STATUS "@streq 299" "id:30003,phase:3,deny,status:403,log"\n'
+        f'SecRule ARGS:fifo3 "@inspectFile {RULES_DIR / "wait_for_fifo.sh"}" '
+        "\"id:30004,phase:3,t:none,pass,log,msg:'released in phase 3'\"\n"
     )
     return waf.load_engine(AppConfig(name="pool", directives=directives), RulePaths(), pool)
 
@@ -295,4 +300,147 @@ def test_close_from_a_greenlet_still_hands_each_waiter_its_job():
     assert len(pool._parked) == 1
     pool.close()
     assert caller.get(timeout=30).matched_rule_ids == (30002,)
+    assert pool._parked == {}
+
+
+def _recording_detach(pool: EnginePool) -> list[Any]:
+    """The jobs ``pool`` runs detached (closes), recorded as they are submitted."""
+    detached: list[Any] = []
+    detach = pool.detach
+
+    def recorded(job: Any, *, keep: object) -> None:
+        detached.append(job)
+        detach(job, keep=keep)
+
+    pool.detach = recorded  # type: ignore[method-assign]
+    return detached
+
+
+def _settle(pool: EnginePool) -> None:
+    """Until every job submitted has been delivered (closes included)."""
+    deadline = time.monotonic() + 30
+    while pool._parked:
+        assert time.monotonic() < deadline, pool._parked
+        gevent.sleep(0.001)
+
+
+def test_a_transactions_jobs_run_on_the_thread_that_ran_its_first():
+    """1. Three engine threads; 30 transactions one after the other, each a request, a response
+    and a close, the threads left to go idle before each job. Result: each transaction's
+    response and close ran on the thread that ran its request (its engine memory is on that
+    thread's malloc arena: docs/performance.md change 40). A loaded box may keep the thread
+    off its CPU past the steal delay, when another may take the job: allowed only after that
+    delay, and for a few jobs at most."""
+    pool = EnginePool(3)
+    detached = _recording_detach(pool)
+    engine = gated_engine(pool)
+    jobs = []
+    try:
+        for index in range(30):
+            name = f"a{index}"
+            tx = engine.new_transaction(name)
+            request = tx.process_request(RequestInfo(name, query=b"a=1"))
+            first = tx._last_job
+            gevent.sleep(0.002)  # the thread waits for work again
+            response = tx.process_response(ResponseInfo(name, status=299))
+            jobs.append((first, tx._last_job))
+            gevent.sleep(0.002)
+            tx.close()
+            _settle(pool)
+            jobs.append((first, detached[-1]))
+            assert not request.interrupted and response.rule_id == 30003
+            assert 1 <= first.ran_on <= 3
+    finally:
+        pool.close()
+    elsewhere = [job for first, job in jobs if job.ran_on != first.ran_on]
+    assert all(job.started_at - job.pushed_at >= 0.0019 for job in elsewhere)
+    assert len(elsewhere) <= 6, [(first.ran_on, job.ran_on) for first, job in jobs]
+
+
+def test_a_job_whose_thread_stays_busy_is_taken_by_another_after_the_steal_delay(
+    tmp_path: Path,
+):
+    """1. Two engine threads. Transaction A's request runs on a thread T; transaction B's
+    request is repeated until one runs on T too. 2. B's response blocks T in a gated phase-3
+    rule. 3. A's response is queued: it prefers T. Result: the other thread took it, not before
+    it had waited the steal delay (2 ms, docs/performance.md change 40) and long before the
+    gate opened; both verdicts are right once the gate is released."""
+    pool = EnginePool(2)
+    engine = gated_engine(pool)
+    fifo = tmp_path / "gate.fifo"
+    os.mkfifo(fifo)
+    try:
+        first = engine.new_transaction("A")
+        first.process_request(RequestInfo("A"))
+        thread = first._last_job.ran_on
+        for attempt in range(200):
+            blocker = engine.new_transaction(f"B{attempt}")
+            blocker.process_request(RequestInfo(f"B{attempt}", query=b"fifo3=" + bytes(fifo)))
+            if blocker._last_job.ran_on == thread:
+                break
+            blocker.close()
+        else:
+            pytest.fail("no request ran on the first one's thread in 200 tries")
+        blocked = gevent.spawn(blocker.process_response, ResponseInfo("B", status=200))
+        gevent.sleep(0)  # it queues its job
+        gated = blocker._last_job
+        assert gated.kind == lib.CS_RESPONSE
+        while gated.started_at == 0:  # until the gated job runs on the thread
+            gevent.sleep(0.001)
+        assert gated.ran_on == thread
+        verdict = first.process_response(ResponseInfo("A", status=299))
+        stolen = first._last_job
+        assert verdict.rule_id == 30003
+        assert stolen.ran_on not in (0, thread)
+        assert stolen.started_at - stolen.pushed_at >= 0.0019
+        assert not blocked.ready()  # the gate was still shut: the thread was busy throughout
+        release(fifo)
+        assert blocked.get(timeout=30).matched_rule_ids == (30004,)
+        first.close()
+        blocker.close()
+    finally:
+        pool.close()
+
+
+def test_jobs_that_prefer_retired_threads_all_run():
+    """1. Four engine threads; 40 transactions' requests at once (spread over the threads).
+    2. Their responses are queued, and in the same loop turn, before any thread is woken, the
+    pool shrinks to one thread: jobs wait in the lanes of threads that retire. Result: every
+    response is answered right, on the one thread left, and the closes all ran. 3. Grow to
+    three again and repeat with new transactions. Result: the same; nothing stays parked."""
+    pool = EnginePool(4)
+    engine = gated_engine(pool)
+
+    def judge(name: str) -> tuple[waf.ModSecTransaction, Verdict]:
+        tx = engine.new_transaction(name)
+        return tx, tx.process_request(RequestInfo(name))
+
+    def answer(tx: waf.ModSecTransaction, status: int) -> Verdict:
+        try:
+            return tx.process_response(ResponseInfo(tx.transaction_id, status=status))
+        finally:
+            tx.close()
+
+    try:
+        for round_, (before, after) in enumerate([(4, 1), (1, 3)]):
+            if round_:
+                pool.resize(before)
+            started = [gevent.spawn(judge, f"r{round_}-{index}") for index in range(40)]
+            gevent.joinall(started, raise_error=True)
+            transactions = [g.get()[0] for g in started]
+            ran = {tx._last_job.ran_on for tx in transactions}
+            assert len(ran) <= before and 0 not in ran  # an index a thread ran with
+            statuses = [299 if index % 2 else 200 for index in range(40)]
+            answers = [
+                gevent.spawn(answer, tx, status)
+                for tx, status in zip(transactions, statuses, strict=True)
+            ]
+            gevent.spawn(pool.resize, after)  # runs before the pool's wake callback
+            gevent.joinall(answers, raise_error=True)
+            assert [a.get().interrupted for a in answers] == [s == 299 for s in statuses]
+            assert pool.threads == after
+            _settle(pool)
+            assert pool.waiting == 0
+    finally:
+        pool.close()
     assert pool._parked == {}
