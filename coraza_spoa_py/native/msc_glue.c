@@ -252,6 +252,9 @@ typedef struct cs_lane {
  * e.g. a slow rule, must not hold a response back). Each thread has its own condition, so a job
  * wakes the thread it waits for and no other. */
 #define CS_STEAL_AFTER_S 0.002
+/* cs_finished (docs/performance.md change 41); engine_pool's timer uses the same delay */
+#define CS_DONE_BATCH 16
+#define CS_DONE_DELAY_S 0.001
 
 struct cs_pool;
 
@@ -280,7 +283,12 @@ typedef struct cs_pool {
     int idle;         /* threads waiting for work */
     int waking;       /* of those, signalled and not yet running (cs_wake_one) */
     int watching;     /* of those, waiting with a time-out for a busy thread's job */
-    int fd;           /* eventfd: readable when done holds jobs */
+    int running;      /* threads running a job */
+    int fd;           /* eventfd: written once per batch of done jobs (cs_finished) */
+    int notified;     /* the eventfd was written since the hub last took the done jobs */
+    double done_since; /* when the oldest done job finished */
+    size_t done_batch; /* cs_finished; cs_pool_set_batching */
+    double done_delay_s;
 } cs_pool;
 
 static void cs_lane_push(cs_lane *lane, cs_job *job) {
@@ -449,6 +457,28 @@ static void cs_retire(cs_pool *pool, cs_slot *me) {
     cs_wake_one(pool);
 }
 
+/* Finished jobs reach the hub in batches (docs/performance.md change 41): each eventfd write
+ * wakes the hub for one loop turn (an epoll return, a read, a take), and one per job woke it
+ * ~1.7 times per transaction. With the lock held, after job joined the done lane: whether this
+ * thread writes the eventfd now. It does once the lane holds done_batch jobs, once its oldest
+ * has waited done_delay_s, or when no job runs or waits any more (no later completion would
+ * carry this one: the last is never held back). Otherwise a later completion, or the hub's own
+ * timer of done_delay_s (engine_pool), delivers it: a job finished beside a long one waits
+ * done_delay_s at most, never for the long one. */
+static int cs_finished(cs_pool *pool, cs_job *job) {
+    cs_lane_push(&pool->done, job);
+    if (pool->done.count == 1) {
+        pool->done_since = job->finished_at;
+    }
+    if (pool->notified) {
+        return 0; /* the hub is on its way: it takes the whole lane */
+    }
+    int due = pool->done.count >= pool->done_batch || pool->running + cs_queued(pool) == 0 ||
+              job->finished_at - pool->done_since >= pool->done_delay_s;
+    pool->notified = due;
+    return due;
+}
+
 static void *cs_worker(void *arg) {
     cs_slot *me = (cs_slot *)arg;
     cs_pool *pool = me->pool;
@@ -470,15 +500,15 @@ static void *cs_worker(void *arg) {
             continue;
         }
         job->ran_on = me->index + 1;
+        pool->running++;
         /* more work queued: this thread, not the hub, wakes the next idle one */
         cs_wake_one(pool);
         pthread_mutex_unlock(&pool->lock);
         cs_job_run(job);
         pthread_mutex_lock(&pool->lock);
+        pool->running--;
         job->work_waiting = cs_queued(pool) > 0;
-        int was_empty = pool->done.count == 0;
-        cs_lane_push(&pool->done, job);
-        if (was_empty) {
+        if (cs_finished(pool, job)) {
             /* outside the lock: the write wakes the hub, which then takes this lock */
             pthread_mutex_unlock(&pool->lock);
             uint64_t one = 1;
@@ -505,7 +535,18 @@ cs_pool *cs_pool_new(void) {
     }
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->thread_gone, NULL);
+    pool->done_batch = CS_DONE_BATCH;
+    pool->done_delay_s = CS_DONE_DELAY_S;
     return pool;
+}
+
+/* cs_finished's thresholds (a batch of 1 writes the eventfd for every job the hub has not
+ * been told of, as before change 41); for benchmarks. */
+void cs_pool_set_batching(cs_pool *pool, int batch, double delay_s) {
+    pthread_mutex_lock(&pool->lock);
+    pool->done_batch = batch < 1 ? 1 : (size_t)batch;
+    pool->done_delay_s = delay_s < 0 ? 0 : delay_s;
+    pthread_mutex_unlock(&pool->lock);
 }
 
 int cs_pool_fd(cs_pool *pool) { return pool->fd; }
@@ -625,6 +666,7 @@ cs_job *cs_pool_take_done(cs_pool *pool) {
     cs_job *done = pool->done.head;
     pool->done.head = pool->done.tail = NULL;
     pool->done.count = 0;
+    pool->notified = 0;
     pthread_mutex_unlock(&pool->lock);
     return done;
 }

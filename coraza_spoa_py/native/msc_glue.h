@@ -141,6 +141,7 @@ void cs_pool_push(cs_pool *pool, cs_job *job, int urgent);
 void cs_pool_wake(cs_pool *pool);
 size_t cs_pool_waiting(cs_pool *pool);
 cs_job *cs_pool_take_done(cs_pool *pool);
+void cs_pool_set_batching(cs_pool *pool, int batch, double delay_s);
 void cs_pool_stop(cs_pool *pool);
 
 int cs_trim_heap(void);

@@ -5,8 +5,10 @@ later jobs go to the thread that ran its first (unless that thread is busy or go
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -444,3 +446,102 @@ def test_jobs_that_prefer_retired_threads_all_run():
     finally:
         pool.close()
     assert pool._parked == {}
+
+
+def _counting_writes(pool: EnginePool) -> list[int]:
+    """The threads' writes to ``pool``'s eventfd, one entry per take of the finished jobs:
+    the counter read (and so drained) just before the take does."""
+    writes: list[int] = []
+    take_done = pool._native.take_done
+
+    def counted() -> list[Any]:
+        # nothing to read: a take without a write (the hub's timer, or close())
+        with contextlib.suppress(BlockingIOError):
+            writes.append(int.from_bytes(os.read(pool._native.fd, 8), sys.byteorder))
+        return take_done()
+
+    pool._native.take_done = counted  # type: ignore[method-assign]
+    return writes
+
+
+def test_jobs_finished_while_another_runs_wait_for_a_batch(tmp_path: Path):
+    """1. Two engine threads, batches of 16 and no time limit (the delay, and so the hub's
+    timer, beyond the test); one thread blocked in a gated request. 2. Fifteen requests run on
+    the other thread. Result: none is delivered while the gated one still runs (a job running
+    means more completions to come: no eventfd write, no hub wake, for fewer than 16). 3.
+    Release the gate. Result: all sixteen verdicts, brought by one write of the eventfd, not
+    one per job (docs/performance.md change 41)."""
+    pool = EnginePool(2)
+    pool.set_batching(16, 600.0)
+    writes = _counting_writes(pool)
+    engine = gated_engine(pool)
+
+    def judge(index: int) -> bool:
+        tx = engine.new_transaction(f"b{index}")
+        request = RequestInfo(f"b{index}", query=b"a=evil" if index % 3 == 0 else b"a=1")
+        return tx.process_request(request, close_when=CloseWhen.ALWAYS).interrupted
+
+    try:
+        blocker_tx, blocker, fifo = start_gated_request(engine, tmp_path, "long")
+        gevent.sleep(0.05)  # the thread took it
+        short = [gevent.spawn(judge, index) for index in range(15)]
+        _wait_for(lambda: pool.waiting == 0, lambda: pool.waiting)
+        gevent.sleep(0.1)  # the last one taken has finished
+        assert not any(g.ready() for g in short)
+        assert writes == []
+        release(fifo)
+        gevent.joinall(short, raise_error=True)
+        assert [g.get() for g in short] == [index % 3 == 0 for index in range(15)]
+        assert blocker.get(timeout=30).matched_rule_ids == (30001,)
+        assert sum(writes) == 1, writes
+        blocker_tx.close()
+    finally:
+        pool.close()
+
+
+def test_the_last_job_running_is_delivered_at_once_without_any_timer():
+    """1. Two engine threads, batches of 16, the delay (and so the hub's timer) beyond the
+    test. 2. Five transactions one after the other, then five at once. Result: each answered
+    well within the test's timeout: a job that finishes when no other runs or waits is
+    delivered at once, never held for a batch (docs/performance.md change 41)."""
+    pool = EnginePool(2)
+    pool.set_batching(16, 600.0)
+    engine = gated_engine(pool)
+
+    def judge(name: str) -> Verdict:
+        tx = engine.new_transaction(name)
+        return tx.process_request(RequestInfo(name, query=b"a=evil"), close_when=CloseWhen.ALWAYS)
+
+    try:
+        with gevent.Timeout(20):
+            for index in range(5):
+                assert judge(f"alone{index}").rule_id == 30002
+            together = [gevent.spawn(judge, f"together{index}") for index in range(5)]
+            gevent.joinall(together, raise_error=True)
+        assert [g.get().rule_id for g in together] == [30002] * 5
+    finally:
+        pool.close()
+
+
+def test_a_job_finished_beside_a_long_one_is_not_held_back_for_it(tmp_path: Path):
+    """1. Two engine threads with the default batching; one blocked in a gated request. 2. A
+    request runs on the other thread and finishes while the first still runs (so its thread
+    holds it back for a batch). Result: its caller gets its verdict while the gate is still
+    shut (the hub's timer takes it: docs/performance.md change 41). 3. Release the gate.
+    Result: the first verdict arrives too."""
+    pool = EnginePool(2)
+    engine = gated_engine(pool)
+    try:
+        blocker_tx, blocker, fifo = start_gated_request(engine, tmp_path, "long")
+        gevent.sleep(0.05)  # the thread took it
+        tx = engine.new_transaction("short")
+        with gevent.Timeout(10):
+            verdict = tx.process_request(RequestInfo("short", query=b"a=evil"))
+        assert verdict.rule_id == 30002
+        assert not blocker.ready()
+        release(fifo)
+        assert blocker.get(timeout=30).matched_rule_ids == (30001,)
+        tx.close()
+        blocker_tx.close()
+    finally:
+        pool.close()
