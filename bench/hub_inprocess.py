@@ -5,11 +5,12 @@ responses, or blocked attack GETs, 64 greenlets at once. Prints the hub thread's
 (``time.thread_time``) per transaction, median of the rounds.
 
 Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]
-[--scenario clean_get|attack_get] [--rules small|crs] [--log]``. Why: through HAProxy a change
-of a few percent on the hub drowns in the box's noise (the ceiling moves by tens of percent
-between runs), and over raw SPOP (``bench floor``) by ±15 %; this driver's runs agree within a
-few percent with the small rules, so the changes of docs/performance.md (13 and on) were
-measured with it. A report, not a test: it asserts only that every answer was right.
+[--scenario clean_get|attack_get] [--rules small|crs] [--done-batch 16] [--done-delay-us 1000]
+[--log]``. Why: through HAProxy a change of a few percent on the hub drowns in the box's noise
+(the ceiling moves by tens of percent between runs), and over raw SPOP (``bench floor``) by
+±15 %; this driver's runs agree within a few percent with the small rules, so the changes of
+docs/performance.md (13 and on) were measured with it. A report, not a test: it asserts only
+that every answer was right.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from coraza_spoa_py import engine as waf  # noqa: E402
 from coraza_spoa_py import logs, spop_native  # noqa: E402
 from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
+from coraza_spoa_py.engine import engine_pool  # noqa: E402
 from coraza_spoa_py.engine.engine_pool import EnginePool  # noqa: E402
 from coraza_spoa_py.settings import AppConfig, RulePaths  # noqa: E402
 from coraza_spoa_py.spop import SetVar, frames  # noqa: E402
@@ -97,6 +99,18 @@ def main() -> None:
     parser.add_argument("--scenario", choices=["clean_get", "attack_get"], default="clean_get")
     parser.add_argument("--rules", choices=sorted(RULE_SETS), default="small")
     parser.add_argument(
+        "--done-batch",
+        type=int,
+        default=engine_pool.DONE_BATCH,
+        help="finished jobs per eventfd write (docs/performance.md change 41); 1: one per job",
+    )
+    parser.add_argument(
+        "--done-delay-us",
+        type=float,
+        default=engine_pool.DONE_DELAY_S * 1e6,
+        help="the longest a finished job waits for its batch while others run",
+    )
+    parser.add_argument(
         "--log",
         action="store_true",
         help="log at info on stderr as the agent does before its config is read (rule matches "
@@ -108,6 +122,7 @@ def main() -> None:
     else:
         logger.remove()
     pool = EnginePool(2)
+    pool.set_batching(args.done_batch, args.done_delay_us / 1e6)
     config = AppConfig(name=APP_NAME, directives=RULE_SETS[args.rules], response_check=True)
     engine = waf.load_engine(config, RulePaths(), pool)
     application = Application(config, engine, pool, processing_budget_s=BUDGET_S)

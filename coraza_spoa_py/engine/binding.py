@@ -98,8 +98,12 @@ class NativePool:
         """Wake as many idle threads as jobs wait (docs/performance.md change 16)."""
         lib.cs_pool_wake(self._pool)
 
+    def set_batching(self, batch: int, delay_s: float) -> None:
+        """When a thread tells the hub of finished jobs (msc_glue.c cs_finished)."""
+        lib.cs_pool_set_batching(self._pool, batch, delay_s)
+
     def waiting(self) -> int:
-        """Jobs queued for a thread, both lanes."""
+        """Jobs queued for a thread, every lane."""
         return int(lib.cs_pool_waiting(self._pool))
 
     def take_done(self) -> list[Any]:

@@ -7,7 +7,9 @@ Why this split (docs/performance.md, changes 7 and 8): the earlier engine thread
 (the message's closure) and so took the GIL for every step; their GIL handoffs with the hub cost
 more CPU than the agent's own Python. Here only C runs on engine threads. The hub learns of
 finished jobs through the pool's eventfd, watched by its libev loop: one wakeup may carry many
-jobs.
+jobs. The threads write it once per batch (``DONE_BATCH`` jobs, the oldest ``DONE_DELAY_S``
+old, or the last job running: docs/performance.md change 41); while jobs are in flight a timer
+here takes what a batch still holds back, so a finished job waits a few milliseconds at most.
 
 Also the expected wait that ``application`` sheds with on arrival (``admission.WaitEstimate``
 over the pool's queue length); a job that still waits past its deadline is shed by the thread
@@ -28,6 +30,15 @@ from coraza_spoa_py.engine.admission import WaitEstimate
 from coraza_spoa_py.engine.binding import NativePool
 
 _READ = 1  # libev EV_READ
+# Finished jobs reach the hub in batches (native/msc_glue.c cs_finished, docs/performance.md
+# change 41): the eventfd is written when this many are done, when the oldest has waited this
+# long, or when no other job runs or waits.
+DONE_BATCH = 16
+DONE_DELAY_S = 0.001
+# The hub's own look while jobs are in flight, restarted by every delivery: it only catches a
+# batch that no completion will close (a job done beside a long one), so it is longer than the
+# threads' delay, which closes batches first while jobs keep finishing.
+SWEEP_AFTER_DELAYS = 2
 
 
 class EnginePool:
@@ -45,8 +56,20 @@ class EnginePool:
         self._loop = self._hub.loop
         self._watcher = self._loop.io(self._native.fd, _READ)
         self._watcher.start(self._deliver)
+        self._sweep = self._loop.timer(0.0, 0.0, ref=False)
+        self._sweeping = False  # the sweep timer runs (it repeats until stopped)
+        self.set_batching(DONE_BATCH, DONE_DELAY_S)
         self._wake_scheduled = False
         self.threads = self._native.resize(threads)
+
+    def set_batching(self, batch: int, delay_s: float) -> None:
+        """How finished jobs are batched (``DONE_BATCH``, ``DONE_DELAY_S``; a batch of 1 wakes
+        the hub for every job, as before change 41). For benchmarks; call before submitting."""
+        self._native.set_batching(batch, delay_s)
+        self._stop_sweep()
+        # a libev timer restarted with ``again`` repeats this period (ev_timer_again)
+        period = max(delay_s, 0.0001) * SWEEP_AFTER_DELAYS
+        self._sweep = self._loop.timer(period, period, ref=False)
 
     # ---- admission (application) ------------------------------------------------------------
     def expected_wait_s(self) -> float:
@@ -67,6 +90,7 @@ class EnginePool:
         self._native.stop()
         self._deliver()
         self._watcher.stop()
+        self._stop_sweep()
 
     # ---- engine jobs (transaction) ----------------------------------------------------------
     def run(self, job: Any, *, urgent: bool, keep: object) -> None:
@@ -87,6 +111,9 @@ class EnginePool:
         # 16): the jobs of one loop turn are queued, and the threads woken once, after the
         # greenlets that run in this turn (a callback runs after those already scheduled).
         self._native.push(job, urgent=urgent)
+        if not self._sweeping:
+            self._sweeping = True
+            self._sweep.again(self._deliver)
         if not self._wake_scheduled:
             self._wake_scheduled = True
             self._loop.run_callback(self._wake)
@@ -100,10 +127,22 @@ class EnginePool:
         job.token = self._last_token
         self._parked[self._last_token] = ((job, keep), finished)
 
+    def _stop_sweep(self) -> None:
+        self._sweeping = False
+        self._sweep.stop()
+
     def _deliver(self) -> None:
-        # on the hub (the eventfd watcher), or from close() on any greenlet
+        # on the hub (the eventfd watcher, the sweep timer), or from close() on any greenlet
         on_hub = gevent.getcurrent() is self._hub
-        for job in self._native.take_done():
+        done = self._native.take_done()
+        if done:
+            if len(self._parked) > len(done):
+                # jobs still in flight: the next look a full period after this delivery
+                self._sweeping = True
+                self._sweep.again(self._deliver)
+            else:
+                self._stop_sweep()  # the last ones: nothing can be held back any more
+        for job in done:
             self._estimate.record_wait(job.started_at - job.pushed_at)
             self._estimate.record_completion(job.finished_at, work_waiting=bool(job.work_waiting))
             parked = self._parked.pop(int(job.token), None)

@@ -212,6 +212,10 @@ class ModSecTransaction:
             job.id = self._id_buffer
         job.log = self._log
         job.deadline = deadline
+        if self._last_job is not None:
+            # the thread whose malloc arena holds this transaction: its urgent jobs (response,
+            # close) wait a little for it (docs/performance.md change 40, native/msc_glue.c)
+            job.prefer = self._last_job.ran_on
         return job
 
     @staticmethod

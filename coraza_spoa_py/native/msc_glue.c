@@ -243,18 +243,52 @@ typedef struct cs_lane {
     size_t count;
 } cs_lane;
 
+/* Transaction affinity (docs/performance.md change 40): libmodsecurity allocates a transaction
+ * on the malloc arena of the thread that creates it, and a free() from another thread takes
+ * that arena's lock, where the thread that owns it may be allocating (measured: ~2,000 futex
+ * waits on arena locks per 2 s under load). So a transaction's later urgent jobs (its response
+ * phases, its close) go to the lane of the thread that ran its previous job, and wait for that
+ * thread at most CS_STEAL_AFTER_S; after that any thread takes them (a thread busy for long,
+ * e.g. a slow rule, must not hold a response back). Each thread has its own condition, so a job
+ * wakes the thread it waits for and no other. */
+#define CS_STEAL_AFTER_S 0.002
+/* cs_finished (docs/performance.md change 41); engine_pool's timer uses the same delay */
+#define CS_DONE_BATCH 16
+#define CS_DONE_DELAY_S 0.001
+
+struct cs_pool;
+
+typedef struct cs_slot {
+    struct cs_pool *pool;
+    int index;
+    pthread_cond_t wake; /* only this slot's thread waits on it */
+    cs_lane mine;        /* urgent jobs that prefer this thread */
+    int alive;           /* a thread runs with this index */
+    int idle;            /* its thread waits for work */
+    int signalled;       /* woken (cs_signal) and not yet running */
+    int watching;        /* its wait ends by itself when a job of a busy thread may be taken */
+} cs_slot;
+
 typedef struct cs_pool {
     pthread_mutex_t lock;
-    pthread_cond_t work_ready;
     pthread_cond_t thread_gone;
     cs_lane urgent; /* responses and closes: their request already cost engine time */
     cs_lane normal;
     cs_lane done;
-    int threads; /* running */
-    int target;  /* wanted; a thread above it exits when it next looks for work */
-    int idle;    /* threads waiting for work */
-    int waking;  /* of those, signalled and not yet running (cs_wake_one) */
-    int fd;      /* eventfd: readable when done holds jobs */
+    cs_slot **slots; /* by thread index; never freed nor moved (a thread waits on its own) */
+    int slot_count;
+    size_t preferred; /* jobs in the slots' lanes, all threads */
+    int threads;      /* running */
+    int target;       /* wanted; a thread above it exits when it next looks for work */
+    int idle;         /* threads waiting for work */
+    int waking;       /* of those, signalled and not yet running (cs_wake_one) */
+    int watching;     /* of those, waiting with a time-out for a busy thread's job */
+    int running;      /* threads running a job */
+    int fd;           /* eventfd: written once per batch of done jobs (cs_finished) */
+    int notified;     /* the eventfd was written since the hub last took the done jobs */
+    double done_since; /* when the oldest done job finished */
+    size_t done_batch; /* cs_finished; cs_pool_set_batching */
+    double done_delay_s;
 } cs_pool;
 
 static void cs_lane_push(cs_lane *lane, cs_job *job) {
@@ -281,20 +315,173 @@ static cs_job *cs_lane_pop(cs_lane *lane) {
     return job;
 }
 
+static size_t cs_queued(cs_pool *pool) {
+    return pool->urgent.count + pool->normal.count + pool->preferred;
+}
+
+/* With the lock held. */
+static void cs_signal(cs_pool *pool, cs_slot *slot, int to_watch) {
+    slot->signalled = 1;
+    pool->waking++;
+    if (to_watch && !slot->watching) {
+        /* counted from now: no second thread is sent to watch meanwhile */
+        slot->watching = 1;
+        pool->watching++;
+    }
+    pthread_cond_signal(&slot->wake);
+}
+
 /* Signal one idle thread if a queued job has no thread on its way yet. With the lock held.
  * Why count the signalled threads (docs/performance.md change 25): a SCHED_BATCH thread that
  * was signalled still counts as idle until the scheduler runs it, so the hub's next wake, a
- * loop turn later, signalled it again: a futex system call per turn for nothing. */
+ * loop turn later, signalled it again: a futex system call per turn for nothing. One signal
+ * per call: the thread that runs wakes the next one (cs_worker). In order: a sleeping thread
+ * that a job prefers; an idle thread for a job of the shared lanes that no signalled thread
+ * will take; an idle thread to watch for the steal time of a job whose thread is busy, when no
+ * thread watches yet (change 40). */
 static void cs_wake_one(cs_pool *pool) {
-    size_t queued = pool->urgent.count + pool->normal.count;
-    if (queued > (size_t)pool->waking && pool->idle > pool->waking) {
-        pool->waking++;
-        pthread_cond_signal(&pool->work_ready);
+    if (pool->idle <= pool->waking) {
+        return; /* every idle thread is on its way already */
+    }
+    int for_shared = 0; /* signalled threads that will take a shared job: theirs are empty */
+    int owner_busy = 0;
+    cs_slot *spare = NULL;
+    for (int i = 0; i < pool->slot_count; i++) {
+        cs_slot *slot = pool->slots[i];
+        if (!slot->alive) {
+            continue;
+        }
+        if (slot->mine.count > 0) {
+            if (slot->idle && !slot->signalled) {
+                cs_signal(pool, slot, 0);
+                return;
+            }
+            owner_busy |= !slot->idle;
+        } else if (slot->signalled) {
+            for_shared++;
+        } else if (slot->idle && spare == NULL) {
+            spare = slot;
+        }
+    }
+    if (spare == NULL) {
+        return;
+    }
+    if (pool->urgent.count + pool->normal.count > (size_t)for_shared) {
+        cs_signal(pool, spare, 0);
+    } else if (owner_busy && pool->watching == 0) {
+        cs_signal(pool, spare, 1);
     }
 }
 
+/* A job for this thread, with the lock held: its own lane first, then the shared lanes, then
+ * the oldest job that another thread has left waiting past CS_STEAL_AFTER_S. When there is none
+ * but other threads' lanes hold jobs, *ripe_at says when the first may be taken. */
+static cs_job *cs_take(cs_pool *pool, cs_slot *me, double *ripe_at) {
+    cs_job *job = cs_lane_pop(&me->mine);
+    if (job) {
+        pool->preferred--;
+        return job;
+    }
+    job = cs_lane_pop(&pool->urgent);
+    if (!job) {
+        job = cs_lane_pop(&pool->normal);
+    }
+    *ripe_at = 0;
+    if (job || pool->preferred == 0) {
+        return job;
+    }
+    cs_slot *oldest = NULL;
+    for (int i = 0; i < pool->slot_count; i++) {
+        cs_slot *slot = pool->slots[i];
+        if (slot != me && slot->mine.head &&
+            (!oldest || slot->mine.head->pushed_at < oldest->mine.head->pushed_at)) {
+            oldest = slot;
+        }
+    }
+    if (!oldest) {
+        return NULL;
+    }
+    double ripe = oldest->mine.head->pushed_at + CS_STEAL_AFTER_S;
+    if (cs_monotonic() < ripe) {
+        *ripe_at = ripe;
+        return NULL;
+    }
+    pool->preferred--;
+    return cs_lane_pop(&oldest->mine);
+}
+
+/* Wait for work on this thread's own condition, with the lock held; until ripe_at (the steal
+ * time of a job another thread holds back) when it is set. */
+static void cs_wait(cs_pool *pool, cs_slot *me, double ripe_at) {
+    me->idle = 1;
+    pool->idle++;
+    if (ripe_at > 0) {
+        if (!me->watching) {
+            me->watching = 1;
+            pool->watching++;
+        }
+        struct timespec until;
+        until.tv_sec = (time_t)ripe_at;
+        until.tv_nsec = (long)((ripe_at - (double)until.tv_sec) * 1e9);
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        (void)pthread_cond_timedwait(&me->wake, &pool->lock, &until);
+    } else {
+        pthread_cond_wait(&me->wake, &pool->lock);
+    }
+    me->idle = 0;
+    pool->idle--;
+    if (me->watching) {
+        me->watching = 0;
+        pool->watching--;
+    }
+    /* a spurious wake-up, or a time-out while signalled, leaves the flag set until the signal
+     * lands: one signal too many later, never one missing */
+    if (me->signalled) {
+        me->signalled = 0;
+        pool->waking--;
+    }
+}
+
+/* A retiring thread's jobs go to the shared lane (ahead of requests, as they were). */
+static void cs_retire(cs_pool *pool, cs_slot *me) {
+    cs_job *job;
+    while ((job = cs_lane_pop(&me->mine)) != NULL) {
+        pool->preferred--;
+        cs_lane_push(&pool->urgent, job);
+    }
+    me->alive = 0;
+    pool->threads--;
+    cs_wake_one(pool);
+}
+
+/* Finished jobs reach the hub in batches (docs/performance.md change 41): each eventfd write
+ * wakes the hub for one loop turn (an epoll return, a read, a take), and one per job woke it
+ * ~1.7 times per transaction. With the lock held, after job joined the done lane: whether this
+ * thread writes the eventfd now. It does once the lane holds done_batch jobs, once its oldest
+ * has waited done_delay_s, or when no job runs or waits any more (no later completion would
+ * carry this one: the last is never held back). Otherwise a later completion, or the hub's own
+ * timer of done_delay_s (engine_pool), delivers it: a job finished beside a long one waits
+ * done_delay_s at most, never for the long one. */
+static int cs_finished(cs_pool *pool, cs_job *job) {
+    cs_lane_push(&pool->done, job);
+    if (pool->done.count == 1) {
+        pool->done_since = job->finished_at;
+    }
+    if (pool->notified) {
+        return 0; /* the hub is on its way: it takes the whole lane */
+    }
+    int due = pool->done.count >= pool->done_batch || pool->running + cs_queued(pool) == 0 ||
+              job->finished_at - pool->done_since >= pool->done_delay_s;
+    pool->notified = due;
+    return due;
+}
+
 static void *cs_worker(void *arg) {
-    cs_pool *pool = (cs_pool *)arg;
+    cs_slot *me = (cs_slot *)arg;
+    cs_pool *pool = me->pool;
     /* CPU-bound work (sched(7) SCHED_BATCH): a thread woken for a job then waits for the
      * scheduler's next decision instead of preempting the thread that woke it, i.e. the hub,
      * which has the next messages to decode and submit (docs/performance.md change 15). Best
@@ -303,33 +490,25 @@ static void *cs_worker(void *arg) {
     (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch);
     pthread_mutex_lock(&pool->lock);
     for (;;) {
-        while (pool->urgent.count == 0 && pool->normal.count == 0 &&
-               pool->threads <= pool->target) {
-            pool->idle++;
-            pthread_cond_wait(&pool->work_ready, &pool->lock);
-            pool->idle--;
-            /* a spurious or broadcast wake-up can make this an undercount: one signal too
-             * many later, never one missing */
-            if (pool->waking > 0) {
-                pool->waking--;
-            }
-        }
         if (pool->threads > pool->target) {
             break;
         }
-        cs_job *job = cs_lane_pop(&pool->urgent);
+        double ripe_at;
+        cs_job *job = cs_take(pool, me, &ripe_at);
         if (!job) {
-            job = cs_lane_pop(&pool->normal);
+            cs_wait(pool, me, ripe_at);
+            continue;
         }
+        job->ran_on = me->index + 1;
+        pool->running++;
         /* more work queued: this thread, not the hub, wakes the next idle one */
         cs_wake_one(pool);
         pthread_mutex_unlock(&pool->lock);
         cs_job_run(job);
         pthread_mutex_lock(&pool->lock);
-        job->work_waiting = (pool->urgent.count + pool->normal.count) > 0;
-        int was_empty = pool->done.count == 0;
-        cs_lane_push(&pool->done, job);
-        if (was_empty) {
+        pool->running--;
+        job->work_waiting = cs_queued(pool) > 0;
+        if (cs_finished(pool, job)) {
             /* outside the lock: the write wakes the hub, which then takes this lock */
             pthread_mutex_unlock(&pool->lock);
             uint64_t one = 1;
@@ -338,7 +517,7 @@ static void *cs_worker(void *arg) {
             pthread_mutex_lock(&pool->lock);
         }
     }
-    pool->threads--;
+    cs_retire(pool, me);
     pthread_cond_broadcast(&pool->thread_gone);
     pthread_mutex_unlock(&pool->lock);
     return NULL;
@@ -355,31 +534,86 @@ cs_pool *cs_pool_new(void) {
         return NULL;
     }
     pthread_mutex_init(&pool->lock, NULL);
-    pthread_cond_init(&pool->work_ready, NULL);
     pthread_cond_init(&pool->thread_gone, NULL);
+    pool->done_batch = CS_DONE_BATCH;
+    pool->done_delay_s = CS_DONE_DELAY_S;
     return pool;
 }
 
+/* cs_finished's thresholds (a batch of 1 writes the eventfd for every job the hub has not
+ * been told of, as before change 41); for benchmarks. */
+void cs_pool_set_batching(cs_pool *pool, int batch, double delay_s) {
+    pthread_mutex_lock(&pool->lock);
+    pool->done_batch = batch < 1 ? 1 : (size_t)batch;
+    pool->done_delay_s = delay_s < 0 ? 0 : delay_s;
+    pthread_mutex_unlock(&pool->lock);
+}
+
 int cs_pool_fd(cs_pool *pool) { return pool->fd; }
+
+/* A slot for a new thread, with the lock held: the lowest free index (a job that preferred a
+ * retired thread may land on its successor: only a preference), else a new one. */
+static cs_slot *cs_free_slot(cs_pool *pool) {
+    for (int i = 0; i < pool->slot_count; i++) {
+        if (!pool->slots[i]->alive) {
+            return pool->slots[i];
+        }
+    }
+    cs_slot **grown = (cs_slot **)realloc(pool->slots, (size_t)(pool->slot_count + 1) *
+                                                           sizeof *grown);
+    if (!grown) {
+        return NULL;
+    }
+    pool->slots = grown;
+    cs_slot *slot = (cs_slot *)calloc(1, sizeof *slot);
+    if (!slot) {
+        return NULL;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* cs_wait's time-out: cs_monotonic */
+    pthread_cond_init(&slot->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    slot->pool = pool;
+    slot->index = pool->slot_count;
+    pool->slots[pool->slot_count++] = slot;
+    return slot;
+}
+
+static void cs_wake_all(cs_pool *pool) {
+    for (int i = 0; i < pool->slot_count; i++) {
+        if (pool->slots[i]->alive) {
+            pthread_cond_signal(&pool->slots[i]->wake);
+        }
+    }
+}
 
 /* Start or retire threads; returns how many run (fewer than asked if a thread cannot start). */
 int cs_pool_resize(cs_pool *pool, int threads) {
     pthread_mutex_lock(&pool->lock);
     pool->target = threads < 0 ? 0 : threads;
     while (pool->threads < pool->target) {
-        pthread_t thread;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&thread, &attr, cs_worker, pool);
-        pthread_attr_destroy(&attr);
+        cs_slot *slot = cs_free_slot(pool);
+        int failed = slot == NULL;
+        if (!failed) {
+            pthread_t thread;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            slot->alive = 1;
+            failed = pthread_create(&thread, &attr, cs_worker, slot);
+            pthread_attr_destroy(&attr);
+            if (failed) {
+                slot->alive = 0;
+            }
+        }
         if (failed) {
             pool->target = pool->threads;
             break;
         }
         pool->threads++;
     }
-    pthread_cond_broadcast(&pool->work_ready); /* threads above the target exit */
+    cs_wake_all(pool); /* threads above the target exit */
     int running = pool->target;
     pthread_mutex_unlock(&pool->lock);
     return running;
@@ -389,11 +623,18 @@ int cs_pool_resize(cs_pool *pool, int threads) {
  * wakes idle ones with cs_pool_wake. Why apart (docs/performance.md change 16): waking a
  * thread that sleeps on another CPU costs the waker ~20 us of CPU here (a futex wake and an
  * inter-processor interrupt, dear under a hypervisor); the hub submits many jobs per loop
- * turn and wakes the pool once for all of them. */
+ * turn and wakes the pool once for all of them. An urgent job that prefers a running thread
+ * waits in that thread's lane (change 40); one whose thread is gone, in the shared lane. */
 void cs_pool_push(cs_pool *pool, cs_job *job, int urgent) {
     job->pushed_at = cs_monotonic();
     pthread_mutex_lock(&pool->lock);
-    cs_lane_push(urgent ? &pool->urgent : &pool->normal, job);
+    int index = job->prefer - 1;
+    if (urgent && index >= 0 && index < pool->slot_count && pool->slots[index]->alive) {
+        cs_lane_push(&pool->slots[index]->mine, job);
+        pool->preferred++;
+    } else {
+        cs_lane_push(urgent ? &pool->urgent : &pool->normal, job);
+    }
     pthread_mutex_unlock(&pool->lock);
 }
 
@@ -408,10 +649,10 @@ void cs_pool_wake(cs_pool *pool) {
     pthread_mutex_unlock(&pool->lock);
 }
 
-/* Jobs waiting for a thread, both lanes. */
+/* Jobs waiting for a thread, every lane. */
 size_t cs_pool_waiting(cs_pool *pool) {
     pthread_mutex_lock(&pool->lock);
-    size_t waiting = pool->urgent.count + pool->normal.count;
+    size_t waiting = cs_queued(pool);
     pthread_mutex_unlock(&pool->lock);
     return waiting;
 }
@@ -425,6 +666,7 @@ cs_job *cs_pool_take_done(cs_pool *pool) {
     cs_job *done = pool->done.head;
     pool->done.head = pool->done.tail = NULL;
     pool->done.count = 0;
+    pool->notified = 0;
     pthread_mutex_unlock(&pool->lock);
     return done;
 }
@@ -433,9 +675,10 @@ cs_job *cs_pool_take_done(cs_pool *pool) {
  * stays allocated (a process-lifetime object), so a late submit is only ever queued. */
 void cs_pool_stop(cs_pool *pool) {
     pthread_mutex_lock(&pool->lock);
-    pthread_cond_broadcast(&pool->work_ready); /* jobs pushed without a wake yet */
-    while (pool->urgent.count > 0 || pool->normal.count > 0) {
-        /* the threads still run: wait for them to drain the lanes */
+    cs_wake_all(pool); /* jobs pushed without a wake yet */
+    while (cs_queued(pool) > 0) {
+        /* the threads still run: wait for them to drain the lanes (a job that prefers a busy
+         * thread is taken by another after CS_STEAL_AFTER_S: the waits here time out) */
         pthread_mutex_unlock(&pool->lock);
         usleep(1000);
         pthread_mutex_lock(&pool->lock);
@@ -444,7 +687,7 @@ void cs_pool_stop(cs_pool *pool) {
         }
     }
     pool->target = 0;
-    pthread_cond_broadcast(&pool->work_ready);
+    cs_wake_all(pool);
     while (pool->threads > 0) {
         pthread_cond_wait(&pool->thread_gone, &pool->lock);
     }

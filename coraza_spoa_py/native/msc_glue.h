@@ -101,7 +101,9 @@ typedef struct cs_job {
     double deadline; /* CLOCK_MONOTONIC seconds, 0 = none: not started by then -> shed */
     int close_when;  /* CS_CLOSE_*; a close keeps the log's lines for the caller to read */
     unsigned long long token;
+    int prefer; /* urgent jobs: the ran_on of this transaction's previous job, 0 = any thread */
     /* set when it ran */
+    int ran_on; /* the engine thread (its index + 1) that took it; 0: not run by the pool */
     int interrupted;
     int closed; /* close_when applied: the transaction is gone (tx is NULL again) */
     int shed;
@@ -139,6 +141,7 @@ void cs_pool_push(cs_pool *pool, cs_job *job, int urgent);
 void cs_pool_wake(cs_pool *pool);
 size_t cs_pool_waiting(cs_pool *pool);
 cs_job *cs_pool_take_done(cs_pool *pool);
+void cs_pool_set_batching(cs_pool *pool, int batch, double delay_s);
 void cs_pool_stop(cs_pool *pool);
 
 int cs_trim_heap(void);

@@ -1,11 +1,14 @@
 """engine_pool.EnginePool with the real native engine threads: a job parks only its greenlet
 (the hub keeps running), responses overtake queued requests, a job that waits past its deadline
-is shed without running, closes run detached, and the threads stop on close."""
+is shed without running, closes run detached, the threads stop on close, and a transaction's
+later jobs go to the thread that ran its first (unless that thread is busy or gone)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ import gevent
 import pytest
 
 from coraza_spoa_py import engine as waf
+from coraza_spoa_py.engine.binding import lib
 from coraza_spoa_py.engine.engine_pool import EnginePool
 from coraza_spoa_py.models import (
     CloseWhen,
@@ -34,13 +38,16 @@ RULES_DIR = Path(__file__).resolve().parent.parent / "data" / "rules"
 
 def gated_engine(pool: EnginePool) -> waf.ModSecEngine:
     # a request with ARGS:fifo blocks inside its engine job until "go" arrives (the script of
-    # test_waf_threads); ARGS:evil is denied, RESPONSE_STATUS 299 is denied in phase 3
+    # test_waf_threads), its response with ARGS:fifo3 likewise; ARGS:evil is denied,
+    # RESPONSE_STATUS 299 is denied in phase 3
     directives = (
         "SecRuleEngine On\n"
         f'SecRule ARGS:fifo "@inspectFile {RULES_DIR / "wait_for_fifo.sh"}" '
         "\"id:30001,phase:1,t:none,pass,log,msg:'released'\"\n"
         'SecRule ARGS "@contains evil" "id:30002,phase:2,deny,status:403,log"\n'
         'SecRule RESPONSE_STATUS "@streq 299" "id:30003,phase:3,deny,status:403,log"\n'
+        f'SecRule ARGS:fifo3 "@inspectFile {RULES_DIR / "wait_for_fifo.sh"}" '
+        "\"id:30004,phase:3,t:none,pass,log,msg:'released in phase 3'\"\n"
     )
     return waf.load_engine(AppConfig(name="pool", directives=directives), RulePaths(), pool)
 
@@ -296,3 +303,245 @@ def test_close_from_a_greenlet_still_hands_each_waiter_its_job():
     pool.close()
     assert caller.get(timeout=30).matched_rule_ids == (30002,)
     assert pool._parked == {}
+
+
+def _recording_detach(pool: EnginePool) -> list[Any]:
+    """The jobs ``pool`` runs detached (closes), recorded as they are submitted."""
+    detached: list[Any] = []
+    detach = pool.detach
+
+    def recorded(job: Any, *, keep: object) -> None:
+        detached.append(job)
+        detach(job, keep=keep)
+
+    pool.detach = recorded  # type: ignore[method-assign]
+    return detached
+
+
+def _settle(pool: EnginePool) -> None:
+    """Until every job submitted has been delivered (closes included)."""
+    deadline = time.monotonic() + 30
+    while pool._parked:
+        assert time.monotonic() < deadline, pool._parked
+        gevent.sleep(0.001)
+
+
+def test_a_transactions_jobs_run_on_the_thread_that_ran_its_first():
+    """1. Three engine threads; 30 transactions one after the other, each a request, a response
+    and a close, the threads left to go idle before each job. Result: each transaction's
+    response and close ran on the thread that ran its request (its engine memory is on that
+    thread's malloc arena: docs/performance.md change 40). A loaded box may keep the thread
+    off its CPU past the steal delay, when another may take the job: allowed only after that
+    delay, and for a few jobs at most."""
+    pool = EnginePool(3)
+    detached = _recording_detach(pool)
+    engine = gated_engine(pool)
+    jobs = []
+    try:
+        for index in range(30):
+            name = f"a{index}"
+            tx = engine.new_transaction(name)
+            request = tx.process_request(RequestInfo(name, query=b"a=1"))
+            first = tx._last_job
+            gevent.sleep(0.002)  # the thread waits for work again
+            response = tx.process_response(ResponseInfo(name, status=299))
+            jobs.append((first, tx._last_job))
+            gevent.sleep(0.002)
+            tx.close()
+            _settle(pool)
+            jobs.append((first, detached[-1]))
+            assert not request.interrupted and response.rule_id == 30003
+            assert 1 <= first.ran_on <= 3
+    finally:
+        pool.close()
+    elsewhere = [job for first, job in jobs if job.ran_on != first.ran_on]
+    assert all(job.started_at - job.pushed_at >= 0.0019 for job in elsewhere)
+    assert len(elsewhere) <= 6, [(first.ran_on, job.ran_on) for first, job in jobs]
+
+
+def test_a_job_whose_thread_stays_busy_is_taken_by_another_after_the_steal_delay(
+    tmp_path: Path,
+):
+    """1. Two engine threads. Transaction A's request runs on a thread T; transaction B's
+    request is repeated until one runs on T too. 2. B's response blocks T in a gated phase-3
+    rule. 3. A's response is queued: it prefers T. Result: the other thread took it, not before
+    it had waited the steal delay (2 ms, docs/performance.md change 40) and long before the
+    gate opened; both verdicts are right once the gate is released."""
+    pool = EnginePool(2)
+    engine = gated_engine(pool)
+    fifo = tmp_path / "gate.fifo"
+    os.mkfifo(fifo)
+    try:
+        first = engine.new_transaction("A")
+        first.process_request(RequestInfo("A"))
+        thread = first._last_job.ran_on
+        for attempt in range(200):
+            blocker = engine.new_transaction(f"B{attempt}")
+            blocker.process_request(RequestInfo(f"B{attempt}", query=b"fifo3=" + bytes(fifo)))
+            if blocker._last_job.ran_on == thread:
+                break
+            blocker.close()
+        else:
+            pytest.fail("no request ran on the first one's thread in 200 tries")
+        blocked = gevent.spawn(blocker.process_response, ResponseInfo("B", status=200))
+        gevent.sleep(0)  # it queues its job
+        gated = blocker._last_job
+        assert gated.kind == lib.CS_RESPONSE
+        while gated.started_at == 0:  # until the gated job runs on the thread
+            gevent.sleep(0.001)
+        assert gated.ran_on == thread
+        verdict = first.process_response(ResponseInfo("A", status=299))
+        stolen = first._last_job
+        assert verdict.rule_id == 30003
+        assert stolen.ran_on not in (0, thread)
+        assert stolen.started_at - stolen.pushed_at >= 0.0019
+        assert not blocked.ready()  # the gate was still shut: the thread was busy throughout
+        release(fifo)
+        assert blocked.get(timeout=30).matched_rule_ids == (30004,)
+        first.close()
+        blocker.close()
+    finally:
+        pool.close()
+
+
+def test_jobs_that_prefer_retired_threads_all_run():
+    """1. Four engine threads; 40 transactions' requests at once (spread over the threads).
+    2. Their responses are queued, and in the same loop turn, before any thread is woken, the
+    pool shrinks to one thread: jobs wait in the lanes of threads that retire. Result: every
+    response is answered right, on the one thread left, and the closes all ran. 3. Grow to
+    three again and repeat with new transactions. Result: the same; nothing stays parked."""
+    pool = EnginePool(4)
+    engine = gated_engine(pool)
+
+    def judge(name: str) -> tuple[waf.ModSecTransaction, Verdict]:
+        tx = engine.new_transaction(name)
+        return tx, tx.process_request(RequestInfo(name))
+
+    def answer(tx: waf.ModSecTransaction, status: int) -> Verdict:
+        try:
+            return tx.process_response(ResponseInfo(tx.transaction_id, status=status))
+        finally:
+            tx.close()
+
+    try:
+        for round_, (before, after) in enumerate([(4, 1), (1, 3)]):
+            if round_:
+                pool.resize(before)
+            started = [gevent.spawn(judge, f"r{round_}-{index}") for index in range(40)]
+            gevent.joinall(started, raise_error=True)
+            transactions = [g.get()[0] for g in started]
+            ran = {tx._last_job.ran_on for tx in transactions}
+            assert len(ran) <= before and 0 not in ran  # an index a thread ran with
+            statuses = [299 if index % 2 else 200 for index in range(40)]
+            answers = [
+                gevent.spawn(answer, tx, status)
+                for tx, status in zip(transactions, statuses, strict=True)
+            ]
+            gevent.spawn(pool.resize, after)  # runs before the pool's wake callback
+            gevent.joinall(answers, raise_error=True)
+            assert [a.get().interrupted for a in answers] == [s == 299 for s in statuses]
+            assert pool.threads == after
+            _settle(pool)
+            assert pool.waiting == 0
+    finally:
+        pool.close()
+    assert pool._parked == {}
+
+
+def _counting_writes(pool: EnginePool) -> list[int]:
+    """The threads' writes to ``pool``'s eventfd, one entry per take of the finished jobs:
+    the counter read (and so drained) just before the take does."""
+    writes: list[int] = []
+    take_done = pool._native.take_done
+
+    def counted() -> list[Any]:
+        # nothing to read: a take without a write (the hub's timer, or close())
+        with contextlib.suppress(BlockingIOError):
+            writes.append(int.from_bytes(os.read(pool._native.fd, 8), sys.byteorder))
+        return take_done()
+
+    pool._native.take_done = counted  # type: ignore[method-assign]
+    return writes
+
+
+def test_jobs_finished_while_another_runs_wait_for_a_batch(tmp_path: Path):
+    """1. Two engine threads, batches of 16 and no time limit (the delay, and so the hub's
+    timer, beyond the test); one thread blocked in a gated request. 2. Fifteen requests run on
+    the other thread. Result: none is delivered while the gated one still runs (a job running
+    means more completions to come: no eventfd write, no hub wake, for fewer than 16). 3.
+    Release the gate. Result: all sixteen verdicts, brought by one write of the eventfd, not
+    one per job (docs/performance.md change 41)."""
+    pool = EnginePool(2)
+    pool.set_batching(16, 600.0)
+    writes = _counting_writes(pool)
+    engine = gated_engine(pool)
+
+    def judge(index: int) -> bool:
+        tx = engine.new_transaction(f"b{index}")
+        request = RequestInfo(f"b{index}", query=b"a=evil" if index % 3 == 0 else b"a=1")
+        return tx.process_request(request, close_when=CloseWhen.ALWAYS).interrupted
+
+    try:
+        blocker_tx, blocker, fifo = start_gated_request(engine, tmp_path, "long")
+        gevent.sleep(0.05)  # the thread took it
+        short = [gevent.spawn(judge, index) for index in range(15)]
+        _wait_for(lambda: pool.waiting == 0, lambda: pool.waiting)
+        gevent.sleep(0.1)  # the last one taken has finished
+        assert not any(g.ready() for g in short)
+        assert writes == []
+        release(fifo)
+        gevent.joinall(short, raise_error=True)
+        assert [g.get() for g in short] == [index % 3 == 0 for index in range(15)]
+        assert blocker.get(timeout=30).matched_rule_ids == (30001,)
+        assert sum(writes) == 1, writes
+        blocker_tx.close()
+    finally:
+        pool.close()
+
+
+def test_the_last_job_running_is_delivered_at_once_without_any_timer():
+    """1. Two engine threads, batches of 16, the delay (and so the hub's timer) beyond the
+    test. 2. Five transactions one after the other, then five at once. Result: each answered
+    well within the test's timeout: a job that finishes when no other runs or waits is
+    delivered at once, never held for a batch (docs/performance.md change 41)."""
+    pool = EnginePool(2)
+    pool.set_batching(16, 600.0)
+    engine = gated_engine(pool)
+
+    def judge(name: str) -> Verdict:
+        tx = engine.new_transaction(name)
+        return tx.process_request(RequestInfo(name, query=b"a=evil"), close_when=CloseWhen.ALWAYS)
+
+    try:
+        with gevent.Timeout(20):
+            for index in range(5):
+                assert judge(f"alone{index}").rule_id == 30002
+            together = [gevent.spawn(judge, f"together{index}") for index in range(5)]
+            gevent.joinall(together, raise_error=True)
+        assert [g.get().rule_id for g in together] == [30002] * 5
+    finally:
+        pool.close()
+
+
+def test_a_job_finished_beside_a_long_one_is_not_held_back_for_it(tmp_path: Path):
+    """1. Two engine threads with the default batching; one blocked in a gated request. 2. A
+    request runs on the other thread and finishes while the first still runs (so its thread
+    holds it back for a batch). Result: its caller gets its verdict while the gate is still
+    shut (the hub's timer takes it: docs/performance.md change 41). 3. Release the gate.
+    Result: the first verdict arrives too."""
+    pool = EnginePool(2)
+    engine = gated_engine(pool)
+    try:
+        blocker_tx, blocker, fifo = start_gated_request(engine, tmp_path, "long")
+        gevent.sleep(0.05)  # the thread took it
+        tx = engine.new_transaction("short")
+        with gevent.Timeout(10):
+            verdict = tx.process_request(RequestInfo("short", query=b"a=evil"))
+        assert verdict.rule_id == 30002
+        assert not blocker.ready()
+        release(fifo)
+        assert blocker.get(timeout=30).matched_rule_ids == (30001,)
+        tx.close()
+        blocker_tx.close()
+    finally:
+        pool.close()
