@@ -2,7 +2,8 @@
 engine ceiling (in-process) and the raw SPOP load generator. wrk sends ``request_headers`` less
 ``connection`` in this order, and the ceiling feeds the engine exactly what HAProxy then hands
 the agent (``forwarded_request_headers``, ``forwarded_response_headers``: docs/performance.md
-change 38). The raw SPOP load generator sends the client's list (``connection`` included).
+change 38); the raw SPOP load generator sends the agent those same forwarded lists, as
+HAProxy would.
 
 Pure data and pure functions only: no processes, no clock, no engine import (the ceiling and the
 wrk driver import this, never the other way round).
@@ -157,10 +158,6 @@ class Scenario:
         HAProxy drops it; wrk does not send it either). Checked through HAProxy and wrk by
         tests/e2e/test_bench_forwarded.py (docs/performance.md change 38)."""
         return tuple((name, value) for name, value in self.request_headers if name != b"connection")
-
-    @property
-    def full_response_headers(self) -> tuple[tuple[bytes, bytes], ...]:
-        return self.response_headers + ((b"content-length", str(len(self.response_body)).encode()),)
 
     @property
     def forwarded_response_headers(self) -> tuple[tuple[bytes, bytes], ...]:

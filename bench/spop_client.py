@@ -62,7 +62,7 @@ def request_message(scenario: Scenario, tx_id: bytes) -> Message:
             Arg("path", DataType.STRING, scenario.path.encode()),
             query,
             Arg("version", DataType.STRING, b"1.1"),
-            Arg("headers", DataType.STRING, _header_block(scenario.request_headers)),
+            Arg("headers", DataType.STRING, _header_block(scenario.forwarded_request_headers)),
             Arg("body", DataType.BINARY, scenario.body),
         ),
     )
@@ -76,7 +76,7 @@ def response_message(scenario: Scenario, tx_id: bytes, body: bytes) -> Message:
             Arg("id", DataType.STRING, tx_id),
             Arg("version", DataType.STRING, b"1.1"),
             Arg("status", DataType.INT64, 200),
-            Arg("headers", DataType.STRING, _header_block(scenario.full_response_headers)),
+            Arg("headers", DataType.STRING, _header_block(scenario.forwarded_response_headers)),
             Arg("body", DataType.BINARY, body),
         ),
     )
