@@ -213,7 +213,7 @@ class Agent:
             removed = ignored_rule_ids(args.get(ARG_IGNORE_RULES))
         except MalformedArgumentError as exc:
             malformed = MalformedMessageError(str(exc))
-            self._trace_unhandled(malformed, request, received_at, args, CHECK_REQUEST_ARGS)
+            self._trace_unhandled(malformed, received_at, lambda: self._trace_of(request, args))
             raise malformed from exc
         application = self._route(self._current, args)  # _failed writes a routing failure's line
         if removed:
@@ -223,7 +223,7 @@ class Agent:
                     raise MessageError(f"{ARG_IGNORE_RULES} is not available in this agent")
                 application = self._check_request_app(application, removed)
             except Exception as exc:
-                self._trace_unhandled(exc, request, received_at, args, CHECK_REQUEST_ARGS)
+                self._trace_unhandled(exc, received_at, lambda: self._trace_of(request, args))
                 raise
             # the one-time compile of an exclusion set is not a wait for an engine thread: it
             # does not count against the processing budget (load shedding)
@@ -232,6 +232,10 @@ class Agent:
         return application.request(
             request, received_at, args, keep_for_response=False, known=CHECK_REQUEST_ARGS
         )
+
+    @staticmethod
+    def _trace_of(request: Message, args: Mapping[str, Arg]) -> MessageTrace:
+        return MessageTrace.of(request, CHECK_REQUEST_ARGS, args)
 
     def _failed(
         self,
@@ -243,7 +247,7 @@ class Agent:
     ) -> ErrorCode:
         # the error code every failure of a message is answered with
         if isinstance(exc, NoApplicationError):
-            self._trace_unhandled(exc, message, received_at, args, known)
+            self._trace_unhandled(exc, received_at, lambda: MessageTrace.of(message, known, args))
             _count(self.unknown_applications, app_name_arg(args.get(ARG_APP)) or "")
         if isinstance(exc, MessageError):
             self._errors.report(exc.code, message.name, str(exc))
@@ -253,18 +257,14 @@ class Agent:
         return ErrorCode.ENGINE_FAILURE
 
     def _trace_unhandled(
-        self,
-        exc: Exception,
-        message: Message,
-        received_at: float,
-        args: Mapping[str, Arg],
-        known: frozenset[str],
+        self, exc: Exception, received_at: float, described: Callable[[], MessageTrace]
     ) -> None:
         # the application writes the debug line of every message it handles; this one failed
-        # before it reached one (docs/troubleshooting.md: one line per message at debug)
+        # before it reached one (docs/troubleshooting.md: one line per message at debug).
+        # ``described``: the message's trace, built only at debug
         if not debug_enabled():
             return
-        trace = MessageTrace.of(message, known, args)
+        trace = described()
         code = exc.code if isinstance(exc, MessageError) else ErrorCode.ENGINE_FAILURE
         answer = f"error={int(code)} ({exc})"
         logger.bind(tx=trace.transaction_id).debug(trace.line(answer, received_at, self._clock()))
