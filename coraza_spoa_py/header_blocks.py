@@ -3,11 +3,12 @@
 bytes (HAProxy has already lower-cased the names, HTX). The binary block's lengths are SPOP
 varints, read by the codec's one decoder (``spop.wire.Reader``).
 
-A text block is read into ``HeaderRecords``: the headers already packed the way the engine's
-glue reads them, in C (``native/spop_fast.c``) when the compiled module is there and the block is
-valid, since building a bytes object and a tuple per header only for the engine to pack them
-again was a measurable share of the hub (docs/performance.md change 42). ``parse_text_header_block``
-stays the reference: every refused block is parsed again by it, for its error.
+``messages`` reads both into ``HeaderRecords``: the headers already packed the way the engine's
+glue reads them, in C (``native/spop_fast.c``) when the compiled module is there and the block
+has HAProxy's valid shapes, since building a bytes object and a tuple per header only for the
+engine to pack them again was a measurable share of the hub (docs/performance.md change 42).
+The parse functions stay the reference: every block the C code leaves is parsed by them, and
+every error is theirs.
 
 Pure: no logging, no engine, no I/O. ``messages`` answers a malformed block with error 1001
 (docs/compatibility.md "Errors").
@@ -26,9 +27,10 @@ from coraza_spoa_py.spop.wire import Reader
 try:
     from coraza_spoa_py import _spop_fast
 except ImportError:  # pragma: no cover (the build is part of make install)
-    _native_pack_text = None
+    _native_pack_text = _native_pack_binary = None
 else:
     _native_pack_text = _spop_fast.pack_text_header_block
+    _native_pack_binary = _spop_fast.pack_binary_header_block
 
 _HEADER_LINE_END = b"\r\n"
 _OPTIONAL_WHITESPACE = b" \t"
@@ -171,3 +173,13 @@ def parse_binary_header_block(block: bytes) -> tuple[Header, ...]:
     if not reader.at_end():
         raise HeaderBlockError("binary header block has bytes after its terminator")
     return tuple(headers)
+
+
+def binary_header_records(block: bytes) -> HeaderRecords:
+    """``parse_binary_header_block``, packed: the same headers, or the same
+    ``HeaderBlockError``."""
+    if _native_pack_binary is not None:
+        packed: bytes | None = _native_pack_binary(block)
+        if packed is not None:
+            return HeaderRecords(packed)
+    return HeaderRecords(pack_headers(parse_binary_header_block(block)))

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from coraza_spoa_py.header_blocks import (
     HeaderBlockError,
-    parse_binary_header_block,
+    binary_header_records,
     text_header_records,
 )
 from coraza_spoa_py.models import Header, IPAddress, RequestInfo, ResponseInfo
@@ -186,7 +186,7 @@ def _headers_arg(arg: Arg | None) -> Sequence[Header]:
         if arg.type is DataType.STRING and isinstance(arg.value, bytes):
             return text_header_records(arg.value)
         if arg.type is DataType.BINARY and isinstance(arg.value, bytes):
-            return parse_binary_header_block(arg.value)
+            return binary_header_records(arg.value)
     except HeaderBlockError as exc:
         raise MalformedArgumentError(f"argument {arg.name!r}: {exc}") from exc
     raise _wrong_type(arg, "a header block")

@@ -619,22 +619,65 @@ static Py_ssize_t text_header_records(const unsigned char *buf, Py_ssize_t len,
     return size;
 }
 
-static PyObject *pack_text_header_block(PyObject *module, PyObject *block) {
-    (void)module;
+/* HAProxy's binary header block (req.hdrs_bin: varint-length-prefixed name and value per
+ * header, then two empty strings) into the same records: what parse_binary_header_block and
+ * the packing give. Lengths of one to three varint bytes only (below 2^18); a longer one, like
+ * anything the parser refuses, gives None and the Python parser reads the block. */
+static Py_ssize_t binary_header_records(const unsigned char *buf, Py_ssize_t len,
+                                        unsigned char *out) {
+    Py_ssize_t size = 0, pos = 0;
+    for (;;) {
+        long long name_len = short_varint(buf, &pos, len);
+        if (name_len < 0 || name_len > len - pos)
+            return -1;
+        const unsigned char *name = buf + pos;
+        pos += (Py_ssize_t)name_len;
+        long long value_len = short_varint(buf, &pos, len);
+        if (value_len < 0 || value_len > len - pos)
+            return -1;
+        const unsigned char *value = buf + pos;
+        pos += (Py_ssize_t)value_len;
+        if (name_len == 0) {
+            if (value_len != 0) /* a value without a name */
+                return -1;
+            break;
+        }
+        size += 8 + (Py_ssize_t)name_len + (Py_ssize_t)value_len;
+        if (out != NULL) {
+            put_record(&out, name, (Py_ssize_t)name_len);
+            put_record(&out, value, (Py_ssize_t)value_len);
+        }
+    }
+    return pos == len ? size : -1; /* nothing after the terminator */
+}
+
+typedef Py_ssize_t (*records_reader)(const unsigned char *, Py_ssize_t, unsigned char *);
+
+static PyObject *pack_header_block(PyObject *block, records_reader read) {
     if (!PyBytes_CheckExact(block))
         Py_RETURN_NONE;
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(block);
     Py_ssize_t len = PyBytes_GET_SIZE(block);
     if (len > (Py_ssize_t)UINT32_MAX) /* the records' lengths are 32 bits */
         Py_RETURN_NONE;
-    Py_ssize_t size = text_header_records(buf, len, NULL);
+    Py_ssize_t size = read(buf, len, NULL);
     if (size < 0)
         Py_RETURN_NONE;
     PyObject *records = PyBytes_FromStringAndSize(NULL, size);
     if (records == NULL)
         return NULL;
-    text_header_records(buf, len, (unsigned char *)PyBytes_AS_STRING(records));
+    read(buf, len, (unsigned char *)PyBytes_AS_STRING(records));
     return records;
+}
+
+static PyObject *pack_text_header_block(PyObject *module, PyObject *block) {
+    (void)module;
+    return pack_header_block(block, text_header_records);
+}
+
+static PyObject *pack_binary_header_block(PyObject *module, PyObject *block) {
+    (void)module;
+    return pack_header_block(block, binary_header_records);
 }
 
 static PyMethodDef methods[] = {
@@ -649,6 +692,8 @@ static PyMethodDef methods[] = {
      "encode_ack(stream_id, frame_id, actions) -> the ACK frame, or None: encode it in Python"},
     {"pack_text_header_block", pack_text_header_block, METH_O,
      "pack_text_header_block(block) -> msc_glue.c's header records, or None: parse it in Python"},
+    {"pack_binary_header_block", pack_binary_header_block, METH_O,
+     "pack_binary_header_block(block) -> msc_glue.c's header records, or None: parse it in Python"},
     {NULL, NULL, 0, NULL},
 };
 

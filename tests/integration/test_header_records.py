@@ -1,7 +1,9 @@
-"""The C packer of text header blocks (native/spop_fast.c ``pack_text_header_block``, through
-header_blocks.text_header_records) against its reference, ``parse_text_header_block`` then
-``pack_headers``: for every block, the same records, or None exactly where the Python parser
-raises (and then the parser's own HeaderBlockError). docs/performance.md change 42."""
+"""The C packers of header blocks (native/spop_fast.c ``pack_text_header_block`` and
+``pack_binary_header_block``, through header_blocks.text_header_records/binary_header_records)
+against their reference, the Python parser then ``pack_headers``: for every block, the same
+records, or None (and then the parser's own result: its HeaderBlockError, or, for a binary block
+with a length of four varint bytes or more, its headers). A text block gives None exactly where
+the parser raises. docs/performance.md change 42."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from coraza_spoa_py import _spop_fast
 from coraza_spoa_py.header_blocks import (
     HeaderBlockError,
     HeaderRecords,
+    binary_header_records,
     pack_headers,
+    parse_binary_header_block,
     parse_text_header_block,
     text_header_records,
 )
+from coraza_spoa_py.spop.wire import encode_varint
 
 # the compiled module: not a unit test (docs/development.md "Layout")
 pytestmark = pytest.mark.integration
@@ -121,3 +126,82 @@ def test_records_read_back_as_the_pairs() -> None:
     assert len(records) == 3 and records[1] == (b"cookie", b"a=1") and records[-1:] == pairs[-1:]
     assert hash(records) == hash(pairs)
     assert records != ((b"host", b"example.com"),) and records != b"host"
+
+
+def _same_binary(block: bytes) -> bytes | None:
+    try:
+        expected: bytes | str = pack_headers(parse_binary_header_block(block))
+    except HeaderBlockError as error:
+        expected = str(error)
+    packed = _spop_fast.pack_binary_header_block(block)
+    if isinstance(expected, str):
+        assert packed is None, (block, expected)
+        with pytest.raises(HeaderBlockError) as raised:
+            binary_header_records(block)
+        assert str(raised.value) == expected
+    else:
+        assert packed in (expected, None), block
+        assert binary_header_records(block).packed == expected
+    return packed
+
+
+def _binary_block(headers: list[tuple[bytes, bytes]]) -> bytes:
+    fields = [encode_varint(len(f)) + f for header in headers for f in header]
+    return b"".join(fields) + b"\x00\x00"
+
+
+_NAME = st.binary(min_size=1, max_size=12)
+
+
+@given(st.lists(st.tuples(_NAME, st.binary(max_size=300)), max_size=6))
+def test_generated_binary_blocks_pack_alike_in_c(headers: list[tuple[bytes, bytes]]) -> None:
+    assert _same_binary(_binary_block(headers)) == pack_headers(headers)
+
+
+@given(st.lists(st.tuples(_NAME, st.binary(max_size=300)), max_size=4), st.data())
+def test_cut_and_garbled_binary_blocks_pack_alike(
+    headers: list[tuple[bytes, bytes]], data: st.DataObject
+) -> None:
+    block = bytearray(_binary_block(headers))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(block)))
+        if data.draw(st.booleans()) and at < len(block):
+            block[at] = data.draw(st.sampled_from([0, 1, 0x7F, 0x80, 0xEF, 0xF0, 0xFF]))
+        elif data.draw(st.booleans()):
+            del block[at : at + data.draw(st.integers(1, 3))]
+        else:
+            block[at:at] = data.draw(st.binary(min_size=1, max_size=3))
+    _same_binary(bytes(block))
+
+
+@given(st.binary(max_size=40))
+def test_any_bytes_pack_alike_as_a_binary_block(block: bytes) -> None:
+    _same_binary(block)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"",
+        b"\x00",
+        b"\x00\x00",
+        b"\x00\x00\x00",
+        b"\x00\x01v",
+        b"\x01n\x00",
+        b"\x01n\x00\x00\x00",
+        b"\x01n\x01v\x00\x00",
+        b"\x02n\x01v\x00\x00",
+        b"\xf0",
+        b"\xf0\x80",
+        b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        _binary_block([(b"x-long", b"v" * 300), (b"x-longer", b"w" * 70_000)]),
+    ],
+)
+def test_edge_binary_blocks_pack_alike(block: bytes) -> None:
+    _same_binary(block)
+
+
+def test_a_binary_length_beyond_three_varint_bytes_is_left_to_python() -> None:
+    block = _binary_block([(b"x-huge", b"v" * 300_000)])
+    assert _spop_fast.pack_binary_header_block(block) is None
+    assert binary_header_records(block) == ((b"x-huge", b"v" * 300_000),)
