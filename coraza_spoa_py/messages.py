@@ -12,14 +12,14 @@ Pure: no logging, no engine, no I/O; the id generator is passed in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from coraza_spoa_py.header_blocks import (
     HeaderBlockError,
-    parse_binary_header_block,
-    parse_text_header_block,
+    binary_header_records,
+    text_header_records,
 )
 from coraza_spoa_py.models import Header, IPAddress, RequestInfo, ResponseInfo
 from coraza_spoa_py.spop.events import Arg, DataType, Message
@@ -176,7 +176,7 @@ def _address_arg(arg: Arg | None) -> IPAddress | None:
     return address
 
 
-def _headers_arg(arg: Arg | None) -> tuple[Header, ...]:
+def _headers_arg(arg: Arg | None) -> Sequence[Header]:
     # docs/compatibility.md "Errors": the text block (req.hdrs) or the binary one (req.hdrs_bin),
     # chosen by the SPOP type. NULL (an unset variable, or a binary block that did not fit HAProxy's
     # buffer, docs/protocol.md "What HAProxy sends") is treated like an absent argument.
@@ -184,9 +184,9 @@ def _headers_arg(arg: Arg | None) -> tuple[Header, ...]:
         return ()
     try:
         if arg.type is DataType.STRING and isinstance(arg.value, bytes):
-            return parse_text_header_block(arg.value)
+            return text_header_records(arg.value)
         if arg.type is DataType.BINARY and isinstance(arg.value, bytes):
-            return parse_binary_header_block(arg.value)
+            return binary_header_records(arg.value)
     except HeaderBlockError as exc:
         raise MalformedArgumentError(f"argument {arg.name!r}: {exc}") from exc
     raise _wrong_type(arg, "a header block")

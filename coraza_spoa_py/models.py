@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Protocol
@@ -31,7 +32,8 @@ class RequestInfo:
     query: bytes | None = None
     # as HAProxy's req.ver: b"1.1", b"2.0" (no "HTTP/" prefix)
     version: bytes = b"1.1"
-    headers: tuple[Header, ...] = ()
+    # the pairs, in order; from a message, ``header_blocks.HeaderRecords`` (already packed)
+    headers: Sequence[Header] = ()
     body: bytes = b""
     src_ip: IPAddress | None = None
     src_port: int = 0
@@ -69,7 +71,7 @@ class ResponseInfo:
     transaction_id: str
     status: int = 200
     version: bytes = b"1.1"
-    headers: tuple[Header, ...] = ()
+    headers: Sequence[Header] = ()  # as RequestInfo's
     body: bytes = b""
 
 

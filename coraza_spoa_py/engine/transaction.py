@@ -9,7 +9,6 @@ configuration files, or touch gevent.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from functools import lru_cache
 from ipaddress import IPv6Address
@@ -27,6 +26,7 @@ from coraza_spoa_py.engine.binding import (
     new_lock,
 )
 from coraza_spoa_py.engine.matches import phase_name, take_records
+from coraza_spoa_py.header_blocks import HeaderRecords, pack_headers
 from coraza_spoa_py.models import (
     CloseWhen,
     DeadlineExceededError,
@@ -45,8 +45,6 @@ if lib is not None:
         CloseWhen.ALWAYS: lib.CS_CLOSE_ALWAYS,
         CloseWhen.IF_INTERRUPTED: lib.CS_CLOSE_IF_INTERRUPTED,
     }
-# one header record of native/msc_glue.c: a length, little endian, before each name and value
-_LENGTH = struct.Struct("<I")
 
 
 def _ip_text(address: IPAddress | None) -> bytes:
@@ -79,13 +77,11 @@ def _c_text(value: bytes) -> bytes:
 
 
 def _packed_headers(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    # the header records msc_glue.c reads: one C call adds them all (joined once, no
-    # intermediate bytes per header)
-    pack = _LENGTH.pack
-    parts: list[bytes] = []
-    for name, value in headers:
-        parts += (pack(len(name)), name, pack(len(value)), value)
-    return b"".join(parts)
+    # the header records msc_glue.c reads: one C call adds them all. A text block arrives
+    # already packed (docs/performance.md change 42).
+    if isinstance(headers, HeaderRecords):
+        return headers.packed
+    return pack_headers(headers)
 
 
 class CompiledRules(Protocol):

@@ -554,6 +554,132 @@ static PyObject *setup_actions(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* -- header blocks (docs/performance.md change 42) --------------------------------------------
+ * HAProxy's text header block (req.hdrs/res.hdrs: `name: value\r\n` per header, then `\r\n`)
+ * straight into the records native/msc_glue.c reads ([4-byte LE length][name][4-byte LE
+ * length][value] per header): what header_blocks.parse_text_header_block and the packing
+ * after it give, without a bytes object and a tuple per header. Anything the Python parser
+ * would refuse gives None, and the caller runs it for its HeaderBlockError (its reference). */
+
+static int is_optional_whitespace(unsigned char c) { return c == ' ' || c == '\t'; }
+
+static void put_record(unsigned char **out, const unsigned char *at, Py_ssize_t len) {
+    uint32_t n = (uint32_t)len;
+    unsigned char *o = *out;
+    o[0] = (unsigned char)n;
+    o[1] = (unsigned char)(n >> 8);
+    o[2] = (unsigned char)(n >> 16);
+    o[3] = (unsigned char)(n >> 24);
+    memcpy(o + 4, at, (size_t)len);
+    *out = o + 4 + len;
+}
+
+/* One pass over the lines; `out` NULL: only checks and sizes. Returns the records' size, or
+ * -1 when the block is not one parse_text_header_block accepts. */
+static Py_ssize_t text_header_records(const unsigned char *buf, Py_ssize_t len,
+                                      unsigned char *out) {
+    Py_ssize_t size = 0;
+    if (len == 0)
+        return 0;
+    /* the block ends with an empty line: "\r\n" alone, or a last header line's "\r\n\r\n" */
+    if (len < 2 || buf[len - 2] != '\r' || buf[len - 1] != '\n')
+        return -1;
+    Py_ssize_t end = len - 2; /* the lines, each ending with its "\r\n" */
+    if (end > 0 && (end < 2 || buf[end - 2] != '\r' || buf[end - 1] != '\n'))
+        return -1;
+    Py_ssize_t pos = 0;
+    while (pos < end) {
+        /* the line ends at the first "\r\n" (as bytes.split finds it) */
+        const unsigned char *line = buf + pos;
+        Py_ssize_t line_len = 0;
+        while (!(line[line_len] == '\r' && line[line_len + 1] == '\n'))
+            line_len++;
+        const unsigned char *colon = memchr(line, ':', (size_t)line_len);
+        if (colon == NULL)
+            return -1;
+        Py_ssize_t name_start = 0, name_end = colon - line;
+        while (name_start < name_end && is_optional_whitespace(line[name_start]))
+            name_start++;
+        while (name_end > name_start && is_optional_whitespace(line[name_end - 1]))
+            name_end--;
+        if (name_end == name_start)
+            return -1;
+        Py_ssize_t value_start = colon - line + 1, value_end = line_len;
+        while (value_start < value_end && is_optional_whitespace(line[value_start]))
+            value_start++;
+        while (value_end > value_start && is_optional_whitespace(line[value_end - 1]))
+            value_end--;
+        size += 8 + (name_end - name_start) + (value_end - value_start);
+        if (out != NULL) {
+            put_record(&out, line + name_start, name_end - name_start);
+            put_record(&out, line + value_start, value_end - value_start);
+        }
+        pos += line_len + 2;
+    }
+    return size;
+}
+
+/* HAProxy's binary header block (req.hdrs_bin: varint-length-prefixed name and value per
+ * header, then two empty strings) into the same records: what parse_binary_header_block and
+ * the packing give. Lengths of one to three varint bytes only (below 2^18); a longer one, like
+ * anything the parser refuses, gives None and the Python parser reads the block. */
+static Py_ssize_t binary_header_records(const unsigned char *buf, Py_ssize_t len,
+                                        unsigned char *out) {
+    Py_ssize_t size = 0, pos = 0;
+    for (;;) {
+        long long name_len = short_varint(buf, &pos, len);
+        if (name_len < 0 || name_len > len - pos)
+            return -1;
+        const unsigned char *name = buf + pos;
+        pos += (Py_ssize_t)name_len;
+        long long value_len = short_varint(buf, &pos, len);
+        if (value_len < 0 || value_len > len - pos)
+            return -1;
+        const unsigned char *value = buf + pos;
+        pos += (Py_ssize_t)value_len;
+        if (name_len == 0) {
+            if (value_len != 0) /* a value without a name */
+                return -1;
+            break;
+        }
+        size += 8 + (Py_ssize_t)name_len + (Py_ssize_t)value_len;
+        if (out != NULL) {
+            put_record(&out, name, (Py_ssize_t)name_len);
+            put_record(&out, value, (Py_ssize_t)value_len);
+        }
+    }
+    return pos == len ? size : -1; /* nothing after the terminator */
+}
+
+typedef Py_ssize_t (*records_reader)(const unsigned char *, Py_ssize_t, unsigned char *);
+
+static PyObject *pack_header_block(PyObject *block, records_reader read) {
+    if (!PyBytes_CheckExact(block))
+        Py_RETURN_NONE;
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(block);
+    Py_ssize_t len = PyBytes_GET_SIZE(block);
+    if (len > (Py_ssize_t)UINT32_MAX) /* the records' lengths are 32 bits */
+        Py_RETURN_NONE;
+    Py_ssize_t size = read(buf, len, NULL);
+    if (size < 0)
+        Py_RETURN_NONE;
+    PyObject *records = PyBytes_FromStringAndSize(NULL, size);
+    if (records == NULL)
+        return NULL;
+    read(buf, len, (unsigned char *)PyBytes_AS_STRING(records));
+    return records;
+}
+
+static PyObject *pack_text_header_block(PyObject *module, PyObject *block) {
+    (void)module;
+    return pack_header_block(block, text_header_records);
+}
+
+static PyObject *pack_binary_header_block(PyObject *module, PyObject *block) {
+    (void)module;
+    return pack_header_block(block, binary_header_records);
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Arg, Message, Notify, DataType, ipv4_factory, ipv6_factory)"},
@@ -564,12 +690,16 @@ static PyMethodDef methods[] = {
     {"setup_actions", setup_actions, METH_VARARGS, "setup_actions(SetVar, UnsetVar)"},
     {"encode_ack", (PyCFunction)(void (*)(void))encode_ack, METH_FASTCALL,
      "encode_ack(stream_id, frame_id, actions) -> the ACK frame, or None: encode it in Python"},
+    {"pack_text_header_block", pack_text_header_block, METH_O,
+     "pack_text_header_block(block) -> msc_glue.c's header records, or None: parse it in Python"},
+    {"pack_binary_header_block", pack_binary_header_block, METH_O,
+     "pack_binary_header_block(block) -> msc_glue.c's header records, or None: parse it in Python"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "coraza_spoa_py._spop_fast",
-    "SPOP NOTIFY decoding and ACK encoding in C (coraza_spoa_py/spop_native.py)", -1, methods,
+    "SPOP NOTIFY decoding, ACK encoding and header block packing in C (spop_native.py, header_blocks.py)", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

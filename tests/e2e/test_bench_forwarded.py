@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ runpy.run_module("coraza_spoa_py", run_name="__main__", alter_sys=True)
 """
 
 
-def _pairs(headers: tuple[tuple[bytes, bytes], ...]) -> list[list[str]]:
+def _pairs(headers: Sequence[tuple[bytes, bytes]]) -> list[list[str]]:
     return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
 
 
