@@ -6,7 +6,8 @@ responses, or blocked attack GETs, 64 greenlets at once. Prints the hub thread's
 
 Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]
 [--scenario clean_get|attack_get] [--rules small|crs] [--done-batch 16] [--done-delay-us 1000]
-[--log]``. Why: through HAProxy a change of a few percent on the hub drowns in the box's noise
+[--log | --log-file PATH]``; ``--log-file`` logs at info to a block-buffered file as the bench's
+agent does (a blocked request's rule-match record included). Why: through HAProxy a change of a few percent on the hub drowns in the box's noise
 (the ceiling moves by tens of percent between runs), and over raw SPOP (``bench floor``) by
 ±15 %; this driver's runs agree within a few percent with the small rules, so the changes of
 docs/performance.md (13 and on) were measured with it. A report, not a test: it asserts only
@@ -40,7 +41,7 @@ from coraza_spoa_py.agent import Agent  # noqa: E402
 from coraza_spoa_py.application import Application  # noqa: E402
 from coraza_spoa_py.engine import engine_pool  # noqa: E402
 from coraza_spoa_py.engine.engine_pool import EnginePool  # noqa: E402
-from coraza_spoa_py.settings import AppConfig, RulePaths  # noqa: E402
+from coraza_spoa_py.settings import AppConfig, BindAddress, Config, LogConfig, RulePaths  # noqa: E402
 from coraza_spoa_py.spop import SetVar, frames  # noqa: E402
 
 CONCURRENCY = 64  # greenlets with a transaction in flight, as the raw-SPOP load's connections
@@ -116,8 +117,17 @@ def main() -> None:
         help="log at info on stderr as the agent does before its config is read (rule matches "
         "included); default: no log sink at all",
     )
+    parser.add_argument(
+        "--log-file",
+        help="log at info to this file, block buffered, as the bench's agent does (its config's "
+        "log_file); default: no log sink at all",
+    )
     args = parser.parse_args()
-    if args.log:
+    if args.log_file:
+        logs.configure_logging(
+            Config(bind=BindAddress("tcp"), log=LogConfig("info", args.log_file))
+        )
+    elif args.log:
         logs.configure_bootstrap("info")
     else:
         logger.remove()
