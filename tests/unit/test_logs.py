@@ -273,3 +273,40 @@ def test_log_files_are_block_buffered_until_flushed_and_closing_flushes(tmp_path
     logger.info("at shutdown")
     logs.shutdown_logging()
     assert out.read_text().endswith("at shutdown\n")
+
+
+ENGINE_LINE = (
+    'ModSecurity: Warning. Matched "Operator `Rx\' with parameter `x\'" [id "941100"] ' * 8
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # long ASCII lines take the bytes check, short ones and non-ASCII isprintable
+        (ENGINE_LINE, ENGINE_LINE),
+        (ENGINE_LINE + "\x1b[2J" + ENGINE_LINE, ENGINE_LINE + "\\x1b[2J" + ENGINE_LINE),
+        (ENGINE_LINE + "\n", ENGINE_LINE + "\\n"),
+        ("\x7f" + ENGINE_LINE, "\\x7f" + ENGINE_LINE),
+        (ENGINE_LINE + "\u2028é", ENGINE_LINE + "\\u2028é"),
+        (ENGINE_LINE + "é\x85", ENGINE_LINE + "é\\x85"),
+        (ENGINE_LINE + "é", ENGINE_LINE + "é"),
+        ("tx\rid", "tx\\rid"),
+        ("sample_app", "sample_app"),
+    ],
+)
+def test_escape_text_escapes_line_breakers_at_any_length(text: str, expected: str) -> None:
+    assert len(ENGINE_LINE) > 128  # the long branch is taken
+    assert log_render.escape_text(text) == expected
+
+
+def test_console_stamp_follows_the_second_and_keeps_milliseconds() -> None:
+    from datetime import datetime
+
+    first = datetime(2026, 12, 5, 12, 0, 59, 999_000)
+    later = datetime(2026, 12, 5, 12, 1, 0, 7_000)
+    same_second_next_month = datetime(2027, 1, 5, 12, 0, 59, 1_000)
+    assert log_render._console_stamp(first) == "2026-12-05 12:00:59.999"
+    assert log_render._console_stamp(later) == "2026-12-05 12:01:00.007"
+    assert log_render._console_stamp(first) == "2026-12-05 12:00:59.999"
+    assert log_render._console_stamp(same_second_next_month) == "2027-01-05 12:00:59.001"
