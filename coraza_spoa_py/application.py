@@ -328,15 +328,15 @@ class Application:
     def _report(
         self, message_name: str, transaction_id: str, orphan: bool, verdict: Verdict
     ) -> None:
-        # docs/architecture.md "Rule-match log records": at most one record per message, its
-        # dicts built only when a sink takes its level (docs/performance.md change 30)
+        # docs/architecture.md "Rule-match log records": at most one record per message, only
+        # when a sink takes its level (docs/performance.md change 30); it carries the
+        # RuleMatch objects, which only a JSON sink turns into dicts (change 46)
         if verdict.matches:
             level = rule_match_level(verdict.matches)
             if level_enabled(_LEVEL_NO[level]):
-                records = [match.to_dict() for match in verdict.matches]
-                self._log.bind(tx=transaction_id, kind="rule_match", matches=records).log(
-                    level, "rules matched"
-                )
+                self._log.bind(
+                    tx=transaction_id, kind="rule_match", matches=list(verdict.matches)
+                ).log(level, "rules matched")
         if self.observer is not None:
             self.observer(self.config.name, message_name, orphan, verdict)
 

@@ -3,6 +3,7 @@
 characters that could end or rewrite it are escaped (``escape_text``).
 
 Pure text: no loguru import (a record is the mapping loguru passes a sink), no file handling;
+a rule-match record's ``matches`` are ``models.RuleMatch`` objects (or mappings of its fields);
 ``logs`` owns the sinks and calls ``render_console`` / ``render_json``.
 """
 
@@ -13,6 +14,8 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+from coraza_spoa_py.models import RuleMatch
 
 # loguru level name → the lower-case word zerolog writes in JSON ("level":"warn")
 _JSON_LEVEL_WORDS = {
@@ -110,8 +113,8 @@ def render_console(record: Mapping[str, Any]) -> str:
         prefix = f"{head}{fields} "
         lines = []
         for match in matches:
-            raw = match.get("raw") if isinstance(match, Mapping) else None
-            text = escape_text(str(raw)) if raw else json.dumps(match, default=str)
+            raw = _match_field(match, "raw")
+            text = escape_text(str(raw)) if raw else json.dumps(_match_dict(match), default=str)
             line = prefix + text
             lines.append(line.rstrip() if line[-1].isspace() else line)
         lines.append("")
@@ -145,6 +148,18 @@ def _console_stamp(moment: datetime) -> str:
 def _console_level(record: Mapping[str, Any]) -> str:
     name: str = record["level"].name
     return _CONSOLE_LEVEL_WORDS.get(name, name[:3])
+
+
+def _match_dict(match: Any) -> Any:
+    # the application logs RuleMatch objects (docs/architecture.md "Rule-match log records");
+    # a mapping is taken as it is
+    return match.to_dict() if isinstance(match, RuleMatch) else match
+
+
+def _match_field(match: Any, name: str) -> Any:
+    if isinstance(match, RuleMatch):
+        return getattr(match, name)
+    return match.get(name) if isinstance(match, Mapping) else None
 
 
 def _exception_text(record: Mapping[str, Any]) -> str:
@@ -194,7 +209,7 @@ def render_json(record: Mapping[str, Any]) -> str:
         lines = []
         for match in matches:
             entry = dict(base)
-            entry["match"] = _json_safe(match)
+            entry["match"] = _json_safe(_match_dict(match))
             entry["message"] = record["message"]
             lines.append(_escape_json_line(json.dumps(entry, ensure_ascii=False)) + "\n")
         return "".join(lines)

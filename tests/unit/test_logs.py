@@ -310,3 +310,30 @@ def test_console_stamp_follows_the_second_and_keeps_milliseconds() -> None:
     assert log_render._console_stamp(later) == "2026-12-05 12:01:00.007"
     assert log_render._console_stamp(first) == "2026-12-05 12:00:59.999"
     assert log_render._console_stamp(same_second_next_month) == "2027-01-05 12:00:59.001"
+
+
+def test_rule_match_objects_render_as_their_dicts_would(tmp_path: Path) -> None:
+    """The application logs ``RuleMatch`` objects (docs/architecture.md "Rule-match log
+    records"): console shows each one's engine line, JSON its ``to_dict()`` fields."""
+    from coraza_spoa_py.models import RuleMatch
+
+    match = RuleMatch(
+        rule_id=942100,
+        msg="SQL Injection",
+        severity="critical",
+        tags=("attack-sqli",),
+        raw='ModSecurity: Warning. [id "942100"]',
+    )
+    bare = RuleMatch(rule_id=949110, msg="Inbound Anomaly Score Exceeded")  # no engine line
+    console, as_json = tmp_path / "agent.log", tmp_path / "app.json"
+    app = AppConfig(name="shop", log=LogConfig(level="info", file=str(as_json), format="json"))
+    logs.configure_logging(make_config(LogConfig(level="info", file=str(console)), app))
+    for name in ("shop", "other"):
+        logger.bind(app=name, tx="t1", kind="rule_match", matches=[match, bare]).error("m")
+    first, second = lines(console)
+    assert first.endswith(' app=other tx=t1 ModSecurity: Warning. [id "942100"]')
+    assert json.loads(second.split(" tx=t1 ", 1)[1]) == json.loads(
+        json.dumps(bare.to_dict(), default=str)
+    )
+    records = [json.loads(line) for line in lines(as_json)]
+    assert [r["match"] for r in records] == [match.to_dict(), bare.to_dict()]
