@@ -13,7 +13,6 @@ Pure: no logging, no engine, no I/O; the id generator is passed in.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from coraza_spoa_py.header_blocks import (
@@ -21,7 +20,7 @@ from coraza_spoa_py.header_blocks import (
     binary_header_records,
     text_header_records,
 )
-from coraza_spoa_py.models import Header, IPAddress, RequestInfo, ResponseInfo
+from coraza_spoa_py.models import Header, IPAddress, RequestInfo, ResponseInfo, value_record
 from coraza_spoa_py.spop.events import Arg, DataType, Message
 
 # argument names of coraza-spoa's shipped coraza.cfg (docs/compatibility.md "Messages and
@@ -74,7 +73,7 @@ class MalformedArgumentError(ValueError):
     """An argument has a type or value we cannot use (error 1001)."""
 
 
-@dataclass(frozen=True, slots=True)
+@value_record
 class RequestMessage:
     request: RequestInfo
     export_rule_ids: bool = False
@@ -82,7 +81,7 @@ class RequestMessage:
     id_generated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value_record
 class ResponseMessage:
     response: ResponseInfo
     export_rule_ids: bool = False

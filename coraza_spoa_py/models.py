@@ -13,7 +13,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, dataclass_transform
+
+_Record = TypeVar("_Record")
+
+
+@dataclass_transform(frozen_default=True)
+def value_record(cls: type[_Record]) -> type[_Record]:
+    """A dataclass with slots that the type checker treats as frozen (mypy rejects assigning to
+    a field) but that is not frozen at run time, where it is built once or twice per message:
+    a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, ~60 ns a
+    field against ~15 (``RequestInfo``: 1.19 against 0.33 us; docs/performance.md change 47).
+    Hashable and comparable as a frozen dataclass is; never assign to a field."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
 
 Header = tuple[bytes, bytes]
 IPAddress = IPv4Address | IPv6Address
@@ -23,7 +36,7 @@ IPAddress = IPv4Address | IPv6Address
 _ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-@dataclass(frozen=True, slots=True)
+@value_record
 class RequestInfo:
     transaction_id: str
     method: bytes = b"GET"
@@ -66,7 +79,7 @@ class RequestInfo:
         return self.path if self.query is None else self.path + b"?" + self.query
 
 
-@dataclass(frozen=True, slots=True)
+@value_record
 class ResponseInfo:
     transaction_id: str
     status: int = 200
@@ -128,7 +141,7 @@ class RuleMatch:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@value_record
 class Verdict:
     """What the rules decided for one phase group (request, or response).
 

@@ -13,12 +13,12 @@ engine said; ``application`` decides what happens to a message; this module spel
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import IntEnum
 from functools import lru_cache
 from typing import Any
 
-from coraza_spoa_py.models import RuleMatch, Verdict
+from coraza_spoa_py.models import RuleMatch, Verdict, value_record
 from coraza_spoa_py.spop.events import Action, DataType, SetVar, VarScope
 
 
@@ -71,7 +71,7 @@ def is_counted_rule_id(rule_id: int) -> bool:
     return any(low <= rule_id < high for low, high in COUNTED_RULE_ID_RANGES)
 
 
-@dataclass(frozen=True, slots=True)
+@value_record
 class Interruption:
     """What the engine said when it interrupted a phase group: its intervention's ``status``
     and ``url``, the ``phase``, whether a body limit made it (``body_limit``: no rule), and the

@@ -11,7 +11,7 @@ from coraza_spoa_py.header_blocks import (
     parse_binary_header_block,
     parse_text_header_block,
 )
-from coraza_spoa_py.models import RequestInfo
+from coraza_spoa_py.models import RequestInfo, Verdict
 
 
 def varint(n: int) -> bytes:
@@ -152,3 +152,36 @@ def test_uri_keeps_an_absolute_form_target_whole(
 ) -> None:
     request = RequestInfo("t", path=b"/p", query=b"q=1", version=version, target=target)
     assert request.uri == uri
+
+
+# ---- value_record (docs/performance.md change 47) ----------------------------------------
+
+
+def test_value_records_compare_and_hash_by_value_and_have_slots() -> None:
+    first = RequestInfo("t1", method=b"POST", headers=((b"host", b"a"),))
+    same = RequestInfo("t1", method=b"POST", headers=((b"host", b"a"),))
+    other = RequestInfo("t2", method=b"POST", headers=((b"host", b"a"),))
+    assert first == same and first != other
+    assert hash(first) == hash(same)
+    assert len({first, same, other}) == 2
+    assert not hasattr(first, "__dict__")  # slots: no per-instance dict
+    verdict = Verdict(rules_hit=1, engine_times=(1.0, 2.0))
+    assert verdict == Verdict(rules_hit=1, engine_times=(5.0, 6.0))  # compare=False kept
+    assert hash(verdict) == hash(Verdict(rules_hit=1))
+
+
+def test_the_type_checker_refuses_to_assign_a_value_records_field(tmp_path) -> None:
+    """Frozen for mypy (dataclass_transform(frozen_default=True)), not at run time."""
+    from mypy import api
+
+    snippet = tmp_path / "assign.py"
+    snippet.write_text(
+        "from coraza_spoa_py.models import RequestInfo\n"
+        "info = RequestInfo('t1')\n"
+        "info.method = b'PUT'\n"
+    )
+    stdout, _, status = api.run(
+        [str(snippet), "--no-incremental", "--follow-imports=silent", "--cache-dir=/dev/null"]
+    )
+    assert status == 1
+    assert 'Property "method" defined in "RequestInfo" is read-only' in stdout
