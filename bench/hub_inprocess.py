@@ -6,12 +6,12 @@ responses, or blocked attack GETs, 64 greenlets at once. Prints the hub thread's
 
 Run: ``.venv/bin/python -m bench.hub_inprocess [--transactions 20000] [--rounds 3]
 [--scenario clean_get|attack_get] [--rules small|crs] [--done-batch 16] [--done-delay-us 1000]
-[--log | --log-file PATH]``; ``--log-file`` logs at info to a block-buffered file as the bench's
-agent does (a blocked request's rule-match record included). Why: through HAProxy a change of a few percent on the hub drowns in the box's noise
-(the ceiling moves by tens of percent between runs), and over raw SPOP (``bench floor``) by
-±15 %; this driver's runs agree within a few percent with the small rules, so the changes of
-docs/performance.md (13 and on) were measured with it. A report, not a test: it asserts only
-that every answer was right.
+[--log | --log-file PATH]``; ``--log-file`` logs at info to a block-buffered file as the
+bench's agent does (a blocked request's rule-match record included). Why: through HAProxy a
+change of a few percent on the hub drowns in the box's noise (the ceiling moves by tens of
+percent between runs), and over raw SPOP (``bench floor``) by ±15 %; this driver's runs agree
+within a few percent with the small rules, so the changes of docs/performance.md (13 and on)
+were measured with it. A report, not a test: it asserts only that every answer was right.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Protocol, TypeVar, dataclass_transform
+from typing import Any, NamedTuple, Protocol, TypeVar, dataclass_transform
 
 _Record = TypeVar("_Record")
 
@@ -88,12 +88,17 @@ class ResponseInfo:
     body: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class RuleMatch:
+class RuleMatch(NamedTuple):
     """One rule that matched and logged, as the engine reported it.
 
     Field names follow coraza-spoa's JSON rule-match object (docs/compatibility.md "Logging");
-    ``raw`` is the engine's own text line."""
+    ``raw`` is the engine's own text line.
+
+    A NamedTuple, not a frozen dataclass: the hub builds one per rule message, and
+    ``RuleMatch._make`` from the values in field order costs a tenth of a frozen dataclass's
+    ``__init__`` (docs/performance.md change 43). Being a tuple, it iterates and equals a plain
+    tuple of the same values; a log gets it as ``to_dict()`` (a generic conversion to JSON would
+    make it a list)."""
 
     rule_id: int
     msg: str = ""

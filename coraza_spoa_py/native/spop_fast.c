@@ -680,6 +680,119 @@ static PyObject *pack_binary_header_block(PyObject *module, PyObject *block) {
     return pack_header_block(block, binary_header_records);
 }
 
+/* -- rule-match records (docs/performance.md change 43) ------------------------------------
+ * The records native/msc_glue_rm.cc writes (msc_glue.h "cs_log records"), decoded as
+ * engine/matches.py's Python reader decodes them: one tuple per record, (rule id, line, phase,
+ * severity, maturity, accuracy, action, file, msg, data, rev, ver, server, uri, raw, tags), the
+ * integers as they are, each string decoded as UTF-8 with "replace", the tags a tuple. The
+ * Python loop and its struct calls, per string, were a measurable share of a blocked request's
+ * hub time. Any read that would pass the buffer's end gives None: the glue never writes such a
+ * buffer, and the caller then runs the Python reader, the reference. */
+
+enum { RECORD_HEAD_ = 8 + 6 * 4, RECORD_STRINGS_ = 8 }; /* i64 + six u32; file .. raw */
+
+static uint32_t le_u32(const unsigned char *at) {
+    return (uint32_t)at[0] | ((uint32_t)at[1] << 8) | ((uint32_t)at[2] << 16) |
+           ((uint32_t)at[3] << 24);
+}
+
+/* the string at *pos ([length: u32 LE][bytes]), decoded; NULL with *out_of_bounds set when it
+ * does not fit before `end`, NULL alone on a Python error */
+static PyObject *record_string(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t end,
+                               int *out_of_bounds) {
+    Py_ssize_t at = *pos;
+    if (end - at < 4) {
+        *out_of_bounds = 1;
+        return NULL;
+    }
+    uint32_t len = le_u32(buf + at);
+    at += 4;
+    if ((uint64_t)len > (uint64_t)(end - at)) {
+        *out_of_bounds = 1;
+        return NULL;
+    }
+    *pos = at + (Py_ssize_t)len;
+    return PyUnicode_DecodeUTF8((const char *)buf + at, (Py_ssize_t)len, "replace");
+}
+
+/* one record from *pos as its tuple; NULL with *out_of_bounds set, or on a Python error */
+static PyObject *rule_record(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t end,
+                             int *out_of_bounds) {
+    Py_ssize_t at = *pos;
+    if (end - at < RECORD_HEAD_) {
+        *out_of_bounds = 1;
+        return NULL;
+    }
+    uint64_t id_bits = (uint64_t)le_u32(buf + at) | ((uint64_t)le_u32(buf + at + 4) << 32);
+    PyObject *record = PyTuple_New(7 + RECORD_STRINGS_ + 1);
+    if (record == NULL)
+        return NULL;
+    PyObject *item = PyLong_FromLongLong((long long)id_bits);
+    if (item == NULL)
+        goto failed;
+    PyTuple_SET_ITEM(record, 0, item);
+    for (int i = 0; i < 6; i++) { /* line, phase, severity, maturity, accuracy, action */
+        item = PyLong_FromUnsignedLong(le_u32(buf + at + 8 + 4 * i));
+        if (item == NULL)
+            goto failed;
+        PyTuple_SET_ITEM(record, 1 + i, item);
+    }
+    at += RECORD_HEAD_;
+    for (int i = 0; i < RECORD_STRINGS_; i++) {
+        item = record_string(buf, &at, end, out_of_bounds);
+        if (item == NULL)
+            goto failed;
+        PyTuple_SET_ITEM(record, 7 + i, item);
+    }
+    if (end - at < 4) {
+        *out_of_bounds = 1;
+        goto failed;
+    }
+    uint32_t count = le_u32(buf + at);
+    at += 4;
+    if ((uint64_t)count > (uint64_t)(end - at) / 4) { /* each tag takes 4 bytes at least */
+        *out_of_bounds = 1;
+        goto failed;
+    }
+    PyObject *tags = PyTuple_New((Py_ssize_t)count);
+    if (tags == NULL)
+        goto failed;
+    PyTuple_SET_ITEM(record, 7 + RECORD_STRINGS_, tags);
+    for (uint32_t i = 0; i < count; i++) {
+        item = record_string(buf, &at, end, out_of_bounds);
+        if (item == NULL)
+            goto failed;
+        PyTuple_SET_ITEM(tags, (Py_ssize_t)i, item);
+    }
+    *pos = at;
+    return record;
+failed: /* the tuples' unset items are NULL, which their deallocation skips */
+    Py_DECREF(record);
+    return NULL;
+}
+
+/* read_rule_records(buffer) -> list of record tuples, or None: a read past the end */
+static PyObject *read_rule_records(PyObject *module, PyObject *buffer) {
+    (void)module;
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t pos = 0, end = view.len;
+    int out_of_bounds = 0;
+    PyObject *records = PyList_New(0);
+    while (records != NULL && pos < end) {
+        PyObject *record = rule_record(buf, &pos, end, &out_of_bounds);
+        if (record == NULL || PyList_Append(records, record) < 0)
+            Py_CLEAR(records);
+        Py_XDECREF(record);
+    }
+    PyBuffer_Release(&view);
+    if (out_of_bounds) /* set only where no Python call failed: no exception is pending */
+        Py_RETURN_NONE;
+    return records;
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Arg, Message, Notify, DataType, ipv4_factory, ipv6_factory)"},
@@ -694,12 +807,16 @@ static PyMethodDef methods[] = {
      "pack_text_header_block(block) -> msc_glue.c's header records, or None: parse it in Python"},
     {"pack_binary_header_block", pack_binary_header_block, METH_O,
      "pack_binary_header_block(block) -> msc_glue.c's header records, or None: parse it in Python"},
+    {"read_rule_records", read_rule_records, METH_O,
+     "read_rule_records(buffer) -> a tuple per rule-match record of msc_glue_rm.cc, or None: a "
+     "read past the end"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "coraza_spoa_py._spop_fast",
-    "SPOP NOTIFY decoding, ACK encoding and header block packing in C (spop_native.py, header_blocks.py)", -1, methods,
+    "SPOP NOTIFY decoding, ACK encoding, header block packing and rule-match record reading in C "
+    "(spop_native.py, header_blocks.py, engine/matches.py)", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
