@@ -487,14 +487,14 @@ static int cs_finished(cs_pool *pool, cs_job *job) {
  * and log strings and, once the job closed the transaction, its log buffer, was allocated on the
  * engine thread that ran it, in that thread's malloc arena. The hub freed it after reading it,
  * and a free() of a block from another thread's arena takes that arena's lock, which its owner
- * holds whenever it allocates, i.e. all along its next job: measured, the hub slept ~10 us per
- * blocked request in those two calls on average, for ~1 us of work (a wait of milliseconds
- * when the owner was off its CPU holding the lock). So the caller hands the blocks back to the
- * thread (cs_job_release): a push onto a stack of the thread's slot, without a lock, linked
- * through the blocks' own first bytes (nothing is allocated for it), and the thread frees
- * them before its next job, in its own arena, or when it exits. A block of a job the pool did
- * not run, one too small to hold the link, and one handed to a thread that is gone are freed
- * by the caller as before. */
+ * takes for every allocation of its next job: measured, the hub slept 10-20 us per blocked
+ * request in those two calls on average, for ~2 us of work (a wait of milliseconds when the
+ * owner was off its CPU holding the lock), and the owner waited on the hub's frees in turn. So
+ * the caller hands the blocks back to the thread (cs_job_release): a push onto a stack of the
+ * thread's slot, without a lock, linked through the blocks' own first bytes (nothing is
+ * allocated for it), and the thread frees them before its next job, in its own arena, or when
+ * it exits. A block of a job the pool did not run, one too small to hold the link, and one
+ * handed to a thread that is gone are freed by the caller as before. */
 
 /* Free every block handed back to slot (any thread may; each block goes once). */
 static void cs_free_handed_back(cs_slot *slot) {
