@@ -119,6 +119,13 @@ class NativePool:
         """Finish the queued jobs, then end every thread (blocks until they are gone)."""
         lib.cs_pool_stop(self._pool)
 
+    def handed_back(self) -> tuple[int, int]:
+        """Blocks that callers handed back to the threads to free (msc_glue.c
+        cs_job_release): (not freed yet, ever). For tests."""
+        return int(lib.cs_pool_handed_back(self._pool)), int(
+            lib.cs_pool_handed_back_total(self._pool)
+        )
+
 
 class EngineError(Exception):
     """The native library could not be loaded or refused an operation."""

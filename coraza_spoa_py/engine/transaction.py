@@ -250,10 +250,13 @@ class ModSecTransaction:
                 )
             finally:
                 if job.closed:
-                    # the job closed the transaction (close_when) and left its lines for us;
-                    # once they are read, the buffer goes
+                    # the job closed the transaction (close_when) and left its lines for us
                     self._closed = True
-                    lib.cs_log_free(self._log)
+                if job.closed or job.interrupted:
+                    # read: the intervention's strings and a closed transaction's log buffer
+                    # go back to the engine thread whose malloc arena holds them, which frees
+                    # them before its next job (docs/performance.md change 44)
+                    lib.cs_job_release(job)
         finally:
             self._lock.release()
 
@@ -281,7 +284,6 @@ class ModSecTransaction:
         log = c_string(out.log) if out.log != ffi.NULL else ""
         status = int(out.status)
         body_limit = bool(out.body_limit)
-        lib.cs_outcome_clear(out)
         if disruptive is None:
             # no rule message: a body limit, or a rule with `nolog` (docs/engine.md); the
             # intervention's own text is kept for display, and names no rule

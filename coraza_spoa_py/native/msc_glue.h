@@ -68,7 +68,7 @@ typedef struct cs_outcome {
     int status;
     int body_limit;       /* the intervention came from a body limit, not from a rule */
     long long anomaly_score; /* TX's inbound score after a request group; -1: not set */
-    char *url; /* malloc'd by the engine; the caller frees them (cs_outcome_clear) */
+    char *url; /* malloc'd by the engine; the caller hands them back (cs_job_release) */
     char *log;
 } cs_outcome;
 
@@ -76,6 +76,9 @@ enum { CS_REQUEST = 1, CS_RESPONSE = 2, CS_CLOSE = 3 };
 /* whether a request or response job also closes its transaction when it is done (the close
  * would otherwise be a job of its own: docs/performance.md change 13) */
 enum { CS_CLOSE_NEVER = 0, CS_CLOSE_ALWAYS = 1, CS_CLOSE_IF_INTERRUPTED = 2 };
+
+/* an engine thread's place in the pool (msc_glue.c) */
+typedef struct cs_slot cs_slot;
 
 typedef struct cs_job {
     /* set by the caller */
@@ -104,6 +107,7 @@ typedef struct cs_job {
     int prefer; /* urgent jobs: the ran_on of this transaction's previous job, 0 = any thread */
     /* set when it ran */
     int ran_on; /* the engine thread (its index + 1) that took it; 0: not run by the pool */
+    cs_slot *ran_by; /* that thread's slot (cs_job_release); NULL: not run by the pool */
     int interrupted;
     int closed; /* close_when applied: the transaction is gone (tx is NULL again) */
     int shed;
@@ -122,7 +126,6 @@ void cs_install_log_callback(void *msc);
 void cs_read_messages(void *tx, cs_log *log, int disruptive_status);
 long long cs_anomaly_score(void *tx);
 void cs_log_free(cs_log *log);
-void cs_outcome_clear(cs_outcome *out);
 int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,
                        const char *server_ip, int server_port, const char *uri,
                        const char *method, const char *version,
@@ -134,6 +137,7 @@ int cs_process_response(void *tx, cs_log *log, int status, const char *protocol,
 void cs_close(void *tx);
 
 void cs_job_run(cs_job *job);
+void cs_job_release(cs_job *job);
 cs_pool *cs_pool_new(void);
 int cs_pool_fd(cs_pool *pool);
 int cs_pool_resize(cs_pool *pool, int threads);
@@ -143,6 +147,8 @@ size_t cs_pool_waiting(cs_pool *pool);
 cs_job *cs_pool_take_done(cs_pool *pool);
 void cs_pool_set_batching(cs_pool *pool, int batch, double delay_s);
 void cs_pool_stop(cs_pool *pool);
+size_t cs_pool_handed_back(cs_pool *pool);
+size_t cs_pool_handed_back_total(cs_pool *pool);
 
 int cs_trim_heap(void);
 

@@ -19,7 +19,7 @@ import gevent
 import pytest
 
 from coraza_spoa_py import engine as waf
-from coraza_spoa_py.engine.binding import lib
+from coraza_spoa_py.engine.binding import ffi, lib
 from coraza_spoa_py.engine.engine_pool import EnginePool
 from coraza_spoa_py.models import (
     CloseWhen,
@@ -545,3 +545,106 @@ def test_a_job_finished_beside_a_long_one_is_not_held_back_for_it(tmp_path: Path
         blocker_tx.close()
     finally:
         pool.close()
+
+
+def _handed_back(pool: EnginePool) -> tuple[int, int]:
+    """Blocks handed back to the engine threads: (not freed yet, ever)."""
+    return pool._native.handed_back()
+
+
+def _blocked(engine: waf.ModSecEngine, name: str) -> Verdict:
+    tx = engine.new_transaction(name)
+    verdict = tx.process_request(RequestInfo(name, query=b"a=evil"), close_when=CloseWhen.ALWAYS)
+    assert verdict.rule_id == 30002
+    assert tx._log.buf == ffi.NULL  # the caller keeps nothing of it
+    return verdict
+
+
+def test_what_a_blocked_request_leaves_is_freed_by_its_thread_before_its_next_job(
+    one_thread: EnginePool,
+):
+    """1. One engine thread; a request denied by a rule, its job closing the transaction.
+    Result: the verdict is whole (the rule's message and the intervention's text read), and
+    the two blocks the job left, the intervention's log string and the closed transaction's
+    log buffer, were handed back to the thread (no url: a deny has none), not freed yet.
+    2. Another transaction's request. Result: the thread freed them before running it
+    (docs/performance.md change 44), and nothing more was handed back."""
+    engine = gated_engine(one_thread)
+    verdict = _blocked(engine, "denied")
+    assert verdict.matched_rule_ids == (30002,)
+    assert verdict.status == 403
+    assert _handed_back(one_thread) == (2, 2)
+    tx = engine.new_transaction("next")
+    assert not tx.process_request(RequestInfo("next")).interrupted
+    after = _handed_back(one_thread)
+    tx.close()
+    assert after == (0, 2)
+
+
+def test_blocks_handed_back_to_a_retired_thread_are_freed_all_the_same():
+    """1. Two engine threads; 40 requests denied at once (each thread ran some, the last ones'
+    blocks wait for their thread's next job). 2. The pool shrinks to one thread, which then
+    runs one more request. Result: every block is freed (the retiring thread frees its own on
+    its way out, the other before its job), and the count of blocks handed back is two per
+    denied request. 3. A denied request whose job is delivered, then the pool closes before
+    its caller reads it. Result: the verdict is whole and nothing waits to be freed (the
+    thread is gone: the caller freed the two blocks itself)."""
+    pool = EnginePool(2)
+    engine = gated_engine(pool)
+    try:
+        denied = [gevent.spawn(_blocked, engine, f"d{index}") for index in range(40)]
+        gevent.joinall(denied, raise_error=True)
+        pending, total = _handed_back(pool)
+        assert pending > 0 and total == 80
+        pool.resize(1)
+        tx = engine.new_transaction("after")
+        assert not tx.process_request(RequestInfo("after")).interrupted
+        tx.close()
+        _settle(pool)
+        _wait_for(lambda: _handed_back(pool) == (0, 80), lambda: _handed_back(pool))
+        run = pool.run
+
+        def run_then_close(job: Any, *, urgent: bool, keep: object) -> None:
+            run(job, urgent=urgent, keep=keep)
+            assert job.ran_by != ffi.NULL and job.out.log != ffi.NULL
+            pool.close()
+
+        pool.run = run_then_close  # type: ignore[method-assign]
+        assert _blocked(engine, "late").matched_rule_ids == (30002,)
+    finally:
+        pool.close()
+    assert _handed_back(pool) == (0, 82)
+
+
+def test_nothing_handed_back_outlives_the_pool():
+    """1. Two engine threads, 32 greenlets; 400 transactions, a third of them denied in their
+    request, the others answered (a response that closes them; every tenth denied in phase 3).
+    2. Close the pool. Result: the blocks handed back are two per denied request or response,
+    plus one per clean transaction whose rules left matches (none here), and none is left."""
+    pool = EnginePool(2)
+    engine = gated_engine(pool)
+
+    def judge(index: int) -> bool:
+        name = f"m{index}"
+        tx = engine.new_transaction(name)
+        if index % 3 == 0:
+            return _blocked(engine, name).interrupted
+        assert not tx.process_request(RequestInfo(name, query=b"a=1")).interrupted
+        status = 299 if index % 10 == 1 else 200
+        response = ResponseInfo(name, status=status)
+        return tx.process_response(response, close_when=CloseWhen.ALWAYS).interrupted
+
+    try:
+        work = iter(range(400))
+        results: list[tuple[int, bool]] = []
+
+        def worker() -> None:
+            for index in work:
+                results.append((index, judge(index)))
+
+        gevent.joinall([gevent.spawn(worker) for _ in range(32)], raise_error=True)
+    finally:
+        pool.close()
+    blocked = sum(1 for index, interrupted in results if interrupted)
+    assert blocked == sum(1 for index in range(400) if index % 3 == 0 or index % 10 == 1)
+    assert _handed_back(pool) == (0, 2 * blocked)
