@@ -74,7 +74,7 @@ GENERATED_ID_LENGTH = 16
 # coraza-spoa's severity -> log level mapping (docs/compatibility.md "Logging"): warning -> warn,
 # notice/info -> info, debug -> debug, everything else (and no severity) -> error
 _LEVEL_BY_SEVERITY = {"warning": "WARNING", "notice": "INFO", "info": "INFO", "debug": "DEBUG"}
-_LEVEL_ORDER = ("DEBUG", "INFO", "WARNING", "ERROR")
+_LEVEL_RANK = {"DEBUG": 0, "INFO": 1, "WARNING": 2, "ERROR": 3}
 # loguru's numbers of those levels
 _LEVEL_NO = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
@@ -82,8 +82,12 @@ _LEVEL_NO = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 def rule_match_level(matches: Sequence[RuleMatch]) -> str:
     """The loguru level of a rule-match record: its most severe match, so that an app logging
     at ``error`` still sees a record containing a critical match."""
-    levels = (_LEVEL_BY_SEVERITY.get(match.severity, "ERROR") for match in matches)
-    return max(levels, key=_LEVEL_ORDER.index, default="ERROR")
+    level, rank = "ERROR", -1  # no matches: error
+    for match in matches:
+        candidate = _LEVEL_BY_SEVERITY.get(match.severity, "ERROR")
+        if _LEVEL_RANK[candidate] > rank:
+            level, rank = candidate, _LEVEL_RANK[candidate]
+    return level
 
 
 def generate_transaction_id() -> str:

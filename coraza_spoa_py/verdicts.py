@@ -66,9 +66,14 @@ LAST_REQUEST_PHASE = 2
 COUNTED_RULE_ID_RANGES = ((910_000, 960_000), (190_000, 200_000))
 
 
+(_CRS_LOW, _CRS_HIGH), (_CUSTOM_LOW, _CUSTOM_HIGH) = COUNTED_RULE_ID_RANGES
+
+
 def is_counted_rule_id(rule_id: int) -> bool:
     """Whether coraza-spoa counts this id in ``rules_hit`` / ``rule_ids``."""
-    return any(low <= rule_id < high for low, high in COUNTED_RULE_ID_RANGES)
+    # two comparisons, not a generator over the ranges: called for every match of every
+    # verdict (docs/performance.md change 48)
+    return _CRS_LOW <= rule_id < _CRS_HIGH or _CUSTOM_LOW <= rule_id < _CUSTOM_HIGH
 
 
 @value_record
@@ -171,8 +176,11 @@ def _interruption_action(interruption: Interruption) -> str:
 def _set(name: str, value: int | str | bytes) -> SetVar:
     # docs/compatibility.md "Errors": numbers as INT64 (coraza-spoa's types), text as STRING, even
     # when we hold it as bytes (the id HAProxy sent, returned byte for byte)
-    if type(value) is int:
+    kind = type(value)
+    if kind is int:
         return _int_set_var(name, value)
+    if kind is str:
+        return _text_set_var(name, value)
     data_type = DataType.INT64 if isinstance(value, int) else DataType.STRING
     return SetVar(VarScope.TRANSACTION, name, value, data_type)
 
@@ -184,6 +192,14 @@ def _int_set_var(name: str, value: int) -> SetVar:
     # dataclass built per variable (docs/performance.md change 28). Exact ints only: True == 1
     # would share a key with 1.
     return SetVar(VarScope.TRANSACTION, name, value, DataType.INT64)
+
+
+@lru_cache(maxsize=1024)
+def _text_set_var(name: str, value: str) -> SetVar:
+    # a blocked request's action ("deny", "drop", "redirect") and data ("", or a redirect
+    # URL the rules wrote) repeat as the integers do (docs/performance.md change 48); the
+    # transaction id, bytes, is never cached
+    return SetVar(VarScope.TRANSACTION, name, value, DataType.STRING)
 
 
 def error_actions(code: ErrorCode) -> list[Action]:

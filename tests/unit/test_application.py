@@ -19,6 +19,7 @@ from coraza_spoa_py.application import (
     MalformedMessageError,
     OverloadedError,
     TransactionNotFoundError,
+    rule_match_level,
 )
 from coraza_spoa_py.models import CloseWhen, RuleMatch, Verdict
 from coraza_spoa_py.settings import AppConfig
@@ -795,3 +796,20 @@ def test_a_dropped_application_is_freed_at_once_not_by_the_garbage_collector(lev
     finally:
         gc.enable()
         logger.remove(handler)
+
+
+@pytest.mark.parametrize(
+    ("severities", "level"),
+    [
+        ((), "ERROR"),
+        (("warning",), "WARNING"),
+        (("debug", "notice"), "INFO"),
+        (("info", "warning", "debug"), "WARNING"),
+        (("warning", "critical"), "ERROR"),  # critical and anything unnamed: error
+        (("debug", ""), "ERROR"),
+        (("debug",), "DEBUG"),
+    ],
+)
+def test_rule_match_level_is_the_most_severe_match(severities, level):
+    matches = [RuleMatch(rule_id=1, severity=severity) for severity in severities]
+    assert rule_match_level(matches) == level
