@@ -113,7 +113,7 @@ def render_console(record: Mapping[str, Any]) -> str:
         prefix = f"{head}{fields} "
         lines = []
         for match in matches:
-            raw = _match_field(match, "raw")
+            raw = _match_raw(match)
             text = escape_text(str(raw)) if raw else json.dumps(_match_dict(match), default=str)
             line = prefix + text
             lines.append(line.rstrip() if line[-1].isspace() else line)
@@ -156,10 +156,10 @@ def _match_dict(match: Any) -> Any:
     return match.to_dict() if isinstance(match, RuleMatch) else match
 
 
-def _match_field(match: Any, name: str) -> Any:
+def _match_raw(match: Any) -> Any:
     if isinstance(match, RuleMatch):
-        return getattr(match, name)
-    return match.get(name) if isinstance(match, Mapping) else None
+        return match.raw
+    return match.get("raw") if isinstance(match, Mapping) else None
 
 
 def _exception_text(record: Mapping[str, Any]) -> str:

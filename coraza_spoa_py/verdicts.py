@@ -197,8 +197,9 @@ def _int_set_var(name: str, value: int) -> SetVar:
 @lru_cache(maxsize=1024)
 def _text_set_var(name: str, value: str) -> SetVar:
     # a blocked request's action ("deny", "drop", "redirect") and data ("", or a redirect
-    # URL the rules wrote) repeat as the integers do (docs/performance.md change 48); the
-    # transaction id, bytes, is never cached
+    # URL) repeat as the integers do (docs/performance.md change 48); a URL a rule built from
+    # the request (a macro) or an exported rule-id list may not, and the LRU bound keeps those
+    # to 1,024 entries; the transaction id, bytes, is never cached
     return SetVar(VarScope.TRANSACTION, name, value, DataType.STRING)
 
 

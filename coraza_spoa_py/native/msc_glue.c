@@ -496,9 +496,8 @@ static int cs_finished(cs_pool *pool, cs_job *job) {
  * it exits. A block of a job the pool did not run, one too small to hold the link, and one
  * handed to a thread that is gone are freed by the caller as before. */
 
-/* Free every block handed back to slot (any thread may; each block goes once). */
-static void cs_free_handed_back(cs_slot *slot) {
-    void *block = atomic_exchange(&slot->handed_back, NULL);
+/* Free a chain of blocks linked through their first bytes; how many there were. */
+static size_t cs_free_chain(void *block) {
     size_t freed = 0;
     while (block != NULL) {
         void *next;
@@ -507,76 +506,74 @@ static void cs_free_handed_back(cs_slot *slot) {
         block = next;
         freed++;
     }
+    return freed;
+}
+
+/* Free every block handed back to slot (any thread may; each block goes once). */
+static void cs_free_handed_back(cs_slot *slot) {
+    size_t freed = cs_free_chain(atomic_exchange(&slot->handed_back, NULL));
     if (freed > 0) {
         atomic_fetch_sub(&slot->pool->handed_back, freed);
     }
 }
 
-/* Link block (size bytes, or NULL) to the chain *first..*last; false if it cannot carry the
- * link, and the caller frees it itself. */
-static int cs_chain(void **first, void **last, void *block, size_t size) {
+/* A chain being built: its ends and its length. */
+typedef struct cs_chain {
+    void *first, *last;
+    size_t count;
+} cs_chain;
+
+/* Link block (size bytes, or NULL) to the chain, or free it at once when it cannot carry the
+ * link. */
+static void cs_chain_add(cs_chain *chain, void *block, size_t size) {
     if (block == NULL) {
-        return 1;
+        return;
     }
     if (size < sizeof(void *)) {
-        return 0;
+        free(block);
+        return;
     }
     void *none = NULL;
     memcpy(block, &none, sizeof none);
-    if (*last != NULL) {
-        memcpy(*last, &block, sizeof block);
+    if (chain->last != NULL) {
+        memcpy(chain->last, &block, sizeof block);
     } else {
-        *first = block;
+        chain->first = block;
     }
-    *last = block;
-    return 1;
+    chain->last = block;
+    chain->count++;
 }
 
 /* What job left for its caller, once the caller has read it: the outcome's url and log, and
  * when the job closed the transaction, the log buffer (cleared for reuse). Handed back to the
  * thread that ran the job (the note above); any thread may call this, once per job. */
 void cs_job_release(cs_job *job) {
-    void *first = NULL, *last = NULL;
-    void *url = job->out.url, *text = job->out.log;
+    cs_chain chain = {NULL, NULL, 0};
+    char *url = job->out.url, *text = job->out.log;
     job->out.url = job->out.log = NULL;
-    if (!cs_chain(&first, &last, url, url ? strlen(url) + 1 : 0)) {
-        free(url);
-    }
-    if (!cs_chain(&first, &last, text, text ? strlen(text) + 1 : 0)) {
-        free(text);
-    }
+    cs_chain_add(&chain, url, url ? strlen(url) + 1 : 0);
+    cs_chain_add(&chain, text, text ? strlen(text) + 1 : 0);
     if (job->closed && job->log != NULL) {
-        if (!cs_chain(&first, &last, job->log->buf, job->log->cap)) {
-            free(job->log->buf);
-        }
+        cs_chain_add(&chain, job->log->buf, job->log->cap);
         job->log->buf = NULL;
         job->log->len = job->log->cap = 0;
     }
-    if (first == NULL) {
+    if (chain.first == NULL) {
         return;
     }
     cs_slot *slot = job->ran_by;
-    if (slot == NULL) {
-        while (first != NULL) { /* not run by the pool: this thread's own, or unknown */
-            void *next;
-            memcpy(&next, first, sizeof next);
-            free(first);
-            first = next;
-        }
+    if (slot == NULL) { /* not run by the pool: this thread's own, or unknown */
+        cs_free_chain(chain.first);
         return;
-    }
-    size_t count = 0;
-    for (void *block = first; block != NULL; count++) {
-        memcpy(&block, block, sizeof block);
     }
     cs_pool *pool = slot->pool;
     /* counted first: the thread may free them as soon as they are pushed */
-    atomic_fetch_add(&pool->handed_back, count);
-    atomic_fetch_add(&pool->handed_back_total, count);
+    atomic_fetch_add(&pool->handed_back, chain.count);
+    atomic_fetch_add(&pool->handed_back_total, chain.count);
     void *head = atomic_load(&slot->handed_back);
     do {
-        memcpy(last, &head, sizeof head);
-    } while (!atomic_compare_exchange_weak(&slot->handed_back, &head, first));
+        memcpy(chain.last, &head, sizeof head);
+    } while (!atomic_compare_exchange_weak(&slot->handed_back, &head, chain.first));
     /* A thread that retires clears alive, then frees its stack (cs_worker); both sequentially
      * consistent, so either that free saw this push or this load sees the thread gone and
      * frees the stack here: nothing is stranded on a slot without a thread. */
