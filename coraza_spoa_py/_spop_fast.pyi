@@ -3,6 +3,7 @@
 from collections.abc import Callable, Sequence
 
 from coraza_spoa_py.engine.matches import Record
+from coraza_spoa_py.messages import RequestMessage, ResponseMessage
 from coraza_spoa_py.spop.events import Action, DataType, Message, Notify
 
 def setup(
@@ -22,3 +23,17 @@ def encode_ack(stream_id: int, frame_id: int, actions: Sequence[Action]) -> byte
 def pack_text_header_block(block: bytes) -> bytes | None: ...
 def pack_binary_header_block(block: bytes) -> bytes | None: ...
 def read_rule_records(buffer: bytes | memoryview) -> list[Record] | None: ...
+def setup_messages(
+    arg: type,
+    message: type,
+    data_type: type[DataType],
+    request_info: type,
+    response_info: type,
+    request_message: type,
+    response_message: type,
+    header_records: type,
+    ipv4: type,
+    ipv6: type,
+) -> None: ...
+def read_request(message: Message, new_id: Callable[[], str]) -> RequestMessage | None: ...
+def read_response(message: Message) -> ResponseMessage | None: ...

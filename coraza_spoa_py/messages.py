@@ -7,6 +7,11 @@ sends"): any integer type for ports and status, STRING or BINARY for text, IPV4/
 (IPv4-mapped IPv6 is unmapped), NULL for an absent sample. Anything else raises
 ``MalformedArgumentError`` (error 1001).
 
+The two parse functions run in C (``native/spop_fast.c`` ``read_request``/``read_response``)
+when the compiled module is there and the message has the shapes HAProxy sends; the Python
+functions below stay the reference: every message the C code leaves is parsed by them, and every
+error is theirs (docs/performance.md change 49).
+
 Pure: no logging, no engine, no I/O; the id generator is passed in.
 """
 
@@ -17,11 +22,17 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from coraza_spoa_py.header_blocks import (
     HeaderBlockError,
+    HeaderRecords,
     binary_header_records,
     text_header_records,
 )
 from coraza_spoa_py.models import Header, IPAddress, RequestInfo, ResponseInfo, value_record
 from coraza_spoa_py.spop.events import Arg, DataType, Message
+
+try:
+    from coraza_spoa_py import _spop_fast
+except ImportError:  # pragma: no cover (the build is part of make install)
+    _spop_fast = None  # type: ignore[assignment]
 
 # argument names of coraza-spoa's shipped coraza.cfg (docs/compatibility.md "Messages and
 # arguments")
@@ -86,6 +97,17 @@ class ResponseMessage:
     response: ResponseInfo
     export_rule_ids: bool = False
     detect_only: bool = False
+
+
+if _spop_fast is not None:
+    _spop_fast.setup_messages(
+        Arg, Message, DataType, RequestInfo, ResponseInfo, RequestMessage, ResponseMessage,
+        HeaderRecords, IPv4Address, IPv6Address,
+    )  # fmt: skip
+    _native_read_request = _spop_fast.read_request
+    _native_read_response = _spop_fast.read_response
+else:  # pragma: no cover
+    _native_read_request = _native_read_response = None
 
 
 def _wrong_type(arg: Arg, expected: str) -> MalformedArgumentError:
@@ -203,7 +225,19 @@ def parse_request_message(
 ) -> RequestMessage:
     """Read a ``coraza-req`` message; an absent or empty ``id`` gets ``new_id()``.
 
-    ``args``: ``args_by_name(message)`` when the caller already has it (once per message)."""
+    ``args``: ``args_by_name(message)`` when the caller already has it (once per message).
+    In C when it can (the module's docstring), else ``python_parse_request_message``."""
+    if _native_read_request is not None:
+        parsed: RequestMessage | None = _native_read_request(message, new_id)
+        if parsed is not None:
+            return parsed
+    return python_parse_request_message(message, new_id, args)
+
+
+def python_parse_request_message(
+    message: Message, new_id: Callable[[], str], args: Mapping[str, Arg] | None = None
+) -> RequestMessage:
+    """``parse_request_message``'s reference, in Python."""
     if args is None:
         args = args_by_name(message)
     given_id = text_arg(args.get(ARG_ID))
@@ -220,7 +254,19 @@ def parse_request_message(
 def parse_response_message(
     message: Message, args: Mapping[str, Arg] | None = None
 ) -> ResponseMessage:
-    """Read a ``coraza-res`` message. An empty ``transaction_id`` means no ``id`` was sent."""
+    """Read a ``coraza-res`` message. An empty ``transaction_id`` means no ``id`` was sent.
+    In C when it can (the module's docstring), else ``python_parse_response_message``."""
+    if _native_read_response is not None:
+        parsed: ResponseMessage | None = _native_read_response(message)
+        if parsed is not None:
+            return parsed
+    return python_parse_response_message(message, args)
+
+
+def python_parse_response_message(
+    message: Message, args: Mapping[str, Arg] | None = None
+) -> ResponseMessage:
+    """``parse_response_message``'s reference, in Python."""
     if args is None:
         args = args_by_name(message)
     given_id = text_arg(args.get(ARG_ID))

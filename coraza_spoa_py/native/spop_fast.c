@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -226,7 +227,7 @@ done:
 }
 
 static int ready(void) {
-    if (arg_type != NULL)
+    if (notify_type != NULL) /* set last by setup() (setup_messages() sets arg_type too) */
         return 1;
     PyErr_SetString(PyExc_RuntimeError, "_spop_fast.setup() was not called");
     return 0;
@@ -312,6 +313,17 @@ static int slot_offset(PyTypeObject *type, const char *field, Py_ssize_t *offset
     return 0;
 }
 
+/* the DataType members by id (setup, setup_messages) */
+static int load_data_types(PyObject *data_type) {
+    for (int id = 0; id < 10; id++) {
+        PyObject *member = PyObject_CallFunction(data_type, "i", id);
+        if (member == NULL)
+            return -1;
+        Py_XSETREF(data_types[id], member);
+    }
+    return 0;
+}
+
 /* setup(Arg, Message, Notify, DataType, ipv4, ipv6): the classes to build, read once */
 static PyObject *setup(PyObject *module, PyObject *args) {
     (void)module;
@@ -329,12 +341,8 @@ static PyObject *setup(PyObject *module, PyObject *args) {
         slot_offset(n, "frame_id", &notify_frame_at) < 0 ||
         slot_offset(n, "messages", &notify_messages_at) < 0)
         return NULL;
-    for (int id = 0; id < 10; id++) {
-        PyObject *member = PyObject_CallFunction(data_type, "i", id);
-        if (member == NULL)
-            return NULL;
-        Py_XSETREF(data_types[id], member);
-    }
+    if (load_data_types(data_type) < 0)
+        return NULL;
     Py_XSETREF(ipv4_factory, Py_NewRef(ipv4));
     Py_XSETREF(ipv6_factory, Py_NewRef(ipv6));
     Py_XSETREF(arg_type, (PyTypeObject *)Py_NewRef(arg));
@@ -793,6 +801,448 @@ static PyObject *read_rule_records(PyObject *module, PyObject *buffer) {
     return records;
 }
 
+/* -- coraza-req / coraza-res arguments (docs/performance.md change 49) ---------------------
+ * messages.py's parse_request_message / parse_response_message in C, for the shapes HAProxy
+ * sends: each argument the message kind reads looked up by name in the message's order (the
+ * first of a name wins, as args_by_name), checked and converted as the Python helpers do, and
+ * the RequestInfo/RequestMessage (ResponseInfo/ResponseMessage) built slot by slot. Those
+ * helpers and their thirty-odd calls per message were the largest piece of the hub's Python
+ * left before the rule-match record. Anything the Python parser would refuse, and every shape
+ * it converts in a way of its own (an address sent as text, a header block the packers above
+ * leave, an element that is no Arg), returns None: the caller runs the Python parser over the
+ * same message, which produces the result or raises its MalformedArgumentError. So the Python
+ * parser stays the reference, and tests/integration/test_native_messages.py requires the same
+ * result from both wherever C gives one. */
+
+enum {
+    A_ID, A_SRC_IP, A_SRC_PORT, A_DST_IP, A_DST_PORT, A_METHOD, A_PATH, A_QUERY, A_URL,
+    A_VERSION, A_HEADERS, A_BODY, A_BODY_SIZE, A_STATUS, A_EXPORT, A_DETECT, A_COUNT
+};
+/* messages.py's ARG_* names, by the indexes above */
+static const char *const arg_names[A_COUNT] = {
+    "id", "src-ip", "src-port", "dst-ip", "dst-port", "method", "path", "query", "url",
+    "version", "headers", "body", "body-size", "status", "exportRuleIDs", "detect-only",
+};
+
+/* RequestInfo's and ResponseInfo's fields, in the dataclasses' order */
+enum {
+    R_TRANSACTION_ID, R_METHOD, R_PATH, R_QUERY, R_VERSION, R_HEADERS, R_BODY, R_SRC_IP,
+    R_SRC_PORT, R_DST_IP, R_DST_PORT, R_TARGET, R_DECLARED_BODY_SIZE, R_COUNT
+};
+static const char *const request_fields[R_COUNT] = {
+    "transaction_id", "method", "path", "query", "version", "headers", "body", "src_ip",
+    "src_port", "dst_ip", "dst_port", "target", "declared_body_size",
+};
+enum { S_TRANSACTION_ID, S_STATUS, S_VERSION, S_HEADERS, S_BODY, S_COUNT };
+static const char *const response_fields[S_COUNT] = {
+    "transaction_id", "status", "version", "headers", "body",
+};
+enum { M_INFO, M_EXPORT, M_DETECT, M_ID_GENERATED, M_COUNT };
+static const char *const request_message_fields[M_COUNT] = {
+    "request", "export_rule_ids", "detect_only", "id_generated",
+};
+static const char *const response_message_fields[M_COUNT - 1] = {
+    "response", "export_rule_ids", "detect_only",
+};
+
+static PyTypeObject *request_info_type, *response_info_type;
+static PyTypeObject *request_message_type, *response_message_type;
+static PyTypeObject *header_records_type, *ipv4_class, *ipv6_class;
+static Py_ssize_t request_at[R_COUNT], response_at[S_COUNT];
+static Py_ssize_t request_message_at[M_COUNT], response_message_at[M_COUNT - 1];
+static Py_ssize_t header_records_at;
+/* messages.py's defaults: b"GET", b"/", b"1.1", b"", "" */
+static PyObject *default_method, *default_path, *default_version, *no_bytes, *no_text;
+static PyObject *ipv4_mapped_name;
+
+/* what a reader gives: a value (a new reference, or NULL for "not sent"), LEAVE (the Python
+ * parser decides) or FAILED (a Python error is set) */
+enum { GOT = 0, LEAVE = 1, FAILED = -1 };
+
+static int is_type(PyObject *arg, int id) { return slot(arg, arg_type_at) == data_types[id]; }
+static int is_null(PyObject *arg) { return arg == NULL || is_type(arg, T_NULL_); }
+static int is_integer_type(PyObject *arg) {
+    return is_type(arg, T_INT32_) || is_type(arg, T_UINT32_) || is_type(arg, T_INT64_) ||
+           is_type(arg, T_UINT64_);
+}
+
+/* the arguments by A_* index, borrowed; 0, or LEAVE when an element is not an exact Arg */
+static int collect_args(PyObject *message, PyObject **found) {
+    PyObject *args = slot(message, message_args_at);
+    if (args == NULL || !PyTuple_CheckExact(args))
+        return LEAVE;
+    for (Py_ssize_t index = 0; index < PyTuple_GET_SIZE(args); index++) {
+        PyObject *arg = PyTuple_GET_ITEM(args, index);
+        if (Py_TYPE(arg) != arg_type || slot(arg, arg_type_at) == NULL ||
+            slot(arg, arg_value_at) == NULL)
+            return LEAVE;
+        PyObject *name = slot(arg, arg_name_at);
+        /* every name we read is ASCII: any other cannot be one of them */
+        if (name == NULL || !PyUnicode_CheckExact(name) || !PyUnicode_IS_COMPACT_ASCII(name))
+            continue;
+        const char *text = (const char *)PyUnicode_DATA(name);
+        size_t len = (size_t)PyUnicode_GET_LENGTH(name);
+        for (int which = 0; which < A_COUNT; which++) {
+            if (found[which] == NULL && strlen(arg_names[which]) == len &&
+                memcmp(arg_names[which], text, len) == 0) {
+                found[which] = arg;
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+/* text_arg: STRING/BINARY bytes, or not sent (absent, NULL) */
+static int read_text(PyObject *arg, PyObject **out) {
+    *out = NULL;
+    if (is_null(arg))
+        return GOT;
+    PyObject *value = slot(arg, arg_value_at);
+    if ((is_type(arg, T_STRING_) || is_type(arg, T_BINARY_)) && PyBytes_Check(value)) {
+        *out = Py_NewRef(value);
+        return GOT;
+    }
+    return LEAVE;
+}
+
+/* read_text, or `otherwise` when not sent or empty (`text_arg(...) or otherwise`) */
+static int read_text_or(PyObject *arg, PyObject *otherwise, PyObject **out) {
+    int status = read_text(arg, out);
+    if (status == GOT && (*out == NULL || PyBytes_GET_SIZE(*out) == 0))
+        Py_XSETREF(*out, Py_NewRef(otherwise));
+    return status;
+}
+
+/* `_version_arg(...) or b"1.1"`: without an "HTTP/" prefix, b"1.1" when nothing is left */
+static int read_version(PyObject *arg, PyObject **out) {
+    int status = read_text(arg, out);
+    if (status != GOT)
+        return status;
+    if (*out != NULL && PyBytes_GET_SIZE(*out) >= 5 &&
+        memcmp(PyBytes_AS_STRING(*out), "HTTP/", 5) == 0) {
+        Py_SETREF(*out, PyBytes_FromStringAndSize(PyBytes_AS_STRING(*out) + 5,
+                                                  PyBytes_GET_SIZE(*out) - 5));
+        if (*out == NULL)
+            return FAILED;
+    }
+    if (*out == NULL || PyBytes_GET_SIZE(*out) == 0)
+        Py_XSETREF(*out, Py_NewRef(default_version));
+    return GOT;
+}
+
+/* _int_arg within [low, high]: the value itself, or not sent */
+static int read_integer(PyObject *arg, long long low, long long high, PyObject **out) {
+    *out = NULL;
+    if (is_null(arg))
+        return GOT;
+    PyObject *value = slot(arg, arg_value_at);
+    if (!is_integer_type(arg) || !PyLong_Check(value))
+        return LEAVE;
+    int overflow = 0;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (number == -1 && PyErr_Occurred())
+        return FAILED;
+    if (overflow || number < low || number > high)
+        return LEAVE;
+    *out = Py_NewRef(value);
+    return GOT;
+}
+
+/* `_int_arg(...) or 0` */
+static int read_integer_or_zero(PyObject *arg, long long high, PyObject **out) {
+    int status = read_integer(arg, 0, high, out);
+    if (status == GOT && (*out == NULL || PyObject_Not(*out) == 1))
+        Py_XSETREF(*out, PyLong_FromLong(0)); /* a small int: never fails */
+    return status;
+}
+
+/* _bool_arg: BOOL or an integer, truth as Python's; False when not sent */
+static int read_flag(PyObject *arg, PyObject **out) {
+    int truth = 0;
+    if (!is_null(arg)) {
+        if (!is_type(arg, T_BOOL_FALSE_) && !is_integer_type(arg))
+            return LEAVE;
+        truth = PyObject_IsTrue(slot(arg, arg_value_at));
+        if (truth < 0)
+            return FAILED;
+    }
+    *out = PyBool_FromLong(truth);
+    return GOT;
+}
+
+/* _address_arg for an IPV4/IPV6 argument holding an address object (a v4 one mapped into v6
+ * unmapped); an address sent as text is the Python parser's */
+static int read_address(PyObject *arg, PyObject **out) {
+    *out = NULL;
+    if (is_null(arg))
+        return GOT;
+    PyObject *value = slot(arg, arg_value_at);
+    if (!is_type(arg, T_IPV4_) && !is_type(arg, T_IPV6_))
+        return LEAVE;
+    if (PyObject_TypeCheck(value, ipv4_class)) {
+        *out = Py_NewRef(value);
+        return GOT;
+    }
+    if (!PyObject_TypeCheck(value, ipv6_class))
+        return LEAVE;
+    PyObject *mapped = PyObject_GetAttr(value, ipv4_mapped_name);
+    if (mapped == NULL)
+        return FAILED;
+    *out = mapped == Py_None ? Py_NewRef(value) : Py_NewRef(mapped);
+    Py_DECREF(mapped);
+    return GOT;
+}
+
+/* _headers_arg: HeaderRecords of the packed block, () when not sent */
+static int read_headers(PyObject *arg, PyObject **out) {
+    *out = NULL;
+    if (is_null(arg)) {
+        *out = PyTuple_New(0);
+        return *out == NULL ? FAILED : GOT;
+    }
+    PyObject *value = slot(arg, arg_value_at);
+    records_reader read;
+    if (is_type(arg, T_STRING_))
+        read = text_header_records;
+    else if (is_type(arg, T_BINARY_))
+        read = binary_header_records;
+    else
+        return LEAVE;
+    PyObject *packed = pack_header_block(value, read);
+    if (packed == NULL)
+        return FAILED;
+    if (packed == Py_None) { /* not bytes, or a block the Python parser reads (or refuses) */
+        Py_DECREF(packed);
+        return LEAVE;
+    }
+    PyObject *records = header_records_type->tp_alloc(header_records_type, 0);
+    if (records == NULL) {
+        Py_DECREF(packed);
+        return FAILED;
+    }
+    *(PyObject **)((char *)records + header_records_at) = packed;
+    *out = records;
+    return GOT;
+}
+
+/* an instance of `type` whose slots at `at` take `values` (new references, all set) */
+static PyObject *record_of(PyTypeObject *type, const Py_ssize_t *at, PyObject **values,
+                           int count) {
+    PyObject *self = type->tp_alloc(type, 0);
+    for (int index = 0; index < count; index++) {
+        if (self != NULL)
+            *(PyObject **)((char *)self + at[index]) = values[index];
+        else
+            Py_DECREF(values[index]);
+    }
+    return self;
+}
+
+static void clear_values(PyObject **values, int count) {
+    for (int index = 0; index < count; index++)
+        Py_CLEAR(values[index]);
+}
+
+static int messages_ready(void) {
+    if (request_info_type != NULL && data_types[0] != NULL)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "_spop_fast.setup_messages() was not called");
+    return 0;
+}
+
+/* read_request(message, new_id) -> RequestMessage | None */
+static PyObject *read_request(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
+    (void)module;
+    if (argc != 2) {
+        PyErr_SetString(PyExc_TypeError, "read_request(message, new_id)");
+        return NULL;
+    }
+    if (!messages_ready())
+        return NULL;
+    if (Py_TYPE(argv[0]) != message_type)
+        Py_RETURN_NONE;
+    PyObject *found[A_COUNT] = {NULL};
+    if (collect_args(argv[0], found) != 0)
+        Py_RETURN_NONE;
+    PyObject *info[R_COUNT] = {NULL}, *flags[M_COUNT] = {NULL}, *given_id = NULL;
+    int status = read_text(found[A_ID], &given_id);
+    if (status == GOT)
+        status = read_text_or(found[A_METHOD], default_method, &info[R_METHOD]);
+    if (status == GOT)
+        status = read_text_or(found[A_PATH], default_path, &info[R_PATH]);
+    if (status == GOT)
+        status = read_text(found[A_QUERY], &info[R_QUERY]);
+    if (status == GOT)
+        status = read_text(found[A_URL], &info[R_TARGET]);
+    if (status == GOT)
+        status = read_version(found[A_VERSION], &info[R_VERSION]);
+    if (status == GOT)
+        status = read_headers(found[A_HEADERS], &info[R_HEADERS]);
+    if (status == GOT)
+        status = read_text_or(found[A_BODY], no_bytes, &info[R_BODY]);
+    if (status == GOT)
+        status = read_address(found[A_SRC_IP], &info[R_SRC_IP]);
+    if (status == GOT)
+        status = read_integer_or_zero(found[A_SRC_PORT], 65535, &info[R_SRC_PORT]);
+    if (status == GOT)
+        status = read_address(found[A_DST_IP], &info[R_DST_IP]);
+    if (status == GOT)
+        status = read_integer_or_zero(found[A_DST_PORT], 65535, &info[R_DST_PORT]);
+    if (status == GOT)
+        status = read_integer(found[A_BODY_SIZE], 0, LLONG_MAX, &info[R_DECLARED_BODY_SIZE]);
+    if (status == GOT)
+        status = read_flag(found[A_EXPORT], &flags[M_EXPORT]);
+    if (status == GOT)
+        status = read_flag(found[A_DETECT], &flags[M_DETECT]);
+    if (status == GOT) {
+        /* last: an id is generated only for a message C reads */
+        int generated = given_id == NULL || PyBytes_GET_SIZE(given_id) == 0;
+        info[R_TRANSACTION_ID] =
+            generated ? PyObject_CallNoArgs(argv[1])
+                      : PyUnicode_DecodeLatin1(PyBytes_AS_STRING(given_id),
+                                               PyBytes_GET_SIZE(given_id), NULL);
+        flags[M_ID_GENERATED] = PyBool_FromLong(generated);
+        if (info[R_TRANSACTION_ID] == NULL)
+            status = FAILED;
+    }
+    Py_XDECREF(given_id);
+    if (status != GOT) {
+        clear_values(info, R_COUNT);
+        clear_values(flags, M_COUNT);
+        if (status == FAILED)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    /* "not sent" fields are None (query, target, addresses, body size) */
+    for (int index = 0; index < R_COUNT; index++)
+        if (info[index] == NULL)
+            info[index] = Py_NewRef(Py_None);
+    flags[M_INFO] = record_of(request_info_type, request_at, info, R_COUNT);
+    if (flags[M_INFO] == NULL) {
+        clear_values(flags, M_COUNT);
+        return NULL;
+    }
+    return record_of(request_message_type, request_message_at, flags, M_COUNT);
+}
+
+/* read_response(message) -> ResponseMessage | None */
+static PyObject *read_response(PyObject *module, PyObject *message) {
+    (void)module;
+    if (!messages_ready())
+        return NULL;
+    if (Py_TYPE(message) != message_type)
+        Py_RETURN_NONE;
+    PyObject *found[A_COUNT] = {NULL};
+    if (collect_args(message, found) != 0)
+        Py_RETURN_NONE;
+    PyObject *info[S_COUNT] = {NULL}, *flags[M_COUNT - 1] = {NULL};
+    int status = read_text(found[A_ID], &info[S_TRANSACTION_ID]);
+    if (status == GOT)
+        status = read_integer_or_zero(found[A_STATUS], 999, &info[S_STATUS]);
+    if (status == GOT)
+        status = read_version(found[A_VERSION], &info[S_VERSION]);
+    if (status == GOT)
+        status = read_headers(found[A_HEADERS], &info[S_HEADERS]);
+    if (status == GOT)
+        status = read_text_or(found[A_BODY], no_bytes, &info[S_BODY]);
+    if (status == GOT)
+        status = read_flag(found[A_EXPORT], &flags[M_EXPORT]);
+    if (status == GOT)
+        status = read_flag(found[A_DETECT], &flags[M_DETECT]);
+    if (status == GOT) {
+        /* an empty transaction_id: no id was sent */
+        PyObject *given_id = info[S_TRANSACTION_ID];
+        info[S_TRANSACTION_ID] =
+            given_id == NULL ? Py_NewRef(no_text)
+                             : PyUnicode_DecodeLatin1(PyBytes_AS_STRING(given_id),
+                                                      PyBytes_GET_SIZE(given_id), NULL);
+        Py_XDECREF(given_id);
+        if (info[S_TRANSACTION_ID] == NULL)
+            status = FAILED;
+    }
+    if (status != GOT) {
+        clear_values(info, S_COUNT);
+        clear_values(flags, M_COUNT - 1);
+        if (status == FAILED)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    flags[M_INFO] = record_of(response_info_type, response_at, info, S_COUNT);
+    if (flags[M_INFO] == NULL) {
+        clear_values(flags, M_COUNT - 1);
+        return NULL;
+    }
+    return record_of(response_message_type, response_message_at, flags, M_COUNT - 1);
+}
+
+/* the slot offsets of `fields`, which must be all of the class's slots */
+static int record_offsets(PyTypeObject *type, const char *const *fields, int count,
+                          Py_ssize_t *at) {
+    PyObject *slots = PyObject_GetAttrString((PyObject *)type, "__slots__");
+    if (slots == NULL)
+        return -1;
+    Py_ssize_t declared = PySequence_Size(slots);
+    Py_DECREF(slots);
+    if (declared != count) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "%s has %zd slots, _spop_fast knows %d",
+                         type->tp_name, declared, count);
+        return -1;
+    }
+    for (int index = 0; index < count; index++)
+        if (slot_offset(type, fields[index], &at[index]) < 0)
+            return -1;
+    return 0;
+}
+
+/* setup_messages(Arg, Message, DataType, RequestInfo, ResponseInfo, RequestMessage,
+ * ResponseMessage, HeaderRecords, IPv4Address, IPv6Address) */
+static PyObject *setup_messages(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *arg, *message, *data_type, *request, *response, *request_message,
+        *response_message, *records, *ipv4, *ipv6;
+    if (!PyArg_ParseTuple(args, "O!O!OO!O!O!O!O!O!O!", &PyType_Type, &arg, &PyType_Type,
+                          &message, &data_type, &PyType_Type, &request, &PyType_Type, &response,
+                          &PyType_Type, &request_message, &PyType_Type, &response_message,
+                          &PyType_Type, &records, &PyType_Type, &ipv4, &PyType_Type, &ipv6))
+        return NULL;
+    PyTypeObject *a = (PyTypeObject *)arg, *m = (PyTypeObject *)message;
+    if (slot_offset(a, "name", &arg_name_at) < 0 || slot_offset(a, "type", &arg_type_at) < 0 ||
+        slot_offset(a, "value", &arg_value_at) < 0 ||
+        slot_offset(m, "name", &message_name_at) < 0 ||
+        slot_offset(m, "args", &message_args_at) < 0 || load_data_types(data_type) < 0 ||
+        record_offsets((PyTypeObject *)request, request_fields, R_COUNT, request_at) < 0 ||
+        record_offsets((PyTypeObject *)response, response_fields, S_COUNT, response_at) < 0 ||
+        record_offsets((PyTypeObject *)request_message, request_message_fields, M_COUNT,
+                       request_message_at) < 0 ||
+        record_offsets((PyTypeObject *)response_message, response_message_fields, M_COUNT - 1,
+                       response_message_at) < 0 ||
+        slot_offset((PyTypeObject *)records, "packed", &header_records_at) < 0)
+        return NULL;
+    if (default_method == NULL) {
+        default_method = PyBytes_FromString("GET");
+        default_path = PyBytes_FromString("/");
+        default_version = PyBytes_FromString("1.1");
+        no_bytes = PyBytes_FromString("");
+        no_text = PyUnicode_FromString("");
+        ipv4_mapped_name = PyUnicode_InternFromString("ipv4_mapped");
+        if (default_method == NULL || default_path == NULL || default_version == NULL ||
+            no_bytes == NULL || no_text == NULL || ipv4_mapped_name == NULL)
+            return NULL;
+    }
+    Py_XSETREF(arg_type, (PyTypeObject *)Py_NewRef(arg));
+    Py_XSETREF(message_type, (PyTypeObject *)Py_NewRef(message));
+    Py_XSETREF(header_records_type, (PyTypeObject *)Py_NewRef(records));
+    Py_XSETREF(ipv4_class, (PyTypeObject *)Py_NewRef(ipv4));
+    Py_XSETREF(ipv6_class, (PyTypeObject *)Py_NewRef(ipv6));
+    Py_XSETREF(request_message_type, (PyTypeObject *)Py_NewRef(request_message));
+    Py_XSETREF(response_message_type, (PyTypeObject *)Py_NewRef(response_message));
+    Py_XSETREF(response_info_type, (PyTypeObject *)Py_NewRef(response));
+    Py_XSETREF(request_info_type, (PyTypeObject *)Py_NewRef(request));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS,
      "setup(Arg, Message, Notify, DataType, ipv4_factory, ipv6_factory)"},
@@ -810,6 +1260,13 @@ static PyMethodDef methods[] = {
     {"read_rule_records", read_rule_records, METH_O,
      "read_rule_records(buffer) -> a tuple per rule-match record of msc_glue_rm.cc, or None: a "
      "read past the end"},
+    {"setup_messages", setup_messages, METH_VARARGS,
+     "setup_messages(Arg, Message, DataType, RequestInfo, ResponseInfo, RequestMessage, "
+     "ResponseMessage, HeaderRecords, IPv4Address, IPv6Address)"},
+    {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL,
+     "read_request(message, new_id) -> messages.RequestMessage, or None: parse it in Python"},
+    {"read_response", read_response, METH_O,
+     "read_response(message) -> messages.ResponseMessage, or None: parse it in Python"},
     {NULL, NULL, 0, NULL},
 };
 
