@@ -126,18 +126,17 @@ class ModSecTransaction:
         client = _ip_text(request.src_ip)
         self._client = client.decode()
         job = self._job(lib.CS_REQUEST, deadline, close_when)
-        keep = [
-            self._text(job, "client_ip", client),
-            self._text(job, "server_ip", _ip_text(request.dst_ip)),
-            self._text(job, "uri", _c_text(request.uri)),
-            self._text(job, "method", _c_text(request.method)),
-            # the library prefixes the version with "HTTP/" itself (REQUEST_PROTOCOL)
-            self._text(job, "version", _c_text(request.version)),
-            _bytes_field(job, "headers", _packed_headers(request.headers)),
-            _bytes_field(job, "body", request.body),
-        ]
-        job.client_port = _port(request.src_port)
-        job.server_port = _port(request.dst_port)
+        server = _ip_text(request.dst_ip)
+        uri, method = _c_text(request.uri), _c_text(request.method)
+        # the library prefixes the version with "HTTP/" itself (REQUEST_PROTOCOL)
+        version = _c_text(request.version)
+        headers, body = _packed_headers(request.headers), _exact_bytes(request.body)
+        lib.cs_job_set_request(
+            job, client, _port(request.src_port), server, _port(request.dst_port), uri, method,
+            version, headers, len(headers), body, len(body),
+        )  # fmt: skip
+        # the job points into these bytes (cs_job_set_request): kept until it ran
+        keep = [client, server, uri, method, version, headers, body]
         return self._run(job, urgent=False, keep=keep)
 
     # -- response: phases 3 and 4 -----------------------------------------------------------
@@ -149,15 +148,15 @@ class ModSecTransaction:
         close_when: CloseWhen = CloseWhen.NEVER,
     ) -> Verdict:
         job = self._job(lib.CS_RESPONSE, deadline, close_when)
-        keep = [
-            # here the library takes the protocol as given (RESPONSE_PROTOCOL)
-            self._text(job, "protocol", b"HTTP/" + _c_text(response.version)),
-            _bytes_field(job, "headers", _packed_headers(response.headers)),
-            _bytes_field(job, "body", response.body),
-        ]
-        job.status = _status(response.status)
+        # here the library takes the protocol as given (RESPONSE_PROTOCOL)
+        protocol = b"HTTP/" + _c_text(response.version)
+        headers = _packed_headers(response.headers)
+        body = _exact_bytes(response.body)
+        lib.cs_job_set_response(
+            job, _status(response.status), protocol, headers, len(headers), body, len(body)
+        )
         # urgent: the request of this transaction already cost engine time (admission)
-        return self._run(job, urgent=True, keep=keep)
+        return self._run(job, urgent=True, keep=[protocol, headers, body])
 
     def close(self) -> None:
         """Run the logging phase (audit log) and free the native transaction, through the
@@ -213,13 +212,6 @@ class ModSecTransaction:
             # close) wait a little for it (docs/performance.md change 40, native/msc_glue.c)
             job.prefer = self._last_job.ran_on
         return job
-
-    @staticmethod
-    def _text(job: Any, field: str, value: bytes) -> Any:
-        # a NUL-terminated copy for a char* field; the caller keeps it alive
-        buffer = ffi.new(CHAR_ARRAY, value)
-        setattr(job, field, buffer)
-        return buffer
 
     def _run(self, job: Any, *, urgent: bool, keep: list[Any]) -> Verdict:
         # one call at a time per transaction; a second caller is a bug, never a wait (the
@@ -301,11 +293,7 @@ class ModSecTransaction:
         return Interruption(status, url, phase, body_limit, disruptive[0], disruptive[1])
 
 
-def _bytes_field(job: Any, field: str, value: bytes) -> Any:
-    # a pointer into ``value`` itself (no copy) and its length; the caller keeps it alive
-    if not value:
-        return None
-    buffer = ffi.from_buffer(value)
-    setattr(job, field, buffer)
-    setattr(job, field + "_len", len(value))
-    return buffer
+def _exact_bytes(value: bytes) -> bytes:
+    # cffi passes a bytes object to a char* argument as a pointer to its own buffer (no copy);
+    # anything else that holds bytes is copied into one first
+    return value if type(value) is bytes else bytes(value)

@@ -201,6 +201,33 @@ static int cs_create_transaction(cs_job *job) {
     return job->tx != NULL;
 }
 
+void cs_job_set_request(cs_job *job, const char *client_ip, int client_port,
+                        const char *server_ip, int server_port, const char *uri,
+                        const char *method, const char *version, const char *headers,
+                        size_t headers_len, const char *body, size_t body_len) {
+    job->client_ip = client_ip;
+    job->client_port = client_port;
+    job->server_ip = server_ip;
+    job->server_port = server_port;
+    job->uri = uri;
+    job->method = method;
+    job->version = version;
+    job->headers = headers;
+    job->headers_len = headers_len;
+    job->body = body;
+    job->body_len = body_len;
+}
+
+void cs_job_set_response(cs_job *job, int status, const char *protocol, const char *headers,
+                         size_t headers_len, const char *body, size_t body_len) {
+    job->status = status;
+    job->protocol = protocol;
+    job->headers = headers;
+    job->headers_len = headers_len;
+    job->body = body;
+    job->body_len = body_len;
+}
+
 void cs_job_run(cs_job *job) {
     job->started_at = cs_monotonic();
     if (job->kind == CS_CLOSE) {

@@ -140,6 +140,28 @@ def test_response_phase_3_and_4(actions_engine: waf.ModSecEngine) -> None:
     assert verdict.matches[0].phase == "response-headers"
 
 
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_a_body_held_in_another_buffer_type_reaches_the_rules(
+    actions_engine: waf.ModSecEngine, kind: type
+) -> None:
+    # the job points into bytes objects (msc_glue.h cs_job_set_response): anything else is
+    # copied into one first, never passed as a pointer cffi would refuse
+    tx = actions_engine.new_transaction("resp-buffer")
+    try:
+        tx.process_request(go(b"nothing", "resp-buffer"))
+        verdict = tx.process_response(
+            ResponseInfo(
+                "resp-buffer",
+                status=200,
+                headers=((b"content-type", b"text/html"),),
+                body=kind(b"<p>a forbidden-word here</p>"),
+            )
+        )
+    finally:
+        tx.close()
+    assert (verdict.interrupted, verdict.rule_id) == (True, 10006)
+
+
 def test_relative_include_resolves_against_base_dir() -> None:
     engine = load("SecRuleEngine On\nInclude nested/relative.conf\n")
     assert run_request(engine, go(b"nested")).rule_id == 10101
