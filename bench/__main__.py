@@ -33,6 +33,10 @@ from bench.stack import DEFAULT_HAPROXY, ROOT, SHIPPED_HAPROXY_DIR
 from tests.support.haproxy import HAPROXY_VERSIONS, HAProxyNotFoundError, find_haproxy
 
 MODES = ("throughput", "workers", "overload", "profile", "floor", "soak")
+# throughput rounds: three alternated runs of each scenario, and their median, because one run
+# of identical code read a clean GET's CPU ratio anywhere in 1.16-1.38 on this box
+# (docs/performance.md "What is measured, and against what")
+DEFAULT_ROUNDS = 3
 
 
 def _csv(kind: type, text: str) -> list[Any]:
@@ -65,6 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per agent run")
     p.add_argument("--ceiling-duration", type=float, default=8.0, help="seconds per ceiling run")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help="throughput rounds, scenarios alternating; the report takes the median "
+        f"(default {DEFAULT_ROUNDS})",
+    )
     p.add_argument(
         "--engine-threads",
         type=int,

@@ -59,6 +59,7 @@ def run_modes(
                 ceiling_duration_s=args.ceiling_duration,
                 engine_threads=args.engine_threads,
                 wrk_threads=args.wrk_threads,
+                rounds=args.rounds,
                 progress=log,
             )
             throughput["agent_totals"] = agent_totals(s)

@@ -7,6 +7,7 @@ unit tests run it on fixed sample data.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -40,50 +41,84 @@ def ceiling_process_cpu_ms(ceiling: dict[str, Any]) -> float:
 
 
 def throughput_rows(throughput: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per agent run, joined with its scenario's ceiling, with both ratios."""
-    rows = []
+    """One row per scenario and concurrency: with one round, its run joined with the
+    scenario's ceiling; with several (``throughput.run_throughput``), the median of the rounds'
+    rows, each ratio taken against its own round's ceiling (``_median_row``)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run in throughput.get("agent", []):
-        ceiling = throughput["ceiling"][run["scenario"]]
-        engine_ms = ceiling_engine_cpu_ms(ceiling)
-        counts = run["haproxy"]
-        rows.append(
-            {
-                "scenario": run["scenario"],
-                "connections": run["connections"],
-                "agent_rps": run["rps"],
-                "ceiling_rps": ceiling["rps"],
-                "throughput_ratio": ratio(run["rps"], ceiling["rps"]),
-                "p50_ms": run["latency_ms"]["p50"],
-                "p99_ms": run["latency_ms"]["p99"],
-                "agent_cpu_ms": run["agent_cpu_ms_per_request"],
-                "engine_cpu_ms": engine_ms,
-                "ceiling_process_cpu_ms": ceiling_process_cpu_ms(ceiling),
-                "cpu_ratio": ratio(run["agent_cpu_ms_per_request"], engine_ms),
-                "haproxy_cpu_ms": run.get("haproxy_cpu_ms_per_request", 0.0),
-                "hub_cpu_ms": run.get("hub_cpu_ms_per_request", 0.0),
-                "wrk_cpu_ms": run.get("wrk_cpu_ms_per_request", 0.0),
-                # the best agent/ceiling a zero-cost agent could reach here: the engine's CPU
-                # per request against engine + HAProxy + wrk on the same cores
-                "zero_cost_agent_ratio": ratio(
-                    engine_ms,
-                    engine_ms
-                    + run.get("haproxy_cpu_ms_per_request", 0.0)
-                    + run.get("wrk_cpu_ms_per_request", 0.0),
-                ),
-                "spoe_errors": counts["spoe_errors"],
-                "agent_errors": counts["agent_errors"],
-                "shed": counts["shed"],
-                "uninspected": counts["uninspected"],
-                "unexpected_status": counts["unexpected_status"],
-                "agent_rss_mb": run["agent_rss_bytes"] / MIB,
-                # during the run (docs/performance.md change 36); results from before it
-                # have only the RSS after the run
-                "agent_rss_peak_mb": run["agent_rss_peak_bytes"] / MIB
-                if run.get("agent_rss_peak_bytes")
-                else None,
-            }
-        )
-    return rows
+        # a run of several rounds carries its round's ceiling; older results have one
+        ceiling = run.get("ceiling") or throughput["ceiling"][run["scenario"]]
+        row = _run_row(run, ceiling)
+        groups.setdefault((row["scenario"], row["connections"]), []).append(row)
+    return [_median_row(rows) for rows in groups.values()]
+
+
+# taken as the median over rounds; the counts are summed and the RSS peak is the highest
+_MEDIAN_KEYS = (
+    "agent_rps", "ceiling_rps", "throughput_ratio", "p50_ms", "p99_ms", "agent_cpu_ms",
+    "engine_cpu_ms", "ceiling_process_cpu_ms", "cpu_ratio", "haproxy_cpu_ms", "hub_cpu_ms",
+    "wrk_cpu_ms", "zero_cost_agent_ratio", "agent_rss_mb",
+)  # fmt: skip
+_SUM_KEYS = ("spoe_errors", "agent_errors", "shed", "uninspected", "unexpected_status")
+
+
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds of one scenario and concurrency as one row (one round: that row)."""
+    out = dict(rows[0])
+    out["rounds"] = len(rows)
+    out["round_throughput_ratios"] = [r["throughput_ratio"] for r in rows]
+    out["round_cpu_ratios"] = [r["cpu_ratio"] for r in rows]
+    if len(rows) == 1:
+        return out
+    for key in _MEDIAN_KEYS:
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = statistics.median(values) if values else None
+    for key in _SUM_KEYS:
+        out[key] = sum(r[key] for r in rows)
+    peaks = [r["agent_rss_peak_mb"] for r in rows if r["agent_rss_peak_mb"] is not None]
+    out["agent_rss_peak_mb"] = max(peaks) if peaks else None
+    return out
+
+
+def _run_row(run: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
+    """One agent run joined with the ceiling it is compared with, with both ratios."""
+    engine_ms = ceiling_engine_cpu_ms(ceiling)
+    counts = run["haproxy"]
+    return {
+        "scenario": run["scenario"],
+        "connections": run["connections"],
+        "agent_rps": run["rps"],
+        "ceiling_rps": ceiling["rps"],
+        "throughput_ratio": ratio(run["rps"], ceiling["rps"]),
+        "p50_ms": run["latency_ms"]["p50"],
+        "p99_ms": run["latency_ms"]["p99"],
+        "agent_cpu_ms": run["agent_cpu_ms_per_request"],
+        "engine_cpu_ms": engine_ms,
+        "ceiling_process_cpu_ms": ceiling_process_cpu_ms(ceiling),
+        "cpu_ratio": ratio(run["agent_cpu_ms_per_request"], engine_ms),
+        "haproxy_cpu_ms": run.get("haproxy_cpu_ms_per_request", 0.0),
+        "hub_cpu_ms": run.get("hub_cpu_ms_per_request", 0.0),
+        "wrk_cpu_ms": run.get("wrk_cpu_ms_per_request", 0.0),
+        # the best agent/ceiling a zero-cost agent could reach here: the engine's CPU
+        # per request against engine + HAProxy + wrk on the same cores
+        "zero_cost_agent_ratio": ratio(
+            engine_ms,
+            engine_ms
+            + run.get("haproxy_cpu_ms_per_request", 0.0)
+            + run.get("wrk_cpu_ms_per_request", 0.0),
+        ),
+        "spoe_errors": counts["spoe_errors"],
+        "agent_errors": counts["agent_errors"],
+        "shed": counts["shed"],
+        "uninspected": counts["uninspected"],
+        "unexpected_status": counts["unexpected_status"],
+        "agent_rss_mb": run["agent_rss_bytes"] / MIB,
+        # during the run (docs/performance.md change 36); results from before it
+        # have only the RSS after the run
+        "agent_rss_peak_mb": run["agent_rss_peak_bytes"] / MIB
+        if run.get("agent_rss_peak_bytes")
+        else None,
+    }
 
 
 def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -252,6 +287,37 @@ def _floor_section(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _rounds_text(throughput: dict[str, Any]) -> str:
+    rounds = throughput.get("rounds", 1)
+    if rounds <= 1:
+        return ""
+    return (
+        f", {rounds} rounds with the scenarios alternating; each row is the median of its "
+        "rounds (RSS peak: the highest; errors, uninspected, shed: summed), every ratio taken "
+        "against the ceiling runs of its own round"
+    )
+
+
+def _rounds_table(throughput: dict[str, Any]) -> list[str]:
+    """The per-round ratios behind the medians (nothing for a single round)."""
+    if throughput.get("rounds", 1) <= 1:
+        return []
+    out = [
+        "",
+        "Per round (the medians above come from these):",
+        "",
+        "| scenario | conns | agent/ceiling per round | CPU ratio per round |",
+        "|---|--:|---|---|",
+    ]
+    for r in throughput_rows(throughput):
+        out.append(
+            f"| {r['scenario']} | {r['connections']}"
+            f" | {', '.join(_fmt(v) for v in r['round_throughput_ratios'])}"
+            f" | {', '.join(_fmt(v) for v in r['round_cpu_ratios'])} |"
+        )
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The committed ``results/bench.md``: every table the run produced."""
     meta = results.get("meta", {})
@@ -263,7 +329,8 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "## Throughput: agent through HAProxy vs the bare engine (same run)",
             "",
-            f"wrk {throughput['duration_s']:g} s per row; ceiling = the engine in-process on "
+            f"wrk {throughput['duration_s']:g} s per run{_rounds_text(throughput)}; "
+            "ceiling = the engine in-process on "
             f"{throughput['engine_threads']} threads, {throughput['ceiling_duration_s']:g} s, "
             "the same transaction (request phases, then response phases unless blocked). "
             "Probe: a page leaking PHP source came back "
@@ -290,6 +357,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {r['haproxy_cpu_ms']:.2f} | {r['spoe_errors']} | {r['uninspected']}"
                 f" | {r['shed']} | {r['agent_rss_mb']:.0f} | {_fmt(r['agent_rss_peak_mb'], 1)} |"
             )
+        out += _rounds_table(throughput)
         out += [
             "",
             "Ceiling runs (before and after the agent runs of each scenario):",
@@ -459,8 +527,12 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def write_latency_plot(results: dict[str, Any], path: Path) -> bool:
-    """Latency percentiles of every agent run (one line each), log-scaled; False if no data."""
-    runs = results.get("throughput", {}).get("agent", [])
+    """Latency percentiles of every scenario and concurrency (one line each; of several
+    rounds, the round of the median req/s), log-scaled; False if no data."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in results.get("throughput", {}).get("agent", []):
+        groups.setdefault((run["scenario"], run["connections"]), []).append(run)
+    runs = [sorted(g, key=lambda r: r["rps"])[len(g) // 2] for g in groups.values()]
     if not runs:
         return False
     import matplotlib

@@ -129,52 +129,72 @@ def run_throughput(
     ceiling_duration_s: float,
     engine_threads: int,
     wrk_threads: int,
+    rounds: int = 1,
     progress: Progress = print,
 ) -> dict[str, Any]:
-    """For each scenario: the ceiling, then the agent at each concurrency (side by side)."""
+    """For each scenario: the ceiling, then the agent at each concurrency, then the ceiling
+    again (side by side); ``rounds`` times, the scenarios alternating within each round, so a
+    neighbour's load that comes and goes lands on one round of a scenario, not on all of it.
+    Each agent run carries its round and the mean of its round's two ceiling runs
+    (``report.throughput_rows`` takes the median of the rounds' ratios)."""
     rows: list[dict[str, Any]] = []
-    ceilings: dict[str, dict[str, Any]] = {}
+    ceiling_runs: dict[str, list[dict[str, Any]]] = {}
     leak_status = probe_status(stack, LEAK_PAGE_PATH)
     progress(f"probe: a page leaking PHP source came back {leak_status} (403 = bodies inspected)")
     # warm-up: the first requests pay PCRE JIT compilation and cache population in the agent
     measure_agent(
         stack, SCENARIOS["clean_get"], connections=8, duration_s=2, wrk_threads=wrk_threads
     )
-    for name in scenarios:
-        scenario = SCENARIOS[name]
-        progress(f"ceiling {name}: {engine_threads} engine threads, {ceiling_duration_s:g}s")
-        before = run_ceiling_process(
-            scenario, threads=engine_threads, duration_s=ceiling_duration_s
-        )
-        progress(f"  -> {before['rps']:.0f} req/s")
-        for connections in concurrencies:
-            progress(f"agent {name}: {connections} connections, {duration_s:g}s")
-            time.sleep(1)  # let the previous run's connections and transactions settle
-            row = measure_agent(
-                stack,
-                scenario,
-                connections=connections,
-                duration_s=duration_s,
-                wrk_threads=wrk_threads,
-            )
+    for round_no in range(1, rounds + 1):
+        for name in scenarios:
+            scenario = SCENARIOS[name]
             progress(
-                f"  -> {row['rps']:.0f} req/s, p99 {row['latency_ms']['p99']:.1f} ms, "
-                f"hub {row['hub_cpu_ms_per_request']:.3f} ms/req, "
-                f"RSS peak {row['agent_rss_peak_bytes'] / 2**20:.1f} MiB, "
-                f"uninspected {row['haproxy']['uninspected']}, "
-                f"SPOE errors {row['haproxy']['spoe_errors']}"
+                f"round {round_no}/{rounds}, ceiling {name}: {engine_threads} engine threads, "
+                f"{ceiling_duration_s:g}s"
             )
-            rows.append(row)
-        # the ceiling again after the agent runs: the two bracket them, so a neighbour's load
-        # that came or went during the agent runs shows up as spread instead of as a ratio
-        after = run_ceiling_process(scenario, threads=engine_threads, duration_s=ceiling_duration_s)
-        progress(f"ceiling {name} again: {after['rps']:.0f} req/s")
-        ceilings[name] = merge_ceilings([before, after])
+            before = run_ceiling_process(
+                scenario, threads=engine_threads, duration_s=ceiling_duration_s
+            )
+            progress(f"  -> {before['rps']:.0f} req/s")
+            runs = []
+            for connections in concurrencies:
+                progress(f"agent {name}: {connections} connections, {duration_s:g}s")
+                time.sleep(1)  # let the previous run's connections and transactions settle
+                row = measure_agent(
+                    stack,
+                    scenario,
+                    connections=connections,
+                    duration_s=duration_s,
+                    wrk_threads=wrk_threads,
+                )
+                progress(
+                    f"  -> {row['rps']:.0f} req/s, p99 {row['latency_ms']['p99']:.1f} ms, "
+                    f"hub {row['hub_cpu_ms_per_request']:.3f} ms/req, "
+                    f"RSS peak {row['agent_rss_peak_bytes'] / 2**20:.1f} MiB, "
+                    f"uninspected {row['haproxy']['uninspected']}, "
+                    f"SPOE errors {row['haproxy']['spoe_errors']}"
+                )
+                runs.append(row)
+            # the ceiling again after the agent runs: the two bracket them, so a neighbour's
+            # load that came or went during the agent runs shows up as spread, not as a ratio
+            after = run_ceiling_process(
+                scenario, threads=engine_threads, duration_s=ceiling_duration_s
+            )
+            progress(f"ceiling {name} again: {after['rps']:.0f} req/s")
+            bracket = merge_ceilings([before, after])
+            del bracket["runs"]  # kept once, in the scenario's ceiling below
+            for row in runs:
+                row["round"] = round_no
+                row["ceiling"] = bracket
+            rows += runs
+            ceiling_runs.setdefault(name, []).extend([before, after])
+    ceilings = {name: merge_ceilings(runs) for name, runs in ceiling_runs.items()}
     return {
         "engine_threads": engine_threads,
         "cores": os.cpu_count(),
         "duration_s": duration_s,
         "ceiling_duration_s": ceiling_duration_s,
+        "rounds": rounds,
         "ceiling": ceilings,
         "response_body_probe_status": leak_status,
         "agent": rows,

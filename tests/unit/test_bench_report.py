@@ -449,3 +449,46 @@ def test_soak_growth_text_names_its_windows():
         "RSS growth from the steady baseline (median of the samples at 200-400 transactions, "
         "100.0 MiB) to the end (median at 800-1000, 104.0 MiB): 4.0 %." in text
     )
+
+
+def test_rounds_give_medians_of_ratios_each_against_its_own_round():
+    """1. Three rounds of the sample run: 850, 700 and 900 req/s at 2.4, 2.7 and 2.2 ms of
+    CPU, against round ceilings of 1000, 1000 and 1200 req/s at 2.0, 2.0 and 2.2 ms.
+    2. One row: the median of the per-round ratios (0.75 of 0.85, 0.70, 0.75; 1.2 of 1.2,
+       1.35, 1.0), not the ratio of the medians or of the pooled ceiling; counts summed,
+       the RSS peak the highest (uninspected 1, 2 and 3 make 6); the per-round ratios
+       listed under the table."""
+    results = _sample_results()
+    base = results["throughput"]["agent"][0]
+    results["throughput"]["rounds"] = 3
+    runs = []
+    for number, (rps, cpu, ceiling_rps, ceiling_cpu, peak_mib) in enumerate(
+        [
+            (850.0, 2.4, 1000.0, 2.0, 70),
+            (700.0, 2.7, 1000.0, 2.0, 79),
+            (900.0, 2.2, 1200.0, 2.2, 75),
+        ],
+        start=1,
+    ):
+        run = dict(base, rps=rps, agent_cpu_ms_per_request=cpu, round=number)
+        run["agent_rss_peak_bytes"] = peak_mib * 2**20
+        run["haproxy"] = dict(base["haproxy"], uninspected=number, spoe_errors=10 * number)
+        run["ceiling"] = {"rps": ceiling_rps, "engine_cpu_ms_per_request": ceiling_cpu}
+        runs.append(run)
+    results["throughput"]["agent"] = runs
+
+    (row,) = report.throughput_rows(results["throughput"])
+    assert row["rounds"] == 3
+    assert row["round_throughput_ratios"] == pytest.approx([0.85, 0.70, 0.75])
+    assert row["round_cpu_ratios"] == pytest.approx([1.2, 1.35, 1.0])
+    assert row["throughput_ratio"] == pytest.approx(0.75)
+    assert row["cpu_ratio"] == pytest.approx(1.2)
+    assert row["agent_rps"] == 850.0
+    assert row["agent_rss_peak_mb"] == 79
+    assert (row["uninspected"], row["spoe_errors"]) == (1 + 2 + 3, 10 + 20 + 30)
+
+    text = report.markdown(results)
+    assert "3 rounds with the scenarios alternating" in text
+    assert "| clean_get | 32 | 0.85, 0.70, 0.75 | 1.20, 1.35, 1.00 |" in text
+    checks = {c["target"]: c["value"] for c in report.target_checks(results)}
+    assert checks["CPU/request clean_get @32"] == pytest.approx(1.2)
