@@ -48,16 +48,15 @@ def rss_growth(
     the last 20 %. Each is the median of its samples: a leak of a few bytes per transaction
     still shows over the ~60 % of the run between the two windows' middles."""
 
-    def window(low: float, high: float, *, steady_only: bool) -> list[dict[str, Any]]:
-        return [
-            s for s in samples
-            if low * planned <= s["transactions"] <= high * planned
-            and (not steady_only
-                 or (s["transactions"] >= baseline and s["elapsed_s"] >= 2 * ttl_ms / 1000))
-        ]  # fmt: skip
+    def within(sample: dict[str, Any], window: tuple[float, float]) -> bool:
+        done: int = sample["transactions"]
+        return window[0] * planned <= done <= window[1] * planned
 
-    base = window(*BASELINE_WINDOW, steady_only=True)
-    end = window(*END_WINDOW, steady_only=False)
+    steady = [
+        s for s in samples if s["transactions"] >= baseline and s["elapsed_s"] >= 2 * ttl_ms / 1000
+    ]
+    base = [s for s in steady if within(s, BASELINE_WINDOW)]
+    end = [s for s in samples if within(s, END_WINDOW)]
     if not base or not end or samples[-1]["transactions"] < planned:
         return None
     base_rss = statistics.median(s["rss_bytes"] for s in base)
@@ -129,7 +128,8 @@ def run_soak(
         finally:
             agent.stop(timeout=30)
             totals = read_agent_totals(Path(tmp))
-    growth = None if stalled is not None else rss_growth(samples, transactions, baseline, ttl_ms)
+    # a stalled run stops short of ``transactions``: no figure (``rss_growth``)
+    growth = rss_growth(samples, transactions, baseline, ttl_ms)
     return {
         "transactions": done,
         "transactions_planned": transactions,

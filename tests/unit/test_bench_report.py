@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -411,7 +412,7 @@ def _soak_samples(rss_mib: Sequence[float], every: int = 50_000, rate: int = 10_
 def test_soak_growth_compares_the_medians_of_a_steady_window_and_the_end():
     """1. A heap that grows for the first 150 k transactions and then moves ±8 MiB with no trend
     (the shape of the 2026-12-05 runs): its growth reads ~0, where the old single-sample
-    baseline at 50 k read +12 %; the windows are 200-400 k and 800 k-1 M of 1 M.
+    first sample read +11 %; the windows are 200-400 k and 800 k-1 M of 1 M.
     2. A leak of 20 bytes per transaction over a flat 120 MiB: +9.5 %, over the 5 % target.
     3. A run that stopped short, or one with no sample in a window: no figure at all."""
     noisy = [105, 113, 122, 122, 121, 121, 124, 121, 119, 118,
@@ -492,3 +493,56 @@ def test_rounds_give_medians_of_ratios_each_against_its_own_round():
     assert "| clean_get | 32 | 0.85, 0.70, 0.75 | 1.20, 1.35, 1.00 |" in text
     checks = {c["target"]: c["value"] for c in report.target_checks(results)}
     assert checks["CPU/request clean_get @32"] == pytest.approx(1.2)
+
+
+def test_throughput_rounds_alternate_scenarios_and_pair_each_run_with_its_round(monkeypatch):
+    """1. Two rounds of two scenarios at two concurrencies, the ceiling and agent runs faked
+    (each ceiling run numbered in the order it ran, 100 req/s per step).
+    2. The order is round 1 (clean, attack), round 2 (clean, attack); every agent run carries
+       its round and the mean of the two ceiling runs that bracket it, and the scenario's
+       ceiling pools all four of its runs."""
+    import time
+
+    from bench import throughput
+    from bench.stack import Stack
+
+    order: list[str] = []
+
+    def fake_ceiling(scenario, *, threads, duration_s):
+        order.append(f"ceiling {scenario.name}")
+        rps = 100.0 * len([o for o in order if o.startswith("ceiling")])
+        return {"scenario": scenario.name, "rps": rps, "engine_cpu_ms_per_request": 1.0,
+                "process_cpu_ms_per_request": 1.1, "wrong_verdicts": 0}  # fmt: skip
+
+    def fake_agent(stack, scenario, *, connections, duration_s, wrk_threads):
+        order.append(f"agent {scenario.name} {connections}")
+        return {"scenario": scenario.name, "connections": connections, "rps": 50.0,
+                "latency_ms": {"p99": 1.0}, "hub_cpu_ms_per_request": 0.1,
+                "agent_rss_peak_bytes": 2**20,
+                "haproxy": {"uninspected": 0, "spoe_errors": 0}}  # fmt: skip
+
+    monkeypatch.setattr(throughput, "run_ceiling_process", fake_ceiling)
+    monkeypatch.setattr(throughput, "measure_agent", fake_agent)
+    monkeypatch.setattr(throughput, "probe_status", lambda stack, path: 403)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    result = throughput.run_throughput(
+        cast(Stack, None), ["clean_get", "attack_get"], [32, 128], duration_s=1,
+        ceiling_duration_s=1, engine_threads=2, wrk_threads=1, rounds=2,
+        progress=lambda text: None,
+    )  # fmt: skip
+
+    assert [o for o in order if o != "agent clean_get 8"] == [
+        "ceiling clean_get", "agent clean_get 32", "agent clean_get 128", "ceiling clean_get",
+        "ceiling attack_get", "agent attack_get 32", "agent attack_get 128", "ceiling attack_get",
+    ] * 2  # fmt: skip
+    assert result["rounds"] == 2
+    brackets = [(r["scenario"], r["connections"], r["round"], r["ceiling"]["rps"])
+                for r in result["agent"]]  # fmt: skip
+    assert brackets == [
+        ("clean_get", 32, 1, 150.0), ("clean_get", 128, 1, 150.0),
+        ("attack_get", 32, 1, 350.0), ("attack_get", 128, 1, 350.0),
+        ("clean_get", 32, 2, 550.0), ("clean_get", 128, 2, 550.0),
+        ("attack_get", 32, 2, 750.0), ("attack_get", 128, 2, 750.0),
+    ]  # fmt: skip
+    assert [r["rps"] for r in result["ceiling"]["clean_get"]["runs"]] == [100, 200, 500, 600]
+    assert result["ceiling"]["clean_get"]["rps"] == 350.0
