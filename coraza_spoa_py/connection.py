@@ -33,7 +33,7 @@ from coraza_spoa_py.message_log import debug_enabled
 from coraza_spoa_py.settings import BindAddress
 from coraza_spoa_py.spop_native import NativeConnection
 from coraza_spoa_py.verdicts import ErrorCode, error_actions
-from coraza_spoa_py.workers import FrameWriter, Workers, read_when_ready
+from coraza_spoa_py.workers import FrameWriter, GreenletPool, Workers, read_when_ready
 
 Handler = Callable[[tuple[spop.Message, ...], float], Sequence[spop.Action]]
 
@@ -67,6 +67,7 @@ class ServerSide(Protocol):
     handler: Handler
     max_frame_size: int
     max_inflight_per_connection: int
+    worker_pool: GreenletPool
     idle_timeout_s: float
     hello_timeout_s: float
     frame_timeout_s: float
@@ -87,8 +88,9 @@ class AgentConnection:
         # the codec with its NOTIFY decoder in C (spop_native; the pure one is its reference)
         self.codec = NativeConnection(max_frame_size=server.max_frame_size)
         self.writer = FrameWriter(sock, self.log, self._touch)
-        # reused greenlets, not one per NOTIFY (workers.py: a new greenlet maps a stack)
-        self.inflight = Workers(server.max_inflight_per_connection)
+        # reused greenlets, not one per NOTIFY (workers.py: a new greenlet maps a stack), the
+        # idle ones the server's, not this connection's
+        self.inflight = Workers(server.max_inflight_per_connection, pool=server.worker_pool)
         self.stop_requested = False
         self.reader: greenlet.greenlet | None = None
         self.parked_in_recv = False
@@ -188,7 +190,6 @@ class AgentConnection:
             # this connection's slot is released, so stop() waits for them and the application
             # never sees close_all() race a transaction in progress; their ACKs are dropped.
             self.inflight.join()
-            self.inflight.kill()  # the idle workers
         except gevent.GreenletExit:
             # stop() ran out of graceful time: the handlers go with the connection
             self.inflight.kill(block=False)
@@ -220,6 +221,9 @@ class AgentConnection:
             received_at = time.monotonic()
             chunk_was_full = len(chunk) == RECV_SIZE
             self.codec.receive_data(chunk)
+            # not held while parked in the next read: an idle connection keeps none of the
+            # bytes it last read (docs/performance.md change 51)
+            del chunk
             try:
                 outcome = self._handle_events(received_at)
                 # the deadlines (``_past_deadline``): each whole frame is activity and stops

@@ -28,6 +28,7 @@ from coraza_spoa_py.settings import BindAddress
 # the agent's own error code for "the rule engine failed on this transaction": a handler
 # exception is answered with it at once (connection.py), never silence
 from coraza_spoa_py.verdicts import ENGINE_FAILURE_ERROR
+from coraza_spoa_py.workers import GreenletPool
 
 # How often the watchdog looks, at most: a connection is closed between its deadline and the
 # deadline + this. A per-recv socket timeout would be exact, but costs a gevent Timeout and a
@@ -68,6 +69,8 @@ class AgentServer:
         self.hello_timeout_s = hello_timeout_s
         self.frame_timeout_s = frame_timeout_s
         self.max_inflight_per_connection = max_inflight_per_connection
+        # the greenlets that answer NOTIFYs, shared by the connections (workers.GreenletPool)
+        self.worker_pool = GreenletPool()
         # a socket bound by someone else (the master process, docs/architecture.md "Process
         # model"): served as is, and its unix socket file is its owner's to remove
         self._inherited_listener = listener
@@ -153,6 +156,7 @@ class AgentServer:
                 len(self._connections),
             )
             self._connection_pool.kill(block=True, timeout=1)
+        self.worker_pool.kill()  # the idle ones: every connection's calls have ended
         if self.bind.kind == "unix" and self._inherited_listener is None:
             listeners.remove_unix_socket(self.bind.path)
         logger.info("stopped listening on {}", self._address or self.bind)

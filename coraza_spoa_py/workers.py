@@ -7,13 +7,14 @@ maps a fresh 16 KiB frame stack and its end unmaps it (``_PyThreadState_BumpFram
 one per ACK flush that was about four map/unmap pairs per HTTP request, the hub's costliest
 system calls (``strace -c`` on the hub, 32 connections). Long-lived greenlets keep their stack.
 But not forever (docs/performance.md change 37): HAProxy pipelines bursts of NOTIFYs on one
-connection, and every greenlet a burst started used to stay parked with its stacks (the
-agent's peak RSS through HAProxy with CRS at c=128 was 94-102 MiB in POST runs, 80-83 since).
-A ``Workers`` keeps ``keep_idle`` idle greenlets; those above that which stayed idle through a
-whole ``linger_s`` (so a steady burst pattern finds them again) are then ended. One timer
-per ``Workers`` looks, only while more than ``keep_idle`` are idle: a timed wait per idle
-greenlet cost a gevent ``Timeout`` (a libev timer started and stopped) per call above the
-floor, on the hub.
+connection, and every greenlet a burst started used to stay parked with its stacks. A
+``GreenletPool`` keeps ``keep_idle`` idle greenlets; those above that which stayed idle through
+a whole ``linger_s`` (so a steady burst pattern finds them again) are then ended. One timer per
+pool looks, only while more than ``keep_idle`` are idle: a timed wait per idle greenlet cost a
+gevent ``Timeout`` (a libev timer started and stopped) per call above the floor, on the hub.
+The pool is the server's, shared by its connections' ``Workers`` (docs/performance.md change
+51): HAProxy keeps hundreds of idle SPOE connections open after a burst, and idle greenlets
+kept per connection made the agent's RSS grow with them.
 
 gevent-only plumbing: nothing here knows SPOP.
 """
@@ -27,81 +28,72 @@ import gevent
 import gevent.event
 import gevent.lock
 
-Task = tuple[Callable[..., Any], tuple[Any, ...]]
-
-
-KEEP_IDLE = 2  # idle greenlets a ``Workers`` keeps for good (docs/performance.md change 37)
+# idle greenlets a server keeps for good, shared by all its connections (docs/performance.md
+# changes 37 and 51): enough for a burst of HAProxy's 20 pipelined NOTIFYs on a few connections
+# at once without starting greenlets; a parked greenlet costs ~10-15 KiB (its stacks)
+KEEP_IDLE = 64
 # how long greenlets above those stay unneeded before they are ended: the reaper looks every
 # LINGER_S, so a greenlet goes between one and two of them after its last call (0.5 to 1 s);
 # with 1 s (1 to 2 s) POST runs kept ~5 MiB more at their peak (docs/performance.md change 37)
 LINGER_S = 0.5
 
 
-def _end_worker() -> None:
-    """Not called: a worker that takes this task ends (``Workers._reap``)."""
+class GreenletPool:
+    """Greenlets that run ``Workers``' calls and wait for the next one between calls, shared by
+    every ``Workers`` of a server: an idle greenlet belongs to no connection, so the idle ones
+    do not grow with the number of connections HAProxy keeps open (docs/performance.md
+    change 51: HAProxy 2.6 opens ~a connection per concurrent stream in a burst and keeps each
+    idle for its ``timeout idle``).
 
+    At most ``keep_idle`` greenlets wait for calls indefinitely; the others a burst started end
+    once they were not needed for ``linger_s`` (between one and two ``linger_s`` after they went
+    idle)."""
 
-class Workers:
-    """Runs ``spawn(fn, *args)`` calls concurrently, at most ``limit`` at once, on greenlets
-    that stay alive between calls. ``spawn`` blocks while ``limit`` calls run (back-pressure,
-    as ``gevent.pool.Pool.spawn``). ``len()`` counts the calls running or queued.
-
-    At most ``keep_idle`` greenlets wait for calls indefinitely; the others a burst started
-    end once they were not needed for ``linger_s`` (between one and two ``linger_s`` after they
-    went idle)."""
-
-    def __init__(
-        self, limit: int, *, keep_idle: int = KEEP_IDLE, linger_s: float = LINGER_S
-    ) -> None:
+    def __init__(self, *, keep_idle: int = KEEP_IDLE, linger_s: float = LINGER_S) -> None:
         if linger_s <= 0:
             raise ValueError("linger_s must be > 0")  # the reaper's timer repeats every linger_s
         self._keep_idle = keep_idle
         self._linger_s = linger_s
-        self._slots = gevent.lock.BoundedSemaphore(limit)
         # the queued calls, counted by ``_queued``: a list and a semaphore, not a
-        # gevent.queue.SimpleQueue, whose three deques cost ~2 KiB per connection
-        # (docs/performance.md change 34)
-        self._tasks: list[Task] = []
+        # gevent.queue.SimpleQueue (docs/performance.md change 34); an owner None ends a worker
+        self._tasks: list[tuple[Workers | None, Callable[..., Any], tuple[Any, ...]]] = []
         self._queued = gevent.lock.Semaphore(0)
         self._greenlets: set[gevent.Greenlet[Any, Any]] = set()
+        # the greenlets in a call -> whose call (``Workers.kill``); one for the pool rather than
+        # a set per ``Workers``, which would stay as large as its biggest burst (~2 KiB)
+        self._running: dict[Any, Workers] = {}
         # workers waiting for a task, minus the tasks queued for them (negative only while
         # workers just started have not reached their first wait)
         self._idle = 0
         self._fewest_idle = 0  # the lowest ``_idle`` since the reaper last looked
         self._reaper: Any = None  # a libev timer, running while more than keep_idle are idle
-        self._pending = 0
-        self._all_done = gevent.event.Event()
-        self._all_done.set()
 
-    def __len__(self) -> int:
-        return self._pending
+    @property
+    def greenlets(self) -> int:
+        """Greenlets alive, running a call or idle."""
+        return len(self._greenlets)
 
-    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._slots.acquire()
-        self._pending += 1
-        self._all_done.clear()
+    def submit(self, owner: Workers, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Run ``fn(*args)`` for ``owner`` on a waiting greenlet, or a new one."""
         self._idle -= 1  # this task takes a waiting worker...
         if self._idle < self._fewest_idle:
             self._fewest_idle = self._idle
         if self._idle < 0:  # ...or a new one, whose first wait counts it back
             self._greenlets.add(gevent.spawn(self._work))
-        self._tasks.append((fn, args))
+        self._tasks.append((owner, fn, args))
         self._queued.release()
 
-    def join(self) -> None:
-        """Wait until no call runs or waits."""
-        self._all_done.wait()
+    def running_for(self, owner: Workers) -> list[Any]:
+        """The greenlets in one of ``owner``'s calls now."""
+        return [g for g, running_for in self._running.items() if running_for is owner]
 
     def kill(self, block: bool = False) -> None:
-        """End every worker now (a running call gets ``GreenletExit``), and with them the
-        queued calls."""
+        """End every greenlet now, idle or running a call (which gets ``GreenletExit``)."""
         self._stop_reaper()
         greenlets = list(self._greenlets)
         self._greenlets.clear()
         for g in greenlets:
             g.kill(block=block)
-        self._pending = 0
-        self._all_done.set()
 
     def _work(self) -> None:
         current = gevent.getcurrent()
@@ -111,18 +103,19 @@ class Workers:
                 if self._idle > self._keep_idle and self._reaper is None:
                     self._start_reaper()
                 self._queued.acquire()
-                fn, args = self._tasks.pop(0)
-                if fn is _end_worker:
+                owner, fn, args = self._tasks.pop(0)
+                if owner is None:
                     return  # ``_reap`` already counted it out of ``_idle``
                 try:
-                    fn(*args)
+                    if not owner._killed:
+                        self._running[current] = owner
+                        fn(*args)
                 finally:
-                    self._pending -= 1
-                    self._slots.release()
-                    if self._pending == 0:
-                        self._all_done.set()
-                # an idle worker holds nothing of its last call (its message, its answer)
-                del fn, args
+                    self._running.pop(current, None)
+                    owner._finished()
+                # an idle worker holds nothing of its last call (its message, its answer, its
+                # connection)
+                del owner, fn, args
         finally:
             self._greenlets.discard(current)
 
@@ -141,18 +134,68 @@ class Workers:
     def _reap(self) -> None:
         """Every ``linger_s`` while more than ``keep_idle`` are idle (a hub callback: never
         waits): end the workers that were idle through the whole period, beyond the floor."""
-        # ``_idle`` counts waiting workers minus queued calls, and only ``spawn`` lowers it, so
-        # ``_fewest_idle`` workers waited with nothing for them since the last look
+        # ``_idle`` counts waiting workers minus queued calls, and only ``submit`` lowers it,
+        # so ``_fewest_idle`` workers waited with nothing for them since the last look
         surplus = min(self._fewest_idle, self._idle) - self._keep_idle
         for _ in range(surplus):
             # a task like any other, so the semaphore wakes exactly one waiting worker for
             # it; queued behind any real call, each of which has its own waiting worker
             self._idle -= 1
-            self._tasks.append((_end_worker, ()))
+            self._tasks.append((None, _end_worker, ()))
             self._queued.release()
         self._fewest_idle = self._idle
         if self._idle <= self._keep_idle:
             self._stop_reaper()
+
+
+def _end_worker() -> None:
+    """Not called: a worker that takes this task ends (``GreenletPool._reap``)."""
+
+
+class Workers:
+    """Runs ``spawn(fn, *args)`` calls concurrently, at most ``limit`` at once, on the
+    greenlets of ``pool`` (its own one when not given), which stay alive between calls.
+    ``spawn`` blocks while ``limit`` calls run (back-pressure, as ``gevent.pool.Pool.spawn``).
+    ``len()`` counts the calls running or queued; ``join`` waits for them, ``kill`` ends them
+    (and drops the queued ones), leaving the pool's other calls alone."""
+
+    def __init__(self, limit: int, *, pool: GreenletPool | None = None) -> None:
+        self._pool = GreenletPool() if pool is None else pool
+        self._slots = gevent.lock.BoundedSemaphore(limit)
+        self._killed = False  # the queued calls are dropped, not run
+        self._pending = 0
+        self._all_done = gevent.event.Event()
+        self._all_done.set()
+
+    def __len__(self) -> int:
+        return self._pending
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._slots.acquire()
+        self._pending += 1
+        self._all_done.clear()
+        self._pool.submit(self, fn, args)
+
+    def join(self) -> None:
+        """Wait until no call runs or waits."""
+        self._all_done.wait()
+
+    def kill(self, block: bool = False) -> None:
+        """End the calls running now (they get ``GreenletExit``; their greenlets end) and drop
+        the queued ones."""
+        self._killed = True
+        for g in self._pool.running_for(self):
+            g.kill(block=block)
+        self._pending = 0
+        self._all_done.set()
+
+    def _finished(self) -> None:
+        """A call of ours ended (or was dropped): its slot back."""
+        self._slots.release()
+        if self._pending:  # ``kill`` already counted the calls it ended
+            self._pending -= 1
+            if self._pending == 0:
+                self._all_done.set()
 
 
 def read_when_ready(sock: Any, size: int, *, try_first: bool) -> bytes:

@@ -216,6 +216,11 @@ class Connection:
         buffer, offset = self._buffer, self._offset
         available = len(buffer) - offset
         if available < LENGTH_PREFIX_SIZE:
+            if not available:
+                # every byte read is parsed: hold none of them until the next read (an idle
+                # connection kept its last chunk, maybe a whole response body: docs/performance.md
+                # change 51)
+                self._buffer, self._offset = b"", 0
             return None
         (length,) = LENGTH.unpack_from(buffer, offset)
         # judge LENGTH before waiting for (or buffering) the payload (docs/protocol.md "Judge

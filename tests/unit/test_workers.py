@@ -1,19 +1,20 @@
-"""workers.Workers, workers.Flusher, workers.FrameWriter and workers.read_when_ready: bounded
-concurrency with back-pressure, greenlets reused between calls, join and kill; one flush for
-requests made before it runs; frames whole and in order when the socket is full; a read that
-waits for its bytes."""
+"""workers.Workers, workers.GreenletPool, workers.Flusher, workers.FrameWriter and
+workers.read_when_ready: bounded concurrency with back-pressure, greenlets reused between calls
+and shared between connections, join and kill; one flush for requests made before it runs;
+frames whole and in order when the socket is full; a read that waits for its bytes."""
 
 from __future__ import annotations
 
 import socket as stdlib_socket
 import time
+from typing import Any
 
 import gevent
 import gevent.event
 import pytest
 from gevent import socket
 
-from coraza_spoa_py.workers import Flusher, FrameWriter, Workers, read_when_ready
+from coraza_spoa_py.workers import Flusher, FrameWriter, GreenletPool, Workers, read_when_ready
 
 
 def test_at_most_limit_calls_run_and_spawn_blocks_until_a_slot_frees():
@@ -131,36 +132,38 @@ def test_after_a_burst_the_extra_greenlets_end_once_idle_for_linger_s():
     ran them, every call ran. 2. Right after: they are still there (lingering). 3. After the
     linger (at most two): 2 are left (the floor), and no reaper timer runs; another burst of 10
     runs in full on new ones."""
-    workers = Workers(16, keep_idle=2, linger_s=0.05)
+    pool = GreenletPool(keep_idle=2, linger_s=0.05)
+    workers = Workers(16, pool=pool)
     ran: list[int] = []
     _burst(workers, 10, ran)
     assert sorted(ran) == list(range(10))
-    assert len(workers._greenlets) == 10
+    assert pool.greenlets == 10
     gevent.sleep(0.01)
-    assert len(workers._greenlets) == 10  # lingering, not gone yet
+    assert pool.greenlets == 10  # lingering, not gone yet
     gevent.sleep(0.2)
-    assert len(workers._greenlets) == 2
-    assert workers._idle == 2
-    assert workers._reaper is None
+    assert pool.greenlets == 2
+    assert pool._idle == 2
+    assert pool._reaper is None
     ran.clear()
     _burst(workers, 10, ran)
     assert sorted(ran) == list(range(10))
     gevent.sleep(0.2)
-    assert len(workers._greenlets) == 2
-    workers.kill()
+    assert pool.greenlets == 2
+    pool.kill()
 
 
 def test_a_burst_within_the_linger_reuses_the_lingering_greenlets():
     """1. A burst of 6 (keep 2, linger 5 s). 2. A second burst of 6 right after. Result: the
     second ran on the same 6 greenlets, no new one."""
-    workers = Workers(16, keep_idle=2, linger_s=5.0)
+    pool = GreenletPool(keep_idle=2, linger_s=5.0)
+    workers = Workers(16, pool=pool)
     ran: list[int] = []
     _burst(workers, 6, ran)
-    first = set(workers._greenlets)
+    first = set(pool._greenlets)
     _burst(workers, 6, ran)
-    assert set(workers._greenlets) == first
+    assert set(pool._greenlets) == first
     assert len(ran) == 12
-    workers.kill()
+    pool.kill()
 
 
 def test_a_call_queued_in_the_turn_the_linger_ends_still_runs():
@@ -169,10 +172,11 @@ def test_a_call_queued_in_the_turn_the_linger_ends_still_runs():
     switch) past both: the call is queued in the loop turn in which the reaper looks, before
     its wake-up reaches any worker. Result: the call runs (the reaper ends only the workers
     beyond it), nothing is left in the queue, and the rest end."""
-    workers = Workers(16, keep_idle=0, linger_s=0.05)
+    pool = GreenletPool(keep_idle=0, linger_s=0.05)
+    workers = Workers(16, pool=pool)
     ran: list[int] = []
     _burst(workers, 3, ran)
-    assert len(workers._greenlets) == 3
+    assert pool.greenlets == 3
     spawner = gevent.spawn_later(0.01, workers.spawn, ran.append, 99)
     time.sleep(0.1)  # the hub's clock passes both deadlines without a switch
     with gevent.Timeout(2):
@@ -180,27 +184,28 @@ def test_a_call_queued_in_the_turn_the_linger_ends_still_runs():
         workers.join()
     assert ran[-1] == 99
     gevent.sleep(0.2)
-    assert len(workers._greenlets) == 0
-    assert workers._idle == 0
-    assert workers._tasks == []
+    assert pool.greenlets == 0
+    assert pool._idle == 0
+    assert pool._tasks == []
     ran.clear()
     workers.spawn(ran.append, 1)  # and the next call starts a greenlet again
     with gevent.Timeout(2):
         workers.join()
     assert ran == [1]
-    workers.kill()
+    pool.kill()
 
 
 def test_linger_must_be_positive():
     """The reaper's timer repeats every ``linger_s``: 0 would be a one-shot timer."""
     with pytest.raises(ValueError):
-        Workers(4, linger_s=0)
+        GreenletPool(linger_s=0)
 
 
 def test_calls_arriving_around_the_linger_are_all_run():
     """A burst of 8 (keep 2, linger 0.02 s), then single calls every 2 ms for 0.1 s, through
     the lingering greenlets' timeouts. Result: every call ran once; 2 greenlets are left."""
-    workers = Workers(16, keep_idle=2, linger_s=0.02)
+    pool = GreenletPool(keep_idle=2, linger_s=0.02)
+    workers = Workers(16, pool=pool)
     ran: list[int] = []
     _burst(workers, 8, ran)
     for i in range(50):
@@ -210,8 +215,65 @@ def test_calls_arriving_around_the_linger_are_all_run():
         workers.join()
     assert sorted(ran) == list(range(8)) + [100 + i for i in range(50)]
     gevent.sleep(0.1)
-    assert len(workers._greenlets) == 2
-    workers.kill()
+    assert pool.greenlets == 2
+    pool.kill()
+
+
+def test_connections_share_the_pools_idle_greenlets():
+    """1. One pool (keep 4), three Workers (three connections); each runs a burst of 4 in turn.
+    Result: every call ran, and the 4 greenlets of the first burst ran all three: the idle
+    greenlets belong to the pool, not to a connection, so they do not grow with them."""
+    pool = GreenletPool(keep_idle=4, linger_s=5.0)
+    connections = [Workers(8, pool=pool) for _ in range(3)]
+    ran: list[int] = []
+    seen: list[set[Any]] = []
+    for workers in connections:
+        ran.clear()
+        _burst(workers, 4, ran)
+        assert sorted(ran) == [0, 1, 2, 3]
+        seen.append(set(pool._greenlets))
+    assert pool.greenlets == 4
+    assert seen[0] == seen[1] == seen[2]
+    pool.kill()
+    assert pool.greenlets == 0
+
+
+def test_killing_one_connections_calls_leaves_the_others_running():
+    """1. Two Workers on one pool, each with a call blocked on a gate; a third call of the
+    first is queued behind its limit (1). 2. kill() the first. Result: its running call got
+    GreenletExit, its queued call never runs, join() returns; the second's call still runs
+    and finishes when its gate opens."""
+    pool = GreenletPool(keep_idle=4, linger_s=5.0)
+    first, second = Workers(1, pool=pool), Workers(1, pool=pool)
+    gate = gevent.event.Event()
+    events: list[str] = []
+
+    def call(name: str) -> None:
+        try:
+            events.append(f"{name} started")
+            gate.wait()
+            events.append(f"{name} finished")
+        except gevent.GreenletExit:
+            events.append(f"{name} killed")
+            raise
+
+    first.spawn(call, "a1")
+    second.spawn(call, "b1")
+    queued = gevent.spawn(first.spawn, call, "a2")  # waits for first's only slot
+    gevent.sleep(0.01)
+    assert events == ["a1 started", "b1 started"]
+    first.kill(block=True)
+    with gevent.Timeout(1):
+        first.join()
+    assert len(first) == 0
+    gate.set()
+    with gevent.Timeout(2):
+        queued.join()
+        second.join()
+    gevent.sleep(0.01)
+    assert sorted(events) == ["a1 killed", "a1 started", "b1 finished", "b1 started"]
+    assert len(second) == 0
+    pool.kill()
 
 
 def test_flusher_serves_requests_made_before_it_runs_with_one_flush():

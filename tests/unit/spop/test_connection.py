@@ -3,6 +3,7 @@ codec case is fed whole, byte by byte and with trailing bytes (h11's tr())."""
 
 from __future__ import annotations
 
+import sys
 from ipaddress import IPv4Address
 
 import pytest
@@ -29,8 +30,9 @@ from coraza_spoa_py.spop import (
 )
 from coraza_spoa_py.spop.connection import PRE_HELLO_FRAME_LIMIT, supports_our_version
 from coraza_spoa_py.spop.frames import FrameType
+from coraza_spoa_py.spop_native import NativeConnection
 from tests.unit.spop import helpers
-from tests.unit.spop.helpers import FEEDS, feed_error, feed_events, ready_connection
+from tests.unit.spop.helpers import FEEDS, drain, feed_error, feed_events, ready_connection
 
 V6_NOTIFY_EVENT = Notify(
     1,
@@ -334,6 +336,32 @@ def test_several_frames_in_one_chunk(feed: str) -> None:
     assert events[1] == Notify(300, 2, V6_NOTIFY_EVENT.messages)
     assert events[2] == Notify(0, 1, V6_NOTIFY_EVENT.messages)
     assert events[3] == Notify(9, 1, ())
+
+
+@pytest.mark.parametrize("codec", [Connection, NativeConnection])
+def test_bytes_parsed_to_the_end_are_not_held(codec: type[Connection]) -> None:
+    """1. A read holding two whole NOTIFYs; both events taken, then NEED_DATA. Result: the
+    codec holds no reference to that read (an idle connection keeps none of its last read,
+    docs/performance.md change 51). 2. A read ending inside a frame: that one is held."""
+    conn = ready_connection() if codec is Connection else _ready(NativeConnection())
+    chunk = frames.encode_notify(1, 1, V6_NOTIFY_EVENT.messages) * 2
+    held_by_us = sys.getrefcount(chunk)
+    conn.receive_data(chunk)
+    assert [type(e) for e in drain(conn)] == [Notify, Notify]
+    assert sys.getrefcount(chunk) == held_by_us
+    assert conn.pending_bytes == 0
+    partial = frames.encode_notify(3, 1, V6_NOTIFY_EVENT.messages)[:-1]
+    conn.receive_data(partial)
+    assert conn.next_event() is spop.NEED_DATA
+    assert sys.getrefcount(partial) > held_by_us
+    assert conn.pending_bytes == len(partial)
+
+
+def _ready(conn: Connection) -> Connection:
+    conn.receive_data(helpers.V4_HELLO_MIN)
+    assert isinstance(conn.next_event(), HaproxyHello)
+    conn.data_to_send()
+    return conn
 
 
 @pytest.mark.parametrize("feed", FEEDS)
