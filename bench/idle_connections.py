@@ -33,7 +33,8 @@ from bench.stack import ROOT
 
 KIB = 1024
 MIB = 1024 * KIB
-SETTLE_S = 3.0  # past the greenlets' linger (workers.LINGER_S, at most two of them)
+# past the greenlets' linger (workers.LINGER_S) and a reader's dormancy (connection.py)
+SETTLE_S = 7.0
 
 
 def rss_by_batch(pid: int, port: int, *, batches: int, per_batch: int) -> list[tuple[int, float]]:

@@ -3,8 +3,13 @@ the deadlines.
 
 Per connection (docs/protocol.md "Agent design"):
 - one reader greenlet: ``workers.read_when_ready`` → ``receive_data`` → every frame read;
-- each NOTIFY runs concurrently on a per-connection set of at most
-  ``max_inflight_per_connection`` reused greenlets (``workers.Workers``); when all are busy the
+- dormant when idle: a connection with nothing in flight and no frame for ``DORMANT_AFTER_S``
+  gives up its reader greenlet (~8 KiB) and waits on its socket's io watcher alone; the next
+  bytes, a stop, a deadline or an eviction start a new reader (``server.AgentServer.wake``).
+  HAProxy 2.6 keeps hundreds of idle connections open after a burst (docs/performance.md
+  change 52);
+- each NOTIFY runs concurrently on at most ``max_inflight_per_connection`` reused greenlets of
+  the server's pool (``workers.Workers``); when all are busy the
   reader waits for one and stops reading, so TCP back-pressure reaches HAProxy
   (docs/protocol.md "At most 20 in flight");
 - every frame is built whole by the codec and never split across writes; writes happen under
@@ -45,10 +50,21 @@ ROUTINE_DISCONNECT_STATUSES = frozenset({0, 1, 2})
 # errnos of a peer that went away: a normal close, not an error (docs/protocol.md "Abrupt closes are
 # normal").
 PEER_GONE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN})
+# an idle connection's reader greenlet ends after this long without a frame, by default
+# (``AgentServer.dormant_after_s``; the watchdog looks every second): long enough that a
+# connection HAProxy keeps using never pays a new greenlet per message, short enough that the
+# idle ones of a burst go within seconds
+DORMANT_AFTER_S = 5.0
+# what ``_read_loop`` returns when the reader gives way to the io watcher
+DORMANT = "dormant"
 
 
 class _StopReadingError(Exception):
     """Thrown into a reader parked in ``recv`` when the server stops (graceful drain)."""
+
+
+class _GoDormantError(Exception):
+    """Thrown into a reader parked in ``recv`` by the watchdog: idle for ``DORMANT_AFTER_S``."""
 
 
 class _DeadlineError(Exception):
@@ -68,12 +84,16 @@ class ServerSide(Protocol):
     max_frame_size: int
     max_inflight_per_connection: int
     worker_pool: GreenletPool
+    dormant_after_s: float
     idle_timeout_s: float
     hello_timeout_s: float
     frame_timeout_s: float
 
     @property
     def stopping(self) -> bool: ...
+
+    def wake(self, connection: AgentConnection) -> None:
+        """Start a new reader greenlet for a dormant ``connection`` (its ``resume``)."""
 
 
 class AgentConnection:
@@ -94,6 +114,12 @@ class AgentConnection:
         self.stop_requested = False
         self.reader: greenlet.greenlet | None = None
         self.parked_in_recv = False
+        # dormant: no reader greenlet, the socket's io watcher waits for the next bytes;
+        # waking: woken, its new reader not started yet
+        self.dormant = False
+        self.waking = False
+        # what interrupted a dormant or waking connection, raised by its new reader at once
+        self._wake_error: type[Exception] | Exception | None = None
         # the last whole frame read, or the last write (time.monotonic()), for the idle
         # deadline and the eviction order; bytes of an unfinished frame do not count, so a
         # trickle cannot keep a connection alive
@@ -105,7 +131,11 @@ class AgentConnection:
     def request_stop(self) -> None:
         """Stop reading, finish in-flight NOTIFYs, say AGENT-DISCONNECT 0, close."""
         self.stop_requested = True
-        if self.reader is not None:
+        if self.dormant:
+            # now, not from a callback: the server's stop waits for the readers it knows of,
+            # and this one must be among them (its new reader sees stop_requested)
+            self._wake()
+        elif self.reader is not None:
             gevent.get_hub().loop.run_callback(self._interrupt_recv, _StopReadingError)
 
     def _interrupt_recv(self, error: type[Exception] | Exception) -> None:
@@ -115,6 +145,15 @@ class AgentConnection:
         # (gevent.kill would throw wherever the reader happens to be when the callback runs.)
         # From the hub, not from another greenlet: the reader switches back to the hub when it
         # next waits, never to whoever threw, which would be left suspended for good.
+        if isinstance(error, _GoDormantError):
+            if self.dormant or self.waking:
+                return
+        elif self.dormant or self.waking:
+            # no reader to throw into: the next one raises it before it reads
+            if self._wake_error is None:
+                self._wake_error = error
+            self._wake()
+            return
         reader = self.reader
         if self.parked_in_recv and reader is not None and not reader.dead:
             reader.throw(error)
@@ -124,6 +163,22 @@ class AgentConnection:
         Waiting on our own in-flight work is never past a deadline."""
         if self._past_deadline(now) is not None:
             gevent.get_hub().loop.run_callback(self._interrupt_if_still_past_deadline)
+        elif self._may_go_dormant(now):
+            gevent.get_hub().loop.run_callback(self._go_dormant_if_still_idle)
+
+    def _may_go_dormant(self, now: float) -> bool:
+        return (
+            self.parked_in_recv
+            and not (self.dormant or self.waking or self.stop_requested or self.evicting)
+            and len(self.inflight) == 0
+            and self.frame_started_at is None
+            and self.codec.state is spop.ConnectionState.READY
+            and now - self.active_at >= self.server.dormant_after_s
+        )
+
+    def _go_dormant_if_still_idle(self) -> None:
+        if self._may_go_dormant(time.monotonic()):  # a frame may have come between the two
+            self._interrupt_recv(_GoDormantError())
 
     def _interrupt_if_still_past_deadline(self) -> None:
         error = self._past_deadline(time.monotonic())  # a frame may have come between the two
@@ -167,7 +222,9 @@ class AgentConnection:
         self.writer.stop()
         self._close()
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Serve the connection on this greenlet until it ends (True) or goes dormant
+        (False: still open, ``resume`` continues it on a new greenlet)."""
         self.reader = gevent.getcurrent()
         # accepted just before stop() and started after it: never got request_stop()
         self.stop_requested = self.server.stopping
@@ -177,15 +234,29 @@ class AgentConnection:
         # no socket timeout: the server's idle watchdog closes idle connections
         self.sock.settimeout(None)
         self.log.debug("connection open")
+        return self._serve(try_first=False)
+
+    def resume(self) -> bool:
+        """``run`` again after a wake-up (``_wake``), on a new greenlet."""
+        self.reader = gevent.getcurrent()
+        self.waking = False
+        # woken by bytes (or by a close): read before waiting
+        return self._serve(try_first=True)
+
+    def _serve(self, *, try_first: bool) -> bool:
         reason = "closed"
         try:
             try:
-                reason = self._read_loop()
+                reason = self._read_loop(try_first)
+                if reason == DORMANT:
+                    self._go_dormant()
+                    return False
                 if reason == "stopping":
                     self._drain_and_disconnect()
             finally:
-                self._close()
-                self.log.debug("connection closed ({})", reason)
+                if not self.dormant:
+                    self._close()
+                    self.log.debug("connection closed ({})", reason)
             # Handlers still running (the peer left, or HAProxy disconnected) finish before
             # this connection's slot is released, so stop() waits for them and the application
             # never sees close_all() race a transaction in progress; their ACKs are dropped.
@@ -195,18 +266,55 @@ class AgentConnection:
             self.inflight.kill(block=False)
             raise
         finally:
-            self.writer.stop()
+            if not self.dormant:
+                self.writer.stop()
+        return True
 
-    def _read_loop(self) -> str:
-        """Read until the connection ends; returns why (for the debug log)."""
-        chunk_was_full = False
+    def _go_dormant(self) -> None:
+        """End this reader; the socket's io watcher calls ``_wake`` at the next bytes (or
+        EOF). Idle as far as the caps and the deadlines see (``parked_in_recv``)."""
+        self.dormant = True
+        self.parked_in_recv = True
+        self.reader = None
+        self._read_watcher().start(self._wake)
+        self.log.debug("dormant: idle for {}s, reader greenlet ended", self.server.dormant_after_s)
+
+    def _wake(self) -> None:
+        """A new reader for a dormant connection (from the io watcher, the hub, or stop)."""
+        if not self.dormant:
+            return
+        self._read_watcher().stop()
+        self.dormant = False
+        self.waking = True
+        self.server.wake(self)
+
+    def _read_watcher(self) -> Any:
+        # the watcher gevent's own waits on this socket use (``workers.read_when_ready``);
+        # nobody waits on it while the connection is dormant
+        sock: Any = self.sock
+        return sock._read_event
+
+    def close_socket(self) -> None:
+        """The socket closed, whatever happened before (the server's last word on it)."""
+        self._close()
+
+    def _read_loop(self, try_first: bool) -> str:
+        """Read until the connection ends or goes dormant; returns why (for the debug log)."""
+        chunk_was_full = try_first
         while not (self.stop_requested or self.evicting):
             try:
                 self.parked_in_recv = True
                 try:
+                    error = self._wake_error
+                    if error is not None:
+                        # what interrupted it while dormant (``_interrupt_recv``)
+                        self._wake_error = None
+                        raise error
                     chunk = read_when_ready(self.sock, RECV_SIZE, try_first=chunk_was_full)
                 finally:
                     self.parked_in_recv = False
+            except _GoDormantError:
+                return DORMANT
             except _StopReadingError:
                 return "stopping"
             except _DeadlineError as deadline:

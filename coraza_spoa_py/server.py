@@ -11,6 +11,7 @@ builds it around ``agent.handle``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -21,7 +22,7 @@ from gevent.server import StreamServer
 from loguru import logger
 
 from coraza_spoa_py import listeners, settings, spop
-from coraza_spoa_py.connection import AgentConnection, Handler, peer_name
+from coraza_spoa_py.connection import DORMANT_AFTER_S, AgentConnection, Handler, peer_name
 from coraza_spoa_py.connection_caps import ConnectionCaps, source_of
 from coraza_spoa_py.settings import BindAddress
 
@@ -58,6 +59,7 @@ class AgentServer:
         hello_timeout_s: float = settings.DEFAULT_HELLO_TIMEOUT_S,
         frame_timeout_s: float = settings.DEFAULT_FRAME_TIMEOUT_S,
         max_inflight_per_connection: int = 64,
+        dormant_after_s: float = DORMANT_AFTER_S,
         listener: socket.socket | None = None,
     ) -> None:
         # the codec checks the cap (256 .. 2^32-1); fail here, not at the first connection
@@ -69,6 +71,8 @@ class AgentServer:
         self.hello_timeout_s = hello_timeout_s
         self.frame_timeout_s = frame_timeout_s
         self.max_inflight_per_connection = max_inflight_per_connection
+        # an idle connection's reader greenlet ends after this long (connection.py "dormant")
+        self.dormant_after_s = dormant_after_s
         # the greenlets that answer NOTIFYs, shared by the connections (workers.GreenletPool)
         self.worker_pool = GreenletPool()
         # a socket bound by someone else (the master process, docs/architecture.md "Process
@@ -95,7 +99,7 @@ class AgentServer:
             # process, until the first worker has compiled its rules and serves
             listener.listen(listeners.LISTEN_BACKLOG)
         self._address = listeners.bound_address(self.bind, listener)
-        self._stream_server = StreamServer(
+        self._stream_server = _ConnectionServer(
             listener, self._serve_connection, spawn=self._connection_pool
         )
         if self._inherited_listener is not None:
@@ -163,7 +167,9 @@ class AgentServer:
         self._stopped.set()
 
     def _enforce_deadlines(self) -> None:
-        shortest = min(self.idle_timeout_s, self.hello_timeout_s, self.frame_timeout_s)
+        shortest = min(
+            self.idle_timeout_s, self.hello_timeout_s, self.frame_timeout_s, self.dormant_after_s
+        )
         interval = min(IDLE_CHECK_INTERVAL_S, shortest / 4)
         while True:
             gevent.sleep(interval)
@@ -175,7 +181,11 @@ class AgentServer:
 
     def _serve_connection(self, sock: socket.socket, peer: Any) -> None:
         source = source_of(peer)
-        connection = AgentConnection(self, sock, peer_name(peer, self.bind), source)
+        try:
+            connection = AgentConnection(self, sock, peer_name(peer, self.bind), source)
+        except BaseException:
+            sock.close()  # no connection to close it (_ConnectionServer)
+            raise
         if not self.caps.admit(connection):
             connection.log.warning(
                 "every connection is busy ({} open, {} from {}): new connection refused",
@@ -186,11 +196,31 @@ class AgentServer:
             connection.close_unserved()
             return
         self._connections.add(connection)
+        self._serve_until_dormant(connection, connection.run)
+
+    def wake(self, connection: AgentConnection) -> None:
+        """A dormant connection's next reader (connection.py "dormant"), in the pool whose
+        greenlets ``stop`` waits for."""
+        self._connection_pool.spawn(self._serve_until_dormant, connection, connection.resume)
+
+    def _serve_until_dormant(self, connection: AgentConnection, serve: Callable[[], bool]) -> None:
+        ended = True
         try:
-            connection.run()
+            ended = serve()
         finally:
-            self._connections.discard(connection)
-            self.caps.release(connection)
+            if ended:
+                connection.close_socket()
+                self._connections.discard(connection)
+                self.caps.release(connection)
+
+
+class _ConnectionServer(StreamServer):
+    """gevent's ``StreamServer`` without its close of the socket when the handler returns:
+    a dormant connection's first greenlet returns with the connection open, and every
+    connection closes its own socket when it ends (``AgentConnection.close_socket``)."""
+
+    def do_close(self, *args: Any) -> None:
+        pass
 
 
 __all__ = ["ENGINE_FAILURE_ERROR", "AgentServer", "Handler"]
