@@ -6,6 +6,7 @@ open, and HAProxy's next request on it is read and judged by a new reader. The r
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -50,9 +51,9 @@ def _peer_of_message(agent: AgentProcess, transaction_id: str) -> str | None:
 def test_an_idle_connection_goes_dormant_and_judges_the_next_request(tmp_path):
     """1. A clean GET through HAProxy: 200, and the agent's debug line names its connection.
     2. Nothing for the dormancy period. Result: the agent logs that connection dormant (reader
-    greenlet ended), and no close of it. 3. SQL injections, each 403 by 949110, until one's message is read
-    on a connection that had gone dormant (HAProxy may open new ones for the first few), and the agent logs no warning or error
-    of its own."""
+    greenlet ended), and no close of it. 3. SQL injections, each 403 by 949110, until one's
+    message is read on a connection that had gone dormant (HAProxy may open new ones for the
+    first few), and the agent logs no warning or error of its own."""
     agent_port, frontend = free_port(), free_port()
     agent = cli_agent(
         debug_config(tmp_path, agent_port), port=agent_port, log_path=tmp_path / "agent.log"
@@ -84,7 +85,9 @@ def test_an_idle_connection_goes_dormant_and_judges_the_next_request(tmp_path):
             attack = waf.waf_log(attack_tag)
             assert (attack["fail"], attack["action"], attack["ruleid"]) == ("1", "deny", "949110")
             attack_peer = _wait_for(
-                lambda: _peer_of_message(agent, attack["id"]), "the attack's message", agent
+                functools.partial(_peer_of_message, agent, attack["id"]),
+                "the attack's message",
+                agent,
             )
             if attack_peer in dormant_peers:
                 woken.append(attack_peer)
