@@ -1,6 +1,6 @@
-"""An idle agent connection goes dormant behind real HAProxy 2.6 (docs/architecture.md, "Per
-connection"): its reader greenlet ends after 5 s without a message, the connection stays
-open, and HAProxy's next request on it is read and judged by a new reader. The real CLI at
+"""An idle agent connection goes dormant behind real HAProxy 2.6 (docs/architecture.md,
+"server"): its reader greenlet ends after 5 s without a message, the connection stays
+open, and a later request HAProxy sends on it is read and judged by a new reader. The real CLI at
 ``log_level: debug`` on the shipped ``etc/haproxy`` files and ``config.example.yml``.
 """
 
