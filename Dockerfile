@@ -24,7 +24,7 @@ RUN python3 -m venv /opt/coraza-spoa-py \
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3-venv libmodsecurity3 modsecurity-crs ca-certificates \
+        python3-venv libmodsecurity3 libjemalloc2 modsecurity-crs ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin coraza-spoa

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence  # noqa: E402
 
 from loguru import logger  # noqa: E402
 
-from coraza_spoa_py import __version__, config, logs, modsec_config  # noqa: E402
+from coraza_spoa_py import __version__, allocator, config, logs, modsec_config  # noqa: E402
 from coraza_spoa_py.options import Options, parse_args  # noqa: E402
 
 EXIT_OK = 0
@@ -160,6 +160,10 @@ def _run_master(
 def main(argv: Sequence[str] | None = None) -> int:
     """``coraza-spoa-py``: returns the process exit code (2 for usage errors via argparse)."""
     _, options = parse_args(argv)
+    if argv is None and not (options.version or options.validate):
+        # the program's own entry only: main([...]) in a test must not exec; the start line
+        # says which allocator runs (wiring.start_logging)
+        allocator.reexec_with_allocator()
     logs.configure_bootstrap()
     if options.version:
         sys.stdout.write(version_text())

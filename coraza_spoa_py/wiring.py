@@ -18,7 +18,7 @@ from gevent.pywsgi import WSGIServer
 from gevent.threadpool import ThreadPool
 from loguru import logger
 
-from coraza_spoa_py import __version__, config, handoff, logs, metrics, reload
+from coraza_spoa_py import __version__, allocator, config, handoff, logs, metrics, reload
 from coraza_spoa_py import engine as waf
 from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
@@ -54,11 +54,12 @@ def start_logging(
         for notice in loaded.notices:
             logger.warning(notice)
     logger.info(
-        "starting coraza-spoa-py {}: config {} ({} application(s), {} engine thread(s))",
+        "starting coraza-spoa-py {}: config {} ({} application(s), {} engine thread(s)); {}",
         __version__,
         config_path,
         len(cfg.applications),
         threads,
+        allocator.describe(),
     )
     if not cfg.applications:
         logger.warning("no applications defined: every message will be answered with error")

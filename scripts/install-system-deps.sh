@@ -4,6 +4,7 @@
 set -euo pipefail
 packages=(
   libmodsecurity3      # the engine (docs/engine.md "Engine facts": Debian's 3.0.9, PCRE2 JIT)
+  libjemalloc2         # the allocator the agent preloads (docs/operations.md "Memory allocator")
   modsecurity-crs      # OWASP CRS 3.3.4, the rules config.example.yml includes
   haproxy              # HAProxy 2.6: e2e tests, make demo, make bench
   wrk                  # make bench

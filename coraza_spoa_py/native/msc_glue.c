@@ -845,12 +845,23 @@ size_t cs_pool_handed_back_total(cs_pool *pool) { return atomic_load(&pool->hand
  * blocks grow RSS by a few MiB over the first hundred thousand transactions although nothing
  * leaks (measured: with a trim every few seconds the soak stays flat). malloc_trim gives every
  * arena's free pages back to the kernel; it takes the arenas' locks in turn, so it runs on a
- * thread of its own, never on the hub. Other C libraries have no malloc_trim: nothing to do. */
+ * thread of its own, never on the hub. With jemalloc preloaded (docs/performance.md change 53)
+ * glibc's arenas are unused and the same job is jemalloc's purge of every arena (its
+ * `mallctl`, looked up at run time: the glue is not linked against it). Other C libraries have
+ * no malloc_trim: nothing to do. */
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <dlfcn.h>
+
+typedef int (*cs_mallctl_fn)(const char *, void *, size_t *, void *, size_t);
 
 int cs_trim_heap(void) {
+    cs_mallctl_fn mallctl = (cs_mallctl_fn)dlsym(RTLD_DEFAULT, "mallctl");
+    if (mallctl != NULL) {
+        /* "arena.<MALLCTL_ARENAS_ALL>.purge", MALLCTL_ARENAS_ALL being 4096 (jemalloc(3)) */
+        return mallctl("arena.4096.purge", NULL, NULL, NULL, 0) == 0;
+    }
 #ifdef __GLIBC__
     return malloc_trim(0);
 #else
