@@ -57,7 +57,8 @@ def throughput_rows(throughput: dict[str, Any]) -> list[dict[str, Any]]:
 _MEDIAN_KEYS = (
     "agent_rps", "ceiling_rps", "throughput_ratio", "p50_ms", "p99_ms", "agent_cpu_ms",
     "engine_cpu_ms", "ceiling_process_cpu_ms", "cpu_ratio", "haproxy_cpu_ms", "hub_cpu_ms",
-    "wrk_cpu_ms", "zero_cost_agent_ratio", "agent_rss_mb",
+    "wrk_cpu_ms", "zero_cost_agent_ratio", "agent_rss_mb", "alike_rps", "alike_engine_cpu_ms",
+    "alike_throughput_ratio", "alike_cpu_ratio",
 )  # fmt: skip
 _SUM_KEYS = ("spoe_errors", "agent_errors", "shed", "uninspected", "unexpected_status")
 
@@ -84,7 +85,15 @@ def _run_row(run: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
     """One agent run joined with the ceiling it is compared with, with both ratios."""
     engine_ms = ceiling_engine_cpu_ms(ceiling)
     counts = run["haproxy"]
+    # the ceiling on the agent's allocator (docs/performance.md change 53); None before it,
+    # or when the agent ran on the C library's
+    alike = run.get("ceiling_same_allocator")
+    alike_ms = ceiling_engine_cpu_ms(alike) if alike else None
     return {
+        "alike_rps": alike["rps"] if alike else None,
+        "alike_engine_cpu_ms": alike_ms,
+        "alike_throughput_ratio": ratio(run["rps"], alike["rps"]) if alike else None,
+        "alike_cpu_ratio": ratio(run["agent_cpu_ms_per_request"], alike_ms) if alike_ms else None,
         "scenario": run["scenario"],
         "connections": run["connections"],
         "agent_rps": run["rps"],
@@ -136,6 +145,13 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             checks.append(
                 _check(f"CPU/request {label}", row["cpu_ratio"], f"<= {CPU_TARGET}",
                        row["cpu_ratio"] <= CPU_TARGET)
+            )  # fmt: skip
+        if row.get("alike_cpu_ratio") is not None:
+            # the agent's own cost: its engine and the ceiling's on the same allocator
+            checks.append(
+                _check(f"CPU/request {label}, ceiling on the agent's allocator",
+                       row["alike_cpu_ratio"], f"<= {CPU_TARGET}",
+                       row["alike_cpu_ratio"] <= CPU_TARGET)
             )  # fmt: skip
         peak = row["agent_rss_peak_mb"]
         if row["connections"] == RSS_TARGET_CONNECTIONS and peak is not None:
@@ -318,6 +334,30 @@ def _rounds_table(throughput: dict[str, Any]) -> list[str]:
     return out
 
 
+def _same_allocator_table(throughput: dict[str, Any]) -> list[str]:
+    """The agent against a ceiling on its own allocator (docs/performance.md change 53)."""
+    rows = [r for r in throughput_rows(throughput) if r.get("alike_cpu_ratio") is not None]
+    if not rows:
+        return []
+    out = [
+        "",
+        f"The agent ran on {throughput.get('agent_allocator')}; the ceiling above runs on the "
+        "C library's allocator, as the C agents do. Against a ceiling on the agent's allocator "
+        "too (one run per scenario and round, medians), what is left is the agent's own cost:",
+        "",
+        "| scenario | conns | ceiling req/s, same allocator | agent/ceiling | engine CPU ms/req "
+        "| CPU ratio |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['scenario']} | {r['connections']} | {r['alike_rps']:.0f}"
+            f" | {_fmt(r['alike_throughput_ratio'])} | {r['alike_engine_cpu_ms']:.2f}"
+            f" | {_fmt(r['alike_cpu_ratio'])} |"
+        )
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The committed ``results/bench.md``: every table the run produced."""
     meta = results.get("meta", {})
@@ -358,6 +398,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {r['shed']} | {r['agent_rss_mb']:.0f} | {_fmt(r['agent_rss_peak_mb'], 1)} |"
             )
         out += _rounds_table(throughput)
+        out += _same_allocator_table(throughput)
         out += [
             "",
             "Ceiling runs (before and after the agent runs of each scenario):",

@@ -28,12 +28,22 @@ from bench.procstat import (
 from bench.scenarios import LEAK_PAGE_PATH, SCENARIOS, Scenario
 from bench.stack import ROOT, Stack, probe_status
 from bench.wrk import run_wrk
+from coraza_spoa_py.allocator import PRELOADED_ENV, mapped_allocator
 
 Progress = Callable[[str], None]
 
 
-def run_ceiling_process(scenario: Scenario, *, threads: int, duration_s: float) -> dict[str, Any]:
-    """``python -m bench.ceiling`` in its own process: its CPU and RSS are the engine's alone."""
+def run_ceiling_process(
+    scenario: Scenario, *, threads: int, duration_s: float, preload: str | None = None
+) -> dict[str, Any]:
+    """``python -m bench.ceiling`` in its own process: its CPU and RSS are the engine's alone.
+    ``preload``: an allocator library in its ``LD_PRELOAD`` (the agent's, for the like-for-like
+    ceiling; docs/performance.md change 53), else the C library's, as the C agents run."""
+    environ = dict(os.environ)
+    for name in ("LD_PRELOAD", PRELOADED_ENV):
+        environ.pop(name, None)
+    if preload is not None:
+        environ["LD_PRELOAD"] = preload
     done = subprocess.run(
         [
             sys.executable, "-m", "bench.ceiling",
@@ -42,11 +52,17 @@ def run_ceiling_process(scenario: Scenario, *, threads: int, duration_s: float) 
             "--duration", str(duration_s),
         ],
         capture_output=True, text=True, cwd=ROOT, timeout=duration_s + 300, check=False,
+        env=environ,
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"ceiling failed for {scenario.name}:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def agent_allocator_of(stack: Stack) -> str | None:
+    """The allocator library the stack's agent has mapped (jemalloc), or None."""
+    return mapped_allocator(f"/proc/{stack.agent.pid}/maps")
 
 
 def merge_ceilings(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,6 +155,12 @@ def run_throughput(
     (``report.throughput_rows`` takes the median of the rounds' ratios)."""
     rows: list[dict[str, Any]] = []
     ceiling_runs: dict[str, list[dict[str, Any]]] = {}
+    alike_runs: dict[str, list[dict[str, Any]]] = {}
+    # the agent's allocator (jemalloc when installed, docs/operations.md "Memory allocator"):
+    # the ceiling runs on the C library's, as the C agents do, and once a round on the
+    # agent's too, so the report also shows the agent's own cost like for like
+    agent_allocator = agent_allocator_of(stack)
+    progress(f"agent allocator: {agent_allocator or 'the C library'}")
     leak_status = probe_status(stack, LEAK_PAGE_PATH)
     progress(f"probe: a page leaking PHP source came back {leak_status} (403 = bodies inspected)")
     # warm-up: the first requests pay PCRE JIT compilation and cache population in the agent
@@ -183,13 +205,34 @@ def run_throughput(
             progress(f"ceiling {name} again: {after['rps']:.0f} req/s")
             bracket = merge_ceilings([before, after])
             del bracket["runs"]  # kept once, in the scenario's ceiling below
+            alike = None
+            if agent_allocator is not None:
+                alike = run_ceiling_process(
+                    scenario,
+                    threads=engine_threads,
+                    duration_s=ceiling_duration_s,
+                    preload=agent_allocator,
+                )
+                progress(f"ceiling {name} on the agent's allocator: {alike['rps']:.0f} req/s")
+                alike_runs.setdefault(name, []).append(alike)
             for row in runs:
                 row["round"] = round_no
                 row["ceiling"] = bracket
+                if alike is not None:
+                    row["ceiling_same_allocator"] = {
+                        key: alike[key]
+                        for key in (
+                            "rps",
+                            "engine_cpu_ms_per_request",
+                            "process_cpu_ms_per_request",
+                        )
+                    }
             rows += runs
             ceiling_runs.setdefault(name, []).extend([before, after])
     ceilings = {name: merge_ceilings(runs) for name, runs in ceiling_runs.items()}
     return {
+        "agent_allocator": agent_allocator,
+        "ceiling_same_allocator": {name: merge_ceilings(runs) for name, runs in alike_runs.items()},
         "engine_threads": engine_threads,
         "cores": os.cpu_count(),
         "duration_s": duration_s,

@@ -495,21 +495,34 @@ def test_rounds_give_medians_of_ratios_each_against_its_own_round():
     assert checks["CPU/request clean_get @32"] == pytest.approx(1.2)
 
 
+def _fake_throughput_parts(monkeypatch, ceiling, agent, *, allocator):
+    """``throughput.run_throughput`` with its ceiling and agent runs, the probe, the agent's
+    allocator and the pauses faked."""
+    import time
+
+    from bench import throughput
+
+    monkeypatch.setattr(throughput, "run_ceiling_process", ceiling)
+    monkeypatch.setattr(throughput, "measure_agent", agent)
+    monkeypatch.setattr(throughput, "probe_status", lambda stack, path: 403)
+    monkeypatch.setattr(throughput, "agent_allocator_of", lambda stack: allocator)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+
+
 def test_throughput_rounds_alternate_scenarios_and_pair_each_run_with_its_round(monkeypatch):
     """1. Two rounds of two scenarios at two concurrencies, the ceiling and agent runs faked
     (each ceiling run numbered in the order it ran, 100 req/s per step).
     2. The order is round 1 (clean, attack), round 2 (clean, attack); every agent run carries
        its round and the mean of the two ceiling runs that bracket it, and the scenario's
        ceiling pools all four of its runs."""
-    import time
 
     from bench import throughput
     from bench.stack import Stack
 
     order: list[str] = []
 
-    def fake_ceiling(scenario, *, threads, duration_s):
-        order.append(f"ceiling {scenario.name}")
+    def fake_ceiling(scenario, *, threads, duration_s, preload=None):
+        order.append(f"ceiling {scenario.name}" + (f" {preload}" if preload else ""))
         rps = 100.0 * len([o for o in order if o.startswith("ceiling")])
         return {"scenario": scenario.name, "rps": rps, "engine_cpu_ms_per_request": 1.0,
                 "process_cpu_ms_per_request": 1.1, "wrong_verdicts": 0}  # fmt: skip
@@ -521,10 +534,7 @@ def test_throughput_rounds_alternate_scenarios_and_pair_each_run_with_its_round(
                 "agent_rss_peak_bytes": 2**20,
                 "haproxy": {"uninspected": 0, "spoe_errors": 0}}  # fmt: skip
 
-    monkeypatch.setattr(throughput, "run_ceiling_process", fake_ceiling)
-    monkeypatch.setattr(throughput, "measure_agent", fake_agent)
-    monkeypatch.setattr(throughput, "probe_status", lambda stack, path: 403)
-    monkeypatch.setattr(time, "sleep", lambda s: None)
+    _fake_throughput_parts(monkeypatch, fake_ceiling, fake_agent, allocator=None)
     result = throughput.run_throughput(
         cast(Stack, None), ["clean_get", "attack_get"], [32, 128], duration_s=1,
         ceiling_duration_s=1, engine_threads=2, wrk_threads=1, rounds=2,
@@ -546,3 +556,59 @@ def test_throughput_rounds_alternate_scenarios_and_pair_each_run_with_its_round(
     ]  # fmt: skip
     assert [r["rps"] for r in result["ceiling"]["clean_get"]["runs"]] == [100, 200, 500, 600]
     assert result["ceiling"]["clean_get"]["rps"] == 350.0
+
+
+def test_a_jemalloc_agent_is_also_compared_with_a_ceiling_on_jemalloc(monkeypatch):
+    """1. One round of clean GET at 32 connections, the agent on jemalloc: the ceiling runs
+    before and after on the C library's allocator (100 and 200 req/s), then once with the
+    agent's library preloaded (500 req/s, 0.8 ms of engine CPU); the agent 150 req/s at 1.0 ms.
+    2. The order has the preloaded run last; the row keeps the C-library ceiling as its ratios'
+    denominator (1.0 / 1.0 ms) and adds the like-for-like ones (150/500, 1.0/0.8), which the
+    report's table and the target checks show beside the others."""
+
+    from bench import throughput
+    from bench.stack import Stack
+
+    library = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    order: list[str] = []
+
+    def fake_ceiling(scenario, *, threads, duration_s, preload=None):
+        order.append("ceiling" + (f" {preload}" if preload else ""))
+        rps = 100.0 * order.count("ceiling") + 300.0 * bool(preload)
+        return {"scenario": scenario.name, "rps": rps,
+                "engine_cpu_ms_per_request": 0.8 if preload else 1.0,
+                "process_cpu_ms_per_request": 1.1, "wrong_verdicts": 0,
+                "latency_ms": {"p99": 1.0}}  # fmt: skip
+
+    def fake_agent(stack, scenario, *, connections, duration_s, wrk_threads):
+        order.append(f"agent {connections}")
+        return {"scenario": scenario.name, "connections": connections, "rps": 150.0,
+                "agent_cpu_ms_per_request": 1.0, "latency_ms": {"p50": 1.0, "p99": 2.0},
+                "hub_cpu_ms_per_request": 0.1, "agent_rss_bytes": 2**20,
+                "agent_rss_peak_bytes": 2**20,
+                "haproxy": {"uninspected": 0, "spoe_errors": 0, "agent_errors": 0, "shed": 0,
+                            "unexpected_status": 0}}  # fmt: skip
+
+    _fake_throughput_parts(monkeypatch, fake_ceiling, fake_agent, allocator=library)
+    result = throughput.run_throughput(
+        cast(Stack, None), ["clean_get"], [32], duration_s=1, ceiling_duration_s=1,
+        engine_threads=2, wrk_threads=1, rounds=1, progress=lambda text: None,
+    )  # fmt: skip
+
+    assert order == ["agent 8", "ceiling", "agent 32", "ceiling", f"ceiling {library}"]
+    assert result["agent_allocator"] == library
+    (run,) = result["agent"]
+    assert run["ceiling_same_allocator"]["engine_cpu_ms_per_request"] == 0.8
+    (row,) = report.throughput_rows(result)
+    assert row["cpu_ratio"] == pytest.approx(1.0)
+    assert row["alike_cpu_ratio"] == pytest.approx(1.25)
+    assert row["ceiling_rps"] == 150.0  # the C library's: (100 + 200) / 2
+    assert run["ceiling_same_allocator"]["rps"] == 500.0  # 200 + 300: after both others
+    assert row["alike_throughput_ratio"] == pytest.approx(0.3)
+    text = report.markdown({"throughput": result})
+    assert f"The agent ran on {library}" in text
+    assert "| clean_get | 32 | 500 | 0.30 | 0.80 | 1.25 |" in text
+    checks = {c["target"]: c for c in report.target_checks({"throughput": result})}
+    alike = checks["CPU/request clean_get @32, ceiling on the agent's allocator"]
+    assert alike["value"] == pytest.approx(1.25) and not alike["met"]
+    assert checks["CPU/request clean_get @32"]["met"]
