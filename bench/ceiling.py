@@ -210,8 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--no-response-check", action="store_true")
+    # the engine as an agent with logging disabled runs it: rule matches without their text
+    # lines (docs/performance.md change 54)
+    parser.add_argument("--no-match-text", action="store_true")
     args = parser.parse_args(argv)
     engine, clock = clocked_engine(BENCH_DIRECTIVES, not args.no_response_check)
+    if args.no_match_text:
+        from coraza_spoa_py import engine as waf
+
+        waf.set_match_text(False)
     result = run_ceiling(
         engine,
         SCENARIOS[args.scenario],

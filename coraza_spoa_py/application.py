@@ -90,6 +90,14 @@ def rule_match_level(matches: Sequence[RuleMatch]) -> str:
     return level
 
 
+def rule_match_records_logged() -> bool:
+    """Whether any log sink takes a rule-match record of some level: the most severe a record
+    gets is ERROR (``rule_match_level``), so a sink above it (``log_level: disabled``, ``fatal``,
+    ``panic``) never sees one, and the engine need not format the matches' text
+    (``RuleMatch.raw``; docs/performance.md change 54)."""
+    return level_enabled(_LEVEL_NO["ERROR"])
+
+
 def generate_transaction_id() -> str:
     return "".join(random.choices(string.ascii_uppercase, k=GENERATED_ID_LENGTH))
 

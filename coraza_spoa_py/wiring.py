@@ -21,7 +21,7 @@ from loguru import logger
 from coraza_spoa_py import __version__, allocator, config, handoff, logs, metrics, reload
 from coraza_spoa_py import engine as waf
 from coraza_spoa_py.agent import Agent
-from coraza_spoa_py.application import Application
+from coraza_spoa_py.application import Application, rule_match_records_logged
 from coraza_spoa_py.check_request_apps import CheckRequestApps
 from coraza_spoa_py.engine.engine_pool import EnginePool
 from coraza_spoa_py.master import WorkerContext
@@ -50,6 +50,7 @@ def start_logging(
         logs.configure_logging(cfg)
     except logs.LoggingSetupError as exc:
         raise StartupError("cannot set up logging", [str(exc)]) from exc
+    match_text_follows_logging()
     if log_notices:
         for notice in loaded.notices:
             logger.warning(notice)
@@ -63,6 +64,12 @@ def start_logging(
     )
     if not cfg.applications:
         logger.warning("no applications defined: every message will be answered with error")
+
+
+def match_text_follows_logging() -> None:
+    """The engine formats rule matches' text lines only while a sink may log them (at start
+    and after each reload's logging)."""
+    waf.set_match_text(rule_match_records_logged())
 
 
 def compile_engines(

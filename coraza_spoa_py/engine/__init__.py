@@ -3,10 +3,10 @@ knows it exists (docs/architecture.md "engine").
 
 Its public face: ``load_engine`` (an application's rules → ``ModSecEngine``, or
 ``RulesError``), the transactions it makes (``models.WafTransaction``), ``RUN_HERE`` (the
-scheduler that runs each engine job on the calling thread), ``engine_version`` and
-``trim_heap``. The agent's scheduler, the native engine threads seen from the gevent hub, is
-``engine.engine_pool.EnginePool``: not imported here, so that loading rules never imports
-gevent. The C sources it binds are in ``native/``.
+scheduler that runs each engine job on the calling thread), ``engine_version``,
+``set_match_text`` and ``trim_heap``. The agent's scheduler, the native engine threads seen
+from the gevent hub, is ``engine.engine_pool.EnginePool``: not imported here, so that loading
+rules never imports gevent. The C sources it binds are in ``native/``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from coraza_spoa_py.engine.binding import (
     RunHere,
     engine_version,
     native_lock_factory,
+    set_match_text,
     trim_heap,
 )
 from coraza_spoa_py.engine.ruleset import ModSecEngine, RulesError, load_engine
@@ -34,5 +35,6 @@ __all__ = [
     "engine_version",
     "load_engine",
     "native_lock_factory",
+    "set_match_text",
     "trim_heap",
 ]

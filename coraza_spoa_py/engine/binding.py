@@ -174,6 +174,13 @@ def trim_heap() -> bool:
     return bool(lib.cs_trim_heap())
 
 
+def set_match_text(on: bool) -> None:
+    """Whether rule-match records carry the engine's text line (``RuleMatch.raw``): off when
+    no log sink takes a rule-match record, so the engine threads format no text to drop."""
+    if lib is not None:
+        lib.cs_set_match_text(1 if on else 0)
+
+
 def engine_version() -> str:
     """The engine's own name and version, e.g. "ModSecurity v3.0.9 (Linux)"."""
     native = native_library()

@@ -135,6 +135,11 @@ typedef struct cs_pool cs_pool;
 
 void cs_install_log_callback(void *msc);
 void cs_read_messages(void *tx, cs_log *log, int disruptive_status);
+/* Whether rule-match records carry the engine's text line (`raw`, RuleMessage::log): only the
+ * rule-match log reads it, so with no log sink taking a record's level (log_level disabled,
+ * fatal or panic) it is not formatted at all (docs/performance.md change 54). On by default;
+ * process-wide, read by the engine threads at each record. */
+void cs_set_match_text(int on);
 long long cs_anomaly_score(void *tx);
 void cs_log_free(cs_log *log);
 int cs_process_request(void *tx, cs_log *log, const char *client_ip, int client_port,

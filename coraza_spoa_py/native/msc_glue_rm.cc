@@ -12,6 +12,7 @@
  * Every function is extern "C" and catches every exception: a C++ exception must never cross
  * into msc_glue.c's C frames (they have no unwind tables, and the engine thread would abort).
  */
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -43,6 +44,9 @@ using modsecurity::actions::Action;
  * it without redefining the class, and the compiler checks the member's name and type against
  * the installed header, which is the library's own (the -dev package of the same version). */
 namespace {
+
+/* cs_set_match_text: whether a record carries the engine's text line (its `raw`) */
+std::atomic<int> match_text{1};
 struct DisruptiveActionOf {
     using type = Action *RuleWithActions::*;
     friend type member(DisruptiveActionOf);
@@ -182,11 +186,14 @@ int disruptive_action(Transaction *tx, const RuleWithActions *rule) {
 void put_message(cs_log *log, Transaction *tx, const RuleMessage &rm, int disruptive_status) {
     int action = CS_ACTION_NONE;
     std::string raw;
+    bool text = match_text.load(std::memory_order_relaxed) != 0;
     if (rm.m_isDisruptive) {
         action = disruptive_action(tx, rm.m_rule);
-        /* the line the engine itself hands over in the intervention */
-        raw = RuleMessage::log(&rm, RuleMessage::ClientLogMessageInfo, disruptive_status);
-    } else {
+        if (text) {
+            /* the line the engine itself hands over in the intervention */
+            raw = RuleMessage::log(&rm, RuleMessage::ClientLogMessageInfo, disruptive_status);
+        }
+    } else if (text) {
         raw = RuleMessage::log(&rm, 0, -1); /* the line a text log callback would get */
     }
     size_t size = 8 + 4 * 6 + 4 * 11 + rm.m_data.size() + rm.m_message.size() +
@@ -248,6 +255,8 @@ void cs_install_log_callback(void *msc) {
     } catch (...) {
     }
 }
+
+void cs_set_match_text(int on) { match_text.store(on != 0, std::memory_order_relaxed); }
 
 void cs_read_messages(void *t, cs_log *log, int disruptive_status) {
     try {

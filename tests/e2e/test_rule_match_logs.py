@@ -7,10 +7,12 @@ turns them into its format (docs/architecture.md "Rule-match log records")."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.waf_stack import nonce, waf_stack
 from tests.support.httpclient import request
@@ -70,3 +72,48 @@ def test_blocked_request_logs_json_objects_and_console_lines(tmp_path: Path) -> 
         while not (lines := stack.agent_lines(f"tx={detect_id}")) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert any('[id "930120"]' in line and "app=detect_app" in line for line in lines), lines
+
+
+def test_logging_disabled_then_enabled_by_a_reload_brings_the_engine_lines_back(
+    tmp_path: Path,
+) -> None:
+    """With every sink above ERROR the engine formats no rule-match text (docs/performance.md
+    change 54); a reload that logs again must bring it back at once.
+    1. The agent and both applications at ``log_level: disabled`` behind HAProxy 3.2: an
+       attack is 403 and the agent writes nothing about it.
+    2. ``log_level: info`` for the agent and sample_app in the config, SIGHUP. Result: the
+       next attack is 403 and each of its console lines is the engine's own text
+       (``ModSecurity: ... [id "949110"]``), not the JSON that a record without text falls
+       back to (``log_render``)."""
+    disabled = {"log_level": "disabled"}
+    with waf_stack(
+        "3.2", tmp_path, sample_app=disabled, detect_app=disabled, top_level=disabled
+    ) as stack:
+        stack.haproxy.wait_for_server_status("coraza-spoa", "coraza-agent", "UP")
+        tag = nonce()
+        attack = f"/?p=/etc/passwd&t={tag}"
+        assert request(stack.frontend_port, attack, headers=HEADERS).status == 403
+        assert stack.agent_lines(f"tx={stack.waf_log(tag)['id']}") == []
+
+        config = tmp_path / "config.yml"
+        data = yaml.safe_load(config.read_text())
+        data["log_level"] = data["applications"][0]["log_level"] = "info"
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        stack.agent.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while "configuration successfully reloaded" not in stack.agent.logs():
+            assert time.monotonic() < deadline, stack.agent.logs()[-3000:]
+            stack.agent.raise_if_exited()
+            time.sleep(0.1)
+
+        tag = nonce()
+        attack = f"/?p=/etc/passwd&t={tag}"
+        assert request(stack.frontend_port, attack, headers=HEADERS).status == 403
+        transaction_id = stack.waf_log(tag)["id"]
+        deadline = time.monotonic() + 5
+        while not (lines := stack.agent_lines(f"tx={transaction_id}")):
+            assert time.monotonic() < deadline, stack.agent.logs()[-3000:]
+            time.sleep(0.2)
+        assert len(lines) == 3 and all("ModSecurity: " in line for line in lines), lines
+        assert not any('"rule_id"' in line for line in lines), lines
+        assert '[id "949110"]' in lines[-1] and "Access denied with code 403" in lines[-1]

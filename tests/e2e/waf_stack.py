@@ -95,10 +95,13 @@ def agent_config(
     extra_rules: str = CUSTOM_RULES,
     sample_app: Mapping[str, Any] | None = None,
     extra_apps: Sequence[Mapping[str, Any]] = (),
+    top_level: Mapping[str, Any] | None = None,
 ) -> Path:
     """config.example.yml with ``bind`` on ``port``, ``extra_rules`` appended to its app's
-    directives, ``sample_app`` keys set on that app and ``extra_apps`` appended."""
+    directives, ``sample_app`` keys set on that app, ``extra_apps`` appended and the
+    ``top_level`` keys set."""
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    data.update(top_level or {})
     data["bind"] = f"127.0.0.1:{port}"
     app = data["applications"][0]
     app["directives"] = app["directives"] + extra_rules
@@ -128,6 +131,7 @@ def waf_stack(
     *,
     sample_app: Mapping[str, Any] | None = None,
     detect_app: Mapping[str, Any] | None = None,
+    top_level: Mapping[str, Any] | None = None,
 ) -> Iterator[WafStack]:
     """Agent (CLI subprocess) then HAProxy ``version``; both stopped at the end."""
     agent_port, frontend = free_port(), free_port()
@@ -137,6 +141,7 @@ def waf_stack(
         agent_port,
         sample_app=sample_app,
         extra_apps=[detect_only_app(**(detect_app or {}))],
+        top_level=top_level,
     )
     agent = cli_agent(config, port=agent_port, log_path=workdir / "agent.log")
     with shipped_stack(

@@ -80,6 +80,42 @@ def test_deny_with_status_in_phase_2(actions_engine: waf.ModSecEngine) -> None:
     assert "Access denied with code 418 (phase 2)" in match.raw
 
 
+def test_without_match_text_the_matches_and_the_verdict_stay(
+    actions_engine: waf.ModSecEngine,
+) -> None:
+    """``set_match_text(False)`` (no log sink takes rule-match records; docs/performance.md
+    change 54): 1. go=deny and go=note with the text off. Result: the same verdicts, rule ids,
+    messages and data as with it on, and every match's ``raw`` empty. 2. Text on again.
+    Result: ``raw`` is the engine's line once more."""
+    with_text = [run_request(actions_engine, go(value)) for value in (b"deny", b"note")]
+    waf.set_match_text(False)
+    try:
+        without = [run_request(actions_engine, go(value)) for value in (b"deny", b"note")]
+    finally:
+        waf.set_match_text(True)
+    again = run_request(actions_engine, go(b"deny"))
+    for on, off in zip(with_text, without, strict=True):
+        assert off.matches and all(match.raw == "" for match in off.matches)
+        assert all(match.raw for match in on.matches)
+        assert _without_raw(off) == _without_raw(on)
+    assert "Access denied with code 418 (phase 2)" in again.matches[0].raw
+
+
+def _without_raw(verdict: Verdict) -> tuple:
+    """Everything a verdict says but its matches' text lines."""
+    matches = tuple(match._replace(raw="") for match in verdict.matches)
+    return (
+        verdict.interrupted,
+        verdict.action,
+        verdict.status,
+        verdict.rule_id,
+        verdict.matched_rule_ids,
+        verdict.rules_hit,
+        verdict.anomaly_score,
+        matches,
+    )
+
+
 @pytest.mark.parametrize(("value", "rule_id"), [(b"drop", 10002), (b"drop-late", 10004)])
 def test_drop_rule_gives_action_drop(
     actions_engine: waf.ModSecEngine, value: bytes, rule_id: int

@@ -20,6 +20,7 @@ from coraza_spoa_py.application import (
     OverloadedError,
     TransactionNotFoundError,
     rule_match_level,
+    rule_match_records_logged,
 )
 from coraza_spoa_py.models import CloseWhen, RuleMatch, Verdict
 from coraza_spoa_py.settings import AppConfig
@@ -813,3 +814,26 @@ def test_a_dropped_application_is_freed_at_once_not_by_the_garbage_collector(lev
 def test_rule_match_level_is_the_most_severe_match(severities, level):
     matches = [RuleMatch(rule_id=1, severity=severity) for severity in severities]
     assert rule_match_level(matches) == level
+
+
+def test_rule_match_records_are_logged_while_some_sink_takes_error():
+    """The engine's match text is made only while this says yes (docs/performance.md change
+    54): 1. every sink at CRITICAL (``log_level: fatal`` / ``disabled``). Result: no.
+    2. one more at ERROR, then at DEBUG. Result: yes. 3. only those above ERROR again. Result:
+    no. Real loguru: its own first check, the minimum level of every sink."""
+    import sys
+
+    logger.remove()
+    try:
+        logger.add(lambda _: None, level="CRITICAL")
+        assert not rule_match_records_logged()
+        at_error = logger.add(lambda _: None, level="ERROR")
+        assert rule_match_records_logged()
+        at_debug = logger.add(lambda _: None, level="DEBUG")
+        assert rule_match_records_logged()
+        logger.remove(at_error)
+        logger.remove(at_debug)
+        assert not rule_match_records_logged()
+    finally:
+        logger.remove()
+        logger.add(sys.stderr)  # loguru's default, as the other tests found it
