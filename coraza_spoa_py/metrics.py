@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from gevent.pywsgi import WSGIServer
 from loguru import logger
 
-from coraza_spoa_py import __version__, config
+from coraza_spoa_py import __version__, allocator, config
 from coraza_spoa_py.application import TransactionStats
 from coraza_spoa_py.models import Verdict
 
@@ -164,10 +164,19 @@ def _info(engine: str) -> GaugeMetricFamily:
     from prometheus_client.core import GaugeMetricFamily
 
     info = GaugeMetricFamily(
-        "coraza_spoa_py_info", "Agent and engine versions.", labels=("version", "engine")
+        "coraza_spoa_py_info",
+        "Agent and engine versions, and the memory allocator the engine runs on.",
+        labels=("version", "engine", "allocator"),
     )
-    info.add_metric((__version__, engine), 1)
+    info.add_metric((__version__, engine, _allocator_name()), 1)
     return info
+
+
+@functools.cache
+def _allocator_name() -> str:
+    # "jemalloc" or "system" (docs/operations.md "Memory allocator"); fixed for the process's
+    # life, so /proc/self/maps is read once
+    return "jemalloc" if allocator.mapped_allocator() is not None else "system"
 
 
 class Metrics:

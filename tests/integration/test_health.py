@@ -40,7 +40,9 @@ def spop_port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_readyz_waits_for_the_rules_and_the_listener(tmp_path: Path) -> None:
+def test_readyz_waits_for_the_rules_and_the_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """1. The rules come from a FIFO nobody writes yet. 2. /healthz 200, /readyz 503 "loading
     rules", the SPOP port closed. 3. Write the rules. 4. /readyz 200 once the SPOP port is
     bound. 5. SIGTERM: exit 0, and the health listener is gone with the process."""
@@ -66,6 +68,7 @@ def test_readyz_waits_for_the_rules_and_the_listener(tmp_path: Path) -> None:
             time.sleep(0.05)
 
     writer = threading.Thread(target=write_rules, daemon=True)
+    monkeypatch.delenv("CORAZA_SPOA_ALLOCATOR", raising=False)  # the default: jemalloc
     with AgentProcess(argv, log_path=tmp_path / "agent.log", port=agent_port) as agent:
         try:
             wait_for_port("127.0.0.1", metrics_port, timeout=60, process=agent)
@@ -74,6 +77,9 @@ def test_readyz_waits_for_the_rules_and_the_listener(tmp_path: Path) -> None:
             assert not spop_port_open(agent_port)
             status, text = get(metrics_port, "/metrics")
             assert status == 200 and "coraza_spoa_py_info" in text
+            # the CLI re-executed itself with jemalloc (docs/operations.md "Memory allocator")
+            info = [line for line in text.splitlines() if line.startswith("coraza_spoa_py_info")]
+            assert len(info) == 1 and 'allocator="jemalloc"' in info[0], info
             assert "coraza_spoa_py_transactions_opened_total" not in text  # no apps yet
             writer.start()
             agent.wait_ready(timeout=60)
