@@ -118,6 +118,12 @@ def mapped_allocator(maps_path: str = "/proc/self/maps") -> str | None:
     return None
 
 
+def misconfigured() -> str | None:
+    """What is wrong with ``CORAZA_SPOA_ALLOCATOR``, if its value is not one of ``CHOICES``
+    (the agent then runs on the C library's allocator and warns at start)."""
+    return _why_not if _why_not is not None and "is not one of" in _why_not else None
+
+
 def describe() -> str:
     """For the start line: which allocator runs, and why when it is not jemalloc."""
     library = mapped_allocator()
@@ -134,6 +140,7 @@ __all__ = [
     "describe",
     "find_jemalloc",
     "mapped_allocator",
+    "misconfigured",
     "plan",
     "reexec_with_allocator",
 ]

@@ -62,6 +62,9 @@ def start_logging(
         threads,
         allocator.describe(),
     )
+    problem = allocator.misconfigured()
+    if problem is not None:
+        logger.warning("{}: running on the C library's allocator", problem)
     if not cfg.applications:
         logger.warning("no applications defined: every message will be answered with error")
 

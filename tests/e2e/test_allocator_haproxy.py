@@ -77,3 +77,17 @@ def test_system_keeps_the_c_library_allocator(tmp_path, monkeypatch):
             f"; memory allocator: the C library's ({ALLOCATOR_ENV}=system)"
         )
         _judges_requests(stack)
+
+
+def test_a_misspelled_choice_is_warned_about_and_the_agent_still_serves(tmp_path, monkeypatch):
+    """``CORAZA_SPOA_ALLOCATOR=jemaloc``: the agent starts on the C library's allocator, its
+    start line says why and a warning names the variable and its value; verdicts as ever."""
+    monkeypatch.setenv(ALLOCATOR_ENV, "jemaloc")
+    monkeypatch.delenv(PRELOADED_ENV, raising=False)
+    with waf_stack(HAPROXY_VERSION, tmp_path) as stack:
+        assert not [path for path in _mapped_libraries(stack.agent.pid) if "libjemalloc" in path]
+        problem = f"{ALLOCATOR_ENV}='jemaloc' is not one of ('jemalloc', 'system')"
+        assert _start_line(stack).endswith(f"; memory allocator: the C library's ({problem})")
+        warnings = [line for line in stack.agent.logs().splitlines() if " WRN " in line]
+        assert any(f"{problem}: running on the C library's allocator" in w for w in warnings)
+        _judges_requests(stack)

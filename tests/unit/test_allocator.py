@@ -48,6 +48,18 @@ def test_an_unknown_choice_is_named_and_nothing_is_preloaded():
     assert "'tcmalloc'" in decided.why and ALLOCATOR_ENV in decided.why
 
 
+def test_only_an_unknown_choice_is_a_misconfiguration(monkeypatch):
+    monkeypatch.setattr(allocator, "_why_not", None)
+    monkeypatch.setenv(ALLOCATOR_ENV, "tcmalloc")
+    allocator.reexec_with_allocator()  # decides not to: nothing to exec
+    assert allocator.misconfigured() == (
+        f"{ALLOCATOR_ENV}='tcmalloc' is not one of ('jemalloc', 'system')"
+    )
+    monkeypatch.setenv(ALLOCATOR_ENV, "system")
+    allocator.reexec_with_allocator()
+    assert allocator.misconfigured() is None
+
+
 def test_never_twice_even_when_the_loader_ignored_the_preload():
     decided = plan({PRELOADED_ENV: JEMALLOC, "LD_PRELOAD": ""}, JEMALLOC)
     assert not decided.reexec
