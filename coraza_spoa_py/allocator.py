@@ -41,11 +41,13 @@ CHOICES = ("jemalloc", "system")
 @dataclass(frozen=True)
 class Plan:
     """What ``reexec_with_allocator`` does: re-execute with ``environ`` (``reexec``), or not
-    (``why`` says why not, for the start-up log)."""
+    (``why`` says why not, for the start-up log; ``invalid``: because of a value of
+    ``CORAZA_SPOA_ALLOCATOR`` that is not one of ``CHOICES``, which the start warns about)."""
 
     reexec: bool
     environ: Mapping[str, str]
     why: str
+    invalid: bool = False
 
 
 def find_jemalloc(dirs: Sequence[str] = JEMALLOC_DIRS) -> str | None:
@@ -61,7 +63,8 @@ def plan(environ: Mapping[str, str], jemalloc: str | None) -> Plan:
     """Whether to re-execute, and with which environment (pure: the tests' entry)."""
     wanted = environ.get(ALLOCATOR_ENV, "jemalloc").strip().lower() or "jemalloc"
     if wanted not in CHOICES:
-        return Plan(False, environ, f"{ALLOCATOR_ENV}={wanted!r} is not one of {CHOICES}")
+        why = f"{ALLOCATOR_ENV}={wanted!r} is not one of {CHOICES}"
+        return Plan(False, environ, why, invalid=True)
     if wanted == "system":
         return Plan(False, environ, f"{ALLOCATOR_ENV}=system")
     if PRELOADED_ENV in environ:
@@ -80,48 +83,52 @@ def plan(environ: Mapping[str, str], jemalloc: str | None) -> Plan:
     return Plan(True, new, "preloading jemalloc")
 
 
-# why this process runs on the C library's allocator, when it does (``describe``)
-_why_not: str | None = None
+# this process's decision, when it did not re-execute (``describe``, ``misconfigured``)
+_kept: Plan | None = None
 
 
 def reexec_with_allocator() -> None:
     """Re-execute this process with jemalloc preloaded when the plan says so (never returns
-    then); otherwise note why not, for ``describe``. Only from the program's entry point: the
+    then); otherwise keep the plan, for ``describe``. Only from the program's entry point: the
     new image runs the same command line (``sys.orig_argv``)."""
-    global _why_not
+    global _kept
     decided = plan(os.environ, find_jemalloc())
-    if not decided.reexec:
-        _why_not = decided.why
-        return
-    if not sys.executable or not sys.orig_argv:
-        _why_not = "cannot re-execute: no interpreter path"
-        return
-    # flush first: execve drops what is buffered
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, sys.orig_argv, dict(decided.environ))
-    except OSError as exc:
-        _why_not = f"cannot re-execute: {exc}"
+    if decided.reexec and sys.executable and sys.orig_argv:
+        # flush first: execve drops what is buffered
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(sys.executable, sys.orig_argv, dict(decided.environ))
+        except OSError as exc:
+            decided = Plan(False, os.environ, f"cannot re-execute: {exc}")
+    elif decided.reexec:
+        decided = Plan(False, os.environ, "cannot re-execute: no interpreter path")
+    _kept = decided
 
 
-def mapped_allocator(maps_path: str = "/proc/self/maps") -> str | None:
-    """The jemalloc library this process really has mapped, or None (the C library's own)."""
+def mapped_library(name_part: str, maps_path: str = "/proc/self/maps") -> str | None:
+    """The path of the first mapped file whose path holds ``name_part`` (what the dynamic
+    loader really loaded), or None."""
     try:
         with open(maps_path, encoding="utf-8") as maps:
             for line in maps:
                 fields = line.split()
-                if len(fields) >= 6 and "libjemalloc" in fields[-1]:
+                if len(fields) >= 6 and name_part in fields[-1]:
                     return fields[-1]
     except OSError:
         return None
     return None
 
 
+def mapped_allocator(maps_path: str = "/proc/self/maps") -> str | None:
+    """The jemalloc library this process really has mapped, or None (the C library's own)."""
+    return mapped_library("libjemalloc", maps_path)
+
+
 def misconfigured() -> str | None:
     """What is wrong with ``CORAZA_SPOA_ALLOCATOR``, if its value is not one of ``CHOICES``
     (the agent then runs on the C library's allocator and warns at start)."""
-    return _why_not if _why_not is not None and "is not one of" in _why_not else None
+    return _kept.why if _kept is not None and _kept.invalid else None
 
 
 def describe() -> str:
@@ -130,7 +137,8 @@ def describe() -> str:
     if library is not None:
         return f"memory allocator: jemalloc ({library})"
     # no decision: main() called with arguments, which never re-executes
-    return f"memory allocator: the C library's ({_why_not or 'not re-executed'})"
+    why = _kept.why if _kept is not None else "not re-executed"
+    return f"memory allocator: the C library's ({why})"
 
 
 __all__ = [
@@ -140,6 +148,7 @@ __all__ = [
     "describe",
     "find_jemalloc",
     "mapped_allocator",
+    "mapped_library",
     "misconfigured",
     "plan",
     "reexec_with_allocator",

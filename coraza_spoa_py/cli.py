@@ -70,15 +70,8 @@ def version_text() -> str:
 def _loaded_library(name_part: str) -> str | None:
     # The file the dynamic loader really mapped; its real name carries the library's version
     # (libmodsecurity.so.3 -> libmodsecurity.so.3.0.9 on Debian 12).
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as maps:
-            for line in maps:
-                fields = line.split()
-                if len(fields) >= 6 and name_part in fields[-1]:
-                    return os.path.realpath(fields[-1])
-    except OSError:
-        return None
-    return None
+    path = allocator.mapped_library(name_part)
+    return os.path.realpath(path) if path is not None else None
 
 
 def _log_config_error(error: config.ConfigError) -> None:

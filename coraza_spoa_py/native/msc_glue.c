@@ -847,8 +847,9 @@ size_t cs_pool_handed_back_total(cs_pool *pool) { return atomic_load(&pool->hand
  * arena's free pages back to the kernel; it takes the arenas' locks in turn, so it runs on a
  * thread of its own, never on the hub. With jemalloc preloaded (docs/performance.md change 53)
  * glibc's arenas are unused and the same job is jemalloc's purge of every arena (its
- * `mallctl`, looked up at run time: the glue is not linked against it). Other C libraries have
- * no malloc_trim: nothing to do. */
+ * `mallctl`, looked up at run time: the glue is not linked against it; RTLD_DEFAULT needs
+ * _GNU_SOURCE, which Python.h defines ahead of this file in cffi's module). Other C libraries
+ * have no malloc_trim: nothing to do. */
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif

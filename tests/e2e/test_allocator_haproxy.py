@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coraza_spoa_py.allocator import ALLOCATOR_ENV, PRELOADED_ENV
+from coraza_spoa_py.allocator import ALLOCATOR_ENV, PRELOADED_ENV, mapped_allocator
 from tests.e2e.waf_stack import WafStack, nonce, waf_stack
 from tests.support.httpclient import request
 
@@ -20,9 +20,8 @@ HAPROXY_VERSION = "2.6"
 HEADERS = {"host": "localhost", "user-agent": "e2e-test/1.0", "accept": "*/*"}
 
 
-def _mapped_libraries(pid: int) -> set[str]:
-    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
-        return {fields[-1] for fields in map(str.split, maps) if len(fields) >= 6}
+def _jemalloc_of(pid: int) -> str | None:
+    return mapped_allocator(f"/proc/{pid}/maps")
 
 
 def _environment(pid: int) -> dict[str, str]:
@@ -55,12 +54,12 @@ def test_the_agent_reexecutes_with_jemalloc_and_keeps_its_pid(tmp_path, monkeypa
     monkeypatch.delenv(PRELOADED_ENV, raising=False)
     with waf_stack(HAPROXY_VERSION, tmp_path) as stack:
         pid = stack.agent.pid
-        jemalloc = [path for path in _mapped_libraries(pid) if "libjemalloc" in path]
-        assert jemalloc, "the agent does not run on jemalloc"
+        jemalloc = _jemalloc_of(pid)
+        assert jemalloc is not None, "the agent does not run on jemalloc"
         environment = _environment(pid)
-        assert environment[PRELOADED_ENV] == jemalloc[0]
-        assert environment["LD_PRELOAD"].split(":")[0] == jemalloc[0]
-        assert _start_line(stack).endswith(f"; memory allocator: jemalloc ({jemalloc[0]})")
+        assert environment[PRELOADED_ENV] == jemalloc
+        assert environment["LD_PRELOAD"].split(":")[0] == jemalloc
+        assert _start_line(stack).endswith(f"; memory allocator: jemalloc ({jemalloc})")
         _judges_requests(stack)
 
 
@@ -71,7 +70,7 @@ def test_system_keeps_the_c_library_allocator(tmp_path, monkeypatch):
     monkeypatch.delenv(PRELOADED_ENV, raising=False)
     with waf_stack(HAPROXY_VERSION, tmp_path) as stack:
         pid = stack.agent.pid
-        assert not [path for path in _mapped_libraries(pid) if "libjemalloc" in path]
+        assert _jemalloc_of(pid) is None
         assert PRELOADED_ENV not in _environment(pid)
         assert _start_line(stack).endswith(
             f"; memory allocator: the C library's ({ALLOCATOR_ENV}=system)"
@@ -85,7 +84,7 @@ def test_a_misspelled_choice_is_warned_about_and_the_agent_still_serves(tmp_path
     monkeypatch.setenv(ALLOCATOR_ENV, "jemaloc")
     monkeypatch.delenv(PRELOADED_ENV, raising=False)
     with waf_stack(HAPROXY_VERSION, tmp_path) as stack:
-        assert not [path for path in _mapped_libraries(stack.agent.pid) if "libjemalloc" in path]
+        assert _jemalloc_of(stack.agent.pid) is None
         problem = f"{ALLOCATOR_ENV}='jemaloc' is not one of ('jemalloc', 'system')"
         assert _start_line(stack).endswith(f"; memory allocator: the C library's ({problem})")
         warnings = [line for line in stack.agent.logs().splitlines() if " WRN " in line]

@@ -33,7 +33,7 @@ def test_a_users_preload_stays_after_the_allocator():
 @pytest.mark.parametrize("value", ["system", "SYSTEM", " system "])
 def test_system_keeps_the_c_library_allocator(value):
     decided = plan({ALLOCATOR_ENV: value}, JEMALLOC)
-    assert not decided.reexec
+    assert not decided.reexec and not decided.invalid
     assert decided.why == f"{ALLOCATOR_ENV}=system"
 
 
@@ -44,12 +44,12 @@ def test_jemalloc_spelled_out_or_empty_is_the_default(value):
 
 def test_an_unknown_choice_is_named_and_nothing_is_preloaded():
     decided = plan({ALLOCATOR_ENV: "tcmalloc"}, JEMALLOC)
-    assert not decided.reexec
+    assert not decided.reexec and decided.invalid
     assert "'tcmalloc'" in decided.why and ALLOCATOR_ENV in decided.why
 
 
 def test_only_an_unknown_choice_is_a_misconfiguration(monkeypatch):
-    monkeypatch.setattr(allocator, "_why_not", None)
+    monkeypatch.setattr(allocator, "_kept", None)
     monkeypatch.setenv(ALLOCATOR_ENV, "tcmalloc")
     allocator.reexec_with_allocator()  # decides not to: nothing to exec
     assert allocator.misconfigured() == (
@@ -103,7 +103,7 @@ def test_mapped_allocator_reads_the_maps_file(tmp_path):
 
 def test_describe_says_why_when_it_is_not_jemalloc(monkeypatch):
     monkeypatch.setattr(allocator, "mapped_allocator", lambda: None)
-    monkeypatch.setattr(allocator, "_why_not", None)
+    monkeypatch.setattr(allocator, "_kept", None)
     assert allocator.describe() == "memory allocator: the C library's (not re-executed)"
     monkeypatch.setenv(ALLOCATOR_ENV, "system")
     allocator.reexec_with_allocator()  # decides not to: nothing to exec
