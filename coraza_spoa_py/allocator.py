@@ -12,13 +12,15 @@ keeps the pid, so a supervisor or HAProxy's ``spoe-agent`` never sees a second p
 ``CORAZA_SPOA_ALLOCATOR``: ``jemalloc`` (the default: preloaded when found) or ``system`` (the C
 library's own, nothing preloaded); docs/operations.md "Memory allocator".
 
-Imports nothing beyond ``os`` and ``sys``: it runs before the agent starts anything.
+Imports nothing beyond the standard library's ``os``, ``sys`` and ``sysconfig``: it runs before
+the agent starts anything.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,14 +29,6 @@ ALLOCATOR_ENV = "CORAZA_SPOA_ALLOCATOR"
 # preload (a library of the wrong architecture: ld.so warns and goes on without it)
 PRELOADED_ENV = "CORAZA_SPOA_ALLOCATOR_PRELOADED"
 JEMALLOC_NAME = "libjemalloc.so.2"
-# Debian's libjemalloc2 (multiarch directories), then a local build's usual prefixes
-JEMALLOC_DIRS = (
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib",
-    "/usr/local/lib",
-    "/usr/lib64",
-)
 CHOICES = ("jemalloc", "system")
 
 
@@ -50,9 +44,17 @@ class Plan:
     invalid: bool = False
 
 
-def find_jemalloc(dirs: Sequence[str] = JEMALLOC_DIRS) -> str | None:
+def jemalloc_dirs() -> tuple[str, ...]:
+    """Where to look: Debian's libjemalloc2 is in this interpreter's multiarch directory
+    (``/usr/lib/x86_64-linux-gnu``, ``/usr/lib/aarch64-linux-gnu``, ``/usr/lib/i386-linux-gnu``
+    ...), a local build under the usual prefixes."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or f"{os.uname().machine}-linux-gnu"
+    return (f"/usr/lib/{multiarch}", "/usr/lib", "/usr/local/lib", "/usr/lib64")
+
+
+def find_jemalloc(dirs: Sequence[str] | None = None) -> str | None:
     """The path of jemalloc's shared library, or None when it is not installed."""
-    for directory in dirs:
+    for directory in jemalloc_dirs() if dirs is None else dirs:
         path = os.path.join(directory, JEMALLOC_NAME)
         if os.path.isfile(path):
             return path

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -86,6 +87,16 @@ def test_find_jemalloc_takes_the_first_directory_holding_it(tmp_path):
     (first / "libjemalloc.so.2").write_bytes(b"")
     assert find_jemalloc([str(empty), str(second), str(first)]) == str(second / "libjemalloc.so.2")
     assert find_jemalloc([str(empty)]) is None
+
+
+def test_the_default_directories_start_with_this_interpreters_multiarch_one():
+    """Debian installs libjemalloc2 in the multiarch directory of the machine's architecture,
+    which ld.so also takes (a library of another architecture would be ignored with a
+    warning); on this machine the package is installed there (``make install``)."""
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    assert multiarch, "Debian's and pyenv's CPython both know their multiarch triplet"
+    assert allocator.jemalloc_dirs()[0] == f"/usr/lib/{multiarch}"
+    assert find_jemalloc() == f"/usr/lib/{multiarch}/libjemalloc.so.2"
 
 
 def test_mapped_allocator_reads_the_maps_file(tmp_path):
