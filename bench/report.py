@@ -81,6 +81,17 @@ def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _zero_cost_agent_ratio(engine_ms: float, run: dict[str, Any]) -> float | None:
+    """The best agent/ceiling a zero-cost agent could reach in ``run``: the engine's CPU per
+    request against engine + HAProxy + wrk on the same cores."""
+    return ratio(
+        engine_ms,
+        engine_ms
+        + run.get("haproxy_cpu_ms_per_request", 0.0)
+        + run.get("wrk_cpu_ms_per_request", 0.0),
+    )
+
+
 def _run_row(run: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
     """One agent run joined with the ceiling it is compared with, with both ratios."""
     engine_ms = ceiling_engine_cpu_ms(ceiling)
@@ -95,14 +106,7 @@ def _run_row(run: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
         "alike_throughput_ratio": ratio(run["rps"], alike["rps"]) if alike else None,
         "alike_cpu_ratio": ratio(run["agent_cpu_ms_per_request"], alike_ms) if alike_ms else None,
         # the zero-cost agent's ratio below, for an engine on the agent's allocator
-        "alike_zero_cost_agent_ratio": ratio(
-            alike_ms,
-            alike_ms
-            + run.get("haproxy_cpu_ms_per_request", 0.0)
-            + run.get("wrk_cpu_ms_per_request", 0.0),
-        )
-        if alike_ms
-        else None,
+        "alike_zero_cost_agent_ratio": _zero_cost_agent_ratio(alike_ms, run) if alike_ms else None,
         "scenario": run["scenario"],
         "connections": run["connections"],
         "agent_rps": run["rps"],
@@ -117,14 +121,7 @@ def _run_row(run: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
         "haproxy_cpu_ms": run.get("haproxy_cpu_ms_per_request", 0.0),
         "hub_cpu_ms": run.get("hub_cpu_ms_per_request", 0.0),
         "wrk_cpu_ms": run.get("wrk_cpu_ms_per_request", 0.0),
-        # the best agent/ceiling a zero-cost agent could reach here: the engine's CPU
-        # per request against engine + HAProxy + wrk on the same cores
-        "zero_cost_agent_ratio": ratio(
-            engine_ms,
-            engine_ms
-            + run.get("haproxy_cpu_ms_per_request", 0.0)
-            + run.get("wrk_cpu_ms_per_request", 0.0),
-        ),
+        "zero_cost_agent_ratio": _zero_cost_agent_ratio(engine_ms, run),
         "spoe_errors": counts["spoe_errors"],
         "agent_errors": counts["agent_errors"],
         "shed": counts["shed"],
