@@ -17,6 +17,17 @@ from coraza_spoa_py.allocator import ALLOCATOR_ENV, PRELOADED_ENV, find_jemalloc
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 
 
+@pytest.fixture(autouse=True)
+def no_execve(monkeypatch):
+    """A test that calls ``reexec_with_allocator`` must fail, not replace the pytest process,
+    if the plan ever says to re-execute where it should not."""
+
+    def refuse(*args):
+        raise AssertionError(f"execve{args[:2]}")
+
+    monkeypatch.setattr(os, "execve", refuse)
+
+
 def test_default_preloads_jemalloc_and_marks_the_new_image():
     decided = plan({"PATH": "/usr/bin"}, JEMALLOC)
     assert decided.reexec
