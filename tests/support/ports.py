@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from pathlib import Path
@@ -12,16 +13,45 @@ class _Liveness(Protocol):
     def raise_if_exited(self) -> None: ...
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind port 0, read it, close).
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (ip-sysctl.rst)."""
+    try:
+        low, high = Path(_EPHEMERAL_RANGE_FILE).read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
-    There is a small race until the real server binds it; every server we start uses
-    SO_REUSEADDR, and the port comes from the kernel's ephemeral range, so collisions are rare.
+
+_EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+_FIRST_PORT = 10000
+_handed_out: set[int] = set()
+_random = random.Random()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago and that nothing else will be given.
+
+    Not from the kernel's ephemeral range: every outgoing connection (HAProxy to the agent,
+    a client, wait_for_port's probes) takes its local port from that range, so a port read
+    from bind(0) could be in use by a connection when the server we start binds it a few
+    seconds later (CI saw "Address already in use"). Below the range only listeners bind, and
+    this process never hands out the same port twice.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    low = _FIRST_PORT
+    high = max(low + 1000, _ephemeral_range()[0] - 1)
+    for _ in range(1000):
+        port = _random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port on {host} between {low} and {high}")
 
 
 def wait_for_port(
