@@ -24,8 +24,23 @@ def _ephemeral_range() -> tuple[int, int]:
 
 _EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 _FIRST_PORT = 10000
+_LAST_PORT = 65535
+_ENOUGH_PORTS = 5000  # a full run hands out a few hundred
 _handed_out: set[int] = set()
 _random = random.Random()
+
+
+def _listener_range() -> tuple[int, int]:
+    """Ports no outgoing connection takes: the larger stretch below or above the ephemeral
+    range (Linux's default leaves 10000-32767). A kernel whose range covers nearly everything
+    leaves neither, and then any port will do."""
+    ephemeral_low, ephemeral_high = _ephemeral_range()
+    below = (_FIRST_PORT, ephemeral_low - 1)
+    above = (ephemeral_high + 1, _LAST_PORT)
+    wider = max(below, above, key=lambda span: span[1] - span[0])
+    if wider[1] - wider[0] < _ENOUGH_PORTS:
+        return _FIRST_PORT, _LAST_PORT
+    return wider
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,12 +49,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     Not from the kernel's ephemeral range: every outgoing connection (HAProxy to the agent,
     a client, wait_for_port's probes) takes its local port from that range, so a port read
     from bind(0) could be in use by a connection when the server we start binds it a few
-    seconds later (CI saw "Address already in use"). Below the range only listeners bind, and
-    this process never hands out the same port twice.
+    seconds later (CI saw "Address already in use"). Outside the range only listeners bind,
+    and this process never hands out the same port twice.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    low = _FIRST_PORT
-    high = max(low + 1000, _ephemeral_range()[0] - 1)
+    low, high = _listener_range()
     for _ in range(1000):
         port = _random.randint(low, high)
         if port in _handed_out:

@@ -5,14 +5,33 @@ from __future__ import annotations
 import random
 import socket
 
+import pytest
+
 from tests.support import ports
 
 
-def test_ports_are_below_the_ephemeral_range_and_never_handed_out_twice() -> None:
-    low, _ = ports._ephemeral_range()
+def test_ports_are_outside_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    low, high = ports._ephemeral_range()
     picked = [ports.free_port() for _ in range(200)]
     assert len(set(picked)) == len(picked)
-    assert all(ports._FIRST_PORT <= port < low for port in picked)
+    assert not any(low <= port <= high for port in picked)
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "listeners"),
+    [
+        ("32768\t60999", (10000, 32767)),  # Linux's default: below it
+        ("1024\t50000", (50001, 65535)),  # a low range: above it
+        ("1024\t65000", (10000, 65535)),  # nearly everything: anywhere
+    ],
+)
+def test_listener_ports_come_from_the_wider_stretch_outside_the_range(
+    tmp_path, monkeypatch, ephemeral, listeners
+) -> None:
+    fake = tmp_path / "range"
+    fake.write_text(ephemeral + "\n")
+    monkeypatch.setattr(ports, "_EPHEMERAL_RANGE_FILE", str(fake))
+    assert ports._listener_range() == listeners
 
 
 def test_a_port_something_listens_on_is_not_handed_out(monkeypatch) -> None:
