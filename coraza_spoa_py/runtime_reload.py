@@ -18,7 +18,7 @@ from coraza_spoa_py.agent import Agent
 from coraza_spoa_py.application import Application
 from coraza_spoa_py.engine.engine_pool import EnginePool
 from coraza_spoa_py.settings import Config
-from coraza_spoa_py.wiring import executor, match_text_follows_logging, observe
+from coraza_spoa_py.wiring import configure_logging, executor, observe
 
 WATCH_INTERVAL_S = 1.0
 # settings a running agent keeps until it restarts (the listener, the caps, the processes)
@@ -121,10 +121,9 @@ class Reloader:
         except reload.RuleLoadError as exc:
             return exc.problems
         try:
-            logs.configure_logging(cfg)
+            configure_logging(cfg)
         except logs.LoggingSetupError as exc:
             return [str(exc)]
-        match_text_follows_logging()
         if self.log_notices:
             for notice in loaded.notices:
                 logger.warning(notice)

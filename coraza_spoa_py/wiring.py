@@ -47,10 +47,9 @@ def start_logging(
     already) and the start line."""
     cfg = loaded.config
     try:
-        logs.configure_logging(cfg)
+        configure_logging(cfg)
     except logs.LoggingSetupError as exc:
         raise StartupError("cannot set up logging", [str(exc)]) from exc
-    match_text_follows_logging()
     if log_notices:
         for notice in loaded.notices:
             logger.warning(notice)
@@ -69,9 +68,11 @@ def start_logging(
         logger.warning("no applications defined: every message will be answered with error")
 
 
-def match_text_follows_logging() -> None:
-    """The engine formats rule matches' text lines only while a sink may log them (at start
-    and after each reload's logging)."""
+def configure_logging(cfg: Config) -> None:
+    """``logs.configure_logging`` for a process that runs engines (at start and on every
+    reload): the engine then formats rule matches' text lines only while a sink may log them
+    (docs/performance.md change 54). Raises ``logs.LoggingSetupError`` as it does."""
+    logs.configure_logging(cfg)
     waf.set_match_text(rule_match_records_logged())
 
 
