@@ -123,14 +123,7 @@ class Stack:
 
     def wait_for_log(self, text: str, *, count: int = 1, timeout: float = 30.0) -> str:
         """Poll the agent's output until ``text`` appears ``count`` times."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            logs = self.agent_log()
-            if logs.count(text) >= count:
-                return logs
-            self.agent.raise_if_exited()
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not logged {count}x in {timeout}s:\n{self.agent_log()}")
+        return self.agent.wait_for_log(text, count=count, timeout=timeout)
 
     def sighup(self) -> None:
         self.agent.send_signal(signal.SIGHUP)

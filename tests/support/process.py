@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,6 +121,18 @@ class ManagedProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def wait_for_log(self, text: str, *, count: int = 1, timeout: float = 30.0) -> str:
+        """Poll the output until ``text`` appears ``count`` times (fail at once if the process
+        exits meanwhile); the whole output then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            logs = self.logs()
+            if logs.count(text) >= count:
+                return logs
+            self.raise_if_exited()
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged {count}x in {timeout}s:\n{self.logs()}")
 
     def dump(self, stream: IO[str] | None = None) -> None:
         """Write the command and its output (pytest shows stderr of failing tests)."""
